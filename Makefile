@@ -1,0 +1,35 @@
+# vmfuse: thin wrappers over Maven and the scripts. `make run` and `make test` work on a fresh
+# machine: both install what they need first (scripts/install-deps.sh, idempotent).
+
+STORE ?= $(CURDIR)/var/store
+MNT   ?= $(CURDIR)/var/mnt
+MVN   ?= mvn -B -q
+
+.PHONY: deps build run stop test bench clean
+
+deps:
+	./scripts/install-deps.sh
+
+build: deps
+	$(MVN) -DskipTests package
+
+# Mounts $(STORE) at $(MNT) and returns once the mount is live; the daemon stays.
+run: build
+	mkdir -p $(STORE) $(MNT)
+	bin/vmfuse mount --store $(STORE) $(MNT)
+	@echo "vmfuse: $(STORE) mounted at $(MNT); put images in $(MNT)/images; stop with: bin/vmfuse umount $(MNT)"
+
+stop:
+	bin/vmfuse umount $(MNT)
+
+# The whole suite: unit tests, then (after the jar is built) the integration tests on real
+# FUSE mounts with qemu-img, qemu-io, QEMU, fio, e2fsprogs.
+test: deps
+	mvn -B verify
+
+# Benchmarks print one table each; they are not tests.
+bench: build
+	./scripts/bench-mount.sh
+
+clean:
+	$(MVN) clean

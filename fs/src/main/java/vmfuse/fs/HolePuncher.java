@@ -1,0 +1,73 @@
+package vmfuse.fs;
+
+import static vmfuse.fs.nativeio.Native.*;
+
+import vmfuse.fs.nativeio.LibC;
+import vmfuse.fs.nativeio.Native;
+
+/**
+ * The one place that gives backing space back: punches holes and zeroes ranges in backing files,
+ * measures what the backing filesystem really released (the drop of st_blocks), and records it
+ * in the {@link ReleaseLedger}. The fallocate interception uses it now; the reclaimer will too.
+ */
+public final class HolePuncher {
+    private static final LibC C = LibC.INSTANCE;
+
+    private final ReleaseLedger ledger;
+
+    public HolePuncher(ReleaseLedger ledger) {
+        this.ledger = ledger;
+    }
+
+    /** fallocate(PUNCH_HOLE|KEEP_SIZE): the range reads as zeros and holds no blocks. Returns bytes freed. */
+    public long punch(int fd, String image, long offset, long length) throws FsException {
+        long before = BackingStore.usage(fd).allocated();
+        if (C.fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length) != 0) {
+            throw FsException.fromErrno(Native.errno(), "punch hole in", image);
+        }
+        return released(fd, image, offset, length, before, ReleaseLedger.Reason.PUNCH_HOLE);
+    }
+
+    /**
+     * ZERO_RANGE, done so that the range holds no blocks where the backing filesystem can punch:
+     * a punch, then (without KEEP_SIZE) the file grows to cover the range as ZERO_RANGE would.
+     * Where the backing filesystem cannot punch, a real ZERO_RANGE. Returns bytes freed.
+     */
+    public long zeroRange(int fd, String image, long offset, long length, boolean keepSize) throws FsException {
+        long before = BackingStore.usage(fd).allocated();
+        if (C.fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length) == 0) {
+            if (!keepSize && BackingStore.usage(fd).size() < offset + length
+                    && C.ftruncate(fd, offset + length) != 0) {
+                throw FsException.fromErrno(Native.errno(), "extend", image);
+            }
+        } else {
+            int err = Native.errno();
+            if (err != EOPNOTSUPP) {
+                throw FsException.fromErrno(err, "punch hole in", image);
+            }
+            int mode = FALLOC_FL_ZERO_RANGE | (keepSize ? FALLOC_FL_KEEP_SIZE : 0);
+            if (C.fallocate(fd, mode, offset, length) != 0) {
+                throw FsException.fromErrno(Native.errno(), "zero range in", image);
+            }
+        }
+        return released(fd, image, offset, length, before, ReleaseLedger.Reason.ZERO_RANGE);
+    }
+
+    /** ftruncate, counting what a shrink released. */
+    public void truncate(int fd, String image, long size) throws FsException {
+        BackingStore.Usage before = BackingStore.usage(fd);
+        if (C.ftruncate(fd, size) != 0) {
+            throw FsException.fromErrno(Native.errno(), "truncate", image);
+        }
+        if (size < before.size()) {
+            released(fd, image, size, before.size() - size, before.allocated(), ReleaseLedger.Reason.TRUNCATE);
+        }
+    }
+
+    private long released(int fd, String image, long offset, long length, long before,
+            ReleaseLedger.Reason reason) throws FsException {
+        long freed = Math.max(0, before - BackingStore.usage(fd).allocated());
+        ledger.record(image, offset, length, freed, reason);
+        return freed;
+    }
+}

@@ -1,0 +1,143 @@
+package vmfuse.fs;
+
+import java.io.IOException;
+import java.nio.channels.FileChannel;
+import java.nio.charset.StandardCharsets;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.nio.file.StandardCopyOption;
+import java.nio.file.StandardOpenOption;
+import java.util.List;
+import java.util.Map;
+import java.util.TreeMap;
+
+import org.slf4j.Logger;
+import org.slf4j.LoggerFactory;
+
+/**
+ * Counts and logs every release of backing space: each punch, zeroed range, truncation and
+ * unlink, with the bytes the backing filesystem really gave back (the drop of st_blocks).
+ *
+ * <p>The counts persist in STORE/releases.tsv ({@code name<TAB>bytes<TAB>events}, one line per
+ * image and a {@code *total*} line), rewritten atomically by {@link #save()} which the daemon
+ * calls every few seconds while something changed and at unmount. A kill -9 can lose the
+ * counts of the last few seconds; never data, which these are not.
+ */
+public final class ReleaseLedger {
+    private static final Logger log = LoggerFactory.getLogger(ReleaseLedger.class);
+    static final String TOTAL = "*total*";
+
+    public enum Reason {
+        PUNCH_HOLE("punch-hole"), ZERO_RANGE("zero-range"), TRUNCATE("truncate"), UNLINK("unlink");
+
+        final String label;
+
+        Reason(String label) {
+            this.label = label;
+        }
+    }
+
+    /** Bytes released and the number of release events, for one image or in total. */
+    public record Count(long bytes, long events) {
+        Count plus(long moreBytes) {
+            return new Count(bytes + moreBytes, events + 1);
+        }
+    }
+
+    private final Path file;
+    // guarded by this
+    private final Map<String, Count> perImage = new TreeMap<>();
+    private Count total = new Count(0, 0);
+    private boolean dirty;
+
+    private ReleaseLedger(Path file) {
+        this.file = file;
+    }
+
+    /** Loads the ledger kept at {@code file}, or starts an empty one if there is none. */
+    public static ReleaseLedger load(Path file) throws FsException {
+        ReleaseLedger ledger = new ReleaseLedger(file);
+        if (!Files.exists(file)) {
+            return ledger;
+        }
+        try {
+            List<String> lines = Files.readAllLines(file, StandardCharsets.UTF_8);
+            for (String line : lines) {
+                String[] f = line.split("\t");
+                if (f.length != 3) {
+                    throw new FsException(vmfuse.fs.nativeio.Native.EIO,
+                            "corrupt release ledger " + file + ": bad line '" + line + "'");
+                }
+                Count c = new Count(Long.parseLong(f[1]), Long.parseLong(f[2]));
+                if (f[0].equals(TOTAL)) {
+                    ledger.total = c;
+                } else {
+                    ledger.perImage.put(f[0], c);
+                }
+            }
+        } catch (IOException | NumberFormatException e) {
+            throw new FsException(vmfuse.fs.nativeio.Native.EIO, "cannot read release ledger " + file + ": " + e);
+        }
+        return ledger;
+    }
+
+    /** Records one release and logs it: image, offset, length asked, bytes really freed, reason. */
+    public void record(String image, long offset, long length, long freed, Reason reason) {
+        synchronized (this) {
+            perImage.merge(image, new Count(freed, 1), (a, b) -> a.plus(b.bytes()));
+            total = total.plus(freed);
+            dirty = true;
+        }
+        log.info("release image={} offset={} length={} freed={} reason={}", image, offset, length, freed, reason.label);
+    }
+
+    /** Carries an image's counts over to its new name. */
+    public synchronized void renamed(String from, String to) {
+        Count c = perImage.remove(from);
+        if (c != null) {
+            perImage.merge(to, c, (a, b) -> new Count(a.bytes() + b.bytes(), a.events() + b.events()));
+            dirty = true;
+        }
+    }
+
+    /** Forgets an image's own line once it is gone; its releases stay in the total. */
+    public synchronized void forget(String image) {
+        if (perImage.remove(image) != null) {
+            dirty = true;
+        }
+    }
+
+    public synchronized Count of(String image) {
+        return perImage.getOrDefault(image, new Count(0, 0));
+    }
+
+    public synchronized Count total() {
+        return total;
+    }
+
+    /** Writes the ledger if it changed: a temporary file, fsync, rename over the old one. */
+    public void save() throws IOException {
+        StringBuilder out = new StringBuilder();
+        synchronized (this) {
+            if (!dirty) {
+                return;
+            }
+            perImage.forEach((name, c) -> out.append(name).append('\t').append(c.bytes()).append('\t')
+                    .append(c.events()).append('\n'));
+            out.append(TOTAL).append('\t').append(total.bytes()).append('\t').append(total.events()).append('\n');
+            dirty = false;
+        }
+        Path tmp = file.resolveSibling(file.getFileName() + ".tmp");
+        try (FileChannel ch = FileChannel.open(tmp, StandardOpenOption.CREATE, StandardOpenOption.WRITE,
+                StandardOpenOption.TRUNCATE_EXISTING)) {
+            ch.write(StandardCharsets.UTF_8.encode(out.toString()));
+            ch.force(true);
+        } catch (IOException e) {
+            synchronized (this) {
+                dirty = true;
+            }
+            throw e;
+        }
+        Files.move(tmp, file, StandardCopyOption.ATOMIC_MOVE, StandardCopyOption.REPLACE_EXISTING);
+    }
+}

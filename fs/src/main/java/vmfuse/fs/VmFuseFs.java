@@ -1,0 +1,601 @@
+package vmfuse.fs;
+
+import static vmfuse.fs.nativeio.Native.*;
+
+import java.util.List;
+import java.util.Map;
+import java.util.concurrent.ConcurrentHashMap;
+import java.util.concurrent.CopyOnWriteArrayList;
+import java.util.concurrent.CountDownLatch;
+
+import jnr.ffi.Pointer;
+import jnr.ffi.Struct;
+import org.slf4j.Logger;
+import org.slf4j.LoggerFactory;
+import ru.serce.jnrfuse.FuseFillDir;
+import ru.serce.jnrfuse.FuseStubFS;
+import ru.serce.jnrfuse.struct.FileStat;
+import ru.serce.jnrfuse.struct.FuseFileInfo;
+import ru.serce.jnrfuse.struct.Statvfs;
+import ru.serce.jnrfuse.struct.Timespec;
+import vmfuse.fs.nativeio.LibC;
+import vmfuse.fs.nativeio.Native;
+
+/**
+ * The FUSE callbacks: the namespace of {@link Node}, images passed through to the
+ * {@link BackingStore}, and the interception of fallocate and unlink that gives space back.
+ *
+ * <p>Modelled on libfuse's passthrough_hp: every open keeps its backing descriptor in
+ * {@code fi->fh}, so read and write are one pread/pwrite between the kernel's buffer and the
+ * backing file, and operations on an open (even unlinked) file never look up a path. Every
+ * callback returns {@code -errno} of the syscall it wraps, and no exception reaches jnr-fuse.
+ */
+public final class VmFuseFs extends FuseStubFS {
+    private static final Logger log = LoggerFactory.getLogger(VmFuseFs.class);
+    private static final LibC C = LibC.INSTANCE;
+
+    /** fallocate modes passed on: the ones QEMU, the loop driver and fallocate(1) send. */
+    private static final int MODE_ALLOCATE = 0;
+    private static final int MODE_KEEP_SIZE = FALLOC_FL_KEEP_SIZE;
+    private static final int MODE_PUNCH = FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE;
+    private static final int MODE_ZERO = FALLOC_FL_ZERO_RANGE;
+    private static final int MODE_ZERO_KEEP = FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE;
+
+    private final BackingStore store;
+    private final HolePuncher puncher;
+    private final ReleaseLedger ledger;
+    /** Open files by fh, which is the backing descriptor (unique while the file is open). */
+    private final Map<Long, OpenFile> open = new ConcurrentHashMap<>();
+    /**
+     * Images unlinked while open, by the name libfuse hid them under. libfuse 2 keeps an unlinked
+     * open file reachable by renaming it to ".fuse_hiddenNNN" (with hard_remove it cannot even
+     * fstat it). We take that rename as the unlink: the backing file goes at once, and the hidden
+     * name lives only here, answered from the descriptors that still hold the file, until libfuse
+     * drops it after the last close. It is never listed and never exists in the store.
+     */
+    private final Map<String, List<OpenFile>> hidden = new ConcurrentHashMap<>();
+    static final String HIDDEN_PREFIX = ".fuse_hidden";
+    private final CountDownLatch mounted = new CountDownLatch(1);
+
+    public VmFuseFs(BackingStore store, ReleaseLedger ledger) {
+        this.store = store;
+        this.ledger = ledger;
+        this.puncher = new HolePuncher(ledger);
+    }
+
+    /**
+     * Runs the FUSE loop (multithreaded) until the mount goes away; returns libfuse's exit code.
+     * Calls libfuse directly rather than jnr-fuse's mount(), which adds a shutdown hook that
+     * lazily unmounts: the daemon owns the mount's lifecycle.
+     */
+    public int run(String mountPoint, List<String> options) {
+        // struct fuse_operations bit field after the 38 classic callbacks (8 bytes each):
+        // flag_nullpath_ok (bit 0): read/write/fsync/release of an unlinked open file arrive with
+        // a NULL path instead of failing with ENOENT — we use fi->fh only. flag_utime_omit_ok
+        // (bit 2): UTIME_NOW/UTIME_OMIT reach utimens unchanged.
+        if (Struct.size(fuseOperations) != 360) {
+            throw new IllegalStateException("unexpected struct fuse_operations size " + Struct.size(fuseOperations));
+        }
+        Struct.getMemory(fuseOperations).putInt(38 * 8, 0b101);
+        String[] args = new String[3 + 2 * options.size()];
+        args[0] = "vmfuse";
+        args[1] = "-f";
+        args[2] = mountPoint;
+        for (int i = 0; i < options.size(); i++) {
+            args[3 + 2 * i] = "-o";
+            args[4 + 2 * i] = options.get(i);
+        }
+        return libFuse.fuse_main_real(args.length, args, fuseOperations, Struct.size(fuseOperations), null);
+    }
+
+    /** Counted down when the kernel's INIT has been answered: the mount is live. */
+    public CountDownLatch mountedLatch() {
+        return mounted;
+    }
+
+    /** Open files and their images, for status. */
+    public Map<String, Integer> openCounts() {
+        Map<String, Integer> counts = new java.util.TreeMap<>();
+        for (OpenFile f : open.values()) {
+            if (!f.unlinked) {
+                counts.merge(f.name, 1, Integer::sum);
+            }
+        }
+        return counts;
+    }
+
+    @FunctionalInterface
+    private interface Op {
+        int run() throws FsException;
+    }
+
+    /** Runs one operation; maps its failure to -errno and logs it once with the operation and path. */
+    private static int call(String op, String path, Op body) {
+        try {
+            return body.run();
+        } catch (FsException e) {
+            int errno = e.errno();
+            if (errno == ENOENT || errno == EAGAIN) {
+                log.debug("op={} path={} errno={} {}", op, path, errno, e.getMessage());
+            } else {
+                log.warn("op={} path={} errno={} {}", op, path, errno, e.getMessage());
+            }
+            return -errno;
+        } catch (RuntimeException | Error e) {
+            log.error("op={} path={} failed unexpectedly", op, path, e);
+            return -EIO;
+        }
+    }
+
+    private static Node node(String path) throws FsException {
+        return Node.resolve(path);
+    }
+
+    private static String imageName(String path) throws FsException {
+        Node n = node(path);
+        if (n.kind() == Node.Kind.IMAGE) {
+            return n.name();
+        }
+        if (n.kind() == Node.Kind.JOURNAL) {
+            throw new FsException(ENOENT, "journal devices are not available yet: " + path);
+        }
+        throw new FsException(EISDIR, "is a directory: " + path);
+    }
+
+    /** Where a new entry is asked for: only in images/. */
+    private static String newImageName(String path) throws FsException {
+        int slash = path.lastIndexOf('/');
+        String parent = slash <= 0 ? "/" : path.substring(0, slash);
+        if (parent.equals("/")) {
+            throw new FsException(EPERM, "only images/ and journals/ live at the top of the mount: " + path);
+        }
+        Node n = node(path);
+        if (n.kind() == Node.Kind.JOURNAL) {
+            throw new FsException(EPERM, "journal devices are not available yet: " + path);
+        }
+        if (n.kind() != Node.Kind.IMAGE) {
+            throw new FsException(EEXIST, "exists: " + path);
+        }
+        return n.name();
+    }
+
+    private OpenFile file(FuseFileInfo fi) throws FsException {
+        OpenFile f = open.get(fi.fh.get());
+        if (f == null) {
+            throw new FsException(EBADF, "no open file for fh " + fi.fh.get());
+        }
+        return f;
+    }
+
+    private OpenFile register(int fd, String name, FuseFileInfo fi) {
+        OpenFile f = new OpenFile(fd, name);
+        open.put((long) fd, f);
+        fi.fh.set(fd);
+        return f;
+    }
+
+    // ---- callbacks -------------------------------------------------------------------------
+
+    /** Marks the mount live once the kernel's INIT is answered. */
+    @Override
+    public Pointer init(Pointer conn) {
+        mounted.countDown();
+        return null;
+    }
+
+    /** stat of a directory of the namespace or of an image's backing file. */
+    @Override
+    public int getattr(String path, FileStat stat) {
+        return call("getattr", path, () -> {
+            Node n = node(path);
+            Pointer st = Struct.getMemory(stat);
+            switch (n.kind()) {
+                case IMAGE -> {
+                    List<OpenFile> holders = hidden.get(n.name());
+                    if (holders != null && !holders.isEmpty()) {
+                        if (C.fstat(holders.get(0).fd, st) != 0) {
+                            throw FsException.fromErrno(Native.errno(), "fstat", n.name());
+                        }
+                    } else {
+                        store.statImage(n.name(), st);
+                    }
+                }
+                case JOURNAL -> throw new FsException(ENOENT, "no journal device " + n.name());
+                case IMAGES_DIR -> store.statDir(st);
+                case ROOT, JOURNALS_DIR -> {
+                    store.statDir(st);
+                    stat.st_mode.set(S_IFDIR | 0755);
+                }
+            }
+            return 0;
+        });
+    }
+
+    /** fstat of an open file's backing descriptor (also after it was unlinked). */
+    @Override
+    public int fgetattr(String path, FileStat stat, FuseFileInfo fi) {
+        OpenFile f = open.get(fi.fh.get());
+        if (f == null) {
+            return getattr(path, stat);
+        }
+        return call("fgetattr", path, () -> {
+            if (C.fstat(f.fd, Struct.getMemory(stat)) != 0) {
+                throw FsException.fromErrno(Native.errno(), "fstat", f.name);
+            }
+            return 0;
+        });
+    }
+
+    /** Lists the namespace: images/ and journals/ at the top, the store's images in images/. */
+    @Override
+    public int readdir(String path, Pointer buf, FuseFillDir filter, long offset, FuseFileInfo fi) {
+        return call("readdir", path, () -> {
+            Node n = node(path);
+            filter.apply(buf, ".", null, 0);
+            filter.apply(buf, "..", null, 0);
+            switch (n.kind()) {
+                case ROOT -> {
+                    filter.apply(buf, Node.IMAGES, null, 0);
+                    filter.apply(buf, Node.JOURNALS, null, 0);
+                }
+                case IMAGES_DIR -> {
+                    for (String name : store.list()) {
+                        if (filter.apply(buf, name, null, 0) != 0) {
+                            break;
+                        }
+                    }
+                }
+                case JOURNALS_DIR -> { }
+                default -> throw new FsException(ENOTDIR, "not a directory: " + path);
+            }
+            return 0;
+        });
+    }
+
+    /** Creates an image in the store, owned by the caller, and opens it. */
+    @Override
+    public int create(String path, long mode, FuseFileInfo fi) {
+        return call("create", path, () -> {
+            String name = newImageName(path);
+            int fd = store.createImage(name, fi.flags.get(), (int) mode);
+            long uid = getContext().uid.get();
+            long gid = getContext().gid.get();
+            if (uid != 0 || gid != 0) {
+                try {
+                    store.chown(name, (int) uid, (int) gid);
+                } catch (FsException e) {
+                    C.close(fd);
+                    throw e;
+                }
+            }
+            register(fd, name, fi);
+            log.info("create image={} mode={}", name, Integer.toOctalString((int) mode & 07777));
+            return 0;
+        });
+    }
+
+    /** Opens an image: one backing descriptor for the life of this open. */
+    @Override
+    public int open(String path, FuseFileInfo fi) {
+        return call("open", path, () -> {
+            String name = imageName(path);
+            register(store.openImage(name, fi.flags.get()), name, fi);
+            return 0;
+        });
+    }
+
+    /** One pread (repeated only if the backing file returns short before EOF). */
+    @Override
+    public int read(String path, Pointer buf, long size, long offset, FuseFileInfo fi) {
+        OpenFile f = open.get(fi.fh.get());
+        if (f == null) {
+            return -EBADF;
+        }
+        if (offset < 0) {
+            return -EINVAL;
+        }
+        long done = 0;
+        while (done < size) {
+            long n = C.pread(f.fd, buf.slice(done), size - done, offset + done);
+            if (n < 0) {
+                int errno = Native.errno();
+                if (done > 0) {
+                    break;
+                }
+                log.warn("op=read image={} offset={} size={} errno={}", f.name, offset, size, errno);
+                return -errno;
+            }
+            if (n == 0) {
+                break;
+            }
+            done += n;
+        }
+        return (int) done;
+    }
+
+    /** One pwrite (repeated while the backing file accepts part of it). */
+    @Override
+    public int write(String path, Pointer buf, long size, long offset, FuseFileInfo fi) {
+        OpenFile f = open.get(fi.fh.get());
+        if (f == null) {
+            return -EBADF;
+        }
+        if (offset < 0 || offset > Long.MAX_VALUE - size) {
+            return -EFBIG;
+        }
+        long done = 0;
+        while (done < size) {
+            long n = C.pwrite(f.fd, buf.slice(done), size - done, offset + done);
+            if (n <= 0) {
+                int errno = n < 0 ? Native.errno() : EIO;
+                if (done > 0) {
+                    break; // a short write: the writer sees how much landed, then the error on its retry
+                }
+                if (errno == ENOSPC) {
+                    log.warn("op=write image={} offset={} size={} errno=ENOSPC backing store is full", f.name, offset, size);
+                } else {
+                    log.warn("op=write image={} offset={} size={} errno={}", f.name, offset, size, errno);
+                }
+                return -errno;
+            }
+            done += n;
+        }
+        return (int) done;
+    }
+
+    /** close(dup(fd)): reports what a close of the backing file would (as passthrough_hp does). */
+    @Override
+    public int flush(String path, FuseFileInfo fi) {
+        return call("flush", path, () -> {
+            OpenFile f = file(fi);
+            int dup = C.dup(f.fd);
+            if (dup < 0 || C.close(dup) != 0) {
+                throw FsException.fromErrno(Native.errno(), "flush", f.name);
+            }
+            return 0;
+        });
+    }
+
+    /** fsync or fdatasync of the backing descriptor: the guest's flush reaches the backing disk. */
+    @Override
+    public int fsync(String path, int isdatasync, FuseFileInfo fi) {
+        return call("fsync", path, () -> {
+            OpenFile f = file(fi);
+            int rc = isdatasync != 0 ? C.fdatasync(f.fd) : C.fsync(f.fd);
+            if (rc != 0) {
+                throw FsException.fromErrno(Native.errno(), isdatasync != 0 ? "fdatasync" : "fsync", f.name);
+            }
+            return 0;
+        });
+    }
+
+    /** Closes the backing descriptor; an unlinked image's space returns when its last one closes. */
+    @Override
+    public int release(String path, FuseFileInfo fi) {
+        return call("release", path, () -> {
+            OpenFile f = open.remove(fi.fh.get());
+            if (f == null) {
+                throw new FsException(EBADF, "no open file for fh " + fi.fh.get());
+            }
+            if (f.unlinked) {
+                hidden.computeIfPresent(f.name, (k, holders) -> {
+                    holders.remove(f);
+                    return holders.isEmpty() ? null : holders;
+                });
+            }
+            if (C.close(f.fd) != 0) {
+                throw FsException.fromErrno(Native.errno(), "close", f.name);
+            }
+            if (f.unlinked) {
+                log.debug("closed unlinked image={}", f.name);
+            }
+            return 0;
+        });
+    }
+
+    /** truncate by path: shrinking releases the blocks past the new end. */
+    @Override
+    public int truncate(String path, long size) {
+        return call("truncate", path, () -> {
+            if (size < 0) {
+                throw new FsException(EINVAL, "negative size " + size);
+            }
+            String name = imageName(path);
+            int fd = store.openImage(name, O_WRONLY);
+            try {
+                puncher.truncate(fd, name, size);
+            } finally {
+                C.close(fd);
+            }
+            return 0;
+        });
+    }
+
+    @Override
+    public int ftruncate(String path, long size, FuseFileInfo fi) {
+        return call("ftruncate", path, () -> {
+            if (size < 0) {
+                throw new FsException(EINVAL, "negative size " + size);
+            }
+            OpenFile f = file(fi);
+            puncher.truncate(f.fd, f.name, size);
+            return 0;
+        });
+    }
+
+    /**
+     * fallocate, intercepted: PUNCH_HOLE and ZERO_RANGE release the backing blocks at once
+     * (a guest's discard arrives here through QEMU's discard=unmap); allocation passes through.
+     * Modes that move data (COLLAPSE_RANGE, INSERT_RANGE) are refused.
+     */
+    @Override
+    public int fallocate(String path, int mode, long offset, long length, FuseFileInfo fi) {
+        return call("fallocate", path, () -> {
+            OpenFile f = file(fi);
+            if (offset < 0 || length <= 0) {
+                throw new FsException(EINVAL, "bad range offset=" + offset + " length=" + length);
+            }
+            if (offset > Long.MAX_VALUE - length) {
+                throw new FsException(EFBIG, "range past 2^63: offset=" + offset + " length=" + length);
+            }
+            switch (mode) {
+                case MODE_PUNCH -> puncher.punch(f.fd, f.name, offset, length);
+                case MODE_ZERO -> puncher.zeroRange(f.fd, f.name, offset, length, false);
+                case MODE_ZERO_KEEP -> puncher.zeroRange(f.fd, f.name, offset, length, true);
+                case MODE_ALLOCATE, MODE_KEEP_SIZE -> {
+                    if (C.fallocate(f.fd, mode, offset, length) != 0) {
+                        throw FsException.fromErrno(Native.errno(), "fallocate", f.name);
+                    }
+                }
+                default -> throw new FsException(EOPNOTSUPP, "fallocate mode 0x" + Integer.toHexString(mode)
+                        + " is not supported");
+            }
+            return 0;
+        });
+    }
+
+    /** Removes the backing file at once; its blocks are free as soon as nobody holds it open. */
+    @Override
+    public int unlink(String path) {
+        return call("unlink", path, () -> {
+            String name = imageName(path);
+            if (name.startsWith(HIDDEN_PREFIX) && !store.exists(name)) {
+                hidden.remove(name); // libfuse dropping a hidden name after the last close
+                return 0;
+            }
+            removeImage(name, null);
+            return 0;
+        });
+    }
+
+    /**
+     * Removes an image's backing file and records the release. Open files of it stay usable; with
+     * {@code hiddenAs}, they are reachable under that name (see {@link #hidden}).
+     */
+    private void removeImage(String name, String hiddenAs) throws FsException {
+        BackingStore.Usage usage = store.usage(name);
+        store.unlink(name);
+        List<OpenFile> holders = new CopyOnWriteArrayList<>();
+        for (OpenFile f : open.values()) {
+            if (name.equals(f.name) && !f.unlinked) {
+                f.unlinked = true;
+                if (hiddenAs != null) {
+                    f.name = hiddenAs;
+                }
+                holders.add(f);
+            }
+        }
+        if (hiddenAs != null && !holders.isEmpty()) {
+            hidden.put(hiddenAs, holders);
+        }
+        ledger.record(name, 0, usage == null ? 0 : usage.size(), usage == null ? 0 : usage.allocated(),
+                ReleaseLedger.Reason.UNLINK);
+        ledger.forget(name);
+        if (!holders.isEmpty()) {
+            log.info("unlink image={} still open by {} handle(s); its space returns when they close", name, holders.size());
+        }
+    }
+
+    @Override
+    public int rename(String oldpath, String newpath) {
+        return call("rename", oldpath, () -> {
+            Node from = node(oldpath);
+            Node to = node(newpath);
+            if (from.kind() != Node.Kind.IMAGE || to.kind() != Node.Kind.IMAGE) {
+                throw new FsException(from.kind() == to.kind() ? EPERM : EXDEV,
+                        "rename only within images/: " + oldpath + " -> " + newpath);
+            }
+            if (to.name().startsWith(HIDDEN_PREFIX)) {
+                removeImage(from.name(), to.name()); // libfuse hiding an open file it was asked to unlink
+                return 0;
+            }
+            store.rename(from.name(), to.name());
+            ledger.renamed(from.name(), to.name());
+            for (OpenFile f : open.values()) {
+                if (from.name().equals(f.name) && !f.unlinked) {
+                    f.name = to.name();
+                } else if (to.name().equals(f.name) && !f.unlinked) {
+                    f.unlinked = true; // replaced by the rename
+                }
+            }
+            log.info("rename image={} to={}", from.name(), to.name());
+            return 0;
+        });
+    }
+
+    @Override
+    public int chmod(String path, long mode) {
+        return call("chmod", path, () -> {
+            store.chmod(imageName(path), (int) mode);
+            return 0;
+        });
+    }
+
+    @Override
+    public int chown(String path, long uid, long gid) {
+        return call("chown", path, () -> {
+            store.chown(imageName(path), (int) uid, (int) gid);
+            return 0;
+        });
+    }
+
+    @Override
+    public int utimens(String path, Timespec[] timespec) {
+        return call("utimens", path, () -> {
+            store.utimens(imageName(path), Struct.getMemory(timespec[0]));
+            return 0;
+        });
+    }
+
+    /** The backing filesystem's figures: df on the mount shows the store's disk. */
+    @Override
+    public int statfs(String path, Statvfs stbuf) {
+        return call("statfs", path, () -> {
+            store.statfs(Struct.getMemory(stbuf));
+            return 0;
+        });
+    }
+
+    @Override
+    public int mkdir(String path, long mode) {
+        return call("mkdir", path, () -> {
+            throw new FsException(EPERM, "the namespace is flat: no directories may be made: " + path);
+        });
+    }
+
+    @Override
+    public int rmdir(String path) {
+        return call("rmdir", path, () -> {
+            throw new FsException(EPERM, "images/ and journals/ cannot be removed: " + path);
+        });
+    }
+
+    @Override
+    public int symlink(String oldpath, String newpath) {
+        return call("symlink", newpath, () -> {
+            throw new FsException(EPERM, "no symlinks in the store: " + newpath);
+        });
+    }
+
+    @Override
+    public int link(String oldpath, String newpath) {
+        return call("link", newpath, () -> {
+            throw new FsException(EPERM, "no hard links in the store: " + newpath);
+        });
+    }
+
+    @Override
+    public int mknod(String path, long mode, long rdev) {
+        return call("mknod", path, () -> {
+            throw new FsException(EPERM, "only regular files in the store: " + path);
+        });
+    }
+
+    /** Closes whatever is still open (the kernel releases everything before an unmount completes). */
+    public void closeAll() {
+        for (OpenFile f : open.values()) {
+            C.close(f.fd);
+        }
+        open.clear();
+    }
+}

@@ -1,0 +1,148 @@
+package vmfuse.fs.cli;
+
+import java.io.File;
+import java.io.IOException;
+import java.io.RandomAccessFile;
+import java.nio.charset.StandardCharsets;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.util.ArrayList;
+import java.util.List;
+import java.util.Optional;
+import java.util.concurrent.Callable;
+import java.util.concurrent.TimeUnit;
+
+import picocli.CommandLine.Command;
+import picocli.CommandLine.Option;
+import picocli.CommandLine.Parameters;
+import vmfuse.fs.FsException;
+import vmfuse.fs.daemon.Daemon;
+import vmfuse.fs.daemon.MountTable;
+import vmfuse.fs.daemon.Store;
+import vmfuse.fs.nativeio.Native;
+
+@Command(name = "mount", mixinStandardHelpOptions = true,
+        description = {
+            "Mount the store DIR at MOUNTPOINT: images/ shows DIR/images, journals/ the journal devices.",
+            "Without -f, returns once the mount is live; the daemon keeps running and logs to DIR/vmfuse.log."},
+        footer = {"", "Examples:",
+            "  vmfuse mount --store /var/lib/vmfuse /srv/vmfuse",
+            "  vmfuse mount -f --store ./var/store ./var/mnt -o max_read=131072"})
+final class MountCommand implements Callable<Integer> {
+    private static final long READY_TIMEOUT_SECONDS = 60;
+
+    @Option(names = "--store", required = true, paramLabel = "DIR",
+            description = "The store directory (must exist and be writable). DIR/images is created if absent.")
+    Path store;
+
+    @Parameters(index = "0", paramLabel = "MOUNTPOINT", description = "An empty directory.")
+    Path mountPoint;
+
+    @Option(names = {"-f", "--foreground"}, description = "Stay in the foreground and log to stderr.")
+    boolean foreground;
+
+    @Option(names = "-o", paramLabel = "OPTIONS", split = ",",
+            description = "Extra FUSE mount options, comma-separated (after the defaults: "
+                    + "big_writes,max_write=131072,allow_other,default_permissions,no_remote_lock).")
+    List<String> fuseOptions = new ArrayList<>();
+
+    @Option(names = "--force", description = "Clear a stale mount (left by a daemon that died) at MOUNTPOINT first.")
+    boolean force;
+
+    @Override
+    public Integer call() throws Exception {
+        Path mnt = mountPoint.toAbsolutePath().normalize();
+        if (foreground) {
+            try {
+                Daemon.run(new Daemon.Options(store, mnt, fuseOptions, force));
+            } catch (FsException e) {
+                throw new FsException(e.errno(), "cannot mount " + mnt + ": " + e.getMessage());
+            }
+            return 0;
+        }
+        Store s;
+        try {
+            s = Daemon.preflight(new Daemon.Options(store, mnt, fuseOptions, force));
+        } catch (FsException e) {
+            throw new FsException(e.errno(), "cannot mount " + mnt + ": " + e.getMessage());
+        }
+        return startDaemon(s, mnt);
+    }
+
+    /** Starts the daemon in its own session and waits until its mount is live. */
+    private int startDaemon(Store s, Path mnt) throws Exception {
+        List<String> cmd = new ArrayList<>();
+        cmd.add("setsid");
+        cmd.add(ProcessHandle.current().info().command().orElse("java"));
+        cmd.addAll(java.lang.management.ManagementFactory.getRuntimeMXBean().getInputArguments());
+        cmd.add("-cp");
+        cmd.add(System.getProperty("java.class.path"));
+        cmd.add(Main.class.getName());
+        if (Main.debug) {
+            cmd.add("--debug");
+        }
+        cmd.addAll(List.of("mount", "--foreground", "--store", s.dir().toString()));
+        for (String o : fuseOptions) {
+            cmd.add("-o");
+            cmd.add(o);
+        }
+        cmd.add(mnt.toString());
+
+        File log = s.log().toFile();
+        long logStart = log.length();
+        Process child = new ProcessBuilder(cmd)
+                .redirectInput(ProcessBuilder.Redirect.from(new File("/dev/null")))
+                .redirectOutput(ProcessBuilder.Redirect.appendTo(log))
+                .redirectErrorStream(true)
+                .start();
+        long deadline = System.nanoTime() + TimeUnit.SECONDS.toNanos(READY_TIMEOUT_SECONDS);
+        while (System.nanoTime() < deadline) {
+            if (!child.isAlive()) {
+                throw new FsException(Native.EIO, "daemon exited with status " + child.exitValue() + ": "
+                        + reasonFromLog(log, logStart));
+            }
+            if (isLive(s, mnt, child.pid())) {
+                return 0;
+            }
+            Thread.sleep(50);
+        }
+        child.destroyForcibly();
+        throw new FsException(Native.EIO, "cannot mount " + mnt + ": not live after " + READY_TIMEOUT_SECONDS
+                + " s; see " + log);
+    }
+
+    private static boolean isLive(Store s, Path mnt, long pid) throws IOException {
+        if (!Files.exists(s.pidFile())) {
+            return false;
+        }
+        String content = Files.readString(s.pidFile(), StandardCharsets.UTF_8);
+        if (!content.startsWith(pid + "\t")) {
+            return false;
+        }
+        Optional<MountTable.Entry> e = MountTable.at(mnt);
+        return e.isPresent() && e.get().isVmfuse();
+    }
+
+    /** The daemon's own one-line reason ("vmfuse: ..."), from what it appended to the log. */
+    private static String reasonFromLog(File log, long from) {
+        try (RandomAccessFile f = new RandomAccessFile(log, "r")) {
+            f.seek(from);
+            byte[] b = new byte[(int) Math.min(f.length() - from, 64 * 1024)];
+            f.readFully(b);
+            String[] lines = new String(b, StandardCharsets.UTF_8).split("\n");
+            for (int i = lines.length - 1; i >= 0; i--) {
+                if (lines[i].startsWith("vmfuse: ")) {
+                    return lines[i].substring("vmfuse: ".length());
+                }
+            }
+            for (int i = lines.length - 1; i >= 0; i--) {
+                if (lines[i].startsWith("fuse: ") || lines[i].contains(" ERROR ")) {
+                    return lines[i];
+                }
+            }
+            return "see " + log;
+        } catch (IOException e) {
+            return "see " + log;
+        }
+    }
+}

@@ -1,0 +1,104 @@
+package vmfuse.fs.cli;
+
+import java.io.IOException;
+import java.io.PrintWriter;
+import java.nio.file.Path;
+import java.util.ArrayList;
+import java.util.List;
+import java.util.Optional;
+import java.util.concurrent.Callable;
+
+import picocli.CommandLine.Command;
+import picocli.CommandLine.Model.CommandSpec;
+import picocli.CommandLine.Option;
+import picocli.CommandLine.Parameters;
+import picocli.CommandLine.Spec;
+import vmfuse.fs.FsException;
+import vmfuse.fs.daemon.ControlServer;
+import vmfuse.fs.daemon.MountPoints;
+import vmfuse.fs.daemon.MountTable;
+import vmfuse.fs.daemon.Store;
+import vmfuse.fs.nativeio.Native;
+
+@Command(name = "status", mixinStandardHelpOptions = true,
+        description = {"Show a mount's images: size, bytes allocated in the store, bytes released so far.",
+            "Released bytes count every punch-hole, zero-range, shrinking truncate and unlink, as the",
+            "drop of the backing file's allocated blocks; they persist across remounts."})
+final class StatusCommand implements Callable<Integer> {
+
+    @Parameters(index = "0", paramLabel = "MOUNTPOINT")
+    Path mountPoint;
+
+    @Option(names = {"-H", "--human"}, description = "Sizes as 1.5G rather than bytes.")
+    boolean human;
+
+    @Spec
+    CommandSpec spec;
+
+    @Override
+    public Integer call() throws Exception {
+        Path mnt = mountPoint.toAbsolutePath().normalize();
+        Optional<MountTable.Entry> entry = MountTable.at(mnt);
+        if (entry.isEmpty() || !entry.get().isVmfuse()) {
+            throw new FsException(Native.EINVAL, mnt + " is not a vmfuse mount");
+        }
+        if (MountPoints.probe(mnt) == MountPoints.State.STALE) {
+            throw new FsException(Native.ENOTCONN, "the mount at " + mnt + " is stale (its daemon is gone); "
+                    + "clear it with 'fusermount -u " + mnt + "' or 'vmfuse mount --force'");
+        }
+        Store store = new Store(Path.of(entry.get().source()));
+        String answer;
+        try {
+            answer = ControlServer.request(store.socket(), "status");
+        } catch (IOException e) {
+            throw new FsException(Native.EIO, "cannot reach the daemon of " + mnt + " at " + store.socket() + ": "
+                    + e.getMessage());
+        }
+        print(answer, spec.commandLine().getOut());
+        return 0;
+    }
+
+    private void print(String answer, PrintWriter out) throws FsException {
+        List<String[]> rows = new ArrayList<>();
+        rows.add(new String[] {"IMAGE", "SIZE", "ALLOCATED", "RELEASED", "RELEASES", "OPEN"});
+        for (String line : answer.split("\n")) {
+            String[] f = line.split("\t");
+            switch (f[0]) {
+                case "mount" -> out.printf("mount %s  store %s  daemon pid %s%n", f[1], f[3], f[2]);
+                case "store" -> out.printf("backing store: %s free of %s%n", bytes(f[2]), bytes(f[1]));
+                case "image" -> rows.add(new String[] {f[1], bytes(f[2]), bytes(f[3]), bytes(f[4]), f[5], f[6]});
+                case "total" -> rows.add(new String[] {"total (" + f[1] + " images)", bytes(f[2]), bytes(f[3]),
+                    bytes(f[4]), f[5], ""});
+                default -> throw new FsException(Native.EIO, "daemon answered: " + line);
+            }
+        }
+        int[] width = new int[6];
+        for (String[] r : rows) {
+            for (int i = 0; i < r.length; i++) {
+                width[i] = Math.max(width[i], r[i].length());
+            }
+        }
+        for (String[] r : rows) {
+            StringBuilder b = new StringBuilder(String.format("%-" + width[0] + "s", r[0]));
+            for (int i = 1; i < r.length; i++) {
+                b.append("  ").append(String.format("%" + width[i] + "s", r[i]));
+            }
+            out.println(b.toString().stripTrailing());
+        }
+        out.flush();
+    }
+
+    private String bytes(String s) {
+        if (!human) {
+            return s;
+        }
+        double v = Long.parseLong(s);
+        String[] units = {"B", "K", "M", "G", "T", "P", "E"};
+        int u = 0;
+        while (v >= 1024 && u < units.length - 1) {
+            v /= 1024;
+            u++;
+        }
+        return u == 0 ? s : String.format("%.1f%s", v, units[u]);
+    }
+}

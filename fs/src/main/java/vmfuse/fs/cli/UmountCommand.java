@@ -1,0 +1,70 @@
+package vmfuse.fs.cli;
+
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.util.Optional;
+import java.util.concurrent.Callable;
+import java.util.concurrent.TimeUnit;
+
+import picocli.CommandLine.Command;
+import picocli.CommandLine.Option;
+import picocli.CommandLine.Parameters;
+import vmfuse.fs.FsException;
+import vmfuse.fs.daemon.Fusermount;
+import vmfuse.fs.daemon.MountTable;
+import vmfuse.fs.daemon.Store;
+import vmfuse.fs.nativeio.Native;
+
+@Command(name = "umount", aliases = "unmount", mixinStandardHelpOptions = true,
+        description = {"Unmount a vmfuse mount and wait for its daemon to exit.",
+            "The daemon syncs the backing filesystem before it exits, so once this returns,",
+            "everything written through the mount is on stable storage. A busy mount (QEMU still",
+            "has an image open) is left mounted and the command fails."})
+final class UmountCommand implements Callable<Integer> {
+
+    @Parameters(index = "0", paramLabel = "MOUNTPOINT")
+    Path mountPoint;
+
+    @Option(names = "--timeout", paramLabel = "SECONDS", defaultValue = "60",
+            description = "How long to wait for the daemon to exit (default: ${DEFAULT-VALUE}).")
+    long timeoutSeconds;
+
+    @Override
+    public Integer call() throws Exception {
+        Path mnt = mountPoint.toAbsolutePath().normalize();
+        Optional<MountTable.Entry> entry = MountTable.at(mnt);
+        if (entry.isEmpty() || !entry.get().isVmfuse()) {
+            throw new FsException(Native.EINVAL, "cannot unmount " + mnt + ": not a vmfuse mount");
+        }
+        Store store = new Store(Path.of(entry.get().source()));
+        Optional<ProcessHandle> daemon = daemonOf(store, mnt);
+        try {
+            Fusermount.unmount(mnt, false);
+        } catch (FsException e) {
+            String hint = e.errno() == Native.EBUSY ? " (a program still uses it; see: fuser -vm " + mnt + ")" : "";
+            throw new FsException(e.errno(), "cannot unmount " + mnt + ": " + e.getMessage() + hint);
+        }
+        if (daemon.isPresent()) {
+            try {
+                daemon.get().onExit().get(timeoutSeconds, TimeUnit.SECONDS);
+            } catch (java.util.concurrent.TimeoutException e) {
+                throw new FsException(Native.EBUSY, "unmounted " + mnt + ", but daemon pid " + daemon.get().pid()
+                        + " did not exit within " + timeoutSeconds + " s");
+            }
+        }
+        return 0;
+    }
+
+    /** The daemon serving {@code mnt}, from the store's pid file, if it is still running. */
+    static Optional<ProcessHandle> daemonOf(Store store, Path mnt) {
+        try {
+            String[] f = Files.readString(store.pidFile()).trim().split("\t", 2);
+            if (f.length == 2 && Path.of(f[1]).equals(mnt)) {
+                return ProcessHandle.of(Long.parseLong(f[0])).filter(ProcessHandle::isAlive);
+            }
+        } catch (java.io.IOException | RuntimeException e) {
+            // no pid file: the daemon is gone (a stale mount) or never got that far
+        }
+        return Optional.empty();
+    }
+}

@@ -1,0 +1,109 @@
+package vmfuse.fs.daemon;
+
+import java.io.IOException;
+import java.nio.charset.StandardCharsets;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.security.MessageDigest;
+import java.security.NoSuchAlgorithmException;
+import java.util.HexFormat;
+
+import vmfuse.fs.FsException;
+import vmfuse.fs.nativeio.Native;
+
+/**
+ * The layout of a store directory, in one place:
+ * <pre>
+ *   STORE/images/        the backing files of the images (passthrough)
+ *   STORE/vmfuse.log     the daemon's log
+ *   STORE/vmfuse.lock    held (flock) by the one daemon serving this store
+ *   STORE/vmfuse.pid     "PID MOUNTPOINT" of that daemon, once its mount is live
+ *   STORE/vmfuse.sock    its control socket (status)
+ *   STORE/releases.tsv   counts of released bytes per image
+ * </pre>
+ */
+public record Store(Path dir) {
+
+    public Path images() {
+        return dir.resolve("images");
+    }
+
+    public Path log() {
+        return dir.resolve("vmfuse.log");
+    }
+
+    public Path lockFile() {
+        return dir.resolve("vmfuse.lock");
+    }
+
+    public Path pidFile() {
+        return dir.resolve("vmfuse.pid");
+    }
+
+    public Path ledger() {
+        return dir.resolve("releases.tsv");
+    }
+
+    /**
+     * The control socket. A unix socket path must fit in 108 bytes; a store deeper than that
+     * gets its socket under /run/vmfuse, named by a hash of the store path.
+     */
+    public Path socket() {
+        Path p = dir.resolve("vmfuse.sock");
+        if (p.toString().getBytes(StandardCharsets.UTF_8).length < 100) {
+            return p;
+        }
+        try {
+            byte[] h = MessageDigest.getInstance("SHA-256").digest(dir.toString().getBytes(StandardCharsets.UTF_8));
+            return Path.of("/run/vmfuse", HexFormat.of().formatHex(h, 0, 12) + ".sock");
+        } catch (NoSuchAlgorithmException e) {
+            throw new IllegalStateException(e);
+        }
+    }
+
+    /**
+     * Opens a store for a daemon: the directory must exist, be a directory and be writable (tried
+     * by creating a file, so a read-only filesystem is caught even for root); images/ is made if
+     * absent. The path must not hold ',' or a backslash, which libfuse's option parser would split.
+     */
+    public static Store open(Path dir) throws FsException {
+        Path abs = dir.toAbsolutePath().normalize();
+        String s = abs.toString();
+        if (s.indexOf(',') >= 0 || s.indexOf('\\') >= 0 || s.indexOf('\n') >= 0) {
+            throw new FsException(Native.EINVAL, "store path may not contain ',', '\\' or a newline: " + s);
+        }
+        if (!Files.exists(abs)) {
+            throw new FsException(Native.ENOENT, "store " + s + " does not exist (create it with: mkdir -p " + s + ")");
+        }
+        if (!Files.isDirectory(abs)) {
+            throw new FsException(Native.ENOTDIR, "store " + s + " is not a directory");
+        }
+        Path probe = abs.resolve(".vmfuse-write-test");
+        try {
+            Files.deleteIfExists(probe);
+            Files.createFile(probe);
+            Files.delete(probe);
+        } catch (IOException e) {
+            throw new FsException(Native.EACCES, "store " + s + " is not writable: " + reason(e));
+        }
+        Store store = new Store(abs);
+        try {
+            Files.createDirectories(store.images());
+        } catch (IOException e) {
+            throw new FsException(Native.EIO, "cannot create " + store.images() + ": " + reason(e));
+        }
+        if (!Files.isDirectory(store.images(), java.nio.file.LinkOption.NOFOLLOW_LINKS)) {
+            throw new FsException(Native.ENOTDIR, store.images() + " is not a directory");
+        }
+        return store;
+    }
+
+    /** The short reason of an I/O exception: "Read-only file system", not a class name. */
+    public static String reason(IOException e) {
+        String m = e.getMessage();
+        if (e instanceof java.nio.file.FileSystemException fse && fse.getReason() != null) {
+            return fse.getReason();
+        }
+        return m != null ? m : e.getClass().getSimpleName();
+    }
+}

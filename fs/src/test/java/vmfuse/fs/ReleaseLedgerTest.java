@@ -1,0 +1,47 @@
+package vmfuse.fs;
+
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertThrows;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+import java.nio.file.Files;
+import java.nio.file.Path;
+
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.io.TempDir;
+
+class ReleaseLedgerTest {
+    @TempDir
+    Path dir;
+
+    @Test
+    void countsPerImageAndInTotalAndSurviveAReload() throws Exception {
+        Path file = dir.resolve("releases.tsv");
+        ReleaseLedger l = ReleaseLedger.load(file);
+        l.record("a.raw", 0, 4096, 4096, ReleaseLedger.Reason.PUNCH_HOLE);
+        l.record("a.raw", 8192, 8192, 8192, ReleaseLedger.Reason.ZERO_RANGE);
+        l.record("b.qcow2", 0, 100, 0, ReleaseLedger.Reason.TRUNCATE);
+        l.renamed("b.qcow2", "c.qcow2");
+        l.record("d.raw", 0, 65536, 65536, ReleaseLedger.Reason.UNLINK);
+        l.forget("d.raw");
+        l.save();
+
+        ReleaseLedger again = ReleaseLedger.load(file);
+        assertEquals(new ReleaseLedger.Count(12288, 2), again.of("a.raw"));
+        assertEquals(new ReleaseLedger.Count(0, 1), again.of("c.qcow2"));
+        assertEquals(new ReleaseLedger.Count(0, 0), again.of("b.qcow2"));
+        assertEquals(new ReleaseLedger.Count(0, 0), again.of("d.raw"));
+        assertEquals(new ReleaseLedger.Count(77824, 4), again.total());
+        assertTrue(Files.exists(file));
+        assertTrue(!Files.exists(dir.resolve("releases.tsv.tmp")));
+    }
+
+    @Test
+    void aCorruptLedgerIsRefusedAndLeftAlone() throws Exception {
+        Path file = dir.resolve("releases.tsv");
+        Files.writeString(file, "a.raw\tnot-a-number\t1\n");
+        FsException e = assertThrows(FsException.class, () -> ReleaseLedger.load(file));
+        assertTrue(e.getMessage().contains(file.toString()), e.getMessage());
+        assertEquals("a.raw\tnot-a-number\t1\n", Files.readString(file));
+    }
+}

@@ -1,0 +1,60 @@
+package vmfuse.fs.it;
+
+import static org.junit.jupiter.api.Assertions.assertEquals;
+
+import java.io.IOException;
+import java.io.InputStream;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.security.MessageDigest;
+import java.util.HexFormat;
+
+import jnr.ffi.Memory;
+import jnr.ffi.Pointer;
+import jnr.ffi.Runtime;
+import vmfuse.fs.nativeio.LibC;
+
+/** What a user checks on the host: allocated blocks, free space, checksums; and small tmpfs stores. */
+final class Disk {
+    private Disk() {}
+
+    /** st_blocks * 512 of a file (not following symlinks). */
+    static long allocated(Path file) {
+        Pointer st = Memory.allocate(Runtime.getSystemRuntime(), 256);
+        int rc = LibC.INSTANCE.fstatat(-100, file.toString(), st, 0x100);
+        assertEquals(0, rc, "stat " + file);
+        return st.getLong(64) * 512;
+    }
+
+    /** Bytes free for unprivileged users on the filesystem holding {@code p}. */
+    static long free(Path p) {
+        try {
+            return Files.getFileStore(p).getUsableSpace();
+        } catch (IOException e) {
+            throw new java.io.UncheckedIOException(e);
+        }
+    }
+
+    static String sha256(Path file) throws Exception {
+        MessageDigest md = MessageDigest.getInstance("SHA-256");
+        try (InputStream in = Files.newInputStream(file)) {
+            byte[] buf = new byte[1 << 20];
+            int n;
+            while ((n = in.read(buf)) > 0) {
+                md.update(buf, 0, n);
+            }
+        }
+        return HexFormat.of().formatHex(md.digest());
+    }
+
+    /** Mounts a tmpfs of {@code size} (e.g. "64m") at {@code dir}, with extra mount options. */
+    static void tmpfs(Path dir, String size, String... extra) throws IOException {
+        Files.createDirectories(dir);
+        String opts = "size=" + size + (extra.length > 0 ? "," + String.join(",", extra) : "");
+        Proc.ok("mount", "-t", "tmpfs", "-o", opts, "vmfuse-test", dir.toString());
+    }
+
+    static void umount(Path dir) {
+        Proc.run("umount", "-l", dir.toString());
+    }
+}

@@ -1,0 +1,134 @@
+package vmfuse.fs.it;
+
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertFalse;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+import java.nio.file.Files;
+import java.util.concurrent.TimeUnit;
+
+import org.junit.jupiter.api.Tag;
+import org.junit.jupiter.api.Test;
+
+/** The command line as an operator drives it: mount, status, umount, signals, stale mounts. */
+@Tag("integration")
+class MountLifecycleTest {
+
+    private static boolean isMounted(Mounted m) {
+        return Proc.run("mountpoint", "-q", m.mnt.toString()).ok();
+    }
+
+    @Test
+    void everyCommandHasHelp() throws Exception {
+        try (Mounted m = Mounted.prepare()) {
+            for (String[] args : new String[][] {{"--help"}, {"mount", "--help"}, {"umount", "--help"},
+                {"status", "--help"}}) {
+                Proc.Result r = m.vmfuse(args).assertOk();
+                assertTrue(r.out().contains("Usage: vmfuse"), r.describe());
+            }
+            Proc.Result bad = m.vmfuse("mount", "--no-such-option");
+            assertEquals(2, bad.exit(), bad.describe());
+        }
+    }
+
+    @Test
+    void mountReturnsOnceLiveAndUmountWaitsForTheDaemon() throws Exception {
+        try (Mounted m = Mounted.create()) {
+            assertTrue(isMounted(m));
+            assertTrue(Files.isDirectory(m.mnt.resolve("images")));
+            assertTrue(Files.isDirectory(m.mnt.resolve("journals")));
+            long pid = m.daemonPid().orElseThrow();
+            assertTrue(m.log().contains("mounted store=" + m.store), m.log());
+            Proc.ok("qemu-img", "create", "-f", "qcow2", m.image("a.qcow2").toString(), "1G");
+
+            m.umount().assertOk();
+            assertFalse(isMounted(m));
+            assertFalse(ProcessHandle.of(pid).map(ProcessHandle::isAlive).orElse(false), "daemon still running");
+            assertTrue(m.log().contains("unmounted store="), m.log());
+            assertTrue(Files.exists(m.backing("a.qcow2")));
+            assertFalse(Files.exists(m.store.resolve("vmfuse.pid")));
+        }
+    }
+
+    @Test
+    void umountOfABusyMountFailsAndLeavesItWorking() throws Exception {
+        try (Mounted m = Mounted.create()) {
+            Proc.ok("qemu-img", "create", "-f", "raw", m.image("busy.raw").toString(), "1M");
+            try (Proc.Background holder = Proc.start("sh", "-c", "exec 3<'" + m.image("busy.raw") + "'; echo open; exec sleep 60")) {
+                ReleaseSpaceTest.waitFor(() -> holder.output().contains("open"));
+                Proc.Result r = m.vmfuse("umount", m.mnt.toString());
+                assertEquals(1, r.exit(), r.describe());
+                assertTrue(r.err().startsWith("vmfuse: cannot unmount " + m.mnt), r.describe());
+                assertTrue(r.err().contains("busy"), r.describe());
+                assertEquals(1, r.err().lines().count(), "one line: " + r.err());
+                assertTrue(isMounted(m));
+                assertTrue(Files.exists(m.image("busy.raw")));
+            }
+        }
+    }
+
+    @Test
+    void sigtermAndSigintUnmountCleanly() throws Exception {
+        for (String signal : new String[] {"TERM", "INT"}) {
+            try (Mounted m = Mounted.create()) {
+                Proc.ok("qemu-img", "create", "-f", "raw", m.image("s.raw").toString(), "1M");
+                long pid = m.daemonPid().orElseThrow();
+                Proc.ok("kill", "-" + signal, String.valueOf(pid));
+                ProcessHandle.of(pid).ifPresent(h -> {
+                    try {
+                        h.onExit().get(30, TimeUnit.SECONDS);
+                    } catch (Exception e) {
+                        throw new AssertionError("daemon did not exit on SIG" + signal, e);
+                    }
+                });
+                assertFalse(isMounted(m), "still mounted after SIG" + signal);
+                assertTrue(m.log().contains("unmounted store="), m.log());
+                assertTrue(Files.exists(m.backing("s.raw")));
+            }
+        }
+    }
+
+    @Test
+    void staleMountIsNamedWithItsFixAndForceClearsIt() throws Exception {
+        try (Mounted m = Mounted.create()) {
+            Proc.ok("qemu-img", "create", "-f", "raw", m.image("keep.raw").toString(), "1M");
+            long pid = m.daemonPid().orElseThrow();
+            ProcessHandle.of(pid).ifPresent(Proc::kill); // kill -9: the mount is left behind, stale
+
+            Proc.Result again = m.vmfuse("mount", "--store", m.store.toString(), m.mnt.toString());
+            assertEquals(1, again.exit(), again.describe());
+            assertTrue(again.err().contains("stale"), again.describe());
+            assertTrue(again.err().contains("fusermount -u " + m.mnt), again.describe());
+            assertTrue(again.err().contains("--force"), again.describe());
+
+            Proc.Result status = m.vmfuse("status", m.mnt.toString());
+            assertEquals(1, status.exit());
+            assertTrue(status.err().contains("stale"), status.describe());
+
+            m.mount("--force");
+            assertTrue(Files.exists(m.image("keep.raw")), "the image is there after the remount");
+        }
+    }
+
+    @Test
+    void statusShowsEveryImageAndReleasesSurviveARemount() throws Exception {
+        try (Mounted m = Mounted.create()) {
+            Proc.ok("qemu-img", "create", "-f", "raw", m.image("s1.raw").toString(), "8M");
+            Proc.ok("qemu-io", "-f", "raw", "-c", "write -P 1 0 4M", "-c", "discard 0 1M", m.image("s1.raw").toString());
+            Proc.ok("qemu-img", "create", "-f", "qcow2", m.image("s2.qcow2").toString(), "1G");
+            String status = m.vmfuse("status", m.mnt.toString()).assertOk().out();
+            assertTrue(status.contains("IMAGE"), status);
+            String s1 = status.lines().filter(l -> l.startsWith("s1.raw")).findFirst().orElseThrow();
+            assertEquals("s1.raw 8388608 3145728 1048576 1 0", s1.replaceAll(" +", " "), status);
+            assertTrue(status.lines().anyMatch(l -> l.startsWith("s2.qcow2")), status);
+
+            m.umount().assertOk();
+            m.mount();
+            String after = m.vmfuse("status", m.mnt.toString()).assertOk().out();
+            assertTrue(after.lines().anyMatch(l -> l.replaceAll(" +", " ").equals("s1.raw 8388608 3145728 1048576 1 0")),
+                    after);
+            String human = m.vmfuse("status", "-H", m.mnt.toString()).assertOk().out();
+            assertTrue(human.contains("8.0M"), human);
+        }
+    }
+}

@@ -1,0 +1,45 @@
+#!/bin/sh
+# Installs every system package vmfuse needs to build, run, test and benchmark.
+# Idempotent: packages already present are not touched, and apt-get runs only
+# when something is missing. Called by `make run`, `make test` and `make bench`.
+set -eu
+
+PACKAGES="
+  openjdk-17-jdk-headless maven
+  libfuse2 fuse3
+  qemu-utils qemu-system-x86
+  e2fsprogs xfsprogs util-linux
+  fio bindfs strace python3
+  busybox-static linux-image-amd64 cpio kmod
+"
+
+missing=""
+for p in $PACKAGES; do
+    if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+        missing="$missing $p"
+    fi
+done
+
+if [ -n "$missing" ]; then
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "install-deps: missing packages:$missing (run as root, or install them)" >&2
+        exit 1
+    fi
+    echo "install-deps: installing$missing" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    # shellcheck disable=SC2086
+    apt-get install -y -qq --no-install-recommends $missing >/dev/null
+fi
+
+# The FUSE device must exist; in containers it sometimes has to be created.
+if [ ! -c /dev/fuse ]; then
+    if [ "$(id -u)" -eq 0 ]; then
+        mknod -m 666 /dev/fuse c 10 229
+    else
+        echo "install-deps: /dev/fuse is missing" >&2
+        exit 1
+    fi
+fi
+# The loop driver (used by tests that put ext4 on an image through losetup).
+modprobe loop 2>/dev/null || true
