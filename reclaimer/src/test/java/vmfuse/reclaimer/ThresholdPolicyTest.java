@@ -1,0 +1,70 @@
+package vmfuse.reclaimer;
+
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertThrows;
+
+import org.junit.jupiter.params.ParameterizedTest;
+import org.junit.jupiter.params.provider.CsvSource;
+import org.junit.jupiter.api.Test;
+
+class ThresholdPolicyTest {
+    static final long GiB = 1L << 30;
+
+    /** Free space over time (GiB of a 100 GiB disk) and the threshold after each observation. */
+    @ParameterizedTest(name = "{0}")
+    @CsvSource(delimiter = '|', textBlock = """
+            starts at the free fraction          | 40          | 0.40
+            rises by the growth of free space    | 40 50       | 0.50
+            rises linearly, step by step         | 40 45 50 60 | 0.60
+            halves when free space shrinks       | 40 30       | 0.20
+            halves at every shrink               | 40 30 29 28 | 0.05
+            shrink then growth                   | 40 20 30    | 0.30
+            unchanged when free space is         | 40 40 40    | 0.40
+            never above one                      | 90 100      | 1.00
+            an empty disk starts at zero         | 0           | 0.00
+            """)
+    void thresholdFollowsTheHostDisk(String why, String freeGiB, double expected) {
+        String[] steps = freeGiB.trim().split(" +");
+        ThresholdPolicy p = new ThresholdPolicy(Long.parseLong(steps[0]) * GiB, 100 * GiB);
+        for (int i = 1; i < steps.length; i++) {
+            p.observeDisk(Long.parseLong(steps[i]) * GiB, 100 * GiB);
+        }
+        assertEquals(expected, p.threshold(), 1e-9, why);
+    }
+
+    @Test
+    void aNoticeAtTheThresholdIsReclaimedAtOnce() {
+        ThresholdPolicy p = new ThresholdPolicy(25 * GiB, 100 * GiB); // 0.25
+        assertEquals(new ThresholdPolicy.Decision(true, 256), p.notice("vm1", 256, 1024));
+        assertEquals(0, p.pending("vm1"));
+    }
+
+    @Test
+    void smallNoticesAccumulatePerImageUntilTheirSumCrossesIt() {
+        ThresholdPolicy p = new ThresholdPolicy(25 * GiB, 100 * GiB); // 0.25 of 1000 = 250
+        assertEquals(ThresholdPolicy.Decision.WAIT, p.notice("vm1", 100, 1000));
+        assertEquals(ThresholdPolicy.Decision.WAIT, p.notice("vm2", 200, 1000));
+        assertEquals(ThresholdPolicy.Decision.WAIT, p.notice("vm1", 100, 1000));
+        assertEquals(200, p.pending("vm1"));
+        assertEquals(new ThresholdPolicy.Decision(true, 250), p.notice("vm1", 50, 1000));
+        assertEquals(0, p.pending("vm1"));
+        assertEquals(200, p.pending("vm2"), "another image's notices are its own");
+    }
+
+    @Test
+    void aFillingDiskMakesPendingNoticesGoSooner() {
+        ThresholdPolicy p = new ThresholdPolicy(40 * GiB, 100 * GiB); // 0.40 of 1000 = 400
+        assertEquals(ThresholdPolicy.Decision.WAIT, p.notice("vm1", 150, 1000));
+        p.observeDisk(30 * GiB, 100 * GiB); // 0.20 -> 200
+        assertEquals(new ThresholdPolicy.Decision(true, 200), p.notice("vm1", 50, 1000));
+    }
+
+    @Test
+    void nonsenseIsRefused() {
+        assertThrows(IllegalArgumentException.class, () -> new ThresholdPolicy(2, 1));
+        assertThrows(IllegalArgumentException.class, () -> new ThresholdPolicy(1, 0));
+        ThresholdPolicy p = new ThresholdPolicy(1, 2);
+        assertThrows(IllegalArgumentException.class, () -> p.notice("vm1", -1, 10));
+        assertThrows(IllegalArgumentException.class, () -> p.notice("vm1", 1, 0));
+    }
+}
