@@ -41,6 +41,13 @@ public final class VmFuseFs extends FuseStubFS {
     private static final int MODE_ZERO = FALLOC_FL_ZERO_RANGE;
     private static final int MODE_ZERO_KEEP = FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE;
 
+    /** struct fuse_bufvec with one struct fuse_buf (fuse_common.h, libfuse 2.9, x86_64). */
+    private static final int BUFVEC_SIZE = 64;
+    private static final int FUSE_BUF_IS_FD = 1 << 1;
+    private static final int FUSE_BUF_FD_SEEK = 1 << 2;
+    private static final int FUSE_BUF_FD_RETRY = 1 << 3;
+    private static final int ENOMEM = 12;
+
     private final BackingStore store;
     private final HolePuncher puncher;
     private final ReleaseLedger ledger;
@@ -64,19 +71,20 @@ public final class VmFuseFs extends FuseStubFS {
     }
 
     /**
-     * Runs the FUSE loop (multithreaded) until the mount goes away; returns libfuse's exit code.
-     * Calls libfuse directly rather than jnr-fuse's mount(), which adds a shutdown hook that
-     * lazily unmounts: the daemon owns the mount's lifecycle.
+     * Mounts and runs the FUSE loop on {@code threads} threads until the mount goes away; returns
+     * 0, or 1 if libfuse could not mount. Calls libfuse directly rather than jnr-fuse's mount(),
+     * which adds a shutdown hook that lazily unmounts (the daemon owns the mount's lifecycle) and
+     * serves requests on native threads (see {@link FuseLoop}).
      */
-    public int run(String mountPoint, List<String> options) {
+    public int run(String mountPoint, List<String> options, int threads) {
         // struct fuse_operations bit field after the 38 classic callbacks (8 bytes each):
-        // flag_nullpath_ok (bit 0): read/write/fsync/release of an unlinked open file arrive with
-        // a NULL path instead of failing with ENOENT — we use fi->fh only. flag_utime_omit_ok
-        // (bit 2): UTIME_NOW/UTIME_OMIT reach utimens unchanged.
+        // flag_nullpath_ok (bit 0): operations on an open file may arrive without a path; we use
+        // fi->fh only. flag_utime_omit_ok (bit 2): UTIME_NOW/UTIME_OMIT reach utimens unchanged.
         if (Struct.size(fuseOperations) != 360) {
             throw new IllegalStateException("unexpected struct fuse_operations size " + Struct.size(fuseOperations));
         }
-        Struct.getMemory(fuseOperations).putInt(38 * 8, 0b101);
+        Pointer ops = Struct.getMemory(fuseOperations);
+        ops.putInt(38 * 8, 0b101);
         String[] args = new String[3 + 2 * options.size()];
         args[0] = "vmfuse";
         args[1] = "-f";
@@ -85,7 +93,7 @@ public final class VmFuseFs extends FuseStubFS {
             args[3 + 2 * i] = "-o";
             args[4 + 2 * i] = options.get(i);
         }
-        return libFuse.fuse_main_real(args.length, args, fuseOperations, Struct.size(fuseOperations), null);
+        return FuseLoop.run(args, ops, Struct.size(fuseOperations), threads);
     }
 
     /** Counted down when the kernel's INIT has been answered: the mount is live. */
@@ -311,6 +319,36 @@ public final class VmFuseFs extends FuseStubFS {
             done += n;
         }
         return (int) done;
+    }
+
+    /**
+     * Reads by handing libfuse the backing descriptor and offset instead of data (struct
+     * fuse_bufvec with FUSE_BUF_IS_FD): with splice_write, libfuse splices the pages from the
+     * backing file to /dev/fuse, with no copy through user space. libfuse frees the bufvec.
+     */
+    @Override
+    public int read_buf(String path, Pointer bufp, long size, long offset, FuseFileInfo fi) {
+        OpenFile f = open.get(fi.fh.get());
+        if (f == null) {
+            return -EBADF;
+        }
+        if (offset < 0) {
+            return -EINVAL;
+        }
+        Pointer vec = C.malloc(BUFVEC_SIZE);
+        if (vec == null) {
+            return -ENOMEM;
+        }
+        vec.putLong(0, 1);      // count
+        vec.putLong(8, 0);      // idx
+        vec.putLong(16, 0);     // off
+        vec.putLong(24, size);  // buf[0].size
+        vec.putInt(32, FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK | FUSE_BUF_FD_RETRY); // buf[0].flags
+        vec.putAddress(40, 0);  // buf[0].mem
+        vec.putInt(48, f.fd);   // buf[0].fd
+        vec.putLong(56, offset); // buf[0].pos
+        bufp.putPointer(0, vec);
+        return 0;
     }
 
     /** One pwrite (repeated while the backing file accepts part of it). */

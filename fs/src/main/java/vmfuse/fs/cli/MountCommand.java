@@ -38,23 +38,33 @@ final class MountCommand implements Callable<Integer> {
     @Parameters(index = "0", paramLabel = "MOUNTPOINT", description = "An empty directory.")
     Path mountPoint;
 
+    @picocli.CommandLine.Spec
+    picocli.CommandLine.Model.CommandSpec spec;
+
     @Option(names = {"-f", "--foreground"}, description = "Stay in the foreground and log to stderr.")
     boolean foreground;
 
     @Option(names = "-o", paramLabel = "OPTIONS", split = ",",
             description = "Extra FUSE mount options, comma-separated (after the defaults: "
-                    + "big_writes,max_write=131072,allow_other,default_permissions,no_remote_lock).")
+                    + "big_writes,max_write=131072,splice_write,splice_move,allow_other,default_permissions,no_remote_lock).")
     List<String> fuseOptions = new ArrayList<>();
+
+    @Option(names = "--threads", paramLabel = "N", description = "Threads serving FUSE requests (default: "
+            + Daemon.DEFAULT_THREADS + ").")
+    int threads = Daemon.DEFAULT_THREADS;
 
     @Option(names = "--force", description = "Clear a stale mount (left by a daemon that died) at MOUNTPOINT first.")
     boolean force;
 
     @Override
     public Integer call() throws Exception {
+        if (threads < 1 || threads > 256) {
+            throw new picocli.CommandLine.ParameterException(spec.commandLine(), "--threads must be 1..256, not " + threads);
+        }
         Path mnt = mountPoint.toAbsolutePath().normalize();
         if (foreground) {
             try {
-                Daemon.run(new Daemon.Options(store, mnt, fuseOptions, force));
+                Daemon.run(new Daemon.Options(store, mnt, fuseOptions, force, threads));
             } catch (FsException e) {
                 throw new FsException(e.errno(), "cannot mount " + mnt + ": " + e.getMessage());
             }
@@ -62,7 +72,7 @@ final class MountCommand implements Callable<Integer> {
         }
         Store s;
         try {
-            s = Daemon.preflight(new Daemon.Options(store, mnt, fuseOptions, force));
+            s = Daemon.preflight(new Daemon.Options(store, mnt, fuseOptions, force, threads));
         } catch (FsException e) {
             throw new FsException(e.errno(), "cannot mount " + mnt + ": " + e.getMessage());
         }
@@ -81,7 +91,7 @@ final class MountCommand implements Callable<Integer> {
         if (Main.debug) {
             cmd.add("--debug");
         }
-        cmd.addAll(List.of("mount", "--foreground", "--store", s.dir().toString()));
+        cmd.addAll(List.of("mount", "--foreground", "--store", s.dir().toString(), "--threads", String.valueOf(threads)));
         for (String o : fuseOptions) {
             cmd.add("-o");
             cmd.add(o);

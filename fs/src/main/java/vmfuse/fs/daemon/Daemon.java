@@ -40,6 +40,7 @@ public final class Daemon {
     /**
      * FUSE options every mount gets, before the operator's -o (which may override them).
      * big_writes + max_write: 128 KiB writes instead of 4 KiB ones (FACTS.md: 4x the throughput).
+     * splice_write, splice_move: reads are spliced from the backing file to /dev/fuse (read_buf).
      * No hard_remove: with it libfuse 2 fails fstat on an unlinked open file; VmFuseFs instead
      * takes libfuse's rename to .fuse_hiddenNNN as the unlink (the backing file goes at once).
      * allow_other + default_permissions: QEMU may run as another user; the kernel checks modes.
@@ -49,12 +50,15 @@ public final class Daemon {
      * it), so an image would stay locked after its QEMU exited.
      */
     public static final List<String> DEFAULT_OPTIONS = List.of(
-            "subtype=vmfuse", "big_writes", "max_write=131072", "allow_other", "default_permissions", "no_remote_lock");
+            "subtype=vmfuse", "big_writes", "max_write=131072", "splice_write", "splice_move", "allow_other", "default_permissions", "no_remote_lock");
 
     private static volatile boolean shuttingDown;
 
     /** What the operator asked for. */
-    public record Options(Path store, Path mountPoint, List<String> fuseOptions, boolean force) {}
+    public record Options(Path store, Path mountPoint, List<String> fuseOptions, boolean force, int threads) {}
+
+    /** Threads serving FUSE requests: enough for a few VMs' queues; each idle one costs a stack. */
+    public static final int DEFAULT_THREADS = 16;
 
     private Daemon() {}
 
@@ -71,7 +75,7 @@ public final class Daemon {
                 StandardOpenOption.WRITE)) {
             lockStore(store, lockChannel);
             MountPoints.checkMountable(mnt, o.force());
-            serve(store, mnt, o.fuseOptions());
+            serve(store, mnt, o.fuseOptions(), o.threads());
         } catch (IOException e) {
             throw new FsException(Native.EIO, "cannot lock store " + store.dir() + ": " + Store.reason(e));
         }
@@ -111,7 +115,7 @@ public final class Daemon {
         }
     }
 
-    private static void serve(Store store, Path mnt, List<String> userOptions) throws FsException, IOException {
+    private static void serve(Store store, Path mnt, List<String> userOptions, int threads) throws FsException, IOException {
         List<String> options = new ArrayList<>();
         options.add("fsname=" + store.dir());
         options.addAll(DEFAULT_OPTIONS);
@@ -123,7 +127,7 @@ public final class Daemon {
             CompletableFuture<Integer> loop = new CompletableFuture<>();
             Thread loopThread = new Thread(() -> {
                 try {
-                    loop.complete(fs.run(mnt.toString(), options));
+                    loop.complete(fs.run(mnt.toString(), options, threads));
                 } catch (Throwable t) {
                     loop.completeExceptionally(t);
                 }
@@ -143,7 +147,8 @@ public final class Daemon {
             saver.scheduleWithFixedDelay(() -> save(ledger), 2, 2, TimeUnit.SECONDS);
             try (ControlServer control = new ControlServer(store.socket(),
                     req -> answer(req, store, mnt, pid, backing, ledger, fs))) {
-                log.info("mounted store={} mountpoint={} pid={} options={}", store.dir(), mnt, pid, String.join(",", options));
+                log.info("mounted store={} mountpoint={} pid={} threads={} options={}", store.dir(), mnt, pid, threads,
+                        String.join(",", options));
                 int rc = join(loop);
                 log.info("fuse loop ended rc={}", rc);
             } finally {
@@ -157,6 +162,7 @@ public final class Daemon {
                 save(ledger);
                 Files.deleteIfExists(store.pidFile());
                 log.info("unmounted store={} mountpoint={}", store.dir(), mnt);
+                flushLogs();
                 cleanedUp.countDown();
             }
         }
@@ -214,6 +220,16 @@ public final class Daemon {
             cleanedUp.await(SHUTDOWN_TIMEOUT_SECONDS, TimeUnit.SECONDS);
         } catch (InterruptedException | ExecutionException | TimeoutException e) {
             log.error("shutdown did not complete cleanly: {}", e.toString());
+        }
+    }
+
+    /**
+     * Writes out what the asynchronous log appender still holds. Called last: the JVM may halt as
+     * soon as the shutdown hook sees the clean-up done, and a queued line would be lost.
+     */
+    private static void flushLogs() {
+        if (LoggerFactory.getILoggerFactory() instanceof ch.qos.logback.classic.LoggerContext ctx) {
+            ctx.stop();
         }
     }
 

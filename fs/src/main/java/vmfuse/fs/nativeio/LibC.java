@@ -17,6 +17,9 @@ public interface LibC {
 
     LibC INSTANCE = LibraryLoader.create(LibC.class).failImmediately().load("c");
 
+    /** For buffers libfuse takes ownership of and free()s (struct fuse_bufvec). */
+    Pointer malloc(long size);
+
     @SaveError int openat(int dirfd, String path, int flags, int mode);
     @SaveError int open(String path, int flags, int mode);
     @SaveError int close(int fd);
