@@ -166,6 +166,19 @@ public final class BackingStore implements AutoCloseable {
         }
     }
 
+    /** chmod and chown of STORE/images itself (who may create images). */
+    public void chmodDir(int mode) throws FsException {
+        if (C.fchmod(dirFd, mode & 07777) != 0) {
+            throw FsException.fromErrno(Native.errno(), "chmod", imagesDir.toString());
+        }
+    }
+
+    public void chownDir(int uid, int gid) throws FsException {
+        if (C.fchown(dirFd, uid, gid) != 0) {
+            throw FsException.fromErrno(Native.errno(), "chown", imagesDir.toString());
+        }
+    }
+
     public void chown(String name, int uid, int gid) throws FsException {
         if (C.fchownat(dirFd, name, uid, gid, AT_SYMLINK_NOFOLLOW) != 0) {
             throw FsException.fromErrno(Native.errno(), "chown", name);

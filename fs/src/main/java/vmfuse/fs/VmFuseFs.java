@@ -561,10 +561,15 @@ public final class VmFuseFs extends FuseStubFS {
         });
     }
 
+    /** chmod of an image, or of images/ (who may create images there). */
     @Override
     public int chmod(String path, long mode) {
         return call("chmod", path, () -> {
-            store.chmod(imageName(path), (int) mode);
+            if (node(path).kind() == Node.Kind.IMAGES_DIR) {
+                store.chmodDir((int) mode);
+            } else {
+                store.chmod(imageName(path), (int) mode);
+            }
             return 0;
         });
     }
@@ -572,7 +577,11 @@ public final class VmFuseFs extends FuseStubFS {
     @Override
     public int chown(String path, long uid, long gid) {
         return call("chown", path, () -> {
-            store.chown(imageName(path), (int) uid, (int) gid);
+            if (node(path).kind() == Node.Kind.IMAGES_DIR) {
+                store.chownDir((int) uid, (int) gid);
+            } else {
+                store.chown(imageName(path), (int) uid, (int) gid);
+            }
             return 0;
         });
     }

@@ -1,0 +1,134 @@
+package vmfuse.fs.it;
+
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertFalse;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.nio.file.attribute.FileTime;
+import java.nio.file.attribute.PosixFilePermissions;
+import java.util.List;
+import java.util.stream.Stream;
+
+import org.junit.jupiter.api.AfterAll;
+import org.junit.jupiter.api.BeforeAll;
+import org.junit.jupiter.api.Tag;
+import org.junit.jupiter.api.Test;
+
+/** The operations around the data: names, attributes, listing, statfs, all reaching the backing files. */
+@Tag("integration")
+class MetadataOpsTest {
+    static Mounted m;
+
+    @BeforeAll
+    static void mount() throws Exception {
+        m = Mounted.create();
+    }
+
+    @AfterAll
+    static void unmount() throws Exception {
+        m.close();
+    }
+
+    @Test
+    void renameMovesTheBackingFileAndItsReleaseCounts() throws Exception {
+        Proc.ok("qemu-img", "create", "-f", "raw", m.image("old.raw").toString(), "4M");
+        Proc.ok("qemu-io", "-f", "raw", "-c", "write -P 9 0 1M", "-c", "discard 0 64k", m.image("old.raw").toString());
+        Proc.ok("mv", m.image("old.raw").toString(), m.image("new.raw").toString());
+        assertFalse(Files.exists(m.backing("old.raw")));
+        assertTrue(Files.exists(m.backing("new.raw")));
+        Proc.ok("qemu-io", "-f", "raw", "-c", "read -P 9 64k 960k", m.image("new.raw").toString());
+        String status = m.vmfuse("status", m.mnt.toString()).assertOk().out();
+        assertTrue(status.lines().anyMatch(l -> l.startsWith("new.raw") && l.contains(" 65536 ")), status);
+
+        Proc.Result toJournals = Proc.run("mv", m.image("new.raw").toString(), m.mnt.resolve("journals/x").toString());
+        assertFalse(toJournals.ok(), "an image cannot become a journal device by a rename");
+        assertTrue(Files.exists(m.backing("new.raw")));
+    }
+
+    @Test
+    void renameOverAnOpenImageKeepsTheOpenOneReadable() throws Exception {
+        Proc.ok("qemu-img", "create", "-f", "raw", m.image("a.raw").toString(), "1M");
+        Proc.ok("qemu-io", "-f", "raw", "-c", "write -P 1 0 4k", m.image("a.raw").toString());
+        Proc.ok("qemu-img", "create", "-f", "raw", m.image("b.raw").toString(), "1M");
+        Proc.ok("qemu-io", "-f", "raw", "-c", "write -P 2 0 4k", m.image("b.raw").toString());
+        Proc.Result r = Proc.ok("python3", "-c", String.join("\n",
+                "import os, sys",
+                "fd = os.open(sys.argv[1], os.O_RDONLY)",
+                "os.rename(sys.argv[2], sys.argv[1])",
+                "print(os.pread(fd, 1, 0)[0], os.fstat(fd).st_size)",
+                "print(open(sys.argv[1], 'rb').read(1)[0])"),
+                m.image("a.raw").toString(), m.image("b.raw").toString());
+        assertEquals("1 1048576\n2", r.out().trim(), r.describe());
+        try (Stream<Path> s = Files.list(m.store.resolve("images"))) {
+            assertTrue(s.noneMatch(p -> p.getFileName().toString().startsWith(".fuse_hidden")));
+        }
+    }
+
+    @Test
+    void chmodChownAndTimesReachTheBackingFile() throws Exception {
+        Proc.ok("qemu-img", "create", "-f", "raw", m.image("attr.raw").toString(), "1M");
+        Proc.ok("chmod", "600", m.image("attr.raw").toString());
+        assertEquals("rw-------", PosixFilePermissions.toString(Files.getPosixFilePermissions(m.backing("attr.raw"))));
+        Proc.ok("chown", "1234:5678", m.image("attr.raw").toString());
+        assertEquals("1234 5678", Proc.ok("stat", "-c", "%u %g", m.backing("attr.raw").toString()).out().trim());
+        Proc.ok("touch", "-m", "-d", "2001-02-03 04:05:06 UTC", m.image("attr.raw").toString());
+        assertEquals(FileTime.from(java.time.Instant.parse("2001-02-03T04:05:06Z")), Files.getLastModifiedTime(m.backing("attr.raw")));
+        assertEquals(FileTime.from(java.time.Instant.parse("2001-02-03T04:05:06Z")), Files.getLastModifiedTime(m.image("attr.raw")));
+    }
+
+    @Test
+    void createdImagesBelongToTheirCreator() throws Exception {
+        Files.setPosixFilePermissions(m.root, PosixFilePermissions.fromString("rwxr-xr-x")); // a temp dir is 0700
+        Proc.Result r = Proc.run("setpriv", "--reuid=4321", "--regid=4321", "--clear-groups",
+                "qemu-img", "create", "-f", "raw", m.image("user.raw").toString(), "1M");
+        // images/ belongs to root and is 0755: an ordinary user may not create there
+        assertFalse(r.ok(), r.describe());
+        Proc.ok("chmod", "1777", m.mnt.resolve("images").toString()); // through the mount, to the store
+        Proc.run("setpriv", "--reuid=4321", "--regid=4321", "--clear-groups",
+                "qemu-img", "create", "-f", "raw", m.image("user.raw").toString(), "1M").assertOk();
+        assertEquals("4321 4321", Proc.ok("stat", "-c", "%u %g", m.backing("user.raw").toString()).out().trim());
+        assertEquals("1777", Proc.ok("stat", "-c", "%a", m.store.resolve("images").toString()).out().trim());
+        Proc.ok("chmod", "755", m.mnt.resolve("images").toString());
+    }
+
+    @Test
+    void listingShowsExactlyTheStoresRegularFiles() throws Exception {
+        Proc.ok("qemu-img", "create", "-f", "qcow2", m.image("l1.qcow2").toString(), "1G");
+        Files.createDirectories(m.store.resolve("images/a-dir"));
+        List<String> mount;
+        try (Stream<Path> s = Files.list(m.mnt.resolve("images"))) {
+            mount = s.map(p -> p.getFileName().toString()).sorted().toList();
+        }
+        List<String> store;
+        try (Stream<Path> s = Files.list(m.store.resolve("images"))) {
+            store = s.filter(p -> Files.isRegularFile(p, java.nio.file.LinkOption.NOFOLLOW_LINKS))
+                    .map(p -> p.getFileName().toString()).sorted().toList();
+        }
+        assertEquals(store, mount);
+        assertTrue(mount.contains("l1.qcow2"));
+        assertFalse(mount.contains("a-dir"));
+        Files.delete(m.store.resolve("images/a-dir"));
+        try (Stream<Path> s = Files.list(m.mnt)) {
+            assertEquals(List.of("images", "journals"), s.map(p -> p.getFileName().toString()).sorted().toList());
+        }
+    }
+
+    @Test
+    void statfsIsTheBackingFilesystems() {
+        String mnt = Proc.ok("stat", "-f", "-c", "%S %b", m.mnt.toString()).out().trim();
+        String store = Proc.ok("stat", "-f", "-c", "%S %b", m.store.toString()).out().trim();
+        assertEquals(store, mnt);
+    }
+
+    @Test
+    void zeroRangeWithKeepSizeReleasesAndKeepsTheSize() throws Exception {
+        Path img = m.image("zk.raw");
+        Proc.ok("dd", "if=/dev/urandom", "of=" + img, "bs=1M", "count=2", "conv=fsync", "status=none");
+        // fallocate -z -n sends ZERO_RANGE|KEEP_SIZE (0x11), as the loop driver does
+        Proc.ok("fallocate", "-z", "-n", "-o", "1048576", "-l", "4194304", img.toString());
+        assertEquals(2L << 20, Files.size(img));
+        assertEquals(1L << 20, Disk.allocated(m.backing("zk.raw")));
+    }
+}
