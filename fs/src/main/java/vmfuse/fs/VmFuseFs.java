@@ -47,6 +47,8 @@ public final class VmFuseFs extends FuseStubFS {
     private static final int FUSE_BUF_FD_SEEK = 1 << 2;
     private static final int FUSE_BUF_FD_RETRY = 1 << 3;
     private static final int ENOMEM = 12;
+    /** Reads larger than this are spliced (see read_buf). */
+    private static final long SPLICE_MIN = 32 * 1024;
 
     private final BackingStore store;
     private final HolePuncher puncher;
@@ -78,13 +80,15 @@ public final class VmFuseFs extends FuseStubFS {
      */
     public int run(String mountPoint, List<String> options, int threads) {
         // struct fuse_operations bit field after the 38 classic callbacks (8 bytes each):
-        // flag_nullpath_ok (bit 0): operations on an open file may arrive without a path; we use
+        // flag_nullpath_ok (bit 0) and flag_nopath (bit 1): operations on an open file or
+        // directory (read, write, flush, fsync, release, ftruncate, fgetattr, readdir) arrive
+        // without a path, which libfuse then need not build and jnr need not decode: we use
         // fi->fh only. flag_utime_omit_ok (bit 2): UTIME_NOW/UTIME_OMIT reach utimens unchanged.
         if (Struct.size(fuseOperations) != 360) {
             throw new IllegalStateException("unexpected struct fuse_operations size " + Struct.size(fuseOperations));
         }
         Pointer ops = Struct.getMemory(fuseOperations);
-        ops.putInt(38 * 8, 0b101);
+        ops.putInt(38 * 8, 0b111);
         String[] args = new String[3 + 2 * options.size()];
         args[0] = "vmfuse";
         args[1] = "-f";
@@ -224,7 +228,7 @@ public final class VmFuseFs extends FuseStubFS {
     public int fgetattr(String path, FileStat stat, FuseFileInfo fi) {
         OpenFile f = open.get(fi.fh.get());
         if (f == null) {
-            return getattr(path, stat);
+            return path != null ? getattr(path, stat) : -EBADF;
         }
         return call("fgetattr", path, () -> {
             if (C.fstat(f.fd, Struct.getMemory(stat)) != 0) {
@@ -234,14 +238,27 @@ public final class VmFuseFs extends FuseStubFS {
         });
     }
 
+    /** Opens a directory of the namespace: its kind goes in fi->fh, for readdir (which has no path). */
+    @Override
+    public int opendir(String path, FuseFileInfo fi) {
+        return call("opendir", path, () -> {
+            Node n = node(path);
+            if (n.kind() == Node.Kind.IMAGE || n.kind() == Node.Kind.JOURNAL) {
+                throw new FsException(ENOTDIR, "not a directory: " + path);
+            }
+            fi.fh.set(n.kind().ordinal());
+            return 0;
+        });
+    }
+
     /** Lists the namespace: images/ and journals/ at the top, the store's images in images/. */
     @Override
     public int readdir(String path, Pointer buf, FuseFillDir filter, long offset, FuseFileInfo fi) {
         return call("readdir", path, () -> {
-            Node n = node(path);
+            Node.Kind kind = Node.Kind.values()[(int) fi.fh.get()];
             filter.apply(buf, ".", null, 0);
             filter.apply(buf, "..", null, 0);
-            switch (n.kind()) {
+            switch (kind) {
                 case ROOT -> {
                     filter.apply(buf, Node.IMAGES, null, 0);
                     filter.apply(buf, Node.JOURNALS, null, 0);
@@ -254,7 +271,7 @@ public final class VmFuseFs extends FuseStubFS {
                     }
                 }
                 case JOURNALS_DIR -> { }
-                default -> throw new FsException(ENOTDIR, "not a directory: " + path);
+                default -> throw new FsException(ENOTDIR, "not a directory");
             }
             return 0;
         });
@@ -322,9 +339,11 @@ public final class VmFuseFs extends FuseStubFS {
     }
 
     /**
-     * Reads by handing libfuse the backing descriptor and offset instead of data (struct
+     * Reads. A large read hands libfuse the backing descriptor and offset instead of data (struct
      * fuse_bufvec with FUSE_BUF_IS_FD): with splice_write, libfuse splices the pages from the
-     * backing file to /dev/fuse, with no copy through user space. libfuse frees the bufvec.
+     * backing file to /dev/fuse, with no copy through user space. A small read is one pread into
+     * a buffer libfuse writes out: splicing costs three system calls (splice, vmsplice, splice),
+     * more than copying {@value #SPLICE_MIN} bytes or less. libfuse frees the bufvec and buffer.
      */
     @Override
     public int read_buf(String path, Pointer bufp, long size, long offset, FuseFileInfo fi) {
@@ -342,11 +361,31 @@ public final class VmFuseFs extends FuseStubFS {
         vec.putLong(0, 1);      // count
         vec.putLong(8, 0);      // idx
         vec.putLong(16, 0);     // off
-        vec.putLong(24, size);  // buf[0].size
-        vec.putInt(32, FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK | FUSE_BUF_FD_RETRY); // buf[0].flags
-        vec.putAddress(40, 0);  // buf[0].mem
-        vec.putInt(48, f.fd);   // buf[0].fd
-        vec.putLong(56, offset); // buf[0].pos
+        vec.putInt(48, -1);     // buf[0].fd
+        vec.putLong(56, 0);     // buf[0].pos
+        if (size > SPLICE_MIN) {
+            vec.putLong(24, size);   // buf[0].size
+            vec.putInt(32, FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK | FUSE_BUF_FD_RETRY); // buf[0].flags
+            vec.putAddress(40, 0);   // buf[0].mem
+            vec.putInt(48, f.fd);
+            vec.putLong(56, offset);
+            bufp.putPointer(0, vec);
+            return 0;
+        }
+        Pointer mem = C.malloc(Math.max(size, 1));
+        if (mem == null) {
+            C.free(vec);
+            return -ENOMEM;
+        }
+        int n = read(path, mem, size, offset, fi);
+        if (n < 0) {
+            C.free(mem);
+            C.free(vec);
+            return n;
+        }
+        vec.putLong(24, n);
+        vec.putInt(32, 0);
+        vec.putAddress(40, mem.address());
         bufp.putPointer(0, vec);
         return 0;
     }

@@ -24,7 +24,7 @@ class ReleaseLedgerTest {
         l.renamed("b.qcow2", "c.qcow2");
         l.record("d.raw", 0, 65536, 65536, ReleaseLedger.Reason.UNLINK);
         l.forget("d.raw");
-        l.save();
+        l.save(true);
 
         ReleaseLedger again = ReleaseLedger.load(file);
         assertEquals(new ReleaseLedger.Count(12288, 2), again.of("a.raw"));

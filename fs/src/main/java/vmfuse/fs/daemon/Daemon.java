@@ -144,7 +144,7 @@ public final class Daemon {
                 t.setDaemon(true);
                 return t;
             });
-            saver.scheduleWithFixedDelay(() -> save(ledger), 2, 2, TimeUnit.SECONDS);
+            saver.scheduleWithFixedDelay(() -> save(ledger, false), 2, 2, TimeUnit.SECONDS);
             try (ControlServer control = new ControlServer(store.socket(),
                     req -> answer(req, store, mnt, pid, backing, ledger, fs))) {
                 log.info("mounted store={} mountpoint={} pid={} threads={} options={}", store.dir(), mnt, pid, threads,
@@ -159,7 +159,7 @@ public final class Daemon {
                 } catch (FsException e) {
                     log.error("final sync failed: {}", e.getMessage());
                 }
-                save(ledger);
+                save(ledger, true);
                 Files.deleteIfExists(store.pidFile());
                 log.info("unmounted store={} mountpoint={}", store.dir(), mnt);
                 flushLogs();
@@ -233,9 +233,9 @@ public final class Daemon {
         }
     }
 
-    private static void save(ReleaseLedger ledger) {
+    private static void save(ReleaseLedger ledger, boolean durable) {
         try {
-            ledger.save();
+            ledger.save(durable);
         } catch (IOException e) {
             log.error("cannot save release counts: {}", e.getMessage());
         }

@@ -20,6 +20,8 @@ public interface LibC {
     /** For buffers libfuse takes ownership of and free()s (struct fuse_bufvec). */
     Pointer malloc(long size);
 
+    void free(Pointer p);
+
     @SaveError int openat(int dirfd, String path, int flags, int mode);
     @SaveError int open(String path, int flags, int mode);
     @SaveError int close(int fd);

@@ -131,4 +131,29 @@ class MetadataOpsTest {
         assertEquals(2L << 20, Files.size(img));
         assertEquals(1L << 20, Disk.allocated(m.backing("zk.raw")));
     }
+
+    @Test
+    void smallSplicedAndShortReadsReturnExactlyTheBackingBytes() throws Exception {
+        // sizes around the splice threshold (32 KiB) and the end of file, read with O_DIRECT so
+        // every read reaches the daemon
+        byte[] data = new byte[300_007];
+        new java.util.Random(5).nextBytes(data);
+        Files.write(m.backing("odd.raw"), data);
+        Path img = m.image("odd.raw");
+        for (int bs : new int[] {512, 4096, 32768, 32769, 65536, 131072}) {
+            Proc.Result r = Proc.ok("python3", "-c", String.join("\n",
+                    "import os, sys, mmap, hashlib",
+                    "bs = int(sys.argv[2])",
+                    "fd = os.open(sys.argv[1], os.O_RDONLY | os.O_DIRECT)",
+                    "buf = mmap.mmap(-1, bs)",
+                    "out = bytearray()",
+                    "while True:",
+                    "    n = os.preadv(fd, [buf], len(out))",
+                    "    out += buf[:n]",
+                    "    if n < bs: break",
+                    "print(len(out), hashlib.sha256(out).hexdigest())"), img.toString(), String.valueOf(bs));
+            assertEquals(data.length + " " + Disk.sha256(m.backing("odd.raw")), r.out().trim(), "read with bs=" + bs);
+        }
+        assertTrue(java.util.Arrays.equals(data, Files.readAllBytes(img)));
+    }
 }
