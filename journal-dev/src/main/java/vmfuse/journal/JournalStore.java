@@ -1,0 +1,286 @@
+package vmfuse.journal;
+
+import java.io.IOException;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.util.ArrayList;
+import java.util.List;
+import java.util.Map;
+import java.util.TreeMap;
+import java.util.concurrent.ArrayBlockingQueue;
+import java.util.concurrent.BlockingQueue;
+import java.util.concurrent.CompletableFuture;
+import java.util.concurrent.ExecutionException;
+
+import org.mapdb.Atomic;
+import org.mapdb.DB;
+import org.mapdb.DBMaker;
+import org.mapdb.HTreeMap;
+import org.mapdb.Serializer;
+import org.slf4j.Logger;
+import org.slf4j.LoggerFactory;
+
+/*
+ * The journal devices of one vmfuse store, in one MapDB file (STORE/journals.db).
+ *
+ * On-disk format, version 1 (FORMAT below):
+ *   - MapDB 3.1 file store with its write-ahead log (transactionEnable): a commit is atomic,
+ *     and after a crash the file opens at the last commit.
+ *   - "vmfuse.format"  (atomic string): "vmfuse-journal-store 1". Anything else is refused.
+ *   - "devices"        (hash map, name -> long[5]): root record id of the device's
+ *                      RadixBlockStore, size in bytes, durability (ordinal), created and last
+ *                      flush (ms since the epoch).
+ *   - the RadixBlockStore records of every device.
+ *
+ * Durability is a commit. A flush of a FLUSH device waits for the next commit; one committer
+ * thread serves every waiting flush with a single commit (group commit, as BookKeeper's
+ * journal does), so many devices flushing at once pay for one fsync. CLOSE devices are
+ * committed by close() and by the caller's timer (checkpoint()).
+ */
+public final class JournalStore implements AutoCloseable {
+    private static final Logger log = LoggerFactory.getLogger(JournalStore.class);
+    static final String FORMAT = "vmfuse-journal-store 1";
+    private static final String FORMAT_PREFIX = "vmfuse-journal-store ";
+
+    private static final int ROOT = 0;
+    private static final int SIZE = 1;
+    private static final int MODE = 2;
+    private static final int CREATED = 3;
+    private static final int FLUSHED = 4;
+
+    private final Path file;
+    private final DB db;
+    private final HTreeMap<String, long[]> catalog;
+    /** Open devices by name. Guarded by this. */
+    private final Map<String, JournalDevice> devices = new TreeMap<>();
+    private final BlockingQueue<CompletableFuture<Void>> flushes = new ArrayBlockingQueue<>(4096);
+    private final Thread committer;
+    private volatile boolean closed;
+    private final java.util.concurrent.atomic.AtomicLong commits = new java.util.concurrent.atomic.AtomicLong();
+
+    private JournalStore(Path file, DB db, HTreeMap<String, long[]> catalog) {
+        this.file = file;
+        this.db = db;
+        this.catalog = catalog;
+        this.committer = new Thread(this::commitLoop, "journal-commit");
+        this.committer.setDaemon(true);
+    }
+
+    /**
+     * Opens the store at {@code file}, creating it if absent. A file that is not a journal store,
+     * is corrupt, or has another format version is refused with the reason, and left untouched.
+     */
+    public static JournalStore open(Path file) throws StoreException {
+        boolean exists = Files.exists(file);
+        if (exists) {
+            check(file);
+        }
+        DB db;
+        try {
+            db = DBMaker.fileDB(file.toFile()).fileMmapEnableIfSupported().transactionEnable().make();
+        } catch (RuntimeException e) {
+            throw new StoreException(StoreException.EIO, "cannot open journal store " + file + ": " + e.getMessage(), e);
+        }
+        try {
+            Atomic.String format = db.atomicString("vmfuse.format").createOrOpen();
+            if (!exists) {
+                format.set(FORMAT);
+            }
+            HTreeMap<String, long[]> catalog = db.hashMap("devices", Serializer.STRING, Serializer.LONG_ARRAY)
+                    .createOrOpen();
+            db.commit();
+            JournalStore store = new JournalStore(file, db, catalog);
+            for (Map.Entry<String, long[]> e : catalog.entrySet()) {
+                long[] v = e.getValue();
+                RadixBlockStore blocks = RadixBlockStore.open(db.getStore(), v[ROOT]);
+                store.devices.put(e.getKey(), new JournalDevice(store, e.getKey(), blocks, v[SIZE],
+                        Durability.values()[(int) v[MODE]], v[CREATED], v[FLUSHED]));
+            }
+            store.committer.start();
+            log.info("journal store opened file={} devices={}", file, store.devices.size());
+            return store;
+        } catch (StoreException | RuntimeException e) {
+            db.close();
+            if (e instanceof StoreException se) {
+                throw se;
+            }
+            throw new StoreException(StoreException.EIO, "cannot read journal store " + file + ": " + e.getMessage(), e);
+        }
+    }
+
+    /** Reads an existing file read-only and refuses it unless it is a store of our format. */
+    private static void check(Path file) throws StoreException {
+        DB db;
+        try {
+            db = DBMaker.fileDB(file.toFile()).fileMmapEnableIfSupported().readOnly().make();
+        } catch (RuntimeException e) {
+            throw new StoreException(StoreException.EIO, "refusing " + file + ": not a vmfuse journal store, or corrupt ("
+                    + e.getMessage() + "); it is left as it is", e);
+        }
+        try {
+            String format = db.exists("vmfuse.format") ? db.atomicString("vmfuse.format").open().get() : null;
+            if (format == null || !format.startsWith(FORMAT_PREFIX)) {
+                throw new StoreException(StoreException.EIO, "refusing " + file
+                        + ": not a vmfuse journal store (no format record); it is left as it is");
+            }
+            if (!format.equals(FORMAT)) {
+                throw new StoreException(StoreException.EIO, "refusing " + file + ": format '" + format
+                        + "', this vmfuse reads '" + FORMAT + "'; it is left as it is");
+            }
+        } catch (RuntimeException e) {
+            throw new StoreException(StoreException.EIO, "refusing " + file + ": corrupt (" + e.getMessage()
+                    + "); it is left as it is", e);
+        } finally {
+            db.close();
+        }
+    }
+
+    public Path file() {
+        return file;
+    }
+
+    /** A new device of {@code size} bytes; EEXIST if the name is taken. Committed before it returns. */
+    public synchronized JournalDevice create(String name, long size, Durability durability) throws StoreException {
+        checkOpen();
+        RadixBlockStore.checkRange(0, size);
+        if (devices.containsKey(name)) {
+            throw new StoreException(17 /* EEXIST */, "journal device " + name + " exists");
+        }
+        RadixBlockStore blocks = RadixBlockStore.create(db.getStore());
+        long now = System.currentTimeMillis();
+        JournalDevice d = new JournalDevice(this, name, blocks, size, durability, now, 0);
+        devices.put(name, d);
+        record(d);
+        commitNow();
+        log.info("journal create device={} size={} durability={}", name, size, durability.label());
+        return d;
+    }
+
+    public synchronized JournalDevice device(String name) {
+        return devices.get(name);
+    }
+
+    public synchronized List<JournalDevice> list() {
+        return new ArrayList<>(devices.values());
+    }
+
+    /** Removes a device and every block of it. Committed before it returns. */
+    public synchronized void delete(String name) throws StoreException {
+        checkOpen();
+        JournalDevice d = devices.remove(name);
+        if (d == null) {
+            throw new StoreException(2 /* ENOENT */, "no journal device " + name);
+        }
+        long blocks = d.blocksStored();
+        d.destroy();
+        catalog.remove(name);
+        commitNow();
+        log.info("journal delete device={} blocks={}", name, blocks);
+    }
+
+    /** Renames a device (replacing {@code to} if it exists, as rename(2) does). */
+    public synchronized void rename(String from, String to) throws StoreException {
+        checkOpen();
+        JournalDevice d = devices.get(from);
+        if (d == null) {
+            throw new StoreException(2 /* ENOENT */, "no journal device " + from);
+        }
+        if (devices.containsKey(to)) {
+            delete(to);
+        }
+        devices.remove(from);
+        catalog.remove(from);
+        d.renamed(to);
+        devices.put(to, d);
+        record(d);
+        commitNow();
+    }
+
+    /** Writes a device's size, mode and times to the catalog (committed with the next commit). */
+    synchronized void record(JournalDevice d) {
+        catalog.put(d.name(), new long[] {d.rootRecid(), d.size(), d.durability().ordinal(), d.created(), d.lastFlush()});
+    }
+
+    /** Waits until everything written so far is committed: one commit serves every waiting flush. */
+    void awaitCommit() throws StoreException {
+        checkOpen();
+        CompletableFuture<Void> done = new CompletableFuture<>();
+        try {
+            flushes.put(done);
+            done.get();
+        } catch (InterruptedException e) {
+            Thread.currentThread().interrupt();
+            throw new StoreException(StoreException.EIO, "interrupted waiting for a commit");
+        } catch (ExecutionException e) {
+            throw new StoreException(StoreException.EIO, "commit of " + file + " failed: " + e.getCause(), e.getCause());
+        }
+    }
+
+    private void commitLoop() {
+        List<CompletableFuture<Void>> batch = new ArrayList<>();
+        while (!closed) {
+            try {
+                batch.add(flushes.take());
+            } catch (InterruptedException e) {
+                break;
+            }
+            flushes.drainTo(batch);
+            try {
+                commitNow();
+                batch.forEach(f -> f.complete(null));
+            } catch (RuntimeException e) {
+                log.error("journal store commit failed file={}", file, e);
+                batch.forEach(f -> f.completeExceptionally(e));
+            }
+            batch.clear();
+        }
+    }
+
+    /** Commits now (the timer of CLOSE devices; unmount). */
+    public void checkpoint() throws StoreException {
+        checkOpen();
+        try {
+            commitNow();
+        } catch (RuntimeException e) {
+            throw new StoreException(StoreException.EIO, "commit of " + file + " failed: " + e.getMessage(), e);
+        }
+    }
+
+    private synchronized void commitNow() {
+        db.commit();
+        commits.incrementAndGet();
+    }
+
+    /** Commits made since the store was opened. */
+    public long commits() {
+        return commits.get();
+    }
+
+    private void checkOpen() throws StoreException {
+        if (closed) {
+            throw new StoreException(StoreException.EIO, "journal store " + file + " is closed");
+        }
+    }
+
+    /** Commits everything (CLOSE devices included) and closes the file. */
+    @Override
+    public synchronized void close() throws IOException {
+        if (closed) {
+            return;
+        }
+        try {
+            for (JournalDevice d : devices.values()) {
+                record(d);
+            }
+            db.commit();
+        } finally {
+            closed = true;
+            committer.interrupt();
+            db.close();
+            List<CompletableFuture<Void>> left = new ArrayList<>();
+            flushes.drainTo(left);
+            left.forEach(f -> f.completeExceptionally(new IllegalStateException("journal store closed")));
+        }
+        log.info("journal store closed file={}", file);
+    }
+}

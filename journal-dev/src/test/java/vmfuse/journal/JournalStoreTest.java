@@ -1,0 +1,220 @@
+package vmfuse.journal;
+
+import static org.junit.jupiter.api.Assertions.assertArrayEquals;
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertNull;
+import static org.junit.jupiter.api.Assertions.assertThrows;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+import java.io.BufferedReader;
+import java.io.InputStreamReader;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.security.MessageDigest;
+import java.util.ArrayList;
+import java.util.List;
+import java.util.Random;
+import java.util.concurrent.CountDownLatch;
+import java.util.concurrent.TimeUnit;
+
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.io.TempDir;
+import org.mapdb.DB;
+import org.mapdb.DBMaker;
+
+class JournalStoreTest {
+    static final int MiB = 1 << 20;
+
+    @TempDir
+    Path dir;
+
+    private static byte[] random(int n, long seed) {
+        byte[] b = new byte[n];
+        new Random(seed).nextBytes(b);
+        return b;
+    }
+
+    @Test
+    void devicesAndTheirContentsSurviveACleanCloseInBothModes() throws Exception {
+        Path file = dir.resolve("journals.db");
+        byte[] a = random(3 * MiB + 123, 1);
+        byte[] b = random(40_000, 2);
+        try (JournalStore s = JournalStore.open(file)) {
+            s.create("vm1", 128L * MiB, Durability.FLUSH).write(5000, a, 0, a.length);
+            JournalDevice d2 = s.create("vm2", 64L * MiB, Durability.CLOSE);
+            d2.write(64L * MiB - 10, b, 0, b.length); // past the end: grows
+        }
+        try (JournalStore s = JournalStore.open(file)) {
+            JournalDevice d1 = s.device("vm1");
+            assertEquals(128L * MiB, d1.size());
+            assertEquals(Durability.FLUSH, d1.durability());
+            byte[] back = new byte[a.length];
+            assertEquals(a.length, d1.read(5000, back, 0, back.length));
+            assertArrayEquals(a, back);
+            JournalDevice d2 = s.device("vm2");
+            assertEquals(Durability.CLOSE, d2.durability());
+            assertEquals(64L * MiB - 10 + b.length, d2.size());
+            byte[] back2 = new byte[b.length + 100];
+            assertEquals(b.length, d2.read(64L * MiB - 10, back2, 0, back2.length), "a read stops at the end");
+            assertArrayEquals(b, java.util.Arrays.copyOf(back2, b.length));
+        }
+    }
+
+    @Test
+    void truncateShrinksAndFreesAndDeleteFreesEverything() throws Exception {
+        try (JournalStore s = JournalStore.open(dir.resolve("j.db"))) {
+            JournalDevice d = s.create("vm1", 16L * MiB, Durability.CLOSE);
+            byte[] data = random(8 * MiB, 3);
+            d.write(0, data, 0, data.length);
+            assertEquals(8L * MiB, d.bytesStored());
+            d.truncate(2L * MiB + 1);
+            assertEquals(2L * MiB + 4096, d.bytesStored());
+            d.truncate(16L * MiB);
+            byte[] back = new byte[4096];
+            d.read(2L * MiB + 4096, back, 0, back.length);
+            assertArrayEquals(new byte[4096], back, "what a shrink dropped reads as zeros after growing again");
+            d.zero(0, 2L * MiB);
+            assertEquals(4096, d.bytesStored());
+            s.delete("vm1");
+            assertNull(s.device("vm1"));
+            assertEquals(StoreException.class, assertThrows(StoreException.class, () -> s.delete("vm1")).getClass());
+        }
+        try (JournalStore s = JournalStore.open(dir.resolve("j.db"))) {
+            assertTrue(s.list().isEmpty());
+        }
+    }
+
+    @Test
+    void namesAreUniqueAndRenameCarriesTheContents() throws Exception {
+        try (JournalStore s = JournalStore.open(dir.resolve("j.db"))) {
+            JournalDevice d = s.create("a", MiB, Durability.CLOSE);
+            d.write(0, new byte[] {1, 2, 3}, 0, 3);
+            assertEquals(17, assertThrows(StoreException.class, () -> s.create("a", MiB, Durability.CLOSE)).errno());
+            s.rename("a", "b");
+            assertNull(s.device("a"));
+            byte[] back = new byte[3];
+            s.device("b").read(0, back, 0, 3);
+            assertArrayEquals(new byte[] {1, 2, 3}, back);
+        }
+        try (JournalStore s = JournalStore.open(dir.resolve("j.db"))) {
+            assertEquals(List.of("b"), s.list().stream().map(JournalDevice::name).toList());
+        }
+    }
+
+    private static String sha(Path p) throws Exception {
+        return java.util.HexFormat.of().formatHex(MessageDigest.getInstance("SHA-256").digest(Files.readAllBytes(p)));
+    }
+
+    @Test
+    void aFileThatIsNotAStoreIsRefusedAndLeftAlone() throws Exception {
+        Path file = dir.resolve("journals.db");
+        Files.write(file, random(64 * 1024, 4));
+        String before = sha(file);
+        StoreException e = assertThrows(StoreException.class, () -> JournalStore.open(file));
+        assertTrue(e.getMessage().startsWith("refusing " + file), e.getMessage());
+        assertTrue(e.getMessage().contains("left as it is"), e.getMessage());
+        assertEquals(before, sha(file));
+    }
+
+    @Test
+    void aStoreOfAnotherFormatVersionIsRefusedAndLeftAlone() throws Exception {
+        Path file = dir.resolve("journals.db");
+        DB db = DBMaker.fileDB(file.toFile()).fileMmapEnableIfSupported().transactionEnable().make();
+        db.atomicString("vmfuse.format").createOrOpen().set("vmfuse-journal-store 99");
+        db.commit();
+        db.close();
+        String before = sha(file);
+        StoreException e = assertThrows(StoreException.class, () -> JournalStore.open(file));
+        assertTrue(e.getMessage().contains("'vmfuse-journal-store 99'"), e.getMessage());
+        assertTrue(e.getMessage().contains("reads 'vmfuse-journal-store 1'"), e.getMessage());
+        assertEquals(before, sha(file));
+    }
+
+    @Test
+    void concurrentFlushesShareCommits() throws Exception {
+        try (JournalStore s = JournalStore.open(dir.resolve("j.db"))) {
+            int devices = 8;
+            int flushesEach = 40;
+            List<JournalDevice> ds = new ArrayList<>();
+            for (int i = 0; i < devices; i++) {
+                ds.add(s.create("vm" + i, 16L * MiB, Durability.FLUSH));
+            }
+            long before = s.commits();
+            CountDownLatch start = new CountDownLatch(1);
+            List<Thread> threads = new ArrayList<>();
+            List<Throwable> errors = java.util.Collections.synchronizedList(new ArrayList<>());
+            for (JournalDevice d : ds) {
+                Thread t = new Thread(() -> {
+                    try {
+                        start.await();
+                        byte[] block = random(4096, d.name().hashCode());
+                        for (int i = 0; i < flushesEach; i++) {
+                            d.write((long) i * 4096, block, 0, block.length);
+                            d.flush();
+                        }
+                    } catch (Throwable e) {
+                        errors.add(e);
+                    }
+                });
+                t.start();
+                threads.add(t);
+            }
+            start.countDown();
+            for (Thread t : threads) {
+                t.join(60_000);
+            }
+            assertTrue(errors.isEmpty(), errors.toString());
+            long commits = s.commits() - before;
+            assertTrue(commits < devices * flushesEach, commits + " commits for " + devices * flushesEach + " flushes");
+        }
+    }
+
+    /** A child JVM writes and flushes, then is killed with SIGKILL: every flushed byte is there. */
+    @Test
+    void flushedDataSurviveAKillOfTheProcess() throws Exception {
+        Path file = dir.resolve("journals.db");
+        ProcessBuilder pb = new ProcessBuilder(ProcessHandle.current().info().command().orElse("java"),
+                "-cp", System.getProperty("java.class.path"), CrashChild.class.getName(), file.toString())
+                .redirectErrorStream(true);
+        Process child = pb.start();
+        try (BufferedReader r = new BufferedReader(new InputStreamReader(child.getInputStream()))) {
+            String line;
+            boolean flushed = false;
+            long deadline = System.nanoTime() + TimeUnit.SECONDS.toNanos(60);
+            while (System.nanoTime() < deadline && (line = r.readLine()) != null) {
+                if (line.equals("flushed")) {
+                    flushed = true;
+                    break;
+                }
+            }
+            assertTrue(flushed, "the child did not flush");
+        } finally {
+            child.destroyForcibly(); // SIGKILL: no close, no commit beyond the flushes
+            assertTrue(child.waitFor(30, TimeUnit.SECONDS));
+        }
+        try (JournalStore s = JournalStore.open(file)) {
+            JournalDevice d = s.device("crash");
+            byte[] back = new byte[CrashChild.DATA.length];
+            d.read(CrashChild.OFFSET, back, 0, back.length);
+            assertArrayEquals(CrashChild.DATA, back);
+            assertTrue(d.lastFlush() > 0);
+        }
+    }
+
+    /** The process {@link #flushedDataSurviveAKillOfTheProcess} kills. */
+    public static final class CrashChild {
+        static final long OFFSET = 12_345;
+        static final byte[] DATA = random(300_000, 99);
+
+        public static void main(String[] args) throws Exception {
+            JournalStore s = JournalStore.open(Path.of(args[0]));
+            JournalDevice d = s.create("crash", 64L * MiB, Durability.FLUSH);
+            d.write(OFFSET, DATA, 0, DATA.length);
+            d.flush();
+            d.write(OFFSET + DATA.length, random(100_000, 7), 0, 100_000); // written, never flushed
+            System.out.println("flushed");
+            System.out.flush();
+            Thread.sleep(60_000);
+        }
+    }
+}
