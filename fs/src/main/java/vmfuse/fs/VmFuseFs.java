@@ -66,10 +66,19 @@ public final class VmFuseFs extends FuseStubFS {
     static final String HIDDEN_PREFIX = ".fuse_hidden";
     private final CountDownLatch mounted = new CountDownLatch(1);
 
-    public VmFuseFs(BackingStore store, ReleaseLedger ledger) {
+    private final JournalFiles journals;
+
+    public VmFuseFs(BackingStore store, ReleaseLedger ledger, vmfuse.journal.JournalStore journalStore,
+            vmfuse.journal.Durability journalDurability) {
         this.store = store;
         this.ledger = ledger;
         this.puncher = new HolePuncher(ledger);
+        this.journals = new JournalFiles(journalStore, journalDurability, ledger);
+    }
+
+    /** Commits the journal devices (the daemon's timer for devices of durability close). */
+    public void checkpointJournals() throws FsException {
+        journals.checkpoint();
     }
 
     /**
@@ -143,32 +152,35 @@ public final class VmFuseFs extends FuseStubFS {
         return Node.resolve(path);
     }
 
-    private static String imageName(String path) throws FsException {
+    /** The image or journal device a path names; EISDIR for a directory. */
+    private static Node fileNode(String path) throws FsException {
         Node n = node(path);
-        if (n.kind() == Node.Kind.IMAGE) {
-            return n.name();
-        }
-        if (n.kind() == Node.Kind.JOURNAL) {
-            throw new FsException(ENOENT, "journal devices are not available yet: " + path);
+        if (n.kind() == Node.Kind.IMAGE || n.kind() == Node.Kind.JOURNAL) {
+            return n;
         }
         throw new FsException(EISDIR, "is a directory: " + path);
     }
 
-    /** Where a new entry is asked for: only in images/. */
-    private static String newImageName(String path) throws FsException {
+    private static String imageName(String path) throws FsException {
+        Node n = fileNode(path);
+        if (n.kind() != Node.Kind.IMAGE) {
+            throw new FsException(EPERM, "not an image: " + path);
+        }
+        return n.name();
+    }
+
+    /** Where a new entry is asked for: only in images/ and journals/. */
+    private static Node newFileNode(String path) throws FsException {
         int slash = path.lastIndexOf('/');
         String parent = slash <= 0 ? "/" : path.substring(0, slash);
         if (parent.equals("/")) {
             throw new FsException(EPERM, "only images/ and journals/ live at the top of the mount: " + path);
         }
         Node n = node(path);
-        if (n.kind() == Node.Kind.JOURNAL) {
-            throw new FsException(EPERM, "journal devices are not available yet: " + path);
-        }
-        if (n.kind() != Node.Kind.IMAGE) {
+        if (n.kind() != Node.Kind.IMAGE && n.kind() != Node.Kind.JOURNAL) {
             throw new FsException(EEXIST, "exists: " + path);
         }
-        return n.name();
+        return n;
     }
 
     private OpenFile file(FuseFileInfo fi) throws FsException {
@@ -212,7 +224,7 @@ public final class VmFuseFs extends FuseStubFS {
                         store.statImage(n.name(), st);
                     }
                 }
-                case JOURNAL -> throw new FsException(ENOENT, "no journal device " + n.name());
+                case JOURNAL -> journals.stat(n.name(), stat);
                 case IMAGES_DIR -> store.statDir(st);
                 case ROOT, JOURNALS_DIR -> {
                     store.statDir(st);
@@ -226,6 +238,12 @@ public final class VmFuseFs extends FuseStubFS {
     /** fstat of an open file's backing descriptor (also after it was unlinked). */
     @Override
     public int fgetattr(String path, FileStat stat, FuseFileInfo fi) {
+        if (JournalFiles.owns(fi.fh.get())) {
+            return call("fgetattr", path, () -> {
+                journals.fstat(fi.fh.get(), stat);
+                return 0;
+            });
+        }
         OpenFile f = open.get(fi.fh.get());
         if (f == null) {
             return path != null ? getattr(path, stat) : -EBADF;
@@ -270,7 +288,13 @@ public final class VmFuseFs extends FuseStubFS {
                         }
                     }
                 }
-                case JOURNALS_DIR -> { }
+                case JOURNALS_DIR -> {
+                    for (String name : journals.list()) {
+                        if (filter.apply(buf, name, null, 0) != 0) {
+                            break;
+                        }
+                    }
+                }
                 default -> throw new FsException(ENOTDIR, "not a directory");
             }
             return 0;
@@ -281,7 +305,12 @@ public final class VmFuseFs extends FuseStubFS {
     @Override
     public int create(String path, long mode, FuseFileInfo fi) {
         return call("create", path, () -> {
-            String name = newImageName(path);
+            Node n = newFileNode(path);
+            if (n.kind() == Node.Kind.JOURNAL) {
+                fi.fh.set(journals.create(n.name()));
+                return 0;
+            }
+            String name = n.name();
             int fd = store.createImage(name, fi.flags.get(), (int) mode);
             long uid = getContext().uid.get();
             long gid = getContext().gid.get();
@@ -303,8 +332,15 @@ public final class VmFuseFs extends FuseStubFS {
     @Override
     public int open(String path, FuseFileInfo fi) {
         return call("open", path, () -> {
-            String name = imageName(path);
-            register(store.openImage(name, fi.flags.get()), name, fi);
+            Node n = fileNode(path);
+            if (n.kind() == Node.Kind.JOURNAL) {
+                fi.fh.set(journals.open(n.name()));
+                if ((fi.flags.get() & O_TRUNC) != 0) {
+                    journals.ftruncate(fi.fh.get(), 0);
+                }
+                return 0;
+            }
+            register(store.openImage(n.name(), fi.flags.get()), n.name(), fi);
             return 0;
         });
     }
@@ -312,6 +348,9 @@ public final class VmFuseFs extends FuseStubFS {
     /** One pread (repeated only if the backing file returns short before EOF). */
     @Override
     public int read(String path, Pointer buf, long size, long offset, FuseFileInfo fi) {
+        if (JournalFiles.owns(fi.fh.get())) {
+            return call("read", path, () -> journals.read(fi.fh.get(), buf, size, offset));
+        }
         OpenFile f = open.get(fi.fh.get());
         if (f == null) {
             return -EBADF;
@@ -347,10 +386,10 @@ public final class VmFuseFs extends FuseStubFS {
      */
     @Override
     public int read_buf(String path, Pointer bufp, long size, long offset, FuseFileInfo fi) {
-        OpenFile f = open.get(fi.fh.get());
-        if (f == null) {
+        if (!JournalFiles.owns(fi.fh.get()) && open.get(fi.fh.get()) == null) {
             return -EBADF;
         }
+        OpenFile f = open.get(fi.fh.get());
         if (offset < 0) {
             return -EINVAL;
         }
@@ -363,11 +402,11 @@ public final class VmFuseFs extends FuseStubFS {
         vec.putLong(16, 0);     // off
         vec.putInt(48, -1);     // buf[0].fd
         vec.putLong(56, 0);     // buf[0].pos
-        if (size > SPLICE_MIN) {
+        if (size > SPLICE_MIN && !JournalFiles.owns(fi.fh.get())) {
             vec.putLong(24, size);   // buf[0].size
             vec.putInt(32, FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK | FUSE_BUF_FD_RETRY); // buf[0].flags
             vec.putAddress(40, 0);   // buf[0].mem
-            vec.putInt(48, f.fd);
+            vec.putInt(48, f.fd); // an image: journal handles never splice
             vec.putLong(56, offset);
             bufp.putPointer(0, vec);
             return 0;
@@ -393,6 +432,9 @@ public final class VmFuseFs extends FuseStubFS {
     /** One pwrite (repeated while the backing file accepts part of it). */
     @Override
     public int write(String path, Pointer buf, long size, long offset, FuseFileInfo fi) {
+        if (JournalFiles.owns(fi.fh.get())) {
+            return call("write", path, () -> journals.write(fi.fh.get(), buf, size, offset));
+        }
         OpenFile f = open.get(fi.fh.get());
         if (f == null) {
             return -EBADF;
@@ -424,6 +466,9 @@ public final class VmFuseFs extends FuseStubFS {
     @Override
     public int flush(String path, FuseFileInfo fi) {
         return call("flush", path, () -> {
+            if (JournalFiles.owns(fi.fh.get())) {
+                return 0; // close(2) is not a barrier; fsync is
+            }
             OpenFile f = file(fi);
             int dup = C.dup(f.fd);
             if (dup < 0 || C.close(dup) != 0) {
@@ -437,6 +482,10 @@ public final class VmFuseFs extends FuseStubFS {
     @Override
     public int fsync(String path, int isdatasync, FuseFileInfo fi) {
         return call("fsync", path, () -> {
+            if (JournalFiles.owns(fi.fh.get())) {
+                journals.fsync(fi.fh.get());
+                return 0;
+            }
             OpenFile f = file(fi);
             int rc = isdatasync != 0 ? C.fdatasync(f.fd) : C.fsync(f.fd);
             if (rc != 0) {
@@ -450,6 +499,10 @@ public final class VmFuseFs extends FuseStubFS {
     @Override
     public int release(String path, FuseFileInfo fi) {
         return call("release", path, () -> {
+            if (JournalFiles.owns(fi.fh.get())) {
+                journals.release(fi.fh.get());
+                return 0;
+            }
             OpenFile f = open.remove(fi.fh.get());
             if (f == null) {
                 throw new FsException(EBADF, "no open file for fh " + fi.fh.get());
@@ -477,7 +530,12 @@ public final class VmFuseFs extends FuseStubFS {
             if (size < 0) {
                 throw new FsException(EINVAL, "negative size " + size);
             }
-            String name = imageName(path);
+            Node n = fileNode(path);
+            if (n.kind() == Node.Kind.JOURNAL) {
+                journals.truncate(n.name(), size);
+                return 0;
+            }
+            String name = n.name();
             int fd = store.openImage(name, O_WRONLY);
             try {
                 puncher.truncate(fd, name, size);
@@ -494,6 +552,10 @@ public final class VmFuseFs extends FuseStubFS {
             if (size < 0) {
                 throw new FsException(EINVAL, "negative size " + size);
             }
+            if (JournalFiles.owns(fi.fh.get())) {
+                journals.ftruncate(fi.fh.get(), size);
+                return 0;
+            }
             OpenFile f = file(fi);
             puncher.truncate(f.fd, f.name, size);
             return 0;
@@ -508,13 +570,17 @@ public final class VmFuseFs extends FuseStubFS {
     @Override
     public int fallocate(String path, int mode, long offset, long length, FuseFileInfo fi) {
         return call("fallocate", path, () -> {
-            OpenFile f = file(fi);
             if (offset < 0 || length <= 0) {
                 throw new FsException(EINVAL, "bad range offset=" + offset + " length=" + length);
             }
             if (offset > Long.MAX_VALUE - length) {
                 throw new FsException(EFBIG, "range past 2^63: offset=" + offset + " length=" + length);
             }
+            if (JournalFiles.owns(fi.fh.get())) {
+                journals.fallocate(fi.fh.get(), mode, offset, length);
+                return 0;
+            }
+            OpenFile f = file(fi);
             switch (mode) {
                 case MODE_PUNCH -> puncher.punch(f.fd, f.name, offset, length);
                 case MODE_ZERO -> puncher.zeroRange(f.fd, f.name, offset, length, false);
@@ -535,7 +601,12 @@ public final class VmFuseFs extends FuseStubFS {
     @Override
     public int unlink(String path) {
         return call("unlink", path, () -> {
-            String name = imageName(path);
+            Node n = fileNode(path);
+            if (n.kind() == Node.Kind.JOURNAL) {
+                journals.unlink(n.name());
+                return 0;
+            }
+            String name = n.name();
             if (name.startsWith(HIDDEN_PREFIX) && !store.exists(name)) {
                 hidden.remove(name); // libfuse dropping a hidden name after the last close
                 return 0;
@@ -578,9 +649,17 @@ public final class VmFuseFs extends FuseStubFS {
         return call("rename", oldpath, () -> {
             Node from = node(oldpath);
             Node to = node(newpath);
+            if (from.kind() == Node.Kind.JOURNAL && to.kind() == Node.Kind.JOURNAL) {
+                if (to.name().startsWith(HIDDEN_PREFIX)) {
+                    journals.hide(from.name(), to.name()); // unlinked while open
+                } else {
+                    journals.rename(from.name(), to.name());
+                }
+                return 0;
+            }
             if (from.kind() != Node.Kind.IMAGE || to.kind() != Node.Kind.IMAGE) {
                 throw new FsException(from.kind() == to.kind() ? EPERM : EXDEV,
-                        "rename only within images/: " + oldpath + " -> " + newpath);
+                        "rename only within images/ or within journals/: " + oldpath + " -> " + newpath);
             }
             if (to.name().startsWith(HIDDEN_PREFIX)) {
                 removeImage(from.name(), to.name()); // libfuse hiding an open file it was asked to unlink
@@ -628,7 +707,12 @@ public final class VmFuseFs extends FuseStubFS {
     @Override
     public int utimens(String path, Timespec[] timespec) {
         return call("utimens", path, () -> {
-            store.utimens(imageName(path), Struct.getMemory(timespec[0]));
+            Node n = fileNode(path);
+            if (n.kind() == Node.Kind.JOURNAL) {
+                journals.check(n.name());
+                return 0; // a device's times are its creation and last flush: touch succeeds, changes nothing
+            }
+            store.utimens(n.name(), Struct.getMemory(timespec[0]));
             return 0;
         });
     }

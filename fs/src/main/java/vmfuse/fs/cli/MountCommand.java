@@ -53,6 +53,12 @@ final class MountCommand implements Callable<Integer> {
             + Daemon.DEFAULT_THREADS + ").")
     int threads = Daemon.DEFAULT_THREADS;
 
+    @Option(names = "--journal-durability", paramLabel = "MODE", defaultValue = "flush",
+            description = "Durability of journal devices created through the file API: flush (default: data "
+                    + "survive a crash once fsync returns) or close (memory speed; persisted on close, unmount "
+                    + "and every " + Daemon.CHECKPOINT_SECONDS + " s).")
+    String journalDurability;
+
     @Option(names = "--force", description = "Clear a stale mount (left by a daemon that died) at MOUNTPOINT first.")
     boolean force;
 
@@ -64,7 +70,7 @@ final class MountCommand implements Callable<Integer> {
         Path mnt = mountPoint.toAbsolutePath().normalize();
         if (foreground) {
             try {
-                Daemon.run(new Daemon.Options(store, mnt, fuseOptions, force, threads));
+                Daemon.run(new Daemon.Options(store, mnt, fuseOptions, force, threads, durability()));
             } catch (FsException e) {
                 throw new FsException(e.errno(), "cannot mount " + mnt + ": " + e.getMessage());
             }
@@ -72,11 +78,19 @@ final class MountCommand implements Callable<Integer> {
         }
         Store s;
         try {
-            s = Daemon.preflight(new Daemon.Options(store, mnt, fuseOptions, force, threads));
+            s = Daemon.preflight(new Daemon.Options(store, mnt, fuseOptions, force, threads, durability()));
         } catch (FsException e) {
             throw new FsException(e.errno(), "cannot mount " + mnt + ": " + e.getMessage());
         }
         return startDaemon(s, mnt);
+    }
+
+    private vmfuse.journal.Durability durability() throws FsException {
+        try {
+            return vmfuse.journal.Durability.parse(journalDurability);
+        } catch (vmfuse.journal.StoreException e) {
+            throw new FsException(e.errno(), e.getMessage());
+        }
     }
 
     /** Starts the daemon in its own session and waits until its mount is live. */
@@ -91,7 +105,8 @@ final class MountCommand implements Callable<Integer> {
         if (Main.debug) {
             cmd.add("--debug");
         }
-        cmd.addAll(List.of("mount", "--foreground", "--store", s.dir().toString(), "--threads", String.valueOf(threads)));
+        cmd.addAll(List.of("mount", "--foreground", "--store", s.dir().toString(), "--threads", String.valueOf(threads),
+                "--journal-durability", journalDurability));
         for (String o : fuseOptions) {
             cmd.add("-o");
             cmd.add(o);

@@ -26,6 +26,9 @@ import vmfuse.fs.FsException;
 import vmfuse.fs.ReleaseLedger;
 import vmfuse.fs.VmFuseFs;
 import vmfuse.fs.nativeio.Native;
+import vmfuse.journal.Durability;
+import vmfuse.journal.JournalStore;
+import vmfuse.journal.StoreException;
 
 /**
  * One mount, from start to clean exit: takes the store's lock, mounts, serves the FUSE loop and
@@ -55,7 +58,8 @@ public final class Daemon {
     private static volatile boolean shuttingDown;
 
     /** What the operator asked for. */
-    public record Options(Path store, Path mountPoint, List<String> fuseOptions, boolean force, int threads) {}
+    public record Options(Path store, Path mountPoint, List<String> fuseOptions, boolean force, int threads,
+            Durability journalDurability) {}
 
     /** Threads serving FUSE requests: enough for a few VMs' queues; each idle one costs a stack. */
     public static final int DEFAULT_THREADS = 16;
@@ -75,7 +79,7 @@ public final class Daemon {
                 StandardOpenOption.WRITE)) {
             lockStore(store, lockChannel);
             MountPoints.checkMountable(mnt, o.force());
-            serve(store, mnt, o.fuseOptions(), o.threads());
+            serve(store, mnt, o);
         } catch (IOException e) {
             throw new FsException(Native.EIO, "cannot lock store " + store.dir() + ": " + Store.reason(e));
         }
@@ -115,15 +119,23 @@ public final class Daemon {
         }
     }
 
-    private static void serve(Store store, Path mnt, List<String> userOptions, int threads) throws FsException, IOException {
+    private static void serve(Store store, Path mnt, Options o) throws FsException, IOException {
+        List<String> userOptions = o.fuseOptions();
+        int threads = o.threads();
         List<String> options = new ArrayList<>();
         options.add("fsname=" + store.dir());
         options.addAll(DEFAULT_OPTIONS);
         options.addAll(userOptions);
 
         ReleaseLedger ledger = ReleaseLedger.load(store.ledger());
-        try (BackingStore backing = BackingStore.open(store.images())) {
-            VmFuseFs fs = new VmFuseFs(backing, ledger);
+        JournalStore journals;
+        try {
+            journals = JournalStore.open(store.journals());
+        } catch (StoreException e) {
+            throw new FsException(e.errno(), e.getMessage());
+        }
+        try (BackingStore backing = BackingStore.open(store.images()); journals) {
+            VmFuseFs fs = new VmFuseFs(backing, ledger, journals, o.journalDurability());
             CompletableFuture<Integer> loop = new CompletableFuture<>();
             Thread loopThread = new Thread(() -> {
                 try {
@@ -145,6 +157,7 @@ public final class Daemon {
                 return t;
             });
             saver.scheduleWithFixedDelay(() -> save(ledger, false), 2, 2, TimeUnit.SECONDS);
+            saver.scheduleWithFixedDelay(() -> checkpoint(fs), CHECKPOINT_SECONDS, CHECKPOINT_SECONDS, TimeUnit.SECONDS);
             try (ControlServer control = new ControlServer(store.socket(),
                     req -> answer(req, store, mnt, pid, backing, ledger, fs))) {
                 log.info("mounted store={} mountpoint={} pid={} threads={} options={}", store.dir(), mnt, pid, threads,
@@ -154,6 +167,11 @@ public final class Daemon {
             } finally {
                 saver.shutdownNow();
                 fs.closeAll();
+                try {
+                    journals.close(); // commits every device; before the shutdown hook may let the JVM go
+                } catch (IOException | RuntimeException e) {
+                    log.error("closing the journal store failed: {}", e.toString());
+                }
                 try {
                     backing.syncAll();
                 } catch (FsException e) {
@@ -230,6 +248,17 @@ public final class Daemon {
     private static void flushLogs() {
         if (LoggerFactory.getILoggerFactory() instanceof ch.qos.logback.classic.LoggerContext ctx) {
             ctx.stop();
+        }
+    }
+
+    /** How often journal devices of durability close are committed while mounted. */
+    public static final long CHECKPOINT_SECONDS = 5;
+
+    private static void checkpoint(VmFuseFs fs) {
+        try {
+            fs.checkpointJournals();
+        } catch (FsException e) {
+            log.error("journal checkpoint failed: {}", e.getMessage());
         }
     }
 

@@ -20,6 +20,7 @@ import vmfuse.fs.nativeio.Native;
  *   STORE/vmfuse.pid     "PID MOUNTPOINT" of that daemon, once its mount is live
  *   STORE/vmfuse.sock    its control socket (status)
  *   STORE/releases.tsv   counts of released bytes per image
+ *   STORE/journals.db    the journal devices (MapDB, with its write-ahead log journals.db.wal.N)
  * </pre>
  */
 public record Store(Path dir) {
@@ -38,6 +39,10 @@ public record Store(Path dir) {
 
     public Path pidFile() {
         return dir.resolve("vmfuse.pid");
+    }
+
+    public Path journals() {
+        return dir.resolve("journals.db");
     }
 
     public Path ledger() {

@@ -100,7 +100,7 @@ class BadInputTest {
             assertTrue(mkdir.err().contains("Operation not permitted"), mkdir.describe());
             assertFalse(Proc.run("touch", m.mnt.resolve("top-level-file").toString()).ok());
             assertFalse(Proc.run("ln", "-s", "/etc/passwd", m.mnt.resolve("images/link").toString()).ok());
-            assertFalse(Proc.run("touch", m.mnt.resolve("journals/j1").toString()).ok());
+            assertFalse(Proc.run("mkdir", m.mnt.resolve("journals/sub").toString()).ok());
 
             // a symlink planted in the backing directory is neither shown nor followed
             Path secret = m.root.resolve("secret");

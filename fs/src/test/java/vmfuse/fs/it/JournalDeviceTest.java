@@ -1,0 +1,142 @@
+package vmfuse.fs.it;
+
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertFalse;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.time.Duration;
+import java.util.ArrayList;
+import java.util.List;
+
+import org.junit.jupiter.api.Tag;
+import org.junit.jupiter.api.Test;
+
+/** Journal devices as files under journals/: sparse, an ext4 external journal, durable as promised. */
+@Tag("integration")
+class JournalDeviceTest {
+    static final long MiB = 1 << 20;
+
+    private static long blocks(Path p) {
+        return Long.parseLong(Proc.ok("stat", "-c", "%b", p.toString()).out().trim()) * 512;
+    }
+
+    /** Writes {@code len} random bytes at {@code off} and fdatasyncs; prints their sha256. */
+    private static String writeAndSync(Path p, long off, int len, int seed) {
+        return Proc.ok("python3", "-c", String.join("\n",
+                "import os, sys, random, hashlib",
+                "random.seed(int(sys.argv[4]))",
+                "data = bytes(random.getrandbits(8) for _ in range(int(sys.argv[3])))",
+                "fd = os.open(sys.argv[1], os.O_WRONLY)",
+                "os.pwrite(fd, data, int(sys.argv[2]))",
+                "os.fdatasync(fd)",
+                "os.close(fd)",
+                "print(hashlib.sha256(data).hexdigest())"),
+                p.toString(), String.valueOf(off), String.valueOf(len), String.valueOf(seed)).out().trim();
+    }
+
+    private static String readSha(Path p, long off, int len) {
+        return Proc.ok("python3", "-c", String.join("\n",
+                "import os, sys, hashlib",
+                "fd = os.open(sys.argv[1], os.O_RDONLY)",
+                "print(hashlib.sha256(os.pread(fd, int(sys.argv[3]), int(sys.argv[2]))).hexdigest())"),
+                p.toString(), String.valueOf(off), String.valueOf(len)).out().trim();
+    }
+
+    @Test
+    void aDeviceMadeWithTruncateIsSparseAndUnlinkFreesItsBlocks() throws Exception {
+        try (Mounted m = Mounted.create()) {
+            Path j1 = m.mnt.resolve("journals/j1");
+            Path j2 = m.mnt.resolve("journals/j2");
+            Proc.ok("truncate", "-s", "128M", j1.toString());
+            Proc.ok("truncate", "-s", "64M", j2.toString());
+            assertEquals(128 * MiB, Files.size(j1));
+            assertEquals(0, blocks(j1), "nothing stored until written");
+            try (var s = Files.list(m.mnt.resolve("journals"))) {
+                assertEquals(List.of("j1", "j2"), s.map(p -> p.getFileName().toString()).sorted().toList());
+            }
+            String sum = writeAndSync(j1, 5 * MiB, (int) MiB, 1);
+            writeAndSync(j2, 0, 256 * 1024, 2);
+            assertEquals(MiB, blocks(j1));
+            assertEquals(sum, readSha(j1, 5 * MiB, (int) MiB));
+            assertEquals(128 * MiB, Files.size(j1), "writes inside the device keep its size");
+
+            Proc.ok("fallocate", "-p", "-o", String.valueOf(5 * MiB), "-l", String.valueOf(MiB / 2), j1.toString());
+            assertEquals(MiB / 2, blocks(j1), "a punch frees the device's blocks");
+
+            Files.delete(j1);
+            assertFalse(Files.exists(j1));
+            assertEquals(256 * 1024, blocks(j2), "the other device keeps its blocks");
+            assertTrue(m.log().contains("release image=journals/j1"), m.log());
+        }
+    }
+
+    @Test
+    void ext4UsesAJournalDeviceAsItsExternalJournalAndFsckIsClean() throws Exception {
+        try (Mounted m = Mounted.create()) {
+            Path data = m.image("data.raw");
+            Path journal = m.mnt.resolve("journals/ext4j");
+            Proc.ok("truncate", "-s", "256M", data.toString());
+            Proc.ok("truncate", "-s", "32M", journal.toString());
+            List<String> loops = new ArrayList<>();
+            Path fsmnt = m.root.resolve("ext4");
+            Files.createDirectories(fsmnt);
+            try {
+                String jloop = Proc.ok("losetup", "-f", "--show", journal.toString()).out().trim();
+                loops.add(jloop);
+                String dloop = Proc.ok("losetup", "-f", "--show", data.toString()).out().trim();
+                loops.add(dloop);
+                Proc.ok("mke2fs", "-q", "-O", "journal_dev", "-b", "4096", jloop);
+                Proc.ok("mkfs.ext4", "-q", "-F", "-b", "4096", "-J", "device=" + jloop, dloop);
+                Proc.ok("mount", "-o", "journal_path=" + jloop, dloop, fsmnt.toString());
+                try {
+                    Proc.run(Duration.ofSeconds(300), "sh", "-c", "cd '" + fsmnt + "' && for i in $(seq 1 2000); do "
+                            + "echo file $i > f$i; done && mkdir d && cp -r /usr/share/doc/e2fsprogs d/ && sync")
+                            .assertOk();
+                } finally {
+                    Proc.ok("umount", fsmnt.toString());
+                }
+                Proc.ok("e2fsck", "-fn", "-j", jloop, dloop);
+                String dump = Proc.ok("dumpe2fs", "-h", dloop).out();
+                assertTrue(dump.contains("Journal device:"), dump);
+                assertTrue(blocks(journal) > 0, "the journal device holds the journal's blocks");
+                assertTrue(blocks(journal) < 32 * MiB, "and stays sparse");
+            } finally {
+                Proc.run("umount", "-l", fsmnt.toString());
+                for (String l : loops) {
+                    Proc.run("losetup", "-d", l);
+                }
+            }
+        }
+    }
+
+    @Test
+    void flushedDataSurviveAKillOfTheDaemon() throws Exception {
+        try (Mounted m = Mounted.create()) {
+            Path j = m.mnt.resolve("journals/crash");
+            Proc.ok("truncate", "-s", "64M", j.toString());
+            String sum = writeAndSync(j, 3 * MiB + 512, 700_000, 3);
+            long pid = m.daemonPid().orElseThrow();
+            ProcessHandle.of(pid).ifPresent(Proc::kill); // kill -9, right after the fdatasync returned
+            m.mount("--force");
+            assertEquals(64 * MiB, Files.size(j));
+            assertEquals(sum, readSha(j, 3 * MiB + 512, 700_000));
+        }
+    }
+
+    @Test
+    void closeModeContentsSurviveACleanUnmount() throws Exception {
+        try (Mounted m = Mounted.prepare()) {
+            m.mount("--journal-durability", "close");
+            Path j = m.mnt.resolve("journals/fast");
+            Proc.ok("truncate", "-s", "16M", j.toString());
+            Proc.ok("dd", "if=/dev/urandom", "of=" + j, "bs=64k", "count=40", "seek=3", "conv=notrunc", "status=none");
+            String sum = readSha(j, 3 * 65536, 40 * 65536);
+            m.umount().assertOk();
+            m.mount();
+            assertEquals(16 * MiB, Files.size(j));
+            assertEquals(sum, readSha(j, 3 * 65536, 40 * 65536));
+        }
+    }
+}
