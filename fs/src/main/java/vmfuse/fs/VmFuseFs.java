@@ -63,7 +63,7 @@ public final class VmFuseFs extends FuseStubFS {
      * drops it after the last close. It is never listed and never exists in the store.
      */
     private final Map<String, List<OpenFile>> hidden = new ConcurrentHashMap<>();
-    static final String HIDDEN_PREFIX = ".fuse_hidden";
+    public static final String HIDDEN_PREFIX = ".fuse_hidden";
     private final CountDownLatch mounted = new CountDownLatch(1);
 
     private final JournalFiles journals;

@@ -52,6 +52,11 @@ public final class JournalDevice {
         return blocks.blocksStored() * RadixBlockStore.BLOCK_SIZE;
     }
 
+    /** Heap held for this device: its radix tree nodes, which are all cached (4 KiB each). */
+    public long memoryUsed() {
+        return blocks.nodesStored() * RadixBlockStore.BLOCK_SIZE;
+    }
+
     long blocksStored() {
         return blocks.blocksStored();
     }

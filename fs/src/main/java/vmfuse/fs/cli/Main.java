@@ -13,7 +13,8 @@ import vmfuse.fs.daemon.Daemon;
  */
 @Command(name = "vmfuse", mixinStandardHelpOptions = true, versionProvider = Main.Version.class,
         description = "A FUSE filesystem for hypervisor hosts: VM images and journal devices as files.",
-        subcommands = {MountCommand.class, UmountCommand.class, StatusCommand.class, CommandLine.HelpCommand.class},
+        subcommands = {MountCommand.class, UmountCommand.class, StatusCommand.class, JournalCommand.class,
+            CommandLine.HelpCommand.class},
         footer = {"", "See README.md for the full manual."})
 public final class Main {
 

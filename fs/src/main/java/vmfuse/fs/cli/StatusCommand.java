@@ -1,11 +1,9 @@
 package vmfuse.fs.cli;
 
-import java.io.IOException;
 import java.io.PrintWriter;
 import java.nio.file.Path;
 import java.util.ArrayList;
 import java.util.List;
-import java.util.Optional;
 import java.util.concurrent.Callable;
 
 import picocli.CommandLine.Command;
@@ -14,10 +12,6 @@ import picocli.CommandLine.Option;
 import picocli.CommandLine.Parameters;
 import picocli.CommandLine.Spec;
 import vmfuse.fs.FsException;
-import vmfuse.fs.daemon.ControlServer;
-import vmfuse.fs.daemon.MountPoints;
-import vmfuse.fs.daemon.MountTable;
-import vmfuse.fs.daemon.Store;
 import vmfuse.fs.nativeio.Native;
 
 @Command(name = "status", mixinStandardHelpOptions = true,
@@ -37,23 +31,7 @@ final class StatusCommand implements Callable<Integer> {
 
     @Override
     public Integer call() throws Exception {
-        Path mnt = mountPoint.toAbsolutePath().normalize();
-        Optional<MountTable.Entry> entry = MountTable.at(mnt);
-        if (entry.isEmpty() || !entry.get().isVmfuse()) {
-            throw new FsException(Native.EINVAL, mnt + " is not a vmfuse mount");
-        }
-        if (MountPoints.probe(mnt) == MountPoints.State.STALE) {
-            throw new FsException(Native.ENOTCONN, "the mount at " + mnt + " is stale (its daemon is gone); "
-                    + "clear it with 'fusermount -u " + mnt + "' or 'vmfuse mount --force'");
-        }
-        Store store = new Store(Path.of(entry.get().source()));
-        String answer;
-        try {
-            answer = ControlServer.request(store.socket(), "status");
-        } catch (IOException e) {
-            throw new FsException(Native.EIO, "cannot reach the daemon of " + mnt + " at " + store.socket() + ": "
-                    + e.getMessage());
-        }
+        String answer = DaemonClient.request(mountPoint, "status");
         print(answer, spec.commandLine().getOut());
         return 0;
     }

@@ -26,7 +26,10 @@ import vmfuse.fs.FsException;
 import vmfuse.fs.ReleaseLedger;
 import vmfuse.fs.VmFuseFs;
 import vmfuse.fs.nativeio.Native;
+import vmfuse.fs.Node;
+import vmfuse.journal.ByteSize;
 import vmfuse.journal.Durability;
+import vmfuse.journal.JournalDevice;
 import vmfuse.journal.JournalStore;
 import vmfuse.journal.StoreException;
 
@@ -159,7 +162,7 @@ public final class Daemon {
             saver.scheduleWithFixedDelay(() -> save(ledger, false), 2, 2, TimeUnit.SECONDS);
             saver.scheduleWithFixedDelay(() -> checkpoint(fs), CHECKPOINT_SECONDS, CHECKPOINT_SECONDS, TimeUnit.SECONDS);
             try (ControlServer control = new ControlServer(store.socket(),
-                    req -> answer(req, store, mnt, pid, backing, ledger, fs))) {
+                    req -> answer(req, store, mnt, pid, backing, ledger, fs, journals))) {
                 log.info("mounted store={} mountpoint={} pid={} threads={} options={}", store.dir(), mnt, pid, threads,
                         String.join(",", options));
                 int rc = join(loop);
@@ -270,12 +273,59 @@ public final class Daemon {
         }
     }
 
-    /** Answers a control request. "status": tab-separated lines (mount, store, image..., total), formatted by vmfuse status. */
+    /**
+     * Answers a control request, one line of tab-separated fields:
+     * <pre>
+     *   status                              mount, store, image... and total lines (vmfuse status)
+     *   journals                            one line per journal device (vmfuse journal list)
+     *   journal-create NAME SIZE DURABILITY "ok", or "error REASON" (vmfuse journal create)
+     * </pre>
+     */
     private static String answer(String request, Store store, Path mnt, long pid, BackingStore backing,
-            ReleaseLedger ledger, VmFuseFs fs) {
-        if (!request.equals("status")) {
-            return "error unknown request '" + request + "'\n";
+            ReleaseLedger ledger, VmFuseFs fs, JournalStore journals) {
+        String[] f = request.split("\t");
+        switch (f[0]) {
+            case "status" -> {
+                return status(store, mnt, pid, backing, ledger, fs);
+            }
+            case "journals" -> {
+                StringBuilder out = new StringBuilder();
+                for (JournalDevice d : journals.list()) {
+                    if (d.name().startsWith(VmFuseFs.HIDDEN_PREFIX)) {
+                        continue;
+                    }
+                    out.append("journal\t").append(d.name()).append('\t').append(d.size()).append('\t')
+                            .append(d.bytesStored()).append('\t').append(d.memoryUsed()).append('\t')
+                            .append(d.durability().label()).append('\t').append(d.lastFlush()).append('\n');
+                }
+                return out.toString();
+            }
+            case "journal-create" -> {
+                if (f.length != 4) {
+                    return "error journal-create takes NAME SIZE DURABILITY\n";
+                }
+                try {
+                    Node.checkName(f[1]);
+                    if (f[1].startsWith(VmFuseFs.HIDDEN_PREFIX) || f[1].chars().anyMatch(c -> c < 0x20)) {
+                        return "error journal device names may not start with " + VmFuseFs.HIDDEN_PREFIX
+                                + " or hold control characters\n";
+                    }
+                    journals.create(f[1], ByteSize.parse(f[2]), Durability.parse(f[3]));
+                    return "ok\n";
+                } catch (FsException e) {
+                    return "error " + e.getMessage() + "\n";
+                } catch (StoreException e) {
+                    return "error " + e.getMessage() + "\n";
+                }
+            }
+            default -> {
+                return "error unknown request '" + f[0] + "'\n";
+            }
         }
+    }
+
+    private static String status(Store store, Path mnt, long pid, BackingStore backing, ReleaseLedger ledger,
+            VmFuseFs fs) {
         StringBuilder out = new StringBuilder();
         out.append("mount\t").append(mnt).append('\t').append(pid).append('\t').append(store.dir()).append('\n');
         try {

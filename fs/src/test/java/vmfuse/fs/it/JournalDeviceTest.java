@@ -139,4 +139,33 @@ class JournalDeviceTest {
             assertEquals(sum, readSha(j, 3 * 65536, 40 * 65536));
         }
     }
+
+    @Test
+    void journalCreateAndListFromTheCommandLine() throws Exception {
+        try (Mounted m = Mounted.create()) {
+            m.vmfuse("journal", "create", "--size", "128M", "vm1", m.mnt.toString()).assertOk();
+            m.vmfuse("journal", "create", "--size", "64M", "--durability", "close", "vm2", m.mnt.toString()).assertOk();
+            assertEquals(128 * MiB, Files.size(m.mnt.resolve("journals/vm1")));
+            writeAndSync(m.mnt.resolve("journals/vm1"), 0, 65536, 4);
+            String list = m.vmfuse("journal", "list", m.mnt.toString()).assertOk().out();
+            List<String> rows = list.lines().map(l -> l.replaceAll(" +", " ")).toList();
+            assertEquals("NAME SIZE STORED MEMORY DURABILITY LAST FLUSH", rows.get(0), list);
+            assertTrue(rows.get(1).startsWith("vm1 134217728 65536 24576 flush 20"), list);
+            assertEquals("vm2 67108864 0 4096 close never", rows.get(2), list);
+
+            for (String[] bad : new String[][] {{"--size", "12X", "x"}, {"--size", "1M", "../x"}, {"--size", "1M", "vm1"},
+                {"--size", "1M", "--durability", "sometimes", "y"}, {"--size", "9E", "z"}}) {
+                List<String> args = new ArrayList<>(List.of("journal", "create"));
+                args.addAll(List.of(bad));
+                args.add(m.mnt.toString());
+                Proc.Result r = m.vmfuse(args.toArray(String[]::new));
+                assertEquals(1, r.exit(), r.describe());
+                assertTrue(r.err().startsWith("vmfuse: "), r.describe());
+                assertEquals(1, r.err().strip().lines().count(), r.describe());
+            }
+            try (var s = Files.list(m.mnt.resolve("journals"))) {
+                assertEquals(List.of("vm1", "vm2"), s.map(p -> p.getFileName().toString()).sorted().toList());
+            }
+        }
+    }
 }

@@ -1,0 +1,42 @@
+package vmfuse.fs.cli;
+
+import java.io.IOException;
+import java.nio.file.Path;
+import java.util.Optional;
+
+import vmfuse.fs.FsException;
+import vmfuse.fs.daemon.ControlServer;
+import vmfuse.fs.daemon.MountPoints;
+import vmfuse.fs.daemon.MountTable;
+import vmfuse.fs.daemon.Store;
+import vmfuse.fs.nativeio.Native;
+
+/** Talks to the daemon serving a mount point, through its control socket. */
+final class DaemonClient {
+    private DaemonClient() {}
+
+    /** Sends one request line to the daemon of {@code mountPoint}; fails with the reason if there is none. */
+    static String request(Path mountPoint, String line) throws FsException, IOException {
+        Path mnt = mountPoint.toAbsolutePath().normalize();
+        Optional<MountTable.Entry> entry = MountTable.at(mnt);
+        if (entry.isEmpty() || !entry.get().isVmfuse()) {
+            throw new FsException(Native.EINVAL, mnt + " is not a vmfuse mount");
+        }
+        if (MountPoints.probe(mnt) == MountPoints.State.STALE) {
+            throw new FsException(Native.ENOTCONN, "the mount at " + mnt + " is stale (its daemon is gone); "
+                    + "clear it with 'fusermount -u " + mnt + "' or 'vmfuse mount --force'");
+        }
+        Store store = new Store(Path.of(entry.get().source()));
+        String answer;
+        try {
+            answer = ControlServer.request(store.socket(), line);
+        } catch (IOException e) {
+            throw new FsException(Native.EIO, "cannot reach the daemon of " + mnt + " at " + store.socket() + ": "
+                    + e.getMessage());
+        }
+        if (answer.startsWith("error ")) {
+            throw new FsException(Native.EINVAL, answer.substring("error ".length()).trim());
+        }
+        return answer;
+    }
+}

@@ -1,0 +1,88 @@
+package vmfuse.fs.cli;
+
+import java.io.PrintWriter;
+import java.nio.file.Path;
+import java.time.Instant;
+import java.util.ArrayList;
+import java.util.List;
+import java.util.concurrent.Callable;
+
+import picocli.CommandLine.Command;
+import picocli.CommandLine.Model.CommandSpec;
+import picocli.CommandLine.Option;
+import picocli.CommandLine.Parameters;
+import picocli.CommandLine.Spec;
+
+@Command(name = "journal", mixinStandardHelpOptions = true,
+        description = "Journal devices: sparse block devices under MOUNTPOINT/journals, for ext4 external journals.",
+        subcommands = {JournalCommand.Create.class, JournalCommand.ListDevices.class})
+final class JournalCommand {
+
+    @Command(name = "create", mixinStandardHelpOptions = true,
+            description = {"Create a journal device of SIZE bytes (nothing is stored until written).",
+                "The same as 'truncate -s SIZE MOUNTPOINT/journals/NAME', with a durability of its own."},
+            footer = {"", "Example:", "  vmfuse journal create --size 128M vm1 /srv/vmfuse"})
+    static final class Create implements Callable<Integer> {
+        @Option(names = "--size", required = true, paramLabel = "SIZE", description = "e.g. 128M, 1G (powers of 1024).")
+        String size;
+
+        @Option(names = "--durability", paramLabel = "MODE", defaultValue = "flush",
+                description = "flush (default: data survive a crash once fsync returns) or close (memory speed; "
+                        + "persisted on close, unmount and a timer).")
+        String durability;
+
+        @Parameters(index = "0", paramLabel = "NAME")
+        String name;
+
+        @Parameters(index = "1", paramLabel = "MOUNTPOINT")
+        Path mountPoint;
+
+        @Override
+        public Integer call() throws Exception {
+            DaemonClient.request(mountPoint, "journal-create\t" + name + "\t" + size + "\t" + durability);
+            return 0;
+        }
+    }
+
+    @Command(name = "list", mixinStandardHelpOptions = true,
+            description = {"List the journal devices: size, bytes stored, memory used, durability, last flush."})
+    static final class ListDevices implements Callable<Integer> {
+        @Parameters(index = "0", paramLabel = "MOUNTPOINT")
+        Path mountPoint;
+
+        @Spec
+        CommandSpec spec;
+
+        @Override
+        public Integer call() throws Exception {
+            String answer = DaemonClient.request(mountPoint, "journals");
+            List<String[]> rows = new ArrayList<>();
+            rows.add(new String[] {"NAME", "SIZE", "STORED", "MEMORY", "DURABILITY", "LAST FLUSH"});
+            for (String line : answer.split("\n")) {
+                String[] f = line.split("\t");
+                if (f.length == 7 && f[0].equals("journal")) {
+                    long flushed = Long.parseLong(f[6]);
+                    rows.add(new String[] {f[1], f[2], f[3], f[4], f[5],
+                        flushed == 0 ? "never" : Instant.ofEpochMilli(flushed).toString()});
+                }
+            }
+            PrintWriter out = spec.commandLine().getOut();
+            int[] width = new int[6];
+            for (String[] r : rows) {
+                for (int i = 0; i < r.length; i++) {
+                    width[i] = Math.max(width[i], r[i].length());
+                }
+            }
+            for (String[] r : rows) {
+                StringBuilder b = new StringBuilder(String.format("%-" + width[0] + "s", r[0]));
+                for (int i = 1; i < 4; i++) {
+                    b.append("  ").append(String.format("%" + width[i] + "s", r[i]));
+                }
+                b.append("  ").append(String.format("%-" + width[4] + "s", r[4])).append("  ").append(r[5]);
+                out.println(b.toString().stripTrailing());
+            }
+            out.flush();
+            return 0;
+        }
+    }
+}
