@@ -30,6 +30,7 @@ test: deps
 # Benchmarks print one table each; they are not tests.
 bench: build
 	./scripts/bench-mount.sh
+	./scripts/bench-journal.sh
 
 clean:
 	$(MVN) clean

@@ -1,6 +1,5 @@
 package vmfuse.fs.cli;
 
-import java.io.PrintWriter;
 import java.nio.file.Path;
 import java.time.Instant;
 import java.util.ArrayList;
@@ -66,22 +65,7 @@ final class JournalCommand {
                         flushed == 0 ? "never" : Instant.ofEpochMilli(flushed).toString()});
                 }
             }
-            PrintWriter out = spec.commandLine().getOut();
-            int[] width = new int[6];
-            for (String[] r : rows) {
-                for (int i = 0; i < r.length; i++) {
-                    width[i] = Math.max(width[i], r[i].length());
-                }
-            }
-            for (String[] r : rows) {
-                StringBuilder b = new StringBuilder(String.format("%-" + width[0] + "s", r[0]));
-                for (int i = 1; i < 4; i++) {
-                    b.append("  ").append(String.format("%" + width[i] + "s", r[i]));
-                }
-                b.append("  ").append(String.format("%-" + width[4] + "s", r[4])).append("  ").append(r[5]);
-                out.println(b.toString().stripTrailing());
-            }
-            out.flush();
+            TextTable.print(spec.commandLine().getOut(), rows, true, false, false, false, true, true);
             return 0;
         }
     }

@@ -50,20 +50,7 @@ final class StatusCommand implements Callable<Integer> {
                 default -> throw new FsException(Native.EIO, "daemon answered: " + line);
             }
         }
-        int[] width = new int[6];
-        for (String[] r : rows) {
-            for (int i = 0; i < r.length; i++) {
-                width[i] = Math.max(width[i], r[i].length());
-            }
-        }
-        for (String[] r : rows) {
-            StringBuilder b = new StringBuilder(String.format("%-" + width[0] + "s", r[0]));
-            for (int i = 1; i < r.length; i++) {
-                b.append("  ").append(String.format("%" + width[i] + "s", r[i]));
-            }
-            out.println(b.toString().stripTrailing());
-        }
-        out.flush();
+        TextTable.print(out, rows, true);
     }
 
     private String bytes(String s) {

@@ -7,25 +7,10 @@ import java.nio.file.Files;
 import java.nio.file.Path;
 import java.time.Duration;
 
-import org.junit.jupiter.api.AfterAll;
-import org.junit.jupiter.api.BeforeAll;
-import org.junit.jupiter.api.Tag;
 import org.junit.jupiter.api.Test;
 
 /** fio with crc32c verification through the mount: random writes from several threads, then reads. */
-@Tag("integration")
-class FioVerifyTest {
-    static Mounted m;
-
-    @BeforeAll
-    static void mount() throws Exception {
-        m = Mounted.create();
-    }
-
-    @AfterAll
-    static void unmount() throws Exception {
-        m.close();
-    }
+class FioVerifyTest extends OnOneMount {
 
     private static Proc.Result fio(String... args) {
         java.util.List<String> cmd = new java.util.ArrayList<>(java.util.List.of("fio", "--output-format=normal"));

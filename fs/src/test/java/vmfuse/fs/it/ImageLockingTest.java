@@ -3,25 +3,10 @@ package vmfuse.fs.it;
 import static org.junit.jupiter.api.Assertions.assertFalse;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
-import org.junit.jupiter.api.AfterAll;
-import org.junit.jupiter.api.BeforeAll;
-import org.junit.jupiter.api.Tag;
 import org.junit.jupiter.api.Test;
 
 /** QEMU's own image locking through the mount: a second writer is refused, as on a plain filesystem. */
-@Tag("integration")
-class ImageLockingTest {
-    static Mounted m;
-
-    @BeforeAll
-    static void mount() throws Exception {
-        m = Mounted.create();
-    }
-
-    @AfterAll
-    static void unmount() throws Exception {
-        m.close();
-    }
+class ImageLockingTest extends OnOneMount {
 
     /** A paused QEMU (-S) that holds the image for writing, as a running VM does. */
     private static Proc.Background holdWithQemu(String image, String format) throws Exception {

@@ -11,25 +11,10 @@ import java.nio.file.attribute.PosixFilePermissions;
 import java.util.List;
 import java.util.stream.Stream;
 
-import org.junit.jupiter.api.AfterAll;
-import org.junit.jupiter.api.BeforeAll;
-import org.junit.jupiter.api.Tag;
 import org.junit.jupiter.api.Test;
 
 /** The operations around the data: names, attributes, listing, statfs, all reaching the backing files. */
-@Tag("integration")
-class MetadataOpsTest {
-    static Mounted m;
-
-    @BeforeAll
-    static void mount() throws Exception {
-        m = Mounted.create();
-    }
-
-    @AfterAll
-    static void unmount() throws Exception {
-        m.close();
-    }
+class MetadataOpsTest extends OnOneMount {
 
     @Test
     void renameMovesTheBackingFileAndItsReleaseCounts() throws Exception {

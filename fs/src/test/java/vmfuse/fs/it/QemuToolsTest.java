@@ -7,25 +7,10 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
 import java.nio.file.Files;
 import java.nio.file.Path;
 
-import org.junit.jupiter.api.AfterAll;
-import org.junit.jupiter.api.BeforeAll;
-import org.junit.jupiter.api.Tag;
 import org.junit.jupiter.api.Test;
 
 /** qemu-img and qemu-io on images in a real mount, checked as a user would check them. */
-@Tag("integration")
-class QemuToolsTest {
-    static Mounted m;
-
-    @BeforeAll
-    static void mount() throws Exception {
-        m = Mounted.create();
-    }
-
-    @AfterAll
-    static void unmount() throws Exception {
-        m.close();
-    }
+class QemuToolsTest extends OnOneMount {
 
     @Test
     void qemuImgCreatesRawAndQcow2InTheStore() {
