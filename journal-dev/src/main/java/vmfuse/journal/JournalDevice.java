@@ -86,33 +86,81 @@ public final class JournalDevice {
     }
 
     /** Writes at {@code offset}, growing the device if the write ends past it. */
-    public synchronized void write(long offset, byte[] src, int srcOffset, int length) throws StoreException {
+    public void write(long offset, byte[] src, int srcOffset, int length) throws StoreException {
         RadixBlockStore.checkRange(offset, length);
-        blocks.write(offset, src, srcOffset, length);
-        if (offset + length > size) {
-            size = offset + length;
-            store.record(this);
+        store.opLock().readLock().lock();
+        try {
+            synchronized (this) {
+                blocks.write(offset, src, srcOffset, length);
+                log(RedoLog.WRITE, offset, 0, src, srcOffset, length);
+                if (offset + length > size) {
+                    setSize(offset + length);
+                }
+            }
+        } finally {
+            store.opLock().readLock().unlock();
         }
     }
 
     /** Makes a range read as zeros and frees its whole blocks (punch-hole, zero-range). */
     public void zero(long offset, long length) throws StoreException {
         RadixBlockStore.checkRange(offset, length);
-        blocks.zero(offset, length);
+        store.opLock().readLock().lock();
+        try {
+            synchronized (this) {
+                blocks.zero(offset, length);
+                log(RedoLog.ZERO, offset, length, null, 0, 0);
+            }
+        } finally {
+            store.opLock().readLock().unlock();
+        }
     }
 
     /** Sets the size; shrinking frees every block past the new end. */
-    public synchronized void truncate(long newSize) throws StoreException {
+    public void truncate(long newSize) throws StoreException {
         RadixBlockStore.checkRange(0, newSize);
-        if (newSize < size) {
-            blocks.zero(newSize, RadixBlockStore.CAPACITY - newSize);
+        store.opLock().readLock().lock();
+        try {
+            synchronized (this) {
+                if (newSize < size) {
+                    blocks.zero(newSize, RadixBlockStore.CAPACITY - newSize);
+                    log(RedoLog.ZERO, newSize, RadixBlockStore.CAPACITY - newSize, null, 0, 0);
+                }
+                setSize(newSize);
+            }
+        } finally {
+            store.opLock().readLock().unlock();
         }
+    }
+
+    private void setSize(long newSize) throws StoreException {
         size = newSize;
         store.record(this);
+        log(RedoLog.SIZE, newSize, 0, null, 0, 0);
+    }
+
+    /** A FLUSH device's change goes to the redo log too, in the order of its changes. */
+    private void log(byte type, long a, long b, byte[] data, int off, int len) throws StoreException {
+        if (durability == Durability.FLUSH) {
+            store.redo().append(type, blocks.rootRecid(), a, b, data, off, len);
+        }
+    }
+
+    /** Applies a redo log record at recovery (not logged again). */
+    void replay(byte type, long a, long b, byte[] data) throws StoreException {
+        switch (type) {
+            case RedoLog.WRITE -> blocks.write(a, data, 0, data.length);
+            case RedoLog.ZERO -> blocks.zero(a, b);
+            case RedoLog.SIZE -> {
+                size = a;
+                store.record(this);
+            }
+            default -> throw new StoreException(StoreException.EIO, "redo log: unknown record type " + type);
+        }
     }
 
     /**
-     * fsync/fdatasync. FLUSH: returns once everything written to the device is committed to
+     * fsync/fdatasync. FLUSH: returns once everything written to the device is in the redo log on
      * disk. CLOSE: returns at once (the contents persist at close, unmount or the next timer).
      */
     public void flush() throws StoreException {

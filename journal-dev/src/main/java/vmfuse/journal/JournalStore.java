@@ -32,10 +32,17 @@ import org.slf4j.LoggerFactory;
  *                      flush (ms since the epoch).
  *   - the RadixBlockStore records of every device.
  *
- * Durability is a commit. A flush of a FLUSH device waits for the next commit; one committer
- * thread serves every waiting flush with a single commit (group commit, as BookKeeper's
- * journal does), so many devices flushing at once pay for one fsync. CLOSE devices are
- * committed by close() and by the caller's timer (checkpoint()).
+ *   - "vmfuse.generation" (atomic long): the number of the last checkpoint.
+ *
+ * Durability. Every change to a FLUSH device is also appended to the RedoLog
+ * (STORE/journals.db.redo); a flush waits until the log is forced to disk, and one committer
+ * thread serves every waiting flush with a single fdatasync (group commit, as BookKeeper's
+ * journal does). A checkpoint commits the MapDB store (every change of every device, CLOSE ones
+ * included) and restarts the log; the caller's timer, close(), creating, deleting and renaming a
+ * device checkpoint. Opening replays the log onto the last checkpoint.
+ *
+ * Locks: a device change holds opLock shared, then the device's monitor (so its log records are
+ * in the order of its changes); a checkpoint holds this store's monitor, then opLock exclusive.
  */
 public final class JournalStore implements AutoCloseable {
     private static final Logger log = LoggerFactory.getLogger(JournalStore.class);
@@ -55,8 +62,14 @@ public final class JournalStore implements AutoCloseable {
     private final Map<String, JournalDevice> devices = new TreeMap<>();
     private final BlockingQueue<CompletableFuture<Void>> flushes = new ArrayBlockingQueue<>(4096);
     private final Thread committer;
+    private final java.util.concurrent.locks.ReentrantReadWriteLock opLock = new java.util.concurrent.locks.ReentrantReadWriteLock();
+    private RedoLog redo;
+    private Atomic.Long generation;
+    /** A checkpoint is forced once the redo log grows past this. */
+    static final long REDO_LIMIT = 256L << 20;
     private volatile boolean closed;
     private final java.util.concurrent.atomic.AtomicLong commits = new java.util.concurrent.atomic.AtomicLong();
+    private final java.util.concurrent.atomic.AtomicLong syncs = new java.util.concurrent.atomic.AtomicLong();
 
     private JournalStore(Path file, DB db, HTreeMap<String, long[]> catalog) {
         this.file = file;
@@ -88,16 +101,29 @@ public final class JournalStore implements AutoCloseable {
             }
             HTreeMap<String, long[]> catalog = db.hashMap("devices", Serializer.STRING, Serializer.LONG_ARRAY)
                     .createOrOpen();
+            Atomic.Long generation = db.atomicLong("vmfuse.generation").createOrOpen();
             db.commit();
             JournalStore store = new JournalStore(file, db, catalog);
+            store.generation = generation;
+            Map<Long, JournalDevice> byRoot = new java.util.HashMap<>();
             for (Map.Entry<String, long[]> e : catalog.entrySet()) {
                 long[] v = e.getValue();
                 RadixBlockStore blocks = RadixBlockStore.open(db.getStore(), v[ROOT]);
-                store.devices.put(e.getKey(), new JournalDevice(store, e.getKey(), blocks, v[SIZE],
-                        Durability.values()[(int) v[MODE]], v[CREATED], v[FLUSHED]));
+                JournalDevice d = new JournalDevice(store, e.getKey(), blocks, v[SIZE],
+                        Durability.values()[(int) v[MODE]], v[CREATED], v[FLUSHED]);
+                store.devices.put(e.getKey(), d);
+                byRoot.put(v[ROOT], d);
             }
+            long[] replayed = new long[1];
+            store.redo = RedoLog.open(redoFile(file), generation.get(), (type, root, a, b, data) -> {
+                JournalDevice d = byRoot.get(root);
+                if (d != null) { // a device deleted since is never in a log: deletes checkpoint
+                    d.replay(type, a, b, data);
+                }
+            }, replayed);
+            store.checkpoint();
             store.committer.start();
-            log.info("journal store opened file={} devices={}", file, store.devices.size());
+            log.info("journal store opened file={} devices={} replayed={}", file, store.devices.size(), replayed[0]);
             return store;
         } catch (StoreException | RuntimeException e) {
             db.close();
@@ -139,6 +165,18 @@ public final class JournalStore implements AutoCloseable {
         return file;
     }
 
+    static Path redoFile(Path file) {
+        return file.resolveSibling(file.getFileName() + ".redo");
+    }
+
+    java.util.concurrent.locks.ReentrantReadWriteLock opLock() {
+        return opLock;
+    }
+
+    RedoLog redo() {
+        return redo;
+    }
+
     /** A new device of {@code size} bytes; EEXIST if the name is taken. Committed before it returns. */
     public synchronized JournalDevice create(String name, long size, Durability durability) throws StoreException {
         checkOpen();
@@ -151,7 +189,7 @@ public final class JournalStore implements AutoCloseable {
         JournalDevice d = new JournalDevice(this, name, blocks, size, durability, now, 0);
         devices.put(name, d);
         record(d);
-        commitNow();
+        checkpoint();
         log.info("journal create device={} size={} durability={}", name, size, durability.label());
         return d;
     }
@@ -172,9 +210,14 @@ public final class JournalStore implements AutoCloseable {
             throw new StoreException(2 /* ENOENT */, "no journal device " + name);
         }
         long blocks = d.blocksStored();
-        d.destroy();
-        catalog.remove(name);
-        commitNow();
+        opLock.writeLock().lock();
+        try {
+            d.destroy();
+            catalog.remove(name);
+        } finally {
+            opLock.writeLock().unlock();
+        }
+        checkpoint(); // no record of the device stays in the log: its record ids may be reused
         log.info("journal delete device={} blocks={}", name, blocks);
     }
 
@@ -193,15 +236,15 @@ public final class JournalStore implements AutoCloseable {
         d.renamed(to);
         devices.put(to, d);
         record(d);
-        commitNow();
+        checkpoint();
     }
 
-    /** Writes a device's size, mode and times to the catalog (committed with the next commit). */
-    synchronized void record(JournalDevice d) {
+    /** Writes a device's size, mode and times to the catalog (committed with the next checkpoint). */
+    void record(JournalDevice d) {
         catalog.put(d.name(), new long[] {d.rootRecid(), d.size(), d.durability().ordinal(), d.created(), d.lastFlush()});
     }
 
-    /** Waits until everything written so far is committed: one commit serves every waiting flush. */
+    /** Waits until everything logged so far is on disk: one fdatasync serves every waiting flush. */
     void awaitCommit() throws StoreException {
         checkOpen();
         CompletableFuture<Void> done = new CompletableFuture<>();
@@ -226,34 +269,51 @@ public final class JournalStore implements AutoCloseable {
             }
             flushes.drainTo(batch);
             try {
-                commitNow();
+                redo.force();
+                syncs.incrementAndGet();
                 batch.forEach(f -> f.complete(null));
-            } catch (RuntimeException e) {
-                log.error("journal store commit failed file={}", file, e);
+                if (redo.size() > REDO_LIMIT) {
+                    checkpoint();
+                }
+            } catch (StoreException | IOException | RuntimeException e) {
+                log.error("journal flush failed file={}", file, e);
                 batch.forEach(f -> f.completeExceptionally(e));
             }
             batch.clear();
         }
     }
 
-    /** Commits now (the timer of CLOSE devices; unmount). */
-    public void checkpoint() throws StoreException {
+    /**
+     * Commits every device to the MapDB store under the next generation and restarts the redo log
+     * (the timer of CLOSE devices, unmount, changes to the catalog).
+     */
+    public synchronized void checkpoint() throws StoreException {
         checkOpen();
+        opLock.writeLock().lock();
         try {
-            commitNow();
+            for (JournalDevice d : devices.values()) {
+                record(d);
+            }
+            long next = generation.get() + 1;
+            generation.set(next);
+            db.commit();
+            redo.restart(next);
+            commits.incrementAndGet();
         } catch (RuntimeException e) {
-            throw new StoreException(StoreException.EIO, "commit of " + file + " failed: " + e.getMessage(), e);
+            throw new StoreException(StoreException.EIO, "checkpoint of " + file + " failed: " + e.getMessage(), e);
+        } finally {
+            opLock.writeLock().unlock();
         }
     }
 
-    private synchronized void commitNow() {
-        db.commit();
-        commits.incrementAndGet();
-    }
-
-    /** Commits made since the store was opened. */
+    /** Checkpoints (commits of the MapDB store) since the store was opened. */
     public long commits() {
         return commits.get();
+    }
+
+    /** fdatasyncs of the redo log since the store was opened; each served every flush waiting. */
+    public long syncs() {
+        return syncs.get();
     }
 
     private void checkOpen() throws StoreException {
@@ -269,13 +329,13 @@ public final class JournalStore implements AutoCloseable {
             return;
         }
         try {
-            for (JournalDevice d : devices.values()) {
-                record(d);
-            }
-            db.commit();
+            checkpoint();
+        } catch (StoreException e) {
+            throw new IOException(e.getMessage(), e);
         } finally {
             closed = true;
             committer.interrupt();
+            redo.close();
             db.close();
             List<CompletableFuture<Void>> left = new ArrayList<>();
             flushes.drainTo(left);

@@ -21,6 +21,7 @@ import vmfuse.fs.nativeio.Native;
  *   STORE/vmfuse.sock    its control socket (status)
  *   STORE/releases.tsv   counts of released bytes per image
  *   STORE/journals.db    the journal devices (MapDB, with its write-ahead log journals.db.wal.N)
+ *   STORE/journals.db.redo  the redo log of journal devices in flush mode
  * </pre>
  */
 public record Store(Path dir) {
