@@ -5,7 +5,7 @@ STORE ?= $(CURDIR)/var/store
 MNT   ?= $(CURDIR)/var/mnt
 MVN   ?= mvn -B -q
 
-.PHONY: deps build run stop test bench clean
+.PHONY: deps build run stop test e2e bench clean
 
 deps:
 	./scripts/install-deps.sh
@@ -26,6 +26,10 @@ stop:
 # FUSE mounts with qemu-img, qemu-io, QEMU, fio, e2fsprogs.
 test: deps
 	mvn -B verify
+
+# Only the end-to-end tests: a test guest (test-images/build-guest.sh) booted under QEMU from the mount.
+e2e: deps
+	mvn -B verify -Dit.test='*E2ETest'
 
 # Benchmarks print one table each; they are not tests.
 bench: build

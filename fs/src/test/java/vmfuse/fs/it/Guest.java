@@ -1,0 +1,80 @@
+package vmfuse.fs.it;
+
+import static org.junit.jupiter.api.Assertions.fail;
+
+import java.io.IOException;
+import java.nio.charset.StandardCharsets;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.time.Duration;
+import java.util.ArrayList;
+import java.util.List;
+import java.util.concurrent.TimeUnit;
+
+/**
+ * The test guest (test-images/build-guest.sh) booted under QEMU with -accel tcg: its disks are
+ * files in a vmfuse mount, a script runs at boot (from a small script disk, the last one), and
+ * the serial console is captured to a file. Every boot has a timeout; past it QEMU is killed by
+ * its pid and the test fails with the console's tail.
+ */
+final class Guest {
+    static final Path BUILD = Mounted.REPO.resolve("test-images/build");
+
+    private Guest() {}
+
+    /** Builds the guest if its inputs changed (cached otherwise). */
+    static void build() {
+        Proc.run(Duration.ofSeconds(300), Mounted.REPO.resolve("test-images/build-guest.sh").toString()).assertOk();
+    }
+
+    /**
+     * Boots with {@code drives} (QEMU -drive specs, in order: /dev/vda, /dev/vdb...), runs
+     * {@code script} (POSIX sh, run with -e), and returns the console. Fails unless the script
+     * exits 0 within {@code timeout}.
+     */
+    static String run(Path work, String script, Duration timeout, String... drives) throws IOException {
+        Path scriptDisk = Files.createTempFile(work, "script", ".img");
+        Files.writeString(scriptDisk, "#vmfuse-script\n" + script + "\n", StandardCharsets.UTF_8);
+        Proc.ok("truncate", "-s", "64k", scriptDisk.toString());
+        Path console = Files.createTempFile(work, "console", ".log");
+        List<String> cmd = new ArrayList<>(List.of("qemu-system-x86_64", "-accel", "tcg", "-m", "384", "-smp", "1",
+                "-nodefaults", "-display", "none", "-monitor", "none", "-no-reboot",
+                "-serial", "file:" + console,
+                "-kernel", BUILD.resolve("vmlinuz").toString(), "-initrd", BUILD.resolve("initramfs.gz").toString(),
+                "-append", "console=ttyS0 quiet panic=-1"));
+        for (String d : drives) {
+            cmd.add("-drive");
+            cmd.add(d);
+        }
+        cmd.add("-drive");
+        cmd.add("file=" + scriptDisk + ",format=raw,if=virtio,readonly=on");
+        Process qemu = new ProcessBuilder(cmd).redirectErrorStream(true)
+                .redirectOutput(work.resolve("qemu.out").toFile()).start();
+        boolean exited;
+        try {
+            exited = qemu.waitFor(timeout.toMillis(), TimeUnit.MILLISECONDS);
+        } catch (InterruptedException e) {
+            Thread.currentThread().interrupt();
+            exited = false;
+        }
+        if (!exited) {
+            Proc.kill(qemu.toHandle());
+        }
+        String out = Files.readString(console, StandardCharsets.UTF_8);
+        Files.deleteIfExists(scriptDisk);
+        Files.deleteIfExists(console);
+        if (!exited) {
+            fail("guest did not finish within " + timeout + "; console:\n" + Proc.tail(out));
+        }
+        if (!out.contains("vmfuse-guest: exit 0")) {
+            fail("guest script failed (QEMU exit " + qemu.exitValue() + "); console:\n" + Proc.tail(out)
+                    + "\nqemu: " + Files.readString(work.resolve("qemu.out")));
+        }
+        return out;
+    }
+
+    /** A virtio drive spec for a file. */
+    static String drive(Path file, String format, String extra) {
+        return "file=" + file + ",format=" + format + ",if=virtio" + (extra.isEmpty() ? "" : "," + extra);
+    }
+}
