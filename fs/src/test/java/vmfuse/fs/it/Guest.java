@@ -27,12 +27,26 @@ final class Guest {
         Proc.run(Duration.ofSeconds(300), Mounted.REPO.resolve("test-images/build-guest.sh").toString()).assertOk();
     }
 
-    /**
-     * Boots with {@code drives} (QEMU -drive specs, in order: /dev/vda, /dev/vdb...), runs
-     * {@code script} (POSIX sh, run with -e), and returns the console. Fails unless the script
-     * exits 0 within {@code timeout}.
-     */
-    static String run(Path work, String script, Duration timeout, String... drives) throws IOException {
+    /** A booted guest: its QEMU process and its console file. */
+    record Running(Process qemu, Path consoleFile, Path scriptDisk) implements AutoCloseable {
+        String console() {
+            try {
+                return Files.readString(consoleFile, StandardCharsets.UTF_8);
+            } catch (IOException e) {
+                return "(no console: " + e + ")";
+            }
+        }
+
+        /** kill -9 of QEMU, as a host would see a VM crash. */
+        @Override
+        public void close() throws IOException {
+            Proc.kill(qemu.toHandle());
+            Files.deleteIfExists(scriptDisk);
+        }
+    }
+
+    /** Boots with {@code drives} (QEMU -drive specs: /dev/vda, /dev/vdb...) and {@code script} to run; returns at once. */
+    static Running start(Path work, String script, String... drives) throws IOException {
         Path scriptDisk = Files.createTempFile(work, "script", ".img");
         Files.writeString(scriptDisk, "#vmfuse-script\n" + script + "\n", StandardCharsets.UTF_8);
         Proc.ok("truncate", "-s", "64k", scriptDisk.toString());
@@ -50,27 +64,32 @@ final class Guest {
         cmd.add("file=" + scriptDisk + ",format=raw,if=virtio,readonly=on");
         Process qemu = new ProcessBuilder(cmd).redirectErrorStream(true)
                 .redirectOutput(work.resolve("qemu.out").toFile()).start();
-        boolean exited;
-        try {
-            exited = qemu.waitFor(timeout.toMillis(), TimeUnit.MILLISECONDS);
-        } catch (InterruptedException e) {
-            Thread.currentThread().interrupt();
-            exited = false;
+        return new Running(qemu, console, scriptDisk);
+    }
+
+    /**
+     * Boots, runs {@code script} (POSIX sh, run with -e), and returns the console. Fails unless
+     * the script exits 0 within {@code timeout}.
+     */
+    static String run(Path work, String script, Duration timeout, String... drives) throws IOException {
+        try (Running g = start(work, script, drives)) {
+            boolean exited;
+            try {
+                exited = g.qemu().waitFor(timeout.toMillis(), TimeUnit.MILLISECONDS);
+            } catch (InterruptedException e) {
+                Thread.currentThread().interrupt();
+                exited = false;
+            }
+            String out = g.console();
+            if (!exited) {
+                fail("guest did not finish within " + timeout + "; console:\n" + Proc.tail(out));
+            }
+            if (!out.contains("vmfuse-guest: exit 0")) {
+                fail("guest script failed (QEMU exit " + g.qemu().exitValue() + "); console:\n" + Proc.tail(out)
+                        + "\nqemu: " + Files.readString(work.resolve("qemu.out")));
+            }
+            return out;
         }
-        if (!exited) {
-            Proc.kill(qemu.toHandle());
-        }
-        String out = Files.readString(console, StandardCharsets.UTF_8);
-        Files.deleteIfExists(scriptDisk);
-        Files.deleteIfExists(console);
-        if (!exited) {
-            fail("guest did not finish within " + timeout + "; console:\n" + Proc.tail(out));
-        }
-        if (!out.contains("vmfuse-guest: exit 0")) {
-            fail("guest script failed (QEMU exit " + qemu.exitValue() + "); console:\n" + Proc.tail(out)
-                    + "\nqemu: " + Files.readString(work.resolve("qemu.out")));
-        }
-        return out;
     }
 
     /** A virtio drive spec for a file. */
