@@ -35,6 +35,7 @@ e2e: deps
 bench: build
 	./scripts/bench-mount.sh
 	./scripts/bench-journal.sh
+	./scripts/bench-guest.sh
 
 clean:
 	$(MVN) clean

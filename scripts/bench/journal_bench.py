@@ -130,7 +130,7 @@ def ext4_run(work, mnt, mode, where):
         for l in loops:
             sh("losetup", "-d", l, check=False)
         os.unlink(data)
-    return (f"ext4 data={mode}", f"{where} journal", secs, "s", None)
+    return (f"ext4 data={mode}", "internal journal" if where == "internal" else "on vmfuse device", secs, "s", None)
 
 
 if __name__ == "__main__":

@@ -20,15 +20,18 @@ import ru.serce.jnrfuse.struct.Statvfs;
 import ru.serce.jnrfuse.struct.Timespec;
 import vmfuse.fs.nativeio.LibC;
 import vmfuse.fs.nativeio.Native;
+import vmfuse.journal.Durability;
+import vmfuse.journal.JournalStore;
 
 /**
  * The FUSE callbacks: the namespace of {@link Node}, images passed through to the
- * {@link BackingStore}, and the interception of fallocate and unlink that gives space back.
+ * {@link BackingStore}, journal devices ({@link JournalFiles}), and the interception of
+ * fallocate and unlink that gives space back.
  *
- * <p>Modelled on libfuse's passthrough_hp: every open keeps its backing descriptor in
- * {@code fi->fh}, so read and write are one pread/pwrite between the kernel's buffer and the
- * backing file, and operations on an open (even unlinked) file never look up a path. Every
- * callback returns {@code -errno} of the syscall it wraps, and no exception reaches jnr-fuse.
+ * <p>Images are modelled on libfuse's passthrough_hp: every open keeps its backing descriptor in
+ * {@code fi->fh}, so a write is one pwrite from the kernel's buffer, a read one pread or a
+ * splice, and operations on an open (even unlinked) file never look up a path. Every callback
+ * returns {@code -errno} of the syscall it wraps, and no exception reaches jnr-fuse.
  */
 public final class VmFuseFs extends FuseStubFS {
     private static final Logger log = LoggerFactory.getLogger(VmFuseFs.class);
@@ -68,8 +71,8 @@ public final class VmFuseFs extends FuseStubFS {
 
     private final JournalFiles journals;
 
-    public VmFuseFs(BackingStore store, ReleaseLedger ledger, vmfuse.journal.JournalStore journalStore,
-            vmfuse.journal.Durability journalDurability) {
+    public VmFuseFs(BackingStore store, ReleaseLedger ledger, JournalStore journalStore,
+            Durability journalDurability) {
         this.store = store;
         this.ledger = ledger;
         this.puncher = new HolePuncher(ledger);

@@ -4,7 +4,6 @@ import java.io.IOException;
 import java.nio.ByteBuffer;
 import java.nio.ByteOrder;
 import java.nio.channels.FileChannel;
-import java.nio.file.Files;
 import java.nio.file.Path;
 import java.nio.file.StandardOpenOption;
 import java.util.zip.CRC32C;
@@ -184,9 +183,5 @@ final class RedoLog implements AutoCloseable {
     @Override
     public void close() throws IOException {
         ch.close();
-    }
-
-    static boolean exists(Path file) {
-        return Files.exists(file);
     }
 }
