@@ -152,7 +152,7 @@ final class JournalFiles {
         }
     }
 
-    /** fsync/fdatasync: the device's flush (a commit for FLUSH devices). */
+    /** fsync/fdatasync: the device's flush (for FLUSH devices, a sync of the redo log). */
     void fsync(long fh) throws FsException {
         try {
             handle(fh).flush();

@@ -389,10 +389,10 @@ public final class VmFuseFs extends FuseStubFS {
      */
     @Override
     public int read_buf(String path, Pointer bufp, long size, long offset, FuseFileInfo fi) {
-        if (!JournalFiles.owns(fi.fh.get()) && open.get(fi.fh.get()) == null) {
+        OpenFile f = JournalFiles.owns(fi.fh.get()) ? null : open.get(fi.fh.get());
+        if (f == null && !JournalFiles.owns(fi.fh.get())) {
             return -EBADF;
         }
-        OpenFile f = open.get(fi.fh.get());
         if (offset < 0) {
             return -EINVAL;
         }
@@ -405,11 +405,11 @@ public final class VmFuseFs extends FuseStubFS {
         vec.putLong(16, 0);     // off
         vec.putInt(48, -1);     // buf[0].fd
         vec.putLong(56, 0);     // buf[0].pos
-        if (size > SPLICE_MIN && !JournalFiles.owns(fi.fh.get())) {
+        if (size > SPLICE_MIN && f != null) { // an image: journal devices are not files to splice from
             vec.putLong(24, size);   // buf[0].size
             vec.putInt(32, FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK | FUSE_BUF_FD_RETRY); // buf[0].flags
             vec.putAddress(40, 0);   // buf[0].mem
-            vec.putInt(48, f.fd); // an image: journal handles never splice
+            vec.putInt(48, f.fd);
             vec.putLong(56, offset);
             bufp.putPointer(0, vec);
             return 0;

@@ -88,54 +88,59 @@ public final class JournalDevice {
     /** Writes at {@code offset}, growing the device if the write ends past it. */
     public void write(long offset, byte[] src, int srcOffset, int length) throws StoreException {
         RadixBlockStore.checkRange(offset, length);
-        store.opLock().readLock().lock();
-        try {
-            synchronized (this) {
-                blocks.write(offset, src, srcOffset, length);
-                log(RedoLog.WRITE, offset, 0, src, srcOffset, length);
-                if (offset + length > size) {
-                    setSize(offset + length);
-                }
+        change(() -> {
+            blocks.write(offset, src, srcOffset, length);
+            log(RedoLog.WRITE, offset, 0, src, srcOffset, length);
+            if (offset + length > size) {
+                setSize(offset + length);
             }
-        } finally {
-            store.opLock().readLock().unlock();
-        }
+        });
     }
 
     /** Makes a range read as zeros and frees its whole blocks (punch-hole, zero-range). */
     public void zero(long offset, long length) throws StoreException {
         RadixBlockStore.checkRange(offset, length);
-        store.opLock().readLock().lock();
-        try {
-            synchronized (this) {
-                blocks.zero(offset, length);
-                log(RedoLog.ZERO, offset, length, null, 0, 0);
-            }
-        } finally {
-            store.opLock().readLock().unlock();
-        }
+        change(() -> {
+            blocks.zero(offset, length);
+            log(RedoLog.ZERO, offset, length, null, 0, 0);
+        });
     }
 
     /** Sets the size; shrinking frees every block past the new end. */
     public void truncate(long newSize) throws StoreException {
         RadixBlockStore.checkRange(0, newSize);
+        change(() -> {
+            if (newSize < size) {
+                blocks.zero(newSize, RadixBlockStore.CAPACITY - newSize);
+                log(RedoLog.ZERO, newSize, RadixBlockStore.CAPACITY - newSize, null, 0, 0);
+            }
+            setSize(newSize);
+        });
+    }
+
+    @FunctionalInterface
+    private interface Change {
+        void apply() throws StoreException;
+    }
+
+    /**
+     * Runs a change of this device: the store's opLock shared (a checkpoint waits for it), then
+     * this device's monitor, so its redo log records are in the order of its changes.
+     */
+    private void change(Change c) throws StoreException {
         store.opLock().readLock().lock();
         try {
             synchronized (this) {
-                if (newSize < size) {
-                    blocks.zero(newSize, RadixBlockStore.CAPACITY - newSize);
-                    log(RedoLog.ZERO, newSize, RadixBlockStore.CAPACITY - newSize, null, 0, 0);
-                }
-                setSize(newSize);
+                c.apply();
             }
         } finally {
             store.opLock().readLock().unlock();
         }
     }
 
+    /** The size goes to the catalog at the next checkpoint, and to the redo log now. */
     private void setSize(long newSize) throws StoreException {
         size = newSize;
-        store.record(this);
         log(RedoLog.SIZE, newSize, 0, null, 0, 0);
     }
 
@@ -151,10 +156,7 @@ public final class JournalDevice {
         switch (type) {
             case RedoLog.WRITE -> blocks.write(a, data, 0, data.length);
             case RedoLog.ZERO -> blocks.zero(a, b);
-            case RedoLog.SIZE -> {
-                size = a;
-                store.record(this);
-            }
+            case RedoLog.SIZE -> size = a;
             default -> throw new StoreException(StoreException.EIO, "redo log: unknown record type " + type);
         }
     }
@@ -164,12 +166,9 @@ public final class JournalDevice {
      * disk. CLOSE: returns at once (the contents persist at close, unmount or the next timer).
      */
     public void flush() throws StoreException {
+        lastFlush = System.currentTimeMillis();
         if (durability == Durability.FLUSH) {
-            lastFlush = System.currentTimeMillis();
-            store.record(this);
-            store.awaitCommit();
-        } else {
-            lastFlush = System.currentTimeMillis();
+            store.awaitLogSync();
         }
     }
 }

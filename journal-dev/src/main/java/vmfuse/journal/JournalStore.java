@@ -11,6 +11,8 @@ import java.util.concurrent.ArrayBlockingQueue;
 import java.util.concurrent.BlockingQueue;
 import java.util.concurrent.CompletableFuture;
 import java.util.concurrent.ExecutionException;
+import java.util.concurrent.atomic.AtomicLong;
+import java.util.concurrent.locks.ReentrantReadWriteLock;
 
 import org.mapdb.Atomic;
 import org.mapdb.DB;
@@ -29,10 +31,9 @@ import org.slf4j.LoggerFactory;
  *   - "vmfuse.format"  (atomic string): "vmfuse-journal-store 1". Anything else is refused.
  *   - "devices"        (hash map, name -> long[5]): root record id of the device's
  *                      RadixBlockStore, size in bytes, durability (ordinal), created and last
- *                      flush (ms since the epoch).
- *   - the RadixBlockStore records of every device.
- *
+ *                      flush (ms since the epoch); written by each checkpoint.
  *   - "vmfuse.generation" (atomic long): the number of the last checkpoint.
+ *   - the RadixBlockStore records of every device.
  *
  * Durability. Every change to a FLUSH device is also appended to the RedoLog
  * (STORE/journals.db.redo); a flush waits until the log is forced to disk, and one committer
@@ -62,14 +63,13 @@ public final class JournalStore implements AutoCloseable {
     private final Map<String, JournalDevice> devices = new TreeMap<>();
     private final BlockingQueue<CompletableFuture<Void>> flushes = new ArrayBlockingQueue<>(4096);
     private final Thread committer;
-    private final java.util.concurrent.locks.ReentrantReadWriteLock opLock = new java.util.concurrent.locks.ReentrantReadWriteLock();
+    private final ReentrantReadWriteLock opLock = new ReentrantReadWriteLock();
     private RedoLog redo;
     private Atomic.Long generation;
     /** A checkpoint is forced once the redo log grows past this. */
     static final long REDO_LIMIT = 256L << 20;
     private volatile boolean closed;
-    private final java.util.concurrent.atomic.AtomicLong commits = new java.util.concurrent.atomic.AtomicLong();
-    private final java.util.concurrent.atomic.AtomicLong syncs = new java.util.concurrent.atomic.AtomicLong();
+    private final AtomicLong syncs = new AtomicLong();
 
     private JournalStore(Path file, DB db, HTreeMap<String, long[]> catalog) {
         this.file = file;
@@ -121,7 +121,16 @@ public final class JournalStore implements AutoCloseable {
                     d.replay(type, a, b, data);
                 }
             }, replayed);
-            store.checkpoint();
+            try {
+                store.checkpoint();
+            } catch (StoreException | RuntimeException e) {
+                try {
+                    store.redo.close();
+                } catch (IOException closing) {
+                    e.addSuppressed(closing);
+                }
+                throw e;
+            }
             store.committer.start();
             log.info("journal store opened file={} devices={} replayed={}", file, store.devices.size(), replayed[0]);
             return store;
@@ -169,7 +178,7 @@ public final class JournalStore implements AutoCloseable {
         return file.resolveSibling(file.getFileName() + ".redo");
     }
 
-    java.util.concurrent.locks.ReentrantReadWriteLock opLock() {
+    ReentrantReadWriteLock opLock() {
         return opLock;
     }
 
@@ -188,7 +197,6 @@ public final class JournalStore implements AutoCloseable {
         long now = System.currentTimeMillis();
         JournalDevice d = new JournalDevice(this, name, blocks, size, durability, now, 0);
         devices.put(name, d);
-        record(d);
         checkpoint();
         log.info("journal create device={} size={} durability={}", name, size, durability.label());
         return d;
@@ -235,17 +243,16 @@ public final class JournalStore implements AutoCloseable {
         catalog.remove(from);
         d.renamed(to);
         devices.put(to, d);
-        record(d);
         checkpoint();
     }
 
-    /** Writes a device's size, mode and times to the catalog (committed with the next checkpoint). */
-    void record(JournalDevice d) {
+    /** Writes a device's size, mode and times to the catalog (a checkpoint, which commits it). */
+    private void record(JournalDevice d) {
         catalog.put(d.name(), new long[] {d.rootRecid(), d.size(), d.durability().ordinal(), d.created(), d.lastFlush()});
     }
 
     /** Waits until everything logged so far is on disk: one fdatasync serves every waiting flush. */
-    void awaitCommit() throws StoreException {
+    void awaitLogSync() throws StoreException {
         checkOpen();
         CompletableFuture<Void> done = new CompletableFuture<>();
         try {
@@ -253,9 +260,10 @@ public final class JournalStore implements AutoCloseable {
             done.get();
         } catch (InterruptedException e) {
             Thread.currentThread().interrupt();
-            throw new StoreException(StoreException.EIO, "interrupted waiting for a commit");
+            throw new StoreException(StoreException.EIO, "interrupted waiting for the redo log to sync");
         } catch (ExecutionException e) {
-            throw new StoreException(StoreException.EIO, "commit of " + file + " failed: " + e.getCause(), e.getCause());
+            throw new StoreException(StoreException.EIO, "sync of the redo log of " + file + " failed: " + e.getCause(),
+                    e.getCause());
         }
     }
 
@@ -298,17 +306,11 @@ public final class JournalStore implements AutoCloseable {
             generation.set(next);
             db.commit();
             redo.restart(next);
-            commits.incrementAndGet();
         } catch (RuntimeException e) {
             throw new StoreException(StoreException.EIO, "checkpoint of " + file + " failed: " + e.getMessage(), e);
         } finally {
             opLock.writeLock().unlock();
         }
-    }
-
-    /** Checkpoints (commits of the MapDB store) since the store was opened. */
-    public long commits() {
-        return commits.get();
     }
 
     /** fdatasyncs of the redo log since the store was opened; each served every flush waiting. */

@@ -26,11 +26,17 @@ class RedoLogTest {
         return seen;
     }
 
+    /** An empty log of {@code generation} at {@code file}, open for appending. */
+    private static RedoLog fresh(Path file, long generation) throws Exception {
+        RedoLog log = RedoLog.open(file, generation, (t, r, a, b, d) -> { }, new long[1]);
+        log.restart(generation);
+        return log;
+    }
+
     @Test
     void recordsOfTheCurrentGenerationReplayInOrder() throws Exception {
         Path file = dir.resolve("r.redo");
-        try (RedoLog log = RedoLog.open(file, 7, (t, r, a, b, d) -> { }, new long[1])) {
-            log.restart(7);
+        try (RedoLog log = fresh(file, 7)) {
             log.append(RedoLog.WRITE, 11, 4096, 0, "abc".getBytes(), 0, 3);
             log.append(RedoLog.ZERO, 11, 0, 512, null, 0, 0);
             log.append(RedoLog.SIZE, 12, 1 << 20, 0, null, 0, 0);
@@ -43,8 +49,7 @@ class RedoLogTest {
     void aLogOfAnOlderGenerationIsIgnored() throws Exception {
         // a crash after the checkpoint's commit (generation 8) but before the log restarted
         Path file = dir.resolve("r.redo");
-        try (RedoLog log = RedoLog.open(file, 7, (t, r, a, b, d) -> { }, new long[1])) {
-            log.restart(7);
+        try (RedoLog log = fresh(file, 7)) {
             log.append(RedoLog.WRITE, 11, 0, 0, "old".getBytes(), 0, 3);
             log.force();
         }
@@ -54,8 +59,7 @@ class RedoLogTest {
     @Test
     void replayStopsAtATornOrCorruptRecord() throws Exception {
         Path file = dir.resolve("r.redo");
-        try (RedoLog log = RedoLog.open(file, 1, (t, r, a, b, d) -> { }, new long[1])) {
-            log.restart(1);
+        try (RedoLog log = fresh(file, 1)) {
             log.append(RedoLog.WRITE, 5, 0, 0, "first".getBytes(), 0, 5);
             log.append(RedoLog.WRITE, 5, 8, 0, "second".getBytes(), 0, 6);
             log.force();

@@ -34,15 +34,11 @@ class GuestE2ETest {
     @ValueSource(strings = {"raw", "qcow2"})
     void ext4WithItsJournalOnAVmfuseDeviceSurvivesARebootWithCleanFsck(String format) throws Exception {
         try (Mounted m = Mounted.create()) {
+            String[] drives = dataAndJournal(m, "e2e", format);
             Path data = m.image("e2e." + format);
-            Proc.ok("qemu-img", "create", "-f", format, data.toString(), "256M");
-            m.vmfuse("journal", "create", "--size", "16M", "e2e", m.mnt.toString()).assertOk();
             Path journal = m.mnt.resolve("journals/e2e");
-            String[] drives = {Guest.drive(data, format, "cache=none"), Guest.drive(journal, "raw", "cache=none")};
 
-            String first = Guest.run(m.root, String.join("\n",
-                    "/usr/sbin/mke2fs -q -O journal_dev -b 4096 /dev/vdb",
-                    "/usr/sbin/mke2fs -q -F -t ext4 -b 4096 -J device=/dev/vdb /dev/vda",
+            String first = Guest.run(m.root, MKFS_EXTERNAL + "\n" + String.join("\n",
                     "mount -t ext4 /dev/vda /mnt",
                     "i=0; while [ $i -lt 150 ]; do dd if=/dev/urandom of=/mnt/f$i bs=4k count=$((i % 13 + 1)) 2>/dev/null; i=$((i+1)); done",
                     "cd /mnt && sha256sum f* > /mnt/SUMS && cd /",
@@ -107,6 +103,18 @@ class GuestE2ETest {
         }
     }
 
+    /**
+     * A 256 MiB data image NAME.FORMAT and a 16 MiB journal device NAME in the mount; returns
+     * their drive specs (vda, vdb), both cache=none.
+     */
+    private static String[] dataAndJournal(Mounted m, String name, String format) {
+        Path data = m.image(name + "." + format);
+        Proc.ok("qemu-img", "create", "-f", format, data.toString(), "256M");
+        m.vmfuse("journal", "create", "--size", "16M", name, m.mnt.toString()).assertOk();
+        return new String[] {Guest.drive(data, format, "cache=none"),
+            Guest.drive(m.mnt.resolve("journals/" + name), "raw", "cache=none")};
+    }
+
     /** Formats vda as ext4 with its journal on vdb (a vmfuse journal device). */
     private static final String MKFS_EXTERNAL = String.join("\n",
             "/usr/sbin/mke2fs -q -O journal_dev -b 4096 /dev/vdb",
@@ -156,11 +164,7 @@ class GuestE2ETest {
     @org.junit.jupiter.api.Test
     void aVmCrashLosesNothingThatWasFsynced() throws Exception {
         try (Mounted m = Mounted.create()) {
-            Path data = m.image("crash.raw");
-            Proc.ok("qemu-img", "create", "-f", "raw", data.toString(), "256M");
-            m.vmfuse("journal", "create", "--size", "16M", "crash", m.mnt.toString()).assertOk();
-            String[] drives = {Guest.drive(data, "raw", "cache=none"),
-                Guest.drive(m.mnt.resolve("journals/crash"), "raw", "cache=none")};
+            String[] drives = dataAndJournal(m, "crash", "raw");
             Guest.run(m.root, MKFS_EXTERNAL, BOOT, drives);
 
             java.util.Map<String, String> before;
@@ -188,11 +192,7 @@ class GuestE2ETest {
     @org.junit.jupiter.api.Test
     void aDaemonCrashLosesNothingThatWasFsynced() throws Exception {
         try (Mounted m = Mounted.create()) {
-            Path data = m.image("dcrash.raw");
-            Proc.ok("qemu-img", "create", "-f", "raw", data.toString(), "256M");
-            m.vmfuse("journal", "create", "--size", "16M", "dcrash", m.mnt.toString()).assertOk();
-            String[] drives = {Guest.drive(data, "raw", "cache=none"),
-                Guest.drive(m.mnt.resolve("journals/dcrash"), "raw", "cache=none")};
+            String[] drives = dataAndJournal(m, "dcrash", "raw");
             String first = Guest.run(m.root, MKFS_EXTERNAL + "\n" + String.join("\n",
                     "mount -t ext4 /dev/vda /mnt",
                     "i=0; while [ $i -lt 40 ]; do",
