@@ -1,12 +1,27 @@
 package vmfuse.journal;
 
+import java.util.Arrays;
+import java.util.Map;
+import java.util.TreeMap;
+
 /**
  * One journal device: a sparse block device of a fixed size whose blocks live in a
  * {@link RadixBlockStore}, with a durability mode. It behaves as a regular file of that size:
  * reads past the end return fewer bytes, writes past the end grow it, truncate sets it
  * (shrinking frees the blocks past the new end).
+ *
+ * <p>Writes go to memory: {@code dirty} blocks, and {@code zeros}, the block ranges punched or
+ * zeroed (a whole-block zero never touches the store at once). A checkpoint freezes them
+ * ({@code frozen}, {@code frozenZeros}) at the moment it rotates the redo log and moves them into
+ * the store: zeros first, then blocks, since every block still dirty was written after every
+ * zero that covered it. So the store's commit holds exactly what was logged before the rotation,
+ * and nothing logged after it. A read looks in the same order as time runs backwards: dirty,
+ * zeros, frozen, frozen zeros, the store.
  */
 public final class JournalDevice {
+    private static final int BLOCK = RadixBlockStore.BLOCK_SIZE;
+    private static final int SHIFT = 12;
+
     private final JournalStore store;
     private final RadixBlockStore blocks;
     private final Durability durability;
@@ -14,6 +29,19 @@ public final class JournalDevice {
     private volatile String name;
     private volatile long size;
     private volatile long lastFlush;
+    private volatile boolean deleted;
+
+    // guarded by this
+    private final TreeMap<Long, byte[]> dirty = new TreeMap<>();
+    private final BlockRanges zeros = new BlockRanges();
+    private final TreeMap<Long, byte[]> frozen = new TreeMap<>();
+    private final BlockRanges frozenZeros = new BlockRanges();
+    /** The size at the last freeze: what the checkpoint records. */
+    private long frozenSize;
+    /** Bumped by every change; {@link #blocksStored()} is recounted only when it moved. */
+    private long version;
+    private long countedVersion = -1;
+    private long counted;
 
     JournalDevice(JournalStore store, String name, RadixBlockStore blocks, long size, Durability durability,
             long created, long lastFlush) {
@@ -24,6 +52,7 @@ public final class JournalDevice {
         this.durability = durability;
         this.created = created;
         this.lastFlush = lastFlush;
+        this.frozenSize = size;
     }
 
     public String name() {
@@ -47,50 +76,142 @@ public final class JournalDevice {
         return lastFlush;
     }
 
-    /** Bytes held in the store: whole blocks (an all-zero block is never held). */
+    /** Bytes held: whole blocks, in memory or in the store (an all-zero block is never stored). */
     public long bytesStored() {
-        return blocks.blocksStored() * RadixBlockStore.BLOCK_SIZE;
+        return blocksStored() * BLOCK;
     }
 
-    /** Heap held for this device: its radix tree nodes, which are all cached (4 KiB each). */
-    public long memoryUsed() {
-        return blocks.nodesStored() * RadixBlockStore.BLOCK_SIZE;
+    /** Heap held for this device: its blocks waiting in memory and its radix tree nodes (all cached). */
+    public synchronized long memoryUsed() {
+        return (dirty.size() + frozen.size() + blocks.nodesStored()) * (long) BLOCK;
     }
 
-    long blocksStored() {
-        return blocks.blocksStored();
+    /** Blocks that read as anything but zeros (a block written with zeros and not yet checkpointed counts). */
+    synchronized long blocksStored() {
+        if (countedVersion == version) {
+            return counted;
+        }
+        BlockRanges allZeros = new BlockRanges();
+        allZeros.addAll(zeros);
+        allZeros.addAll(frozenZeros);
+        long n = blocks.blocksStored();
+        for (long[] r : allZeros.list()) {
+            n -= blocks.countRange(r[0], r[1]);
+        }
+        for (long b : dirty.keySet()) {
+            n += 1 - (!allZeros.contains(b) && blocks.contains(b) ? 1 : 0);
+        }
+        for (long b : frozen.keySet()) {
+            if (!dirty.containsKey(b) && !zeros.contains(b)) {
+                n += 1 - (!allZeros.contains(b) && blocks.contains(b) ? 1 : 0);
+            }
+        }
+        counted = n;
+        countedVersion = version;
+        return n;
     }
 
     long rootRecid() {
         return blocks.rootRecid();
     }
 
+    long frozenSize() {
+        return frozenSize;
+    }
+
     void renamed(String to) {
         name = to;
     }
 
-    void destroy() {
+    /** Drops every block, in memory and in the store (the device is being deleted). */
+    synchronized void destroy() {
+        deleted = true;
+        store.released(dirty.size() + frozen.size());
+        dirty.clear();
+        frozen.clear();
+        zeros.clear();
+        frozenZeros.clear();
         blocks.destroy();
     }
 
     /** Reads up to {@code length} bytes at {@code offset}; returns how many (0 at or past the end). */
     public int read(long offset, byte[] dst, int dstOffset, int length) throws StoreException {
         RadixBlockStore.checkRange(offset, length);
-        long end = size;
-        if (offset >= end) {
-            return 0;
+        synchronized (this) {
+            long end = size;
+            if (offset >= end) {
+                return 0;
+            }
+            int n = (int) Math.min(length, end - offset);
+            int done = 0;
+            while (done < n) {
+                long pos = offset + done;
+                int in = (int) (pos & (BLOCK - 1));
+                int k = Math.min(BLOCK - in, n - done);
+                byte[] b = lookup(pos >>> SHIFT);
+                if (b == null) {
+                    Arrays.fill(dst, dstOffset + done, dstOffset + done + k, (byte) 0);
+                } else {
+                    System.arraycopy(b, in, dst, dstOffset + done, k);
+                }
+                done += k;
+            }
+            return n;
         }
-        int n = (int) Math.min(length, end - offset);
-        blocks.read(offset, dst, dstOffset, n);
-        return n;
     }
 
-    /** Writes at {@code offset}, growing the device if the write ends past it. */
+    /** A block's contents as they read now (not to be changed), or null for zeros. Holding this. */
+    private byte[] lookup(long block) throws StoreException {
+        byte[] b = dirty.get(block);
+        if (b != null || zeros.contains(block)) {
+            return b;
+        }
+        b = frozen.get(block);
+        if (b != null || frozenZeros.contains(block)) {
+            return b;
+        }
+        return blocks.readBlock(block);
+    }
+
+    /** The dirty copy of a block, made from what it reads as now if there is none. Holding this. */
+    private byte[] dirtyBlock(long block) throws StoreException {
+        byte[] b = dirty.get(block);
+        if (b == null) {
+            byte[] now = lookup(block);
+            b = now == null ? new byte[BLOCK] : now.clone();
+            dirty.put(block, b);
+            store.added(1);
+        }
+        return b;
+    }
+
+    /**
+     * Writes at {@code offset}, growing the device if the write ends past it. The write goes to
+     * memory (and, for a FLUSH device, to the redo log); it may wait for a checkpoint while the
+     * store's memory bound is reached, and fails with ENOSPC if none can run.
+     */
     public void write(long offset, byte[] src, int srcOffset, int length) throws StoreException {
         RadixBlockStore.checkRange(offset, length);
+        store.admit();
         change(() -> {
-            blocks.write(offset, src, srcOffset, length);
             log(RedoLog.WRITE, offset, 0, src, srcOffset, length);
+            int done = 0;
+            while (done < length) {
+                long pos = offset + done;
+                int in = (int) (pos & (BLOCK - 1));
+                int n = Math.min(BLOCK - in, length - done);
+                long block = pos >>> SHIFT;
+                byte[] b;
+                if (n == BLOCK && !dirty.containsKey(block)) {
+                    b = new byte[BLOCK];
+                    dirty.put(block, b);
+                    store.added(1);
+                } else {
+                    b = dirtyBlock(block);
+                }
+                System.arraycopy(src, srcOffset + done, b, in, n);
+                done += n;
+            }
             if (offset + length > size) {
                 setSize(offset + length);
             }
@@ -101,8 +222,8 @@ public final class JournalDevice {
     public void zero(long offset, long length) throws StoreException {
         RadixBlockStore.checkRange(offset, length);
         change(() -> {
-            blocks.zero(offset, length);
             log(RedoLog.ZERO, offset, length, null, 0, 0);
+            zeroRange(offset, length);
         });
     }
 
@@ -111,11 +232,100 @@ public final class JournalDevice {
         RadixBlockStore.checkRange(0, newSize);
         change(() -> {
             if (newSize < size) {
-                blocks.zero(newSize, RadixBlockStore.CAPACITY - newSize);
                 log(RedoLog.ZERO, newSize, RadixBlockStore.CAPACITY - newSize, null, 0, 0);
+                zeroRange(newSize, RadixBlockStore.CAPACITY - newSize);
             }
             setSize(newSize);
         });
+    }
+
+    /** Whole blocks become a zero range (their dirty copies dropped); partial ones are rewritten. Holding this. */
+    private void zeroRange(long offset, long length) throws StoreException {
+        if (length == 0) {
+            return;
+        }
+        long end = offset + length;
+        long firstWhole = (offset + BLOCK - 1) >>> SHIFT;
+        long endWhole = end >>> SHIFT;
+        if (firstWhole > endWhole) { // inside one block
+            zeroPart(offset >>> SHIFT, (int) (offset & (BLOCK - 1)), (int) length);
+            return;
+        }
+        if ((offset & (BLOCK - 1)) != 0) {
+            int in = (int) (offset & (BLOCK - 1));
+            zeroPart(offset >>> SHIFT, in, BLOCK - in);
+        }
+        if (firstWhole < endWhole) {
+            Map<Long, byte[]> gone = dirty.subMap(firstWhole, endWhole);
+            store.released(gone.size());
+            gone.clear();
+            zeros.add(firstWhole, endWhole);
+        }
+        if ((end & (BLOCK - 1)) != 0) {
+            zeroPart(end >>> SHIFT, 0, (int) (end & (BLOCK - 1)));
+        }
+    }
+
+    private void zeroPart(long block, int in, int n) throws StoreException {
+        if (lookup(block) != null) {
+            Arrays.fill(dirtyBlock(block), in, in + n, (byte) 0);
+        }
+    }
+
+    /**
+     * The checkpoint's freeze, under the store's opLock held exclusively, right after the redo log
+     * rotated: what is in memory now is what the log's old segments hold. Merged into what a
+     * failed checkpoint left frozen, if anything: the newer state wins.
+     */
+    synchronized void freeze() {
+        for (long[] r : zeros.list()) {
+            Map<Long, byte[]> gone = frozen.subMap(r[0], r[1]);
+            store.released(gone.size());
+            gone.clear();
+            frozenZeros.add(r[0], r[1]);
+        }
+        zeros.clear();
+        for (Map.Entry<Long, byte[]> e : dirty.entrySet()) {
+            if (frozen.put(e.getKey(), e.getValue()) != null) {
+                store.released(1);
+            }
+        }
+        dirty.clear();
+        frozenSize = size;
+        version++;
+    }
+
+    /**
+     * Moves what {@link #freeze()} froze into the store (not yet committed): zeros, then blocks;
+     * {@code between} runs between batches (the store commits there when enough is buffered).
+     */
+    void drain(Runnable between) throws StoreException {
+        synchronized (this) {
+            for (long[] r : frozenZeros.list()) {
+                blocks.zero(r[0] << SHIFT, (r[1] - r[0]) << SHIFT);
+            }
+            frozenZeros.clear();
+        }
+        while (true) {
+            synchronized (this) { // in batches: a writer of this device waits for one batch at most
+                if (frozen.isEmpty()) {
+                    return;
+                }
+                for (int i = 0; i < 32 && !frozen.isEmpty(); i++) {
+                    Map.Entry<Long, byte[]> e = frozen.firstEntry();
+                    blocks.writeBlock(e.getKey(), e.getValue());
+                    frozen.pollFirstEntry();
+                    store.released(1);
+                }
+                version++;
+            }
+            between.run();
+        }
+    }
+
+    /** Writes this device's changed radix nodes to the store, before the store commits. */
+    void flushNodes() {
+        blocks.flushNodes();
     }
 
     @FunctionalInterface
@@ -131,6 +341,10 @@ public final class JournalDevice {
         store.opLock().readLock().lock();
         try {
             synchronized (this) {
+                if (deleted) {
+                    throw new StoreException(StoreException.EIO, "journal device " + name + " was deleted");
+                }
+                version++;
                 c.apply();
             }
         } finally {
@@ -151,14 +365,18 @@ public final class JournalDevice {
         }
     }
 
-    /** Applies a redo log record at recovery (not logged again). */
-    void replay(byte type, long a, long b, byte[] data) throws StoreException {
+    /** Applies a redo log record at recovery, straight to the store (not logged again). */
+    synchronized void replay(byte type, long a, long b, byte[] data) throws StoreException {
         switch (type) {
             case RedoLog.WRITE -> blocks.write(a, data, 0, data.length);
             case RedoLog.ZERO -> blocks.zero(a, b);
-            case RedoLog.SIZE -> size = a;
+            case RedoLog.SIZE -> {
+                size = a;
+                frozenSize = a;
+            }
             default -> throw new StoreException(StoreException.EIO, "redo log: unknown record type " + type);
         }
+        version++;
     }
 
     /**

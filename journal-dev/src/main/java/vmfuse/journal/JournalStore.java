@@ -11,6 +11,7 @@ import java.util.concurrent.ArrayBlockingQueue;
 import java.util.concurrent.BlockingQueue;
 import java.util.concurrent.CompletableFuture;
 import java.util.concurrent.ExecutionException;
+import java.util.concurrent.TimeUnit;
 import java.util.concurrent.atomic.AtomicLong;
 import java.util.concurrent.locks.ReentrantReadWriteLock;
 
@@ -25,29 +26,41 @@ import org.slf4j.LoggerFactory;
 /*
  * The journal devices of one vmfuse store, in one MapDB file (STORE/journals.db).
  *
- * On-disk format, version 1 (FORMAT below):
- *   - MapDB 3.1 file store with its write-ahead log (transactionEnable): a commit is atomic,
- *     and after a crash the file opens at the last commit.
- *   - "vmfuse.format"  (atomic string): "vmfuse-journal-store 1". Anything else is refused.
+ * On-disk format, version 2 (FORMAT below):
+ *   - MapDB 3.1's plain record store (StoreDirect) on an AtomicVolume: a commit is atomic, and
+ *     after a crash the file opens at the last commit (AtomicVolume says why not MapDB's own
+ *     transactions: they do not survive a crash during a commit).
+ *   - "vmfuse.format"  (atomic string): "vmfuse-journal-store 2". Anything else is refused.
  *   - "devices"        (hash map, name -> long[5]): root record id of the device's
  *                      RadixBlockStore, size in bytes, durability (ordinal), created and last
  *                      flush (ms since the epoch); written by each checkpoint.
  *   - "vmfuse.generation" (atomic long): the number of the last checkpoint.
  *   - the RadixBlockStore records of every device.
  *
- * Durability. Every change to a FLUSH device is also appended to the RedoLog
- * (STORE/journals.db.redo); a flush waits until the log is forced to disk, and one committer
- * thread serves every waiting flush with a single fdatasync (group commit, as BookKeeper's
- * journal does). A checkpoint commits the MapDB store (every change of every device, CLOSE ones
- * included) and restarts the log; the caller's timer, close(), creating, deleting and renaming a
- * device checkpoint. Opening replays the log onto the last checkpoint.
+ * Writes go to memory, not to MapDB: each device keeps its changed blocks and zeroed ranges
+ * (JournalDevice), and a change of a FLUSH device is also appended to the RedoLog
+ * (STORE/journals.db.redo.{0,1}). A flush waits until the log is forced to disk, and one
+ * committer thread serves every waiting flush with a single fdatasync (group commit, as
+ * BookKeeper's journal does). So a write costs a memory copy and a log append, and a flush one
+ * shared fdatasync of a preallocated file.
+ *
+ * A checkpoint moves memory into MapDB, in the background of writers: under opLock exclusive
+ * (microseconds) it rotates the redo log and freezes every device's changes; then, with writers
+ * running again, it moves the frozen changes into the devices' RadixBlockStores and commits
+ * MapDB with the log's new generation. A crash at any point replays the log segments the last
+ * commit does not hold (RedoLog explains the generations). Checkpoints run on the caller's
+ * timer, at close(), on creating, deleting and renaming a device, when a log segment passes
+ * SEGMENT_LIMIT, and when the blocks held in memory reach the memory bound; at the bound
+ * writers wait for the checkpoint to free memory (and get ENOSPC if the store's disk cannot take
+ * it: a checkpoint first checks that the disk has room for what it writes).
  *
  * Locks: a device change holds opLock shared, then the device's monitor (so its log records are
- * in the order of its changes); a checkpoint holds this store's monitor, then opLock exclusive.
+ * in the order of its changes); a checkpoint holds this store's monitor, takes opLock exclusive
+ * for the rotation only, then each device's monitor in turn as it drains it.
  */
 public final class JournalStore implements AutoCloseable {
     private static final Logger log = LoggerFactory.getLogger(JournalStore.class);
-    static final String FORMAT = "vmfuse-journal-store 1";
+    static final String FORMAT = "vmfuse-journal-store 2";
     private static final String FORMAT_PREFIX = "vmfuse-journal-store ";
 
     private static final int ROOT = 0;
@@ -57,6 +70,7 @@ public final class JournalStore implements AutoCloseable {
     private static final int FLUSHED = 4;
 
     private final Path file;
+    private final AtomicVolume volume;
     private final DB db;
     private final HTreeMap<String, long[]> catalog;
     /** Open devices by name. Guarded by this. */
@@ -66,17 +80,38 @@ public final class JournalStore implements AutoCloseable {
     private final ReentrantReadWriteLock opLock = new ReentrantReadWriteLock();
     private RedoLog redo;
     private Atomic.Long generation;
-    /** A checkpoint is forced once the redo log grows past this. */
-    static final long REDO_LIMIT = 256L << 20;
+    /** Each redo log segment is preallocated to this size. */
+    static final long SEGMENT_PREALLOCATE = 32L << 20;
+    /** A checkpoint is requested once the active log segment holds this much. */
+    static final long SEGMENT_LIMIT = 24L << 20;
+    /** Room on the store's disk a checkpoint leaves beyond what it writes. */
+    static final long DISK_HEADROOM = 16L << 20;
+    /** Default bound on the blocks held in memory (--journal-memory). */
+    public static final long DEFAULT_MEMORY = 128L << 20;
+    private final long memoryLimit;
+    /** Blocks held in memory by every device (dirty and frozen). */
+    private final AtomicLong blocksInMemory = new AtomicLong();
+    /** Writers waiting for memory wait on this; checkpoints notify it. */
+    private final Object memory = new Object();
+    private final Thread checkpointer;
+    private boolean checkpointRequested; // guarded by memory
+    /** The last checkpoint's failure (null after a success), and when (System.nanoTime()). */
+    private volatile StoreException lastFailure;
+    private volatile long lastFailureAt;
     private volatile boolean closed;
     private final AtomicLong syncs = new AtomicLong();
+    private final AtomicLong checkpoints = new AtomicLong();
 
-    private JournalStore(Path file, DB db, HTreeMap<String, long[]> catalog) {
+    private JournalStore(Path file, AtomicVolume volume, DB db, HTreeMap<String, long[]> catalog, long memoryLimit) {
         this.file = file;
+        this.volume = volume;
         this.db = db;
         this.catalog = catalog;
+        this.memoryLimit = memoryLimit;
         this.committer = new Thread(this::commitLoop, "journal-commit");
         this.committer.setDaemon(true);
+        this.checkpointer = new Thread(this::checkpointLoop, "journal-checkpoint");
+        this.checkpointer.setDaemon(true);
     }
 
     /**
@@ -84,14 +119,33 @@ public final class JournalStore implements AutoCloseable {
      * is corrupt, or has another format version is refused with the reason, and left untouched.
      */
     public static JournalStore open(Path file) throws StoreException {
-        boolean exists = Files.exists(file);
-        if (exists) {
-            check(file);
+        return open(file, DEFAULT_MEMORY);
+    }
+
+    /** As {@link #open(Path)}, with at most {@code memoryLimit} bytes of blocks held in memory. */
+    public static JournalStore open(Path file, long memoryLimit) throws StoreException {
+        if (memoryLimit < 4L << 20) {
+            throw new StoreException(StoreException.EINVAL, "journal memory must be at least 4 MiB, not " + memoryLimit);
         }
+        boolean exists = Files.exists(file);
+        AtomicVolume volume;
         DB db;
         try {
-            db = DBMaker.fileDB(file.toFile()).fileMmapEnableIfSupported().transactionEnable().make();
+            if (exists) {
+                int pages = AtomicVolume.recover(file); // a commit a crash interrupted, if any
+                if (pages > 0) {
+                    log.info("journal store {}: finished an interrupted commit ({} pages)", file, pages);
+                }
+                check(file);
+            }
+            volume = AtomicVolume.open(file);
+        } catch (IOException e) {
+            throw new StoreException(StoreException.EIO, "cannot open journal store " + file + ": " + e.getMessage(), e);
+        }
+        try {
+            db = DBMaker.volumeDB(volume, exists).make();
         } catch (RuntimeException e) {
+            volume.close();
             throw new StoreException(StoreException.EIO, "cannot open journal store " + file + ": " + e.getMessage(), e);
         }
         try {
@@ -103,7 +157,7 @@ public final class JournalStore implements AutoCloseable {
                     .createOrOpen();
             Atomic.Long generation = db.atomicLong("vmfuse.generation").createOrOpen();
             db.commit();
-            JournalStore store = new JournalStore(file, db, catalog);
+            JournalStore store = new JournalStore(file, volume, db, catalog, memoryLimit);
             store.generation = generation;
             Map<Long, JournalDevice> byRoot = new java.util.HashMap<>();
             for (Map.Entry<String, long[]> e : catalog.entrySet()) {
@@ -115,7 +169,7 @@ public final class JournalStore implements AutoCloseable {
                 byRoot.put(v[ROOT], d);
             }
             long[] replayed = new long[1];
-            store.redo = RedoLog.open(redoFile(file), generation.get(), (type, root, a, b, data) -> {
+            store.redo = RedoLog.open(redoFile(file), generation.get(), preallocation(file), (type, root, a, b, data) -> {
                 JournalDevice d = byRoot.get(root);
                 if (d != null) { // a device deleted since is never in a log: deletes checkpoint
                     d.replay(type, a, b, data);
@@ -123,15 +177,13 @@ public final class JournalStore implements AutoCloseable {
             }, replayed);
             try {
                 store.checkpoint();
+                store.redo.shrink();
             } catch (StoreException | RuntimeException e) {
-                try {
-                    store.redo.close();
-                } catch (IOException closing) {
-                    e.addSuppressed(closing);
-                }
+                store.redo.close();
                 throw e;
             }
             store.committer.start();
+            store.checkpointer.start();
             log.info("journal store opened file={} devices={} replayed={}", file, store.devices.size(), replayed[0]);
             return store;
         } catch (StoreException | RuntimeException e) {
@@ -140,6 +192,19 @@ public final class JournalStore implements AutoCloseable {
                 throw se;
             }
             throw new StoreException(StoreException.EIO, "cannot read journal store " + file + ": " + e.getMessage(), e);
+        }
+    }
+
+    /**
+     * What each redo log segment is preallocated to: SEGMENT_PREALLOCATE, or a sixteenth of the
+     * free space if that is less (a small store's disk is not filled by the log).
+     */
+    private static long preallocation(Path file) {
+        try {
+            long free = Files.getFileStore(file).getUsableSpace();
+            return Math.min(SEGMENT_PREALLOCATE, (free / 16) & ~((1L << 20) - 1));
+        } catch (IOException e) {
+            return 0;
         }
     }
 
@@ -174,6 +239,7 @@ public final class JournalStore implements AutoCloseable {
         return file;
     }
 
+    /** The redo log's base name: its segments are this + ".0" and ".1". */
     static Path redoFile(Path file) {
         return file.resolveSibling(file.getFileName() + ".redo");
     }
@@ -246,9 +312,117 @@ public final class JournalStore implements AutoCloseable {
         checkpoint();
     }
 
-    /** Writes a device's size, mode and times to the catalog (a checkpoint, which commits it). */
+    /** Writes a device's size (as frozen), mode and times to the catalog (a checkpoint, which commits it). */
     private void record(JournalDevice d) {
-        catalog.put(d.name(), new long[] {d.rootRecid(), d.size(), d.durability().ordinal(), d.created(), d.lastFlush()});
+        catalog.put(d.name(), new long[] {d.rootRecid(), d.frozenSize(), d.durability().ordinal(), d.created(),
+                d.lastFlush()});
+    }
+
+    /** Blocks entered memory (a device's dirty copy). */
+    void added(long n) {
+        blocksInMemory.addAndGet(n);
+    }
+
+    /** Blocks left memory (written into MapDB, overwritten, zeroed, deleted). */
+    void released(long n) {
+        if (n != 0 && blocksInMemory.addAndGet(-n) * RadixBlockStore.BLOCK_SIZE < memoryLimit) {
+            synchronized (memory) {
+                memory.notifyAll();
+            }
+        }
+    }
+
+    /** Bytes of blocks held in memory by every device. */
+    public long memoryHeld() {
+        return blocksInMemory.get() * RadixBlockStore.BLOCK_SIZE;
+    }
+
+    public long memoryLimit() {
+        return memoryLimit;
+    }
+
+    /** Bytes the store takes on disk: the MapDB file, its write-ahead log, the redo log segments. */
+    public long bytesOnDisk() {
+        long n = redo.bytesOnDisk();
+        try (var files = Files.list(file.getParent())) {
+            for (Path p : (Iterable<Path>) files::iterator) {
+                String f = p.getFileName().toString();
+                if (f.startsWith(file.getFileName().toString()) && !f.startsWith(redoFile(file).getFileName().toString())) {
+                    n += Files.size(p);
+                }
+            }
+        } catch (IOException e) {
+            log.warn("cannot list {}: {}", file.getParent(), e.getMessage());
+        }
+        return n;
+    }
+
+    /**
+     * Called before a write: asks for a checkpoint when the log segment is full, and waits while
+     * the blocks in memory are at the bound, until a checkpoint frees them. ENOSPC (or the
+     * checkpoint's error) if a checkpoint tried after the wait began failed.
+     */
+    void admit() throws StoreException {
+        if (redo.position() > SEGMENT_LIMIT) {
+            requestCheckpoint();
+        }
+        if (memoryHeld() < memoryLimit) {
+            return;
+        }
+        long since = System.nanoTime();
+        long deadline = since + TimeUnit.SECONDS.toNanos(120);
+        requestCheckpoint();
+        synchronized (memory) {
+            while (memoryHeld() >= memoryLimit) {
+                checkOpen();
+                StoreException f = lastFailure;
+                if (f != null && lastFailureAt - since > 0) {
+                    throw new StoreException(f.errno(), "journal memory is full (" + (memoryLimit >> 20)
+                            + " MiB) and the checkpoint that frees it failed: " + f.getMessage(), f);
+                }
+                long left = deadline - System.nanoTime();
+                if (left <= 0) {
+                    throw new StoreException(StoreException.EIO, "journal memory is full (" + (memoryLimit >> 20)
+                            + " MiB) and no checkpoint freed any of it in 120 s");
+                }
+                try {
+                    memory.wait(Math.min(100, TimeUnit.NANOSECONDS.toMillis(left) + 1));
+                } catch (InterruptedException e) {
+                    Thread.currentThread().interrupt();
+                    throw new StoreException(StoreException.EIO, "interrupted waiting for journal memory");
+                }
+            }
+        }
+    }
+
+    /** Wakes the checkpoint thread. */
+    void requestCheckpoint() {
+        synchronized (memory) {
+            checkpointRequested = true;
+            memory.notifyAll();
+        }
+    }
+
+    private void checkpointLoop() {
+        while (!closed) {
+            synchronized (memory) {
+                while (!checkpointRequested && !closed) {
+                    try {
+                        memory.wait();
+                    } catch (InterruptedException e) {
+                        return;
+                    }
+                }
+                checkpointRequested = false;
+            }
+            try {
+                if (!closed) {
+                    checkpoint();
+                }
+            } catch (StoreException e) {
+                log.error("journal checkpoint failed file={}: {}", file, e.getMessage());
+            }
+        }
     }
 
     /** Waits until everything logged so far is on disk: one fdatasync serves every waiting flush. */
@@ -280,10 +454,7 @@ public final class JournalStore implements AutoCloseable {
                 redo.force();
                 syncs.incrementAndGet();
                 batch.forEach(f -> f.complete(null));
-                if (redo.size() > REDO_LIMIT) {
-                    checkpoint();
-                }
-            } catch (StoreException | IOException | RuntimeException e) {
+            } catch (StoreException | RuntimeException e) {
                 log.error("journal flush failed file={}", file, e);
                 batch.forEach(f -> f.completeExceptionally(e));
             }
@@ -292,25 +463,94 @@ public final class JournalStore implements AutoCloseable {
     }
 
     /**
-     * Commits every device to the MapDB store under the next generation and restarts the redo log
-     * (the timer of CLOSE devices, unmount, changes to the catalog).
+     * Moves every device's changes in memory into MapDB and commits it (CLOSE devices' changes
+     * included). Writers go on during it but for the rotation of the redo log.
      */
     public synchronized void checkpoint() throws StoreException {
         checkOpen();
-        opLock.writeLock().lock();
         try {
+            checkRoom();
+            opLock.writeLock().lock();
+            try {
+                // rotate only if the inactive segment is obsolete (a failed checkpoint leaves it not)
+                if (generation.get() == redo.generation()) {
+                    redo.rotate(redo.generation() + 1);
+                }
+                for (JournalDevice d : devices.values()) {
+                    d.freeze();
+                }
+            } finally {
+                opLock.writeLock().unlock();
+            }
             for (JournalDevice d : devices.values()) {
+                d.drain(this::commitIfLarge);
+            }
+            for (JournalDevice d : devices.values()) {
+                d.flushNodes();
                 record(d);
             }
-            long next = generation.get() + 1;
-            generation.set(next);
+            generation.set(redo.generation());
             db.commit();
-            redo.restart(next);
+            checkpoints.incrementAndGet();
+            lastFailure = null;
+        } catch (StoreException e) {
+            failed(e);
+            throw e;
         } catch (RuntimeException e) {
-            throw new StoreException(StoreException.EIO, "checkpoint of " + file + " failed: " + e.getMessage(), e);
-        } finally {
-            opLock.writeLock().unlock();
+            StoreException se = new StoreException(e.getMessage() != null && e.getMessage().contains("No space left")
+                    ? StoreException.ENOSPC : StoreException.EIO, "checkpoint of " + file + " failed: " + e, e);
+            failed(se);
+            throw se;
         }
+    }
+
+    /**
+     * During a drain: commits what is drained so far once it holds COMMIT_PAGES pages, so the
+     * volume's memory stays bounded. The generation stays: the log segments are replayed over
+     * such a commit after a crash, which is right since every record is a blind overwrite.
+     */
+    private void commitIfLarge() {
+        if (volume.dirtyPages() >= COMMIT_PAGES) {
+            for (JournalDevice d : devices.values()) {
+                d.flushNodes();
+            }
+            db.commit();
+        }
+    }
+
+    /** Pages (4 KiB) a drain buffers before an intermediate commit. */
+    static final int COMMIT_PAGES = 4096;
+
+    private void failed(StoreException e) {
+        lastFailureAt = System.nanoTime();
+        lastFailure = e;
+        synchronized (memory) {
+            memory.notifyAll();
+        }
+    }
+
+    /**
+     * ENOSPC unless the store's disk has room for what a checkpoint writes: every block in memory
+     * twice (MapDB's write-ahead log, then the store) and some headroom. Nothing is touched if not:
+     * the changes stay in memory and, for FLUSH devices, in the redo log.
+     */
+    private void checkRoom() throws StoreException {
+        long need = 2 * memoryHeld() + DISK_HEADROOM;
+        long free;
+        try {
+            free = Files.getFileStore(file).getUsableSpace();
+        } catch (IOException e) {
+            throw new StoreException(StoreException.EIO, "cannot stat the disk of " + file + ": " + e.getMessage(), e);
+        }
+        if (free < need) {
+            throw new StoreException(StoreException.ENOSPC, "the disk of " + file + " is full: a checkpoint needs "
+                    + (need >> 20) + " MiB, " + (free >> 20) + " MiB free; journal writes wait in memory and the redo log");
+        }
+    }
+
+    /** Checkpoints committed since the store was opened. */
+    public long checkpoints() {
+        return checkpoints.get();
     }
 
     /** fdatasyncs of the redo log since the store was opened; each served every flush waiting. */
@@ -332,11 +572,13 @@ public final class JournalStore implements AutoCloseable {
         }
         try {
             checkpoint();
+            redo.shrink();
         } catch (StoreException e) {
             throw new IOException(e.getMessage(), e);
         } finally {
             closed = true;
             committer.interrupt();
+            checkpointer.interrupt();
             redo.close();
             db.close();
             List<CompletableFuture<Void>> left = new ArrayList<>();

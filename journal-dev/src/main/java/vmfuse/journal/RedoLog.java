@@ -6,34 +6,49 @@ import java.nio.ByteOrder;
 import java.nio.channels.FileChannel;
 import java.nio.file.Path;
 import java.nio.file.StandardOpenOption;
+import java.util.ArrayList;
+import java.util.Comparator;
+import java.util.List;
 import java.util.zip.CRC32C;
+
+import org.slf4j.Logger;
+import org.slf4j.LoggerFactory;
 
 /*
  * The redo log of journal devices in flush mode: what makes a flush durable without a commit of
- * the MapDB store (a MapDB commit costs milliseconds; an fdatasync of an append-only file, a
- * tenth of one).
+ * the MapDB store (a MapDB commit costs milliseconds; an fdatasync of a log, a tenth of one).
  *
- * File format, version 1 (STORE/journals.redo), little-endian:
+ * Two segment files, BASE.0 and BASE.1; the segment of generation g is file g % 2. Format,
+ * version 2, little-endian:
  *
- *   header    magic "VJRH" u32 | version u32 = 1 | generation u64
+ *   header    magic "VJRH" u32 | version u32 = 2 | generation u64
  *   record*   magic "VJRL" u32 | payload length u32 | crc32c(payload) u32 | payload
- *   payload   type u8 | device root record id u64 | a u64 | b u64 | data...
+ *   payload   generation u64 | type u8 | device root record id u64 | a u64 | b u64 | data...
  *             WRITE: a = offset, data = the bytes     ZERO: a = offset, b = length
  *             SIZE:  a = new size
  *
- * The generation is that of the MapDB commit the log continues. A checkpoint commits the store
- * with the next generation, then restarts the log with it; a crash between the two leaves a log
- * of the old generation, which recovery discards (the commit already holds it). Recovery replays
- * records up to the first that is torn or fails its checksum: a flush returned only after its
- * records were forced, so a torn tail is never a flushed record.
+ * Generations. The store's commit records a generation C: the committed state holds every
+ * record of every segment older than C. A checkpoint rotates to the next segment (C + 1, which
+ * reuses the file of C - 1, obsolete since the commit of C), moves what the old segment logged
+ * into the store, and commits C + 1. A crash before that commit leaves segments C and C + 1 to
+ * replay, in that order; after it, only C + 1. Recovery replays every segment whose generation
+ * is at least the committed one.
+ *
+ * Segments are reused, never truncated while in use, and preallocated with zeros: an append
+ * overwrites blocks the file already has, so an fdatasync writes data and no file metadata
+ * (which would cost an ext4 journal commit per flush). A segment's records carry its
+ * generation, so what an older use left after the end of the current records is not replayed;
+ * neither is a record that is torn or fails its checksum, nor anything after it. A flush
+ * returned only after its records were forced, so a torn tail is never a flushed record.
  */
 final class RedoLog implements AutoCloseable {
-    static final int VERSION = 1;
+    private static final Logger log = LoggerFactory.getLogger(RedoLog.class);
+    static final int VERSION = 2;
     private static final int HEADER_MAGIC = 0x4852_4A56; // "VJRH"
     private static final int RECORD_MAGIC = 0x4C52_4A56; // "VJRL"
-    private static final int HEADER_SIZE = 16;
+    static final int HEADER_SIZE = 16;
     private static final int RECORD_HEADER = 12;
-    private static final int PAYLOAD_FIXED = 25;
+    private static final int PAYLOAD_FIXED = 33;
     static final byte WRITE = 1;
     static final byte ZERO = 2;
     static final byte SIZE = 3;
@@ -43,66 +58,124 @@ final class RedoLog implements AutoCloseable {
         void apply(byte type, long root, long a, long b, byte[] data) throws StoreException;
     }
 
-    private final Path file;
-    private final FileChannel ch;
+    private final Path base;
+    private final long preallocate;
+    private final FileChannel[] segments = new FileChannel[2];
+    /** Generation of the segment appended to. Guarded by this. */
+    private long generation;
+    /** Where the next record goes in the active segment. Guarded by this. */
+    private long position;
 
-    private RedoLog(Path file, FileChannel ch) {
-        this.file = file;
-        this.ch = ch;
+    private RedoLog(Path base, long preallocate) {
+        this.base = base;
+        this.preallocate = preallocate;
+    }
+
+    static Path segmentFile(Path base, int i) {
+        return base.resolveSibling(base.getFileName() + "." + i);
     }
 
     /**
-     * Opens the log at {@code file}: if it continues {@code generation}, replays its intact records
-     * into {@code replay} and returns how many; a log of another generation is ignored. The caller
-     * checkpoints afterwards, which restarts the log.
+     * Opens the segments at {@code base}.0 and .1 (created and preallocated if absent), replays
+     * every intact record of the segments of generation {@code committed} or later into
+     * {@code replay}, oldest first, and returns the log; {@code replayed[0]} is how many records.
+     * The caller then checkpoints, which rotates to a fresh segment.
      */
-    static RedoLog open(Path file, long generation, Replay replay, long[] replayed) throws StoreException {
+    static RedoLog open(Path base, long committed, long preallocate, Replay replay, long[] replayed)
+            throws StoreException {
+        RedoLog r = new RedoLog(base, preallocate);
         try {
-            FileChannel ch = FileChannel.open(file, StandardOpenOption.CREATE, StandardOpenOption.READ,
-                    StandardOpenOption.WRITE);
-            RedoLog log = new RedoLog(file, ch);
-            replayed[0] = log.replay(generation, replay);
-            return log;
+            for (int i = 0; i < 2; i++) {
+                r.segments[i] = FileChannel.open(segmentFile(base, i), StandardOpenOption.CREATE,
+                        StandardOpenOption.READ, StandardOpenOption.WRITE);
+            }
+            List<long[]> live = new ArrayList<>(); // {generation, file}
+            for (int i = 0; i < 2; i++) {
+                long g = r.header(i);
+                if (g >= committed) {
+                    live.add(new long[] {g, i});
+                }
+            }
+            live.sort(Comparator.comparingLong(x -> x[0]));
+            long count = 0;
+            long last = committed;
+            for (long[] seg : live) {
+                count += r.replay((int) seg[1], seg[0], replay);
+                last = seg[0];
+            }
+            replayed[0] = count;
+            // appends continue in the newest segment until the caller's checkpoint rotates
+            r.generation = last;
+            r.position = live.isEmpty() ? -1 : r.end((int) (last % 2), last);
+            if (live.isEmpty()) {
+                r.writeHeader(last);
+            }
+            r.preallocate();
+            return r;
         } catch (IOException e) {
-            throw new StoreException(StoreException.EIO, "cannot open redo log " + file + ": " + e.getMessage(), e);
+            r.closeQuietly();
+            throw new StoreException(StoreException.EIO, "cannot open redo log " + base + ".{0,1}: " + e.getMessage(), e);
+        } catch (StoreException | RuntimeException e) {
+            r.closeQuietly();
+            throw e;
         }
     }
 
-    private long replay(long generation, Replay replay) throws IOException, StoreException {
-        long size = ch.size();
-        if (size < HEADER_SIZE) {
-            return 0;
+    /** The generation in segment {@code i}'s header; -1 if it has none (new, or a header torn in a rotation). */
+    private long header(int i) throws IOException, StoreException {
+        if (segments[i].size() < HEADER_SIZE) {
+            return -1;
         }
-        ByteBuffer h = read(0, HEADER_SIZE);
+        ByteBuffer h = read(i, 0, HEADER_SIZE);
         int magic = h.getInt();
         int version = h.getInt();
         long gen = h.getLong();
         if (magic != HEADER_MAGIC) {
-            throw new StoreException(StoreException.EIO, "refusing redo log " + file + ": not a vmfuse redo log");
+            if (magic != 0) {
+                log.warn("redo log {} has no valid header; no flushed record can be in it (headers are forced "
+                        + "before any record), so it is reused", segmentFile(base, i));
+            }
+            return -1;
         }
         if (version != VERSION) {
-            throw new StoreException(StoreException.EIO, "refusing redo log " + file + ": version " + version
-                    + ", this vmfuse reads " + VERSION);
+            throw new StoreException(StoreException.EIO, "refusing redo log " + segmentFile(base, i) + ": version "
+                    + version + ", this vmfuse reads " + VERSION + "; it is left as it is");
         }
-        if (gen != generation) {
-            return 0; // older than the last checkpoint, which holds everything in it
-        }
+        return gen;
+    }
+
+    /** Replays segment {@code i} of generation {@code gen}; returns the records applied. */
+    private long replay(int i, long gen, Replay replay) throws IOException, StoreException {
+        long[] count = new long[1];
+        scan(i, gen, (type, root, a, b, data) -> {
+            replay.apply(type, root, a, b, data);
+            count[0]++;
+        });
+        return count[0];
+    }
+
+    /** Where the intact records of segment {@code i} (generation {@code gen}) end. */
+    private long end(int i, long gen) throws IOException, StoreException {
+        return scan(i, gen, (type, root, a, b, data) -> { });
+    }
+
+    private long scan(int i, long gen, Replay replay) throws IOException, StoreException {
+        long size = segments[i].size();
         long pos = HEADER_SIZE;
-        long count = 0;
         CRC32C crc = new CRC32C();
         while (pos + RECORD_HEADER <= size) {
-            ByteBuffer rh = read(pos, RECORD_HEADER);
+            ByteBuffer rh = read(i, pos, RECORD_HEADER);
             int rmagic = rh.getInt();
             int len = rh.getInt();
             int sum = rh.getInt();
             if (rmagic != RECORD_MAGIC || len < PAYLOAD_FIXED || pos + RECORD_HEADER + len > size) {
-                break; // a torn tail
+                break; // the end, or a torn record
             }
-            ByteBuffer p = read(pos + RECORD_HEADER, len);
+            ByteBuffer p = read(i, pos + RECORD_HEADER, len);
             crc.reset();
             crc.update(p.duplicate());
-            if ((int) crc.getValue() != sum) {
-                break;
+            if ((int) crc.getValue() != sum || p.getLong() != gen) {
+                break; // torn, corrupt, or left by an older use of this file
             }
             byte type = p.get();
             long root = p.getLong();
@@ -111,28 +184,55 @@ final class RedoLog implements AutoCloseable {
             byte[] data = new byte[p.remaining()];
             p.get(data);
             replay.apply(type, root, a, b, data);
-            count++;
             pos += RECORD_HEADER + len;
         }
-        return count;
+        return pos;
     }
 
-    private ByteBuffer read(long pos, int len) throws IOException {
+    private ByteBuffer read(int i, long pos, int len) throws IOException {
         ByteBuffer b = ByteBuffer.allocate(len).order(ByteOrder.LITTLE_ENDIAN);
         while (b.hasRemaining()) {
-            if (ch.read(b, pos + b.position()) < 0) {
-                throw new IOException("unexpected end of " + file);
+            if (segments[i].read(b, pos + b.position()) < 0) {
+                throw new IOException("unexpected end of " + segmentFile(base, i));
             }
         }
         return b.flip();
     }
 
-    /** Appends one record (not yet durable: {@link #force()} makes it so). */
+    /**
+     * Zero-fills both segments up to the preallocated size, so that appends overwrite. A full disk
+     * only costs speed: the log then grows as it is written.
+     */
+    private void preallocate() {
+        ByteBuffer zeros = ByteBuffer.allocate(1 << 20);
+        for (FileChannel ch : segments) {
+            try {
+                long size = ch.size();
+                if (size >= preallocate) {
+                    continue;
+                }
+                while (size < preallocate) {
+                    zeros.clear().limit((int) Math.min(zeros.capacity(), preallocate - size));
+                    size += ch.write(zeros, size);
+                }
+                ch.force(true);
+            } catch (IOException e) {
+                log.warn("redo log {}: cannot preallocate {} bytes ({}); it grows as it is written", base,
+                        preallocate, e.getMessage());
+            }
+        }
+    }
+
+    private FileChannel active() {
+        return segments[(int) (generation % 2)];
+    }
+
+    /** Appends one record to the active segment (not yet durable: {@link #force()} makes it so). */
     synchronized void append(byte type, long root, long a, long b, byte[] data, int off, int len) throws StoreException {
         int payload = PAYLOAD_FIXED + len;
         ByteBuffer r = ByteBuffer.allocate(RECORD_HEADER + payload).order(ByteOrder.LITTLE_ENDIAN);
         r.position(RECORD_HEADER);
-        r.put(type).putLong(root).putLong(a).putLong(b);
+        r.putLong(generation).put(type).putLong(root).putLong(a).putLong(b);
         if (len > 0) {
             r.put(data, off, len);
         }
@@ -140,48 +240,108 @@ final class RedoLog implements AutoCloseable {
         crc.update(r.array(), RECORD_HEADER, payload);
         r.putInt(0, RECORD_MAGIC).putInt(4, payload).putInt(8, (int) crc.getValue());
         r.position(0);
+        FileChannel ch = active();
         try {
-            long pos = ch.size();
+            long pos = position;
             while (r.hasRemaining()) {
                 pos += ch.write(r, pos);
             }
+            position = pos; // only a whole record moves the end: a partial one is overwritten next
         } catch (IOException e) {
-            throw new StoreException(e.getMessage() != null && e.getMessage().contains("No space")
-                    ? StoreException.ENOSPC : StoreException.EIO, "cannot append to redo log " + file + ": "
-                    + e.getMessage(), e);
+            throw new StoreException(StoreException.errno(e), "cannot append to redo log "
+                    + segmentFile(base, (int) (generation % 2)) + ": " + e.getMessage(), e);
         }
     }
 
-    /** fdatasync: every record appended so far is on disk. */
+    /** fdatasync of the active segment: every record appended to it so far is on disk. */
     void force() throws StoreException {
+        FileChannel ch;
+        synchronized (this) {
+            ch = active();
+        }
         try {
             ch.force(false);
         } catch (IOException e) {
-            throw new StoreException(StoreException.EIO, "cannot sync redo log " + file + ": " + e.getMessage(), e);
+            throw new StoreException(StoreException.EIO, "cannot sync redo log " + base + ": " + e.getMessage(), e);
         }
     }
 
-    /** Restarts the log for {@code generation} (after the checkpoint that holds everything in it). */
-    synchronized void restart(long generation) throws StoreException {
+    /**
+     * Makes the segment of {@code next} (the file of {@code next - 2}, whose records the store's
+     * last commit holds) the active one. The old active segment is forced first, so a flush
+     * waiting on it is served.
+     */
+    synchronized void rotate(long next) throws StoreException {
         try {
-            ch.truncate(0);
-            ByteBuffer h = ByteBuffer.allocate(HEADER_SIZE).order(ByteOrder.LITTLE_ENDIAN);
-            h.putInt(HEADER_MAGIC).putInt(VERSION).putLong(generation).flip();
-            while (h.hasRemaining()) {
-                ch.write(h, h.position());
-            }
-            ch.force(true);
+            active().force(false);
+            generation = next;
+            writeHeader(next);
         } catch (IOException e) {
-            throw new StoreException(StoreException.EIO, "cannot restart redo log " + file + ": " + e.getMessage(), e);
+            throw new StoreException(StoreException.EIO, "cannot rotate redo log " + base + ": " + e.getMessage(), e);
         }
     }
 
-    long size() throws IOException {
-        return ch.size();
+    private void writeHeader(long gen) throws IOException {
+        generation = gen;
+        ByteBuffer h = ByteBuffer.allocate(HEADER_SIZE).order(ByteOrder.LITTLE_ENDIAN);
+        h.putInt(HEADER_MAGIC).putInt(VERSION).putLong(gen).flip();
+        FileChannel ch = active();
+        while (h.hasRemaining()) {
+            ch.write(h, h.position());
+        }
+        ch.force(false);
+        position = HEADER_SIZE;
+    }
+
+    /** Cuts both segments back to the preallocated size (when both are obsolete: at open and close, after a commit). */
+    synchronized void shrink() throws StoreException {
+        try {
+            for (FileChannel ch : segments) {
+                if (ch.size() > preallocate) {
+                    ch.truncate(preallocate);
+                }
+            }
+        } catch (IOException e) {
+            throw new StoreException(StoreException.EIO, "cannot shrink redo log " + base + ": " + e.getMessage(), e);
+        }
+    }
+
+    synchronized long generation() {
+        return generation;
+    }
+
+    /** Bytes of records in the active segment. */
+    synchronized long position() {
+        return position;
+    }
+
+    /** Bytes the segments take on disk. */
+    long bytesOnDisk() {
+        long n = 0;
+        for (FileChannel ch : segments) {
+            try {
+                n += ch.size();
+            } catch (IOException e) {
+                // closed: counts as nothing
+            }
+        }
+        return n;
+    }
+
+    private void closeQuietly() {
+        for (FileChannel ch : segments) {
+            try {
+                if (ch != null) {
+                    ch.close();
+                }
+            } catch (IOException e) {
+                log.warn("closing redo log {}: {}", base, e.getMessage());
+            }
+        }
     }
 
     @Override
-    public void close() throws IOException {
-        ch.close();
+    public void close() {
+        closeQuietly();
     }
 }

@@ -23,6 +23,12 @@ public final class StoreException extends Exception {
         this.errno = errno;
     }
 
+    /** ENOSPC for an I/O error of a full disk (Java names it only in the message), EIO otherwise. */
+    static int errno(java.io.IOException e) {
+        String m = e.getMessage();
+        return m != null && (m.contains("No space left") || m.contains("Disk quota exceeded")) ? ENOSPC : EIO;
+    }
+
     public int errno() {
         return errno;
     }

@@ -120,12 +120,33 @@ class RadixBlockStoreTest {
         new Random(2).nextBytes(data);
         s.write(5000, data, 0, data.length);
         s.write(1L << 50, data, 0, 10);
+        s.flushNodes(); // what the owner does before it commits
         RadixBlockStore again = RadixBlockStore.open(db.getStore(), s.rootRecid());
         assertEquals(s.blocksStored(), again.blocksStored());
         assertEquals(s.nodesStored(), again.nodesStored());
         byte[] back = new byte[data.length];
         again.read(5000, back, 0, back.length);
         assertArrayEquals(data, back);
+    }
+
+    @Test
+    void blocksCanBeReadWrittenAndCountedWhole() throws Exception {
+        RadixBlockStore s = RadixBlockStore.create(db.getStore());
+        byte[] b = new byte[B];
+        b[17] = 3;
+        s.writeBlock(10, b);
+        s.writeBlock(600, b);
+        s.writeBlock(1L << 40, b);
+        b[17] = 4; // the store took a copy
+        assertEquals(3, s.readBlock(10)[17]);
+        assertEquals(null, s.readBlock(11));
+        assertEquals(3, s.countRange(0, Long.MAX_VALUE >>> 12));
+        assertEquals(2, s.countRange(10, 601));
+        assertEquals(1, s.countRange(11, 601));
+        assertEquals(0, s.countRange(11, 600));
+        s.writeBlock(600, new byte[B]); // zeros: deleted
+        assertEquals(2, s.blocksStored());
+        assertEquals(false, s.contains(600));
     }
 
     @Test
@@ -187,6 +208,7 @@ class RadixBlockStoreTest {
         s.read(base, all, 0, size);
         assertArrayEquals(model, all);
         assertEquals(nonZeroBlocks(model, base), s.blocksStored());
+        s.flushNodes();
         RadixBlockStore again = RadixBlockStore.open(db.getStore(), s.rootRecid());
         assertEquals(s.blocksStored(), again.blocksStored());
     }

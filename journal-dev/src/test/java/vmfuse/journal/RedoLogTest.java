@@ -4,8 +4,12 @@ import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
+import java.nio.ByteBuffer;
+import java.nio.ByteOrder;
+import java.nio.channels.FileChannel;
 import java.nio.file.Files;
 import java.nio.file.Path;
+import java.nio.file.StandardOpenOption;
 import java.util.ArrayList;
 import java.util.List;
 
@@ -13,70 +17,104 @@ import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.io.TempDir;
 
 class RedoLogTest {
+    static final long PREALLOC = 64 << 10;
+
     @TempDir
     Path dir;
 
-    private static List<String> replay(Path file, long generation) throws Exception {
+    Path base() {
+        return dir.resolve("r.redo");
+    }
+
+    /** What a recovery from committed generation {@code committed} replays. */
+    private List<String> replay(long committed) throws Exception {
         List<String> seen = new ArrayList<>();
         long[] n = new long[1];
-        try (RedoLog log = RedoLog.open(file, generation,
+        try (RedoLog log = RedoLog.open(base(), committed, PREALLOC,
                 (type, root, a, b, data) -> seen.add(type + ":" + root + ":" + a + ":" + b + ":" + new String(data)), n)) {
             assertEquals(seen.size(), n[0]);
         }
         return seen;
     }
 
-    /** An empty log of {@code generation} at {@code file}, open for appending. */
-    private static RedoLog fresh(Path file, long generation) throws Exception {
-        RedoLog log = RedoLog.open(file, generation, (t, r, a, b, d) -> { }, new long[1]);
-        log.restart(generation);
+    /** A log whose active segment is of {@code generation}, open for appending. */
+    private RedoLog fresh(long generation) throws Exception {
+        RedoLog log = RedoLog.open(base(), generation, PREALLOC, (t, r, a, b, d) -> { }, new long[1]);
+        while (log.generation() < generation) {
+            log.rotate(log.generation() + 1);
+        }
         return log;
     }
 
-    @Test
-    void recordsOfTheCurrentGenerationReplayInOrder() throws Exception {
-        Path file = dir.resolve("r.redo");
-        try (RedoLog log = fresh(file, 7)) {
-            log.append(RedoLog.WRITE, 11, 4096, 0, "abc".getBytes(), 0, 3);
-            log.append(RedoLog.ZERO, 11, 0, 512, null, 0, 0);
-            log.append(RedoLog.SIZE, 12, 1 << 20, 0, null, 0, 0);
-            log.force();
-        }
-        assertEquals(List.of("1:11:4096:0:abc", "2:11:0:512:", "3:12:1048576:0:"), replay(file, 7));
+    private static void write(RedoLog log, String s) throws Exception {
+        log.append(RedoLog.WRITE, 1, 0, 0, s.getBytes(), 0, s.length());
     }
 
     @Test
-    void aLogOfAnOlderGenerationIsIgnored() throws Exception {
-        // a crash after the checkpoint's commit (generation 8) but before the log restarted
-        Path file = dir.resolve("r.redo");
-        try (RedoLog log = fresh(file, 7)) {
-            log.append(RedoLog.WRITE, 11, 0, 0, "old".getBytes(), 0, 3);
+    void recordsReplayInOrderAcrossSegmentsFromTheCommittedGeneration() throws Exception {
+        try (RedoLog log = fresh(7)) {
+            log.append(RedoLog.WRITE, 11, 4096, 0, "abc".getBytes(), 0, 3);
+            log.append(RedoLog.ZERO, 11, 0, 512, null, 0, 0);
+            log.rotate(8); // a checkpoint began; it did not commit
+            log.append(RedoLog.SIZE, 12, 1 << 20, 0, null, 0, 0);
             log.force();
         }
-        assertTrue(replay(file, 8).isEmpty());
+        assertEquals(List.of("1:11:4096:0:abc", "2:11:0:512:", "3:12:1048576:0:"), replay(7));
+        // committed 8: segment 7 is held by the store
+        assertEquals(List.of("3:12:1048576:0:"), replay(8));
+        assertTrue(replay(9).isEmpty());
+    }
+
+    @Test
+    void segmentsAreReusedAndWhatAnOlderUseLeftIsNotReplayed() throws Exception {
+        try (RedoLog log = fresh(1)) {
+            for (int i = 0; i < 10; i++) {
+                write(log, "gen1-record-" + i);
+            }
+            log.rotate(2);
+            write(log, "gen2");
+            log.rotate(3); // reuses the file of generation 1, whose ten records are still there
+            write(log, "gen3");
+            log.force();
+        }
+        assertEquals(List.of("1:1:0:0:gen2", "1:1:0:0:gen3"), replay(2));
+        assertEquals(PREALLOC, Files.size(RedoLog.segmentFile(base(), 0)), "preallocated, never truncated in use");
     }
 
     @Test
     void replayStopsAtATornOrCorruptRecord() throws Exception {
-        Path file = dir.resolve("r.redo");
-        try (RedoLog log = fresh(file, 1)) {
-            log.append(RedoLog.WRITE, 5, 0, 0, "first".getBytes(), 0, 5);
-            log.append(RedoLog.WRITE, 5, 8, 0, "second".getBytes(), 0, 6);
+        long end;
+        try (RedoLog log = fresh(1)) {
+            write(log, "first");
+            write(log, "second");
             log.force();
+            end = log.position();
         }
-        byte[] bytes = Files.readAllBytes(file);
-        bytes[bytes.length - 2] ^= 0x55; // a bit flip in the last record's data: its checksum fails
-        Files.write(file, bytes);
-        assertEquals(List.of("1:5:0:0:first"), replay(file, 1));
-        Files.write(file, java.util.Arrays.copyOf(bytes, bytes.length - 3)); // torn: cut short
-        assertEquals(List.of("1:5:0:0:first"), replay(file, 1));
+        Path seg = RedoLog.segmentFile(base(), 1);
+        byte[] bytes = Files.readAllBytes(seg);
+        bytes[(int) end - 2] ^= 0x55; // a bit flip in the last record's data: its checksum fails
+        Files.write(seg, bytes);
+        assertEquals(List.of("1:1:0:0:first"), replay(1));
+        bytes[(int) end - 2] ^= 0x55;
+        java.util.Arrays.fill(bytes, (int) end - 3, (int) end, (byte) 0); // torn: its end never written
+        Files.write(seg, bytes);
+        assertEquals(List.of("1:1:0:0:first"), replay(1));
     }
 
     @Test
-    void aFileThatIsNotARedoLogIsRefused() throws Exception {
-        Path file = dir.resolve("r.redo");
-        Files.write(file, "definitely not a redo log".getBytes());
-        StoreException e = assertThrows(StoreException.class, () -> replay(file, 1));
-        assertTrue(e.getMessage().contains("not a vmfuse redo log"), e.getMessage());
+    void aSegmentWithoutAValidHeaderHoldsNothingAndOneOfAnotherVersionIsRefused() throws Exception {
+        try (RedoLog log = fresh(1)) {
+            write(log, "kept");
+            log.force();
+        }
+        Files.write(RedoLog.segmentFile(base(), 0), "a header torn by a crash during a rotation".getBytes());
+        assertEquals(List.of("1:1:0:0:kept"), replay(1));
+
+        try (FileChannel ch = FileChannel.open(RedoLog.segmentFile(base(), 1), StandardOpenOption.WRITE)) {
+            ByteBuffer v = ByteBuffer.allocate(4).order(ByteOrder.LITTLE_ENDIAN).putInt(99).flip();
+            ch.write(v, 4);
+        }
+        StoreException e = assertThrows(StoreException.class, () -> replay(1));
+        assertTrue(e.getMessage().contains("version 99, this vmfuse reads 2"), e.getMessage());
     }
 }

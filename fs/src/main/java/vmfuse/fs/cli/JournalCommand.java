@@ -57,8 +57,13 @@ final class JournalCommand {
             String answer = DaemonClient.request(mountPoint, "journals");
             List<String[]> rows = new ArrayList<>();
             rows.add(new String[] {"NAME", "SIZE", "STORED", "MEMORY", "DURABILITY", "LAST FLUSH"});
+            String footer = null;
             for (String line : answer.split("\n")) {
                 String[] f = line.split("\t");
+                if (f.length == 5 && f[0].equals("journal-store")) {
+                    footer = String.format("blocks in memory: %.1f MiB of %.1f MiB (--journal-memory); store on disk: "
+                            + "%.1f MiB; %s checkpoints since mount", mib(f[1]), mib(f[2]), mib(f[3]), f[4]);
+                }
                 if (f.length == 7 && f[0].equals("journal")) {
                     long flushed = Long.parseLong(f[6]);
                     rows.add(new String[] {f[1], f[2], f[3], f[4], f[5],
@@ -66,7 +71,14 @@ final class JournalCommand {
                 }
             }
             TextTable.print(spec.commandLine().getOut(), rows, true, false, false, false, true, true);
+            if (footer != null) {
+                spec.commandLine().getOut().println(footer);
+            }
             return 0;
+        }
+
+        private static double mib(String bytes) {
+            return Long.parseLong(bytes) / (double) (1 << 20);
         }
     }
 }

@@ -59,6 +59,12 @@ final class MountCommand implements Callable<Integer> {
                     + "and every " + Daemon.CHECKPOINT_SECONDS + " s).")
     String journalDurability;
 
+    @Option(names = "--journal-memory", paramLabel = "SIZE", defaultValue = "128M",
+            description = "Bound on journal blocks held in memory before a checkpoint writes them to the store "
+                    + "(default: 128M; K, M, G suffixes). At the bound, journal writers wait for the checkpoint. "
+                    + "Must fit in the JVM heap with room to spare (JAVA_OPTS=-Xmx...).")
+    String journalMemory;
+
     @Option(names = "--force", description = "Clear a stale mount (left by a daemon that died) at MOUNTPOINT first.")
     boolean force;
 
@@ -68,9 +74,10 @@ final class MountCommand implements Callable<Integer> {
             throw new picocli.CommandLine.ParameterException(spec.commandLine(), "--threads must be 1..256, not " + threads);
         }
         Path mnt = mountPoint.toAbsolutePath().normalize();
+        long memory = journalMemory();
         if (foreground) {
             try {
-                Daemon.run(new Daemon.Options(store, mnt, fuseOptions, force, threads, durability()));
+                Daemon.run(new Daemon.Options(store, mnt, fuseOptions, force, threads, durability(), memory));
             } catch (FsException e) {
                 throw new FsException(e.errno(), "cannot mount " + mnt + ": " + e.getMessage());
             }
@@ -78,11 +85,28 @@ final class MountCommand implements Callable<Integer> {
         }
         Store s;
         try {
-            s = Daemon.preflight(new Daemon.Options(store, mnt, fuseOptions, force, threads, durability()));
+            s = Daemon.preflight(new Daemon.Options(store, mnt, fuseOptions, force, threads, durability(), memory));
         } catch (FsException e) {
             throw new FsException(e.errno(), "cannot mount " + mnt + ": " + e.getMessage());
         }
         return startDaemon(s, mnt);
+    }
+
+    /** --journal-memory, checked against the heap: at most half of -Xmx, at least 4 MiB. */
+    private long journalMemory() {
+        long bytes;
+        try {
+            bytes = vmfuse.journal.ByteSize.parse(journalMemory);
+        } catch (vmfuse.journal.StoreException e) {
+            throw new picocli.CommandLine.ParameterException(spec.commandLine(), "--journal-memory: " + e.getMessage());
+        }
+        long heap = Runtime.getRuntime().maxMemory();
+        if (bytes < (4L << 20) || bytes > heap / 2) {
+            throw new picocli.CommandLine.ParameterException(spec.commandLine(), "--journal-memory must be between 4M and "
+                    + "half the JVM heap (" + (heap / 2 >> 20) + "M now; raise it with JAVA_OPTS=-Xmx...), not "
+                    + journalMemory);
+        }
+        return bytes;
     }
 
     private vmfuse.journal.Durability durability() throws FsException {
@@ -106,7 +130,7 @@ final class MountCommand implements Callable<Integer> {
             cmd.add("--debug");
         }
         cmd.addAll(List.of("mount", "--foreground", "--store", s.dir().toString(), "--threads", String.valueOf(threads),
-                "--journal-durability", journalDurability));
+                "--journal-durability", journalDurability, "--journal-memory", journalMemory));
         for (String o : fuseOptions) {
             cmd.add("-o");
             cmd.add(o);

@@ -62,7 +62,7 @@ public final class Daemon {
 
     /** What the operator asked for. */
     public record Options(Path store, Path mountPoint, List<String> fuseOptions, boolean force, int threads,
-            Durability journalDurability) {}
+            Durability journalDurability, long journalMemory) {}
 
     /** Threads serving FUSE requests: enough for a few VMs' queues; each idle one costs a stack. */
     public static final int DEFAULT_THREADS = 16;
@@ -133,7 +133,7 @@ public final class Daemon {
         ReleaseLedger ledger = ReleaseLedger.load(store.ledger());
         JournalStore journals;
         try {
-            journals = JournalStore.open(store.journals());
+            journals = JournalStore.open(store.journals(), o.journalMemory());
         } catch (StoreException e) {
             throw new FsException(e.errno(), e.getMessage());
         }
@@ -298,6 +298,9 @@ public final class Daemon {
                             .append(d.bytesStored()).append('\t').append(d.memoryUsed()).append('\t')
                             .append(d.durability().label()).append('\t').append(d.lastFlush()).append('\n');
                 }
+                out.append("journal-store\t").append(journals.memoryHeld()).append('\t').append(journals.memoryLimit())
+                        .append('\t').append(journals.bytesOnDisk()).append('\t').append(journals.checkpoints())
+                        .append('\n');
                 return out.toString();
             }
             case "journal-create" -> {

@@ -50,11 +50,11 @@ final class Mounted implements AutoCloseable {
     }
 
     /** A mounted store on its own tmpfs of {@code size}: free space and ENOSPC are exact there. */
-    static Mounted onTmpfs(String size) throws IOException {
+    static Mounted onTmpfs(String size, String... mountArgs) throws IOException {
         Mounted m = prepare();
         Disk.tmpfs(m.store, size);
         m.tmpfsMounts.add(m.store);
-        m.mount();
+        m.mount(mountArgs);
         return m;
     }
 

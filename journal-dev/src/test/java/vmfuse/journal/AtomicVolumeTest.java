@@ -1,0 +1,177 @@
+package vmfuse.journal;
+
+import static org.junit.jupiter.api.Assertions.assertArrayEquals;
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertFalse;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+import java.io.BufferedReader;
+import java.io.InputStreamReader;
+import java.nio.ByteBuffer;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.util.ArrayList;
+import java.util.Arrays;
+import java.util.List;
+import java.util.Random;
+import java.util.concurrent.TimeUnit;
+
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.io.TempDir;
+import org.mapdb.Atomic;
+import org.mapdb.DB;
+import org.mapdb.DBMaker;
+import org.mapdb.Serializer;
+import org.mapdb.Store;
+
+class AtomicVolumeTest {
+    @TempDir
+    Path dir;
+
+    /** Random writes of random lengths to the volume and to a model. */
+    private static void scribble(AtomicVolume v, byte[] model, Random r, int n) {
+        for (int i = 0; i < n; i++) {
+            int off = r.nextInt(model.length - 1);
+            byte[] b = new byte[1 + r.nextInt(Math.min(20_000, model.length - off))];
+            r.nextBytes(b);
+            v.putData(off, b, 0, b.length);
+            System.arraycopy(b, 0, model, off, b.length);
+        }
+    }
+
+    private static byte[] contents(Path file, int n) throws Exception {
+        return Arrays.copyOf(Files.readAllBytes(file), n);
+    }
+
+    @Test
+    void readsSeeWritesAndSyncPutsThemInTheFile() throws Exception {
+        Path file = dir.resolve("v");
+        byte[] model = new byte[300_000];
+        try (AtomicVolume v = AtomicVolume.open(file)) {
+            scribble(v, model, new Random(1), 200);
+            v.putLong(8, 0x0102030405060708L);
+            ByteBuffer.wrap(model).putLong(8, 0x0102030405060708L);
+            byte[] back = new byte[model.length];
+            v.getData(0, back, 0, back.length);
+            assertArrayEquals(model, back);
+            assertEquals(0x0102030405060708L, v.getLong(8));
+            assertEquals(0, Files.size(file), "nothing reaches the file before sync");
+            v.sync();
+            assertEquals(0, v.dirtyPages());
+            assertFalse(Files.exists(AtomicVolume.commitFile(file)));
+        }
+        assertArrayEquals(model, contents(file, model.length));
+    }
+
+    @Test
+    void aCommitFileWrittenWholeIsFinishedAtOpenAndATornOneIsDropped() throws Exception {
+        Path file = dir.resolve("v");
+        byte[] committed = new byte[200_000];
+        try (AtomicVolume v = AtomicVolume.open(file)) {
+            scribble(v, committed, new Random(2), 50);
+            v.sync();
+        }
+        byte[] next = committed.clone();
+        try (AtomicVolume v = AtomicVolume.open(file)) {
+            scribble(v, next, new Random(3), 50);
+            v.writeCommitFile(); // the crash comes after the commit file, before the pages reach the file
+        }
+        assertArrayEquals(committed, contents(file, committed.length), "the file untouched so far");
+        assertTrue(AtomicVolume.recover(file) > 0);
+        assertArrayEquals(next, contents(file, next.length), "the commit finished at open");
+
+        byte[] third = next.clone();
+        try (AtomicVolume v = AtomicVolume.open(file)) {
+            scribble(v, third, new Random(4), 50);
+            v.writeCommitFile();
+        }
+        Path cf = AtomicVolume.commitFile(file);
+        byte[] log = Files.readAllBytes(cf);
+        Files.write(cf, Arrays.copyOf(log, log.length - 100)); // torn: never complete, never applied
+        assertEquals(0, AtomicVolume.recover(file));
+        assertArrayEquals(next, contents(file, next.length));
+        assertFalse(Files.exists(cf));
+    }
+
+    /**
+     * MapDB's record store on this volume, in a child JVM committing without pause, killed with
+     * SIGKILL: every record the last commit lists is there with its contents. (The same child on
+     * MapDB's own transactional store lost committed records in 9 of 160 kills.)
+     */
+    @Test
+    void mapdbOnThisVolumeSurvivesKillsDuringCommits() throws Exception {
+        Path file = dir.resolve("m.db");
+        Random r = new Random(5);
+        for (int round = 0; round < 6; round++) {
+            Process child = new ProcessBuilder(ProcessHandle.current().info().command().orElse("java"), "-cp",
+                    System.getProperty("java.class.path"), Child.class.getName(), file.toString())
+                    .redirectErrorStream(true).start();
+            try (BufferedReader in = new BufferedReader(new InputStreamReader(child.getInputStream()))) {
+                int wanted = 3 + r.nextInt(30);
+                int seen = 0;
+                long deadline = System.nanoTime() + TimeUnit.SECONDS.toNanos(60);
+                String line;
+                while (seen < wanted && System.nanoTime() < deadline && (line = in.readLine()) != null) {
+                    if (line.equals("committed")) {
+                        seen++;
+                    }
+                }
+                assertEquals(wanted, seen, "commits by the child");
+            } finally {
+                child.destroyForcibly();
+                assertTrue(child.waitFor(30, TimeUnit.SECONDS));
+            }
+            AtomicVolume.recover(file);
+            try (AtomicVolume v = AtomicVolume.open(file); DB db = DBMaker.volumeDB(v, true).make()) {
+                Store s = db.getStore();
+                long[] live = s.get(db.atomicLong("dir").open().get(), Serializer.LONG_ARRAY);
+                assertTrue(live.length > 0);
+                for (long id : live) {
+                    byte[] b = s.get(id, Serializer.BYTE_ARRAY_NOSIZE);
+                    assertEquals(id, ByteBuffer.wrap(b).getLong(), "record " + id + " after kill " + round);
+                }
+            }
+        }
+    }
+
+    /** Puts, updates and deletes 4 KiB records and commits, forever; a directory record lists the live ones. */
+    public static final class Child {
+        public static void main(String[] args) throws Exception {
+            Path file = Path.of(args[0]);
+            boolean exists = Files.exists(file);
+            AtomicVolume v = AtomicVolume.open(file);
+            DB db = DBMaker.volumeDB(v, exists).make();
+            Store s = db.getStore();
+            Atomic.Long dir = db.atomicLong("dir").createOrOpen();
+            List<Long> live = new ArrayList<>();
+            long dirRec = dir.get();
+            if (dirRec == 0) {
+                dirRec = s.put(new long[0], Serializer.LONG_ARRAY);
+                dir.set(dirRec);
+            } else {
+                for (long id : s.get(dirRec, Serializer.LONG_ARRAY)) {
+                    live.add(id);
+                }
+            }
+            db.commit();
+            Random r = new Random();
+            while (true) {
+                for (int i = 0; i < 100; i++) {
+                    if (!live.isEmpty() && r.nextInt(3) == 0) {
+                        s.delete(live.remove(r.nextInt(live.size())), Serializer.BYTE_ARRAY_NOSIZE);
+                    } else {
+                        long id = s.put(new byte[4096], Serializer.BYTE_ARRAY_NOSIZE);
+                        byte[] b = new byte[4096];
+                        r.nextBytes(b);
+                        ByteBuffer.wrap(b).putLong(id);
+                        s.update(id, b, Serializer.BYTE_ARRAY_NOSIZE);
+                        live.add(id);
+                    }
+                }
+                s.update(dirRec, live.stream().mapToLong(Long::longValue).toArray(), Serializer.LONG_ARRAY);
+                db.commit();
+                System.out.println("committed");
+            }
+        }
+    }
+}
