@@ -160,7 +160,8 @@ final class AtomicVolume extends Volume {
             long pos = offset + done;
             int in = (int) (pos % PAGE);
             int n = Math.min(PAGE - in, srcSize - done);
-            System.arraycopy(src, srcPos + done, pageForWrite(pos / PAGE), in, n);
+            byte[] page = n == PAGE ? dirty.computeIfAbsent(pos / PAGE, k -> new byte[PAGE]) : pageForWrite(pos / PAGE);
+            System.arraycopy(src, srcPos + done, page, in, n);
             done += n;
         }
         length = Math.max(length, offset + srcSize);

@@ -491,6 +491,7 @@ public final class JournalStore implements AutoCloseable {
             }
             generation.set(redo.generation());
             db.commit();
+            redo.shrinkInactive(); // the commit holds what the other segment logged
             checkpoints.incrementAndGet();
             lastFailure = null;
         } catch (StoreException e) {

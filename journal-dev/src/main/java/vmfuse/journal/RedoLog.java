@@ -295,11 +295,22 @@ final class RedoLog implements AutoCloseable {
 
     /** Cuts both segments back to the preallocated size (when both are obsolete: at open and close, after a commit). */
     synchronized void shrink() throws StoreException {
+        shrink(segments[0]);
+        shrink(segments[1]);
+    }
+
+    /**
+     * Cuts the segment not in use back to the preallocated size, once the store's commit holds
+     * what it logged (a checkpoint's end): a burst of writes does not leave the log large.
+     */
+    synchronized void shrinkInactive() throws StoreException {
+        shrink(segments[(int) ((generation + 1) % 2)]);
+    }
+
+    private void shrink(FileChannel ch) throws StoreException {
         try {
-            for (FileChannel ch : segments) {
-                if (ch.size() > preallocate) {
-                    ch.truncate(preallocate);
-                }
+            if (ch.size() > preallocate) {
+                ch.truncate(preallocate);
             }
         } catch (IOException e) {
             throw new StoreException(StoreException.EIO, "cannot shrink redo log " + base + ": " + e.getMessage(), e);

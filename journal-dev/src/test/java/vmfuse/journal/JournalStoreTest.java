@@ -169,6 +169,28 @@ class JournalStoreTest {
         }
     }
 
+    @Test
+    void aBurstOfWritesDoesNotLeaveTheRedoLogLarge() throws Exception {
+        Path file = dir.resolve("j.db");
+        try (JournalStore s = JournalStore.open(file)) {
+            JournalDevice d = s.create("vm", 128L * MiB, Durability.FLUSH);
+            byte[] b = random(MiB, 9);
+            for (int i = 0; i < 100; i++) {
+                d.write((long) i * MiB, b, 0, b.length);
+            }
+            d.flush();
+            long big = Math.max(Files.size(RedoLog.segmentFile(JournalStore.redoFile(file), 0)),
+                    Files.size(RedoLog.segmentFile(JournalStore.redoFile(file), 1)));
+            assertTrue(big > JournalStore.SEGMENT_PREALLOCATE, "a burst logged in one segment: " + big);
+            s.checkpoint();
+            s.checkpoint();
+            for (int i = 0; i < 2; i++) {
+                long size = Files.size(RedoLog.segmentFile(JournalStore.redoFile(file), i));
+                assertTrue(size <= JournalStore.SEGMENT_PREALLOCATE, "segment " + i + ": " + size);
+            }
+        }
+    }
+
     /** A child JVM writes and flushes, then is killed with SIGKILL: every flushed byte is there. */
     @Test
     void flushedDataSurviveAKillOfTheProcess() throws Exception {
