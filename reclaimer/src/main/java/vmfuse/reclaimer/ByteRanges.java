@@ -1,0 +1,102 @@
+package vmfuse.reclaimer;
+
+import java.util.ArrayList;
+import java.util.List;
+import java.util.Map;
+import java.util.TreeMap;
+
+/** A set of byte ranges kept as disjoint [from, to) intervals, merged as they are added. Not thread-safe. */
+final class ByteRanges {
+    private final TreeMap<Long, Long> ranges = new TreeMap<>();
+
+    void add(long from, long to) {
+        if (from >= to) {
+            return;
+        }
+        Map.Entry<Long, Long> before = ranges.floorEntry(from);
+        if (before != null && before.getValue() >= from) {
+            from = before.getKey();
+            to = Math.max(to, before.getValue());
+        }
+        Map.Entry<Long, Long> next;
+        while ((next = ranges.ceilingEntry(from)) != null && next.getKey() <= to) {
+            to = Math.max(to, next.getValue());
+            ranges.remove(next.getKey());
+        }
+        ranges.put(from, to);
+    }
+
+    /** Removes [from, to) and returns the parts that were in the set, as {offset, length}. */
+    List<long[]> remove(long from, long to) {
+        List<long[]> gone = new ArrayList<>();
+        if (from >= to) {
+            return gone;
+        }
+        Map.Entry<Long, Long> e = ranges.floorEntry(from);
+        if (e == null || e.getValue() <= from) {
+            e = ranges.higherEntry(from);
+        }
+        while (e != null && e.getKey() < to) {
+            long s = e.getKey();
+            long t = e.getValue();
+            ranges.remove(s);
+            long cs = Math.max(s, from);
+            long ct = Math.min(t, to);
+            gone.add(new long[] {cs, ct - cs});
+            if (s < cs) {
+                ranges.put(s, cs);
+            }
+            if (ct < t) {
+                ranges.put(ct, t);
+            }
+            e = ranges.higherEntry(ct - 1);
+        }
+        return gone;
+    }
+
+    /** The parts of [from, to) in the set. */
+    List<long[]> intersect(long from, long to) {
+        List<long[]> out = new ArrayList<>();
+        Map.Entry<Long, Long> e = ranges.floorEntry(from);
+        if (e == null || e.getValue() <= from) {
+            e = ranges.higherEntry(from);
+        }
+        while (e != null && e.getKey() < to) {
+            long cs = Math.max(e.getKey(), from);
+            long ct = Math.min(e.getValue(), to);
+            if (ct > cs) {
+                out.add(new long[] {cs, ct - cs});
+            }
+            e = ranges.higherEntry(e.getKey());
+        }
+        return out;
+    }
+
+    boolean isEmpty() {
+        return ranges.isEmpty();
+    }
+
+    long bytes() {
+        long n = 0;
+        for (Map.Entry<Long, Long> e : ranges.entrySet()) {
+            n += e.getValue() - e.getKey();
+        }
+        return n;
+    }
+
+    /** The ranges in order, each {offset, length}. */
+    List<long[]> list() {
+        List<long[]> out = new ArrayList<>(ranges.size());
+        ranges.forEach((f, t) -> out.add(new long[] {f, t - f}));
+        return out;
+    }
+
+    /** A set of the given {offset, length} ranges. */
+    static ByteRanges of(List<long[]> list) {
+        ByteRanges r = new ByteRanges();
+        for (long[] x : list) {
+            r.add(x[0], x[0] + x[1]);
+        }
+        return r;
+    }
+}

@@ -1,0 +1,178 @@
+package vmfuse.reclaimer;
+
+import java.io.IOException;
+import java.nio.ByteBuffer;
+import java.nio.channels.FileChannel;
+import java.nio.charset.StandardCharsets;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.nio.file.StandardCopyOption;
+import java.nio.file.StandardOpenOption;
+import java.util.ArrayList;
+import java.util.List;
+import java.util.Map;
+import java.util.TreeMap;
+
+/*
+ * The durable log of one VM's acknowledged deletion notices (STORE/reclaim/VM.notices). A notice
+ * is acknowledged to the agent only once its line is on disk; it leaves the log when carried out.
+ * Every append is forced (fdatasync) before it returns.
+ *
+ *   S <last seq>                         first line after a compaction
+ *   N <seq> <token> <size> <ranges>      a notice acknowledged (ranges: what admission left)
+ *   X <seq> <ranges>                     a write cut these ranges out of the notice
+ *   D <seq>                              the notice was carried out
+ *
+ * A crash can tear only the last line, which is then ignored. Anything else unreadable refuses
+ * the log with its line number, and the file is left as it is.
+ */
+final class NoticeLog implements AutoCloseable {
+    /** A notice waiting in the log, with what is left of its ranges. */
+    record Pending(long seq, long fileSize, ByteRanges ranges) {}
+
+    private final Path file;
+    private FileChannel ch;
+    private long lastSeq;
+    private final Map<Long, Pending> pending = new TreeMap<>();
+
+    private NoticeLog(Path file) {
+        this.file = file;
+    }
+
+    /** Opens (or creates) the log, reads what waits in it, and compacts it to that. */
+    static NoticeLog open(Path file) throws IOException {
+        NoticeLog l = new NoticeLog(file);
+        if (Files.exists(file)) {
+            l.load();
+        }
+        l.compact();
+        return l;
+    }
+
+    private void load() throws IOException {
+        String text = Files.readString(file, StandardCharsets.US_ASCII);
+        String[] lines = text.split("\n", -1);
+        int complete = lines.length - 1; // the last is "" after a newline, or a line a crash tore
+        for (int i = 0; i < complete; i++) {
+            String[] f = lines[i].split(" ");
+            try {
+                switch (f[0]) {
+                    case "S" -> lastSeq = Math.max(lastSeq, Notice.number(f[1], "seq"));
+                    case "N" -> {
+                        long seq = Notice.number(f[1], "seq");
+                        pending.put(seq, new Pending(seq, Notice.number(f[3], "size"), ranges(f[4])));
+                        lastSeq = Math.max(lastSeq, seq);
+                    }
+                    case "X" -> {
+                        Pending p = pending.get(Notice.number(f[1], "seq"));
+                        if (p != null) {
+                            for (long[] r : ranges(f[2]).list()) {
+                                p.ranges().remove(r[0], r[0] + r[1]);
+                            }
+                        }
+                    }
+                    case "D" -> pending.remove(Notice.number(f[1], "seq"));
+                    default -> throw new ProtocolException("malformed", "unknown record '" + f[0] + "'");
+                }
+            } catch (ProtocolException | ArrayIndexOutOfBoundsException e) {
+                throw new IOException("notice log " + file + " line " + (i + 1) + " is corrupt: " + lines[i]);
+            }
+        }
+    }
+
+    private static ByteRanges ranges(String s) throws ProtocolException {
+        ByteRanges r = new ByteRanges();
+        if (s.isEmpty()) {
+            return r;
+        }
+        for (String p : s.split(",")) {
+            int colon = p.indexOf(':');
+            if (colon < 0) {
+                throw new ProtocolException("malformed", p);
+            }
+            long off = Notice.number(p.substring(0, colon), "offset");
+            r.add(off, off + Notice.number(p.substring(colon + 1), "length"));
+        }
+        return r;
+    }
+
+    /** Rewrites the log as what waits in it (a new file, forced, renamed over the old one). */
+    private void compact() throws IOException {
+        StringBuilder b = new StringBuilder("S ").append(lastSeq).append('\n');
+        pending.values().removeIf(p -> p.ranges().isEmpty());
+        for (Pending p : pending.values()) {
+            b.append("N ").append(p.seq()).append(" 0 ").append(p.fileSize()).append(' ')
+                    .append(Notice.format(p.ranges().list())).append('\n');
+        }
+        Path tmp = file.resolveSibling(file.getFileName() + ".tmp");
+        try (FileChannel t = FileChannel.open(tmp, StandardOpenOption.CREATE, StandardOpenOption.WRITE,
+                StandardOpenOption.TRUNCATE_EXISTING)) {
+            write(t, b.toString());
+            t.force(true);
+        }
+        if (ch != null) {
+            ch.close();
+        }
+        Files.move(tmp, file, StandardCopyOption.ATOMIC_MOVE, StandardCopyOption.REPLACE_EXISTING);
+        try (FileChannel dir = FileChannel.open(file.getParent(), StandardOpenOption.READ)) {
+            dir.force(true);
+        }
+        ch = FileChannel.open(file, StandardOpenOption.WRITE, StandardOpenOption.APPEND);
+    }
+
+    private static void write(FileChannel c, String s) throws IOException {
+        ByteBuffer b = ByteBuffer.wrap(s.getBytes(StandardCharsets.US_ASCII));
+        while (b.hasRemaining()) {
+            c.write(b);
+        }
+    }
+
+    private void append(String line) throws IOException {
+        write(ch, line + "\n");
+        ch.force(false);
+    }
+
+    long lastSeq() {
+        return lastSeq;
+    }
+
+    /** What waits, oldest first. */
+    List<Pending> pending() {
+        return new ArrayList<>(pending.values());
+    }
+
+    void accepted(Notice n, List<long[]> ranges) throws IOException {
+        append("N " + n.seq() + " " + n.token() + " " + n.fileSize() + " " + Notice.format(ranges));
+        lastSeq = Math.max(lastSeq, n.seq());
+        if (!ranges.isEmpty()) {
+            pending.put(n.seq(), new Pending(n.seq(), n.fileSize(), ByteRanges.of(ranges)));
+        }
+    }
+
+    /** A write landed on pending ranges: cut them out of every notice that holds them. */
+    void cut(List<long[]> written) throws IOException {
+        for (Pending p : pending.values()) {
+            List<long[]> gone = new ArrayList<>();
+            for (long[] w : written) {
+                gone.addAll(p.ranges().remove(w[0], w[0] + w[1]));
+            }
+            if (!gone.isEmpty()) {
+                append("X " + p.seq() + " " + Notice.format(gone));
+            }
+        }
+    }
+
+    void done(long seq) throws IOException {
+        if (pending.remove(seq) != null) {
+            append("D " + seq);
+        }
+        if (pending.isEmpty() && Files.size(file) > (1 << 20)) {
+            compact();
+        }
+    }
+
+    @Override
+    public void close() throws IOException {
+        ch.close();
+    }
+}

@@ -1,0 +1,230 @@
+package vmfuse.reclaimer;
+
+import java.io.IOException;
+import java.nio.file.Path;
+import java.util.ArrayList;
+import java.util.EnumMap;
+import java.util.List;
+import java.util.Map;
+import java.util.concurrent.ExecutorService;
+import java.util.concurrent.Executors;
+import java.util.concurrent.TimeUnit;
+import java.util.function.LongSupplier;
+
+import org.slf4j.Logger;
+import org.slf4j.LoggerFactory;
+
+/*
+ * The reclaimer of one VM with a raw image: answers its agent (AgentSession.Host), keeps its
+ * notices in a NoticeLog, decides with the shared ThresholdPolicy, and punches through the
+ * image's WriteTracker, so no write races a punch and nothing written after a fence is punched.
+ *
+ * A raw image's guest offsets are its file offsets. Only whole 4 KiB blocks are punched: a range
+ * is cut inward to 4 KiB boundaries when it is admitted.
+ *
+ * Locks: this object's monitor guards the log and the counters; it is never held while waiting
+ * for the tracker's write gate (a punch runs on the reclaim thread and takes the monitor only
+ * inside the gate to log what it did; a write takes the monitor inside the gate's read side to
+ * log a cut). So the order is always gate, then monitor.
+ */
+public final class VmReclaimer implements AgentSession.Host, WriteTracker.Listener, AutoCloseable {
+    private static final Logger log = LoggerFactory.getLogger(VmReclaimer.class);
+    static final long BLOCK = 4096;
+
+    /** Punches a range of the image file; returns the bytes of disk it freed. */
+    public interface Puncher {
+        long punch(long offset, long length) throws IOException;
+    }
+
+    /** Why bytes of a notice were not punched. */
+    public enum Skipped { PARTIAL_BLOCK, WRITTEN_AFTER_FENCE, WRITTEN_WHILE_PENDING }
+
+    /** What `vmfuse status` shows for the VM. */
+    public record Stats(long notices, long refused, long bytesPending, long bytesPunched, long bytesFreed,
+            Map<Skipped, Long> skipped) {}
+
+    private final String vm;
+    private final String image;
+    private final LongSupplier diskSize;
+    private final WriteTracker tracker;
+    private final ThresholdPolicy policy;
+    private final Puncher puncher;
+    private final NoticeLog notices;
+    private final ExecutorService reclaim;
+    // guarded by this
+    private long received;
+    private long refused;
+    private long punched;
+    private long freed;
+    private final Map<Skipped, Long> skipped = new EnumMap<>(Skipped.class);
+
+    private VmReclaimer(String vm, String image, LongSupplier diskSize, WriteTracker tracker, ThresholdPolicy policy,
+            Puncher puncher, NoticeLog notices) {
+        this.vm = vm;
+        this.image = image;
+        this.diskSize = diskSize;
+        this.tracker = tracker;
+        this.policy = policy;
+        this.puncher = puncher;
+        this.notices = notices;
+        this.reclaim = Executors.newSingleThreadExecutor(r -> {
+            Thread t = new Thread(r, "reclaim-" + vm);
+            t.setDaemon(true);
+            return t;
+        });
+    }
+
+    /**
+     * The reclaimer of {@code vm}, whose raw image {@code image} has {@code tracker}; its notice log
+     * is {@code logFile}. What waits in the log is pending again, and goes to the policy.
+     */
+    public static VmReclaimer open(String vm, String image, LongSupplier diskSize, WriteTracker tracker,
+            ThresholdPolicy policy, Puncher puncher, Path logFile) throws IOException {
+        NoticeLog notices = NoticeLog.open(logFile);
+        VmReclaimer r = new VmReclaimer(vm, image, diskSize, tracker, policy, puncher, notices);
+        tracker.listener(r);
+        long bytes = 0;
+        for (NoticeLog.Pending p : notices.pending()) {
+            tracker.restore(p.ranges().list());
+            bytes += p.ranges().bytes();
+        }
+        if (bytes > 0) {
+            log.info("reclaim vm={} image={} restored pending={} notices={}", vm, image, bytes, notices.pending().size());
+            r.decide(bytes);
+        }
+        return r;
+    }
+
+    @Override
+    public long diskSize() {
+        return diskSize.getAsLong();
+    }
+
+    @Override
+    public long fence() {
+        return tracker.token();
+    }
+
+    @Override
+    public synchronized void refused(String reason, String detail) {
+        refused++;
+        log.warn("reclaim vm={} refused reason={} {}", vm, reason, detail);
+    }
+
+    @Override
+    public String notice(Notice n) throws ProtocolException, IOException {
+        long bytes;
+        synchronized (this) {
+            if (n.seq() <= notices.lastSeq()) {
+                return "ACK " + n.seq(); // a resend: already in the log
+            }
+            List<long[]> blocks = new ArrayList<>();
+            long inward = 0;
+            for (long[] r : n.ranges()) {
+                long from = (r[0] + BLOCK - 1) / BLOCK * BLOCK;
+                long to = (r[0] + r[1]) / BLOCK * BLOCK;
+                if (to > from) {
+                    blocks.add(new long[] {from, to - from});
+                    inward += r[1] - (to - from);
+                } else {
+                    inward += r[1];
+                }
+            }
+            List<long[]> safe = tracker.admit(n.token(), blocks); // stale fence: refused, nothing logged
+            long kept = ByteRanges.of(safe).bytes();
+            long requested = ByteRanges.of(blocks).bytes();
+            notices.accepted(n, safe);
+            received++;
+            add(Skipped.PARTIAL_BLOCK, inward);
+            add(Skipped.WRITTEN_AFTER_FENCE, requested - kept);
+            bytes = kept;
+            log.info("reclaim vm={} image={} notice seq={} file_size={} ranges={} admitted={} written_after_fence={}",
+                    vm, image, n.seq(), n.fileSize(), n.ranges().size(), kept, requested - kept);
+        }
+        decide(bytes);
+        return "ACK " + n.seq();
+    }
+
+    private void add(Skipped why, long n) {
+        if (n > 0) {
+            skipped.merge(why, n, Long::sum);
+        }
+    }
+
+    private void decide(long bytes) {
+        ThresholdPolicy.Decision d = policy.notice(image, bytes, Math.max(1, diskSize()));
+        if (d.reclaim()) {
+            reclaim.execute(this::carryOut);
+        }
+    }
+
+    /** Carries out every notice waiting: punches what is still pending of it, then marks it done. */
+    void carryOut() {
+        List<NoticeLog.Pending> todo;
+        synchronized (this) {
+            todo = notices.pending();
+        }
+        for (NoticeLog.Pending p : todo) {
+            List<long[]> ranges;
+            synchronized (this) {
+                ranges = p.ranges().list();
+            }
+            try {
+                tracker.punch(ranges, still -> {
+                    long f = 0;
+                    long n = 0;
+                    for (long[] r : still) {
+                        f += puncher.punch(r[0], r[1]);
+                        n += r[1];
+                    }
+                    synchronized (this) {
+                        notices.done(p.seq()); // before writes resume: a re-punch after a crash finds nothing new
+                        punched += n;
+                        freed += f;
+                    }
+                    log.info("reclaim vm={} image={} punched seq={} bytes={} freed={} reason=guest-deleted",
+                            vm, image, p.seq(), n, f);
+                });
+            } catch (IOException | RuntimeException e) {
+                log.error("reclaim vm={} image={} punch of notice {} failed: {}", vm, image, p.seq(), e.toString());
+            }
+        }
+    }
+
+    /** A write landed on ranges waiting in the log: they leave it (durably) before the write goes on. */
+    @Override
+    public synchronized void written(List<long[]> cut) throws IOException {
+        notices.cut(cut);
+        add(Skipped.WRITTEN_WHILE_PENDING, ByteRanges.of(cut).bytes());
+    }
+
+    public synchronized Stats stats() {
+        return new Stats(received, refused, tracker.pendingBytes(), punched, freed, new EnumMap<>(skipped));
+    }
+
+    public String vm() {
+        return vm;
+    }
+
+    public String image() {
+        return image;
+    }
+
+    /** Waits until the punches decided so far are done. */
+    public void awaitIdle() throws Exception {
+        reclaim.submit(() -> { }).get(60, TimeUnit.SECONDS);
+    }
+
+    @Override
+    public void close() throws IOException {
+        reclaim.shutdown();
+        try {
+            reclaim.awaitTermination(30, TimeUnit.SECONDS);
+        } catch (InterruptedException e) {
+            Thread.currentThread().interrupt();
+        }
+        synchronized (this) {
+            notices.close();
+        }
+    }
+}

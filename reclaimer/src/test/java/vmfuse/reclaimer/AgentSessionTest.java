@@ -1,0 +1,172 @@
+package vmfuse.reclaimer;
+
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+import java.io.BufferedReader;
+import java.io.InputStreamReader;
+import java.io.PrintStream;
+import java.net.StandardProtocolFamily;
+import java.net.UnixDomainSocketAddress;
+import java.nio.channels.Channels;
+import java.nio.channels.SocketChannel;
+import java.nio.file.Path;
+import java.util.ArrayList;
+import java.util.List;
+import java.util.concurrent.TimeUnit;
+
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.io.TempDir;
+
+/** The agent protocol against a VmReclaimer whose punches are recorded, and over a real unix socket. */
+class AgentSessionTest {
+    static final long M = 1 << 20;
+    static final long DISK = 64 * M;
+
+    @TempDir
+    Path dir;
+
+    final List<String> punched = new ArrayList<>();
+
+    private VmReclaimer reclaimer(WriteTracker t, double freeFraction) throws Exception {
+        ThresholdPolicy policy = new ThresholdPolicy((long) (freeFraction * 1000), 1000);
+        return VmReclaimer.open("vm1", "vm1.raw", () -> DISK, t, policy, (off, len) -> {
+            synchronized (punched) {
+                punched.add(off + ":" + len);
+            }
+            return len;
+        }, dir.resolve("vm1.notices"));
+    }
+
+    @Test
+    void aSessionFencesAcknowledgesAndRefusesAsTheProtocolSays() throws Exception {
+        WriteTracker t = new WriteTracker(WriteTracker.newEpoch());
+        try (VmReclaimer r = reclaimer(t, 0.0)) { // threshold 0: every notice is carried out at once
+            AgentSession s = new AgentSession(r);
+            assertTrue(s.handle("FENCE").startsWith("ERROR the first line must be HELLO"));
+            assertEquals("HELLO vmfuse 1", s.handle("HELLO vmfuse-agent 1"));
+            String fence = s.handle("FENCE");
+            long token = Long.parseLong(fence.substring(6));
+            assertEquals("ACK 1", s.handle("NOTICE 1 " + token + " 8192 4096:8192"));
+            assertEquals("ACK 1", s.handle("NOTICE 1 " + token + " 8192 4096:8192"), "a resend is acknowledged again");
+            assertEquals("ACK 2", s.handle("NOTICE 2 " + token + " 100 1000:100,65536:10000"));
+            r.awaitIdle();
+            assertEquals(List.of("4096:8192", "65536:8192"), punched, "whole 4 KiB blocks only, once each");
+            assertEquals("REFUSED 3 out-of-range", s.handle("NOTICE 3 " + token + " 1 " + (DISK - 4096) + ":8192"));
+            assertEquals("REFUSED 4 stale-fence", s.handle("NOTICE 4 12345 1 0:4096"));
+            assertEquals("REFUSED 5 malformed", s.handle("NOTICE 5 " + token + " 1 0:0"));
+            assertEquals("REFUSED 6 malformed", s.handle("NOTICE 6 " + token + " 1 a:b"));
+            assertTrue(s.handle("NOTICE -1 1 1 0:1").startsWith("ERROR "));
+            assertTrue(s.handle("REBOOT").startsWith("ERROR unknown request"));
+            VmReclaimer.Stats st = r.stats();
+            assertEquals(2, st.notices());
+            assertEquals(16384, st.bytesPunched());
+            assertEquals(100 + 10000 - 8192, st.skipped().get(VmReclaimer.Skipped.PARTIAL_BLOCK));
+            assertTrue(st.refused() >= 6, st.toString());
+        }
+    }
+
+    @Test
+    void aNoticeBelowTheThresholdWaitsUntilTheSumCrossesIt() throws Exception {
+        WriteTracker t = new WriteTracker(WriteTracker.newEpoch());
+        try (VmReclaimer r = reclaimer(t, 0.25)) { // 16 MiB of the 64 MiB disk
+            AgentSession s = new AgentSession(r);
+            s.handle("HELLO vmfuse-agent 1");
+            long token = Long.parseLong(s.handle("FENCE").substring(6));
+            assertEquals("ACK 1", s.handle("NOTICE 1 " + token + " 0 0:" + 8 * M));
+            r.awaitIdle();
+            assertEquals(List.of(), punched);
+            assertEquals(8 * M, r.stats().bytesPending());
+            assertEquals("ACK 2", s.handle("NOTICE 2 " + token + " 0 " + 8 * M + ":" + 8 * M));
+            r.awaitIdle();
+            assertEquals(List.of("0:" + 8 * M, 8 * M + ":" + 8 * M), punched);
+        }
+    }
+
+    @Test
+    void aBadVersionEndsTheSessionAndTooManyErrorsToo() throws Exception {
+        try (VmReclaimer r = reclaimer(new WriteTracker(WriteTracker.newEpoch()), 0.0)) {
+            AgentSession s = new AgentSession(r);
+            assertEquals("ERROR unsupported version 2", s.handle("HELLO vmfuse-agent 2"));
+            assertTrue(s.closed());
+            AgentSession noisy = new AgentSession(r);
+            for (int i = 0; i < AgentSession.MAX_ERRORS; i++) {
+                noisy.handle("garbage");
+            }
+            assertTrue(noisy.closed());
+        }
+    }
+
+    @Test
+    void overARealSocketLongLinesAreRefusedAndTheSessionGoesOn() throws Exception {
+        WriteTracker t = new WriteTracker(WriteTracker.newEpoch());
+        Path sock = dir.resolve("vm1.agent");
+        try (VmReclaimer r = reclaimer(t, 0.0); AgentListener l = AgentListener.start(sock, r, "vm1");
+                SocketChannel c = SocketChannel.open(StandardProtocolFamily.UNIX)) {
+            c.connect(UnixDomainSocketAddress.of(sock));
+            PrintStream out = new PrintStream(Channels.newOutputStream(c), true);
+            BufferedReader in = new BufferedReader(new InputStreamReader(Channels.newInputStream(c)));
+            out.print("HELLO vmfuse-agent 1\n");
+            assertEquals("HELLO vmfuse 1", in.readLine());
+            out.print("X".repeat(10_000) + "\nFENCE\n");
+            assertTrue(in.readLine().startsWith("ERROR line longer than 4096"));
+            assertTrue(in.readLine().startsWith("FENCE "));
+        }
+    }
+
+    /**
+     * The daemon is killed with SIGKILL right after it acknowledged notices below the threshold;
+     * the next start finds them in the log, pending again, and carries them out.
+     */
+    @Test
+    void anAcknowledgedNoticeSurvivesAKillOfTheDaemon() throws Exception {
+        Path logFile = dir.resolve("vm1.notices");
+        Process child = new ProcessBuilder(ProcessHandle.current().info().command().orElse("java"), "-cp",
+                System.getProperty("java.class.path"), Child.class.getName(), logFile.toString())
+                .redirectErrorStream(true).start();
+        try (BufferedReader in = new BufferedReader(new InputStreamReader(child.getInputStream()))) {
+            String line;
+            List<String> acks = new ArrayList<>();
+            long deadline = System.nanoTime() + TimeUnit.SECONDS.toNanos(60);
+            while (acks.size() < 3 && System.nanoTime() < deadline && (line = in.readLine()) != null) {
+                if (line.startsWith("ACK")) {
+                    acks.add(line);
+                }
+            }
+            assertEquals(List.of("ACK 1", "ACK 2", "ACK 3"), acks);
+        } finally {
+            child.destroyForcibly();
+            assertTrue(child.waitFor(30, TimeUnit.SECONDS));
+        }
+        WriteTracker t = new WriteTracker(WriteTracker.newEpoch());
+        try (VmReclaimer r = reclaimer(t, 0.0)) { // restarted with a low threshold: carried out at once
+            r.awaitIdle();
+            assertEquals(List.of("0:" + M, 4 * M + ":" + 4096), punched, "what a write reused is not punched");
+            assertEquals(0, r.stats().bytesPending());
+            AgentSession s = new AgentSession(r);
+            s.handle("HELLO vmfuse-agent 1");
+            assertEquals("ACK 3", s.handle("NOTICE 3 1 1 0:4096"), "what is in the log is acknowledged again");
+        }
+    }
+
+    /** Acknowledges three notices (the third cut whole by a write) with a threshold never reached, then waits. */
+    public static final class Child {
+        public static void main(String[] args) throws Exception {
+            WriteTracker t = new WriteTracker(WriteTracker.newEpoch());
+            ThresholdPolicy never = new ThresholdPolicy(1000, 1000);
+            VmReclaimer r = VmReclaimer.open("vm1", "vm1.raw", () -> DISK, t, never, (o, l) -> l, Path.of(args[0]));
+            AgentSession s = new AgentSession(r);
+            s.handle("HELLO vmfuse-agent 1");
+            long token = Long.parseLong(s.handle("FENCE").substring(6));
+            System.out.println(s.handle("NOTICE 1 " + token + " 0 0:" + M));
+            System.out.println(s.handle("NOTICE 2 " + token + " 0 " + 4 * M + ":8192"));
+            t.beginWrite(4 * M + 4096, 4096); // the guest reuses a block of notice 2
+            t.endWrite();
+            System.out.println(s.handle("NOTICE 3 " + token + " 0 " + 8 * M + ":4096"));
+            t.beginWrite(8 * M, 4096);
+            t.endWrite();
+            System.out.flush();
+            Thread.sleep(60_000);
+        }
+    }
+}
