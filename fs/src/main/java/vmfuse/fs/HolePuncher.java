@@ -21,11 +21,16 @@ public final class HolePuncher {
 
     /** fallocate(PUNCH_HOLE|KEEP_SIZE): the range reads as zeros and holds no blocks. Returns bytes freed. */
     public long punch(int fd, String image, long offset, long length) throws FsException {
+        return punch(fd, image, offset, length, ReleaseLedger.Reason.PUNCH_HOLE);
+    }
+
+    /** As {@link #punch(int, String, long, long)}, counted under {@code reason}. */
+    public long punch(int fd, String image, long offset, long length, ReleaseLedger.Reason reason) throws FsException {
         long before = BackingStore.usage(fd).allocated();
         if (C.fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length) != 0) {
             throw FsException.fromErrno(Native.errno(), "punch hole in", image);
         }
-        return released(fd, image, offset, length, before, ReleaseLedger.Reason.PUNCH_HOLE);
+        return released(fd, image, offset, length, before, reason);
     }
 
     /**

@@ -29,7 +29,9 @@ public final class ReleaseLedger {
     static final String TOTAL = "*total*";
 
     public enum Reason {
-        PUNCH_HOLE("punch-hole"), ZERO_RANGE("zero-range"), TRUNCATE("truncate"), UNLINK("unlink");
+        PUNCH_HOLE("punch-hole"), ZERO_RANGE("zero-range"), TRUNCATE("truncate"), UNLINK("unlink"),
+        /** The reclaimer punched what a guest reported deleted. */
+        RECLAIM("reclaim");
 
         final String label;
 

@@ -2,6 +2,7 @@ package vmfuse.fs;
 
 import static vmfuse.fs.nativeio.Native.*;
 
+import java.io.IOException;
 import java.util.List;
 import java.util.Map;
 import java.util.concurrent.ConcurrentHashMap;
@@ -22,6 +23,7 @@ import vmfuse.fs.nativeio.LibC;
 import vmfuse.fs.nativeio.Native;
 import vmfuse.journal.Durability;
 import vmfuse.journal.JournalStore;
+import vmfuse.reclaimer.WriteTracker;
 
 /**
  * The FUSE callbacks: the namespace of {@link Node}, images passed through to the
@@ -58,6 +60,8 @@ public final class VmFuseFs extends FuseStubFS {
     private final ReleaseLedger ledger;
     /** Open files by fh, which is the backing descriptor (unique while the file is open). */
     private final Map<Long, OpenFile> open = new ConcurrentHashMap<>();
+    /** The write trackers of images VMs' reclaimers watch, by image name (set by the daemon). */
+    private volatile Map<String, WriteTracker> trackers = Map.of();
     /**
      * Images unlinked while open, by the name libfuse hid them under. libfuse 2 keeps an unlinked
      * open file reachable by renaming it to ".fuse_hiddenNNN" (with hard_remove it cannot even
@@ -80,6 +84,16 @@ public final class VmFuseFs extends FuseStubFS {
     }
 
     /** Commits the journal devices (the daemon's timer for devices of durability close). */
+    /** The one place that punches (and counts what it freed). */
+    public HolePuncher puncher() {
+        return puncher;
+    }
+
+    /** The reclaimer's write trackers, by image name: writes to those images go through them. */
+    public void writeTrackers(Map<String, WriteTracker> byImage) {
+        trackers = byImage;
+    }
+
     public void checkpointJournals() throws FsException {
         journals.checkpoint();
     }
@@ -432,7 +446,10 @@ public final class VmFuseFs extends FuseStubFS {
         return 0;
     }
 
-    /** One pwrite (repeated while the backing file accepts part of it). */
+    /**
+     * One pwrite (repeated while the backing file accepts part of it). An image a VM's reclaimer
+     * watches has the write counted by its WriteTracker first (the reclaimer's fence).
+     */
     @Override
     public int write(String path, Pointer buf, long size, long offset, FuseFileInfo fi) {
         if (JournalFiles.owns(fi.fh.get())) {
@@ -445,6 +462,23 @@ public final class VmFuseFs extends FuseStubFS {
         if (offset < 0 || offset > Long.MAX_VALUE - size) {
             return -EFBIG;
         }
+        WriteTracker t = trackers.get(f.name);
+        if (t == null) {
+            return pwrite(f, buf, size, offset);
+        }
+        try {
+            t.beginWrite(offset, size);
+            return pwrite(f, buf, size, offset);
+        } catch (IOException e) {
+            log.error("op=write image={} offset={} size={} errno=EIO the reclaimer could not record that the write "
+                    + "lands on ranges waiting to be punched: {}", f.name, offset, size, e.getMessage());
+            return -EIO;
+        } finally {
+            t.endWrite();
+        }
+    }
+
+    private int pwrite(OpenFile f, Pointer buf, long size, long offset) {
         long done = 0;
         while (done < size) {
             long n = C.pwrite(f.fd, buf.slice(done), size - done, offset + done);
@@ -667,6 +701,10 @@ public final class VmFuseFs extends FuseStubFS {
             if (to.name().startsWith(HIDDEN_PREFIX)) {
                 removeImage(from.name(), to.name()); // libfuse hiding an open file it was asked to unlink
                 return 0;
+            }
+            if (trackers.containsKey(from.name()) || trackers.containsKey(to.name())) {
+                throw new FsException(EBUSY, "image " + (trackers.containsKey(from.name()) ? from.name() : to.name())
+                        + " is a VM's image for the reclaimer (vmfuse vm remove it first)");
             }
             store.rename(from.name(), to.name());
             ledger.renamed(from.name(), to.name());

@@ -51,6 +51,7 @@ public final class VmReclaimer implements AgentSession.Host, WriteTracker.Listen
     private final Puncher puncher;
     private final NoticeLog notices;
     private final ExecutorService reclaim;
+    private volatile Runnable beforeDecision = () -> { };
     // guarded by this
     private long received;
     private long refused;
@@ -151,7 +152,13 @@ public final class VmReclaimer implements AgentSession.Host, WriteTracker.Listen
         }
     }
 
+    /** Runs before each decision: the owner feeds the policy the disk's free space there. */
+    public void beforeDecision(Runnable r) {
+        beforeDecision = r;
+    }
+
     private void decide(long bytes) {
+        beforeDecision.run();
         ThresholdPolicy.Decision d = policy.notice(image, bytes, Math.max(1, diskSize()));
         if (d.reclaim()) {
             reclaim.execute(this::carryOut);

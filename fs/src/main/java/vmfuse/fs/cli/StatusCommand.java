@@ -39,6 +39,9 @@ final class StatusCommand implements Callable<Integer> {
     private void print(String answer, PrintWriter out) throws FsException {
         List<String[]> rows = new ArrayList<>();
         rows.add(new String[] {"IMAGE", "SIZE", "ALLOCATED", "RELEASED", "RELEASES", "OPEN"});
+        List<String[]> vms = new ArrayList<>();
+        vms.add(new String[] {"VM", "IMAGE", "NOTICES", "REFUSED", "PENDING", "PUNCHED", "FREED", "SKIPPED PARTIAL",
+            "SKIPPED WRITTEN", "THRESHOLD"});
         for (String line : answer.split("\n")) {
             String[] f = line.split("\t");
             switch (f[0]) {
@@ -47,10 +50,16 @@ final class StatusCommand implements Callable<Integer> {
                 case "image" -> rows.add(new String[] {f[1], bytes(f[2]), bytes(f[3]), bytes(f[4]), f[5], f[6]});
                 case "total" -> rows.add(new String[] {"total (" + f[1] + " images)", bytes(f[2]), bytes(f[3]),
                     bytes(f[4]), f[5], ""});
+                case "vm" -> vms.add(new String[] {f[1], f[2], f[4], f[5], bytes(f[6]), bytes(f[7]), bytes(f[8]),
+                    bytes(f[9]), bytes(String.valueOf(Long.parseLong(f[10]) + Long.parseLong(f[11]))), f[12]});
                 default -> throw new FsException(Native.EIO, "daemon answered: " + line);
             }
         }
         TextTable.print(out, rows, true);
+        if (vms.size() > 1) {
+            out.println();
+            TextTable.print(out, vms, true, true);
+        }
     }
 
     private String bytes(String s) {

@@ -139,6 +139,8 @@ public final class Daemon {
         }
         try (BackingStore backing = BackingStore.open(store.images()); journals) {
             VmFuseFs fs = new VmFuseFs(backing, ledger, journals, o.journalDurability());
+            Vms vms = Vms.open(store, backing, fs.puncher());
+            fs.writeTrackers(vms.trackers());
             CompletableFuture<Integer> loop = new CompletableFuture<>();
             Thread loopThread = new Thread(() -> {
                 try {
@@ -161,14 +163,16 @@ public final class Daemon {
             });
             saver.scheduleWithFixedDelay(() -> save(ledger, false), 2, 2, TimeUnit.SECONDS);
             saver.scheduleWithFixedDelay(() -> checkpoint(fs), CHECKPOINT_SECONDS, CHECKPOINT_SECONDS, TimeUnit.SECONDS);
+            saver.scheduleWithFixedDelay(vms::observeDisk, 5, 5, TimeUnit.SECONDS);
             try (ControlServer control = new ControlServer(store.socket(),
-                    req -> answer(req, store, mnt, pid, backing, ledger, fs, journals))) {
+                    req -> answer(req, store, mnt, pid, backing, ledger, fs, journals, vms))) {
                 log.info("mounted store={} mountpoint={} pid={} threads={} options={}", store.dir(), mnt, pid, threads,
                         String.join(",", options));
                 int rc = join(loop);
                 log.info("fuse loop ended rc={}", rc);
             } finally {
                 saver.shutdownNow();
+                vms.close();
                 fs.closeAll();
                 try {
                     journals.close(); // commits every device; before the shutdown hook may let the JVM go
@@ -279,14 +283,40 @@ public final class Daemon {
      *   status                              mount, store, image... and total lines (vmfuse status)
      *   journals                            one line per journal device (vmfuse journal list)
      *   journal-create NAME SIZE DURABILITY "ok", or "error REASON" (vmfuse journal create)
+     *   vm-add NAME IMAGE AGENT-SOCKET      "ok", or "error REASON" (vmfuse vm add)
+     *   vm-remove NAME                      "ok", or "error REASON" (vmfuse vm remove)
      * </pre>
      */
     private static String answer(String request, Store store, Path mnt, long pid, BackingStore backing,
-            ReleaseLedger ledger, VmFuseFs fs, JournalStore journals) {
+            ReleaseLedger ledger, VmFuseFs fs, JournalStore journals, Vms vms) {
         String[] f = request.split("\t");
         switch (f[0]) {
             case "status" -> {
-                return status(store, mnt, pid, backing, ledger, fs);
+                StringBuilder out = new StringBuilder(status(store, mnt, pid, backing, ledger, fs));
+                vms.status().forEach(l -> out.append(l).append('\n'));
+                return out.toString();
+            }
+            case "vm-add" -> {
+                if (f.length != 4) {
+                    return "error vm-add takes NAME IMAGE AGENT-SOCKET\n";
+                }
+                try {
+                    vms.add(f[1], f[2], Path.of(f[3]));
+                    return "ok\n";
+                } catch (FsException | IOException | RuntimeException e) {
+                    return "error " + e.getMessage() + "\n";
+                }
+            }
+            case "vm-remove" -> {
+                if (f.length != 2) {
+                    return "error vm-remove takes NAME\n";
+                }
+                try {
+                    vms.remove(f[1]);
+                    return "ok\n";
+                } catch (FsException | IOException e) {
+                    return "error " + e.getMessage() + "\n";
+                }
             }
             case "journals" -> {
                 StringBuilder out = new StringBuilder();

@@ -20,8 +20,10 @@ import vmfuse.fs.nativeio.Native;
  *   STORE/vmfuse.pid     "PID MOUNTPOINT" of that daemon, once its mount is live
  *   STORE/vmfuse.sock    its control socket (status)
  *   STORE/releases.tsv   counts of released bytes per image
- *   STORE/journals.db    the journal devices (MapDB, with its write-ahead log journals.db.wal.N)
- *   STORE/journals.db.redo  the redo log of journal devices in flush mode
+ *   STORE/journals.db    the journal devices (MapDB record store; journals.db.commit during a commit)
+ *   STORE/journals.db.redo.{0,1}  the redo log of journal devices in flush mode
+ *   STORE/vms.tsv        the VMs the reclaimer serves (vmfuse vm add)
+ *   STORE/reclaim/VM.notices  each VM's durable log of deletion notices
  * </pre>
  */
 public record Store(Path dir) {
@@ -44,6 +46,14 @@ public record Store(Path dir) {
 
     public Path journals() {
         return dir.resolve("journals.db");
+    }
+
+    public Path vms() {
+        return dir.resolve("vms.tsv");
+    }
+
+    public Path reclaimDir() {
+        return dir.resolve("reclaim");
     }
 
     public Path ledger() {

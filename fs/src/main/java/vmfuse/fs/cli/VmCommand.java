@@ -1,0 +1,60 @@
+package vmfuse.fs.cli;
+
+import java.nio.file.Path;
+import java.util.concurrent.Callable;
+
+import picocli.CommandLine.Command;
+import picocli.CommandLine.Option;
+import picocli.CommandLine.Parameters;
+
+@Command(name = "vm", mixinStandardHelpOptions = true,
+        description = "VMs whose deleted space the reclaimer gives back while they run (their agents report deletions).",
+        subcommands = {VmCommand.Add.class, VmCommand.Remove.class})
+final class VmCommand {
+
+    @Command(name = "add", mixinStandardHelpOptions = true,
+            description = {"Serve a VM's agent: listen on its agent socket (QEMU's virtio-serial chardev connects to it),",
+                "log its deletion notices durably and punch what it deleted in its image, never what it wrote since.",
+                "Raw images only for now. Per-VM counts are in 'vmfuse status'."},
+            footer = {"", "Example:",
+                "  vmfuse vm add vm1 --image images/vm1.raw --agent-socket /run/vmfuse/vm1.agent /srv/vmfuse",
+                "  qemu-system-x86_64 ... -drive file=/srv/vmfuse/images/vm1.raw,format=raw,if=none,id=d0 \\",
+                "      -device virtio-blk-pci,drive=d0 -chardev socket,id=ag,path=/run/vmfuse/vm1.agent,reconnect=2 \\",
+                "      -device virtio-serial -device virtserialport,chardev=ag,name=vmfuse.agent"})
+    static final class Add implements Callable<Integer> {
+        @Option(names = "--image", required = true, paramLabel = "IMAGE", description = "images/NAME in the mount.")
+        String image;
+
+        @Option(names = "--agent-socket", required = true, paramLabel = "PATH",
+                description = "Unix socket the daemon listens on for the VM's agent (absolute).")
+        Path agentSocket;
+
+        @Parameters(index = "0", paramLabel = "NAME")
+        String name;
+
+        @Parameters(index = "1", paramLabel = "MOUNTPOINT")
+        Path mountPoint;
+
+        @Override
+        public Integer call() throws Exception {
+            DaemonClient.request(mountPoint, "vm-add\t" + name + "\t" + image + "\t" + agentSocket.toAbsolutePath());
+            return 0;
+        }
+    }
+
+    @Command(name = "remove", mixinStandardHelpOptions = true,
+            description = {"Stop serving a VM's agent. Its notice log stays in STORE/reclaim for a later 'vm add'."})
+    static final class Remove implements Callable<Integer> {
+        @Parameters(index = "0", paramLabel = "NAME")
+        String name;
+
+        @Parameters(index = "1", paramLabel = "MOUNTPOINT")
+        Path mountPoint;
+
+        @Override
+        public Integer call() throws Exception {
+            DaemonClient.request(mountPoint, "vm-remove\t" + name);
+            return 0;
+        }
+    }
+}

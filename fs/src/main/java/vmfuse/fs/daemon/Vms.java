@@ -1,0 +1,246 @@
+package vmfuse.fs.daemon;
+
+import static vmfuse.fs.nativeio.Native.*;
+
+import java.io.IOException;
+import java.nio.ByteBuffer;
+import java.nio.channels.FileChannel;
+import java.nio.charset.StandardCharsets;
+import java.nio.file.FileStore;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.nio.file.StandardCopyOption;
+import java.nio.file.StandardOpenOption;
+import java.util.ArrayList;
+import java.util.List;
+import java.util.Map;
+import java.util.TreeMap;
+import java.util.concurrent.ConcurrentHashMap;
+
+import org.slf4j.Logger;
+import org.slf4j.LoggerFactory;
+
+import vmfuse.fs.BackingStore;
+import vmfuse.fs.FsException;
+import vmfuse.fs.HolePuncher;
+import vmfuse.fs.Node;
+import vmfuse.fs.ReleaseLedger;
+import vmfuse.fs.nativeio.LibC;
+import vmfuse.reclaimer.AgentListener;
+import vmfuse.reclaimer.ThresholdPolicy;
+import vmfuse.reclaimer.VmReclaimer;
+import vmfuse.reclaimer.WriteTracker;
+
+/*
+ * The VMs the reclaimer serves (vmfuse vm add/remove), kept in STORE/vms.tsv, one line per VM:
+ * NAME TAB IMAGE TAB AGENT-SOCKET. Each has a WriteTracker on its image (the filesystem routes
+ * the image's writes through it), a VmReclaimer with its notice log STORE/reclaim/NAME.notices,
+ * and an AgentListener on its agent socket. One ThresholdPolicy serves them all, fed the store
+ * disk's free space.
+ *
+ * Raw images only so far: reclaiming a qcow2 image while QEMU runs must go through QEMU (QMP),
+ * which is not built yet, and is refused with that reason.
+ */
+public final class Vms implements AutoCloseable {
+    private static final Logger log = LoggerFactory.getLogger(Vms.class);
+    private static final int QCOW2_MAGIC = 0x514649fb;
+
+    record Vm(String name, String image, Path agentSocket) {}
+
+    private record Running(Vm vm, WriteTracker tracker, VmReclaimer reclaimer, AgentListener listener) {}
+
+    private final Store store;
+    private final BackingStore backing;
+    private final HolePuncher puncher;
+    private final ThresholdPolicy policy;
+    private final long epoch = WriteTracker.newEpoch();
+    private final Map<String, Running> running = new TreeMap<>(); // guarded by this
+    private final Map<String, WriteTracker> trackers = new ConcurrentHashMap<>();
+
+    private Vms(Store store, BackingStore backing, HolePuncher puncher, ThresholdPolicy policy) {
+        this.store = store;
+        this.backing = backing;
+        this.puncher = puncher;
+        this.policy = policy;
+    }
+
+    /** Starts every VM of the registry; one that cannot start is logged and left out. */
+    public static Vms open(Store store, BackingStore backing, HolePuncher puncher) throws IOException {
+        FileStore fs = Files.getFileStore(store.images());
+        Vms v = new Vms(store, backing, puncher, new ThresholdPolicy(fs.getUsableSpace(), fs.getTotalSpace()));
+        if (Files.exists(store.vms())) {
+            for (String line : Files.readAllLines(store.vms(), StandardCharsets.UTF_8)) {
+                String[] f = line.split("\t");
+                if (f.length != 3) {
+                    log.error("vms.tsv: ignoring malformed line '{}'", line);
+                    continue;
+                }
+                try {
+                    v.start(new Vm(f[0], f[1], Path.of(f[2])));
+                } catch (FsException | IOException e) {
+                    log.error("reclaim vm={} not started: {}", f[0], e.getMessage());
+                }
+            }
+        }
+        return v;
+    }
+
+    /** The trackers by image name, for the filesystem's writes (a live view). */
+    public Map<String, WriteTracker> trackers() {
+        return trackers;
+    }
+
+    /** Registers a VM and starts serving its agent. */
+    public synchronized void add(String name, String image, Path agentSocket) throws FsException, IOException {
+        Node.checkName(name);
+        if (image.startsWith(Node.IMAGES + "/")) {
+            image = image.substring(Node.IMAGES.length() + 1);
+        }
+        Node.checkName(image);
+        if (running.containsKey(name)) {
+            throw new FsException(EEXIST, "vm " + name + " exists");
+        }
+        for (Running r : running.values()) {
+            if (r.vm().image().equals(image)) {
+                throw new FsException(EBUSY, "image " + image + " is vm " + r.vm().name() + "'s");
+            }
+            if (r.vm().agentSocket().equals(agentSocket.toAbsolutePath().normalize())) {
+                throw new FsException(EBUSY, "agent socket " + agentSocket + " is vm " + r.vm().name() + "'s");
+            }
+        }
+        if (!agentSocket.isAbsolute()) {
+            throw new FsException(EINVAL, "the agent socket must be an absolute path, not " + agentSocket);
+        }
+        start(new Vm(name, image, agentSocket.normalize()));
+        save();
+        log.info("vm add vm={} image={} agent_socket={}", name, image, agentSocket);
+    }
+
+    /** Stops serving a VM and forgets it (its notice log is kept). */
+    public synchronized void remove(String name) throws FsException, IOException {
+        Running r = running.remove(name);
+        if (r == null) {
+            throw new FsException(ENOENT, "no vm " + name);
+        }
+        stop(r);
+        save();
+        log.info("vm remove vm={}", name);
+    }
+
+    private void start(Vm vm) throws FsException, IOException {
+        BackingStore.Usage u = backing.usage(vm.image());
+        if (u == null) {
+            throw new FsException(ENOENT, "no image " + vm.image() + " in " + store.images());
+        }
+        if (isQcow2(vm.image())) {
+            throw new FsException(EOPNOTSUPP, "image " + vm.image() + " is qcow2: reclaiming qcow2 while QEMU runs goes "
+                    + "through QMP, which this vmfuse does not have yet (raw images only)");
+        }
+        WriteTracker tracker = new WriteTracker(epoch);
+        String image = vm.image();
+        Files.createDirectories(store.reclaimDir());
+        VmReclaimer reclaimer = VmReclaimer.open(vm.name(), image, () -> {
+            BackingStore.Usage now = backing.usage(image);
+            return now == null ? 0 : now.size();
+        }, tracker, policy, (off, len) -> punch(image, off, len), store.reclaimDir().resolve(vm.name() + ".notices"));
+        reclaimer.beforeDecision(this::observeDisk);
+        AgentListener listener;
+        try {
+            listener = AgentListener.start(vm.agentSocket(), reclaimer, vm.name());
+        } catch (IOException e) {
+            reclaimer.close();
+            throw e;
+        }
+        trackers.put(image, tracker);
+        running.put(vm.name(), new Running(vm, tracker, reclaimer, listener));
+    }
+
+    private long punch(String image, long offset, long length) throws IOException {
+        try {
+            int fd = backing.openImage(image, O_WRONLY);
+            try {
+                return puncher.punch(fd, image, offset, length, ReleaseLedger.Reason.RECLAIM);
+            } finally {
+                LibC.INSTANCE.close(fd);
+            }
+        } catch (FsException e) {
+            throw new IOException(e.getMessage(), e);
+        }
+    }
+
+    private boolean isQcow2(String image) throws FsException {
+        int fd = backing.openImage(image, O_RDONLY);
+        try {
+            jnr.ffi.Pointer b = jnr.ffi.Memory.allocate(jnr.ffi.Runtime.getSystemRuntime(), 4);
+            return LibC.INSTANCE.pread(fd, b, 4, 0) == 4 && Integer.reverseBytes(b.getInt(0)) == QCOW2_MAGIC;
+        } finally {
+            LibC.INSTANCE.close(fd);
+        }
+    }
+
+    private void stop(Running r) {
+        trackers.remove(r.vm().image());
+        try {
+            r.listener().close();
+        } catch (IOException e) {
+            log.warn("reclaim vm={}: closing its agent socket: {}", r.vm().name(), e.getMessage());
+        }
+        try {
+            r.reclaimer().close();
+        } catch (IOException e) {
+            log.warn("reclaim vm={}: closing its notice log: {}", r.vm().name(), e.getMessage());
+        }
+    }
+
+    /** Writes vms.tsv anew (a new file, forced, renamed over the old one). */
+    private void save() throws IOException {
+        StringBuilder b = new StringBuilder();
+        for (Running r : running.values()) {
+            b.append(r.vm().name()).append('\t').append(r.vm().image()).append('\t').append(r.vm().agentSocket())
+                    .append('\n');
+        }
+        Path tmp = store.vms().resolveSibling("vms.tsv.tmp");
+        try (FileChannel ch = FileChannel.open(tmp, StandardOpenOption.CREATE, StandardOpenOption.WRITE,
+                StandardOpenOption.TRUNCATE_EXISTING)) {
+            ch.write(ByteBuffer.wrap(b.toString().getBytes(StandardCharsets.UTF_8)));
+            ch.force(true);
+        }
+        Files.move(tmp, store.vms(), StandardCopyOption.ATOMIC_MOVE, StandardCopyOption.REPLACE_EXISTING);
+    }
+
+    /** Feeds the policy the store disk's free space (the daemon's timer). */
+    public void observeDisk() {
+        try {
+            FileStore fs = Files.getFileStore(store.images());
+            policy.observeDisk(fs.getUsableSpace(), fs.getTotalSpace());
+        } catch (IOException e) {
+            log.warn("reclaim: cannot stat the store's disk: {}", e.getMessage());
+        }
+    }
+
+    /**
+     * One line per VM for `vmfuse status`: vm NAME IMAGE SOCKET notices refused pending punched freed
+     * skipped-partial skipped-after-fence skipped-written-while-pending threshold.
+     */
+    public synchronized List<String> status() {
+        List<String> out = new ArrayList<>();
+        for (Running r : running.values()) {
+            VmReclaimer.Stats s = r.reclaimer().stats();
+            out.add(String.join("\t", "vm", r.vm().name(), r.vm().image(), r.vm().agentSocket().toString(),
+                    "" + s.notices(), "" + s.refused(), "" + s.bytesPending(), "" + s.bytesPunched(), "" + s.bytesFreed(),
+                    "" + s.skipped().getOrDefault(VmReclaimer.Skipped.PARTIAL_BLOCK, 0L),
+                    "" + s.skipped().getOrDefault(VmReclaimer.Skipped.WRITTEN_AFTER_FENCE, 0L),
+                    "" + s.skipped().getOrDefault(VmReclaimer.Skipped.WRITTEN_WHILE_PENDING, 0L),
+                    String.format("%.4f", policy.threshold())));
+        }
+        return out;
+    }
+
+    @Override
+    public synchronized void close() {
+        for (Running r : running.values()) {
+            stop(r);
+        }
+        running.clear();
+    }
+}

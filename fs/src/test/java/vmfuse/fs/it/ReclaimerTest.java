@@ -1,0 +1,151 @@
+package vmfuse.fs.it;
+
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+import java.io.BufferedReader;
+import java.io.InputStreamReader;
+import java.io.PrintStream;
+import java.net.StandardProtocolFamily;
+import java.net.UnixDomainSocketAddress;
+import java.nio.channels.Channels;
+import java.nio.channels.SocketChannel;
+import java.nio.file.Files;
+import java.nio.file.Path;
+
+import org.junit.jupiter.api.Tag;
+import org.junit.jupiter.api.Test;
+
+/**
+ * The reclaimer through a real mount: `vmfuse vm add`, an agent speaking the protocol on the VM's
+ * socket (this test plays the guest's side), the fence against the guest's writes, hostile
+ * notices, `vmfuse status`.
+ */
+@Tag("integration")
+class ReclaimerTest {
+    static final long M = 1 << 20;
+
+    /** The guest's end of the agent socket. */
+    static final class Agent implements AutoCloseable {
+        final SocketChannel c;
+        final PrintStream out;
+        final BufferedReader in;
+
+        Agent(Path socket) throws Exception {
+            c = SocketChannel.open(StandardProtocolFamily.UNIX);
+            c.connect(UnixDomainSocketAddress.of(socket));
+            out = new PrintStream(Channels.newOutputStream(c), true);
+            in = new BufferedReader(new InputStreamReader(Channels.newInputStream(c)));
+            assertEquals("HELLO vmfuse 1", ask("HELLO vmfuse-agent 1"));
+        }
+
+        String ask(String line) throws Exception {
+            out.print(line + "\n");
+            out.flush();
+            return in.readLine();
+        }
+
+        long fence() throws Exception {
+            String a = ask("FENCE");
+            assertTrue(a.startsWith("FENCE "), a);
+            return Long.parseLong(a.substring(6));
+        }
+
+        @Override
+        public void close() throws Exception {
+            c.close();
+        }
+    }
+
+    private static void dd(Path img, long offsetMiB, long countMiB, String src) {
+        Proc.ok("dd", "if=" + src, "of=" + img, "bs=1M", "seek=" + offsetMiB, "count=" + countMiB, "conv=notrunc,fsync",
+                "status=none");
+    }
+
+    private static String sha(Path img, long offset, long length) {
+        return Proc.ok("sh", "-c", "dd if=" + img + " bs=4096 skip=" + offset / 4096 + " count=" + length / 4096
+                + " status=none | sha256sum").out().split(" ")[0];
+    }
+
+    private static void waitFor(java.util.function.BooleanSupplier done, java.util.function.Supplier<String> what)
+            throws InterruptedException {
+        long deadline = System.nanoTime() + 30_000_000_000L;
+        while (!done.getAsBoolean()) {
+            assertTrue(System.nanoTime() < deadline, () -> "not within 30 s: " + what.get());
+            Thread.sleep(100);
+        }
+    }
+
+    @Test
+    void deletedRangesArePunchedAndWhatTheGuestWroteAfterTheFenceIsNot() throws Exception {
+        try (Mounted m = Mounted.onTmpfs("320m")) {
+            Path img = m.image("vm1.raw");
+            Proc.ok("truncate", "-s", "80M", img.toString());
+            dd(img, 0, 80, "/dev/urandom");
+            Path sock = m.root.resolve("vm1.agent");
+            m.vmfuse("vm", "add", "vm1", "--image", "images/vm1.raw", "--agent-socket", sock.toString(),
+                    m.mnt.toString()).assertOk();
+            long before = Disk.allocated(m.backing("vm1.raw"));
+            try (Agent a = new Agent(sock)) {
+                long token = a.fence();
+                dd(img, 40, 1, "/dev/urandom"); // the guest reuses a block of the file it deleted, after the fence
+                String reused = sha(img, 40 * M, M);
+                String kept = sha(img, 72 * M, 8 * M);
+                // the file: 64 MiB from 8 MiB, reported with a ragged start and end
+                assertEquals("ACK 1", a.ask("NOTICE 1 " + token + " " + 64 * M + " " + (8 * M - 100) + ":" + (64 * M + 200)));
+                waitFor(() -> before - Disk.allocated(m.backing("vm1.raw")) >= 63 * M - 200_000,
+                        () -> "allocation drops by the 63 MiB not rewritten: " + before + " -> "
+                                + Disk.allocated(m.backing("vm1.raw")) + "\n" + m.log());
+                assertEquals(reused, sha(img, 40 * M, M), "the block written after the fence is intact");
+                assertEquals(kept, sha(img, 72 * M, 8 * M));
+                assertEquals(sha(Path.of("/dev/zero"), 0, M), sha(img, 20 * M, M), "a punched range reads as zeros");
+
+                // a hostile guest: out of its disk, a stale token, garbage
+                assertEquals("REFUSED 2 out-of-range", a.ask("NOTICE 2 " + a.fence() + " 1 " + 79 * M + ":" + 2 * M));
+                assertEquals("REFUSED 3 stale-fence", a.ask("NOTICE 3 42 1 0:4096"));
+                assertTrue(a.ask("NOTICE; rm -rf /").startsWith("ERROR"));
+                assertEquals(kept, sha(img, 72 * M, 8 * M));
+            }
+            String status = m.vmfuse("status", m.mnt.toString()).assertOk().out();
+            assertTrue(status.lines().anyMatch(l -> l.matches("vm1 +vm1\\.raw +1 +[3-9] +0 +6\\d{7} +6\\d{7} +.*")), status);
+            assertTrue(m.log().contains("reclaim vm=vm1 image=vm1.raw punched seq=1"), m.log());
+            assertTrue(m.log().contains("reason=out-of-range"), m.log());
+
+            Proc.Result mv = Proc.run("mv", img.toString(), m.image("other.raw").toString());
+            assertTrue(!mv.ok() && mv.err().contains("busy"), mv.describe());
+            m.vmfuse("vm", "remove", "vm1", m.mnt.toString()).assertOk();
+            assertTrue(!Files.exists(sock));
+        }
+    }
+
+    @Test
+    void aNoticeWaitingBelowTheThresholdIsCutByAWriteAndSurvivesARestart() throws Exception {
+        try (Mounted m = Mounted.create()) {
+            Path img = m.image("vm2.raw");
+            Proc.ok("truncate", "-s", "1G", img.toString());
+            dd(img, 0, 16, "/dev/urandom");
+            Path sock = m.root.resolve("vm2.agent");
+            m.vmfuse("vm", "add", "vm2", "--image", "vm2.raw", "--agent-socket", sock.toString(), m.mnt.toString())
+                    .assertOk();
+            try (Agent a = new Agent(sock)) {
+                // 8 MiB of a 1 GiB disk: below any threshold the host disk's free fraction gives
+                assertEquals("ACK 1", a.ask("NOTICE 1 " + a.fence() + " 0 0:" + 8 * M));
+            }
+            dd(img, 2, 1, "/dev/urandom"); // the guest reuses 1 MiB of it while the notice waits
+            String reused = sha(img, 2 * M, M);
+            long pid = m.daemonPid().orElseThrow();
+            ProcessHandle.of(pid).ifPresent(Proc::kill); // kill -9
+            m.mount("--force");
+            assertTrue(m.log().contains("reclaim vm=vm2 image=vm2.raw restored pending=" + 7 * M), m.log());
+            assertEquals(reused, sha(img, 2 * M, M));
+            Proc.Result bad = m.vmfuse("vm", "add", "vm3", "--image", "nothere.raw", "--agent-socket",
+                    m.root.resolve("x.agent").toString(), m.mnt.toString());
+            assertEquals(1, bad.exit(), bad.describe());
+            assertTrue(bad.err().contains("no image nothere.raw"), bad.describe());
+            Proc.ok("qemu-img", "create", "-q", "-f", "qcow2", m.image("q.qcow2").toString(), "64M");
+            Proc.Result q = m.vmfuse("vm", "add", "vm4", "--image", "q.qcow2", "--agent-socket",
+                    m.root.resolve("q.agent").toString(), m.mnt.toString());
+            assertTrue(q.err().contains("is qcow2"), q.describe());
+        }
+    }
+}
