@@ -10,7 +10,7 @@ PACKAGES="
   qemu-utils qemu-system-x86
   e2fsprogs xfsprogs util-linux
   fio bindfs strace python3
-  busybox-static linux-image-amd64 cpio kmod
+  busybox-static linux-image-amd64 cpio kmod inotify-tools
 "
 
 missing=""

@@ -1,7 +1,8 @@
 #!/bin/sh
 # Builds the test guest from Debian packages only: the host's kernel (linux-image-amd64), an
 # initramfs with busybox-static, the modules for virtio disks and ext4, the host's e2fsprogs,
-# util-linux and xfsprogs tools with the libraries ldd names, and guest-tools/.
+# util-linux and xfsprogs tools and inotifywait (Debian's busybox-static has no inotifyd) with
+# the libraries ldd names, and guest-tools/.
 # Output: $GUEST_OUT (default test-images/build): vmlinuz, initramfs.gz, inputs.sha256.
 # The build is skipped when its inputs (this script, init, the kernel, modules, binaries,
 # guest-tools) are unchanged.
@@ -20,7 +21,7 @@ for m in virtio_pci virtio_blk virtio_console crc32c_generic ext4; do
     done
 done
 tools="/usr/sbin/mke2fs /usr/sbin/e2fsck /usr/sbin/debugfs /usr/sbin/dumpe2fs /usr/sbin/filefrag
-       /usr/sbin/fstrim /usr/sbin/blkdiscard /usr/sbin/xfs_io"
+       /usr/sbin/fstrim /usr/sbin/blkdiscard /usr/sbin/xfs_io /usr/bin/inotifywait"
 gt=$(find "$repo/guest-tools" -type f 2>/dev/null | sort)
 
 stamp=$( (cat "$0" "$here/init"; sha256sum "$kernel" /bin/busybox $modules $tools $gt) | sha256sum | cut -d' ' -f1)

@@ -44,7 +44,7 @@ public final class AgentSession {
             return error("line longer than " + MAX_LINE + " bytes");
         }
         String[] f = line.split(" ", -1);
-        if (!greeted) {
+        if (f[0].equals("HELLO") || !greeted) { // a HELLO may come again: the agent greets before each batch
             if (f.length == 3 && f[0].equals("HELLO") && f[1].equals("vmfuse-agent")) {
                 if (!f[2].equals(String.valueOf(VERSION))) {
                     closed = true;

@@ -45,6 +45,7 @@ class AgentSessionTest {
             AgentSession s = new AgentSession(r);
             assertTrue(s.handle("FENCE").startsWith("ERROR the first line must be HELLO"));
             assertEquals("HELLO vmfuse 1", s.handle("HELLO vmfuse-agent 1"));
+            assertEquals("HELLO vmfuse 1", s.handle("HELLO vmfuse-agent 1"), "greeting again is fine");
             String fence = s.handle("FENCE");
             long token = Long.parseLong(fence.substring(6));
             assertEquals("ACK 1", s.handle("NOTICE 1 " + token + " 8192 4096:8192"));

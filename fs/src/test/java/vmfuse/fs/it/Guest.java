@@ -47,6 +47,11 @@ final class Guest {
 
     /** Boots with {@code drives} (QEMU -drive specs: /dev/vda, /dev/vdb...) and {@code script} to run; returns at once. */
     static Running start(Path work, String script, String... drives) throws IOException {
+        return start(work, script, List.of(), drives);
+    }
+
+    /** As {@link #start(Path, String, String...)}, with more QEMU arguments (devices, chardevs) before the drives. */
+    static Running start(Path work, String script, List<String> qemuArgs, String... drives) throws IOException {
         Path scriptDisk = Files.createTempFile(work, "script", ".img");
         Files.writeString(scriptDisk, "#vmfuse-script\n" + script + "\n", StandardCharsets.UTF_8);
         Proc.ok("truncate", "-s", "64k", scriptDisk.toString());
@@ -56,6 +61,7 @@ final class Guest {
                 "-serial", "file:" + console,
                 "-kernel", BUILD.resolve("vmlinuz").toString(), "-initrd", BUILD.resolve("initramfs.gz").toString(),
                 "-append", "console=ttyS0 quiet panic=-1"));
+        cmd.addAll(qemuArgs);
         for (String d : drives) {
             cmd.add("-drive");
             cmd.add(d);

@@ -1,0 +1,104 @@
+package vmfuse.fs.it;
+
+import static org.junit.jupiter.api.Assertions.assertTrue;
+import static org.junit.jupiter.api.Assertions.fail;
+
+import java.nio.file.Path;
+import java.util.List;
+import java.util.concurrent.TimeUnit;
+
+import org.junit.jupiter.api.BeforeAll;
+import org.junit.jupiter.api.Tag;
+import org.junit.jupiter.api.Test;
+
+/**
+ * The reclaimer end to end: a guest whose disk cannot discard (virtio-blk discard=off, so fstrim
+ * fails in it) runs guest-tools/vmfuse-agent; it writes 64 MiB, deletes it, and the image's
+ * allocation on the host drops while the VM runs; the guest's fsck is clean and its other files
+ * unchanged.
+ */
+@Tag("integration")
+class ReclaimE2ETest {
+    static final long MiB = 1 << 20;
+
+    @BeforeAll
+    static void buildGuest() {
+        Guest.build();
+    }
+
+    private static final String SCRIPT = String.join("\n",
+            "DATA=",
+            "for d in /dev/vd?; do [ \"$(head -c 14 $d)\" = \"#vmfuse-script\" ] || DATA=$d; done",
+            "/usr/sbin/mke2fs -q -F -t ext4 -b 4096 -E nodiscard $DATA",
+            "mount -t ext4 $DATA /mnt",
+            "mkdir /mnt/data",
+            "if /usr/sbin/fstrim /mnt 2>/dev/null; then echo 'fstrim worked: this disk discards'; exit 1; fi",
+            "echo 'fstrim refused: no discard'",
+            "/guest-tools/vmfuse-agent --watch /mnt/data --state /mnt/.agent 2>/tmp/agent.log &",
+            "while [ ! -f /mnt/.agent/ready ]; do sleep 1; done",
+            "for i in 1 2 3; do dd if=/dev/urandom of=/mnt/data/keep$i bs=64k count=16 2>/dev/null; done",
+            "dd if=/dev/urandom of=/mnt/data/big bs=1M count=64 2>/dev/null",
+            "sync",
+            "n=0; while [ $(ls /mnt/.agent/index | wc -l) -lt 4 ] && [ $n -lt 60 ]; do sleep 1; n=$((n+1)); done",
+            "sha256sum /mnt/data/keep* > /tmp/sums",
+            "echo 'vmfuse-guest: before delete'",
+            "sleep 2",
+            "rm /mnt/data/big",
+            "sync",
+            "n=0; while [ -n \"$(ls /mnt/.agent/queue)\" ] && [ $n -lt 90 ]; do sleep 1; n=$((n+1)); done",
+            "cat /tmp/agent.log",
+            "[ -z \"$(ls /mnt/.agent/queue)\" ] || { echo 'the notice was not acknowledged'; exit 1; }",
+            "echo 'vmfuse-guest: notice acknowledged'",
+            "sleep 3",
+            "killall inotifywait vmfuse-agent sleep 2>/dev/null || true",
+            "sleep 1",
+            "umount /mnt",
+            "/usr/sbin/e2fsck -fn $DATA",
+            "mount -t ext4 $DATA /mnt",
+            "sha256sum -c /tmp/sums",
+            "umount /mnt");
+
+    @Test
+    void aGuestThatCannotDiscardGetsItsDeletedSpaceBackWhileItRuns() throws Exception {
+        // a store of its own: its free fraction, hence the reclaim threshold, does not depend on the host
+        try (Mounted m = Mounted.onTmpfs("400m")) {
+            Path img = m.image("vm.raw");
+            Proc.ok("truncate", "-s", "96M", img.toString());
+            Path sock = m.root.resolve("vm.agent");
+            m.vmfuse("vm", "add", "vm", "--image", "images/vm.raw", "--agent-socket", sock.toString(),
+                    m.mnt.toString()).assertOk();
+            List<String> devices = List.of(
+                    "-drive", "file=" + img + ",format=raw,if=none,id=d0,discard=unmap,cache=writeback",
+                    "-device", "virtio-blk-pci,drive=d0,discard=off",
+                    "-chardev", "socket,id=ag,path=" + sock + ",reconnect=1",
+                    "-device", "virtio-serial", "-device", "virtserialport,chardev=ag,name=vmfuse.agent");
+            long before = -1;
+            try (Guest.Running g = Guest.start(m.root, SCRIPT, devices)) {
+                long deadline = System.nanoTime() + TimeUnit.SECONDS.toNanos(300);
+                while (g.qemu().isAlive() && System.nanoTime() < deadline) {
+                    if (before < 0 && g.console().contains("vmfuse-guest: before delete")) {
+                        before = Disk.allocated(m.backing("vm.raw"));
+                    }
+                    Thread.sleep(200);
+                }
+                String out = g.console();
+                if (g.qemu().isAlive() || !out.contains("vmfuse-guest: exit 0")) {
+                    fail("guest failed or did not finish; console:\n" + Proc.tail(out) + "\n" + m.log());
+                }
+                assertTrue(out.contains("fstrim refused"), out);
+                // the script runs with sh -e: reaching exit 0 means e2fsck -fn found nothing and every sum matched
+                assertTrue(out.contains("Pass 5: Checking group summary information"), Proc.tail(out));
+                assertTrue(out.contains("/mnt/data/keep3: OK"), Proc.tail(out));
+            }
+            assertTrue(before > 64 * MiB, "allocated before the delete: " + before);
+            long deadline = System.nanoTime() + TimeUnit.SECONDS.toNanos(30);
+            long now = Disk.allocated(m.backing("vm.raw"));
+            while (before - now < 0.9 * 64 * MiB && System.nanoTime() < deadline) {
+                Thread.sleep(200);
+                now = Disk.allocated(m.backing("vm.raw"));
+            }
+            assertTrue(before - now >= 0.9 * 64 * MiB, "allocation " + before + " -> " + now + "\n" + m.log());
+            assertTrue(m.log().contains("reclaim vm=vm image=vm.raw punched seq=1"), m.log());
+        }
+    }
+}
