@@ -58,6 +58,30 @@ public final class HolePuncher {
         return released(fd, image, offset, length, before, ReleaseLedger.Reason.ZERO_RANGE);
     }
 
+    /**
+     * Punches a range of a file of the store itself (the journal store's freed pages): false if
+     * its filesystem cannot punch.
+     */
+    public static boolean punchStoreFile(java.nio.file.Path file, long offset, long length) throws java.io.IOException {
+        int fd = C.open(file.toString(), O_WRONLY | O_NOFOLLOW | O_CLOEXEC, 0);
+        if (fd < 0) {
+            throw new java.io.IOException("cannot open " + file + ": " + Native.strerror(Native.errno()));
+        }
+        try {
+            if (C.fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length) == 0) {
+                return true;
+            }
+            int err = Native.errno();
+            if (err == EOPNOTSUPP) {
+                return false;
+            }
+            throw new java.io.IOException("cannot punch " + file + " at " + offset + "+" + length + ": "
+                    + Native.strerror(err));
+        } finally {
+            C.close(fd);
+        }
+    }
+
     /** ftruncate, counting what a shrink released. */
     public void truncate(int fd, String image, long size) throws FsException {
         BackingStore.Usage before = BackingStore.usage(fd);

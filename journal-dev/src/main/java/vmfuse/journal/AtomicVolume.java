@@ -35,28 +35,47 @@ import org.mapdb.volume.Volume;
  *   - opening finds a complete commit file (its checksum holds) and writes it into FILE again
  *     (idempotent); an incomplete one was never applied, and is dropped.
  *
- * Commit file, little-endian: magic "VJPC" u32 | version u32 = 1 | length u64 | pages u32 |
- * then per page: page number u64 | 4096 bytes | then crc32c of everything before, u32.
+ * Commit file, little-endian: magic "VJPC" u32 | version u32 = 2 | length u64 | pages u32 |
+ * then per page: page number u64, with bit 63 set for a page of zeros, else followed by its
+ * 4096 bytes | then crc32c of everything before, u32.
+ *
+ * Pages of zeros: the journal store zeroes a block's record before it deletes it, so a deleted
+ * device, a punch or a shrink leaves whole pages of zeros, which are punched out of FILE (with
+ * the HolePunch the owner gives) instead of written: the store's size on disk goes down. In
+ * memory such a page is one shared marker, so deleting a large device costs little heap.
  *
  * Memory: the pages changed since the last sync, so the owner syncs every few MiB of changes.
  * Thread-safe (every method holds the monitor).
  */
-final class AtomicVolume extends Volume {
+public final class AtomicVolume extends Volume {
     static final int PAGE = 4096;
     private static final int MAGIC = 0x4350_4A56; // "VJPC"
-    private static final int VERSION = 1;
+    private static final int VERSION = 2;
     private static final int HEADER = 20;
+    private static final long ZERO_FLAG = 1L << 63;
+    /** The marker of a dirty page of zeros (never written to). */
+    private static final byte[] ZERO_PAGE = new byte[PAGE];
+
+    /**
+     * Frees a byte range of a file (fallocate PUNCH_HOLE|KEEP_SIZE); the fs module gives one.
+     * False if the file's filesystem cannot punch: the zeros are then written.
+     */
+    public interface HolePunch {
+        boolean punch(Path file, long offset, long length) throws IOException;
+    }
 
     private final Path file;
     private final Path commitFile;
     private final FileChannel main;
+    private final HolePunch holes;
     private final TreeMap<Long, byte[]> dirty = new TreeMap<>();
     /** Length as MapDB sees it; FILE is cut or extended to it at sync. */
     private long length;
     private long fileLength;
 
-    private AtomicVolume(Path file, FileChannel main) throws IOException {
+    private AtomicVolume(Path file, FileChannel main, HolePunch holes) throws IOException {
         this.file = file;
+        this.holes = holes;
         this.commitFile = commitFile(file);
         this.main = main;
         this.fileLength = main.size();
@@ -69,54 +88,89 @@ final class AtomicVolume extends Volume {
 
     /**
      * Finishes a commit a crash interrupted: if FILE.commit is complete, writes its pages into
-     * FILE; an incomplete one is deleted. Returns the pages applied (0 if none).
+     * FILE (pages of zeros punched with {@code holes}, or written if it is null); an incomplete
+     * one is deleted. Returns the pages applied (0 if none).
      */
-    static int recover(Path file) throws IOException {
+    static int recover(Path file, HolePunch holes) throws IOException {
         Path cf = commitFile(file);
         if (!Files.exists(cf)) {
             return 0;
         }
         byte[] log = Files.readAllBytes(cf);
-        int applied = -1;
+        int applied = 0;
         if (log.length >= HEADER + 4) {
             ByteBuffer b = ByteBuffer.wrap(log).order(ByteOrder.LITTLE_ENDIAN);
-            int magic = b.getInt();
-            int version = b.getInt();
-            long len = b.getLong();
-            int pages = b.getInt();
-            long expect = HEADER + (long) pages * (8 + PAGE) + 4;
-            if (magic == MAGIC && version == VERSION && pages >= 0 && expect == log.length) {
-                CRC32C crc = new CRC32C();
-                crc.update(log, 0, log.length - 4);
-                if ((int) crc.getValue() == b.getInt(log.length - 4)) {
-                    try (FileChannel ch = FileChannel.open(file, StandardOpenOption.WRITE)) {
-                        for (int i = 0; i < pages; i++) {
-                            long page = b.getLong();
-                            writeFully(ch, ByteBuffer.wrap(log, b.position(), PAGE), page * PAGE);
-                            b.position(b.position() + PAGE);
-                        }
-                        if (ch.size() != len) {
-                            ch.truncate(len);
-                            if (ch.size() < len) {
-                                writeFully(ch, ByteBuffer.allocate(1), len - 1);
-                            }
-                        }
-                        ch.force(true);
+            CRC32C crc = new CRC32C();
+            crc.update(log, 0, log.length - 4);
+            if (b.getInt(0) == MAGIC && b.getInt(4) == VERSION && (int) crc.getValue() == b.getInt(log.length - 4)) {
+                long len = b.getLong(8);
+                int pages = b.getInt(16);
+                TreeMap<Long, byte[]> changes = new TreeMap<>();
+                b.position(HEADER);
+                for (int i = 0; i < pages; i++) {
+                    long entry = b.getLong();
+                    if ((entry & ZERO_FLAG) != 0) {
+                        changes.put(entry & ~ZERO_FLAG, ZERO_PAGE);
+                    } else {
+                        changes.put(entry, Arrays.copyOfRange(log, b.position(), b.position() + PAGE));
+                        b.position(b.position() + PAGE);
                     }
-                    applied = pages;
                 }
+                if (b.position() != log.length - 4) {
+                    throw new IOException("commit file " + cf + " is inconsistent: " + pages + " pages end at "
+                            + b.position() + " of " + log.length + "; it is left as it is");
+                }
+                try (FileChannel ch = FileChannel.open(file, StandardOpenOption.WRITE)) {
+                    apply(file, ch, changes, len, holes);
+                }
+                applied = pages;
             }
         }
         Files.delete(cf);
-        return Math.max(applied, 0);
+        return applied;
+    }
+
+    /** Writes {@code changes} into the file, punches its runs of zero pages, sets its length, forces it. */
+    private static void apply(Path file, FileChannel ch, TreeMap<Long, byte[]> changes, long length, HolePunch holes)
+            throws IOException {
+        long runStart = -1;
+        long runEnd = -1;
+        for (Map.Entry<Long, byte[]> e : changes.entrySet()) {
+            long pos = e.getKey() * PAGE;
+            if (e.getValue() == ZERO_PAGE && holes != null) {
+                if (pos != runEnd) {
+                    punchRun(ch, file, holes, runStart, runEnd);
+                    runStart = pos;
+                }
+                runEnd = pos + PAGE;
+            } else {
+                writeFully(ch, ByteBuffer.wrap(e.getValue()), pos);
+            }
+        }
+        if (ch.size() > length) {
+            ch.truncate(length);
+        } else if (ch.size() < length) {
+            writeFully(ch, ByteBuffer.allocate(1), length - 1);
+        }
+        punchRun(ch, file, holes, runStart, Math.min(runEnd, length));
+        ch.force(true);
+    }
+
+    private static void punchRun(FileChannel ch, Path file, HolePunch holes, long start, long end) throws IOException {
+        if (start >= 0 && end > start && !holes.punch(file, start, end - start)) {
+            ByteBuffer zeros = ByteBuffer.allocate(PAGE);
+            for (long pos = start; pos < end; pos += PAGE) {
+                writeFully(ch, zeros.clear(), pos);
+            }
+        }
     }
 
     /** Opens FILE (created if absent), after {@link #recover}. */
-    static AtomicVolume open(Path file) throws IOException {
-        recover(file);
+    static AtomicVolume open(Path file, HolePunch holes) throws IOException {
+        recover(file, holes);
         FileChannel ch = FileChannel.open(file, StandardOpenOption.CREATE, StandardOpenOption.READ,
                 StandardOpenOption.WRITE);
-        return new AtomicVolume(file, ch);
+        return new AtomicVolume(file, ch, holes);
     }
 
     private static void writeFully(FileChannel ch, ByteBuffer b, long pos) throws IOException {
@@ -128,7 +182,10 @@ final class AtomicVolume extends Volume {
     /** The page as it reads now, for writing: copied into {@code dirty} on first touch. */
     private byte[] pageForWrite(long page) {
         byte[] p = dirty.get(page);
-        if (p == null) {
+        if (p == ZERO_PAGE) {
+            p = new byte[PAGE];
+            dirty.put(page, p);
+        } else if (p == null) {
             p = new byte[PAGE];
             readPage(page, p);
             dirty.put(page, p);
@@ -160,11 +217,30 @@ final class AtomicVolume extends Volume {
             long pos = offset + done;
             int in = (int) (pos % PAGE);
             int n = Math.min(PAGE - in, srcSize - done);
-            byte[] page = n == PAGE ? dirty.computeIfAbsent(pos / PAGE, k -> new byte[PAGE]) : pageForWrite(pos / PAGE);
-            System.arraycopy(src, srcPos + done, page, in, n);
+            long pageNo = pos / PAGE;
+            if (n == PAGE && isZero(src, srcPos + done, PAGE)) {
+                dirty.put(pageNo, ZERO_PAGE);
+            } else if (n == PAGE) {
+                byte[] page = dirty.get(pageNo);
+                if (page == null || page == ZERO_PAGE) {
+                    page = new byte[PAGE];
+                    dirty.put(pageNo, page);
+                }
+                System.arraycopy(src, srcPos + done, page, 0, PAGE);
+            } else {
+                byte[] page = pageForWrite(pageNo);
+                System.arraycopy(src, srcPos + done, page, in, n);
+                if (isZero(page, 0, PAGE)) {
+                    dirty.put(pageNo, ZERO_PAGE);
+                }
+            }
             done += n;
         }
         length = Math.max(length, offset + srcSize);
+    }
+
+    private static boolean isZero(byte[] b, int from, int len) {
+        return Arrays.mismatch(b, from, from + len, ZERO_PAGE, 0, len) < 0;
     }
 
     @Override
@@ -310,6 +386,13 @@ final class AtomicVolume extends Volume {
             ByteBuffer rec = ByteBuffer.allocate(8 + PAGE).order(ByteOrder.LITTLE_ENDIAN);
             for (Map.Entry<Long, byte[]> e : dirty.entrySet()) {
                 rec.clear();
+                if (e.getValue() == ZERO_PAGE) {
+                    rec.putLong(e.getKey() | ZERO_FLAG).flip();
+                    crc.update(rec.duplicate());
+                    writeFully(ch, rec, pos);
+                    pos += 8;
+                    continue;
+                }
                 rec.putLong(e.getKey()).put(e.getValue()).flip();
                 crc.update(rec.duplicate());
                 writeFully(ch, rec, pos);
@@ -322,15 +405,7 @@ final class AtomicVolume extends Volume {
     }
 
     private void applyToFile() throws IOException {
-        for (Map.Entry<Long, byte[]> e : dirty.entrySet()) {
-            writeFully(main, ByteBuffer.wrap(e.getValue()), e.getKey() * PAGE);
-        }
-        if (main.size() > length) {
-            main.truncate(length);
-        } else if (main.size() < length) {
-            writeFully(main, ByteBuffer.allocate(1), length - 1);
-        }
-        main.force(true);
+        apply(file, main, dirty, length, holes);
         fileLength = length;
         dirty.clear();
     }

@@ -124,6 +124,15 @@ public final class JournalStore implements AutoCloseable {
 
     /** As {@link #open(Path)}, with at most {@code memoryLimit} bytes of blocks held in memory. */
     public static JournalStore open(Path file, long memoryLimit) throws StoreException {
+        return open(file, memoryLimit, null);
+    }
+
+    /**
+     * As {@link #open(Path, long)}; {@code holes} punches the store file where freed blocks leave
+     * pages of zeros, so deleting or punching a device shrinks the store on disk (null: zeros are
+     * written instead).
+     */
+    public static JournalStore open(Path file, long memoryLimit, AtomicVolume.HolePunch holes) throws StoreException {
         if (memoryLimit < 4L << 20) {
             throw new StoreException(StoreException.EINVAL, "journal memory must be at least 4 MiB, not " + memoryLimit);
         }
@@ -132,13 +141,13 @@ public final class JournalStore implements AutoCloseable {
         DB db;
         try {
             if (exists) {
-                int pages = AtomicVolume.recover(file); // a commit a crash interrupted, if any
+                int pages = AtomicVolume.recover(file, holes); // a commit a crash interrupted, if any
                 if (pages > 0) {
                     log.info("journal store {}: finished an interrupted commit ({} pages)", file, pages);
                 }
                 check(file);
             }
-            volume = AtomicVolume.open(file);
+            volume = AtomicVolume.open(file, holes);
         } catch (IOException e) {
             throw new StoreException(StoreException.EIO, "cannot open journal store " + file + ": " + e.getMessage(), e);
         }

@@ -284,7 +284,7 @@ public final class RadixBlockStore {
             }
             long childBase = base + ((long) i << shift);
             if (level == LEVELS - 1) {
-                store.delete(child, Serializer.BYTE_ARRAY_NOSIZE);
+                deleteData(child);
                 blocks--;
                 node[i] = 0;
                 changed = true;
@@ -300,6 +300,15 @@ public final class RadixBlockStore {
             changedNodes.add(recid);
         }
         return empty;
+    }
+
+    /**
+     * Deletes a data record, zeroed first: its space in the file then holds zeros, which the store's
+     * volume punches out of the file where whole pages are (so freed blocks leave the disk).
+     */
+    private void deleteData(long recid) {
+        store.update(recid, ZEROS, Serializer.BYTE_ARRAY_NOSIZE);
+        store.delete(recid, Serializer.BYTE_ARRAY_NOSIZE);
     }
 
     private void dropNode(long recid) {
@@ -424,7 +433,7 @@ public final class RadixBlockStore {
         if (recid == 0) {
             return;
         }
-        store.delete(recid, Serializer.BYTE_ARRAY_NOSIZE);
+        deleteData(recid);
         blocks--;
         node[i] = 0;
         // drop nodes left empty, bottom up; the root stays

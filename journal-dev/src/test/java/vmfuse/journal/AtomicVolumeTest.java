@@ -47,7 +47,7 @@ class AtomicVolumeTest {
     void readsSeeWritesAndSyncPutsThemInTheFile() throws Exception {
         Path file = dir.resolve("v");
         byte[] model = new byte[300_000];
-        try (AtomicVolume v = AtomicVolume.open(file)) {
+        try (AtomicVolume v = AtomicVolume.open(file, null)) {
             scribble(v, model, new Random(1), 200);
             v.putLong(8, 0x0102030405060708L);
             ByteBuffer.wrap(model).putLong(8, 0x0102030405060708L);
@@ -67,28 +67,28 @@ class AtomicVolumeTest {
     void aCommitFileWrittenWholeIsFinishedAtOpenAndATornOneIsDropped() throws Exception {
         Path file = dir.resolve("v");
         byte[] committed = new byte[200_000];
-        try (AtomicVolume v = AtomicVolume.open(file)) {
+        try (AtomicVolume v = AtomicVolume.open(file, null)) {
             scribble(v, committed, new Random(2), 50);
             v.sync();
         }
         byte[] next = committed.clone();
-        try (AtomicVolume v = AtomicVolume.open(file)) {
+        try (AtomicVolume v = AtomicVolume.open(file, null)) {
             scribble(v, next, new Random(3), 50);
             v.writeCommitFile(); // the crash comes after the commit file, before the pages reach the file
         }
         assertArrayEquals(committed, contents(file, committed.length), "the file untouched so far");
-        assertTrue(AtomicVolume.recover(file) > 0);
+        assertTrue(AtomicVolume.recover(file, null) > 0);
         assertArrayEquals(next, contents(file, next.length), "the commit finished at open");
 
         byte[] third = next.clone();
-        try (AtomicVolume v = AtomicVolume.open(file)) {
+        try (AtomicVolume v = AtomicVolume.open(file, null)) {
             scribble(v, third, new Random(4), 50);
             v.writeCommitFile();
         }
         Path cf = AtomicVolume.commitFile(file);
         byte[] log = Files.readAllBytes(cf);
         Files.write(cf, Arrays.copyOf(log, log.length - 100)); // torn: never complete, never applied
-        assertEquals(0, AtomicVolume.recover(file));
+        assertEquals(0, AtomicVolume.recover(file, null));
         assertArrayEquals(next, contents(file, next.length));
         assertFalse(Files.exists(cf));
     }
@@ -121,8 +121,8 @@ class AtomicVolumeTest {
                 child.destroyForcibly();
                 assertTrue(child.waitFor(30, TimeUnit.SECONDS));
             }
-            AtomicVolume.recover(file);
-            try (AtomicVolume v = AtomicVolume.open(file); DB db = DBMaker.volumeDB(v, true).make()) {
+            AtomicVolume.recover(file, null);
+            try (AtomicVolume v = AtomicVolume.open(file, null); DB db = DBMaker.volumeDB(v, true).make()) {
                 Store s = db.getStore();
                 long[] live = s.get(db.atomicLong("dir").open().get(), Serializer.LONG_ARRAY);
                 assertTrue(live.length > 0);
@@ -139,7 +139,7 @@ class AtomicVolumeTest {
         public static void main(String[] args) throws Exception {
             Path file = Path.of(args[0]);
             boolean exists = Files.exists(file);
-            AtomicVolume v = AtomicVolume.open(file);
+            AtomicVolume v = AtomicVolume.open(file, null);
             DB db = DBMaker.volumeDB(v, exists).make();
             Store s = db.getStore();
             Atomic.Long dir = db.atomicLong("dir").createOrOpen();

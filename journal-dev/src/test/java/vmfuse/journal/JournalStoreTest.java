@@ -169,6 +169,57 @@ class JournalStoreTest {
         }
     }
 
+    /** Bytes a file takes on disk (st_blocks). */
+    private static long allocated(Path p) throws Exception {
+        Process st = new ProcessBuilder("stat", "-c", "%b", p.toString()).start();
+        assertTrue(st.waitFor(30, TimeUnit.SECONDS));
+        return Long.parseLong(new String(st.getInputStream().readAllBytes()).trim()) * 512;
+    }
+
+    /** fallocate(1) as the hole puncher (the fs module gives one over libc). */
+    static final AtomicVolume.HolePunch FALLOCATE = (file, off, len) -> {
+        try {
+            Process p = new ProcessBuilder("fallocate", "-p", "-o", "" + off, "-l", "" + len, file.toString()).start();
+            if (!p.waitFor(30, TimeUnit.SECONDS) || p.exitValue() != 0) {
+                throw new java.io.IOException("fallocate -p failed on " + file);
+            }
+            return true;
+        } catch (InterruptedException e) {
+            throw new java.io.IOException(e);
+        }
+    };
+
+    @Test
+    void deletingAndPunchingADeviceShrinkTheStoreOnDisk() throws Exception {
+        Path file = dir.resolve("j.db");
+        byte[] keep = random(4 * MiB, 11);
+        try (JournalStore s = JournalStore.open(file, JournalStore.DEFAULT_MEMORY, FALLOCATE)) {
+            JournalDevice big = s.create("big", 64L * MiB, Durability.FLUSH);
+            JournalDevice small = s.create("small", 16L * MiB, Durability.FLUSH);
+            byte[] b = random(MiB, 12);
+            for (int i = 0; i < 48; i++) {
+                big.write((long) i * MiB, b, 0, b.length);
+            }
+            small.write(MiB, keep, 0, keep.length);
+            s.checkpoint();
+            long full = allocated(file);
+            assertTrue(full > 52L * MiB, "store holds both: " + full);
+            big.zero(0, 16L * MiB);
+            s.checkpoint();
+            long punched = allocated(file);
+            assertTrue(full - punched > 15L * MiB, "a 16 MiB punch: " + full + " -> " + punched);
+            s.delete("big");
+            long deleted = allocated(file);
+            assertTrue(deleted < 6L * MiB, "left after the delete: " + deleted + " (the other device holds 4 MiB)");
+        }
+        try (JournalStore s = JournalStore.open(file, JournalStore.DEFAULT_MEMORY, FALLOCATE)) {
+            byte[] back = new byte[keep.length];
+            s.device("small").read(MiB, back, 0, back.length);
+            assertArrayEquals(keep, back);
+            assertNull(s.device("big"));
+        }
+    }
+
     @Test
     void aBurstOfWritesDoesNotLeaveTheRedoLogLarge() throws Exception {
         Path file = dir.resolve("j.db");

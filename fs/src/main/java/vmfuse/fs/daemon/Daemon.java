@@ -23,6 +23,7 @@ import org.slf4j.Logger;
 import org.slf4j.LoggerFactory;
 import vmfuse.fs.BackingStore;
 import vmfuse.fs.FsException;
+import vmfuse.fs.HolePuncher;
 import vmfuse.fs.ReleaseLedger;
 import vmfuse.fs.VmFuseFs;
 import vmfuse.fs.nativeio.Native;
@@ -133,7 +134,7 @@ public final class Daemon {
         ReleaseLedger ledger = ReleaseLedger.load(store.ledger());
         JournalStore journals;
         try {
-            journals = JournalStore.open(store.journals(), o.journalMemory());
+            journals = JournalStore.open(store.journals(), o.journalMemory(), HolePuncher::punchStoreFile);
         } catch (StoreException e) {
             throw new FsException(e.errno(), e.getMessage());
         }

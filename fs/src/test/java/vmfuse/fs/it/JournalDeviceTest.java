@@ -65,9 +65,19 @@ class JournalDeviceTest {
             Proc.ok("fallocate", "-p", "-o", String.valueOf(5 * MiB), "-l", String.valueOf(MiB / 2), j1.toString());
             assertEquals(MiB / 2, blocks(j1), "a punch frees the device's blocks");
 
+            Proc.ok("dd", "if=/dev/urandom", "of=" + j1, "bs=1M", "count=32", "seek=8", "conv=notrunc,fsync",
+                    "status=none");
+            Path db = m.store.resolve("journals.db");
+            long deadline = System.nanoTime() + 30_000_000_000L;
+            while (blocks(db) < 32 * MiB && System.nanoTime() < deadline) {
+                Thread.sleep(200); // until a checkpoint (every 5 s) moved the blocks into the store file
+            }
+            long full = blocks(db);
+            assertTrue(full >= 32 * MiB, "store file " + full);
             Files.delete(j1);
             assertFalse(Files.exists(j1));
             assertEquals(256 * 1024, blocks(j2), "the other device keeps its blocks");
+            assertTrue(blocks(db) < 4 * MiB, "store file after the unlink: " + full + " -> " + blocks(db));
             assertTrue(m.log().contains("release image=journals/j1"), m.log());
         }
     }
