@@ -62,6 +62,7 @@ public final class VmFuseFs extends FuseStubFS {
     private final Map<Long, OpenFile> open = new ConcurrentHashMap<>();
     /** The write trackers of images VMs' reclaimers watch, by image name (set by the daemon). */
     private volatile Map<String, WriteTracker> trackers = Map.of();
+    private volatile java.util.function.Predicate<String> vmImage = name -> false;
     /**
      * Images unlinked while open, by the name libfuse hid them under. libfuse 2 keeps an unlinked
      * open file reachable by renaming it to ".fuse_hiddenNNN" (with hard_remove it cannot even
@@ -89,9 +90,13 @@ public final class VmFuseFs extends FuseStubFS {
         return puncher;
     }
 
-    /** The reclaimer's write trackers, by image name: writes to those images go through them. */
-    public void writeTrackers(Map<String, WriteTracker> byImage) {
+    /**
+     * The reclaimer's write trackers, by image name (writes to those images go through them), and
+     * which images are VMs' (they may not be renamed).
+     */
+    public void writeTrackers(Map<String, WriteTracker> byImage, java.util.function.Predicate<String> vmImage) {
         trackers = byImage;
+        this.vmImage = vmImage;
     }
 
     public void checkpointJournals() throws FsException {
@@ -702,8 +707,8 @@ public final class VmFuseFs extends FuseStubFS {
                 removeImage(from.name(), to.name()); // libfuse hiding an open file it was asked to unlink
                 return 0;
             }
-            if (trackers.containsKey(from.name()) || trackers.containsKey(to.name())) {
-                throw new FsException(EBUSY, "image " + (trackers.containsKey(from.name()) ? from.name() : to.name())
+            if (vmImage.test(from.name()) || vmImage.test(to.name())) {
+                throw new FsException(EBUSY, "image " + (vmImage.test(from.name()) ? from.name() : to.name())
                         + " is a VM's image for the reclaimer (vmfuse vm remove it first)");
             }
             store.rename(from.name(), to.name());

@@ -15,7 +15,7 @@ public final class AgentSession {
     public interface Host {
         long diskSize();
 
-        long fence();
+        long fence() throws IOException;
 
         /** Logs the notice durably (and decides on it); the answer line. */
         String notice(Notice n) throws ProtocolException, IOException;
@@ -58,7 +58,15 @@ public final class AgentSession {
         }
         switch (f[0]) {
             case "FENCE":
-                return f.length == 1 ? "FENCE " + host.fence() : error("FENCE takes no fields");
+                if (f.length != 1) {
+                    return error("FENCE takes no fields");
+                }
+                try {
+                    return "FENCE " + host.fence();
+                } catch (IOException e) {
+                    host.refused("fence", e.getMessage());
+                    return "ERROR no fence: " + e.getMessage(); // the agent tries again later
+                }
             case "NOTICE":
                 long seq;
                 try {

@@ -28,7 +28,7 @@ import java.util.TreeMap;
  */
 final class NoticeLog implements AutoCloseable {
     /** A notice waiting in the log, with what is left of its ranges. */
-    record Pending(long seq, long fileSize, ByteRanges ranges) {}
+    record Pending(long seq, long token, long fileSize, ByteRanges ranges) {}
 
     private final Path file;
     private FileChannel ch;
@@ -60,7 +60,8 @@ final class NoticeLog implements AutoCloseable {
                     case "S" -> lastSeq = Math.max(lastSeq, Notice.number(f[1], "seq"));
                     case "N" -> {
                         long seq = Notice.number(f[1], "seq");
-                        pending.put(seq, new Pending(seq, Notice.number(f[3], "size"), ranges(f[4])));
+                        pending.put(seq, new Pending(seq, Notice.number(f[2], "token"), Notice.number(f[3], "size"),
+                                ranges(f[4])));
                         lastSeq = Math.max(lastSeq, seq);
                     }
                     case "X" -> {
@@ -101,7 +102,7 @@ final class NoticeLog implements AutoCloseable {
         StringBuilder b = new StringBuilder("S ").append(lastSeq).append('\n');
         pending.values().removeIf(p -> p.ranges().isEmpty());
         for (Pending p : pending.values()) {
-            b.append("N ").append(p.seq()).append(" 0 ").append(p.fileSize()).append(' ')
+            b.append("N ").append(p.seq()).append(' ').append(p.token()).append(' ').append(p.fileSize()).append(' ')
                     .append(Notice.format(p.ranges().list())).append('\n');
         }
         Path tmp = file.resolveSibling(file.getFileName() + ".tmp");
@@ -145,7 +146,7 @@ final class NoticeLog implements AutoCloseable {
         append("N " + n.seq() + " " + n.token() + " " + n.fileSize() + " " + Notice.format(ranges));
         lastSeq = Math.max(lastSeq, n.seq());
         if (!ranges.isEmpty()) {
-            pending.put(n.seq(), new Pending(n.seq(), n.fileSize(), ByteRanges.of(ranges)));
+            pending.put(n.seq(), new Pending(n.seq(), n.token(), n.fileSize(), ByteRanges.of(ranges)));
         }
     }
 

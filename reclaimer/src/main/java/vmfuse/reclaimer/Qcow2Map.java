@@ -245,6 +245,20 @@ public final class Qcow2Map implements AutoCloseable {
         return out;
     }
 
+    /**
+     * The virtual disk size in a qcow2 header (8 bytes at 24), read alone: safe while QEMU has the
+     * image open, since only a resize changes it.
+     */
+    public static long headerSize(Path image) throws IOException {
+        try (FileChannel ch = FileChannel.open(image, StandardOpenOption.READ)) {
+            ByteBuffer h = readAt(ch, 0, 32);
+            if (h.getInt(0) != MAGIC) {
+                throw new IOException(image + " is not a qcow2 image");
+            }
+            return h.getLong(24);
+        }
+    }
+
     public long clusterSize() {
         return clusterSize;
     }

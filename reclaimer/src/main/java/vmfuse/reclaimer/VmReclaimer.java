@@ -15,17 +15,17 @@ import org.slf4j.Logger;
 import org.slf4j.LoggerFactory;
 
 /*
- * The reclaimer of one VM with a raw image: answers its agent (AgentSession.Host), keeps its
- * notices in a NoticeLog, decides with the shared ThresholdPolicy, and punches through the
- * image's WriteTracker, so no write races a punch and nothing written after a fence is punched.
+ * The reclaimer of one VM: answers its agent (AgentSession.Host), keeps its notices in a
+ * NoticeLog, decides with the shared ThresholdPolicy, and punches through the image's Fence
+ * (RawFence: the filesystem's count of writes; QemuFence: QEMU's dirty bitmaps), so nothing
+ * written after a notice's fence token is punched and no write races a punch.
  *
- * A raw image's guest offsets are its file offsets. Only whole 4 KiB blocks are punched: a range
- * is cut inward to 4 KiB boundaries when it is admitted.
+ * Only whole 4 KiB blocks are punched: a range is cut inward to 4 KiB boundaries when admitted.
  *
  * Locks: this object's monitor guards the log and the counters; it is never held while waiting
- * for the tracker's write gate (a punch runs on the reclaim thread and takes the monitor only
- * inside the gate to log what it did; a write takes the monitor inside the gate's read side to
- * log a cut). So the order is always gate, then monitor.
+ * for the fence's hold on writes (a punch runs on the reclaim thread and takes the monitor only
+ * inside the hold to log what it did; a raw image's write takes the monitor inside the write
+ * tracker's gate to log a cut). So the order is always the hold, then the monitor.
  */
 public final class VmReclaimer implements AgentSession.Host, WriteTracker.Listener, AutoCloseable {
     private static final Logger log = LoggerFactory.getLogger(VmReclaimer.class);
@@ -46,9 +46,8 @@ public final class VmReclaimer implements AgentSession.Host, WriteTracker.Listen
     private final String vm;
     private final String image;
     private final LongSupplier diskSize;
-    private final WriteTracker tracker;
+    private final Fence fence;
     private final ThresholdPolicy policy;
-    private final Puncher puncher;
     private final NoticeLog notices;
     private final ExecutorService reclaim;
     private volatile Runnable beforeDecision = () -> { };
@@ -59,14 +58,13 @@ public final class VmReclaimer implements AgentSession.Host, WriteTracker.Listen
     private long freed;
     private final Map<Skipped, Long> skipped = new EnumMap<>(Skipped.class);
 
-    private VmReclaimer(String vm, String image, LongSupplier diskSize, WriteTracker tracker, ThresholdPolicy policy,
-            Puncher puncher, NoticeLog notices) {
+    private VmReclaimer(String vm, String image, LongSupplier diskSize, Fence fence, ThresholdPolicy policy,
+            NoticeLog notices) {
         this.vm = vm;
         this.image = image;
         this.diskSize = diskSize;
-        this.tracker = tracker;
+        this.fence = fence;
         this.policy = policy;
-        this.puncher = puncher;
         this.notices = notices;
         this.reclaim = Executors.newSingleThreadExecutor(r -> {
             Thread t = new Thread(r, "reclaim-" + vm);
@@ -76,17 +74,19 @@ public final class VmReclaimer implements AgentSession.Host, WriteTracker.Listen
     }
 
     /**
-     * The reclaimer of {@code vm}, whose raw image {@code image} has {@code tracker}; its notice log
-     * is {@code logFile}. What waits in the log is pending again, and goes to the policy.
+     * The reclaimer of {@code vm}, whose image {@code image} has {@code fence}; its notice log is
+     * {@code logFile}. What waits in the log is pending again, and goes to the policy.
      */
-    public static VmReclaimer open(String vm, String image, LongSupplier diskSize, WriteTracker tracker,
-            ThresholdPolicy policy, Puncher puncher, Path logFile) throws IOException {
+    public static VmReclaimer open(String vm, String image, LongSupplier diskSize, Fence fence,
+            ThresholdPolicy policy, Path logFile) throws IOException {
         NoticeLog notices = NoticeLog.open(logFile);
-        VmReclaimer r = new VmReclaimer(vm, image, diskSize, tracker, policy, puncher, notices);
-        tracker.listener(r);
+        VmReclaimer r = new VmReclaimer(vm, image, diskSize, fence, policy, notices);
+        if (fence instanceof RawFence raw) {
+            raw.tracker().listener(r);
+        }
         long bytes = 0;
         for (NoticeLog.Pending p : notices.pending()) {
-            tracker.restore(p.ranges().list());
+            fence.restore(p.token(), p.ranges().list());
             bytes += p.ranges().bytes();
         }
         if (bytes > 0) {
@@ -102,8 +102,8 @@ public final class VmReclaimer implements AgentSession.Host, WriteTracker.Listen
     }
 
     @Override
-    public long fence() {
-        return tracker.token();
+    public long fence() throws IOException {
+        return fence.token();
     }
 
     @Override
@@ -131,7 +131,7 @@ public final class VmReclaimer implements AgentSession.Host, WriteTracker.Listen
                     inward += r[1];
                 }
             }
-            List<long[]> safe = tracker.admit(n.token(), blocks); // stale fence: refused, nothing logged
+            List<long[]> safe = fence.admit(n.token(), blocks); // stale fence: refused, nothing logged
             long kept = ByteRanges.of(safe).bytes();
             long requested = ByteRanges.of(blocks).bytes();
             notices.accepted(n, safe);
@@ -177,11 +177,9 @@ public final class VmReclaimer implements AgentSession.Host, WriteTracker.Listen
                 ranges = p.ranges().list();
             }
             try {
-                tracker.punch(ranges, still -> {
-                    long f = 0;
+                fence.carryOut(p.token(), ranges, (still, f) -> {
                     long n = 0;
                     for (long[] r : still) {
-                        f += puncher.punch(r[0], r[1]);
                         n += r[1];
                     }
                     synchronized (this) {
@@ -206,7 +204,7 @@ public final class VmReclaimer implements AgentSession.Host, WriteTracker.Listen
     }
 
     public synchronized Stats stats() {
-        return new Stats(received, refused, tracker.pendingBytes(), punched, freed, new EnumMap<>(skipped));
+        return new Stats(received, refused, fence.pendingBytes(), punched, freed, new EnumMap<>(skipped));
     }
 
     public String vm() {

@@ -30,12 +30,12 @@ class AgentSessionTest {
 
     private VmReclaimer reclaimer(WriteTracker t, double freeFraction) throws Exception {
         ThresholdPolicy policy = new ThresholdPolicy((long) (freeFraction * 1000), 1000);
-        return VmReclaimer.open("vm1", "vm1.raw", () -> DISK, t, policy, (off, len) -> {
+        return VmReclaimer.open("vm1", "vm1.raw", () -> DISK, new RawFence(t, (off, len) -> {
             synchronized (punched) {
                 punched.add(off + ":" + len);
             }
             return len;
-        }, dir.resolve("vm1.notices"));
+        }), policy, dir.resolve("vm1.notices"));
     }
 
     @Test
@@ -155,7 +155,8 @@ class AgentSessionTest {
         public static void main(String[] args) throws Exception {
             WriteTracker t = new WriteTracker(WriteTracker.newEpoch());
             ThresholdPolicy never = new ThresholdPolicy(1000, 1000);
-            VmReclaimer r = VmReclaimer.open("vm1", "vm1.raw", () -> DISK, t, never, (o, l) -> l, Path.of(args[0]));
+            VmReclaimer r = VmReclaimer.open("vm1", "vm1.raw", () -> DISK, new RawFence(t, (o, l) -> l), never,
+                    Path.of(args[0]));
             AgentSession s = new AgentSession(r);
             s.handle("HELLO vmfuse-agent 1");
             long token = Long.parseLong(s.handle("FENCE").substring(6));

@@ -15,7 +15,8 @@ final class VmCommand {
     @Command(name = "add", mixinStandardHelpOptions = true,
             description = {"Serve a VM's agent: listen on its agent socket (QEMU's virtio-serial chardev connects to it),",
                 "log its deletion notices durably and punch what it deleted in its image, never what it wrote since.",
-                "Raw images only for now. Per-VM counts are in 'vmfuse status'."},
+                "A qcow2 image needs the VM's QMP socket: QEMU keeps the fence (dirty bitmaps) and discards.",
+                "Per-VM counts are in 'vmfuse status'."},
             footer = {"", "Example:",
                 "  vmfuse vm add vm1 --image images/vm1.raw --agent-socket /run/vmfuse/vm1.agent /srv/vmfuse",
                 "  qemu-system-x86_64 ... -drive file=/srv/vmfuse/images/vm1.raw,format=raw,if=none,id=d0 \\",
@@ -29,6 +30,11 @@ final class VmCommand {
                 description = "Unix socket the daemon listens on for the VM's agent (absolute).")
         Path agentSocket;
 
+        @Option(names = "--qmp-socket", paramLabel = "PATH",
+                description = "The VM's QMP socket (QEMU's -qmp unix:PATH,server=on,wait=off): needed for a qcow2 "
+                        + "image, whose deleted ranges QEMU discards itself.")
+        Path qmpSocket;
+
         @Parameters(index = "0", paramLabel = "NAME")
         String name;
 
@@ -37,7 +43,8 @@ final class VmCommand {
 
         @Override
         public Integer call() throws Exception {
-            DaemonClient.request(mountPoint, "vm-add\t" + name + "\t" + image + "\t" + agentSocket.toAbsolutePath());
+            DaemonClient.request(mountPoint, "vm-add\t" + name + "\t" + image + "\t" + agentSocket.toAbsolutePath()
+                    + "\t" + (qmpSocket == null ? "-" : qmpSocket.toAbsolutePath().toString()));
             return 0;
         }
     }

@@ -140,8 +140,8 @@ public final class Daemon {
         }
         try (BackingStore backing = BackingStore.open(store.images()); journals) {
             VmFuseFs fs = new VmFuseFs(backing, ledger, journals, o.journalDurability());
-            Vms vms = Vms.open(store, backing, fs.puncher());
-            fs.writeTrackers(vms.trackers());
+            Vms vms = Vms.open(store, mnt, backing, fs.puncher());
+            fs.writeTrackers(vms.trackers(), vms::isVmImage);
             CompletableFuture<Integer> loop = new CompletableFuture<>();
             Thread loopThread = new Thread(() -> {
                 try {
@@ -284,7 +284,7 @@ public final class Daemon {
      *   status                              mount, store, image... and total lines (vmfuse status)
      *   journals                            one line per journal device (vmfuse journal list)
      *   journal-create NAME SIZE DURABILITY "ok", or "error REASON" (vmfuse journal create)
-     *   vm-add NAME IMAGE AGENT-SOCKET      "ok", or "error REASON" (vmfuse vm add)
+     *   vm-add NAME IMAGE AGENT QMP|-       "ok", or "error REASON" (vmfuse vm add)
      *   vm-remove NAME                      "ok", or "error REASON" (vmfuse vm remove)
      * </pre>
      */
@@ -298,11 +298,11 @@ public final class Daemon {
                 return out.toString();
             }
             case "vm-add" -> {
-                if (f.length != 4) {
-                    return "error vm-add takes NAME IMAGE AGENT-SOCKET\n";
+                if (f.length != 5) {
+                    return "error vm-add takes NAME IMAGE AGENT-SOCKET QMP-SOCKET|-\n";
                 }
                 try {
-                    vms.add(f[1], f[2], Path.of(f[3]));
+                    vms.add(f[1], f[2], Path.of(f[3]), f[4].equals("-") ? null : Path.of(f[4]));
                     return "ok\n";
                 } catch (FsException | IOException | RuntimeException e) {
                     return "error " + e.getMessage() + "\n";

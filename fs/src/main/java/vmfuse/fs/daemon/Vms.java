@@ -27,29 +27,32 @@ import vmfuse.fs.Node;
 import vmfuse.fs.ReleaseLedger;
 import vmfuse.fs.nativeio.LibC;
 import vmfuse.reclaimer.AgentListener;
+import vmfuse.reclaimer.Fence;
+import vmfuse.reclaimer.Qcow2Map;
+import vmfuse.reclaimer.QemuFence;
+import vmfuse.reclaimer.RawFence;
 import vmfuse.reclaimer.ThresholdPolicy;
 import vmfuse.reclaimer.VmReclaimer;
 import vmfuse.reclaimer.WriteTracker;
 
 /*
  * The VMs the reclaimer serves (vmfuse vm add/remove), kept in STORE/vms.tsv, one line per VM:
- * NAME TAB IMAGE TAB AGENT-SOCKET. Each has a WriteTracker on its image (the filesystem routes
- * the image's writes through it), a VmReclaimer with its notice log STORE/reclaim/NAME.notices,
- * and an AgentListener on its agent socket. One ThresholdPolicy serves them all, fed the store
- * disk's free space.
- *
- * Raw images only so far: reclaiming a qcow2 image while QEMU runs must go through QEMU (QMP),
- * which is not built yet, and is refused with that reason.
+ * NAME TAB IMAGE TAB AGENT-SOCKET TAB QMP-SOCKET (or -). Each has a Fence, a VmReclaimer with its
+ * notice log STORE/reclaim/NAME.notices, and an AgentListener on its agent socket. A raw image's
+ * fence is a WriteTracker the filesystem routes the image's writes through; a qcow2 image's is a
+ * QemuFence over the VM's QMP socket (dirty bitmaps, discards through QEMU). One ThresholdPolicy
+ * serves them all, fed the store disk's free space.
  */
 public final class Vms implements AutoCloseable {
     private static final Logger log = LoggerFactory.getLogger(Vms.class);
     private static final int QCOW2_MAGIC = 0x514649fb;
 
-    record Vm(String name, String image, Path agentSocket) {}
+    record Vm(String name, String image, Path agentSocket, Path qmpSocket) {}
 
     private record Running(Vm vm, WriteTracker tracker, VmReclaimer reclaimer, AgentListener listener) {}
 
     private final Store store;
+    private final Path mnt;
     private final BackingStore backing;
     private final HolePuncher puncher;
     private final ThresholdPolicy policy;
@@ -57,26 +60,27 @@ public final class Vms implements AutoCloseable {
     private final Map<String, Running> running = new TreeMap<>(); // guarded by this
     private final Map<String, WriteTracker> trackers = new ConcurrentHashMap<>();
 
-    private Vms(Store store, BackingStore backing, HolePuncher puncher, ThresholdPolicy policy) {
+    private Vms(Store store, Path mnt, BackingStore backing, HolePuncher puncher, ThresholdPolicy policy) {
         this.store = store;
+        this.mnt = mnt;
         this.backing = backing;
         this.puncher = puncher;
         this.policy = policy;
     }
 
     /** Starts every VM of the registry; one that cannot start is logged and left out. */
-    public static Vms open(Store store, BackingStore backing, HolePuncher puncher) throws IOException {
+    public static Vms open(Store store, Path mnt, BackingStore backing, HolePuncher puncher) throws IOException {
         FileStore fs = Files.getFileStore(store.images());
-        Vms v = new Vms(store, backing, puncher, new ThresholdPolicy(fs.getUsableSpace(), fs.getTotalSpace()));
+        Vms v = new Vms(store, mnt, backing, puncher, new ThresholdPolicy(fs.getUsableSpace(), fs.getTotalSpace()));
         if (Files.exists(store.vms())) {
             for (String line : Files.readAllLines(store.vms(), StandardCharsets.UTF_8)) {
                 String[] f = line.split("\t");
-                if (f.length != 3) {
+                if (f.length != 4 && f.length != 3) {
                     log.error("vms.tsv: ignoring malformed line '{}'", line);
                     continue;
                 }
                 try {
-                    v.start(new Vm(f[0], f[1], Path.of(f[2])));
+                    v.start(new Vm(f[0], f[1], Path.of(f[2]), f.length == 3 || f[3].equals("-") ? null : Path.of(f[3])));
                 } catch (FsException | IOException e) {
                     log.error("reclaim vm={} not started: {}", f[0], e.getMessage());
                 }
@@ -90,8 +94,14 @@ public final class Vms implements AutoCloseable {
         return trackers;
     }
 
-    /** Registers a VM and starts serving its agent. */
-    public synchronized void add(String name, String image, Path agentSocket) throws FsException, IOException {
+    /** True if a VM is registered on the image (it may not be renamed). */
+    public synchronized boolean isVmImage(String image) {
+        return running.values().stream().anyMatch(r -> r.vm().image().equals(image));
+    }
+
+    /** Registers a VM and starts serving its agent; {@code qmpSocket} (null for none) is needed for qcow2. */
+    public synchronized void add(String name, String image, Path agentSocket, Path qmpSocket)
+            throws FsException, IOException {
         Node.checkName(name);
         if (image.startsWith(Node.IMAGES + "/")) {
             image = image.substring(Node.IMAGES.length() + 1);
@@ -111,9 +121,12 @@ public final class Vms implements AutoCloseable {
         if (!agentSocket.isAbsolute()) {
             throw new FsException(EINVAL, "the agent socket must be an absolute path, not " + agentSocket);
         }
-        start(new Vm(name, image, agentSocket.normalize()));
+        if (qmpSocket != null && !qmpSocket.isAbsolute()) {
+            throw new FsException(EINVAL, "the QMP socket must be an absolute path, not " + qmpSocket);
+        }
+        start(new Vm(name, image, agentSocket.normalize(), qmpSocket == null ? null : qmpSocket.normalize()));
         save();
-        log.info("vm add vm={} image={} agent_socket={}", name, image, agentSocket);
+        log.info("vm add vm={} image={} agent_socket={} qmp_socket={}", name, image, agentSocket, qmpSocket);
     }
 
     /** Stops serving a VM and forgets it (its notice log is kept). */
@@ -132,17 +145,24 @@ public final class Vms implements AutoCloseable {
         if (u == null) {
             throw new FsException(ENOENT, "no image " + vm.image() + " in " + store.images());
         }
-        if (isQcow2(vm.image())) {
-            throw new FsException(EOPNOTSUPP, "image " + vm.image() + " is qcow2: reclaiming qcow2 while QEMU runs goes "
-                    + "through QMP, which this vmfuse does not have yet (raw images only)");
-        }
-        WriteTracker tracker = new WriteTracker(epoch);
         String image = vm.image();
+        boolean qcow2 = isQcow2(image);
+        if (qcow2 && vm.qmpSocket() == null) {
+            throw new FsException(EINVAL, "image " + image + " is qcow2: its reclaim goes through QEMU, give the VM's "
+                    + "QMP socket (--qmp-socket PATH, QEMU's -qmp unix:PATH,server=on,wait=off)");
+        }
         Files.createDirectories(store.reclaimDir());
-        VmReclaimer reclaimer = VmReclaimer.open(vm.name(), image, () -> {
-            BackingStore.Usage now = backing.usage(image);
-            return now == null ? 0 : now.size();
-        }, tracker, policy, (off, len) -> punch(image, off, len), store.reclaimDir().resolve(vm.name() + ".notices"));
+        WriteTracker tracker = qcow2 ? null : new WriteTracker(epoch);
+        Path backingFile = store.images().resolve(image);
+        Fence fence = qcow2
+                ? new QemuFence(vm.qmpSocket(), mnt.resolve(Node.IMAGES).resolve(image),
+                        store.reclaimDir().resolve(vm.name() + ".nbd"), () -> {
+                            BackingStore.Usage now = backing.usage(image);
+                            return now == null ? 0 : now.allocated();
+                        })
+                : new RawFence(tracker, (off, len) -> punch(image, off, len));
+        VmReclaimer reclaimer = VmReclaimer.open(vm.name(), image, () -> diskSize(image, backingFile, qcow2), fence,
+                policy, store.reclaimDir().resolve(vm.name() + ".notices"));
         reclaimer.beforeDecision(this::observeDisk);
         AgentListener listener;
         try {
@@ -151,8 +171,24 @@ public final class Vms implements AutoCloseable {
             reclaimer.close();
             throw e;
         }
-        trackers.put(image, tracker);
+        if (tracker != null) {
+            trackers.put(image, tracker);
+        }
         running.put(vm.name(), new Running(vm, tracker, reclaimer, listener));
+    }
+
+    /** The guest disk's size: a raw image's length, a qcow2 image's virtual size (its header's, which QEMU keeps). */
+    private long diskSize(String image, Path backingFile, boolean qcow2) {
+        if (qcow2) {
+            try {
+                return Qcow2Map.headerSize(backingFile);
+            } catch (IOException e) {
+                log.warn("reclaim image={}: cannot read its qcow2 header: {}", image, e.getMessage());
+                return 0;
+            }
+        }
+        BackingStore.Usage now = backing.usage(image);
+        return now == null ? 0 : now.size();
     }
 
     private long punch(String image, long offset, long length) throws IOException {
@@ -197,7 +233,7 @@ public final class Vms implements AutoCloseable {
         StringBuilder b = new StringBuilder();
         for (Running r : running.values()) {
             b.append(r.vm().name()).append('\t').append(r.vm().image()).append('\t').append(r.vm().agentSocket())
-                    .append('\n');
+                    .append('\t').append(r.vm().qmpSocket() == null ? "-" : r.vm().qmpSocket().toString()).append('\n');
         }
         Path tmp = store.vms().resolveSibling("vms.tsv.tmp");
         try (FileChannel ch = FileChannel.open(tmp, StandardOpenOption.CREATE, StandardOpenOption.WRITE,

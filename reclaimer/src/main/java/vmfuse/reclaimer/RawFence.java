@@ -1,0 +1,50 @@
+package vmfuse.reclaimer;
+
+import java.io.IOException;
+import java.util.List;
+
+/** The fence of a raw image: its WriteTracker (guest offsets are file offsets), and the file's punch. */
+public final class RawFence implements Fence {
+    private final WriteTracker tracker;
+    private final VmReclaimer.Puncher puncher;
+
+    public RawFence(WriteTracker tracker, VmReclaimer.Puncher puncher) {
+        this.tracker = tracker;
+        this.puncher = puncher;
+    }
+
+    WriteTracker tracker() {
+        return tracker;
+    }
+
+    @Override
+    public long token() {
+        return tracker.token();
+    }
+
+    @Override
+    public List<long[]> admit(long token, List<long[]> ranges) throws ProtocolException {
+        return tracker.admit(token, ranges);
+    }
+
+    @Override
+    public void restore(long token, List<long[]> ranges) {
+        tracker.restore(ranges);
+    }
+
+    @Override
+    public long pendingBytes() {
+        return tracker.pendingBytes();
+    }
+
+    @Override
+    public void carryOut(long token, List<long[]> ranges, Done done) throws IOException {
+        tracker.punch(ranges, still -> {
+            long freed = 0;
+            for (long[] r : still) {
+                freed += puncher.punch(r[0], r[1]);
+            }
+            done.run(still, freed);
+        });
+    }
+}

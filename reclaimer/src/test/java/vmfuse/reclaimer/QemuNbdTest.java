@@ -1,0 +1,135 @@
+package vmfuse.reclaimer;
+
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+import static vmfuse.reclaimer.Tools.ok;
+import static vmfuse.reclaimer.Tools.qemuIo;
+
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.util.List;
+import java.util.concurrent.TimeUnit;
+import java.util.regex.Matcher;
+import java.util.regex.Pattern;
+
+import org.junit.jupiter.api.Tag;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.io.TempDir;
+
+/** Qmp and NbdClient against a real QEMU holding a qcow2 image (paused: no guest needed). */
+@Tag("integration")
+class QemuNbdTest {
+    static final long K = 1024;
+    static final long M = 1024 * K;
+
+    @TempDir
+    Path dir;
+
+    private Process qemu(Path img, Path qmpSock) throws Exception {
+        Process p = new ProcessBuilder("qemu-system-x86_64", "-S", "-accel", "tcg", "-nodefaults", "-display", "none",
+                "-qmp", "unix:" + qmpSock + ",server=on,wait=off",
+                "-drive", "file=" + img + ",format=qcow2,if=none,id=d0,discard=unmap",
+                "-device", "virtio-blk-pci,drive=d0").redirectErrorStream(true)
+                .redirectOutput(dir.resolve("qemu.out").toFile()).start();
+        long deadline = System.nanoTime() + TimeUnit.SECONDS.toNanos(30);
+        while (!Files.exists(qmpSock) && System.nanoTime() < deadline) {
+            Thread.sleep(50);
+        }
+        return p;
+    }
+
+    /** QemuFence: what the guest wrote after the token stays; the rest is discarded by QEMU. */
+    @Test
+    void theQemuFenceLeavesWhatWasWrittenAfterTheTokenAndDiscardsTheRest() throws Exception {
+        Path img = dir.resolve("f.qcow2");
+        ok("qemu-img", "create", "-q", "-f", "qcow2", img.toString(), "64M");
+        qemuIo(img, "write -P 0x11 0 16m");
+        long before = Tools.allocated(img);
+        Path qmpSock = dir.resolve("qmp2.sock");
+        Process qemu = qemu(img, qmpSock);
+        try {
+            QemuFence fence = new QemuFence(qmpSock, img, dir.resolve("nbd2.sock"), () -> {
+                try {
+                    return Tools.allocated(img);
+                } catch (Exception e) {
+                    throw new RuntimeException(e);
+                }
+            });
+            long token = fence.token();
+            try (Qmp q = Qmp.connect(qmpSock)) { // the guest reuses 1 MiB of what it deleted, after the token
+                q.execute("human-monitor-command", "{\"command-line\": \"qemu-io d0 \\\"write -P 0x33 4M 1M\\\"\"}");
+            }
+            List<long[]> admitted = fence.admit(token, List.of(new long[] {0, 16 * M}));
+            assertEquals(16 * M, fence.pendingBytes());
+            List<long[]> punched = new java.util.ArrayList<>();
+            fence.carryOut(token, admitted, (done, freed) -> punched.addAll(done));
+            assertEquals(15 * M, punched.stream().mapToLong(r -> r[1]).sum());
+            assertEquals(0, fence.pendingBytes());
+            assertEquals("stale-fence", org.junit.jupiter.api.Assertions.assertThrows(ProtocolException.class,
+                    () -> fence.admit(token + 99, List.of(new long[] {0, 4096}))).reason());
+            try (Qmp q = Qmp.connect(qmpSock)) {
+                assertTrue(!q.execute("query-block", null).contains("vmfuse-fence-"), "the token's bitmap is removed");
+                q.execute("quit", null);
+            }
+            assertTrue(qemu.waitFor(30, TimeUnit.SECONDS));
+        } finally {
+            qemu.destroyForcibly();
+        }
+        assertEquals(0, Tools.run("qemu-img", "check", img.toString()).exit());
+        qemuIo(img, "read -P 0x33 4m 1m", "read -P 0 0 4m", "read -P 0 5m 11m");
+        assertTrue(before - Tools.allocated(img) >= 14 * M, "allocated " + before + " -> " + Tools.allocated(img));
+    }
+
+    @Test
+    void aDirtyBitmapShowsWritesSinceItsCreationAndTrimFreesClustersThroughQemu() throws Exception {
+        Path img = dir.resolve("d.qcow2");
+        ok("qemu-img", "create", "-q", "-f", "qcow2", img.toString(), "64M");
+        qemuIo(img, "write -P 0x11 0 8m");
+        long before = Tools.allocated(img);
+        Path qmpSock = dir.resolve("qmp.sock");
+        Process qemu = new ProcessBuilder("qemu-system-x86_64", "-S", "-accel", "tcg", "-nodefaults", "-display", "none",
+                "-qmp", "unix:" + qmpSock + ",server=on,wait=off",
+                "-drive", "file=" + img + ",format=qcow2,if=none,id=d0,discard=unmap",
+                "-device", "virtio-blk-pci,drive=d0").redirectErrorStream(true)
+                .redirectOutput(dir.resolve("qemu.out").toFile()).start();
+        try {
+            long deadline = System.nanoTime() + TimeUnit.SECONDS.toNanos(30);
+            while (!Files.exists(qmpSock) && System.nanoTime() < deadline) {
+                Thread.sleep(50);
+            }
+            try (Qmp q = Qmp.connect(qmpSock)) {
+                q.execute("block-dirty-bitmap-add", "{\"node\": \"d0\", \"name\": \"t1\"}");
+                q.execute("human-monitor-command", "{\"command-line\": \"qemu-io d0 \\\"write -P 0x22 1M 64k\\\"\"}");
+                String blocks = q.execute("query-block", null);
+                Matcher m = Pattern.compile("\"node-name\": \"([^\"]+)\"").matcher(blocks);
+                assertTrue(m.find(), blocks);
+                q.execute("block-dirty-bitmap-disable", "{\"node\": \"d0\", \"name\": \"t1\"}");
+                Path nbdSock = dir.resolve("nbd.sock");
+                q.execute("nbd-server-start", "{\"addr\": {\"type\": \"unix\", \"data\": {\"path\": "
+                        + Qmp.str(nbdSock.toString()) + "}}}");
+                q.execute("block-export-add", "{\"type\": \"nbd\", \"id\": \"e1\", \"node-name\": " + Qmp.str(m.group(1))
+                        + ", \"name\": \"d0\", \"writable\": false, \"bitmaps\": [\"t1\"]}");
+                try (NbdClient c = NbdClient.connect(nbdSock, "d0", "t1")) {
+                    List<long[]> dirty = c.dirty(0, 8 * M);
+                    assertEquals(1, dirty.size());
+                    assertEquals(1 * M, dirty.get(0)[0]);
+                    assertEquals(64 * K, dirty.get(0)[1]);
+                }
+                String out = q.execute("human-monitor-command", "{\"command-line\": \"qemu-io d0 \\\"discard 4M 4M\\\"\"}");
+                assertTrue(!out.contains("failed") && !out.contains("error"), out);
+                q.execute("block-export-del", "{\"id\": \"e1\"}");
+                q.execute("quit", null);
+            }
+            assertTrue(qemu.waitFor(30, TimeUnit.SECONDS));
+        } finally {
+            qemu.destroyForcibly();
+        }
+        Tools.Result check = Tools.run("qemu-img", "check", img.toString());
+        assertEquals(0, check.exit(), check.out() + check.err());
+        qemuIo(img, "read -P 0x11 0 1m", "read -P 0x22 1m 64k", "read -P 0 4m 4m");
+        String map = ok("qemu-img", "map", "--output=json", img.toString());
+        assertTrue(map.contains("{ \"start\": 4194304, \"length\": 4194304, \"depth\": 0, \"present\": true, \"zero\": true, "
+                + "\"data\": false}"), map);
+        assertTrue(before - Tools.allocated(img) >= 4 * M - 64 * K, "allocated " + before + " -> " + Tools.allocated(img));
+    }
+}
