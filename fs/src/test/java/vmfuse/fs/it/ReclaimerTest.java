@@ -118,6 +118,38 @@ class ReclaimerTest {
         }
     }
 
+    /**
+     * A hostile guest reports ranges it still uses, and ranges of a disk it does not have: it can
+     * only hurt its own image; the other VM's image is untouched.
+     */
+    @Test
+    void aHostileGuestHurtsOnlyItsOwnImage() throws Exception {
+        try (Mounted m = Mounted.onTmpfs("320m")) {
+            Path evil = m.image("evil.raw");
+            Path good = m.image("good.raw");
+            for (Path p : new Path[] {evil, good}) {
+                Proc.ok("truncate", "-s", "32M", p.toString());
+                dd(p, 0, 32, "/dev/urandom");
+            }
+            String goodSum = sha(good, 0, 32 * M);
+            Path evilSock = m.root.resolve("evil.agent");
+            m.vmfuse("vm", "add", "evil", "--image", "evil.raw", "--agent-socket", evilSock.toString(), m.mnt.toString())
+                    .assertOk();
+            m.vmfuse("vm", "add", "good", "--image", "good.raw", "--agent-socket", m.root.resolve("good.agent").toString(),
+                    m.mnt.toString()).assertOk();
+            try (Agent a = new Agent(evilSock)) {
+                long token = a.fence();
+                // everything it has, live data included; then past its disk, where the other image would be
+                assertEquals("ACK 1", a.ask("NOTICE 1 " + token + " 0 0:" + 32 * M));
+                assertEquals("REFUSED 2 out-of-range", a.ask("NOTICE 2 " + token + " 0 " + 32 * M + ":" + 32 * M));
+            }
+            waitFor(() -> Disk.allocated(m.backing("evil.raw")) < M, () -> "evil.raw punched\n" + m.log());
+            assertEquals(sha(Path.of("/dev/zero"), 0, 32 * M), sha(evil, 0, 32 * M), "its own data: gone, by its own doing");
+            assertEquals(goodSum, sha(good, 0, 32 * M), "the other VM's image is untouched");
+            assertTrue(Disk.allocated(m.backing("good.raw")) >= 32 * M);
+        }
+    }
+
     @Test
     void aNoticeWaitingBelowTheThresholdIsCutByAWriteAndSurvivesARestart() throws Exception {
         try (Mounted m = Mounted.create()) {
