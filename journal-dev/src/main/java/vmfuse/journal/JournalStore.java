@@ -584,7 +584,9 @@ public final class JournalStore implements AutoCloseable {
             checkpoint();
             redo.shrink();
         } catch (StoreException e) {
-            throw new IOException(e.getMessage(), e);
+            throw new IOException("the last checkpoint of " + file + " failed (" + e.getMessage() + "): devices in "
+                    + "flush mode are in the redo log and come back at the next mount; devices in close mode lose "
+                    + "what was written since their last checkpoint", e);
         } finally {
             closed = true;
             committer.interrupt();

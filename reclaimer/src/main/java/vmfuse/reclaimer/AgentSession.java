@@ -15,6 +15,9 @@ public final class AgentSession {
     public interface Host {
         long diskSize();
 
+        /** The highest seq in the VM's notice log (0 if none). */
+        long lastSeq();
+
         long fence() throws IOException;
 
         /** Logs the notice durably (and decides on it); the answer line. */
@@ -52,7 +55,7 @@ public final class AgentSession {
                     return "ERROR unsupported version " + f[2];
                 }
                 greeted = true;
-                return "HELLO vmfuse " + VERSION;
+                return "HELLO vmfuse " + VERSION + " " + host.lastSeq();
             }
             return error("the first line must be HELLO vmfuse-agent " + VERSION);
         }

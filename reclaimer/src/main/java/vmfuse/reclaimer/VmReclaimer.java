@@ -102,6 +102,11 @@ public final class VmReclaimer implements AgentSession.Host, WriteTracker.Listen
     }
 
     @Override
+    public synchronized long lastSeq() {
+        return notices.lastSeq();
+    }
+
+    @Override
     public long fence() throws IOException {
         return fence.token();
     }

@@ -44,8 +44,8 @@ class AgentSessionTest {
         try (VmReclaimer r = reclaimer(t, 0.0)) { // threshold 0: every notice is carried out at once
             AgentSession s = new AgentSession(r);
             assertTrue(s.handle("FENCE").startsWith("ERROR the first line must be HELLO"));
-            assertEquals("HELLO vmfuse 1", s.handle("HELLO vmfuse-agent 1"));
-            assertEquals("HELLO vmfuse 1", s.handle("HELLO vmfuse-agent 1"), "greeting again is fine");
+            assertEquals("HELLO vmfuse 1 0", s.handle("HELLO vmfuse-agent 1"));
+            assertEquals("HELLO vmfuse 1 0", s.handle("HELLO vmfuse-agent 1"), "greeting again is fine");
             String fence = s.handle("FENCE");
             long token = Long.parseLong(fence.substring(6));
             assertEquals("ACK 1", s.handle("NOTICE 1 " + token + " 8192 4096:8192"));
@@ -53,6 +53,7 @@ class AgentSessionTest {
             assertEquals("ACK 2", s.handle("NOTICE 2 " + token + " 100 1000:100,65536:10000"));
             r.awaitIdle();
             assertEquals(List.of("4096:8192", "65536:8192"), punched, "whole 4 KiB blocks only, once each");
+            assertEquals("HELLO vmfuse 1 2", s.handle("HELLO vmfuse-agent 1"), "the greeting names the last seq logged");
             assertEquals("REFUSED 3 out-of-range", s.handle("NOTICE 3 " + token + " 1 " + (DISK - 4096) + ":8192"));
             assertEquals("REFUSED 4 stale-fence", s.handle("NOTICE 4 12345 1 0:4096"));
             assertEquals("REFUSED 5 malformed", s.handle("NOTICE 5 " + token + " 1 0:0"));
@@ -108,7 +109,7 @@ class AgentSessionTest {
             PrintStream out = new PrintStream(Channels.newOutputStream(c), true);
             BufferedReader in = new BufferedReader(new InputStreamReader(Channels.newInputStream(c)));
             out.print("HELLO vmfuse-agent 1\n");
-            assertEquals("HELLO vmfuse 1", in.readLine());
+            assertEquals("HELLO vmfuse 1 0", in.readLine());
             out.print("X".repeat(10_000) + "\nFENCE\n");
             assertTrue(in.readLine().startsWith("ERROR line longer than 4096"));
             assertTrue(in.readLine().startsWith("FENCE "));
