@@ -293,10 +293,15 @@ final class RedoLog implements AutoCloseable {
         position = HEADER_SIZE;
     }
 
-    /** Cuts both segments back to the preallocated size (when both are obsolete: at open and close, after a commit). */
+    /**
+     * Cuts both segments back to the preallocated size, after a commit (at open and close): the
+     * active one only if its records end within that size, since appends go on at their end.
+     */
     synchronized void shrink() throws StoreException {
-        shrink(segments[0]);
-        shrink(segments[1]);
+        shrinkInactive();
+        if (position <= preallocate) {
+            shrink(active());
+        }
     }
 
     /**

@@ -81,6 +81,31 @@ class RedoLogTest {
         assertEquals(PREALLOC, Files.size(RedoLog.segmentFile(base(), 0)), "preallocated, never truncated in use");
     }
 
+    /**
+     * After a crash during a checkpoint the store opens without rotating, its active segment past
+     * the preallocated size: shrinking must not cut it, or the records appended next would sit
+     * behind a hole of zeros, where replay stops.
+     */
+    @Test
+    void shrinkingNeverCutsTheActiveSegmentUnderItsRecords() throws Exception {
+        byte[] kib = new byte[1024];
+        try (RedoLog log = fresh(1)) {
+            for (int i = 0; i < 100; i++) {
+                log.append(RedoLog.WRITE, 1, i, 0, kib, 0, kib.length);
+            }
+            log.force();
+        }
+        try (RedoLog log = RedoLog.open(base(), 1, PREALLOC, (t, r, a, b, d) -> { }, new long[1])) {
+            assertTrue(log.position() > PREALLOC);
+            log.shrink();
+            write(log, "after");
+            log.force();
+        }
+        List<String> seen = replay(1);
+        assertEquals(101, seen.size());
+        assertEquals("1:1:0:0:after", seen.get(100));
+    }
+
     @Test
     void replayStopsAtATornOrCorruptRecord() throws Exception {
         long end;
