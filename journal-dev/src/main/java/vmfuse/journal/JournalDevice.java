@@ -345,6 +345,7 @@ public final class JournalDevice {
                     throw new StoreException(StoreException.EIO, "journal device " + name + " was deleted");
                 }
                 version++;
+                store.touched();
                 c.apply();
             }
         } finally {

@@ -99,6 +99,8 @@ public final class JournalStore implements AutoCloseable {
     private volatile StoreException lastFailure;
     private volatile long lastFailureAt;
     private volatile boolean closed;
+    /** Something changed since the last checkpoint froze the devices (an idle store commits nothing). */
+    private volatile boolean touched = true;
     private final AtomicLong syncs = new AtomicLong();
     private final AtomicLong checkpoints = new AtomicLong();
 
@@ -272,6 +274,7 @@ public final class JournalStore implements AutoCloseable {
         long now = System.currentTimeMillis();
         JournalDevice d = new JournalDevice(this, name, blocks, size, durability, now, 0);
         devices.put(name, d);
+        touched = true;
         checkpoint();
         log.info("journal create device={} size={} durability={}", name, size, durability.label());
         return d;
@@ -300,6 +303,7 @@ public final class JournalStore implements AutoCloseable {
         } finally {
             opLock.writeLock().unlock();
         }
+        touched = true;
         checkpoint(); // no record of the device stays in the log: its record ids may be reused
         log.info("journal delete device={} blocks={}", name, blocks);
     }
@@ -318,6 +322,7 @@ public final class JournalStore implements AutoCloseable {
         catalog.remove(from);
         d.renamed(to);
         devices.put(to, d);
+        touched = true;
         checkpoint();
     }
 
@@ -325,6 +330,11 @@ public final class JournalStore implements AutoCloseable {
     private void record(JournalDevice d) {
         catalog.put(d.name(), new long[] {d.rootRecid(), d.frozenSize(), d.durability().ordinal(), d.created(),
                 d.lastFlush()});
+    }
+
+    /** A device changed (under opLock shared): the next checkpoint has something to commit. */
+    void touched() {
+        touched = true;
     }
 
     /** Blocks entered memory (a device's dirty copy). */
@@ -481,6 +491,10 @@ public final class JournalStore implements AutoCloseable {
             checkRoom();
             opLock.writeLock().lock();
             try {
+                if (!touched && generation.get() == redo.generation()) {
+                    return; // nothing changed since the last commit: no rotation, no commit, no disk write
+                }
+                touched = false;
                 // rotate only if the inactive segment is obsolete (a failed checkpoint leaves it not)
                 if (generation.get() == redo.generation()) {
                     redo.rotate(redo.generation() + 1);
