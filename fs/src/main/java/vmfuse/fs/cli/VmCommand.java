@@ -50,7 +50,8 @@ final class VmCommand {
     }
 
     @Command(name = "remove", mixinStandardHelpOptions = true,
-            description = {"Stop serving a VM's agent. Its notice log stays in STORE/reclaim for a later 'vm add'."})
+            description = {"Stop serving a VM's agent. Its notices still waiting are dropped (its writes are no longer",
+                "watched, so they could not be punched safely later)."})
     static final class Remove implements Callable<Integer> {
         @Parameters(index = "0", paramLabel = "NAME")
         String name;

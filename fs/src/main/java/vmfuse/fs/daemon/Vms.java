@@ -129,20 +129,25 @@ public final class Vms implements AutoCloseable {
         log.info("vm add vm={} image={} agent_socket={} qmp_socket={}", name, image, agentSocket, qmpSocket);
     }
 
-    /** Stops serving a VM and forgets it (its notice log is kept). */
+    /**
+     * Stops serving a VM and forgets it. Its waiting notices are dropped with its notice log: once
+     * its image's writes are no longer watched, nothing could tell whether the guest reused those
+     * ranges before a later `vm add`.
+     */
     public synchronized void remove(String name) throws FsException, IOException {
         Running r = running.remove(name);
         if (r == null) {
             throw new FsException(ENOENT, "no vm " + name);
         }
+        long pending = r.reclaimer().stats().bytesPending();
         stop(r);
+        Files.deleteIfExists(store.reclaimDir().resolve(name + ".notices"));
         save();
-        log.info("vm remove vm={}", name);
+        log.info("vm remove vm={} dropped_pending={}", name, pending);
     }
 
     private void start(Vm vm) throws FsException, IOException {
-        BackingStore.Usage u = backing.usage(vm.image());
-        if (u == null) {
+        if (backing.usage(vm.image()) == null) {
             throw new FsException(ENOENT, "no image " + vm.image() + " in " + store.images());
         }
         String image = vm.image();
@@ -161,18 +166,24 @@ public final class Vms implements AutoCloseable {
                             return now == null ? 0 : now.allocated();
                         })
                 : new RawFence(tracker, (off, len) -> punch(image, off, len));
-        VmReclaimer reclaimer = VmReclaimer.open(vm.name(), image, () -> diskSize(image, backingFile, qcow2), fence,
-                policy, store.reclaimDir().resolve(vm.name() + ".notices"));
-        reclaimer.beforeDecision(this::observeDisk);
+        if (tracker != null) {
+            trackers.put(image, tracker); // the image's writes are counted before any restored range can be punched
+        }
+        VmReclaimer reclaimer;
         AgentListener listener;
         try {
-            listener = AgentListener.start(vm.agentSocket(), reclaimer, vm.name());
-        } catch (IOException e) {
-            reclaimer.close();
+            reclaimer = VmReclaimer.open(vm.name(), image, () -> diskSize(image, backingFile, qcow2), fence, policy,
+                    store.reclaimDir().resolve(vm.name() + ".notices"));
+            reclaimer.beforeDecision(this::observeDisk);
+            try {
+                listener = AgentListener.start(vm.agentSocket(), reclaimer, vm.name());
+            } catch (IOException e) {
+                reclaimer.close();
+                throw e;
+            }
+        } catch (IOException | RuntimeException e) {
+            trackers.remove(image);
             throw e;
-        }
-        if (tracker != null) {
-            trackers.put(image, tracker);
         }
         running.put(vm.name(), new Running(vm, tracker, reclaimer, listener));
     }

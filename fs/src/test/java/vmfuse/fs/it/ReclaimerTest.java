@@ -170,6 +170,9 @@ class ReclaimerTest {
             m.mount("--force");
             assertTrue(m.log().contains("reclaim vm=vm2 image=vm2.raw restored pending=" + 7 * M), m.log());
             assertEquals(reused, sha(img, 2 * M, M));
+            m.vmfuse("vm", "remove", "vm2", m.mnt.toString()).assertOk();
+            assertTrue(m.log().contains("vm remove vm=vm2 dropped_pending=" + 7 * M), m.log());
+            assertTrue(!Files.exists(m.store.resolve("reclaim/vm2.notices")), "unwatched, its notices are dropped");
             Proc.Result bad = m.vmfuse("vm", "add", "vm3", "--image", "nothere.raw", "--agent-socket",
                     m.root.resolve("x.agent").toString(), m.mnt.toString());
             assertEquals(1, bad.exit(), bad.describe());
