@@ -521,8 +521,7 @@ public final class JournalStore implements AutoCloseable {
             failed(e);
             throw e;
         } catch (RuntimeException e) {
-            StoreException se = new StoreException(e.getMessage() != null && e.getMessage().contains("No space left")
-                    ? StoreException.ENOSPC : StoreException.EIO, "checkpoint of " + file + " failed: " + e, e);
+            StoreException se = new StoreException(StoreException.errno(e), "checkpoint of " + file + " failed: " + e, e);
             failed(se);
             throw se;
         }

@@ -23,10 +23,18 @@ public final class StoreException extends Exception {
         this.errno = errno;
     }
 
-    /** ENOSPC for an I/O error of a full disk (Java names it only in the message), EIO otherwise. */
-    static int errno(java.io.IOException e) {
-        String m = e.getMessage();
-        return m != null && (m.contains("No space left") || m.contains("Disk quota exceeded")) ? ENOSPC : EIO;
+    /**
+     * ENOSPC for a failure a full disk caused (Java names it only in a message, and MapDB wraps
+     * the IOException in its own), EIO otherwise.
+     */
+    static int errno(Throwable e) {
+        for (Throwable t = e; t != null; t = t.getCause()) {
+            String m = t.getMessage();
+            if (m != null && (m.contains("No space left") || m.contains("Disk quota exceeded"))) {
+                return ENOSPC;
+            }
+        }
+        return EIO;
     }
 
     public int errno() {

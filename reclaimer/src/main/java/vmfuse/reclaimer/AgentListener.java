@@ -82,7 +82,7 @@ public final class AgentListener implements AutoCloseable {
                     if (line.endsWith("\r")) {
                         line = line.substring(0, line.length() - 1);
                     }
-                    String answer = skipping ? session.handle("x".repeat(AgentSession.MAX_LINE)) : session.handle(line);
+                    String answer = skipping ? session.lineTooLong() : session.handle(line);
                     skipping = false;
                     ByteBuffer out = ByteBuffer.wrap((answer + "\n").getBytes(StandardCharsets.US_ASCII));
                     while (out.hasRemaining()) {

@@ -41,10 +41,15 @@ public final class AgentSession {
         return closed;
     }
 
+    /** The answer to a line past MAX_LINE bytes, which the reader dropped. */
+    public String lineTooLong() {
+        return error("line longer than " + MAX_LINE + " bytes");
+    }
+
     /** The answer to one line (without its newline). */
     public String handle(String line) throws IOException {
         if (line.length() >= MAX_LINE) {
-            return error("line longer than " + MAX_LINE + " bytes");
+            return lineTooLong();
         }
         String[] f = line.split(" ", -1);
         if (f[0].equals("HELLO") || !greeted) { // a HELLO may come again: the agent greets before each batch

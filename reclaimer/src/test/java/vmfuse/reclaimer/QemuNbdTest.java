@@ -87,16 +87,8 @@ class QemuNbdTest {
         qemuIo(img, "write -P 0x11 0 8m");
         long before = Tools.allocated(img);
         Path qmpSock = dir.resolve("qmp.sock");
-        Process qemu = new ProcessBuilder("qemu-system-x86_64", "-S", "-accel", "tcg", "-nodefaults", "-display", "none",
-                "-qmp", "unix:" + qmpSock + ",server=on,wait=off",
-                "-drive", "file=" + img + ",format=qcow2,if=none,id=d0,discard=unmap",
-                "-device", "virtio-blk-pci,drive=d0").redirectErrorStream(true)
-                .redirectOutput(dir.resolve("qemu.out").toFile()).start();
+        Process qemu = qemu(img, qmpSock);
         try {
-            long deadline = System.nanoTime() + TimeUnit.SECONDS.toNanos(30);
-            while (!Files.exists(qmpSock) && System.nanoTime() < deadline) {
-                Thread.sleep(50);
-            }
             try (Qmp q = Qmp.connect(qmpSock)) {
                 q.execute("block-dirty-bitmap-add", "{\"node\": \"d0\", \"name\": \"t1\"}");
                 q.execute("human-monitor-command", "{\"command-line\": \"qemu-io d0 \\\"write -P 0x22 1M 64k\\\"\"}");

@@ -49,7 +49,7 @@ public final class Vms implements AutoCloseable {
 
     record Vm(String name, String image, Path agentSocket, Path qmpSocket) {}
 
-    private record Running(Vm vm, WriteTracker tracker, VmReclaimer reclaimer, AgentListener listener) {}
+    private record Running(Vm vm, VmReclaimer reclaimer, AgentListener listener) {}
 
     private final Store store;
     private final Path mnt;
@@ -185,7 +185,7 @@ public final class Vms implements AutoCloseable {
             trackers.remove(image);
             throw e;
         }
-        running.put(vm.name(), new Running(vm, tracker, reclaimer, listener));
+        running.put(vm.name(), new Running(vm, reclaimer, listener));
     }
 
     /** The guest disk's size: a raw image's length, a qcow2 image's virtual size (its header's, which QEMU keeps). */
