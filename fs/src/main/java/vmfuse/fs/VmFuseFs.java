@@ -3,8 +3,10 @@ package vmfuse.fs;
 import static vmfuse.fs.nativeio.Native.*;
 
 import java.io.IOException;
+import java.util.HashSet;
 import java.util.List;
 import java.util.Map;
+import java.util.Set;
 import java.util.concurrent.ConcurrentHashMap;
 import java.util.concurrent.CopyOnWriteArrayList;
 import java.util.concurrent.CountDownLatch;
@@ -23,6 +25,7 @@ import vmfuse.fs.nativeio.LibC;
 import vmfuse.fs.nativeio.Native;
 import vmfuse.journal.Durability;
 import vmfuse.journal.JournalStore;
+import vmfuse.reclaimer.ImageHold;
 import vmfuse.reclaimer.WriteTracker;
 
 /**
@@ -73,6 +76,13 @@ public final class VmFuseFs extends FuseStubFS {
     private final Map<String, List<OpenFile>> hidden = new ConcurrentHashMap<>();
     public static final String HIDDEN_PREFIX = ".fuse_hidden";
     private final CountDownLatch mounted = new CountDownLatch(1);
+    /**
+     * Images the reclaimer holds closed ({@link #whileClosed}); guarded by itself, and so are the
+     * opens of images, so that no open slips between the check and the hold. An open of a held
+     * image waits, up to HOLD_WAIT_MS, then fails with EBUSY.
+     */
+    private final Set<String> held = new HashSet<>();
+    private static final long HOLD_WAIT_MS = 120_000;
 
     private final JournalFiles journals;
 
@@ -213,6 +223,56 @@ public final class VmFuseFs extends FuseStubFS {
         return f;
     }
 
+    /** Opens a backing descriptor. */
+    private interface Opener {
+        int open() throws FsException;
+    }
+
+    /** Opens an image with {@code opener} and registers the open, once the reclaimer does not hold it. */
+    private void openImage(String name, FuseFileInfo fi, Opener opener) throws FsException {
+        synchronized (held) {
+            long deadline = System.nanoTime() + HOLD_WAIT_MS * 1_000_000;
+            while (held.contains(name)) {
+                long left = (deadline - System.nanoTime()) / 1_000_000;
+                if (left <= 0) {
+                    throw new FsException(EBUSY, "image " + name + " is held closed by the reclaimer");
+                }
+                try {
+                    held.wait(left);
+                } catch (InterruptedException e) {
+                    Thread.currentThread().interrupt();
+                    throw new FsException(EINTR, "interrupted waiting for the reclaimer to release " + name);
+                }
+            }
+            register(opener.open(), name, fi);
+        }
+    }
+
+    /**
+     * Runs {@code action} while no process has image {@code name} open through the mount and none
+     * can open it (opens wait); false, without running it, if one has it open. The reclaimer's
+     * {@link ImageHold}: it works on the backing file of a qcow2 image no QEMU runs.
+     */
+    public boolean whileClosed(String name, ImageHold.Action action) throws IOException {
+        synchronized (held) {
+            for (OpenFile f : open.values()) {
+                if (!f.unlinked && name.equals(f.name)) {
+                    return false;
+                }
+            }
+            held.add(name);
+        }
+        try {
+            action.run();
+            return true;
+        } finally {
+            synchronized (held) {
+                held.remove(name);
+                held.notifyAll();
+            }
+        }
+    }
+
     private OpenFile register(int fd, String name, FuseFileInfo fi) {
         OpenFile f = new OpenFile(fd, name);
         open.put((long) fd, f);
@@ -333,18 +393,20 @@ public final class VmFuseFs extends FuseStubFS {
                 return 0;
             }
             String name = n.name();
-            int fd = store.createImage(name, fi.flags.get(), (int) mode);
             long uid = getContext().uid.get();
             long gid = getContext().gid.get();
-            if (uid != 0 || gid != 0) {
-                try {
-                    store.chown(name, (int) uid, (int) gid);
-                } catch (FsException e) {
-                    C.close(fd);
-                    throw e;
+            openImage(name, fi, () -> {
+                int fd = store.createImage(name, fi.flags.get(), (int) mode);
+                if (uid != 0 || gid != 0) {
+                    try {
+                        store.chown(name, (int) uid, (int) gid);
+                    } catch (FsException e) {
+                        C.close(fd);
+                        throw e;
+                    }
                 }
-            }
-            register(fd, name, fi);
+                return fd;
+            });
             log.info("create image={} mode={}", name, Integer.toOctalString((int) mode & 07777));
             return 0;
         });
@@ -362,7 +424,7 @@ public final class VmFuseFs extends FuseStubFS {
                 }
                 return 0;
             }
-            register(store.openImage(n.name(), fi.flags.get()), n.name(), fi);
+            openImage(n.name(), fi, () -> store.openImage(n.name(), fi.flags.get()));
             return 0;
         });
     }

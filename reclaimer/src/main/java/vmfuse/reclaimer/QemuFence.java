@@ -4,6 +4,7 @@ import java.io.IOException;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.util.ArrayList;
+import java.util.EnumMap;
 import java.util.List;
 import java.util.Map;
 import java.util.TreeMap;
@@ -16,52 +17,75 @@ import org.slf4j.Logger;
 import org.slf4j.LoggerFactory;
 
 /*
- * The fence of a qcow2 image a running QEMU holds, kept by QEMU itself over its QMP socket.
- * Never parse qcow2 metadata under a live QEMU: its L2 cache may be newer than the file. So:
+ * The fence of a qcow2 image, kept by QEMU: a dirty bitmap per token, in guest offsets. While a
+ * QEMU runs the image its metadata is never parsed (its L2 cache may be newer than the file):
+ * discards go through QEMU. While none does, the image is held closed and Qcow2Map punches.
  *
- *   token()     adds a dirty bitmap "vmfuse-fence-N" on the drive: from now on QEMU marks every
- *               guest write, in guest offsets
+ *   token()     adds a persistent dirty bitmap "vmfuse-fence-N" on the drive over QMP: from now on
+ *               QEMU marks every guest write, and when it closes the image it stores the bitmap
+ *               in it; any QEMU tool that opens the image later (QEMU, qemu-img, qemu-io) loads
+ *               it and goes on marking
  *   admit()     a notice's token must name a bitmap this daemon made and still has
- *   carryOut()  stops the VM (no guest write until cont; QEMU drains what is in flight), freezes
- *               the notice's bitmap, exports the drive read-only over NBD on a unix socket and
+ *   carryOut()  with a QEMU on the QMP socket that has the image open: stops the VM (QEMU drains
+ *               what is in flight), freezes the bitmap, exports the drive read-only over NBD and
  *               asks which of the notice's ranges the bitmap marks written (NBD block status,
- *               context qemu:dirty-bitmap:NAME); discards the rest through QEMU
- *               (human-monitor-command qemu-io "discard", so the qcow2 driver frees the clusters
- *               and, with the drive's discard=unmap, punches the file); removes the export; lets
- *               the VM run again if it was running
+ *               context qemu:dirty-bitmap:NAME); discards the rest through QEMU (HMP qemu-io
+ *               "discard": the qcow2 driver frees the clusters and, with the drive's
+ *               discard=unmap, punches the file); lets the VM run again if it was running.
+ *               With none: the filesystem holds the image closed (ImageHold: no process has it
+ *               open, an open waits); `qemu-img info` must show the bitmap stored, recording and
+ *               not in use (a QEMU that died with it loaded leaves it "in-use": inconsistent);
+ *               qemu-nbd exports the image file read-only with the bitmap and block status gives
+ *               what was written since the token; Qcow2Map maps the rest to data clusters this
+ *               image alone owns and the puncher punches them; `qemu-img bitmap --remove`.
  *
- * A token's bitmap is removed when no waiting notice needs it, or after 300 s if no notice came.
- * After a daemon restart the bitmaps of a QEMU still running are found again by name; a notice
- * whose bitmap is gone (QEMU restarted) is dropped, never punched.
+ * A notice whose bitmap is gone, inconsistent or no longer recording is dropped, never punched:
+ * nothing could tell what the guest wrote since its token. A token's bitmap is removed when no
+ * waiting notice needs it, or after 300 s if no notice came; bitmaps of this prefix nothing
+ * waits on (left by an earlier daemon) are removed when a token is made.
  */
 public final class QemuFence implements Fence {
     private static final Logger log = LoggerFactory.getLogger(QemuFence.class);
     private static final String PREFIX = "vmfuse-fence-";
+    private static final String EXPORT = "vmfuse-reclaim";
     private static final long TTL_NANOS = TimeUnit.SECONDS.toNanos(300);
+    private static final long TOOL_SECONDS = 120;
 
     private final Path qmpSocket;
     private final Path imageFile;
+    private final Path backingFile;
     private final Path nbdSocket;
     private final LongSupplier allocated;
+    private final ImageHold hold;
+    private final VmReclaimer.Puncher puncher;
     // guarded by this
     private long next = WriteTracker.newEpoch();
     private final Map<Long, Long> live = new TreeMap<>(); // token -> issued (nanoTime)
     private final Map<Long, Long> pendingByToken = new TreeMap<>(); // token -> bytes waiting
 
     /**
-     * The fence of the image at {@code imageFile} (as QEMU opened it) over the QMP socket
-     * {@code qmpSocket}; {@code nbdSocket} is where a carry-out exports the drive;
-     * {@code allocated} gives the image file's allocated bytes (to count what a discard freed).
+     * The fence of the image QEMU opens as {@code imageFile}, over the QMP socket {@code qmpSocket};
+     * {@code backingFile} is the same image's file as the daemon reaches it with no QEMU running,
+     * {@code hold} keeps processes off it then, and {@code puncher} punches it. {@code nbdSocket}
+     * is where a carry-out exports the image; {@code allocated} gives the image file's allocated
+     * bytes (to count what a discard through QEMU freed).
      */
-    public QemuFence(Path qmpSocket, Path imageFile, Path nbdSocket, LongSupplier allocated) {
+    public QemuFence(Path qmpSocket, Path imageFile, Path backingFile, Path nbdSocket, LongSupplier allocated,
+            ImageHold hold, VmReclaimer.Puncher puncher) {
         this.qmpSocket = qmpSocket;
         this.imageFile = imageFile;
+        this.backingFile = backingFile;
         this.nbdSocket = nbdSocket;
         this.allocated = allocated;
+        this.hold = hold;
+        this.puncher = puncher;
     }
 
-    /** The QEMU device (drive id) and node whose image is {@code imageFile}. */
-    private String[] device(Qmp q) throws IOException {
+    /** The QEMU drive that has {@code imageFile} open: its device (drive id), its node, and its part of query-block. */
+    private record Drive(String device, String node, String info) {}
+
+    /** The drive of the QEMU on {@code q} that has the image open, or null if none has. */
+    private Drive drive(Qmp q) throws IOException {
         String blocks = q.execute("query-block", null);
         Matcher m = Pattern.compile("\"device\": \"([^\"]*)\"").matcher(blocks);
         List<Integer> starts = new ArrayList<>();
@@ -75,10 +99,18 @@ public final class QemuFence implements Fence {
             Matcher file = Pattern.compile("\"file\": \"([^\"]*)\"").matcher(one);
             Matcher node = Pattern.compile("\"node-name\": \"([^\"]*)\"").matcher(one);
             if (file.find() && node.find() && Path.of(file.group(1)).normalize().equals(imageFile.normalize())) {
-                return new String[] {names.get(i), node.group(1)};
+                return new Drive(names.get(i), node.group(1), one);
             }
         }
-        throw new IOException("no drive of the QEMU at " + qmpSocket + " has " + imageFile + " open");
+        return null;
+    }
+
+    private Drive requireDrive(Qmp q) throws IOException {
+        Drive d = drive(q);
+        if (d == null) {
+            throw new IOException("no drive of the QEMU at " + qmpSocket + " has " + imageFile + " open");
+        }
+        return d;
     }
 
     @Override
@@ -86,11 +118,37 @@ public final class QemuFence implements Fence {
         sweep();
         long t = ++next;
         try (Qmp q = Qmp.connect(qmpSocket)) {
-            String dev = device(q)[0];
-            q.execute("block-dirty-bitmap-add", "{\"node\": " + Qmp.str(dev) + ", \"name\": " + Qmp.str(PREFIX + t) + "}");
+            Drive d = requireDrive(q);
+            removeForgotten(q, d);
+            try {
+                q.execute("block-dirty-bitmap-add", "{\"node\": " + Qmp.str(d.device()) + ", \"name\": "
+                        + Qmp.str(PREFIX + t) + ", \"persistent\": true}");
+            } catch (IOException e) { // a qcow2 v2 image cannot store bitmaps: the fence lasts as long as this QEMU
+                log.warn("reclaim image={}: a persistent bitmap was refused ({}); the fence of token {} lives only "
+                        + "while this QEMU runs", imageFile, e.getMessage(), t);
+                q.execute("block-dirty-bitmap-add", "{\"node\": " + Qmp.str(d.device()) + ", \"name\": "
+                        + Qmp.str(PREFIX + t) + "}");
+            }
         }
         live.put(t, System.nanoTime());
         return t;
+    }
+
+    /** Removes the drive's fence bitmaps whose token this daemon neither issued nor has notices for. */
+    private void removeForgotten(Qmp q, Drive d) {
+        Matcher m = Pattern.compile("\"name\": \"" + PREFIX + "(\\d+)\"").matcher(d.info());
+        while (m.find()) {
+            long t = Long.parseLong(m.group(1));
+            if (!live.containsKey(t) && !pendingByToken.containsKey(t)) {
+                try {
+                    q.execute("block-dirty-bitmap-remove", "{\"node\": " + Qmp.str(d.device()) + ", \"name\": "
+                            + Qmp.str(PREFIX + t) + "}");
+                    log.info("reclaim image={} removed the bitmap {}{} nothing waits on", imageFile, PREFIX, t);
+                } catch (IOException e) {
+                    log.debug("removing bitmap {}{}: {}", PREFIX, t, e.getMessage());
+                }
+            }
+        }
     }
 
     /** Removes the bitmaps of tokens nothing waits on and no notice used within the TTL. */
@@ -103,17 +161,13 @@ public final class QemuFence implements Fence {
             }
         }
         for (long t : old) {
-            removeBitmap(t);
-        }
-    }
-
-    private void removeBitmap(long t) {
-        live.remove(t);
-        try (Qmp q = Qmp.connect(qmpSocket)) {
-            q.execute("block-dirty-bitmap-remove", "{\"node\": " + Qmp.str(device(q)[0]) + ", \"name\": "
-                    + Qmp.str(PREFIX + t) + "}");
-        } catch (IOException e) {
-            log.debug("removing bitmap {}{}: {}", PREFIX, t, e.getMessage());
+            live.remove(t);
+            try (Qmp q = Qmp.connect(qmpSocket)) {
+                q.execute("block-dirty-bitmap-remove", "{\"node\": " + Qmp.str(requireDrive(q).device())
+                        + ", \"name\": " + Qmp.str(PREFIX + t) + "}");
+            } catch (IOException e) { // QEMU gone: the next token() under a QEMU removes it
+                log.debug("removing bitmap {}{}: {}", PREFIX, t, e.getMessage());
+            }
         }
     }
 
@@ -132,7 +186,7 @@ public final class QemuFence implements Fence {
 
     @Override
     public synchronized void restore(long token, List<long[]> ranges) {
-        live.putIfAbsent(token, System.nanoTime()); // checked against QEMU's bitmaps at carry-out
+        live.putIfAbsent(token, System.nanoTime()); // checked against the bitmaps at carry-out
         pendingByToken.merge(token, ByteRanges.of(ranges).bytes(), Long::sum);
     }
 
@@ -143,69 +197,212 @@ public final class QemuFence implements Fence {
 
     @Override
     public synchronized void carryOut(long token, List<long[]> ranges, Done done) throws IOException {
-        String bitmap = PREFIX + token;
-        List<long[]> clean = new ArrayList<>();
-        long before = allocated.getAsLong();
-        try (Qmp q = Qmp.connect(qmpSocket)) {
-            String[] dev = device(q);
-            if (!q.execute("query-block", null).contains("\"name\": \"" + bitmap + "\"")) {
-                log.warn("reclaim image={} bitmap {} is gone (QEMU restarted?): notice dropped, nothing punched",
-                        imageFile, bitmap);
-                forget(token, ranges);
-                done.run(List.of(), 0);
+        Qmp q;
+        try {
+            q = Qmp.connect(qmpSocket);
+        } catch (IOException e) {
+            carryOutOffline(token, ranges, done, "no QEMU answers on " + qmpSocket + ": " + e.getMessage());
+            return;
+        }
+        try (q) {
+            Drive d = drive(q);
+            if (d == null) {
+                q.close();
+                carryOutOffline(token, ranges, done, "the QEMU at " + qmpSocket + " does not have the image open");
                 return;
             }
-            boolean running = q.execute("query-status", null).contains("\"running\": true");
-            if (running) {
-                q.execute("stop", null);
-            }
+            carryOutOnline(q, d, token, ranges, done);
+        }
+    }
+
+    private void carryOutOnline(Qmp q, Drive dev, long token, List<long[]> ranges, Done done) throws IOException {
+        String bitmap = PREFIX + token;
+        String why = untrusted(bitmapInfo(dev.info(), bitmap), false);
+        if (why != null) {
+            drop(token, ranges, done, bitmap, why);
+            return;
+        }
+        List<long[]> clean;
+        long before = allocated.getAsLong();
+        boolean running = q.execute("query-status", null).contains("\"running\": true");
+        if (running) {
+            q.execute("stop", null);
+        }
+        try {
+            q.execute("block-dirty-bitmap-disable", "{\"node\": " + Qmp.str(dev.device()) + ", \"name\": "
+                    + Qmp.str(bitmap) + "}");
+            Files.deleteIfExists(nbdSocket);
+            q.execute("nbd-server-start", "{\"addr\": {\"type\": \"unix\", \"data\": {\"path\": "
+                    + Qmp.str(nbdSocket.toString()) + "}}}");
             try {
-                q.execute("block-dirty-bitmap-disable", "{\"node\": " + Qmp.str(dev[0]) + ", \"name\": " + Qmp.str(bitmap) + "}");
-                Files.deleteIfExists(nbdSocket);
-                q.execute("nbd-server-start", "{\"addr\": {\"type\": \"unix\", \"data\": {\"path\": "
-                        + Qmp.str(nbdSocket.toString()) + "}}}");
-                try {
-                    q.execute("block-export-add", "{\"type\": \"nbd\", \"id\": \"vmfuse-reclaim\", \"node-name\": "
-                            + Qmp.str(dev[1]) + ", \"name\": \"vmfuse-reclaim\", \"writable\": false, \"bitmaps\": ["
-                            + Qmp.str(bitmap) + "]}");
-                    try (NbdClient c = NbdClient.connect(nbdSocket, "vmfuse-reclaim", bitmap)) {
-                        for (long[] r : ranges) {
-                            ByteRanges left = ByteRanges.of(List.of(r));
-                            for (long[] d : c.dirty(r[0], r[1])) {
-                                left.remove(d[0], d[0] + d[1]);
-                            }
-                            clean.addAll(left.list());
-                        }
-                    } finally {
-                        q.execute("block-export-del", "{\"id\": \"vmfuse-reclaim\"}");
-                    }
+                q.execute("block-export-add", "{\"type\": \"nbd\", \"id\": \"" + EXPORT + "\", \"node-name\": "
+                        + Qmp.str(dev.node()) + ", \"name\": \"" + EXPORT + "\", \"writable\": false, \"bitmaps\": ["
+                        + Qmp.str(bitmap) + "]}");
+                try (NbdClient c = NbdClient.connect(nbdSocket, EXPORT, bitmap)) {
+                    clean = clean(c, ranges);
                 } finally {
-                    q.execute("nbd-server-stop", null);
+                    q.execute("block-export-del", "{\"id\": \"" + EXPORT + "\"}");
                 }
-                for (long[] r : clean) {
-                    String out = q.execute("human-monitor-command", "{\"command-line\": " + Qmp.str(
-                            "qemu-io " + dev[0] + " \"discard " + r[0] + " " + r[1] + "\"") + "}");
-                    if (out.contains("failed") || out.contains("rror")) {
-                        throw new IOException("QEMU discard of " + r[0] + "+" + r[1] + ": " + out);
-                    }
-                }
-                done.run(clean, Math.max(0, before - allocated.getAsLong()));
             } finally {
-                if (running) {
-                    q.execute("cont", null);
+                q.execute("nbd-server-stop", null);
+            }
+            for (long[] r : clean) {
+                String out = q.execute("human-monitor-command", "{\"command-line\": " + Qmp.str(
+                        "qemu-io " + dev.device() + " \"discard " + r[0] + " " + r[1] + "\"") + "}");
+                if (out.contains("failed") || out.contains("rror")) {
+                    throw new IOException("QEMU discard of " + r[0] + "+" + r[1] + ": " + out);
                 }
+            }
+            done.run(clean, Math.max(0, before - allocated.getAsLong()));
+        } finally {
+            if (running) {
+                q.execute("cont", null);
             }
         }
+        if (forget(token, ranges)) {
+            try {
+                q.execute("block-dirty-bitmap-remove", "{\"node\": " + Qmp.str(dev.device()) + ", \"name\": "
+                        + Qmp.str(bitmap) + "}");
+            } catch (IOException e) {
+                log.warn("reclaim image={}: removing bitmap {}: {}", imageFile, bitmap, e.getMessage());
+            }
+        }
+    }
+
+    private void carryOutOffline(long token, List<long[]> ranges, Done done, String why) throws IOException {
+        String bitmap = PREFIX + token;
+        boolean held = hold.whileClosed(() -> {
+            log.info("reclaim image={} offline ({}): the image is held closed", imageFile, why);
+            String info = Tool.run(TOOL_SECONDS, "qemu-img", "info", "--force-share", "--output=json", backingFile.toString());
+            String untrusted = untrusted(bitmapInfo(info, bitmap), true);
+            if (untrusted != null) {
+                drop(token, ranges, done, bitmap, untrusted);
+                return;
+            }
+            List<long[]> clean = cleanOffline(bitmap, ranges);
+            List<long[]> punch = new ArrayList<>();
+            Map<Qcow2Map.Skip, Long> skipped = new EnumMap<>(Qcow2Map.Skip.class);
+            try (Qcow2Map map = Qcow2Map.open(backingFile)) {
+                for (long[] r : clean) {
+                    Qcow2Map.Translation t = map.translate(r[0], r[1]);
+                    t.punchable().forEach(h -> punch.add(new long[] {h.offset(), h.length()}));
+                    t.skipped().forEach((k, v) -> skipped.merge(k, v, Long::sum));
+                }
+            } catch (Qcow2Exception e) {
+                drop(token, ranges, done, bitmap, e.getMessage());
+                return;
+            }
+            long freed = 0;
+            for (long[] h : punch) {
+                freed += puncher.punch(h[0], h[1]);
+            }
+            log.info("reclaim image={} offline: {} bytes of data clusters punched, not punched {}", imageFile,
+                    ByteRanges.of(punch).bytes(), skipped);
+            done.run(punch, freed);
+            if (forget(token, ranges)) {
+                removeOffline(bitmap);
+            }
+        });
+        if (!held) {
+            throw new IOException(why + ", and a process has the image open: the notice waits");
+        }
+    }
+
+    /** Asks the qemu-nbd of the image file (read-only, with the bitmap) which parts of {@code ranges} it marks written. */
+    private List<long[]> cleanOffline(String bitmap, List<long[]> ranges) throws IOException {
+        Files.deleteIfExists(nbdSocket);
+        Path out = nbdSocket.resolveSibling(nbdSocket.getFileName() + ".log");
+        Process nbd = Tool.start(out, "qemu-nbd", "--read-only", "--format=qcow2", "--socket=" + nbdSocket,
+                "--export-name=" + EXPORT, "--bitmap=" + bitmap, backingFile.toString());
+        try {
+            long deadline = System.nanoTime() + TimeUnit.SECONDS.toNanos(30);
+            while (!Files.exists(nbdSocket)) {
+                if (!nbd.isAlive() || System.nanoTime() > deadline) {
+                    throw new IOException("qemu-nbd of " + backingFile + " with bitmap " + bitmap + " did not start: "
+                            + Tool.tail(out));
+                }
+                Thread.sleep(20);
+            }
+            try (NbdClient c = NbdClient.connect(nbdSocket, EXPORT, bitmap)) {
+                return clean(c, ranges);
+            }
+        } catch (InterruptedException e) {
+            Thread.currentThread().interrupt();
+            throw new IOException("interrupted", e);
+        } finally {
+            Tool.stop(nbd);
+            Files.deleteIfExists(nbdSocket);
+            Files.deleteIfExists(out);
+        }
+    }
+
+    private void removeOffline(String bitmap) {
+        try {
+            Tool.run(TOOL_SECONDS, "qemu-img", "bitmap", "--remove", "-f", "qcow2", backingFile.toString(), bitmap);
+        } catch (IOException e) {
+            log.warn("reclaim image={}: removing bitmap {}: {}", imageFile, bitmap, e.getMessage());
+        }
+    }
+
+    /** The parts of {@code ranges} the export's bitmap does not mark written. */
+    private static List<long[]> clean(NbdClient c, List<long[]> ranges) throws IOException {
+        List<long[]> clean = new ArrayList<>();
+        for (long[] r : ranges) {
+            ByteRanges left = ByteRanges.of(List.of(r));
+            for (long[] d : c.dirty(r[0], r[1])) {
+                left.remove(d[0], d[0] + d[1]);
+            }
+            clean.addAll(left.list());
+        }
+        return clean;
+    }
+
+    /** The JSON object that describes {@code bitmap} in QEMU's output (no nested objects in it), or null. */
+    static String bitmapInfo(String json, String bitmap) {
+        int at = json.indexOf("\"name\": \"" + bitmap + "\"");
+        if (at < 0) {
+            return null;
+        }
+        int from = json.lastIndexOf('{', at);
+        int to = json.indexOf('}', at);
+        return json.substring(from < 0 ? 0 : from, to < 0 ? json.length() : to + 1);
+    }
+
+    /**
+     * Why the bitmap {@code info} describes (QEMU's JSON for it: query-block's with a QEMU,
+     * qemu-img info's without; null if there is none) cannot prove what the guest wrote since its
+     * token; null if it can.
+     */
+    private static String untrusted(String info, boolean offline) {
+        if (info == null) {
+            return "it is gone (a QEMU that died before storing it, or another image)";
+        }
+        String compact = info.replaceAll("\\s+", " ");
+        if (offline ? info.contains("\"in-use\"") : info.contains("\"inconsistent\": true")) {
+            return "it is inconsistent (a QEMU died with it loaded): " + compact;
+        }
+        if (offline ? !info.contains("\"auto\"") : info.contains("\"recording\": false")) {
+            return "it no longer records writes: " + compact;
+        }
+        return null;
+    }
+
+    /** Drops a notice whose fence cannot be trusted: nothing punched, the notice done. */
+    private void drop(long token, List<long[]> ranges, Done done, String bitmap, String why) throws IOException {
+        log.warn("reclaim image={} bitmap {}: {}; the notice is dropped, nothing punched", imageFile, bitmap, why);
+        done.run(List.of(), 0);
         forget(token, ranges);
     }
 
-    private void forget(long token, List<long[]> ranges) {
+    /** The ranges leave the token's pending bytes; true if nothing waits on it any more (its bitmap may go). */
+    private boolean forget(long token, List<long[]> ranges) {
         long left = pendingByToken.getOrDefault(token, 0L) - ByteRanges.of(ranges).bytes();
         if (left > 0) {
             pendingByToken.put(token, left);
-        } else {
-            pendingByToken.remove(token);
-            removeBitmap(token);
+            return false;
         }
+        pendingByToken.remove(token);
+        live.remove(token);
+        return true;
     }
 }

@@ -1,8 +1,5 @@
 package vmfuse.reclaimer;
 
-import java.util.HashMap;
-import java.util.Map;
-
 /**
  * When deleted space in an image is worth reclaiming (DESIGN.md, idea 2).
  *
@@ -14,21 +11,15 @@ import java.util.Map;
  *   <li>when free space shrinks, it halves, so a filling disk reclaims eagerly.</li>
  * </ul>
  * A deletion notice whose size reaches the threshold (times the image size) is reclaimed at once;
- * smaller ones accumulate per image until their sum reaches it, and then go together.
+ * smaller ones accumulate per image (each VmReclaimer keeps its image's sum, less what the guest
+ * wrote again) until their sum reaches it, and then go together.
  *
  * <p>Thread-safe: one policy serves every VM of a host.
  */
 public final class ThresholdPolicy {
 
-    /** What to do with a notice: reclaim {@code bytes} (everything pending for the image), or wait. */
-    public record Decision(boolean reclaim, long bytes) {
-        static final Decision WAIT = new Decision(false, 0);
-    }
-
     private double threshold;
     private double lastFreeFraction;
-    // guarded by this
-    private final Map<String, Long> pending = new HashMap<>();
 
     /** A policy for a host disk with {@code free} of {@code total} bytes free now. */
     public ThresholdPolicy(long free, long total) {
@@ -59,25 +50,16 @@ public final class ThresholdPolicy {
         return threshold;
     }
 
-    /** Bytes of an image's deletions waiting for the threshold. */
-    public synchronized long pending(String image) {
-        return pending.getOrDefault(image, 0L);
-    }
-
     /**
-     * A deletion of {@code deletedBytes} in an image of {@code imageSize} bytes: reclaim now (with
-     * whatever was pending for that image), or keep it pending.
+     * Whether {@code pendingBytes} of deletions waiting in an image of {@code imageSize} bytes are
+     * worth reclaiming now: their sum has reached the threshold. Asked with each new notice (the
+     * sum includes it) and again whenever the disk is observed, so a filling disk makes waiting
+     * notices go without a new one.
      */
-    public synchronized Decision notice(String image, long deletedBytes, long imageSize) {
-        if (deletedBytes < 0 || imageSize <= 0) {
-            throw new IllegalArgumentException("deleted " + deletedBytes + " of image size " + imageSize);
+    public synchronized boolean due(long pendingBytes, long imageSize) {
+        if (pendingBytes < 0 || imageSize <= 0) {
+            throw new IllegalArgumentException("pending " + pendingBytes + " of image size " + imageSize);
         }
-        long sum = Math.addExact(pending.getOrDefault(image, 0L), deletedBytes);
-        if (sum >= threshold * imageSize) {
-            pending.remove(image);
-            return new Decision(true, sum);
-        }
-        pending.put(image, sum);
-        return Decision.WAIT;
+        return pendingBytes > 0 && pendingBytes >= threshold * imageSize;
     }
 }

@@ -6,9 +6,12 @@ import java.util.ArrayList;
 import java.util.EnumMap;
 import java.util.List;
 import java.util.Map;
+import java.util.concurrent.ExecutionException;
 import java.util.concurrent.ExecutorService;
 import java.util.concurrent.Executors;
 import java.util.concurrent.TimeUnit;
+import java.util.concurrent.TimeoutException;
+import java.util.concurrent.atomic.AtomicBoolean;
 import java.util.function.LongSupplier;
 
 import org.slf4j.Logger;
@@ -51,6 +54,10 @@ public final class VmReclaimer implements AgentSession.Host, WriteTracker.Listen
     private final NoticeLog notices;
     private final ExecutorService reclaim;
     private volatile Runnable beforeDecision = () -> { };
+    /** A carry-out is queued and has not started: another decision need not queue one. */
+    private final AtomicBoolean queued = new AtomicBoolean();
+    /** After a failed carry-out, reconsider() waits until then (nanoTime) before it tries again. */
+    private volatile long quietUntil = System.nanoTime();
     // guarded by this
     private long received;
     private long refused;
@@ -91,7 +98,7 @@ public final class VmReclaimer implements AgentSession.Host, WriteTracker.Listen
         }
         if (bytes > 0) {
             log.info("reclaim vm={} image={} restored pending={} notices={}", vm, image, bytes, notices.pending().size());
-            r.decide(bytes);
+            r.decide();
         }
         return r;
     }
@@ -119,7 +126,6 @@ public final class VmReclaimer implements AgentSession.Host, WriteTracker.Listen
 
     @Override
     public String notice(Notice n) throws ProtocolException, IOException {
-        long bytes;
         synchronized (this) {
             if (n.seq() <= notices.lastSeq()) {
                 return "ACK " + n.seq(); // a resend: already in the log
@@ -143,11 +149,10 @@ public final class VmReclaimer implements AgentSession.Host, WriteTracker.Listen
             received++;
             add(Skipped.PARTIAL_BLOCK, inward);
             add(Skipped.WRITTEN_AFTER_FENCE, requested - kept);
-            bytes = kept;
             log.info("reclaim vm={} image={} notice seq={} file_size={} ranges={} admitted={} written_after_fence={}",
                     vm, image, n.seq(), n.fileSize(), n.ranges().size(), kept, requested - kept);
         }
-        decide(bytes);
+        decide();
         return "ACK " + n.seq();
     }
 
@@ -162,16 +167,51 @@ public final class VmReclaimer implements AgentSession.Host, WriteTracker.Listen
         beforeDecision = r;
     }
 
-    private void decide(long bytes) {
+    /** Carries out what waits if its sum has reached the threshold (after a notice, or at start). */
+    private void decide() {
         beforeDecision.run();
-        ThresholdPolicy.Decision d = policy.notice(image, bytes, Math.max(1, diskSize()));
-        if (d.reclaim()) {
+        if (policy.due(fence.pendingBytes(), Math.max(1, diskSize())) && queued.compareAndSet(false, true)) {
             reclaim.execute(this::carryOut);
         }
     }
 
-    /** Carries out every notice waiting: punches what is still pending of it, then marks it done. */
-    void carryOut() {
+    /**
+     * Asks the policy again about what waits, without a new notice (the owner calls it after each
+     * observation of the disk: a filling disk lowers the threshold). After a failed carry-out it
+     * waits a minute before trying again.
+     */
+    public void reconsider() {
+        if (System.nanoTime() - quietUntil >= 0 && fence.pendingBytes() > 0) {
+            decide();
+        }
+    }
+
+    /**
+     * Carries out every notice waiting now, whatever the threshold (`vmfuse vm reclaim`), and
+     * waits for it; an IOException says why what waits could not be carried out.
+     */
+    public Stats reclaimNow() throws IOException {
+        String failed;
+        try {
+            failed = reclaim.submit(this::carryOut).get(10, TimeUnit.MINUTES);
+        } catch (ExecutionException | TimeoutException e) {
+            throw new IOException(e.toString(), e);
+        } catch (InterruptedException e) {
+            Thread.currentThread().interrupt();
+            throw new IOException("interrupted", e);
+        }
+        if (failed != null) {
+            throw new IOException(failed);
+        }
+        return stats();
+    }
+
+    /**
+     * Carries out every notice waiting: punches what is still pending of it, then marks it done.
+     * Stops at the first that fails, and returns why (null if none did).
+     */
+    String carryOut() {
+        queued.set(false);
         List<NoticeLog.Pending> todo;
         synchronized (this) {
             todo = notices.pending();
@@ -196,9 +236,13 @@ public final class VmReclaimer implements AgentSession.Host, WriteTracker.Listen
                             vm, image, p.seq(), n, f);
                 });
             } catch (IOException | RuntimeException e) {
-                log.error("reclaim vm={} image={} punch of notice {} failed: {}", vm, image, p.seq(), e.toString());
+                quietUntil = System.nanoTime() + TimeUnit.MINUTES.toNanos(1);
+                log.error("reclaim vm={} image={} punch of notice {} failed, it waits: {}", vm, image, p.seq(),
+                        e.toString());
+                return "notice " + p.seq() + ": " + e.getMessage(); // the next would meet the same trouble
             }
         }
+        return null;
     }
 
     /** A write landed on ranges waiting in the log: they leave it (durably) before the write goes on. */

@@ -29,7 +29,10 @@ class AgentSessionTest {
     final List<String> punched = new ArrayList<>();
 
     private VmReclaimer reclaimer(WriteTracker t, double freeFraction) throws Exception {
-        ThresholdPolicy policy = new ThresholdPolicy((long) (freeFraction * 1000), 1000);
+        return reclaimer(t, new ThresholdPolicy((long) (freeFraction * 1000), 1000));
+    }
+
+    private VmReclaimer reclaimer(WriteTracker t, ThresholdPolicy policy) throws Exception {
         return VmReclaimer.open("vm1", "vm1.raw", () -> DISK, new RawFence(t, (off, len) -> {
             synchronized (punched) {
                 punched.add(off + ":" + len);
@@ -82,6 +85,36 @@ class AgentSessionTest {
             assertEquals("ACK 2", s.handle("NOTICE 2 " + token + " 0 " + 8 * M + ":" + 8 * M));
             r.awaitIdle();
             assertEquals(List.of("0:" + 8 * M, 8 * M + ":" + 8 * M), punched);
+        }
+    }
+
+    /** The disk fills (the threshold halves): what waits goes at the next look, with no new notice. */
+    @Test
+    void aWaitingNoticeGoesWhenTheDiskFillsAndOnDemand() throws Exception {
+        WriteTracker t = new WriteTracker(WriteTracker.newEpoch());
+        ThresholdPolicy policy = new ThresholdPolicy(250, 1000); // 16 MiB of the 64 MiB disk
+        try (VmReclaimer r = reclaimer(t, policy)) {
+            AgentSession s = new AgentSession(r);
+            s.handle("HELLO vmfuse-agent 1");
+            long token = Long.parseLong(s.handle("FENCE").substring(6));
+            assertEquals("ACK 1", s.handle("NOTICE 1 " + token + " 0 0:" + 12 * M));
+            r.reconsider();
+            r.awaitIdle();
+            assertEquals(List.of(), punched, "12 MiB waits below 16");
+            policy.observeDisk(200, 1000); // 0.125: 8 MiB
+            r.reconsider();
+            r.awaitIdle();
+            assertEquals(List.of("0:" + 12 * M), punched);
+            assertEquals(0, r.stats().bytesPending());
+
+            assertEquals("ACK 2", s.handle("NOTICE 2 " + Long.parseLong(s.handle("FENCE").substring(6)) + " 0 "
+                    + 16 * M + ":" + 4 * M));
+            r.awaitIdle();
+            assertEquals(4 * M, r.stats().bytesPending(), "4 MiB waits below 8");
+            VmReclaimer.Stats st = r.reclaimNow();
+            assertEquals(List.of("0:" + 12 * M, 16 * M + ":" + 4 * M), punched, "on demand, whatever the threshold");
+            assertEquals(0, st.bytesPending());
+            assertEquals(16 * M, st.bytesPunched());
         }
     }
 

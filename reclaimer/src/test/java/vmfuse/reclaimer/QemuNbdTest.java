@@ -38,6 +38,145 @@ class QemuNbdTest {
         return p;
     }
 
+    private static long allocated(Path img) {
+        try {
+            return Tools.allocated(img);
+        } catch (Exception e) {
+            throw new RuntimeException(e);
+        }
+    }
+
+    /** The fence of {@code img}; with no QEMU running, {@code hold} keeps it closed and fallocate punches it. */
+    private QemuFence fence(Path img, Path qmpSock, ImageHold hold) {
+        return new QemuFence(qmpSock, img, img, dir.resolve("nbd.sock"), () -> allocated(img), hold, (off, len) -> {
+            long before = allocated(img);
+            try {
+                ok("fallocate", "--punch-hole", "--offset", "" + off, "--length", "" + len, img.toString());
+            } catch (InterruptedException e) {
+                throw new java.io.IOException(e);
+            }
+            return before - allocated(img);
+        });
+    }
+
+    private static void hmp(Path qmpSock, String qemuIo) throws Exception {
+        try (Qmp q = Qmp.connect(qmpSock)) {
+            String out = q.execute("human-monitor-command", "{\"command-line\": " + Qmp.str("qemu-io d0 \"" + qemuIo + "\"")
+                    + "}");
+            assertTrue(!out.contains("failed") && !out.contains("rror"), out);
+        }
+    }
+
+    private static void quit(Process qemu, Path qmpSock) throws Exception {
+        try (Qmp q = Qmp.connect(qmpSock)) {
+            q.execute("quit", null);
+        }
+        assertTrue(qemu.waitFor(30, TimeUnit.SECONDS), "QEMU quits");
+    }
+
+    /**
+     * With no QEMU running (it quit after the notice came): the bitmap QEMU stored in the image
+     * tells what the guest wrote since the token; Qcow2Map punches the rest where this image alone
+     * owns the data cluster, never a snapshot's or a compressed one; the bitmap is removed.
+     */
+    @Test
+    void withNoQemuRunningTheImageIsPunchedWhereItAloneOwnsTheClustersAndNotWhereTheGuestWroteSince()
+            throws Exception {
+        Path img = dir.resolve("off.qcow2");
+        ok("qemu-img", "create", "-q", "-f", "qcow2", img.toString(), "64M");
+        qemuIo(img, "write -P 0x11 0 16m");
+        ok("qemu-img", "snapshot", "-c", "s1", img.toString()); // 0..16M shared with s1 ...
+        qemuIo(img, "write -P 0x22 0 12m", "write -c -P 0x44 16m 1m"); // ... but 0..12M copied again; compressed
+        Path qmpSock = dir.resolve("qmp-off.sock");
+        java.util.concurrent.atomic.AtomicInteger held = new java.util.concurrent.atomic.AtomicInteger();
+        QemuFence fence = fence(img, qmpSock, action -> {
+            held.incrementAndGet();
+            action.run();
+            return true;
+        });
+        long token;
+        Process qemu = qemu(img, qmpSock);
+        try {
+            token = fence.token();
+            hmp(qmpSock, "write -P 0x33 4M 1M"); // the guest reuses 1 MiB of what it deleted, after the token
+            fence.admit(token, List.of(new long[] {0, 17 * M}));
+            quit(qemu, qmpSock);
+        } finally {
+            qemu.destroyForcibly();
+        }
+        assertTrue(ok("qemu-img", "info", img.toString()).contains("vmfuse-fence-" + token), "QEMU stored the bitmap");
+        long before = Tools.allocated(img);
+        List<long[]> punched = new java.util.ArrayList<>();
+        fence.carryOut(token, List.of(new long[] {0, 17 * M}), (done, freed) -> punched.addAll(done));
+        assertEquals(1, held.get(), "the image was held closed");
+        assertEquals(11 * M, punched.stream().mapToLong(r -> r[1]).sum(), "0..4M and 5..12M: the rest is the guest's "
+                + "since the token (4..5M), the snapshot's (12..16M) or compressed (16..17M)");
+        assertEquals(0, fence.pendingBytes());
+        Tools.Result check = Tools.run("qemu-img", "check", img.toString());
+        assertEquals(0, check.exit(), check.out() + check.err());
+        qemuIo(img, "read -P 0 0 4m", "read -P 0x33 4m 1m", "read -P 0 5m 7m", "read -P 0x11 12m 4m",
+                "read -P 0x44 16m 1m", "read -P 0 17m 47m");
+        Path s1 = dir.resolve("s1.raw");
+        ok("qemu-img", "convert", "-l", "snapshot.name=s1", "-O", "raw", img.toString(), s1.toString());
+        ok("qemu-io", "-f", "raw", "-c", "read -P 0x11 0 16m", s1.toString());
+        assertTrue(!ok("qemu-img", "info", img.toString()).contains("vmfuse-fence-"), "the bitmap is removed");
+        assertTrue(before - Tools.allocated(img) >= 11 * M - 64 * K, "allocated " + before + " -> " + Tools.allocated(img));
+    }
+
+    /** A QEMU killed with the bitmap never stored it: nothing proves what the guest wrote, nothing is punched. */
+    @Test
+    void aQemuThatDiedTookTheFenceWithItAndTheNoticeIsDropped() throws Exception {
+        Path img = dir.resolve("dead.qcow2");
+        ok("qemu-img", "create", "-q", "-f", "qcow2", img.toString(), "64M");
+        qemuIo(img, "write -P 0x11 0 8m");
+        Path qmpSock = dir.resolve("qmp-dead.sock");
+        QemuFence fence = fence(img, qmpSock, action -> {
+            action.run();
+            return true;
+        });
+        Process qemu = qemu(img, qmpSock);
+        long token;
+        try {
+            token = fence.token();
+            hmp(qmpSock, "write -P 0x33 1M 1M");
+            fence.admit(token, List.of(new long[] {0, 8 * M}));
+        } finally {
+            qemu.destroyForcibly(); // kill -9
+            qemu.waitFor(30, TimeUnit.SECONDS);
+        }
+        List<long[]> punched = new java.util.ArrayList<>();
+        fence.carryOut(token, List.of(new long[] {0, 8 * M}), (done, freed) -> punched.addAll(done));
+        assertEquals(0, punched.size());
+        assertEquals(0, fence.pendingBytes(), "dropped");
+        qemuIo(img, "read -P 0x11 0 1m", "read -P 0x33 1m 1m", "read -P 0x11 2m 6m");
+    }
+
+    /** No QEMU answers, but a process has the image open: nothing is read or punched, the notice waits. */
+    @Test
+    void anImageAProcessHasOpenIsLeftAloneAndTheNoticeWaits() throws Exception {
+        Path img = dir.resolve("open.qcow2");
+        ok("qemu-img", "create", "-q", "-f", "qcow2", img.toString(), "64M");
+        qemuIo(img, "write -P 0x11 0 8m");
+        Path qmpSock = dir.resolve("qmp-open.sock");
+        QemuFence fence = fence(img, qmpSock, action -> false);
+        Process qemu = qemu(img, qmpSock);
+        long token;
+        try {
+            token = fence.token();
+            fence.admit(token, List.of(new long[] {0, 8 * M}));
+            quit(qemu, qmpSock);
+        } finally {
+            qemu.destroyForcibly();
+        }
+        java.io.IOException e = org.junit.jupiter.api.Assertions.assertThrows(java.io.IOException.class,
+                () -> fence.carryOut(token, List.of(new long[] {0, 8 * M}), (done, freed) -> {
+                    throw new AssertionError("nothing may be punched");
+                }));
+        assertTrue(e.getMessage().contains("has the image open"), e.getMessage());
+        assertEquals(8 * M, fence.pendingBytes(), "it waits");
+        qemuIo(img, "read -P 0x11 0 8m");
+    }
+
     /** QemuFence: what the guest wrote after the token stays; the rest is discarded by QEMU. */
     @Test
     void theQemuFenceLeavesWhatWasWrittenAfterTheTokenAndDiscardsTheRest() throws Exception {
@@ -48,12 +187,8 @@ class QemuNbdTest {
         Path qmpSock = dir.resolve("qmp2.sock");
         Process qemu = qemu(img, qmpSock);
         try {
-            QemuFence fence = new QemuFence(qmpSock, img, dir.resolve("nbd2.sock"), () -> {
-                try {
-                    return Tools.allocated(img);
-                } catch (Exception e) {
-                    throw new RuntimeException(e);
-                }
+            QemuFence fence = fence(img, qmpSock, action -> {
+                throw new AssertionError("the image was to be held closed while a QEMU runs it");
             });
             long token = fence.token();
             try (Qmp q = Qmp.connect(qmpSock)) { // the guest reuses 1 MiB of what it deleted, after the token

@@ -1,7 +1,9 @@
 package vmfuse.reclaimer;
 
 import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertFalse;
 import static org.junit.jupiter.api.Assertions.assertThrows;
+import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import org.junit.jupiter.params.ParameterizedTest;
 import org.junit.jupiter.params.provider.CsvSource;
@@ -32,31 +34,28 @@ class ThresholdPolicyTest {
         assertEquals(expected, p.threshold(), 1e-9, why);
     }
 
-    @Test
-    void aNoticeAtTheThresholdIsReclaimedAtOnce() {
-        ThresholdPolicy p = new ThresholdPolicy(25 * GiB, 100 * GiB); // 0.25
-        assertEquals(new ThresholdPolicy.Decision(true, 256), p.notice("vm1", 256, 1024));
-        assertEquals(0, p.pending("vm1"));
+    /** Bytes waiting in a 1000-byte image, the threshold, and whether they go now. */
+    @ParameterizedTest(name = "{0}")
+    @CsvSource(delimiter = '|', textBlock = """
+            below the threshold: they wait       | 249  | 25 | false
+            at the threshold: they go            | 250  | 25 | true
+            above it                             | 1000 | 25 | true
+            nothing waiting never goes           | 0    | 0  | false
+            an empty host disk: anything goes    | 1    | 0  | true
+            """)
+    void waitingBytesGoWhenTheirSumReachesTheThreshold(String why, long pending, long freeGiB, boolean due) {
+        ThresholdPolicy p = new ThresholdPolicy(freeGiB * GiB, 100 * GiB);
+        assertEquals(due, p.due(pending, 1000), why);
     }
 
     @Test
-    void smallNoticesAccumulatePerImageUntilTheirSumCrossesIt() {
-        ThresholdPolicy p = new ThresholdPolicy(25 * GiB, 100 * GiB); // 0.25 of 1000 = 250
-        assertEquals(ThresholdPolicy.Decision.WAIT, p.notice("vm1", 100, 1000));
-        assertEquals(ThresholdPolicy.Decision.WAIT, p.notice("vm2", 200, 1000));
-        assertEquals(ThresholdPolicy.Decision.WAIT, p.notice("vm1", 100, 1000));
-        assertEquals(200, p.pending("vm1"));
-        assertEquals(new ThresholdPolicy.Decision(true, 250), p.notice("vm1", 50, 1000));
-        assertEquals(0, p.pending("vm1"));
-        assertEquals(200, p.pending("vm2"), "another image's notices are its own");
-    }
-
-    @Test
-    void aFillingDiskMakesPendingNoticesGoSooner() {
+    void aFillingDiskMakesWaitingBytesGoWithoutANewNotice() {
         ThresholdPolicy p = new ThresholdPolicy(40 * GiB, 100 * GiB); // 0.40 of 1000 = 400
-        assertEquals(ThresholdPolicy.Decision.WAIT, p.notice("vm1", 150, 1000));
+        assertFalse(p.due(200, 1000));
         p.observeDisk(30 * GiB, 100 * GiB); // 0.20 -> 200
-        assertEquals(new ThresholdPolicy.Decision(true, 200), p.notice("vm1", 50, 1000));
+        assertTrue(p.due(200, 1000));
+        p.observeDisk(90 * GiB, 100 * GiB); // 0.80
+        assertFalse(p.due(200, 1000));
     }
 
     @Test
@@ -64,7 +63,7 @@ class ThresholdPolicyTest {
         assertThrows(IllegalArgumentException.class, () -> new ThresholdPolicy(2, 1));
         assertThrows(IllegalArgumentException.class, () -> new ThresholdPolicy(1, 0));
         ThresholdPolicy p = new ThresholdPolicy(1, 2);
-        assertThrows(IllegalArgumentException.class, () -> p.notice("vm1", -1, 10));
-        assertThrows(IllegalArgumentException.class, () -> p.notice("vm1", 1, 0));
+        assertThrows(IllegalArgumentException.class, () -> p.due(-1, 10));
+        assertThrows(IllegalArgumentException.class, () -> p.due(1, 0));
     }
 }

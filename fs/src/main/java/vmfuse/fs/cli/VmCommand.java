@@ -9,13 +9,14 @@ import picocli.CommandLine.Parameters;
 
 @Command(name = "vm", mixinStandardHelpOptions = true,
         description = "VMs whose deleted space the reclaimer gives back while they run (their agents report deletions).",
-        subcommands = {VmCommand.Add.class, VmCommand.Remove.class})
+        subcommands = {VmCommand.Add.class, VmCommand.Remove.class, VmCommand.Reclaim.class})
 final class VmCommand {
 
     @Command(name = "add", mixinStandardHelpOptions = true,
             description = {"Serve a VM's agent: listen on its agent socket (QEMU's virtio-serial chardev connects to it),",
                 "log its deletion notices durably and punch what it deleted in its image, never what it wrote since.",
-                "A qcow2 image needs the VM's QMP socket: QEMU keeps the fence (dirty bitmaps) and discards.",
+                "A qcow2 image needs the VM's QMP socket: QEMU keeps the fence (persistent dirty bitmaps stored in",
+                "the image) and discards while it runs; with no QEMU running, the daemon punches the image itself.",
                 "Per-VM counts are in 'vmfuse status'."},
             footer = {"", "Example:",
                 "  vmfuse vm add vm1 --image images/vm1.raw --agent-socket /run/vmfuse/vm1.agent /srv/vmfuse",
@@ -62,6 +63,27 @@ final class VmCommand {
         @Override
         public Integer call() throws Exception {
             DaemonClient.request(mountPoint, "vm-remove\t" + name);
+            return 0;
+        }
+    }
+
+    @Command(name = "reclaim", mixinStandardHelpOptions = true,
+            description = {"Carry out a VM's waiting notices now, whatever the threshold: before a backup or a copy of",
+                "the image, or when its VM is shut down. What the guest wrote since a notice's fence is kept, as",
+                "always. A qcow2 image no QEMU runs is held closed meanwhile (opens of it wait).",
+                "Prints the bytes punched, the bytes of disk freed and the bytes still waiting."},
+            footer = {"", "Exit status: 0 when done; 1 if what waits could not go (the reason is printed; it waits on)."})
+    static final class Reclaim implements Callable<Integer> {
+        @Parameters(index = "0", paramLabel = "NAME")
+        String name;
+
+        @Parameters(index = "1", paramLabel = "MOUNTPOINT")
+        Path mountPoint;
+
+        @Override
+        public Integer call() throws Exception {
+            String[] f = DaemonClient.request(mountPoint, "vm-reclaim\t" + name).trim().split(" ");
+            System.out.printf("vm %s: punched %s bytes, freed %s bytes, %s bytes still waiting%n", name, f[1], f[2], f[3]);
             return 0;
         }
     }

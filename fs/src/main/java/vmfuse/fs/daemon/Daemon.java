@@ -33,6 +33,7 @@ import vmfuse.journal.Durability;
 import vmfuse.journal.JournalDevice;
 import vmfuse.journal.JournalStore;
 import vmfuse.journal.StoreException;
+import vmfuse.reclaimer.VmReclaimer;
 
 /**
  * One mount, from start to clean exit: takes the store's lock, mounts, serves the FUSE loop and
@@ -140,7 +141,7 @@ public final class Daemon {
         }
         try (BackingStore backing = BackingStore.open(store.images()); journals) {
             VmFuseFs fs = new VmFuseFs(backing, ledger, journals, o.journalDurability());
-            Vms vms = Vms.open(store, mnt, backing, fs.puncher());
+            Vms vms = Vms.open(store, mnt, backing, fs);
             fs.writeTrackers(vms.trackers(), vms::isVmImage);
             CompletableFuture<Integer> loop = new CompletableFuture<>();
             Thread loopThread = new Thread(() -> {
@@ -164,7 +165,7 @@ public final class Daemon {
             });
             saver.scheduleWithFixedDelay(() -> save(ledger, false), 2, 2, TimeUnit.SECONDS);
             saver.scheduleWithFixedDelay(() -> checkpoint(fs), CHECKPOINT_SECONDS, CHECKPOINT_SECONDS, TimeUnit.SECONDS);
-            saver.scheduleWithFixedDelay(vms::observeDisk, 5, 5, TimeUnit.SECONDS);
+            saver.scheduleWithFixedDelay(vms::tick, 5, 5, TimeUnit.SECONDS);
             try (ControlServer control = new ControlServer(store.socket(),
                     req -> answer(req, store, mnt, pid, backing, ledger, fs, journals, vms))) {
                 log.info("mounted store={} mountpoint={} pid={} threads={} options={}", store.dir(), mnt, pid, threads,
@@ -286,6 +287,7 @@ public final class Daemon {
      *   journal-create NAME SIZE DURABILITY "ok", or "error REASON" (vmfuse journal create)
      *   vm-add NAME IMAGE AGENT QMP|-       "ok", or "error REASON" (vmfuse vm add)
      *   vm-remove NAME                      "ok", or "error REASON" (vmfuse vm remove)
+     *   vm-reclaim NAME                     "ok PUNCHED FREED PENDING" (bytes, after it), or "error REASON"
      * </pre>
      */
     private static String answer(String request, Store store, Path mnt, long pid, BackingStore backing,
@@ -315,6 +317,19 @@ public final class Daemon {
                 try {
                     vms.remove(f[1]);
                     return "ok\n";
+                } catch (FsException | IOException e) {
+                    return "error " + e.getMessage() + "\n";
+                }
+            }
+            case "vm-reclaim" -> {
+                if (f.length != 2) {
+                    return "error vm-reclaim takes NAME\n";
+                }
+                try {
+                    VmReclaimer.Stats before = vms.stats(f[1]);
+                    VmReclaimer.Stats after = vms.reclaimNow(f[1]);
+                    return "ok " + (after.bytesPunched() - before.bytesPunched()) + " "
+                            + (after.bytesFreed() - before.bytesFreed()) + " " + after.bytesPending() + "\n";
                 } catch (FsException | IOException e) {
                     return "error " + e.getMessage() + "\n";
                 }

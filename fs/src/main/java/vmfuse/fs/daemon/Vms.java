@@ -22,9 +22,9 @@ import org.slf4j.LoggerFactory;
 
 import vmfuse.fs.BackingStore;
 import vmfuse.fs.FsException;
-import vmfuse.fs.HolePuncher;
 import vmfuse.fs.Node;
 import vmfuse.fs.ReleaseLedger;
+import vmfuse.fs.VmFuseFs;
 import vmfuse.fs.nativeio.LibC;
 import vmfuse.reclaimer.AgentListener;
 import vmfuse.reclaimer.Fence;
@@ -54,24 +54,24 @@ public final class Vms implements AutoCloseable {
     private final Store store;
     private final Path mnt;
     private final BackingStore backing;
-    private final HolePuncher puncher;
+    private final VmFuseFs fs;
     private final ThresholdPolicy policy;
     private final long epoch = WriteTracker.newEpoch();
     private final Map<String, Running> running = new TreeMap<>(); // guarded by this
     private final Map<String, WriteTracker> trackers = new ConcurrentHashMap<>();
 
-    private Vms(Store store, Path mnt, BackingStore backing, HolePuncher puncher, ThresholdPolicy policy) {
+    private Vms(Store store, Path mnt, BackingStore backing, VmFuseFs fs, ThresholdPolicy policy) {
         this.store = store;
         this.mnt = mnt;
         this.backing = backing;
-        this.puncher = puncher;
+        this.fs = fs;
         this.policy = policy;
     }
 
     /** Starts every VM of the registry; one that cannot start is logged and left out. */
-    public static Vms open(Store store, Path mnt, BackingStore backing, HolePuncher puncher) throws IOException {
-        FileStore fs = Files.getFileStore(store.images());
-        Vms v = new Vms(store, mnt, backing, puncher, new ThresholdPolicy(fs.getUsableSpace(), fs.getTotalSpace()));
+    public static Vms open(Store store, Path mnt, BackingStore backing, VmFuseFs fs) throws IOException {
+        FileStore disk = Files.getFileStore(store.images());
+        Vms v = new Vms(store, mnt, backing, fs, new ThresholdPolicy(disk.getUsableSpace(), disk.getTotalSpace()));
         if (Files.exists(store.vms())) {
             for (String line : Files.readAllLines(store.vms(), StandardCharsets.UTF_8)) {
                 String[] f = line.split("\t");
@@ -160,11 +160,11 @@ public final class Vms implements AutoCloseable {
         WriteTracker tracker = qcow2 ? null : new WriteTracker(epoch);
         Path backingFile = store.images().resolve(image);
         Fence fence = qcow2
-                ? new QemuFence(vm.qmpSocket(), mnt.resolve(Node.IMAGES).resolve(image),
+                ? new QemuFence(vm.qmpSocket(), mnt.resolve(Node.IMAGES).resolve(image), backingFile,
                         store.reclaimDir().resolve(vm.name() + ".nbd"), () -> {
                             BackingStore.Usage now = backing.usage(image);
                             return now == null ? 0 : now.allocated();
-                        })
+                        }, action -> fs.whileClosed(image, action), (off, len) -> punch(image, off, len))
                 : new RawFence(tracker, (off, len) -> punch(image, off, len));
         if (tracker != null) {
             trackers.put(image, tracker); // the image's writes are counted before any restored range can be punched
@@ -206,7 +206,7 @@ public final class Vms implements AutoCloseable {
         try {
             int fd = backing.openImage(image, O_WRONLY);
             try {
-                return puncher.punch(fd, image, offset, length, ReleaseLedger.Reason.RECLAIM);
+                return fs.puncher().punch(fd, image, offset, length, ReleaseLedger.Reason.RECLAIM);
             } finally {
                 LibC.INSTANCE.close(fd);
             }
@@ -255,14 +255,47 @@ public final class Vms implements AutoCloseable {
         Files.move(tmp, store.vms(), StandardCopyOption.ATOMIC_MOVE, StandardCopyOption.REPLACE_EXISTING);
     }
 
-    /** Feeds the policy the store disk's free space (the daemon's timer). */
+    /** Feeds the policy the store disk's free space. */
     public void observeDisk() {
         try {
-            FileStore fs = Files.getFileStore(store.images());
-            policy.observeDisk(fs.getUsableSpace(), fs.getTotalSpace());
+            FileStore disk = Files.getFileStore(store.images());
+            policy.observeDisk(disk.getUsableSpace(), disk.getTotalSpace());
         } catch (IOException e) {
             log.warn("reclaim: cannot stat the store's disk: {}", e.getMessage());
         }
+    }
+
+    /** The daemon's timer: observes the disk, then every VM's waiting notices go if the threshold says so now. */
+    public void tick() {
+        observeDisk();
+        List<VmReclaimer> all;
+        synchronized (this) {
+            all = running.values().stream().map(Running::reclaimer).toList();
+        }
+        all.forEach(VmReclaimer::reconsider);
+    }
+
+    private synchronized VmReclaimer reclaimer(String name) throws FsException {
+        Running run = running.get(name);
+        if (run == null) {
+            throw new FsException(ENOENT, "no vm " + name);
+        }
+        return run.reclaimer();
+    }
+
+    /** A VM's counts. */
+    public VmReclaimer.Stats stats(String name) throws FsException {
+        return reclaimer(name).stats();
+    }
+
+    /**
+     * `vmfuse vm reclaim NAME`: carries out the VM's waiting notices now, whatever the threshold;
+     * an IOException says why what waits could not go.
+     */
+    public VmReclaimer.Stats reclaimNow(String name) throws FsException, IOException {
+        VmReclaimer r = reclaimer(name);
+        log.info("vm reclaim vm={}: carrying out what waits", name);
+        return r.reclaimNow();
     }
 
     /**

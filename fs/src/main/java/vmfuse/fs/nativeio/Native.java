@@ -44,6 +44,7 @@ public final class Native {
 
     // errno values (asm-generic/errno-base.h, errno.h)
     public static final int EPERM = 1;
+    public static final int EINTR = 4;
     public static final int ENOENT = 2;
     public static final int EIO = 5;
     public static final int EBADF = 9;

@@ -16,6 +16,8 @@ import java.nio.file.Path;
 import org.junit.jupiter.api.Tag;
 import org.junit.jupiter.api.Test;
 
+import vmfuse.reclaimer.Qmp;
+
 /**
  * The reclaimer through a real mount: `vmfuse vm add`, an agent speaking the protocol on the VM's
  * socket (this test plays the guest's side), the fence against the guest's writes, hostile
@@ -181,6 +183,64 @@ class ReclaimerTest {
             Proc.Result q = m.vmfuse("vm", "add", "vm4", "--image", "q.qcow2", "--agent-socket",
                     m.root.resolve("q.agent").toString(), m.mnt.toString());
             assertTrue(q.err().contains("is qcow2"), q.describe());
+        }
+    }
+
+    private static String hmp(Path qmp, String command) throws Exception {
+        try (Qmp q = Qmp.connect(qmp)) {
+            return q.execute("human-monitor-command", "{\"command-line\": " + Qmp.str(command) + "}");
+        }
+    }
+
+    /**
+     * A qcow2 VM's notice waits below the threshold; its QEMU quits (storing the fence bitmap in
+     * the image). `vmfuse vm reclaim` then punches the image itself, held closed: not while a
+     * process has it open, never what the guest wrote after the token.
+     */
+    @Test
+    void aQcow2ImageNoQemuRunsIsReclaimedFromItsOwnMetadataOnDemand() throws Exception {
+        try (Mounted m = Mounted.create()) {
+            Path img = m.image("vm5.qcow2");
+            Proc.ok("qemu-img", "create", "-q", "-f", "qcow2", img.toString(), "4G");
+            Proc.ok("qemu-io", "-f", "qcow2", "-c", "write -P 0x11 0 16m", img.toString());
+            Path sock = m.root.resolve("vm5.agent");
+            Path qmp = m.root.resolve("vm5.qmp");
+            m.vmfuse("vm", "add", "vm5", "--image", "vm5.qcow2", "--agent-socket", sock.toString(), "--qmp-socket",
+                    qmp.toString(), m.mnt.toString()).assertOk();
+            try (Proc.Background qemu = Proc.start("qemu-system-x86_64", "-S", "-accel", "tcg", "-nodefaults",
+                    "-display", "none", "-qmp", "unix:" + qmp + ",server=on,wait=off",
+                    "-drive", "file=" + img + ",format=qcow2,if=none,id=d0,discard=unmap")) {
+                waitFor(() -> Files.exists(qmp), () -> "QEMU's QMP socket\n" + qemu.output());
+                try (Agent a = new Agent(sock)) {
+                    long token = a.fence();
+                    String w = hmp(qmp, "qemu-io d0 \"write -P 0x33 1M 1M\""); // the guest reuses 1 MiB, after the token
+                    assertTrue(!w.contains("rror") && !w.contains("failed"), w);
+                    // 8 MiB of a 4 GiB disk: below any threshold the host disk's free fraction gives
+                    assertEquals("ACK 1", a.ask("NOTICE 1 " + token + " " + 8 * M + " 0:" + 8 * M));
+                }
+                try (Qmp q = Qmp.connect(qmp)) {
+                    q.execute("quit", null);
+                }
+                assertTrue(qemu.process.waitFor(30, java.util.concurrent.TimeUnit.SECONDS), qemu.output());
+            }
+            try (Proc.Background holder = Proc.start("sh", "-c", "exec 3<" + img + " && echo open && exec sleep 60")) {
+                waitFor(() -> holder.output().contains("open"), () -> "the holder opens the image: " + holder.output());
+                Proc.Result busy = m.vmfuse("vm", "reclaim", "vm5", m.mnt.toString());
+                assertEquals(1, busy.exit(), busy.describe());
+                assertTrue(busy.err().contains("has the image open"), busy.describe());
+            }
+            String done = m.vmfuse("vm", "reclaim", "vm5", m.mnt.toString()).assertOk().out();
+            assertTrue(done.contains("punched " + 7 * M + " bytes"), done + m.log());
+            assertTrue(done.contains(" 0 bytes still waiting"), done);
+            Proc.Result check = Proc.run("qemu-img", "check", img.toString());
+            assertEquals(0, check.exit(), check.describe());
+            Proc.Result read = Proc.ok("qemu-io", "-f", "qcow2", "-c", "read -P 0 0 1m", "-c", "read -P 0x33 1m 1m",
+                    "-c", "read -P 0 2m 6m", "-c", "read -P 0x11 8m 8m", img.toString());
+            assertTrue(!read.out().contains("failed"), read.out());
+            assertTrue(!Proc.ok("qemu-img", "info", img.toString()).out().contains("vmfuse-fence-"), "bitmap removed");
+            assertTrue(m.log().contains("offline"), m.log());
+            String status = m.vmfuse("status", m.mnt.toString()).assertOk().out();
+            assertTrue(status.lines().anyMatch(l -> l.matches("vm5 +vm5\\.qcow2 +1 +0 +0 +" + 7 * M + " .*")), status);
         }
     }
 }
