@@ -2,6 +2,7 @@ package vmfuse.reclaimer;
 
 import java.io.IOException;
 import java.util.List;
+import java.util.Map;
 
 /**
  * What keeps a VM's punches off the data it writes (PROTOCOL.md, "What the daemon guarantees"):
@@ -28,8 +29,12 @@ public interface Fence {
      */
     void carryOut(long token, List<long[]> ranges, Done done) throws IOException;
 
-    /** Told what a punch did, while writes are still held off. */
+    /**
+     * Told what a punch did, while writes are still held off: the ranges punched, the bytes of
+     * disk freed, and the bytes of the notice not punched, by reason (what the fence learns only
+     * at the punch).
+     */
     interface Done {
-        void run(List<long[]> punched, long freed) throws IOException;
+        void run(List<long[]> punched, long freed, Map<VmReclaimer.Skipped, Long> skipped) throws IOException;
     }
 }

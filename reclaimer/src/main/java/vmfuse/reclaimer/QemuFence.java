@@ -253,7 +253,8 @@ public final class QemuFence implements Fence {
                     throw new IOException("QEMU discard of " + r[0] + "+" + r[1] + ": " + out);
                 }
             }
-            done.run(clean, Math.max(0, before - allocated.getAsLong()));
+            done.run(clean, Math.max(0, before - allocated.getAsLong()), Map.of(VmReclaimer.Skipped.WRITTEN_AFTER_FENCE,
+                    ByteRanges.of(ranges).bytes() - ByteRanges.of(clean).bytes()));
         } finally {
             if (running) {
                 q.execute("cont", null);
@@ -298,7 +299,12 @@ public final class QemuFence implements Fence {
             }
             log.info("reclaim image={} offline: {} bytes of data clusters punched, not punched {}", imageFile,
                     ByteRanges.of(punch).bytes(), skipped);
-            done.run(punch, freed);
+            Map<VmReclaimer.Skipped, Long> notPunched = new EnumMap<>(VmReclaimer.Skipped.class);
+            notPunched.put(VmReclaimer.Skipped.WRITTEN_AFTER_FENCE,
+                    ByteRanges.of(ranges).bytes() - ByteRanges.of(clean).bytes());
+            skipped.forEach((reason, n) -> notPunched.merge(reason == Qcow2Map.Skip.PARTIAL_OR_OUTSIDE
+                    ? VmReclaimer.Skipped.PARTIAL_BLOCK : VmReclaimer.Skipped.NOT_OWNED, n, Long::sum));
+            done.run(punch, freed, notPunched);
             if (forget(token, ranges)) {
                 removeOffline(bitmap);
             }
@@ -390,7 +396,7 @@ public final class QemuFence implements Fence {
     /** Drops a notice whose fence cannot be trusted: nothing punched, the notice done. */
     private void drop(long token, List<long[]> ranges, Done done, String bitmap, String why) throws IOException {
         log.warn("reclaim image={} bitmap {}: {}; the notice is dropped, nothing punched", imageFile, bitmap, why);
-        done.run(List.of(), 0);
+        done.run(List.of(), 0, Map.of(VmReclaimer.Skipped.FENCE_LOST, ByteRanges.of(ranges).bytes()));
         forget(token, ranges);
     }
 

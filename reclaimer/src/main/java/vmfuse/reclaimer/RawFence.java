@@ -2,6 +2,7 @@ package vmfuse.reclaimer;
 
 import java.io.IOException;
 import java.util.List;
+import java.util.Map;
 
 /** The fence of a raw image: its WriteTracker (guest offsets are file offsets), and the file's punch. */
 public final class RawFence implements Fence {
@@ -44,7 +45,7 @@ public final class RawFence implements Fence {
             for (long[] r : still) {
                 freed += puncher.punch(r[0], r[1]);
             }
-            done.run(still, freed);
+            done.run(still, freed, Map.of()); // what writes cut is counted as they land (VmReclaimer.written)
         });
     }
 }

@@ -40,7 +40,18 @@ public final class VmReclaimer implements AgentSession.Host, WriteTracker.Listen
     }
 
     /** Why bytes of a notice were not punched. */
-    public enum Skipped { PARTIAL_BLOCK, WRITTEN_AFTER_FENCE, WRITTEN_WHILE_PENDING }
+    public enum Skipped {
+        /** Not a whole 4 KiB block of the range. */
+        PARTIAL_BLOCK,
+        /** Written after the notice's fence token, before the notice came (qcow2: or since). */
+        WRITTEN_AFTER_FENCE,
+        /** Written while the notice waited (raw). */
+        WRITTEN_WHILE_PENDING,
+        /** qcow2 with no QEMU: not a data cluster this image alone owns (a snapshot's, compressed, unallocated). */
+        NOT_OWNED,
+        /** qcow2: the token's bitmap could not prove what was written since it (gone, inconsistent): dropped. */
+        FENCE_LOST
+    }
 
     /** What `vmfuse status` shows for the VM. */
     public record Stats(long notices, long refused, long bytesPending, long bytesPunched, long bytesFreed,
@@ -222,7 +233,7 @@ public final class VmReclaimer implements AgentSession.Host, WriteTracker.Listen
                 ranges = p.ranges().list();
             }
             try {
-                fence.carryOut(p.token(), ranges, (still, f) -> {
+                fence.carryOut(p.token(), ranges, (still, f, notPunched) -> {
                     long n = 0;
                     for (long[] r : still) {
                         n += r[1];
@@ -231,6 +242,7 @@ public final class VmReclaimer implements AgentSession.Host, WriteTracker.Listen
                         notices.done(p.seq()); // before writes resume: a re-punch after a crash finds nothing new
                         punched += n;
                         freed += f;
+                        notPunched.forEach(this::add);
                     }
                     log.info("reclaim vm={} image={} punched seq={} bytes={} freed={} reason=guest-deleted",
                             vm, image, p.seq(), n, f);

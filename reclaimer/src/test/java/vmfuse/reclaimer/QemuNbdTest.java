@@ -8,6 +8,7 @@ import static vmfuse.reclaimer.Tools.qemuIo;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.util.List;
+import java.util.Map;
 import java.util.concurrent.TimeUnit;
 import java.util.regex.Matcher;
 import java.util.regex.Pattern;
@@ -107,8 +108,14 @@ class QemuNbdTest {
         assertTrue(ok("qemu-img", "info", img.toString()).contains("vmfuse-fence-" + token), "QEMU stored the bitmap");
         long before = Tools.allocated(img);
         List<long[]> punched = new java.util.ArrayList<>();
-        fence.carryOut(token, List.of(new long[] {0, 17 * M}), (done, freed) -> punched.addAll(done));
+        Map<VmReclaimer.Skipped, Long> notPunched = new java.util.EnumMap<>(VmReclaimer.Skipped.class);
+        fence.carryOut(token, List.of(new long[] {0, 17 * M}), (done, freed, skipped) -> {
+            punched.addAll(done);
+            notPunched.putAll(skipped);
+        });
         assertEquals(1, held.get(), "the image was held closed");
+        assertEquals(Map.of(VmReclaimer.Skipped.WRITTEN_AFTER_FENCE, 1 * M, VmReclaimer.Skipped.NOT_OWNED, 5 * M),
+                notPunched);
         assertEquals(11 * M, punched.stream().mapToLong(r -> r[1]).sum(), "0..4M and 5..12M: the rest is the guest's "
                 + "since the token (4..5M), the snapshot's (12..16M) or compressed (16..17M)");
         assertEquals(0, fence.pendingBytes());
@@ -145,8 +152,13 @@ class QemuNbdTest {
             qemu.waitFor(30, TimeUnit.SECONDS);
         }
         List<long[]> punched = new java.util.ArrayList<>();
-        fence.carryOut(token, List.of(new long[] {0, 8 * M}), (done, freed) -> punched.addAll(done));
+        Map<VmReclaimer.Skipped, Long> notPunched = new java.util.EnumMap<>(VmReclaimer.Skipped.class);
+        fence.carryOut(token, List.of(new long[] {0, 8 * M}), (done, freed, skipped) -> {
+            punched.addAll(done);
+            notPunched.putAll(skipped);
+        });
         assertEquals(0, punched.size());
+        assertEquals(Map.of(VmReclaimer.Skipped.FENCE_LOST, 8 * M), notPunched);
         assertEquals(0, fence.pendingBytes(), "dropped");
         qemuIo(img, "read -P 0x11 0 1m", "read -P 0x33 1m 1m", "read -P 0x11 2m 6m");
     }
@@ -169,7 +181,7 @@ class QemuNbdTest {
             qemu.destroyForcibly();
         }
         java.io.IOException e = org.junit.jupiter.api.Assertions.assertThrows(java.io.IOException.class,
-                () -> fence.carryOut(token, List.of(new long[] {0, 8 * M}), (done, freed) -> {
+                () -> fence.carryOut(token, List.of(new long[] {0, 8 * M}), (done, freed, skipped) -> {
                     throw new AssertionError("nothing may be punched");
                 }));
         assertTrue(e.getMessage().contains("has the image open"), e.getMessage());
@@ -197,7 +209,7 @@ class QemuNbdTest {
             List<long[]> admitted = fence.admit(token, List.of(new long[] {0, 16 * M}));
             assertEquals(16 * M, fence.pendingBytes());
             List<long[]> punched = new java.util.ArrayList<>();
-            fence.carryOut(token, admitted, (done, freed) -> punched.addAll(done));
+            fence.carryOut(token, admitted, (done, freed, skipped) -> punched.addAll(done));
             assertEquals(15 * M, punched.stream().mapToLong(r -> r[1]).sum());
             assertEquals(0, fence.pendingBytes());
             assertEquals("stale-fence", org.junit.jupiter.api.Assertions.assertThrows(ProtocolException.class,

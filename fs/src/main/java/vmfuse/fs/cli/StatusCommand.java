@@ -41,7 +41,7 @@ final class StatusCommand implements Callable<Integer> {
         rows.add(new String[] {"IMAGE", "SIZE", "ALLOCATED", "RELEASED", "RELEASES", "OPEN"});
         List<String[]> vms = new ArrayList<>();
         vms.add(new String[] {"VM", "IMAGE", "NOTICES", "REFUSED", "PENDING", "PUNCHED", "FREED", "SKIPPED PARTIAL",
-            "SKIPPED WRITTEN", "THRESHOLD"});
+            "SKIPPED WRITTEN", "SKIPPED NOT OWNED", "DROPPED", "THRESHOLD"});
         for (String line : answer.split("\n")) {
             String[] f = line.split("\t");
             switch (f[0]) {
@@ -51,7 +51,8 @@ final class StatusCommand implements Callable<Integer> {
                 case "total" -> rows.add(new String[] {"total (" + f[1] + " images)", bytes(f[2]), bytes(f[3]),
                     bytes(f[4]), f[5], ""});
                 case "vm" -> vms.add(new String[] {f[1], f[2], f[4], f[5], bytes(f[6]), bytes(f[7]), bytes(f[8]),
-                    bytes(f[9]), bytes(String.valueOf(Long.parseLong(f[10]) + Long.parseLong(f[11]))), f[12]});
+                    bytes(f[9]), bytes(String.valueOf(Long.parseLong(f[10]) + Long.parseLong(f[11]))), bytes(f[13]),
+                    bytes(f[14]), f[12]});
                 default -> throw new FsException(Native.EIO, "daemon answered: " + line);
             }
         }

@@ -300,7 +300,8 @@ public final class Vms implements AutoCloseable {
 
     /**
      * One line per VM for `vmfuse status`: vm NAME IMAGE SOCKET notices refused pending punched freed
-     * skipped-partial skipped-after-fence skipped-written-while-pending threshold.
+     * skipped-partial skipped-after-fence skipped-written-while-pending threshold skipped-not-owned
+     * dropped-fence-lost.
      */
     public synchronized List<String> status() {
         List<String> out = new ArrayList<>();
@@ -311,7 +312,9 @@ public final class Vms implements AutoCloseable {
                     "" + s.skipped().getOrDefault(VmReclaimer.Skipped.PARTIAL_BLOCK, 0L),
                     "" + s.skipped().getOrDefault(VmReclaimer.Skipped.WRITTEN_AFTER_FENCE, 0L),
                     "" + s.skipped().getOrDefault(VmReclaimer.Skipped.WRITTEN_WHILE_PENDING, 0L),
-                    String.format("%.4f", policy.threshold())));
+                    String.format("%.4f", policy.threshold()),
+                    "" + s.skipped().getOrDefault(VmReclaimer.Skipped.NOT_OWNED, 0L),
+                    "" + s.skipped().getOrDefault(VmReclaimer.Skipped.FENCE_LOST, 0L)));
         }
         return out;
     }
