@@ -32,12 +32,20 @@ import org.mapdb.volume.Volume;
  *   - sync() writes every changed page to the commit file (FILE.commit), with the file's new
  *     length and a checksum, forces it, then writes the pages into FILE, forces it, and empties
  *     the commit file;
+ *   - except pages wholly past FILE's end as the last sync left it (where a store that grows
+ *     puts its new records): nothing committed is in them, so sync() writes them straight into
+ *     FILE and forces it before the commit file. New data is written once, not twice. A crash
+ *     before the commit file is complete leaves them past the committed length, which
+ *     FILE.length records (written after each commit is applied): opening cuts FILE back to it,
+ *     so what MapDB finds past its committed end is zeros, as before;
  *   - opening finds a complete commit file (its checksum holds) and writes it into FILE again
- *     (idempotent); an incomplete one was never applied, and is dropped.
+ *     (idempotent); an incomplete one was never applied, and is dropped (and FILE cut back to
+ *     the length in FILE.length).
  *
  * Commit file, little-endian: magic "VJPC" u32 | version u32 = 2 | length u64 | pages u32 |
  * then per page: page number u64, with bit 63 set for a page of zeros, else followed by its
- * 4096 bytes | then crc32c of everything before, u32.
+ * 4096 bytes | then crc32c of everything before, u32. Length file, little-endian: magic "VJPL"
+ * u32 | committed length u64 | crc32c of the 12 bytes before, u32.
  *
  * Pages of zeros: the journal store zeroes a block's record before it deletes it, so a deleted
  * device, a punch or a shrink leaves whole pages of zeros, which are punched out of FILE (with
@@ -51,6 +59,7 @@ public final class AtomicVolume extends Volume {
     static final int PAGE = 4096;
     private static final int MAGIC = 0x4350_4A56; // "VJPC"
     private static final int VERSION = 2;
+    private static final int LENGTH_MAGIC = 0x4C50_4A56; // "VJPL"
     private static final int HEADER = 20;
     private static final long ZERO_FLAG = 1L << 63;
     /** The marker of a dirty page of zeros (never written to). */
@@ -71,7 +80,10 @@ public final class AtomicVolume extends Volume {
     private final TreeMap<Long, byte[]> dirty = new TreeMap<>();
     /** Length as MapDB sees it; FILE is cut or extended to it at sync. */
     private long length;
+    /** FILE's length at the last sync: its committed part. */
     private long fileLength;
+    /** FILE's length now (beyond fileLength after fresh pages were written by a sync that then failed). */
+    private long readable;
 
     private AtomicVolume(Path file, FileChannel main, HolePunch holes) throws IOException {
         this.file = file;
@@ -79,11 +91,44 @@ public final class AtomicVolume extends Volume {
         this.commitFile = commitFile(file);
         this.main = main;
         this.fileLength = main.size();
+        this.readable = fileLength;
         this.length = fileLength;
     }
 
     static Path commitFile(Path file) {
         return file.resolveSibling(file.getFileName() + ".commit");
+    }
+
+    static Path lengthFile(Path file) {
+        return file.resolveSibling(file.getFileName() + ".length");
+    }
+
+    /** Records {@code length} as FILE's committed length, forced. */
+    private static void writeLength(Path file, long length) throws IOException {
+        ByteBuffer b = ByteBuffer.allocate(16).order(ByteOrder.LITTLE_ENDIAN).putInt(LENGTH_MAGIC).putLong(length);
+        CRC32C crc = new CRC32C();
+        crc.update(b.array(), 0, 12);
+        b.putInt((int) crc.getValue()).flip();
+        try (FileChannel ch = FileChannel.open(lengthFile(file), StandardOpenOption.CREATE, StandardOpenOption.WRITE)) {
+            writeFully(ch, b, 0);
+            ch.force(false);
+        }
+    }
+
+    /** FILE's committed length as FILE.length records it; -1 if there is no such record, or it is not whole. */
+    private static long readLength(Path file) throws IOException {
+        Path lf = lengthFile(file);
+        if (!Files.exists(lf)) {
+            return -1;
+        }
+        byte[] a = Files.readAllBytes(lf);
+        if (a.length < 16) {
+            return -1;
+        }
+        ByteBuffer b = ByteBuffer.wrap(a).order(ByteOrder.LITTLE_ENDIAN);
+        CRC32C crc = new CRC32C();
+        crc.update(a, 0, 12);
+        return b.getInt(0) == LENGTH_MAGIC && b.getInt(12) == (int) crc.getValue() ? b.getLong(4) : -1;
     }
 
     /**
@@ -94,6 +139,7 @@ public final class AtomicVolume extends Volume {
     static int recover(Path file, HolePunch holes) throws IOException {
         Path cf = commitFile(file);
         if (!Files.exists(cf)) {
+            cutToCommittedLength(file);
             return 0;
         }
         byte[] log = Files.readAllBytes(cf);
@@ -123,11 +169,26 @@ public final class AtomicVolume extends Volume {
                 try (FileChannel ch = FileChannel.open(file, StandardOpenOption.WRITE)) {
                     apply(file, ch, changes, len, holes);
                 }
+                writeLength(file, len);
                 applied = pages;
             }
         }
         Files.delete(cf);
+        if (applied == 0) {
+            cutToCommittedLength(file);
+        }
         return applied;
+    }
+
+    /** Cuts off what a sync a crash interrupted wrote past FILE's committed length. */
+    private static void cutToCommittedLength(Path file) throws IOException {
+        long committed = readLength(file);
+        if (committed >= 0 && Files.exists(file) && Files.size(file) > committed) {
+            try (FileChannel ch = FileChannel.open(file, StandardOpenOption.WRITE)) {
+                ch.truncate(committed);
+                ch.force(true);
+            }
+        }
     }
 
     /** Writes {@code changes} into the file, punches its runs of zero pages, sets its length, forces it. */
@@ -170,6 +231,14 @@ public final class AtomicVolume extends Volume {
         recover(file, holes);
         FileChannel ch = FileChannel.open(file, StandardOpenOption.CREATE, StandardOpenOption.READ,
                 StandardOpenOption.WRITE);
+        try {
+            if (readLength(file) != ch.size()) {
+                writeLength(file, ch.size()); // before any sync writes past it
+            }
+        } catch (IOException e) {
+            ch.close();
+            throw e;
+        }
         return new AtomicVolume(file, ch, holes);
     }
 
@@ -195,10 +264,10 @@ public final class AtomicVolume extends Volume {
 
     private void readPage(long page, byte[] into) {
         long pos = page * PAGE;
-        if (pos >= fileLength) {
+        if (pos >= readable) {
             return; // past the end of the file: zeros
         }
-        ByteBuffer b = ByteBuffer.wrap(into, 0, (int) Math.min(PAGE, fileLength - pos));
+        ByteBuffer b = ByteBuffer.wrap(into, 0, (int) Math.min(PAGE, readable - pos));
         try {
             while (b.hasRemaining()) {
                 if (main.read(b, pos + b.position()) < 0) {
@@ -364,15 +433,38 @@ public final class AtomicVolume extends Volume {
             return;
         }
         try {
+            writeFreshPages();
             writeCommitFile();
             applyToFile();
+            writeLength(file, length);
             Files.delete(commitFile); // a crash before this only makes the next open write the same pages again
         } catch (IOException e) {
             throw new UncheckedIOException("cannot commit " + file + ": " + e.getMessage(), e);
         }
     }
 
-    /** The first half of sync(): the commit file, complete and forced. Package-private for tests. */
+    /**
+     * Writes the changed pages wholly past FILE's end at the last sync straight into FILE (zero
+     * pages past its end now need nothing: FILE reads zeros there), forces them, and drops them from
+     * the pages the commit file will carry. Package-private for tests.
+     */
+    synchronized void writeFreshPages() throws IOException {
+        Map<Long, byte[]> fresh = dirty.tailMap((fileLength + PAGE - 1) / PAGE);
+        if (fresh.isEmpty()) {
+            return;
+        }
+        for (Map.Entry<Long, byte[]> e : fresh.entrySet()) {
+            long pos = e.getKey() * PAGE;
+            if (e.getValue() != ZERO_PAGE || pos < readable) { // zeros past FILE's end are there already
+                writeFully(main, ByteBuffer.wrap(e.getValue()), pos);
+            }
+        }
+        main.force(false);
+        readable = Math.max(readable, main.size());
+        fresh.clear();
+    }
+
+    /** The commit file, complete and forced (the changed pages FILE's committed part holds). Package-private for tests. */
     synchronized void writeCommitFile() throws IOException {
         CRC32C crc = new CRC32C();
         try (FileChannel ch = FileChannel.open(commitFile, StandardOpenOption.CREATE, StandardOpenOption.WRITE,
@@ -407,6 +499,7 @@ public final class AtomicVolume extends Volume {
     private void applyToFile() throws IOException {
         apply(file, main, dirty, length, holes);
         fileLength = length;
+        readable = length;
         dirty.clear();
     }
 

@@ -94,6 +94,53 @@ class AtomicVolumeTest {
     }
 
     /**
+     * Pages past the file's end go straight to the file, before the commit file; a crash before
+     * that is complete leaves nothing of them (the file is cut back to its committed length), and
+     * a whole sync keeps them.
+     */
+    @Test
+    void pagesPastTheEndAreWrittenOnceAndACrashBeforeTheCommitLeavesNothingOfThem() throws Exception {
+        Path file = dir.resolve("v");
+        Random r = new Random(6);
+        byte[] committed = new byte[100_000];
+        try (AtomicVolume v = AtomicVolume.open(file, null)) {
+            scribble(v, committed, r, 50);
+            v.sync();
+        }
+        long size = Files.size(file);
+        byte[] more = new byte[1 << 20];
+        r.nextBytes(more);
+        try (AtomicVolume v = AtomicVolume.open(file, null)) {
+            v.putData(size + 8192, more, 0, more.length);
+            v.putLong(8, 42); // and a change to a committed page
+            v.writeFreshPages(); // the crash comes here
+            assertTrue(Files.size(file) >= size + 8192 + more.length, "the new pages went straight to the file");
+            assertArrayEquals(committed, contents(file, committed.length), "nothing committed was touched");
+            byte[] back = new byte[more.length];
+            v.getData(size + 8192, back, 0, back.length);
+            assertArrayEquals(more, back, "and read back from it");
+        }
+        assertEquals(0, AtomicVolume.recover(file, null));
+        assertEquals(size, Files.size(file), "cut back to the committed length");
+        assertArrayEquals(committed, contents(file, committed.length));
+
+        try (AtomicVolume v = AtomicVolume.open(file, null)) {
+            v.putData(size + 8192, more, 0, more.length);
+            v.putLong(8, 42);
+            v.sync();
+        }
+        ByteBuffer.wrap(committed).putLong(8, 42);
+        assertEquals(0, AtomicVolume.recover(file, null));
+        try (AtomicVolume v = AtomicVolume.open(file, null)) {
+            byte[] back = new byte[more.length];
+            v.getData(size + 8192, back, 0, back.length);
+            assertArrayEquals(more, back);
+            assertEquals(42, v.getLong(8));
+        }
+        assertArrayEquals(committed, contents(file, committed.length));
+    }
+
+    /**
      * MapDB's record store on this volume, in a child JVM committing without pause, killed with
      * SIGKILL: every record the last commit lists is there with its contents. (The same child on
      * MapDB's own transactional store lost committed records in 9 of 160 kills.)
