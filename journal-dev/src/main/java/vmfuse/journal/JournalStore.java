@@ -7,10 +7,6 @@ import java.util.ArrayList;
 import java.util.List;
 import java.util.Map;
 import java.util.TreeMap;
-import java.util.concurrent.ArrayBlockingQueue;
-import java.util.concurrent.BlockingQueue;
-import java.util.concurrent.CompletableFuture;
-import java.util.concurrent.ExecutionException;
 import java.util.concurrent.TimeUnit;
 import java.util.concurrent.atomic.AtomicLong;
 import java.util.concurrent.locks.ReentrantReadWriteLock;
@@ -39,10 +35,11 @@ import org.slf4j.LoggerFactory;
  *
  * Writes go to memory, not to MapDB: each device keeps its changed blocks and zeroed ranges
  * (JournalDevice), and a change of a FLUSH device is also appended to the RedoLog
- * (STORE/journals.db.redo.{0,1}). A flush waits until the log is forced to disk, and one
- * committer thread serves every waiting flush with a single fdatasync (group commit, as
- * BookKeeper's journal does). So a write costs a memory copy and a log append, and a flush one
- * shared fdatasync of a preallocated file.
+ * (STORE/journals.db.redo.{0,1}). A flush waits until the log is forced to disk: the first
+ * flush to come while no fdatasync runs issues one itself; flushes that come meanwhile wait,
+ * and the first of them then serves them all with one fdatasync (group commit by a leader, as
+ * in database logs: no thread hand-off for a lone flush). So a write costs a memory copy and a
+ * log append, and a flush one shared fdatasync of a preallocated file.
  *
  * A checkpoint moves memory into MapDB, in the background of writers: under opLock exclusive
  * (microseconds) it rotates the redo log and freezes every device's changes; then, with writers
@@ -75,8 +72,14 @@ public final class JournalStore implements AutoCloseable {
     private final HTreeMap<String, long[]> catalog;
     /** Open devices by name. Guarded by this. */
     private final Map<String, JournalDevice> devices = new TreeMap<>();
-    private final BlockingQueue<CompletableFuture<Void>> flushes = new ArrayBlockingQueue<>(4096);
-    private final Thread committer;
+    /** Flushes, numbered in the order they asked (after their records were appended). */
+    private final AtomicLong tickets = new AtomicLong();
+    /** Guards the group commit state below; flushes wait on it. */
+    private final Object logSync = new Object();
+    private long synced; // every ticket up to this is on disk
+    private boolean syncing; // a flush is forcing the log for every ticket taken before it began
+    private long failedUpTo; // the tickets a failed fdatasync was for
+    private StoreException syncFailure;
     private final ReentrantReadWriteLock opLock = new ReentrantReadWriteLock();
     private RedoLog redo;
     private Atomic.Long generation;
@@ -110,8 +113,6 @@ public final class JournalStore implements AutoCloseable {
         this.db = db;
         this.catalog = catalog;
         this.memoryLimit = memoryLimit;
-        this.committer = new Thread(this::commitLoop, "journal-commit");
-        this.committer.setDaemon(true);
         this.checkpointer = new Thread(this::checkpointLoop, "journal-checkpoint");
         this.checkpointer.setDaemon(true);
     }
@@ -193,7 +194,6 @@ public final class JournalStore implements AutoCloseable {
                 store.redo.close();
                 throw e;
             }
-            store.committer.start();
             store.checkpointer.start();
             log.info("journal store opened file={} devices={} replayed={}", file, store.devices.size(), replayed[0]);
             return store;
@@ -444,40 +444,57 @@ public final class JournalStore implements AutoCloseable {
         }
     }
 
-    /** Waits until everything logged so far is on disk: one fdatasync serves every waiting flush. */
+    /**
+     * Waits until everything logged so far is on disk. The caller forces the log itself if no
+     * fdatasync is running; else it waits, and the first of the waiters serves every flush that
+     * came before it began with one fdatasync. (A record appended before a rotation is in the
+     * segment the rotation forced; forcing the active segment covers the rest.)
+     */
     void awaitLogSync() throws StoreException {
-        checkOpen();
-        CompletableFuture<Void> done = new CompletableFuture<>();
-        try {
-            flushes.put(done);
-            done.get();
-        } catch (InterruptedException e) {
-            Thread.currentThread().interrupt();
-            throw new StoreException(StoreException.EIO, "interrupted waiting for the redo log to sync");
-        } catch (ExecutionException e) {
-            throw new StoreException(StoreException.EIO, "sync of the redo log of " + file + " failed: " + e.getCause(),
-                    e.getCause());
+        long ticket = tickets.incrementAndGet();
+        synchronized (logSync) {
+            while (true) {
+                checkOpen();
+                if (ticket <= failedUpTo) {
+                    throw new StoreException(StoreException.EIO, "sync of the redo log of " + file + " failed: "
+                            + syncFailure.getMessage(), syncFailure);
+                }
+                if (ticket <= synced) {
+                    return;
+                }
+                if (!syncing) {
+                    syncing = true;
+                    break;
+                }
+                try {
+                    logSync.wait();
+                } catch (InterruptedException e) {
+                    Thread.currentThread().interrupt();
+                    throw new StoreException(StoreException.EIO, "interrupted waiting for the redo log to sync");
+                }
+            }
         }
-    }
-
-    private void commitLoop() {
-        List<CompletableFuture<Void>> batch = new ArrayList<>();
-        while (!closed) {
-            try {
-                batch.add(flushes.take());
-            } catch (InterruptedException e) {
-                break;
+        long upTo = tickets.get(); // every flush up to here appended its records before this force
+        StoreException failure = null;
+        try {
+            redo.force();
+            syncs.incrementAndGet();
+        } catch (StoreException e) {
+            log.error("journal flush failed file={}: {}", file, e.getMessage());
+            failure = e;
+        }
+        synchronized (logSync) {
+            syncing = false;
+            if (failure == null) {
+                synced = Math.max(synced, upTo);
+            } else {
+                failedUpTo = Math.max(failedUpTo, upTo);
+                syncFailure = failure;
             }
-            flushes.drainTo(batch);
-            try {
-                redo.force();
-                syncs.incrementAndGet();
-                batch.forEach(f -> f.complete(null));
-            } catch (StoreException | RuntimeException e) {
-                log.error("journal flush failed file={}", file, e);
-                batch.forEach(f -> f.completeExceptionally(e));
-            }
-            batch.clear();
+            logSync.notifyAll();
+        }
+        if (failure != null) {
+            throw failure;
         }
     }
 
@@ -602,13 +619,12 @@ public final class JournalStore implements AutoCloseable {
                     + "what was written since their last checkpoint", e);
         } finally {
             closed = true;
-            committer.interrupt();
             checkpointer.interrupt();
             redo.close();
             db.close();
-            List<CompletableFuture<Void>> left = new ArrayList<>();
-            flushes.drainTo(left);
-            left.forEach(f -> f.completeExceptionally(new IllegalStateException("journal store closed")));
+            synchronized (logSync) {
+                logSync.notifyAll(); // flushes waiting find the store closed
+            }
         }
         log.info("journal store closed file={}", file);
     }
