@@ -253,8 +253,8 @@ public final class QemuFence implements Fence {
                     throw new IOException("QEMU discard of " + r[0] + "+" + r[1] + ": " + out);
                 }
             }
-            done.run(clean, Math.max(0, before - allocated.getAsLong()), Map.of(VmReclaimer.Skipped.WRITTEN_AFTER_FENCE,
-                    ByteRanges.of(ranges).bytes() - ByteRanges.of(clean).bytes()));
+            done.run(clean, Math.max(0, before - allocated.getAsLong()), Map.of(
+                    VmReclaimer.Skipped.WRITTEN_AFTER_FENCE, ByteRanges.of(ranges).bytes() - ByteRanges.of(clean).bytes()));
         } finally {
             if (running) {
                 q.execute("cont", null);
@@ -274,7 +274,9 @@ public final class QemuFence implements Fence {
         String bitmap = PREFIX + token;
         boolean held = hold.whileClosed(() -> {
             log.info("reclaim image={} offline ({}): the image is held closed", imageFile, why);
-            String info = Tool.run(TOOL_SECONDS, "qemu-img", "info", "--force-share", "--output=json", backingFile.toString());
+            // without --force-share: a QEMU that opened the store's file itself, not through the
+            // mount, holds its lock, and qemu-img fails: the notice waits
+            String info = Tool.run(TOOL_SECONDS, "qemu-img", "info", "--output=json", backingFile.toString());
             String untrusted = untrusted(bitmapInfo(info, bitmap), true);
             if (untrusted != null) {
                 drop(token, ranges, done, bitmap, untrusted);
