@@ -34,7 +34,8 @@ import org.slf4j.LoggerFactory;
  * replay, in that order; after it, only C + 1. Recovery replays every segment whose generation
  * is at least the committed one.
  *
- * Segments are reused, never truncated while in use, and preallocated with zeros: an append
+ * Segments are reused, never truncated while in use, and preallocated with zeros (at their
+ * first append: a store whose devices never flush has no log to speak of): an append
  * overwrites blocks the file already has, so an fdatasync writes data and no file metadata
  * (which would cost an ext4 journal commit per flush). A segment's records carry its
  * generation, so what an older use left after the end of the current records is not replayed;
@@ -65,6 +66,8 @@ final class RedoLog implements AutoCloseable {
     private long generation;
     /** Where the next record goes in the active segment. Guarded by this. */
     private long position;
+    /** Whether each segment was zero-filled to the preallocated size (at its first append). Guarded by this. */
+    private final boolean[] preallocated = new boolean[2];
 
     private RedoLog(Path base, long preallocate) {
         this.base = base;
@@ -110,7 +113,6 @@ final class RedoLog implements AutoCloseable {
             if (live.isEmpty()) {
                 r.writeHeader(last);
             }
-            r.preallocate();
             return r;
         } catch (IOException e) {
             r.closeQuietly();
@@ -200,26 +202,29 @@ final class RedoLog implements AutoCloseable {
     }
 
     /**
-     * Zero-fills both segments up to the preallocated size, so that appends overwrite. A full disk
-     * only costs speed: the log then grows as it is written.
+     * Zero-fills the active segment up to the preallocated size, so that appends overwrite, at its
+     * first append (a store whose devices never flush keeps its log a few bytes long). Once done
+     * the segment keeps that size: shrinking cuts back to it, never below. A full disk only costs
+     * speed: the log then grows as it is written.
      */
-    private void preallocate() {
+    private void preallocateActive() {
+        int i = (int) (generation % 2);
+        preallocated[i] = true;
+        FileChannel ch = segments[i];
         ByteBuffer zeros = ByteBuffer.allocate(1 << 20);
-        for (FileChannel ch : segments) {
-            try {
-                long size = ch.size();
-                if (size >= preallocate) {
-                    continue;
-                }
-                while (size < preallocate) {
-                    zeros.clear().limit((int) Math.min(zeros.capacity(), preallocate - size));
-                    size += ch.write(zeros, size);
-                }
-                ch.force(true);
-            } catch (IOException e) {
-                log.warn("redo log {}: cannot preallocate {} bytes ({}); it grows as it is written", base,
-                        preallocate, e.getMessage());
+        try {
+            long size = ch.size();
+            if (size >= preallocate) {
+                return;
             }
+            while (size < preallocate) {
+                zeros.clear().limit((int) Math.min(zeros.capacity(), preallocate - size));
+                size += ch.write(zeros, size);
+            }
+            ch.force(true);
+        } catch (IOException e) {
+            log.warn("redo log {}: cannot preallocate {} bytes ({}); it grows as it is written",
+                    segmentFile(base, i), preallocate, e.getMessage());
         }
     }
 
@@ -240,6 +245,9 @@ final class RedoLog implements AutoCloseable {
         crc.update(r.array(), RECORD_HEADER, payload);
         r.putInt(0, RECORD_MAGIC).putInt(4, payload).putInt(8, (int) crc.getValue());
         r.position(0);
+        if (!preallocated[(int) (generation % 2)]) {
+            preallocateActive();
+        }
         FileChannel ch = active();
         try {
             long pos = position;

@@ -12,6 +12,7 @@ import java.nio.file.Files;
 import java.nio.file.Path;
 import java.security.MessageDigest;
 import java.util.ArrayList;
+import java.util.Arrays;
 import java.util.List;
 import java.util.Random;
 import java.util.concurrent.CountDownLatch;
@@ -239,6 +240,31 @@ class JournalStoreTest {
                 long size = Files.size(RedoLog.segmentFile(JournalStore.redoFile(file), i));
                 assertTrue(size <= JournalStore.SEGMENT_PREALLOCATE, "segment " + i + ": " + size);
             }
+        }
+    }
+
+    /** A store whose devices never flush keeps its redo log a few bytes long; the first flush preallocates it. */
+    @Test
+    void theRedoLogTakesItsSpaceAtTheFirstFlushedWrite() throws Exception {
+        Path file = dir.resolve("lazy.db");
+        Path redo = JournalStore.redoFile(file);
+        try (JournalStore s = JournalStore.open(file)) {
+            JournalDevice c = s.create("c", 64L * MiB, Durability.CLOSE);
+            byte[] b = random(MiB, 3);
+            c.write(0, b, 0, b.length);
+            s.checkpoint();
+            long log = Files.size(RedoLog.segmentFile(redo, 0)) + Files.size(RedoLog.segmentFile(redo, 1));
+            assertTrue(log < 64 * 1024, "no device flushes: the log takes " + log + " bytes");
+            JournalDevice f = s.create("f", 64L * MiB, Durability.FLUSH);
+            f.write(0, b, 0, 4096);
+            f.flush();
+            log = Files.size(RedoLog.segmentFile(redo, 0)) + Files.size(RedoLog.segmentFile(redo, 1));
+            assertTrue(log >= MiB, "the active segment is preallocated at its first append: " + log);
+        }
+        try (JournalStore s = JournalStore.open(file)) {
+            byte[] back = new byte[4096];
+            s.device("f").read(0, back, 0, back.length);
+            assertArrayEquals(Arrays.copyOf(random(MiB, 3), 4096), back);
         }
     }
 
