@@ -32,7 +32,11 @@ public final class ControlServer implements AutoCloseable {
 
     private final Path path;
     private final ServerSocketChannel server;
-    private final ThreadPoolExecutor workers = new ThreadPoolExecutor(1, 4, 30, TimeUnit.SECONDS,
+    /**
+     * Four workers, each started when a request finds none idle (a pool whose core is one would
+     * queue every request behind a long one, such as `vm reclaim`, before starting a second).
+     */
+    private final ThreadPoolExecutor workers = new ThreadPoolExecutor(4, 4, 30, TimeUnit.SECONDS,
             new ArrayBlockingQueue<>(16), r -> {
                 Thread t = new Thread(r, "vmfuse-control");
                 t.setDaemon(true);
@@ -44,6 +48,7 @@ public final class ControlServer implements AutoCloseable {
     /** Listens at {@code path}; {@code handler} maps a request line to the answer text. */
     public ControlServer(Path path, Function<String, String> handler) throws IOException {
         this.path = path;
+        workers.allowCoreThreadTimeOut(true);
         Files.createDirectories(path.getParent());
         Files.deleteIfExists(path); // a leftover of a daemon that died; we hold the store lock
         server = ServerSocketChannel.open(StandardProtocolFamily.UNIX);
