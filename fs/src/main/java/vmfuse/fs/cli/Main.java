@@ -31,6 +31,7 @@ public final class Main {
 
     public static void main(String[] args) {
         CommandLine cli = new CommandLine(new Main());
+        cli.setUsageHelpWidth(120); // the descriptions are written as lines of up to ~110 characters: not re-wrapped at 80
         cli.setExecutionExceptionHandler((ex, cmd, parsed) -> {
             String msg = ex.getMessage() != null ? ex.getMessage() : ex.toString();
             cmd.getErr().println("vmfuse: " + msg);

@@ -22,10 +22,14 @@ class MountLifecycleTest {
     void everyCommandHasHelp() throws Exception {
         try (Mounted m = Mounted.prepare()) {
             for (String[] args : new String[][] {{"--help"}, {"mount", "--help"}, {"umount", "--help"},
-                {"status", "--help"}}) {
+                {"status", "--help"}, {"journal", "create", "--help"}, {"journal", "list", "--help"},
+                {"vm", "add", "--help"}, {"vm", "remove", "--help"}, {"vm", "reclaim", "--help"}}) {
                 Proc.Result r = m.vmfuse(args).assertOk();
                 assertTrue(r.out().contains("Usage: vmfuse"), r.describe());
             }
+            // the descriptions' lines as written, not re-wrapped at 80 columns
+            assertTrue(m.vmfuse("vm", "add", "--help").out().contains(
+                    "\nlog its deletion notices durably and punch what it deleted in its image, never what it wrote since.\n"));
             Proc.Result bad = m.vmfuse("mount", "--no-such-option");
             assertEquals(2, bad.exit(), bad.describe());
         }
