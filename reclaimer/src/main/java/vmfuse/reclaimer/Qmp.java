@@ -10,30 +10,52 @@ import java.nio.channels.Channels;
 import java.nio.channels.SocketChannel;
 import java.nio.charset.StandardCharsets;
 import java.nio.file.Path;
+import java.time.Duration;
+import java.util.concurrent.Executors;
+import java.util.concurrent.ScheduledExecutorService;
+import java.util.concurrent.ScheduledFuture;
+import java.util.concurrent.TimeUnit;
 
 /**
  * A minimal client of QEMU's QMP on a unix socket: one command at a time, one JSON object per
  * line, events skipped. Answers are returned as the raw JSON line; callers look for what they
- * need. A QMP error becomes an IOException with QEMU's description.
+ * need. A QMP error becomes an IOException with QEMU's description. Every answer is awaited
+ * for a bounded time: a QEMU that hangs (or is stopped with SIGSTOP) makes the connection close
+ * and the call fail, instead of holding the reclaim thread forever.
  */
 public final class Qmp implements AutoCloseable {
+    /** How long an answer (the greeting, or a command's) is awaited by default. */
+    public static final Duration DEFAULT_TIMEOUT = Duration.ofSeconds(60);
+    private static final ScheduledExecutorService WATCHDOG = Executors.newSingleThreadScheduledExecutor(r -> {
+        Thread t = new Thread(r, "qmp-watchdog");
+        t.setDaemon(true);
+        return t;
+    });
+
     private final SocketChannel ch;
     private final BufferedReader in;
     private final OutputStream out;
+    private final Duration timeout;
 
-    private Qmp(SocketChannel ch) {
+    private Qmp(SocketChannel ch, Duration timeout) {
         this.ch = ch;
+        this.timeout = timeout;
         this.in = new BufferedReader(new InputStreamReader(Channels.newInputStream(ch), StandardCharsets.UTF_8));
         this.out = Channels.newOutputStream(ch);
     }
 
-    /** Connects and leaves capabilities negotiation mode. */
+    /** Connects and leaves capabilities negotiation mode; answers are awaited DEFAULT_TIMEOUT. */
     public static Qmp connect(Path socket) throws IOException {
+        return connect(socket, DEFAULT_TIMEOUT);
+    }
+
+    /** Connects and leaves capabilities negotiation mode; each answer is awaited {@code timeout}. */
+    public static Qmp connect(Path socket, Duration timeout) throws IOException {
         SocketChannel ch = SocketChannel.open(StandardProtocolFamily.UNIX);
         try {
             ch.connect(UnixDomainSocketAddress.of(socket));
-            Qmp q = new Qmp(ch);
-            String greeting = q.in.readLine();
+            Qmp q = new Qmp(ch, timeout);
+            String greeting = q.readLine("the greeting of " + socket);
             if (greeting == null || !greeting.contains("\"QMP\"")) {
                 throw new IOException("not a QMP socket: " + socket);
             }
@@ -51,7 +73,7 @@ public final class Qmp implements AutoCloseable {
         out.write(req.getBytes(StandardCharsets.UTF_8));
         out.flush();
         String line;
-        while ((line = in.readLine()) != null) {
+        while ((line = readLine("QMP " + command)) != null) {
             if (line.startsWith("{\"event\"") || line.contains("\"event\":") && !line.contains("\"return\"")) {
                 continue;
             }
@@ -61,6 +83,27 @@ public final class Qmp implements AutoCloseable {
             return line;
         }
         throw new IOException("QMP " + command + ": QEMU closed the connection");
+    }
+
+    /** A line from QEMU, or an IOException if none came within the timeout (the connection is then closed). */
+    private String readLine(String what) throws IOException {
+        ScheduledFuture<?> bell = WATCHDOG.schedule(() -> {
+            try {
+                ch.close(); // unblocks the read below
+            } catch (IOException e) {
+                // closing is all we can do
+            }
+        }, timeout.toMillis(), TimeUnit.MILLISECONDS);
+        try {
+            return in.readLine();
+        } catch (IOException e) {
+            if (!ch.isOpen()) {
+                throw new IOException(what + ": QEMU did not answer within " + timeout.toMillis() / 1000.0 + " s", e);
+            }
+            throw e;
+        } finally {
+            bell.cancel(false);
+        }
     }
 
     /** A JSON string literal. */

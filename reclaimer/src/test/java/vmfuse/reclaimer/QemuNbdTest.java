@@ -189,6 +189,32 @@ class QemuNbdTest {
         qemuIo(img, "read -P 0x11 0 8m");
     }
 
+    /** A QEMU that does not answer (stopped with SIGSTOP) fails the QMP call after the timeout; nothing hangs. */
+    @Test
+    void aQemuThatDoesNotAnswerFailsTheCallInsteadOfHangingIt() throws Exception {
+        Path img = dir.resolve("hung.qcow2");
+        ok("qemu-img", "create", "-q", "-f", "qcow2", img.toString(), "64M");
+        Path qmpSock = dir.resolve("qmp-hung.sock");
+        Process qemu = qemu(img, qmpSock);
+        try {
+            try (Qmp q = Qmp.connect(qmpSock, java.time.Duration.ofSeconds(5))) {
+                ok("kill", "-STOP", "" + qemu.pid());
+                long t0 = System.nanoTime();
+                java.io.IOException e = org.junit.jupiter.api.Assertions.assertThrows(java.io.IOException.class,
+                        () -> q.execute("query-status", null));
+                assertTrue(e.getMessage().contains("did not answer within 5.0 s"), e.getMessage());
+                assertTrue(System.nanoTime() - t0 < TimeUnit.SECONDS.toNanos(20));
+            }
+            java.io.IOException e = org.junit.jupiter.api.Assertions.assertThrows(java.io.IOException.class,
+                    () -> Qmp.connect(qmpSock, java.time.Duration.ofSeconds(1)));
+            assertTrue(e.getMessage().contains("did not answer"), e.getMessage());
+        } finally {
+            Tools.run("kill", "-CONT", "" + qemu.pid());
+            qemu.destroyForcibly();
+            qemu.waitFor(30, TimeUnit.SECONDS);
+        }
+    }
+
     /** QemuFence: what the guest wrote after the token stays; the rest is discarded by QEMU. */
     @Test
     void theQemuFenceLeavesWhatWasWrittenAfterTheTokenAndDiscardsTheRest() throws Exception {
