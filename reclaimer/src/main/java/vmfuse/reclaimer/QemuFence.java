@@ -81,6 +81,38 @@ public final class QemuFence implements Fence {
         this.puncher = puncher;
     }
 
+    /** Exists while a carry-out has the VM stopped. */
+    private Path pausedMarker() {
+        return nbdSocket.resolveSibling(nbdSocket.getFileName() + ".paused");
+    }
+
+    /**
+     * At start: if a daemon died while its carry-out had the VM stopped, lets the VM run again
+     * (if its QEMU is still there and still paused), and says so in the log.
+     */
+    public synchronized void resumeIfLeftPaused() {
+        Path marker = pausedMarker();
+        if (!Files.exists(marker)) {
+            return;
+        }
+        try (Qmp q = Qmp.connect(qmpSocket)) {
+            String status = q.execute("query-status", null);
+            if (status.contains("\"status\": \"paused\"")) {
+                q.execute("cont", null);
+                log.warn("reclaim image={}: the VM was left paused by a reclaim the last daemon did not finish; "
+                        + "resumed it ({})", imageFile, status);
+            }
+        } catch (IOException e) {
+            log.info("reclaim image={}: a reclaim the last daemon did not finish had paused the VM; its QEMU is "
+                    + "gone ({})", imageFile, e.getMessage());
+        }
+        try {
+            Files.deleteIfExists(marker);
+        } catch (IOException e) {
+            log.warn("reclaim image={}: cannot remove {}: {}", imageFile, marker, e.getMessage());
+        }
+    }
+
     /** The QEMU drive that has {@code imageFile} open: its device (drive id), its node, and its part of query-block. */
     private record Drive(String device, String node, String info) {}
 
@@ -226,6 +258,7 @@ public final class QemuFence implements Fence {
         long before = allocated.getAsLong();
         boolean running = q.execute("query-status", null).contains("\"running\": true");
         if (running) {
+            Files.write(pausedMarker(), new byte[0]); // if this daemon dies before cont, the next one resumes the VM
             q.execute("stop", null);
         }
         try {
@@ -258,6 +291,7 @@ public final class QemuFence implements Fence {
         } finally {
             if (running) {
                 q.execute("cont", null);
+                Files.deleteIfExists(pausedMarker());
             }
         }
         if (forget(token, ranges)) {

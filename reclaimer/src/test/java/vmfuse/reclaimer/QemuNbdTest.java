@@ -215,6 +215,35 @@ class QemuNbdTest {
         }
     }
 
+    /** A daemon that died while its carry-out had the VM stopped: the next one lets the VM run again. */
+    @Test
+    void aVmLeftPausedByAnUnfinishedReclaimRunsAgainWhenTheNextDaemonStarts() throws Exception {
+        Path img = dir.resolve("paused.qcow2");
+        ok("qemu-img", "create", "-q", "-f", "qcow2", img.toString(), "64M");
+        Path qmpSock = dir.resolve("qmp-paused.sock");
+        Process qemu = qemu(img, qmpSock);
+        try {
+            try (Qmp q = Qmp.connect(qmpSock)) {
+                q.execute("cont", null);
+                q.execute("stop", null); // what a carry-out does first, after writing its marker
+            }
+            Files.write(dir.resolve("nbd.sock.paused"), new byte[0]);
+            QemuFence next = fence(img, qmpSock, action -> {
+                throw new AssertionError("not offline");
+            });
+            next.resumeIfLeftPaused();
+            try (Qmp q = Qmp.connect(qmpSock)) {
+                String status = q.execute("query-status", null);
+                assertTrue(status.contains("\"running\": true"), status);
+            }
+            assertTrue(!Files.exists(dir.resolve("nbd.sock.paused")));
+            next.resumeIfLeftPaused(); // no marker: nothing to do
+        } finally {
+            qemu.destroyForcibly();
+            qemu.waitFor(30, TimeUnit.SECONDS);
+        }
+    }
+
     /** QemuFence: what the guest wrote after the token stays; the rest is discarded by QEMU. */
     @Test
     void theQemuFenceLeavesWhatWasWrittenAfterTheTokenAndDiscardsTheRest() throws Exception {

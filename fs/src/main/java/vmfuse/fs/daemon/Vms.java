@@ -169,6 +169,9 @@ public final class Vms implements AutoCloseable {
         if (tracker != null) {
             trackers.put(image, tracker); // the image's writes are counted before any restored range can be punched
         }
+        if (fence instanceof QemuFence q) {
+            q.resumeIfLeftPaused();
+        }
         VmReclaimer reclaimer;
         AgentListener listener;
         try {

@@ -114,6 +114,8 @@ class ReclaimE2ETest {
             if (format.equals("qcow2")) {
                 Proc.Result check = Proc.run("qemu-img", "check", img.toString());
                 assertTrue(check.ok() && check.out().contains("No errors were found"), check.describe());
+                assertTrue(!java.nio.file.Files.exists(m.store.resolve("reclaim/vm.nbd.paused")),
+                        "the carry-out let the VM run again and removed its marker");
             }
         }
     }
