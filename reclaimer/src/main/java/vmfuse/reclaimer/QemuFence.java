@@ -173,14 +173,17 @@ public final class QemuFence implements Fence {
             long t = Long.parseLong(m.group(1));
             if (!live.containsKey(t) && !pendingByToken.containsKey(t)) {
                 try {
-                    q.execute("block-dirty-bitmap-remove", "{\"node\": " + Qmp.str(d.device()) + ", \"name\": "
-                            + Qmp.str(PREFIX + t) + "}");
+                    removeBitmap(q, d.device(), PREFIX + t);
                     log.info("reclaim image={} removed the bitmap {}{} nothing waits on", imageFile, PREFIX, t);
                 } catch (IOException e) {
                     log.debug("removing bitmap {}{}: {}", PREFIX, t, e.getMessage());
                 }
             }
         }
+    }
+
+    private static void removeBitmap(Qmp q, String device, String bitmap) throws IOException {
+        q.execute("block-dirty-bitmap-remove", "{\"node\": " + Qmp.str(device) + ", \"name\": " + Qmp.str(bitmap) + "}");
     }
 
     /** Removes the bitmaps of tokens nothing waits on and no notice used within the TTL. */
@@ -195,8 +198,7 @@ public final class QemuFence implements Fence {
         for (long t : old) {
             live.remove(t);
             try (Qmp q = Qmp.connect(qmpSocket)) {
-                q.execute("block-dirty-bitmap-remove", "{\"node\": " + Qmp.str(requireDrive(q).device())
-                        + ", \"name\": " + Qmp.str(PREFIX + t) + "}");
+                removeBitmap(q, requireDrive(q).device(), PREFIX + t);
             } catch (IOException e) { // QEMU gone: the next token() under a QEMU removes it
                 log.debug("removing bitmap {}{}: {}", PREFIX, t, e.getMessage());
             }
@@ -296,8 +298,7 @@ public final class QemuFence implements Fence {
         }
         if (forget(token, ranges)) {
             try {
-                q.execute("block-dirty-bitmap-remove", "{\"node\": " + Qmp.str(dev.device()) + ", \"name\": "
-                        + Qmp.str(bitmap) + "}");
+                removeBitmap(q, dev.device(), bitmap);
             } catch (IOException e) {
                 log.warn("reclaim image={}: removing bitmap {}: {}", imageFile, bitmap, e.getMessage());
             }

@@ -181,6 +181,10 @@ public final class VmReclaimer implements AgentSession.Host, WriteTracker.Listen
     /** Carries out what waits if its sum has reached the threshold (after a notice, or at start). */
     private void decide() {
         beforeDecision.run();
+        carryOutIfDue();
+    }
+
+    private void carryOutIfDue() {
         if (policy.due(fence.pendingBytes(), Math.max(1, diskSize())) && queued.compareAndSet(false, true)) {
             reclaim.execute(this::carryOut);
         }
@@ -192,8 +196,8 @@ public final class VmReclaimer implements AgentSession.Host, WriteTracker.Listen
      * waits a minute before trying again.
      */
     public void reconsider() {
-        if (System.nanoTime() - quietUntil >= 0 && fence.pendingBytes() > 0) {
-            decide();
+        if (System.nanoTime() - quietUntil >= 0) {
+            carryOutIfDue(); // the owner has just observed the disk: observing again would halve twice
         }
     }
 

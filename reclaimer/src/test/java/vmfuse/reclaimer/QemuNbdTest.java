@@ -39,6 +39,16 @@ class QemuNbdTest {
         return p;
     }
 
+    /** A 64 MiB qcow2 image NAME.qcow2, after the qemu-io {@code writes}. */
+    private Path image(String name, String... writes) throws Exception {
+        Path img = dir.resolve(name + ".qcow2");
+        ok("qemu-img", "create", "-q", "-f", "qcow2", img.toString(), "64M");
+        if (writes.length > 0) {
+            qemuIo(img, writes);
+        }
+        return img;
+    }
+
     private static long allocated(Path img) {
         try {
             return Tools.allocated(img);
@@ -83,9 +93,7 @@ class QemuNbdTest {
     @Test
     void withNoQemuRunningTheImageIsPunchedWhereItAloneOwnsTheClustersAndNotWhereTheGuestWroteSince()
             throws Exception {
-        Path img = dir.resolve("off.qcow2");
-        ok("qemu-img", "create", "-q", "-f", "qcow2", img.toString(), "64M");
-        qemuIo(img, "write -P 0x11 0 16m");
+        Path img = image("off", "write -P 0x11 0 16m");
         ok("qemu-img", "snapshot", "-c", "s1", img.toString()); // 0..16M shared with s1 ...
         qemuIo(img, "write -P 0x22 0 12m", "write -c -P 0x44 16m 1m"); // ... but 0..12M copied again; compressed
         Path qmpSock = dir.resolve("qmp-off.sock");
@@ -133,9 +141,7 @@ class QemuNbdTest {
     /** A QEMU killed with the bitmap never stored it: nothing proves what the guest wrote, nothing is punched. */
     @Test
     void aQemuThatDiedTookTheFenceWithItAndTheNoticeIsDropped() throws Exception {
-        Path img = dir.resolve("dead.qcow2");
-        ok("qemu-img", "create", "-q", "-f", "qcow2", img.toString(), "64M");
-        qemuIo(img, "write -P 0x11 0 8m");
+        Path img = image("dead", "write -P 0x11 0 8m");
         Path qmpSock = dir.resolve("qmp-dead.sock");
         QemuFence fence = fence(img, qmpSock, action -> {
             action.run();
@@ -166,9 +172,7 @@ class QemuNbdTest {
     /** No QEMU answers, but a process has the image open: nothing is read or punched, the notice waits. */
     @Test
     void anImageAProcessHasOpenIsLeftAloneAndTheNoticeWaits() throws Exception {
-        Path img = dir.resolve("open.qcow2");
-        ok("qemu-img", "create", "-q", "-f", "qcow2", img.toString(), "64M");
-        qemuIo(img, "write -P 0x11 0 8m");
+        Path img = image("open", "write -P 0x11 0 8m");
         Path qmpSock = dir.resolve("qmp-open.sock");
         QemuFence fence = fence(img, qmpSock, action -> false);
         Process qemu = qemu(img, qmpSock);
@@ -192,8 +196,7 @@ class QemuNbdTest {
     /** A QEMU that does not answer (stopped with SIGSTOP) fails the QMP call after the timeout; nothing hangs. */
     @Test
     void aQemuThatDoesNotAnswerFailsTheCallInsteadOfHangingIt() throws Exception {
-        Path img = dir.resolve("hung.qcow2");
-        ok("qemu-img", "create", "-q", "-f", "qcow2", img.toString(), "64M");
+        Path img = image("hung");
         Path qmpSock = dir.resolve("qmp-hung.sock");
         Process qemu = qemu(img, qmpSock);
         try {
@@ -218,8 +221,7 @@ class QemuNbdTest {
     /** A daemon that died while its carry-out had the VM stopped: the next one lets the VM run again. */
     @Test
     void aVmLeftPausedByAnUnfinishedReclaimRunsAgainWhenTheNextDaemonStarts() throws Exception {
-        Path img = dir.resolve("paused.qcow2");
-        ok("qemu-img", "create", "-q", "-f", "qcow2", img.toString(), "64M");
+        Path img = image("paused");
         Path qmpSock = dir.resolve("qmp-paused.sock");
         Process qemu = qemu(img, qmpSock);
         try {
@@ -247,9 +249,7 @@ class QemuNbdTest {
     /** QemuFence: what the guest wrote after the token stays; the rest is discarded by QEMU. */
     @Test
     void theQemuFenceLeavesWhatWasWrittenAfterTheTokenAndDiscardsTheRest() throws Exception {
-        Path img = dir.resolve("f.qcow2");
-        ok("qemu-img", "create", "-q", "-f", "qcow2", img.toString(), "64M");
-        qemuIo(img, "write -P 0x11 0 16m");
+        Path img = image("f", "write -P 0x11 0 16m");
         long before = Tools.allocated(img);
         Path qmpSock = dir.resolve("qmp2.sock");
         Process qemu = qemu(img, qmpSock);
@@ -284,9 +284,7 @@ class QemuNbdTest {
 
     @Test
     void aDirtyBitmapShowsWritesSinceItsCreationAndTrimFreesClustersThroughQemu() throws Exception {
-        Path img = dir.resolve("d.qcow2");
-        ok("qemu-img", "create", "-q", "-f", "qcow2", img.toString(), "64M");
-        qemuIo(img, "write -P 0x11 0 8m");
+        Path img = image("d", "write -P 0x11 0 8m");
         long before = Tools.allocated(img);
         Path qmpSock = dir.resolve("qmp.sock");
         Process qemu = qemu(img, qmpSock);
