@@ -84,6 +84,8 @@ public final class AtomicVolume extends Volume {
     private long fileLength;
     /** FILE's length now (beyond fileLength after fresh pages were written by a sync that then failed). */
     private long readable;
+    /** The committed length FILE.length holds (open() made it fileLength). */
+    private long lengthRecorded;
 
     private AtomicVolume(Path file, FileChannel main, HolePunch holes) throws IOException {
         this.file = file;
@@ -92,6 +94,7 @@ public final class AtomicVolume extends Volume {
         this.main = main;
         this.fileLength = main.size();
         this.readable = fileLength;
+        this.lengthRecorded = fileLength;
         this.length = fileLength;
     }
 
@@ -436,7 +439,10 @@ public final class AtomicVolume extends Volume {
             writeFreshPages();
             writeCommitFile();
             applyToFile();
-            writeLength(file, length);
+            if (length != lengthRecorded) { // most commits change pages, not the length: no write, no fsync
+                writeLength(file, length);
+                lengthRecorded = length;
+            }
             Files.delete(commitFile); // a crash before this only makes the next open write the same pages again
         } catch (IOException e) {
             throw new UncheckedIOException("cannot commit " + file + ": " + e.getMessage(), e);
