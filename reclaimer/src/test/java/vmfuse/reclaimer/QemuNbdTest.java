@@ -258,9 +258,7 @@ class QemuNbdTest {
                 throw new AssertionError("the image was to be held closed while a QEMU runs it");
             });
             long token = fence.token();
-            try (Qmp q = Qmp.connect(qmpSock)) { // the guest reuses 1 MiB of what it deleted, after the token
-                q.execute("human-monitor-command", "{\"command-line\": \"qemu-io d0 \\\"write -P 0x33 4M 1M\\\"\"}");
-            }
+            hmp(qmpSock, "write -P 0x33 4M 1M"); // the guest reuses 1 MiB of what it deleted, after the token
             List<long[]> admitted = fence.admit(token, List.of(new long[] {0, 16 * M}));
             assertEquals(16 * M, fence.pendingBytes());
             List<long[]> punched = new java.util.ArrayList<>();
