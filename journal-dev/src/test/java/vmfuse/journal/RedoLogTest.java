@@ -1,5 +1,6 @@
 package vmfuse.journal;
 
+import static org.junit.jupiter.api.Assertions.assertArrayEquals;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
@@ -11,7 +12,9 @@ import java.nio.file.Files;
 import java.nio.file.Path;
 import java.nio.file.StandardOpenOption;
 import java.util.ArrayList;
+import java.util.Arrays;
 import java.util.List;
+import java.util.Random;
 
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.io.TempDir;
@@ -141,5 +144,74 @@ class RedoLogTest {
         }
         StoreException e = assertThrows(StoreException.class, () -> replay(1));
         assertTrue(e.getMessage().contains("version 99, this vmfuse reads 2"), e.getMessage());
+    }
+
+    /**
+     * Appends write whole pages: the tail page's earlier records again, then the record, then
+     * zeros. Records of every size across page boundaries, with the log reopened now and then
+     * (the tail page is read back from the file): every byte written before an append is still
+     * there after it, the rest of the last page is zeros, and replay gives every record.
+     */
+    @Test
+    void appendsRewriteTheTailPageUnchangedAndReplayExactlyAcrossReopens() throws Exception {
+        Random rnd = new Random(42);
+        int[] sizes = {0, 1, 7, 4000, 4051, 4052, 4053, 4096, 4097, 8192, 65536, 131072, 12345};
+        List<String> expected = new ArrayList<>();
+        Path seg = RedoLog.segmentFile(base(), 1);
+        byte[] garbage = new byte[(int) PREALLOC];
+        Arrays.fill(garbage, (byte) 0x5a); // what an older use of the files left
+        Files.write(RedoLog.segmentFile(base(), 0), garbage);
+        Files.write(seg, garbage);
+        RedoLog log = fresh(1);
+        try {
+            for (int i = 0; i < 200; i++) {
+                if (i % 37 == 36) {
+                    log.close();
+                    log = RedoLog.open(base(), 1, PREALLOC, (t, r, a, b, d) -> { }, new long[1]);
+                }
+                int n = i < sizes.length ? sizes[i] : rnd.nextInt(20000);
+                byte[] data = new byte[n];
+                for (int k = 0; k < n; k++) {
+                    data[k] = (byte) ('a' + rnd.nextInt(26));
+                }
+                long before = log.position();
+                byte[] old = Arrays.copyOf(Files.readAllBytes(seg), (int) before);
+                log.append(RedoLog.WRITE, 3, i, 0, data, 0, n);
+                expected.add("1:3:" + i + ":0:" + new String(data));
+                byte[] now = Files.readAllBytes(seg);
+                assertArrayEquals(old, Arrays.copyOf(now, (int) before), "append " + i + " changed what was before it");
+                long end = log.position();
+                long pageEnd = (end + RedoLog.PAGE - 1) & -RedoLog.PAGE;
+                for (long k = end; k < pageEnd; k++) {
+                    assertEquals(0, now[(int) k], "append " + i + ": byte " + k + " after the record");
+                }
+            }
+            log.force();
+        } finally {
+            log.close();
+        }
+        assertEquals(expected, replay(1));
+    }
+
+    /** A write longer than MAX_DATA is logged as consecutive records, each of at most MAX_DATA. */
+    @Test
+    void aLongWriteIsLoggedAsConsecutiveRecords() throws Exception {
+        byte[] data = new byte[2 * RedoLog.MAX_DATA + 100];
+        new Random(7).nextBytes(data);
+        try (RedoLog log = fresh(1)) {
+            log.append(RedoLog.WRITE, 5, 1000, 0, data, 0, data.length);
+            log.force();
+        }
+        List<long[]> records = new ArrayList<>();
+        byte[] back = new byte[data.length];
+        RedoLog.open(base(), 1, PREALLOC, (type, root, a, b, d) -> {
+            records.add(new long[] {a, d.length});
+            System.arraycopy(d, 0, back, (int) (a - 1000), d.length);
+        }, new long[1]).close();
+        assertEquals(3, records.size());
+        assertArrayEquals(new long[] {1000, RedoLog.MAX_DATA}, records.get(0));
+        assertArrayEquals(new long[] {1000 + RedoLog.MAX_DATA, RedoLog.MAX_DATA}, records.get(1));
+        assertArrayEquals(new long[] {1000 + 2L * RedoLog.MAX_DATA, 100}, records.get(2));
+        assertArrayEquals(data, back);
     }
 }
