@@ -78,6 +78,8 @@ public final class AtomicVolume extends Volume {
     private final FileChannel main;
     private final HolePunch holes;
     private final TreeMap<Long, byte[]> dirty = new TreeMap<>();
+    /** The buffer of every Batch of this volume's syncs (allocated at the first). */
+    private ByteBuffer staging;
     /** Length as MapDB sees it; FILE is cut or extended to it at sync. */
     private long length;
     /** FILE's length at the last sync: its committed part. */
@@ -170,7 +172,7 @@ public final class AtomicVolume extends Volume {
                             + b.position() + " of " + log.length + "; it is left as it is");
                 }
                 try (FileChannel ch = FileChannel.open(file, StandardOpenOption.WRITE)) {
-                    apply(file, ch, changes, len, holes);
+                    apply(file, new Batch(ch, Batch.buffer()), changes, len, holes);
                 }
                 writeLength(file, len);
                 applied = pages;
@@ -195,22 +197,25 @@ public final class AtomicVolume extends Volume {
     }
 
     /** Writes {@code changes} into the file, punches its runs of zero pages, sets its length, forces it. */
-    private static void apply(Path file, FileChannel ch, TreeMap<Long, byte[]> changes, long length, HolePunch holes)
+    private static void apply(Path file, Batch out, TreeMap<Long, byte[]> changes, long length, HolePunch holes)
             throws IOException {
+        FileChannel ch = out.channel();
         long runStart = -1;
         long runEnd = -1;
         for (Map.Entry<Long, byte[]> e : changes.entrySet()) {
             long pos = e.getKey() * PAGE;
             if (e.getValue() == ZERO_PAGE && holes != null) {
                 if (pos != runEnd) {
+                    out.flush();
                     punchRun(ch, file, holes, runStart, runEnd);
                     runStart = pos;
                 }
                 runEnd = pos + PAGE;
             } else {
-                writeFully(ch, ByteBuffer.wrap(e.getValue()), pos);
+                out.write(pos, e.getValue());
             }
         }
+        out.flush();
         if (ch.size() > length) {
             ch.truncate(length);
         } else if (ch.size() < length) {
@@ -248,6 +253,60 @@ public final class AtomicVolume extends Volume {
     private static void writeFully(FileChannel ch, ByteBuffer b, long pos) throws IOException {
         while (b.hasRemaining()) {
             pos += ch.write(b, pos);
+        }
+    }
+
+    /**
+     * Positional writes gathered in one direct buffer: a write that continues the previous one
+     * joins it, and each run goes out in one pwrite when it breaks, fills the buffer, or at
+     * flush(). A commit writes thousands of pages, most of them consecutive; written one by one
+     * from heap arrays, each was a syscall and one more copy by the JDK (the checkpoint's drain
+     * ran at about 130 MiB/s that way, measured with strace: one 4 KiB pwrite every ~30 µs).
+     */
+    static final class Batch {
+        static final int SIZE = 1 << 20;
+        private final FileChannel ch;
+        private final ByteBuffer buf;
+        private long start = -1; // FILE position of buf's first byte; -1: empty
+
+        Batch(FileChannel ch, ByteBuffer buf) {
+            this.ch = ch;
+            this.buf = buf.clear();
+        }
+
+        static ByteBuffer buffer() {
+            return ByteBuffer.allocateDirect(SIZE);
+        }
+
+        FileChannel channel() {
+            return ch;
+        }
+
+        void write(long pos, byte[] b) throws IOException {
+            write(pos, ByteBuffer.wrap(b));
+        }
+
+        void write(long pos, ByteBuffer b) throws IOException {
+            if (start >= 0 && (pos != start + buf.position() || buf.remaining() < b.remaining())) {
+                flush();
+            }
+            if (b.remaining() > buf.capacity()) {
+                writeFully(ch, b, pos);
+                return;
+            }
+            if (start < 0) {
+                start = pos;
+            }
+            buf.put(b);
+        }
+
+        void flush() throws IOException {
+            if (start >= 0) {
+                buf.flip();
+                writeFully(ch, buf, start);
+                buf.clear();
+                start = -1;
+            }
         }
     }
 
@@ -459,12 +518,14 @@ public final class AtomicVolume extends Volume {
         if (fresh.isEmpty()) {
             return;
         }
+        Batch out = batch(main);
         for (Map.Entry<Long, byte[]> e : fresh.entrySet()) {
             long pos = e.getKey() * PAGE;
             if (e.getValue() != ZERO_PAGE || pos < readable) { // zeros past FILE's end are there already
-                writeFully(main, ByteBuffer.wrap(e.getValue()), pos);
+                out.write(pos, e.getValue());
             }
         }
+        out.flush();
         main.force(false);
         readable = Math.max(readable, main.size());
         fresh.clear();
@@ -478,35 +539,42 @@ public final class AtomicVolume extends Volume {
             ByteBuffer h = ByteBuffer.allocate(HEADER).order(ByteOrder.LITTLE_ENDIAN);
             h.putInt(MAGIC).putInt(VERSION).putLong(length).putInt(dirty.size()).flip();
             crc.update(h.duplicate());
+            Batch out = batch(ch);
             long pos = 0;
-            writeFully(ch, h, pos);
+            out.write(pos, h);
             pos += HEADER;
-            ByteBuffer rec = ByteBuffer.allocate(8 + PAGE).order(ByteOrder.LITTLE_ENDIAN);
+            ByteBuffer key = ByteBuffer.allocate(8).order(ByteOrder.LITTLE_ENDIAN);
             for (Map.Entry<Long, byte[]> e : dirty.entrySet()) {
-                rec.clear();
-                if (e.getValue() == ZERO_PAGE) {
-                    rec.putLong(e.getKey() | ZERO_FLAG).flip();
-                    crc.update(rec.duplicate());
-                    writeFully(ch, rec, pos);
-                    pos += 8;
-                    continue;
+                boolean zeros = e.getValue() == ZERO_PAGE;
+                key.clear().putLong(zeros ? e.getKey() | ZERO_FLAG : e.getKey()).flip();
+                crc.update(key.duplicate());
+                out.write(pos, key);
+                pos += 8;
+                if (!zeros) {
+                    crc.update(e.getValue());
+                    out.write(pos, e.getValue());
+                    pos += PAGE;
                 }
-                rec.putLong(e.getKey()).put(e.getValue()).flip();
-                crc.update(rec.duplicate());
-                writeFully(ch, rec, pos);
-                pos += 8 + PAGE;
             }
             ByteBuffer t = ByteBuffer.allocate(4).order(ByteOrder.LITTLE_ENDIAN).putInt((int) crc.getValue()).flip();
-            writeFully(ch, t, pos);
+            out.write(pos, t);
+            out.flush();
             ch.force(true);
         }
     }
 
     private void applyToFile() throws IOException {
-        apply(file, main, dirty, length, holes);
+        apply(file, batch(main), dirty, length, holes);
         fileLength = length;
         readable = length;
         dirty.clear();
+    }
+
+    private Batch batch(FileChannel ch) {
+        if (staging == null) {
+            staging = Batch.buffer();
+        }
+        return new Batch(ch, staging);
     }
 
     @Override

@@ -94,6 +94,63 @@ class AtomicVolumeTest {
     }
 
     /**
+     * A commit of many MiB: its pages, and its commit file, go out in runs through one 1 MiB
+     * buffer (AtomicVolume.Batch), broken where pages are not consecutive and where the buffer
+     * fills. Whole after sync, and after a crash once the commit file is written.
+     */
+    @Test
+    void commitsLargerThanTheWriteBufferAreWholeAfterSyncAndAfterRecovery() throws Exception {
+        Path file = dir.resolve("v");
+        Random r = new Random(8);
+        byte[] committed = new byte[6 << 20];
+        try (AtomicVolume v = AtomicVolume.open(file, null)) {
+            v.putData(0, committed, 0, 4096); // a page, so the next commit's pages are not all past the end
+            v.sync();
+        }
+        try (AtomicVolume v = AtomicVolume.open(file, null)) {
+            scribble(v, committed, r, 600); // past the end: written straight to the file
+            v.sync();
+        }
+        assertArrayEquals(committed, contents(file, committed.length));
+        byte[] next = committed.clone();
+        try (AtomicVolume v = AtomicVolume.open(file, null)) {
+            scribble(v, next, r, 600); // over committed pages: through the commit file, >1 MiB of it
+            assertTrue(v.dirtyPages() > 2 * AtomicVolume.Batch.SIZE / AtomicVolume.PAGE, "" + v.dirtyPages());
+            v.writeCommitFile();
+        }
+        assertTrue(Files.size(AtomicVolume.commitFile(file)) > 2 * AtomicVolume.Batch.SIZE);
+        assertArrayEquals(committed, contents(file, committed.length), "the file untouched so far");
+        assertTrue(AtomicVolume.recover(file, null) > 0);
+        assertArrayEquals(next, contents(file, next.length), "the commit finished at open");
+    }
+
+    /** Positional writes in any order, consecutive or not, shorter or longer than the buffer. */
+    @Test
+    void batchedWritesLandWhereTheyWereAimed() throws Exception {
+        Path file = dir.resolve("b");
+        Random r = new Random(9);
+        byte[] model = new byte[5 << 20];
+        try (var ch = java.nio.channels.FileChannel.open(file, java.nio.file.StandardOpenOption.CREATE,
+                java.nio.file.StandardOpenOption.WRITE)) {
+            AtomicVolume.Batch out = new AtomicVolume.Batch(ch, ByteBuffer.allocateDirect(64 << 10));
+            long pos = 0;
+            for (int i = 0; i < 300; i++) {
+                int len = r.nextInt(10) == 0 ? r.nextInt(200_000) : r.nextInt(9000);
+                if (r.nextInt(3) == 0) {
+                    pos = r.nextInt(model.length - 200_000); // a jump: the run breaks
+                }
+                byte[] b = new byte[len];
+                r.nextBytes(b);
+                out.write(pos, b);
+                System.arraycopy(b, 0, model, (int) pos, len);
+                pos += len;
+            }
+            out.flush();
+        }
+        assertArrayEquals(model, contents(file, model.length));
+    }
+
+    /**
      * Pages past the file's end go straight to the file, before the commit file; a crash before
      * that is complete leaves nothing of them (the file is cut back to its committed length), and
      * a whole sync keeps them.
