@@ -128,11 +128,27 @@ final class JournalFiles {
         return fh;
     }
 
+    /**
+     * Each FUSE thread's buffer between the kernel's and the device's bytes (a request is at most
+     * max_read or max_write, 128 KiB by default): a new array per request was 512 MiB of garbage
+     * per 512 MiB written, and collections that stopped every FUSE thread.
+     */
+    private static final ThreadLocal<byte[]> BUFFER = ThreadLocal.withInitial(() -> new byte[128 << 10]);
+
+    private static byte[] buffer(long size) {
+        byte[] b = BUFFER.get();
+        if (b.length < size) {
+            b = new byte[(int) size];
+            BUFFER.set(b);
+        }
+        return b;
+    }
+
     int read(long fh, Pointer buf, long size, long offset) throws FsException {
         JournalDevice d = handle(fh);
-        byte[] b = new byte[(int) size];
+        byte[] b = buffer(size);
         try {
-            int n = d.read(offset, b, 0, b.length);
+            int n = d.read(offset, b, 0, (int) size);
             buf.put(0, b, 0, n);
             return n;
         } catch (StoreException e) {
@@ -142,11 +158,11 @@ final class JournalFiles {
 
     int write(long fh, Pointer buf, long size, long offset) throws FsException {
         JournalDevice d = handle(fh);
-        byte[] b = new byte[(int) size];
-        buf.get(0, b, 0, b.length);
+        byte[] b = buffer(size);
+        buf.get(0, b, 0, (int) size);
         try {
-            d.write(offset, b, 0, b.length);
-            return b.length;
+            d.write(offset, b, 0, (int) size);
+            return (int) size;
         } catch (StoreException e) {
             throw fail(e);
         }

@@ -10,7 +10,8 @@ import java.util.TreeMap;
  * reads past the end return fewer bytes, writes past the end grow it, truncate sets it
  * (shrinking frees the blocks past the new end).
  *
- * <p>Writes go to memory: {@code dirty} blocks, and {@code zeros}, the block ranges punched or
+ * <p>Writes go to memory: {@code dirty} blocks (slots of the store's {@link BlockMemory}, off
+ * the Java heap), and {@code zeros}, the block ranges punched or
  * zeroed (a whole-block zero never touches the store at once). A checkpoint freezes them
  * ({@code frozen}, {@code frozenZeros}) at the moment it rotates the redo log and moves them into
  * the store: zeros first, then blocks, since every block still dirty was written after every
@@ -23,6 +24,7 @@ public final class JournalDevice {
     private static final int SHIFT = 12;
 
     private final JournalStore store;
+    private final BlockMemory memory;
     private final RadixBlockStore blocks;
     private final Durability durability;
     private final long created;
@@ -31,10 +33,10 @@ public final class JournalDevice {
     private volatile long lastFlush;
     private volatile boolean deleted;
 
-    // guarded by this
-    private final TreeMap<Long, byte[]> dirty = new TreeMap<>();
+    // guarded by this; a block's value is its slot in `memory`
+    private final TreeMap<Long, Integer> dirty = new TreeMap<>();
     private final BlockRanges zeros = new BlockRanges();
-    private final TreeMap<Long, byte[]> frozen = new TreeMap<>();
+    private final TreeMap<Long, Integer> frozen = new TreeMap<>();
     private final BlockRanges frozenZeros = new BlockRanges();
     /** The size at the last freeze: what the checkpoint records. */
     private long frozenSize;
@@ -46,6 +48,7 @@ public final class JournalDevice {
     JournalDevice(JournalStore store, String name, RadixBlockStore blocks, long size, Durability durability,
             long created, long lastFlush) {
         this.store = store;
+        this.memory = store.blockMemory();
         this.name = name;
         this.blocks = blocks;
         this.size = size;
@@ -81,7 +84,7 @@ public final class JournalDevice {
         return blocksStored() * BLOCK;
     }
 
-    /** Heap held for this device: its blocks waiting in memory and its radix tree nodes (all cached). */
+    /** Memory held for this device: its blocks waiting in memory and its radix tree nodes (all cached). */
     public synchronized long memoryUsed() {
         return (dirty.size() + frozen.size() + blocks.nodesStored()) * (long) BLOCK;
     }
@@ -127,8 +130,8 @@ public final class JournalDevice {
     synchronized void destroy() {
         deleted = true;
         store.released(dirty.size() + frozen.size());
-        dirty.clear();
-        frozen.clear();
+        give(dirty);
+        give(frozen);
         zeros.clear();
         frozenZeros.clear();
         blocks.destroy();
@@ -148,41 +151,85 @@ public final class JournalDevice {
                 long pos = offset + done;
                 int in = (int) (pos & (BLOCK - 1));
                 int k = Math.min(BLOCK - in, n - done);
-                byte[] b = lookup(pos >>> SHIFT);
-                if (b == null) {
-                    Arrays.fill(dst, dstOffset + done, dstOffset + done + k, (byte) 0);
-                } else {
-                    System.arraycopy(b, in, dst, dstOffset + done, k);
-                }
+                copyOut(pos >>> SHIFT, in, dst, dstOffset + done, k);
                 done += k;
             }
             return n;
         }
     }
 
-    /** A block's contents as they read now (not to be changed), or null for zeros. Holding this. */
-    private byte[] lookup(long block) throws StoreException {
-        byte[] b = dirty.get(block);
-        if (b != null || zeros.contains(block)) {
-            return b;
+    /** The slot holding what a block reads as now, if memory holds it, else null. Holding this. */
+    private Integer inMemory(long block) {
+        Integer slot = dirty.get(block);
+        if (slot != null || zeros.contains(block)) {
+            return slot;
         }
-        b = frozen.get(block);
-        if (b != null || frozenZeros.contains(block)) {
-            return b;
-        }
-        return blocks.readBlock(block);
+        return frozen.get(block); // frozen blocks were written after the frozen zeros that cover them
     }
 
-    /** The dirty copy of a block, made from what it reads as now if there is none. Holding this. */
-    private byte[] dirtyBlock(long block) throws StoreException {
-        byte[] b = dirty.get(block);
-        if (b == null) {
-            byte[] now = lookup(block);
-            b = now == null ? new byte[BLOCK] : now.clone();
-            dirty.put(block, b);
-            store.added(1);
+    /** Whether a block reads as zeros without looking at its bytes: zeroed since, or never stored. Holding this. */
+    private boolean knownZero(long block) {
+        if (dirty.containsKey(block)) {
+            return false;
         }
-        return b;
+        if (zeros.contains(block)) {
+            return true;
+        }
+        if (frozen.containsKey(block)) {
+            return false;
+        }
+        return frozenZeros.contains(block) || !blocks.contains(block);
+    }
+
+    /** Copies {@code n} bytes of a block, from {@code in}, as it reads now. Holding this. */
+    private void copyOut(long block, int in, byte[] dst, int off, int n) throws StoreException {
+        Integer slot = inMemory(block);
+        if (slot != null) {
+            memory.get(slot, in, dst, off, n);
+            return;
+        }
+        byte[] b = knownZero(block) ? null : blocks.readBlock(block);
+        if (b == null) {
+            Arrays.fill(dst, off, off + n, (byte) 0);
+        } else {
+            System.arraycopy(b, in, dst, off, n);
+        }
+    }
+
+    /** The dirty slot of a block, filled with what it reads as now if there is none. Holding this. */
+    private int dirtySlot(long block) throws StoreException {
+        Integer slot = dirty.get(block);
+        if (slot != null) {
+            return slot;
+        }
+        int s = memory.take();
+        try {
+            Integer now = inMemory(block);
+            if (now != null) {
+                memory.copy(now, s);
+            } else {
+                byte[] b = knownZero(block) ? null : blocks.readBlock(block);
+                if (b == null) {
+                    memory.zero(s, 0, BLOCK);
+                } else {
+                    memory.put(s, 0, b, 0, BLOCK);
+                }
+            }
+        } catch (StoreException | RuntimeException e) {
+            memory.give(s);
+            throw e;
+        }
+        dirty.put(block, s);
+        store.added(1);
+        return s;
+    }
+
+    /** Gives every slot of {@code map} back and empties it. */
+    private void give(Map<Long, Integer> map) {
+        for (int slot : map.values()) {
+            memory.give(slot);
+        }
+        map.clear();
     }
 
     /**
@@ -201,15 +248,15 @@ public final class JournalDevice {
                 int in = (int) (pos & (BLOCK - 1));
                 int n = Math.min(BLOCK - in, length - done);
                 long block = pos >>> SHIFT;
-                byte[] b;
+                int slot;
                 if (n == BLOCK && !dirty.containsKey(block)) {
-                    b = new byte[BLOCK];
-                    dirty.put(block, b);
+                    slot = memory.take();
+                    dirty.put(block, slot);
                     store.added(1);
                 } else {
-                    b = dirtyBlock(block);
+                    slot = dirtySlot(block);
                 }
-                System.arraycopy(src, srcOffset + done, b, in, n);
+                memory.put(slot, in, src, srcOffset + done, n);
                 done += n;
             }
             if (offset + length > size) {
@@ -256,9 +303,9 @@ public final class JournalDevice {
             zeroPart(offset >>> SHIFT, in, BLOCK - in);
         }
         if (firstWhole < endWhole) {
-            Map<Long, byte[]> gone = dirty.subMap(firstWhole, endWhole);
+            Map<Long, Integer> gone = dirty.subMap(firstWhole, endWhole);
             store.released(gone.size());
-            gone.clear();
+            give(gone);
             zeros.add(firstWhole, endWhole);
         }
         if ((end & (BLOCK - 1)) != 0) {
@@ -267,8 +314,8 @@ public final class JournalDevice {
     }
 
     private void zeroPart(long block, int in, int n) throws StoreException {
-        if (lookup(block) != null) {
-            Arrays.fill(dirtyBlock(block), in, in + n, (byte) 0);
+        if (!knownZero(block)) {
+            memory.zero(dirtySlot(block), in, n);
         }
     }
 
@@ -279,14 +326,16 @@ public final class JournalDevice {
      */
     synchronized void freeze() {
         for (long[] r : zeros.list()) {
-            Map<Long, byte[]> gone = frozen.subMap(r[0], r[1]);
+            Map<Long, Integer> gone = frozen.subMap(r[0], r[1]);
             store.released(gone.size());
-            gone.clear();
+            give(gone);
             frozenZeros.add(r[0], r[1]);
         }
         zeros.clear();
-        for (Map.Entry<Long, byte[]> e : dirty.entrySet()) {
-            if (frozen.put(e.getKey(), e.getValue()) != null) {
+        for (Map.Entry<Long, Integer> e : dirty.entrySet()) {
+            Integer old = frozen.put(e.getKey(), e.getValue());
+            if (old != null) {
+                memory.give(old);
                 store.released(1);
             }
         }
@@ -306,15 +355,18 @@ public final class JournalDevice {
             }
             frozenZeros.clear();
         }
+        byte[] b = new byte[BLOCK];
         while (true) {
             synchronized (this) { // in batches: a writer of this device waits for one batch at most
                 if (frozen.isEmpty()) {
                     return;
                 }
                 for (int i = 0; i < 32 && !frozen.isEmpty(); i++) {
-                    Map.Entry<Long, byte[]> e = frozen.firstEntry();
-                    blocks.writeBlock(e.getKey(), e.getValue());
+                    Map.Entry<Long, Integer> e = frozen.firstEntry();
+                    memory.get(e.getValue(), 0, b, 0, BLOCK);
+                    blocks.writeBlock(e.getKey(), b);
                     frozen.pollFirstEntry();
+                    memory.give(e.getValue());
                     store.released(1);
                 }
                 version++;

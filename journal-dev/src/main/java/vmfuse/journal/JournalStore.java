@@ -94,6 +94,8 @@ public final class JournalStore implements AutoCloseable {
     private final long memoryLimit;
     /** Blocks held in memory by every device (dirty and frozen). */
     private final AtomicLong blocksInMemory = new AtomicLong();
+    /** Where those blocks are, off the heap. */
+    private final BlockMemory blockMemory = new BlockMemory();
     /** Writers waiting for memory wait on this; checkpoints notify it. */
     private final Object memory = new Object();
     private final Thread checkpointer;
@@ -358,6 +360,15 @@ public final class JournalStore implements AutoCloseable {
 
     public long memoryLimit() {
         return memoryLimit;
+    }
+
+    /** Bytes of off-heap memory allocated for blocks (held or free for the next writes). */
+    public long memoryAllocated() {
+        return blockMemory.capacity();
+    }
+
+    BlockMemory blockMemory() {
+        return blockMemory;
     }
 
     /** Bytes the store takes on disk: the MapDB file, its write-ahead log, the redo log segments. */

@@ -7,6 +7,7 @@ package vmfuse.journal;
  */
 public final class StoreException extends Exception {
     public static final int EIO = 5;
+    public static final int ENOMEM = 12;
     public static final int EINVAL = 22;
     public static final int EFBIG = 27;
     public static final int ENOSPC = 28;

@@ -65,6 +65,8 @@ class JournalDeviceModelTest {
             assertEquals(null, failed.get());
             s.checkpoint();
             assertEquals(0, s.memoryHeld(), "a checkpoint with no writer running empties memory");
+            assertEquals(0, s.blockMemory().taken(), "every slot of memory given back");
+            assertTrue(s.memoryAllocated() <= MEMORY + (2 << 20), "allocated " + s.memoryAllocated());
             assertEquals(m.nonZeroBlocks(), d.blocksStored(), "the store holds exactly the non-zero blocks");
             assertTrue(s.checkpoints() > 5, s.checkpoints() + " checkpoints");
         }

@@ -76,8 +76,10 @@ class JournalStoreTest {
             assertArrayEquals(new byte[4096], back, "what a shrink dropped reads as zeros after growing again");
             d.zero(0, 2L * MiB);
             assertEquals(4096, d.bytesStored());
+            assertTrue(s.blockMemory().taken() > 0, "blocks wait in memory");
             s.delete("vm1");
             assertNull(s.device("vm1"));
+            assertEquals(0, s.blockMemory().taken(), "a deleted device's memory is given back");
             assertEquals(StoreException.class, assertThrows(StoreException.class, () -> s.delete("vm1")).getClass());
         }
         try (JournalStore s = JournalStore.open(dir.resolve("j.db"))) {

@@ -60,9 +60,10 @@ final class JournalCommand {
             String footer = null;
             for (String line : answer.split("\n")) {
                 String[] f = line.split("\t");
-                if (f.length == 5 && f[0].equals("journal-store")) {
-                    footer = String.format("blocks in memory: %.1f MiB of %.1f MiB (--journal-memory); store on disk: "
-                            + "%.1f MiB; %s checkpoints since mount", mib(f[1]), mib(f[2]), mib(f[3]), f[4]);
+                if (f.length == 6 && f[0].equals("journal-store")) {
+                    footer = String.format("blocks in memory: %.1f MiB of %.1f MiB (--journal-memory; %.1f MiB allocated "
+                            + "outside the heap); store on disk: %.1f MiB; %s checkpoints since mount",
+                            mib(f[1]), mib(f[2]), mib(f[5]), mib(f[3]), f[4]);
                 }
                 if (f.length == 7 && f[0].equals("journal")) {
                     long flushed = Long.parseLong(f[6]);

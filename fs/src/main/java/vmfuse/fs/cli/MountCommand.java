@@ -62,7 +62,8 @@ final class MountCommand implements Callable<Integer> {
     @Option(names = "--journal-memory", paramLabel = "SIZE", defaultValue = "128M",
             description = "Bound on journal blocks held in memory before a checkpoint writes them to the store "
                     + "(default: 128M; K, M, G suffixes). At the bound, journal writers wait for the checkpoint. "
-                    + "Must fit in the JVM heap with room to spare (JAVA_OPTS=-Xmx...).")
+                    + "The blocks are kept outside the Java heap, in direct memory, which the JVM caps at -Xmx: "
+                    + "at most half of it (JAVA_OPTS=-Xmx...).")
     String journalMemory;
 
     @Option(names = "--force", description = "Clear a stale mount (left by a daemon that died) at MOUNTPOINT first.")
@@ -92,7 +93,10 @@ final class MountCommand implements Callable<Integer> {
         return startDaemon(s, mnt);
     }
 
-    /** --journal-memory, checked against the heap: at most half of -Xmx, at least 4 MiB. */
+    /**
+     * --journal-memory: at least 4 MiB, at most half of -Xmx, which also caps the direct memory the
+     * blocks are kept in (room is left for what writers add past the bound and for the store's buffers).
+     */
     private long journalMemory() {
         long bytes;
         try {
@@ -103,7 +107,7 @@ final class MountCommand implements Callable<Integer> {
         long heap = Runtime.getRuntime().maxMemory();
         if (bytes < (4L << 20) || bytes > heap / 2) {
             throw new picocli.CommandLine.ParameterException(spec.commandLine(), "--journal-memory must be between 4M and "
-                    + "half the JVM heap (" + (heap / 2 >> 20) + "M now; raise it with JAVA_OPTS=-Xmx...), not "
+                    + "half the JVM's -Xmx (" + (heap / 2 >> 20) + "M now; raise it with JAVA_OPTS=-Xmx...), not "
                     + journalMemory);
         }
         return bytes;

@@ -346,7 +346,7 @@ public final class Daemon {
                 }
                 out.append("journal-store\t").append(journals.memoryHeld()).append('\t').append(journals.memoryLimit())
                         .append('\t').append(journals.bytesOnDisk()).append('\t').append(journals.checkpoints())
-                        .append('\n');
+                        .append('\t').append(journals.memoryAllocated()).append('\n');
                 return out.toString();
             }
             case "journal-create" -> {

@@ -202,8 +202,8 @@ class JournalDeviceTest {
             assertEquals("NAME SIZE STORED MEMORY DURABILITY LAST FLUSH", rows.get(0), list);
             assertTrue(rows.get(1).matches("vm1 134217728 65536 \\d+ flush 20.*"), list);
             assertEquals("vm2 67108864 0 4096 close never", rows.get(2), list);
-            assertTrue(rows.get(3).matches("blocks in memory: [0-9.]+ MiB of 128.0 MiB \\(--journal-memory\\); store on "
-                    + "disk: [0-9.]+ MiB; \\d+ checkpoints since mount"), list);
+            assertTrue(rows.get(3).matches("blocks in memory: [0-9.]+ MiB of 128.0 MiB \\(--journal-memory; [0-9.]+ MiB "
+                    + "allocated outside the heap\\); store on disk: [0-9.]+ MiB; \\d+ checkpoints since mount"), list);
 
             for (String[] bad : new String[][] {{"--size", "12X", "x"}, {"--size", "1M", "../x"}, {"--size", "1M", "vm1"},
                 {"--size", "1M", "--durability", "sometimes", "y"}, {"--size", "9E", "z"}}) {

@@ -1,0 +1,111 @@
+package vmfuse.journal;
+
+import java.nio.ByteBuffer;
+import java.util.Arrays;
+
+/*
+ * The memory journal blocks wait in between checkpoints: 4 KiB slots in direct buffers of 1 MiB,
+ * outside the Java heap, taken and given back by the store's devices.
+ *
+ * Why not byte[4096] per block: the blocks written since the last checkpoint (up to
+ * --journal-memory, 128 MiB by default) are live when the young generation is collected, so a
+ * copying collector copied every block at least once, and the old generation then filled with
+ * blocks a checkpoint had released, which a full collection compacted, every FUSE thread stopped
+ * meanwhile. Measured on a close-mode device taking 512 MiB of 1 MiB writes with the serial
+ * collector: 0.85 s of pauses in a 2.4 s run. Here the collector sees a few buffers that never
+ * move.
+ *
+ * A slot is an int: chunk (slot >>> 8), byte offset (slot & 255) << 12 in it. Chunks are
+ * allocated as slots run out and kept (the next burst reuses them): what this holds is at most
+ * the memory bound plus what writers admitted just under it wrote. Thread-safe: slots are taken
+ * and given back under this monitor; a slot's bytes are read and written by whoever holds it,
+ * with absolute gets and puts that never touch a buffer's position, under the owning device's
+ * monitor.
+ */
+final class BlockMemory {
+    static final int BLOCK = RadixBlockStore.BLOCK_SIZE;
+    private static final int SLOTS_PER_CHUNK = 256;
+    private static final int CHUNK_SHIFT = 8;
+    private static final byte[] ZEROS = new byte[BLOCK];
+
+    /** Replaced, never changed, when a chunk is added: readers outside the monitor see a whole array. */
+    private volatile ByteBuffer[] chunks = new ByteBuffer[0];
+    private int[] free = new int[SLOTS_PER_CHUNK]; // guarded by this
+    private int freeCount; // guarded by this
+    private int taken; // guarded by this
+
+    /**
+     * A slot whose contents are undefined until written. ENOMEM if the JVM's direct memory (as
+     * large as its heap unless -XX:MaxDirectMemorySize says otherwise) has no room for another
+     * chunk: the write fails, nothing written before is touched.
+     */
+    synchronized int take() throws StoreException {
+        if (freeCount == 0) {
+            try {
+                grow();
+            } catch (OutOfMemoryError e) {
+                throw new StoreException(StoreException.ENOMEM, "journal memory: no room for another MiB of "
+                        + "blocks outside the heap (" + (capacity() >> 20) + " MiB held): " + e.getMessage(), e);
+            }
+        }
+        taken++;
+        return free[--freeCount];
+    }
+
+    synchronized void give(int slot) {
+        if (freeCount == free.length) {
+            free = Arrays.copyOf(free, free.length * 2);
+        }
+        free[freeCount++] = slot;
+        taken--;
+    }
+
+    private void grow() {
+        ByteBuffer[] c = chunks;
+        int first = c.length << CHUNK_SHIFT;
+        ByteBuffer[] next = Arrays.copyOf(c, c.length + 1);
+        next[c.length] = ByteBuffer.allocateDirect(SLOTS_PER_CHUNK * BLOCK);
+        chunks = next;
+        if (free.length < SLOTS_PER_CHUNK) {
+            free = new int[SLOTS_PER_CHUNK];
+        }
+        for (int i = SLOTS_PER_CHUNK - 1; i >= 0; i--) { // slot `first` is taken first
+            free[freeCount++] = first + i;
+        }
+    }
+
+    /** Bytes of slots allocated (taken or free). */
+    synchronized long capacity() {
+        return (long) chunks.length * SLOTS_PER_CHUNK * BLOCK;
+    }
+
+    /** Slots taken. */
+    synchronized int taken() {
+        return taken;
+    }
+
+    private ByteBuffer chunk(int slot) {
+        return chunks[slot >>> CHUNK_SHIFT];
+    }
+
+    private static int at(int slot, int in) {
+        return ((slot & (SLOTS_PER_CHUNK - 1)) << 12) + in;
+    }
+
+    void put(int slot, int in, byte[] src, int off, int n) {
+        chunk(slot).put(at(slot, in), src, off, n);
+    }
+
+    void get(int slot, int in, byte[] dst, int off, int n) {
+        chunk(slot).get(at(slot, in), dst, off, n);
+    }
+
+    /** Copies a whole slot's contents into another. */
+    void copy(int from, int to) {
+        chunk(to).put(at(to, 0), chunk(from), at(from, 0), BLOCK);
+    }
+
+    void zero(int slot, int in, int n) {
+        put(slot, in, ZEROS, 0, n);
+    }
+}
