@@ -52,7 +52,8 @@ import org.mapdb.volume.Volume;
  * the HolePunch the owner gives) instead of written: the store's size on disk goes down. In
  * memory such a page is one shared marker, so deleting a large device costs little heap.
  *
- * Memory: the pages changed since the last sync, so the owner syncs every few MiB of changes.
+ * Memory: the pages changed since the last sync (off the heap, see Arena), so the owner syncs
+ * every few MiB of changes.
  * Thread-safe (every method holds the monitor).
  */
 public final class AtomicVolume extends Volume {
@@ -62,8 +63,9 @@ public final class AtomicVolume extends Volume {
     private static final int LENGTH_MAGIC = 0x4C50_4A56; // "VJPL"
     private static final int HEADER = 20;
     private static final long ZERO_FLAG = 1L << 63;
+    private static final byte[] ZEROS = new byte[PAGE];
     /** The marker of a dirty page of zeros (never written to). */
-    private static final byte[] ZERO_PAGE = new byte[PAGE];
+    private static final ByteBuffer ZERO_PAGE = ByteBuffer.wrap(new byte[PAGE]).asReadOnlyBuffer();
 
     /**
      * Frees a byte range of a file (fallocate PUNCH_HOLE|KEEP_SIZE); the fs module gives one.
@@ -77,7 +79,9 @@ public final class AtomicVolume extends Volume {
     private final Path commitFile;
     private final FileChannel main;
     private final HolePunch holes;
-    private final TreeMap<Long, byte[]> dirty = new TreeMap<>();
+    /** Pages changed since the last sync, by page number: pages of `arena`, or ZERO_PAGE. */
+    private final TreeMap<Long, ByteBuffer> dirty = new TreeMap<>();
+    private final Arena arena = new Arena();
     /** The buffer of every Batch of this volume's syncs (allocated at the first). */
     private ByteBuffer staging;
     /** Length as MapDB sees it; FILE is cut or extended to it at sync. */
@@ -156,14 +160,14 @@ public final class AtomicVolume extends Volume {
             if (b.getInt(0) == MAGIC && b.getInt(4) == VERSION && (int) crc.getValue() == b.getInt(log.length - 4)) {
                 long len = b.getLong(8);
                 int pages = b.getInt(16);
-                TreeMap<Long, byte[]> changes = new TreeMap<>();
+                TreeMap<Long, ByteBuffer> changes = new TreeMap<>();
                 b.position(HEADER);
                 for (int i = 0; i < pages; i++) {
                     long entry = b.getLong();
                     if ((entry & ZERO_FLAG) != 0) {
                         changes.put(entry & ~ZERO_FLAG, ZERO_PAGE);
                     } else {
-                        changes.put(entry, Arrays.copyOfRange(log, b.position(), b.position() + PAGE));
+                        changes.put(entry, ByteBuffer.wrap(log, b.position(), PAGE).slice());
                         b.position(b.position() + PAGE);
                     }
                 }
@@ -197,12 +201,12 @@ public final class AtomicVolume extends Volume {
     }
 
     /** Writes {@code changes} into the file, punches its runs of zero pages, sets its length, forces it. */
-    private static void apply(Path file, Batch out, TreeMap<Long, byte[]> changes, long length, HolePunch holes)
+    private static void apply(Path file, Batch out, TreeMap<Long, ByteBuffer> changes, long length, HolePunch holes)
             throws IOException {
         FileChannel ch = out.channel();
         long runStart = -1;
         long runEnd = -1;
-        for (Map.Entry<Long, byte[]> e : changes.entrySet()) {
+        for (Map.Entry<Long, ByteBuffer> e : changes.entrySet()) {
             long pos = e.getKey() * PAGE;
             if (e.getValue() == ZERO_PAGE && holes != null) {
                 if (pos != runEnd) {
@@ -212,7 +216,7 @@ public final class AtomicVolume extends Volume {
                 }
                 runEnd = pos + PAGE;
             } else {
-                out.write(pos, e.getValue());
+                out.write(pos, e.getValue().duplicate());
             }
         }
         out.flush();
@@ -310,26 +314,63 @@ public final class AtomicVolume extends Volume {
         }
     }
 
+    /**
+     * The pages of one commit, off the Java heap: 4 KiB slices of direct 1 MiB chunks, handed out
+     * in order and all taken back once a sync has written them (a commit holds up to tens of MiB
+     * of pages until it ends; as byte arrays they outlived young collections, filled the old
+     * generation and made full collections that stopped every thread: 12 in a 512 MiB write).
+     * Chunks beyond KEEP are let go at that point. Guarded by the volume.
+     */
+    private static final class Arena {
+        private static final int CHUNK = 1 << 20;
+        private static final int KEEP = 32;
+        private final java.util.ArrayList<ByteBuffer> chunks = new java.util.ArrayList<>();
+        private int used; // pages handed out since the last reset
+
+        /** A page's worth of memory, its contents undefined. */
+        ByteBuffer page() {
+            int chunk = used / (CHUNK / PAGE);
+            if (chunk == chunks.size()) {
+                chunks.add(ByteBuffer.allocateDirect(CHUNK));
+            }
+            ByteBuffer p = chunks.get(chunk).slice((used % (CHUNK / PAGE)) * PAGE, PAGE);
+            used++;
+            return p;
+        }
+
+        /** Every page handed out is free again (nothing refers to them). */
+        void reset() {
+            used = 0;
+            while (chunks.size() > KEEP) {
+                chunks.remove(chunks.size() - 1);
+            }
+        }
+    }
+
+    /** A new dirty page, filled with zeros. */
+    private ByteBuffer zeroedPage() {
+        return arena.page().put(0, ZEROS, 0, PAGE);
+    }
+
     /** The page as it reads now, for writing: copied into {@code dirty} on first touch. */
-    private byte[] pageForWrite(long page) {
-        byte[] p = dirty.get(page);
+    private ByteBuffer pageForWrite(long page) {
+        ByteBuffer p = dirty.get(page);
         if (p == ZERO_PAGE) {
-            p = new byte[PAGE];
+            p = zeroedPage();
             dirty.put(page, p);
         } else if (p == null) {
-            p = new byte[PAGE];
+            p = arena.page();
             readPage(page, p);
             dirty.put(page, p);
         }
         return p;
     }
 
-    private void readPage(long page, byte[] into) {
+    /** Reads a page of FILE into {@code into} (zeros past what FILE holds). */
+    private void readPage(long page, ByteBuffer into) {
         long pos = page * PAGE;
-        if (pos >= readable) {
-            return; // past the end of the file: zeros
-        }
-        ByteBuffer b = ByteBuffer.wrap(into, 0, (int) Math.min(PAGE, readable - pos));
+        int have = (int) Math.max(0, Math.min(PAGE, readable - pos));
+        ByteBuffer b = into.duplicate().clear().limit(have);
         try {
             while (b.hasRemaining()) {
                 if (main.read(b, pos + b.position()) < 0) {
@@ -339,6 +380,7 @@ public final class AtomicVolume extends Volume {
         } catch (IOException e) {
             throw new UncheckedIOException("cannot read " + file + ": " + e.getMessage(), e);
         }
+        into.put(b.position(), ZEROS, 0, PAGE - b.position());
     }
 
     @Override
@@ -352,16 +394,16 @@ public final class AtomicVolume extends Volume {
             if (n == PAGE && isZero(src, srcPos + done, PAGE)) {
                 dirty.put(pageNo, ZERO_PAGE);
             } else if (n == PAGE) {
-                byte[] page = dirty.get(pageNo);
+                ByteBuffer page = dirty.get(pageNo);
                 if (page == null || page == ZERO_PAGE) {
-                    page = new byte[PAGE];
+                    page = arena.page();
                     dirty.put(pageNo, page);
                 }
-                System.arraycopy(src, srcPos + done, page, 0, PAGE);
+                page.put(0, src, srcPos + done, PAGE);
             } else {
-                byte[] page = pageForWrite(pageNo);
-                System.arraycopy(src, srcPos + done, page, in, n);
-                if (isZero(page, 0, PAGE)) {
+                ByteBuffer page = pageForWrite(pageNo);
+                page.put(in, src, srcPos + done, n);
+                if (page.mismatch(ZERO_PAGE) < 0) {
                     dirty.put(pageNo, ZERO_PAGE);
                 }
             }
@@ -371,30 +413,44 @@ public final class AtomicVolume extends Volume {
     }
 
     private static boolean isZero(byte[] b, int from, int len) {
-        return Arrays.mismatch(b, from, from + len, ZERO_PAGE, 0, len) < 0;
+        return Arrays.mismatch(b, from, from + len, ZEROS, 0, len) < 0;
     }
 
     @Override
     public synchronized void getData(long offset, byte[] dst, int dstPos, int size) {
         int done = 0;
-        byte[] scratch = null;
         while (done < size) {
             long pos = offset + done;
             int in = (int) (pos % PAGE);
             int n = Math.min(PAGE - in, size - done);
-            byte[] p = dirty.get(pos / PAGE);
-            if (p == null) {
-                if (scratch == null) {
-                    scratch = new byte[PAGE];
-                } else {
-                    Arrays.fill(scratch, (byte) 0);
-                }
-                readPage(pos / PAGE, scratch);
-                p = scratch;
+            ByteBuffer p = dirty.get(pos / PAGE);
+            if (p != null) {
+                p.get(in, dst, dstPos + done, n);
+            } else {
+                readCommitted(pos, dst, dstPos + done, n);
             }
-            System.arraycopy(p, in, dst, dstPos + done, n);
             done += n;
         }
+    }
+
+    /**
+     * Reads bytes no sync has changed since, straight from FILE into {@code dst}: only those
+     * asked (MapDB reads its header's fields a few bytes at a time, at every commit), zeros past
+     * what FILE holds.
+     */
+    private void readCommitted(long pos, byte[] dst, int off, int n) {
+        int have = (int) Math.max(0, Math.min(n, readable - pos));
+        ByteBuffer b = ByteBuffer.wrap(dst, off, have);
+        try {
+            while (b.hasRemaining()) {
+                if (main.read(b, pos + (b.position() - off)) < 0) {
+                    break;
+                }
+            }
+        } catch (IOException e) {
+            throw new UncheckedIOException("cannot read " + file + ": " + e.getMessage(), e);
+        }
+        Arrays.fill(dst, b.position(), off + n, (byte) 0);
     }
 
     @Override
@@ -478,12 +534,12 @@ public final class AtomicVolume extends Volume {
         long firstGone = (size + PAGE - 1) / PAGE;
         dirty.tailMap(firstGone).clear();
         if (size % PAGE != 0) {
-            byte[] p = pageForWrite(size / PAGE);
-            Arrays.fill(p, (int) (size % PAGE), PAGE, (byte) 0);
+            int in = (int) (size % PAGE);
+            pageForWrite(size / PAGE).put(in, ZEROS, 0, PAGE - in);
         }
     }
 
-    /** Pages changed since the last sync (each 4 KiB of heap). */
+    /** Pages changed since the last sync (each 4 KiB of memory, off the heap). */
     synchronized int dirtyPages() {
         return dirty.size();
     }
@@ -514,15 +570,15 @@ public final class AtomicVolume extends Volume {
      * the pages the commit file will carry. Package-private for tests.
      */
     synchronized void writeFreshPages() throws IOException {
-        Map<Long, byte[]> fresh = dirty.tailMap((fileLength + PAGE - 1) / PAGE);
+        Map<Long, ByteBuffer> fresh = dirty.tailMap((fileLength + PAGE - 1) / PAGE);
         if (fresh.isEmpty()) {
             return;
         }
         Batch out = batch(main);
-        for (Map.Entry<Long, byte[]> e : fresh.entrySet()) {
+        for (Map.Entry<Long, ByteBuffer> e : fresh.entrySet()) {
             long pos = e.getKey() * PAGE;
             if (e.getValue() != ZERO_PAGE || pos < readable) { // zeros past FILE's end are there already
-                out.write(pos, e.getValue());
+                out.write(pos, e.getValue().duplicate());
             }
         }
         out.flush();
@@ -544,15 +600,15 @@ public final class AtomicVolume extends Volume {
             out.write(pos, h);
             pos += HEADER;
             ByteBuffer key = ByteBuffer.allocate(8).order(ByteOrder.LITTLE_ENDIAN);
-            for (Map.Entry<Long, byte[]> e : dirty.entrySet()) {
+            for (Map.Entry<Long, ByteBuffer> e : dirty.entrySet()) {
                 boolean zeros = e.getValue() == ZERO_PAGE;
                 key.clear().putLong(zeros ? e.getKey() | ZERO_FLAG : e.getKey()).flip();
                 crc.update(key.duplicate());
                 out.write(pos, key);
                 pos += 8;
                 if (!zeros) {
-                    crc.update(e.getValue());
-                    out.write(pos, e.getValue());
+                    crc.update(e.getValue().duplicate());
+                    out.write(pos, e.getValue().duplicate());
                     pos += PAGE;
                 }
             }
@@ -568,6 +624,7 @@ public final class AtomicVolume extends Volume {
         fileLength = length;
         readable = length;
         dirty.clear();
+        arena.reset();
     }
 
     private Batch batch(FileChannel ch) {
