@@ -11,10 +11,10 @@ import java.util.TreeMap;
  * (shrinking frees the blocks past the new end).
  *
  * <p>Writes go to memory: {@code dirty} blocks (slots of the store's {@link BlockMemory}, off
- * the Java heap), and {@code zeros}, the block ranges punched or
- * zeroed (a whole-block zero never touches the store at once). A checkpoint freezes them
- * ({@code frozen}, {@code frozenZeros}) at the moment it rotates the redo log and moves them into
- * the store: zeros first, then blocks, since every block still dirty was written after every
+ * the Java heap), and {@code zeros}, the block ranges punched or zeroed (a whole-block zero
+ * never touches the store at once). A checkpoint freezes them ({@code frozen},
+ * {@code frozenZeros}) at the moment it rotates the redo log and moves them into the store:
+ * zeros first, then blocks, since every block still dirty was written after every
  * zero that covered it. So the store's commit holds exactly what was logged before the rotation,
  * and nothing logged after it. A read looks in the same order as time runs backwards: dirty,
  * zeros, frozen, frozen zeros, the store.
@@ -167,29 +167,24 @@ public final class JournalDevice {
         return frozen.get(block); // frozen blocks were written after the frozen zeros that cover them
     }
 
+    /** What a block memory does not hold reads as: its stored bytes, or null for zeros. Holding this. */
+    private byte[] fromStore(long block) throws StoreException {
+        return zeros.contains(block) || frozenZeros.contains(block) ? null : blocks.readBlock(block);
+    }
+
     /** Whether a block reads as zeros without looking at its bytes: zeroed since, or never stored. Holding this. */
     private boolean knownZero(long block) {
-        if (dirty.containsKey(block)) {
-            return false;
-        }
-        if (zeros.contains(block)) {
-            return true;
-        }
-        if (frozen.containsKey(block)) {
-            return false;
-        }
-        return frozenZeros.contains(block) || !blocks.contains(block);
+        return inMemory(block) == null
+                && (zeros.contains(block) || frozenZeros.contains(block) || !blocks.contains(block));
     }
 
     /** Copies {@code n} bytes of a block, from {@code in}, as it reads now. Holding this. */
     private void copyOut(long block, int in, byte[] dst, int off, int n) throws StoreException {
         Integer slot = inMemory(block);
+        byte[] b = slot == null ? fromStore(block) : null;
         if (slot != null) {
             memory.get(slot, in, dst, off, n);
-            return;
-        }
-        byte[] b = knownZero(block) ? null : blocks.readBlock(block);
-        if (b == null) {
+        } else if (b == null) {
             Arrays.fill(dst, off, off + n, (byte) 0);
         } else {
             System.arraycopy(b, in, dst, off, n);
@@ -208,7 +203,7 @@ public final class JournalDevice {
             if (now != null) {
                 memory.copy(now, s);
             } else {
-                byte[] b = knownZero(block) ? null : blocks.readBlock(block);
+                byte[] b = fromStore(block);
                 if (b == null) {
                     memory.zero(s, 0, BLOCK);
                 } else {
