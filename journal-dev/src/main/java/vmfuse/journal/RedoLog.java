@@ -227,9 +227,9 @@ final class RedoLog implements AutoCloseable {
 
     /**
      * Zero-fills the active segment up to the preallocated size, so that appends overwrite, at its
-     * first append (a store whose devices never flush keeps its log a few bytes long). Once done
-     * the segment keeps that size: shrinking cuts back to it, never below. A full disk only costs
-     * speed: the log then grows as it is written.
+     * first append (a store whose devices never flush keeps each segment at its header page).
+     * Once done the segment keeps that size: shrinking cuts back to it, never below. A full disk
+     * only costs speed: the log then grows as it is written.
      */
     private void preallocateActive() {
         int i = (int) (generation % 2);
