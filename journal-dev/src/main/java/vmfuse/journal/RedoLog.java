@@ -364,11 +364,18 @@ final class RedoLog implements AutoCloseable {
      * waiting on it is served.
      */
     synchronized void rotate(long next) throws StoreException {
+        long previous = generation;
         try {
             active().force(false);
-            generation = next;
             writeHeader(next);
         } catch (IOException e) {
+            // appends go on in the segment they were in: its tail page back into the buffer the header took
+            generation = previous;
+            try {
+                loadTail();
+            } catch (IOException again) {
+                e.addSuppressed(again);
+            }
             throw new StoreException(StoreException.EIO, "cannot rotate redo log " + base + ": " + e.getMessage(), e);
         }
     }
