@@ -326,12 +326,24 @@ public final class AtomicVolume extends Volume {
         private static final int KEEP = 32;
         private final java.util.ArrayList<ByteBuffer> chunks = new java.util.ArrayList<>();
         private int used; // pages handed out since the last reset
+        private boolean heapOnly; // direct memory ran out during this commit
 
-        /** A page's worth of memory, its contents undefined. */
+        /**
+         * A page's worth of memory, its contents undefined. On the heap if the JVM's direct memory
+         * is full (journal blocks waiting in memory may have taken it): a commit never fails for it.
+         */
         ByteBuffer page() {
+            if (heapOnly) {
+                return ByteBuffer.allocate(PAGE);
+            }
             int chunk = used / (CHUNK / PAGE);
             if (chunk == chunks.size()) {
-                chunks.add(ByteBuffer.allocateDirect(CHUNK));
+                try {
+                    chunks.add(ByteBuffer.allocateDirect(CHUNK));
+                } catch (OutOfMemoryError e) { // after a collection and half a second of retries in the JDK
+                    heapOnly = true; // for the rest of this commit: one such wait, not one per page
+                    return ByteBuffer.allocate(PAGE);
+                }
             }
             ByteBuffer p = chunks.get(chunk).slice((used % (CHUNK / PAGE)) * PAGE, PAGE);
             used++;
@@ -341,6 +353,7 @@ public final class AtomicVolume extends Volume {
         /** Every page handed out is free again (nothing refers to them). */
         void reset() {
             used = 0;
+            heapOnly = false;
             while (chunks.size() > KEEP) {
                 chunks.remove(chunks.size() - 1);
             }

@@ -16,8 +16,9 @@ import java.util.Arrays;
  * move.
  *
  * A slot is an int: chunk (slot >>> 8), byte offset (slot & 255) << 12 in it. Chunks are
- * allocated as slots run out and kept (the next burst reuses them): what this holds is at most
- * the memory bound plus what writers admitted just under it wrote. Thread-safe: slots are taken
+ * allocated as slots run out and kept while any slot is taken; a checkpoint that empties memory
+ * lets go of all but a few (trim). What this holds is at most the memory bound plus what writers
+ * admitted just under it wrote. Thread-safe: slots are taken
  * and given back under this monitor; a slot's bytes are read and written by whoever holds it,
  * with absolute gets and puts that never touch a buffer's position, under the owning device's
  * monitor.
@@ -33,6 +34,7 @@ final class BlockMemory {
     private int[] free = new int[SLOTS_PER_CHUNK]; // guarded by this
     private int freeCount; // guarded by this
     private int taken; // guarded by this
+    private long failedAt; // System.nanoTime() of the last failure to allocate a chunk, 0 if none; guarded by this
 
     /**
      * A slot whose contents are undefined until written. ENOMEM if the JVM's direct memory (as
@@ -41,11 +43,17 @@ final class BlockMemory {
      */
     synchronized int take() throws StoreException {
         if (freeCount == 0) {
+            // the JDK collects and retries for about half a second before it gives up on direct
+            // memory: after a failure, writes fail at once for a second instead of each waiting
+            if (failedAt != 0 && System.nanoTime() - failedAt < 1_000_000_000L) {
+                throw noRoom(null);
+            }
             try {
                 grow();
+                failedAt = 0;
             } catch (OutOfMemoryError e) {
-                throw new StoreException(StoreException.ENOMEM, "journal memory: no room for another MiB of "
-                        + "blocks outside the heap (" + (capacity() >> 20) + " MiB held): " + e.getMessage(), e);
+                failedAt = System.nanoTime();
+                throw noRoom(e);
             }
         }
         taken++;
@@ -71,6 +79,29 @@ final class BlockMemory {
         }
         for (int i = SLOTS_PER_CHUNK - 1; i >= 0; i--) { // slot `first` is taken first
             free[freeCount++] = first + i;
+        }
+    }
+
+    private StoreException noRoom(OutOfMemoryError e) {
+        return new StoreException(StoreException.ENOMEM, "journal memory: no room for another MiB of blocks outside "
+                + "the heap (" + ((long) chunks.length * SLOTS_PER_CHUNK * BLOCK >> 20) + " MiB held; the JVM's direct "
+                + "memory is full)", e);
+    }
+
+    /**
+     * Lets go of the chunks beyond the first {@code keep} if no slot is taken (a checkpoint just
+     * emptied memory): a burst does not keep its memory for good.
+     */
+    synchronized void trim(int keep) {
+        ByteBuffer[] c = chunks;
+        if (taken != 0 || c.length <= keep) {
+            return;
+        }
+        chunks = Arrays.copyOf(c, keep);
+        free = new int[Math.max(SLOTS_PER_CHUNK, keep * SLOTS_PER_CHUNK)];
+        freeCount = 0;
+        for (int slot = keep * SLOTS_PER_CHUNK - 1; slot >= 0; slot--) {
+            free[freeCount++] = slot;
         }
     }
 

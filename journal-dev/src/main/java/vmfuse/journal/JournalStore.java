@@ -96,6 +96,8 @@ public final class JournalStore implements AutoCloseable {
     private final AtomicLong blocksInMemory = new AtomicLong();
     /** Where those blocks are, off the heap. */
     private final BlockMemory blockMemory = new BlockMemory();
+    /** MiB of block memory a checkpoint that empties it keeps for the next writes. */
+    static final int KEEP_CHUNKS = 8;
     /** Writers waiting for memory wait on this; checkpoints notify it. */
     private final Object memory = new Object();
     private final Thread checkpointer;
@@ -546,6 +548,7 @@ public final class JournalStore implements AutoCloseable {
             generation.set(redo.generation());
             db.commit();
             redo.shrinkInactive(); // the commit holds what the other segment logged
+            blockMemory.trim(KEEP_CHUNKS); // if no writer came meanwhile, memory is empty: give most of it back
             checkpoints.incrementAndGet();
             lastFailure = null;
         } catch (StoreException e) {

@@ -323,4 +323,92 @@ class JournalStoreTest {
             Thread.sleep(60_000);
         }
     }
+
+    /** A checkpoint that empties memory gives all but KEEP_CHUNKS MiB of it back. */
+    @Test
+    void aBurstDoesNotKeepItsMemory() throws Exception {
+        try (JournalStore s = JournalStore.open(dir.resolve("j.db"))) {
+            JournalDevice d = s.create("vm", 64L * MiB, Durability.CLOSE);
+            for (int i = 0; i < 32; i++) {
+                d.write((long) i * MiB, random(MiB, i), 0, MiB);
+            }
+            assertTrue(s.memoryAllocated() >= 32L * MiB, "" + s.memoryAllocated());
+            s.checkpoint();
+            assertEquals((long) JournalStore.KEEP_CHUNKS * MiB, s.memoryAllocated());
+            byte[] back = new byte[MiB];
+            d.read(31L * MiB, back, 0, MiB);
+            assertArrayEquals(random(MiB, 31), back);
+            d.write(0, random(MiB, 99), 0, MiB); // the memory kept is used again
+            d.read(0, back, 0, MiB);
+            assertArrayEquals(random(MiB, 99), back);
+        }
+    }
+
+    /**
+     * Journal blocks wait in the JVM's direct memory. A child JVM whose direct memory (24 MiB) is
+     * smaller than its journal memory bound (64 MiB) writes 1 MiB at a time to a close-mode
+     * device until a write fails: with ENOMEM, every write before it reads back, the store still
+     * checkpoints and closes (the commit's pages fall back to the heap), and what was written is
+     * there when the store is opened again.
+     */
+    @Test
+    void whenDirectMemoryRunsOutAWriteFailsWithEnomemAndNothingIsLost() throws Exception {
+        Path file = dir.resolve("j.db");
+        ProcessBuilder pb = new ProcessBuilder(ProcessHandle.current().info().command().orElse("java"),
+                "-XX:MaxDirectMemorySize=24m", "-cp", System.getProperty("java.class.path"),
+                DirectMemoryChild.class.getName(), file.toString());
+        pb.redirectErrorStream(true);
+        Process child = pb.start();
+        List<String> lines = new ArrayList<>();
+        try (BufferedReader in = new BufferedReader(new InputStreamReader(child.getInputStream()))) {
+            for (String line; (line = in.readLine()) != null; ) {
+                lines.add(line);
+            }
+        } finally {
+            assertTrue(child.waitFor(60, TimeUnit.SECONDS), "child still running: " + lines);
+            child.destroyForcibly();
+        }
+        String failed = lines.stream().filter(l -> l.startsWith("failed ")).findFirst().orElse("");
+        assertTrue(failed.matches("failed after \\d+ MiB errno 12 .*no room for another MiB.*"), String.join("\n", lines));
+        int written = Integer.parseInt(failed.split(" ")[2]);
+        assertTrue(written >= 4 && written < 24, failed);
+        assertTrue(lines.contains("read back " + written + " MiB"), String.join("\n", lines));
+        assertTrue(lines.contains("closed"), String.join("\n", lines));
+        try (JournalStore s = JournalStore.open(file)) {
+            JournalDevice d = s.device("vm");
+            byte[] back = new byte[MiB];
+            for (int i = 0; i < written; i++) {
+                d.read((long) i * MiB, back, 0, MiB);
+                assertArrayEquals(random(MiB, i), back, "MiB " + i + " after reopening");
+            }
+        }
+    }
+
+    /** The process of {@link #whenDirectMemoryRunsOutAWriteFailsWithEnomemAndNothingIsLost}. */
+    public static final class DirectMemoryChild {
+        public static void main(String[] args) throws Exception {
+            try (JournalStore s = JournalStore.open(Path.of(args[0]), 64L * MiB)) {
+                JournalDevice d = s.create("vm", 128L * MiB, Durability.CLOSE);
+                int i = 0;
+                try {
+                    for (; i < 128; i++) {
+                        d.write((long) i * MiB, random(MiB, i), 0, MiB);
+                    }
+                    System.out.println("never failed");
+                } catch (StoreException e) {
+                    System.out.println("failed after " + i + " MiB errno " + e.errno() + " " + e.getMessage());
+                }
+                byte[] back = new byte[MiB];
+                for (int k = 0; k < i; k++) {
+                    d.read((long) k * MiB, back, 0, MiB);
+                    if (!Arrays.equals(back, random(MiB, k))) {
+                        System.out.println("MiB " + k + " differs");
+                        return;
+                    }
+                }
+                System.out.println("read back " + i + " MiB");
+            }
+            System.out.println("closed");
+        }
+    }
 }
