@@ -44,6 +44,9 @@ public final class JournalDevice {
     private long version;
     private long countedVersion = -1;
     private long counted;
+    /** Slots taken for the change being made (see reserve). */
+    private int[] reserved = new int[0];
+    private int reservedCount;
 
     JournalDevice(JournalStore store, String name, RadixBlockStore blocks, long size, Durability durability,
             long created, long lastFlush) {
@@ -197,7 +200,7 @@ public final class JournalDevice {
         if (slot != null) {
             return slot;
         }
-        int s = memory.take();
+        int s = takeReserved();
         try {
             Integer now = inMemory(block);
             if (now != null) {
@@ -219,6 +222,60 @@ public final class JournalDevice {
         return s;
     }
 
+    /**
+     * Takes {@code n} slots of memory for the change about to be made, before it is logged or
+     * made: a change that cannot have its memory fails (ENOMEM) with nothing changed. Holding this.
+     */
+    private void reserve(int n) throws StoreException {
+        if (reserved.length < n) {
+            reserved = new int[Math.max(n, 2 * reserved.length)];
+        }
+        try {
+            while (reservedCount < n) {
+                reserved[reservedCount++] = memory.take();
+            }
+        } catch (StoreException e) {
+            unreserve();
+            throw e;
+        }
+    }
+
+    private int takeReserved() throws StoreException {
+        return reservedCount > 0 ? reserved[--reservedCount] : memory.take();
+    }
+
+    /** Gives back what the change did not use. Holding this. */
+    private void unreserve() {
+        while (reservedCount > 0) {
+            memory.give(reserved[--reservedCount]);
+        }
+    }
+
+    /** Blocks of [offset, offset + length) not dirty yet: the slots a write there takes. Holding this. */
+    private int notDirty(long offset, long length) {
+        int n = 0;
+        for (long b = offset >>> SHIFT, last = (offset + length - 1) >>> SHIFT; length > 0 && b <= last; b++) {
+            if (!dirty.containsKey(b)) {
+                n++;
+            }
+        }
+        return n;
+    }
+
+    /** The partial blocks at the ends of [offset, offset + length) not dirty yet: the slots a zeroing takes at most. */
+    private int partialEndsNotDirty(long offset, long length) {
+        long end = offset + length;
+        int n = 0;
+        if (length > 0 && (offset & (BLOCK - 1)) != 0 && !dirty.containsKey(offset >>> SHIFT)) {
+            n++;
+        }
+        if (length > 0 && (end & (BLOCK - 1)) != 0 && (end >>> SHIFT) != (offset >>> SHIFT)
+                && !dirty.containsKey(end >>> SHIFT)) {
+            n++;
+        }
+        return n;
+    }
+
     /** Gives every slot of {@code map} back and empties it. */
     private void give(Map<Long, Integer> map) {
         for (int slot : map.values()) {
@@ -236,6 +293,7 @@ public final class JournalDevice {
         RadixBlockStore.checkRange(offset, length);
         store.admit();
         change(() -> {
+            reserve(notDirty(offset, length));
             log(RedoLog.WRITE, offset, 0, src, srcOffset, length);
             int done = 0;
             while (done < length) {
@@ -245,7 +303,7 @@ public final class JournalDevice {
                 long block = pos >>> SHIFT;
                 int slot;
                 if (n == BLOCK && !dirty.containsKey(block)) {
-                    slot = memory.take();
+                    slot = takeReserved();
                     dirty.put(block, slot);
                     store.added(1);
                 } else {
@@ -264,6 +322,7 @@ public final class JournalDevice {
     public void zero(long offset, long length) throws StoreException {
         RadixBlockStore.checkRange(offset, length);
         change(() -> {
+            reserve(partialEndsNotDirty(offset, length));
             log(RedoLog.ZERO, offset, length, null, 0, 0);
             zeroRange(offset, length);
         });
@@ -274,6 +333,7 @@ public final class JournalDevice {
         RadixBlockStore.checkRange(0, newSize);
         change(() -> {
             if (newSize < size) {
+                reserve(partialEndsNotDirty(newSize, RadixBlockStore.CAPACITY - newSize));
                 log(RedoLog.ZERO, newSize, RadixBlockStore.CAPACITY - newSize, null, 0, 0);
                 zeroRange(newSize, RadixBlockStore.CAPACITY - newSize);
             }
@@ -393,7 +453,11 @@ public final class JournalDevice {
                 }
                 version++;
                 store.touched();
-                c.apply();
+                try {
+                    c.apply();
+                } finally {
+                    unreserve();
+                }
             }
         } finally {
             store.opLock().readLock().unlock();

@@ -346,10 +346,11 @@ class JournalStoreTest {
 
     /**
      * Journal blocks wait in the JVM's direct memory. A child JVM whose direct memory (24 MiB) is
-     * smaller than its journal memory bound (64 MiB) writes 1 MiB at a time to a close-mode
-     * device until a write fails: with ENOMEM, every write before it reads back, the store still
-     * checkpoints and closes (the commit's pages fall back to the heap), and what was written is
-     * there when the store is opened again.
+     * smaller than its journal memory bound (64 MiB) writes 1 MiB at a time, each write across two
+     * of the 1 MiB chunks memory is allocated in, to a close-mode device until a write fails: with
+     * ENOMEM and nothing of it written (its memory is taken before anything changes), every write
+     * before it reads back, the store still checkpoints and closes (the commit's pages fall back
+     * to the heap), and what was written is there when the store is opened again.
      */
     @Test
     void whenDirectMemoryRunsOutAWriteFailsWithEnomemAndNothingIsLost() throws Exception {
@@ -368,17 +369,19 @@ class JournalStoreTest {
             assertTrue(child.waitFor(60, TimeUnit.SECONDS), "child still running: " + lines);
             child.destroyForcibly();
         }
+        String all = String.join("\n", lines);
         String failed = lines.stream().filter(l -> l.startsWith("failed ")).findFirst().orElse("");
-        assertTrue(failed.matches("failed after \\d+ MiB errno 12 .*no room for another MiB.*"), String.join("\n", lines));
+        assertTrue(failed.matches("failed after \\d+ MiB errno 12 .*no room for another MiB.*"), all);
         int written = Integer.parseInt(failed.split(" ")[2]);
         assertTrue(written >= 4 && written < 24, failed);
-        assertTrue(lines.contains("read back " + written + " MiB"), String.join("\n", lines));
-        assertTrue(lines.contains("closed"), String.join("\n", lines));
+        assertTrue(lines.contains("read back " + written + " MiB"), all);
+        assertTrue(lines.contains("the failed write changed nothing"), all);
+        assertTrue(lines.contains("closed"), all);
         try (JournalStore s = JournalStore.open(file)) {
             JournalDevice d = s.device("vm");
             byte[] back = new byte[MiB];
             for (int i = 0; i < written; i++) {
-                d.read((long) i * MiB, back, 0, MiB);
+                d.read(DirectMemoryChild.at(i), back, 0, MiB);
                 assertArrayEquals(random(MiB, i), back, "MiB " + i + " after reopening");
             }
         }
@@ -386,13 +389,19 @@ class JournalStoreTest {
 
     /** The process of {@link #whenDirectMemoryRunsOutAWriteFailsWithEnomemAndNothingIsLost}. */
     public static final class DirectMemoryChild {
+        /** Where write {@code i} goes: half a MiB off, so that it takes the end of one chunk and the start of the next. */
+        static long at(int i) {
+            return (long) i * MiB + MiB / 2;
+        }
+
         public static void main(String[] args) throws Exception {
             try (JournalStore s = JournalStore.open(Path.of(args[0]), 64L * MiB)) {
                 JournalDevice d = s.create("vm", 128L * MiB, Durability.CLOSE);
+                d.write(0, random(MiB / 2, 1000), 0, MiB / 2);
                 int i = 0;
                 try {
-                    for (; i < 128; i++) {
-                        d.write((long) i * MiB, random(MiB, i), 0, MiB);
+                    for (; i < 120; i++) {
+                        d.write(at(i), random(MiB, i), 0, MiB);
                     }
                     System.out.println("never failed");
                 } catch (StoreException e) {
@@ -400,13 +409,17 @@ class JournalStoreTest {
                 }
                 byte[] back = new byte[MiB];
                 for (int k = 0; k < i; k++) {
-                    d.read((long) k * MiB, back, 0, MiB);
+                    d.read(at(k), back, 0, MiB);
                     if (!Arrays.equals(back, random(MiB, k))) {
                         System.out.println("MiB " + k + " differs");
                         return;
                     }
                 }
                 System.out.println("read back " + i + " MiB");
+                d.read(at(i), back, 0, MiB);
+                if (Arrays.equals(back, new byte[MiB])) {
+                    System.out.println("the failed write changed nothing");
+                }
             }
             System.out.println("closed");
         }
