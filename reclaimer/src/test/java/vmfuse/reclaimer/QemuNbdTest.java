@@ -1,12 +1,17 @@
 package vmfuse.reclaimer;
 
 import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 import static vmfuse.reclaimer.Tools.ok;
 import static vmfuse.reclaimer.Tools.qemuIo;
 
+import java.io.IOException;
 import java.nio.file.Files;
 import java.nio.file.Path;
+import java.time.Duration;
+import java.util.ArrayList;
+import java.util.EnumMap;
 import java.util.List;
 import java.util.Map;
 import java.util.concurrent.TimeUnit;
@@ -64,7 +69,7 @@ class QemuNbdTest {
             try {
                 ok("fallocate", "--punch-hole", "--offset", "" + off, "--length", "" + len, img.toString());
             } catch (InterruptedException e) {
-                throw new java.io.IOException(e);
+                throw new IOException(e);
             }
             return before - allocated(img);
         });
@@ -115,8 +120,8 @@ class QemuNbdTest {
         }
         assertTrue(ok("qemu-img", "info", img.toString()).contains("vmfuse-fence-" + token), "QEMU stored the bitmap");
         long before = Tools.allocated(img);
-        List<long[]> punched = new java.util.ArrayList<>();
-        Map<VmReclaimer.Skipped, Long> notPunched = new java.util.EnumMap<>(VmReclaimer.Skipped.class);
+        List<long[]> punched = new ArrayList<>();
+        Map<VmReclaimer.Skipped, Long> notPunched = new EnumMap<>(VmReclaimer.Skipped.class);
         fence.carryOut(token, List.of(new long[] {0, 17 * M}), (done, freed, skipped) -> {
             punched.addAll(done);
             notPunched.putAll(skipped);
@@ -157,8 +162,8 @@ class QemuNbdTest {
             qemu.destroyForcibly(); // kill -9
             qemu.waitFor(30, TimeUnit.SECONDS);
         }
-        List<long[]> punched = new java.util.ArrayList<>();
-        Map<VmReclaimer.Skipped, Long> notPunched = new java.util.EnumMap<>(VmReclaimer.Skipped.class);
+        List<long[]> punched = new ArrayList<>();
+        Map<VmReclaimer.Skipped, Long> notPunched = new EnumMap<>(VmReclaimer.Skipped.class);
         fence.carryOut(token, List.of(new long[] {0, 8 * M}), (done, freed, skipped) -> {
             punched.addAll(done);
             notPunched.putAll(skipped);
@@ -184,7 +189,7 @@ class QemuNbdTest {
         } finally {
             qemu.destroyForcibly();
         }
-        java.io.IOException e = org.junit.jupiter.api.Assertions.assertThrows(java.io.IOException.class,
+        IOException e = assertThrows(IOException.class,
                 () -> fence.carryOut(token, List.of(new long[] {0, 8 * M}), (done, freed, skipped) -> {
                     throw new AssertionError("nothing may be punched");
                 }));
@@ -200,16 +205,16 @@ class QemuNbdTest {
         Path qmpSock = dir.resolve("qmp-hung.sock");
         Process qemu = qemu(img, qmpSock);
         try {
-            try (Qmp q = Qmp.connect(qmpSock, java.time.Duration.ofSeconds(5))) {
+            try (Qmp q = Qmp.connect(qmpSock, Duration.ofSeconds(5))) {
                 ok("kill", "-STOP", "" + qemu.pid());
                 long t0 = System.nanoTime();
-                java.io.IOException e = org.junit.jupiter.api.Assertions.assertThrows(java.io.IOException.class,
+                IOException e = assertThrows(IOException.class,
                         () -> q.execute("query-status", null));
                 assertTrue(e.getMessage().contains("did not answer within 5.0 s"), e.getMessage());
                 assertTrue(System.nanoTime() - t0 < TimeUnit.SECONDS.toNanos(20));
             }
-            java.io.IOException e = org.junit.jupiter.api.Assertions.assertThrows(java.io.IOException.class,
-                    () -> Qmp.connect(qmpSock, java.time.Duration.ofSeconds(1)));
+            IOException e = assertThrows(IOException.class,
+                    () -> Qmp.connect(qmpSock, Duration.ofSeconds(1)));
             assertTrue(e.getMessage().contains("did not answer"), e.getMessage());
         } finally {
             Tools.run("kill", "-CONT", "" + qemu.pid());
@@ -261,11 +266,11 @@ class QemuNbdTest {
             hmp(qmpSock, "write -P 0x33 4M 1M"); // the guest reuses 1 MiB of what it deleted, after the token
             List<long[]> admitted = fence.admit(token, List.of(new long[] {0, 16 * M}));
             assertEquals(16 * M, fence.pendingBytes());
-            List<long[]> punched = new java.util.ArrayList<>();
+            List<long[]> punched = new ArrayList<>();
             fence.carryOut(token, admitted, (done, freed, skipped) -> punched.addAll(done));
             assertEquals(15 * M, punched.stream().mapToLong(r -> r[1]).sum());
             assertEquals(0, fence.pendingBytes());
-            assertEquals("stale-fence", org.junit.jupiter.api.Assertions.assertThrows(ProtocolException.class,
+            assertEquals("stale-fence", assertThrows(ProtocolException.class,
                     () -> fence.admit(token + 99, List.of(new long[] {0, 4096}))).reason());
             try (Qmp q = Qmp.connect(qmpSock)) {
                 assertTrue(!q.execute("query-block", null).contains("vmfuse-fence-"), "the token's bitmap is removed");
