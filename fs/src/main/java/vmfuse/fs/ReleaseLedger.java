@@ -18,7 +18,8 @@ import org.slf4j.LoggerFactory;
  * Counts and logs every release of backing space: each punch, zeroed range, truncation and
  * unlink, with the bytes the backing filesystem really gave back (the drop of st_blocks).
  *
- * <p>The counts persist in STORE/releases.tsv ({@code name<TAB>bytes<TAB>events}, one line per
+ * <p>The counts persist in STORE/releases.tsv ({@code name<TAB>bytes<TAB>events}, the name as a
+ * {@link TsvField} so that a tab or newline in it splits nothing, one line per
  * image and a {@code *total*} line), rewritten atomically by {@link #save(boolean)}, which the
  * daemon calls every few seconds while something changed (without fsync: a forced commit of the
  * backing filesystem's journal stalls the punches running beside it, measured as 1 ms spikes)
@@ -75,7 +76,7 @@ public final class ReleaseLedger {
                 if (f[0].equals(TOTAL)) {
                     ledger.total = c;
                 } else {
-                    ledger.perImage.put(f[0], c);
+                    ledger.perImage.put(TsvField.unescape(f[0]), c);
                 }
             }
         } catch (IOException | NumberFormatException e) {
@@ -91,7 +92,8 @@ public final class ReleaseLedger {
             total = total.plus(freed);
             dirty = true;
         }
-        log.info("release image={} offset={} length={} freed={} reason={}", image, offset, length, freed, reason.label);
+        log.info("release image={} offset={} length={} freed={} reason={}", TsvField.escape(image), offset, length, freed,
+                reason.label);
     }
 
     /** Carries an image's counts over to its new name. */
@@ -128,7 +130,7 @@ public final class ReleaseLedger {
             if (!dirty) {
                 return;
             }
-            perImage.forEach((name, c) -> out.append(name).append('\t').append(c.bytes()).append('\t')
+            perImage.forEach((name, c) -> out.append(TsvField.escape(name)).append('\t').append(c.bytes()).append('\t')
                     .append(c.events()).append('\n'));
             out.append(TOTAL).append('\t').append(total.bytes()).append('\t').append(total.events()).append('\n');
             dirty = false;

@@ -37,6 +37,24 @@ class ReleaseLedgerTest {
     }
 
     @Test
+    void namesWithTabsNewlinesAndBackslashesSurviveAReload() throws Exception {
+        Path file = dir.resolve("releases.tsv");
+        ReleaseLedger l = ReleaseLedger.load(file);
+        String[] names = {"a\tb.raw", "c\nd.raw", "e\\t.raw", "journals/f\r\ng"};
+        for (int i = 0; i < names.length; i++) {
+            l.record(names[i], 0, 4096, 4096L * (i + 1), ReleaseLedger.Reason.PUNCH_HOLE);
+        }
+        l.save(true);
+        assertEquals(names.length + 1, Files.readAllLines(file).size(), "one line per name and the total");
+
+        ReleaseLedger again = ReleaseLedger.load(file);
+        for (int i = 0; i < names.length; i++) {
+            assertEquals(new ReleaseLedger.Count(4096L * (i + 1), 1), again.of(names[i]), names[i]);
+        }
+        assertEquals(new ReleaseLedger.Count(40960, 4), again.total());
+    }
+
+    @Test
     void aCorruptLedgerIsRefusedAndLeftAlone() throws Exception {
         Path file = dir.resolve("releases.tsv");
         Files.writeString(file, "a.raw\tnot-a-number\t1\n");

@@ -25,6 +25,7 @@ import vmfuse.fs.BackingStore;
 import vmfuse.fs.FsException;
 import vmfuse.fs.HolePuncher;
 import vmfuse.fs.ReleaseLedger;
+import vmfuse.fs.TsvField;
 import vmfuse.fs.VmFuseFs;
 import vmfuse.fs.nativeio.Native;
 import vmfuse.fs.Node;
@@ -340,7 +341,7 @@ public final class Daemon {
                     if (d.name().startsWith(VmFuseFs.HIDDEN_PREFIX)) {
                         continue;
                     }
-                    out.append("journal\t").append(d.name()).append('\t').append(d.size()).append('\t')
+                    out.append("journal\t").append(TsvField.escape(d.name())).append('\t').append(d.size()).append('\t')
                             .append(d.bytesStored()).append('\t').append(d.memoryUsed()).append('\t')
                             .append(d.durability().label()).append('\t').append(d.lastFlush()).append('\n');
                 }
@@ -376,7 +377,8 @@ public final class Daemon {
     private static String status(Store store, Path mnt, long pid, BackingStore backing, ReleaseLedger ledger,
             VmFuseFs fs) {
         StringBuilder out = new StringBuilder();
-        out.append("mount\t").append(mnt).append('\t').append(pid).append('\t').append(store.dir()).append('\n');
+        out.append("mount\t").append(TsvField.escape(mnt.toString())).append('\t').append(pid).append('\t')
+                .append(TsvField.escape(store.dir().toString())).append('\n');
         try {
             FileStore fstore = Files.getFileStore(store.images());
             out.append("store\t").append(fstore.getTotalSpace()).append('\t').append(fstore.getUsableSpace()).append('\n');
@@ -390,7 +392,7 @@ public final class Daemon {
                     continue;
                 }
                 ReleaseLedger.Count c = ledger.of(name);
-                out.append("image\t").append(name).append('\t').append(u.size()).append('\t').append(u.allocated())
+                out.append("image\t").append(TsvField.escape(name)).append('\t').append(u.size()).append('\t').append(u.allocated())
                         .append('\t').append(c.bytes()).append('\t').append(c.events()).append('\t')
                         .append(openCounts.getOrDefault(name, 0)).append('\n');
                 size += u.size();

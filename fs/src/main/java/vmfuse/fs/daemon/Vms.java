@@ -24,6 +24,7 @@ import vmfuse.fs.BackingStore;
 import vmfuse.fs.FsException;
 import vmfuse.fs.Node;
 import vmfuse.fs.ReleaseLedger;
+import vmfuse.fs.TsvField;
 import vmfuse.fs.VmFuseFs;
 import vmfuse.fs.nativeio.LibC;
 import vmfuse.reclaimer.AgentListener;
@@ -310,7 +311,8 @@ public final class Vms implements AutoCloseable {
         List<String> out = new ArrayList<>();
         for (Running r : running.values()) {
             VmReclaimer.Stats s = r.reclaimer().stats();
-            out.add(String.join("\t", "vm", r.vm().name(), r.vm().image(), r.vm().agentSocket().toString(),
+            out.add(String.join("\t", "vm", TsvField.escape(r.vm().name()), TsvField.escape(r.vm().image()),
+                    TsvField.escape(r.vm().agentSocket().toString()),
                     "" + s.notices(), "" + s.refused(), "" + s.bytesPending(), "" + s.bytesPunched(), "" + s.bytesFreed(),
                     "" + s.skipped().getOrDefault(VmReclaimer.Skipped.PARTIAL_BLOCK, 0L),
                     "" + s.skipped().getOrDefault(VmReclaimer.Skipped.WRITTEN_AFTER_FENCE, 0L),

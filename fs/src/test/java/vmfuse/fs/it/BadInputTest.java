@@ -118,6 +118,45 @@ class BadInputTest {
         }
     }
 
+    /**
+     * A POSIX name may hold a tab or a newline. They once split the lines of releases.tsv (the
+     * store then refused to mount: "corrupt release ledger"), broke `vmfuse status` for every
+     * image, and hid a journal device from `journal list`.
+     */
+    @Test
+    void namesWithTabsAndNewlinesAreListedEscapedAndTheStoreMountsAgain() throws Exception {
+        try (Mounted m = Mounted.create()) {
+            Path tab = m.image("a\tb.raw");
+            Path newline = m.image("c\nd.raw");
+            Proc.ok("qemu-img", "create", "-f", "raw", tab.toString(), "1M");
+            Proc.ok("dd", "if=/dev/urandom", "of=" + newline, "bs=64k", "count=4", "status=none");
+            Proc.ok("fallocate", "-p", "-o", "0", "-l", "65536", newline.toString());
+            Path journal = m.mnt.resolve("journals").resolve("j\tk");
+            Proc.ok("truncate", "-s", "4M", journal.toString());
+            Proc.ok("dd", "if=/dev/urandom", "of=" + journal, "bs=4k", "count=2", "conv=notrunc,fsync", "status=none");
+            Proc.ok("fallocate", "-p", "-o", "0", "-l", "65536", tab.toString()); // a release of each, counted
+            Proc.ok("fallocate", "-p", "-o", "1M", "-l", "65536", journal.toString());
+            String sum = Disk.sha256(newline);
+
+            Proc.Result status = m.vmfuse("status", m.mnt.toString());
+            status.assertOk();
+            assertTrue(status.out().lines().anyMatch(l -> l.startsWith("a\\tb.raw ")), status.out());
+            assertTrue(status.out().lines().anyMatch(l -> l.startsWith("c\\nd.raw ") && l.contains(" 65536 ")),
+                    "the punch counted under the escaped name:\n" + status.out());
+            Proc.Result list = m.vmfuse("journal", "list", m.mnt.toString());
+            list.assertOk();
+            assertTrue(list.out().lines().anyMatch(l -> l.startsWith("j\\tk ") && l.contains(" 8192 ")), list.out());
+
+            m.umount().assertOk();
+            assertEquals(4, Files.readAllLines(m.store.resolve("releases.tsv")).size(),
+                    "one line per image and journal and the total");
+            m.mount();
+            assertEquals(sum, Disk.sha256(newline));
+            assertTrue(m.vmfuse("status", m.mnt.toString()).out().lines()
+                    .anyMatch(l -> l.startsWith("c\\nd.raw ") && l.contains(" 65536 ")), "the counts came back");
+        }
+    }
+
     @Test
     void offsetsPastTwoToTheSixtyThirdAreRefusedAndChangeNothing() throws Exception {
         try (Mounted m = Mounted.create()) {

@@ -1,0 +1,66 @@
+package vmfuse.fs;
+
+/**
+ * A name as one field of a tab-separated line: the form names take in the store's own files
+ * (releases.tsv) and on the control socket. A POSIX file name may hold any byte but '/' and NUL,
+ * so an image made as "a\tb.raw" or a journal device as "a\nb" must not split a field or a
+ * line: a backslash, tab, newline and carriage return are written as \\, \t, \n and \r (the
+ * form `ls -b` shows), everything else as it is. The command line prints names in this form.
+ */
+public final class TsvField {
+    private TsvField() {}
+
+    /** The field form of {@code name}: no tab, newline or carriage return left in it. */
+    public static String escape(String name) {
+        StringBuilder b = null;
+        for (int i = 0; i < name.length(); i++) {
+            char c = name.charAt(i);
+            String e = switch (c) {
+                case '\\' -> "\\\\";
+                case '\t' -> "\\t";
+                case '\n' -> "\\n";
+                case '\r' -> "\\r";
+                default -> null;
+            };
+            if (e != null && b == null) {
+                b = new StringBuilder(name.length() + 8).append(name, 0, i);
+            }
+            if (b != null) {
+                if (e != null) {
+                    b.append(e);
+                } else {
+                    b.append(c);
+                }
+            }
+        }
+        return b == null ? name : b.toString();
+    }
+
+    /** The name a field stands for; a backslash before any other character stays as it is. */
+    public static String unescape(String field) {
+        if (field.indexOf('\\') < 0) {
+            return field;
+        }
+        StringBuilder b = new StringBuilder(field.length());
+        for (int i = 0; i < field.length(); i++) {
+            char c = field.charAt(i);
+            if (c == '\\' && i + 1 < field.length()) {
+                char n = field.charAt(i + 1);
+                char d = switch (n) {
+                    case '\\' -> '\\';
+                    case 't' -> '\t';
+                    case 'n' -> '\n';
+                    case 'r' -> '\r';
+                    default -> 0;
+                };
+                if (d != 0) {
+                    b.append(d);
+                    i++;
+                    continue;
+                }
+            }
+            b.append(c);
+        }
+        return b.toString();
+    }
+}
