@@ -5,6 +5,7 @@ import java.nio.file.Path;
 import java.util.Optional;
 
 import vmfuse.fs.FsException;
+import vmfuse.fs.TsvField;
 import vmfuse.fs.daemon.ControlServer;
 import vmfuse.fs.daemon.MountPoints;
 import vmfuse.fs.daemon.MountTable;
@@ -15,8 +16,19 @@ import vmfuse.fs.nativeio.Native;
 final class DaemonClient {
     private DaemonClient() {}
 
-    /** Sends one request line to the daemon of {@code mountPoint}; fails with the reason if there is none. */
-    static String request(Path mountPoint, String line) throws FsException, IOException {
+    /**
+     * Sends one request, its fields joined by tabs on one line, to the daemon of {@code mountPoint};
+     * fails with the reason if there is none. A field holding a tab, newline or carriage return
+     * (a name typed with one) is refused here: it would split the request.
+     */
+    static String request(Path mountPoint, String... fields) throws FsException, IOException {
+        for (String f : fields) {
+            if (f.indexOf('\t') >= 0 || f.indexOf('\n') >= 0 || f.indexOf('\r') >= 0) {
+                throw new FsException(Native.EINVAL, "'" + TsvField.escape(f)
+                        + "' holds a tab, newline or carriage return; names given to vmfuse may not");
+            }
+        }
+        String line = String.join("\t", fields);
         Path mnt = mountPoint.toAbsolutePath().normalize();
         Optional<MountTable.Entry> entry = MountTable.at(mnt);
         if (entry.isEmpty() || !entry.get().isVmfuse()) {

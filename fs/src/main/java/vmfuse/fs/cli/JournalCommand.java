@@ -38,7 +38,7 @@ final class JournalCommand {
 
         @Override
         public Integer call() throws Exception {
-            DaemonClient.request(mountPoint, "journal-create\t" + name + "\t" + size + "\t" + durability);
+            DaemonClient.request(mountPoint, "journal-create", name, size, durability);
             return 0;
         }
     }

@@ -44,8 +44,8 @@ final class VmCommand {
 
         @Override
         public Integer call() throws Exception {
-            DaemonClient.request(mountPoint, "vm-add\t" + name + "\t" + image + "\t" + agentSocket.toAbsolutePath()
-                    + "\t" + (qmpSocket == null ? "-" : qmpSocket.toAbsolutePath().toString()));
+            DaemonClient.request(mountPoint, "vm-add", name, image, agentSocket.toAbsolutePath().toString(),
+                    qmpSocket == null ? "-" : qmpSocket.toAbsolutePath().toString());
             return 0;
         }
     }
@@ -62,7 +62,7 @@ final class VmCommand {
 
         @Override
         public Integer call() throws Exception {
-            DaemonClient.request(mountPoint, "vm-remove\t" + name);
+            DaemonClient.request(mountPoint, "vm-remove", name);
             return 0;
         }
     }
@@ -82,7 +82,7 @@ final class VmCommand {
 
         @Override
         public Integer call() throws Exception {
-            String[] f = DaemonClient.request(mountPoint, "vm-reclaim\t" + name).trim().split(" ");
+            String[] f = DaemonClient.request(mountPoint, "vm-reclaim", name).trim().split(" ");
             System.out.printf("vm %s: punched %s bytes, freed %s bytes, %s bytes still waiting%n", name, f[1], f[2], f[3]);
             return 0;
         }

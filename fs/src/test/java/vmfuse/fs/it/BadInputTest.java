@@ -147,6 +147,10 @@ class BadInputTest {
             list.assertOk();
             assertTrue(list.out().lines().anyMatch(l -> l.startsWith("j\\tk ") && l.contains(" 8192 ")), list.out());
 
+            // on the command line such a name would split the request to the daemon: refused, named
+            assertOneLineError(m.vmfuse("journal", "create", "--size", "4M", "x\ty", m.mnt.toString()),
+                    "'x\\ty' holds a tab, newline or carriage return");
+
             m.umount().assertOk();
             assertEquals(4, Files.readAllLines(m.store.resolve("releases.tsv")).size(),
                     "one line per image and journal and the total");
