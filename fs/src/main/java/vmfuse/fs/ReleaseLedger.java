@@ -92,8 +92,8 @@ public final class ReleaseLedger {
             total = total.plus(freed);
             dirty = true;
         }
-        log.info("release image={} offset={} length={} freed={} reason={}", TsvField.escape(image), offset, length, freed,
-                reason.label);
+        log.info("release image={} offset={} length={} freed={} reason={}", TsvField.escape(image), offset, length,
+                freed, reason.label);
     }
 
     /** Carries an image's counts over to its new name. */

@@ -392,8 +392,8 @@ public final class Daemon {
                     continue;
                 }
                 ReleaseLedger.Count c = ledger.of(name);
-                out.append("image\t").append(TsvField.escape(name)).append('\t').append(u.size()).append('\t').append(u.allocated())
-                        .append('\t').append(c.bytes()).append('\t').append(c.events()).append('\t')
+                out.append("image\t").append(TsvField.escape(name)).append('\t').append(u.size()).append('\t')
+                        .append(u.allocated()).append('\t').append(c.bytes()).append('\t').append(c.events()).append('\t')
                         .append(openCounts.getOrDefault(name, 0)).append('\n');
                 size += u.size();
                 allocated += u.allocated();
