@@ -34,9 +34,9 @@ public final class JournalDevice {
     private volatile boolean deleted;
 
     // guarded by this; a block's value is its slot in `memory`
-    private final TreeMap<Long, Integer> dirty = new TreeMap<>();
+    private TreeMap<Long, Integer> dirty = new TreeMap<>();
     private final BlockRanges zeros = new BlockRanges();
-    private final TreeMap<Long, Integer> frozen = new TreeMap<>();
+    private TreeMap<Long, Integer> frozen = new TreeMap<>();
     private final BlockRanges frozenZeros = new BlockRanges();
     /** The size at the last freeze: what the checkpoint records. */
     private long frozenSize;
@@ -387,14 +387,23 @@ public final class JournalDevice {
             frozenZeros.add(r[0], r[1]);
         }
         zeros.clear();
-        for (Map.Entry<Long, Integer> e : dirty.entrySet()) {
-            Integer old = frozen.put(e.getKey(), e.getValue());
-            if (old != null) {
-                memory.give(old);
-                store.released(1);
+        if (frozen.isEmpty()) {
+            // the usual case, the last checkpoint drained everything: the map changes hands whole.
+            // A put per block (up to --journal-memory of them) took 2-28 ms with every writer of
+            // every device held off by the opLock meanwhile.
+            TreeMap<Long, Integer> empty = frozen;
+            frozen = dirty;
+            dirty = empty;
+        } else {
+            for (Map.Entry<Long, Integer> e : dirty.entrySet()) {
+                Integer old = frozen.put(e.getKey(), e.getValue());
+                if (old != null) {
+                    memory.give(old);
+                    store.released(1);
+                }
             }
+            dirty.clear();
         }
-        dirty.clear();
         frozenSize = size;
         version++;
     }

@@ -77,6 +77,40 @@ class JournalDeviceModelTest {
     }
 
     /**
+     * A checkpoint that fails after its freeze leaves blocks frozen; the next freeze merges the
+     * newer writes into them (the usual freeze, with nothing frozen, hands the map over whole).
+     * Freezes with no drain between them stand in for such failures: reads, the checkpoint after
+     * them and a reopen all see the model.
+     */
+    @ParameterizedTest(name = "seed {0}")
+    @ValueSource(longs = {5, 6})
+    void whatAFailedCheckpointLeftFrozenMergesWithNewerWrites(long seed) throws Exception {
+        Path file = dir.resolve("j.db");
+        DeviceModel m = new DeviceModel(seed);
+        try (JournalStore s = JournalStore.open(file, 64L << 20)) {
+            JournalDevice d = s.create("vm", 0, Durability.CLOSE);
+            for (int round = 0; round < 6; round++) {
+                for (int i = 0; i < 150; i++) {
+                    long[] touched = m.step(d);
+                    m.checkRange(d, touched[0], touched[1], "round " + round + " step " + i);
+                }
+                synchronized (d) {
+                    d.freeze(); // no drain: what a failed checkpoint leaves
+                }
+                m.check(d, "after freeze " + round);
+            }
+            s.checkpoint();
+            m.check(d, "after the checkpoint");
+            assertEquals(0, s.memoryHeld(), "the checkpoint drained every frozen block");
+            assertEquals(0, s.blockMemory().taken(), "every slot of memory given back");
+            assertEquals(m.nonZeroBlocks(), d.blocksStored());
+        }
+        try (JournalStore s = JournalStore.open(file, 64L << 20)) {
+            m.check(s.device("vm"), "after reopening");
+        }
+    }
+
+    /**
      * A child JVM runs the model's operations on a FLUSH device in rounds, each ending with a
      * flush, while another thread checkpoints without pause; it is killed with SIGKILL after a
      * round, at whatever point its checkpoint is. Reopened, the device equals the model at the
