@@ -10,6 +10,11 @@ package vmfuse.fs;
 public final class TsvField {
     private TsvField() {}
 
+    /** Whether {@code s} holds a tab, newline or carriage return: as it is, it would split a field or a line. */
+    public static boolean splits(String s) {
+        return s.indexOf('\t') >= 0 || s.indexOf('\n') >= 0 || s.indexOf('\r') >= 0;
+    }
+
     /** The field form of {@code name}: no tab, newline or carriage return left in it. */
     public static String escape(String name) {
         StringBuilder b = null;

@@ -3,6 +3,7 @@ package vmfuse.fs;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertFalse;
 import static org.junit.jupiter.api.Assertions.assertSame;
+import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import org.junit.jupiter.params.ParameterizedTest;
 import org.junit.jupiter.params.provider.ValueSource;
@@ -19,10 +20,18 @@ class TsvFieldTest {
     }
 
     @ParameterizedTest
+    @ValueSource(strings = {"a\tb.raw", "c\nd", "e\r"})
+    void aTabNewlineOrCarriageReturnSplits(String name) {
+        assertTrue(TsvField.splits(name));
+        assertFalse(TsvField.splits(TsvField.escape(name)));
+    }
+
+    @ParameterizedTest
     @ValueSource(strings = {"plain.raw", "x"})
     void aPlainNameIsItsOwnField(String name) {
         assertSame(name, TsvField.escape(name));
         assertSame(name, TsvField.unescape(name));
+        assertFalse(TsvField.splits(name));
     }
 
     @ParameterizedTest

@@ -23,7 +23,7 @@ final class DaemonClient {
      */
     static String request(Path mountPoint, String... fields) throws FsException, IOException {
         for (String f : fields) {
-            if (f.indexOf('\t') >= 0 || f.indexOf('\n') >= 0 || f.indexOf('\r') >= 0) {
+            if (TsvField.splits(f)) {
                 throw new FsException(Native.EINVAL, "'" + TsvField.escape(f)
                         + "' holds a tab, newline or carriage return; names given to vmfuse may not");
             }
