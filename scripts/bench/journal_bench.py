@@ -91,12 +91,12 @@ def main():
         for i in range(8):
             sh("bin/vmfuse", "journal", "create", "--size", "64M", f"r{r}g{i}", mnt)
         for name, prefix in flush_targets:
+            path = prefix(r)
             for jobs, results in ((1, scaling[name][0]), (8, scaling[name][1])):
-                path = prefix(r)
                 results.append(sync_writes(path + "0" if jobs == 1 else path, jobs=jobs))
             for i in range(8):  # journal devices too: a delete gives their space back to the store
-                if os.path.exists(prefix(r) + str(i)):
-                    os.unlink(prefix(r) + str(i))
+                if os.path.exists(path + str(i)):
+                    os.unlink(path + str(i))
     scale = {}
     for name, (ones, eights) in scaling.items():
         one, p99one = median(ones)
@@ -128,12 +128,13 @@ def main():
     listing = sh("bin/vmfuse", "journal", "list", mnt).stdout
     # MEMORY per device: its radix nodes and its blocks waiting for a checkpoint
     memory = sum(int(line.split()[3]) for line in listing.splitlines()[1:] if len(line.split()) == 6)
+    memory_pct = 100.0 * memory / max(stored, 1)
     pid = open(os.path.join(store, "vmfuse.pid")).read().split()[0]
     rss = next(int(l.split()[1]) * 1024 for l in open(f"/proc/{pid}/status") if l.startswith("VmRSS:"))
     print(f"store: {stored / MiB:.1f} MiB stored in the devices, journals.db* hold {dbsize / MiB:.1f} MiB on disk "
           f"(overhead {overhead:.1f}%); the devices take {memory / MiB:.1f} MiB of memory "
-          f"({100.0 * memory / max(stored, 1):.1f}%), the daemon's RSS is {rss / MiB:.0f} MiB (JVM and block memory included)")
-    print_targets(rows, scale, overhead, 100.0 * memory / max(stored, 1))
+          f"({memory_pct:.1f}%), the daemon's RSS is {rss / MiB:.0f} MiB (JVM and block memory included)")
+    print_targets(rows, scale, overhead, memory_pct)
     print(listing)
 
 
