@@ -1,0 +1,50 @@
+package vmfuse.durable;
+
+import java.io.IOException;
+import java.nio.file.Path;
+
+/**
+ * The one place the daemon writes, forces, renames and deletes its durable files (the journal
+ * store, its commit and length files, the redo log; the reclaimer's logs, the release ledger and
+ * the VM registry as they move here), and syncs their directories. Nothing else opens them for
+ * writing.
+ *
+ * <p>The contract is POSIX's, read strictly, as a disk with a volatile write cache behaves on a
+ * power cut: a file's writes survive only once {@link DiskFile#force} returned; a create, rename
+ * or delete survives only once {@link #syncDirectory} of its directory returned. {@link #real}
+ * is the machine's disk; {@link FaultyDisk} is that contract and nothing more, with I/O errors
+ * and power cuts where a test says (the approach of SQLite's crash and I/O-error test VFS, RocksDB's
+ * FaultInjectionTestFS and CrashMonkey).
+ */
+public interface Disk {
+    /** Frees a byte range of a file (fallocate PUNCH_HOLE|KEEP_SIZE); false if its filesystem cannot. */
+    @FunctionalInterface
+    interface Punch {
+        boolean punch(Path file, long offset, long length) throws IOException;
+    }
+
+    /** The machine's own disk; {@code punch} frees ranges (null: punches fail and zeros are written). */
+    static Disk real(Punch punch) {
+        return new RealDisk(punch);
+    }
+
+    /** Opens {@code file} for reading and writing; creates it (empty) if {@code create} and it is absent. */
+    DiskFile open(Path file, boolean create) throws IOException;
+
+    boolean exists(Path file);
+
+    /** The whole file (it is small: a length or registry record, a commit file). */
+    byte[] readAll(Path file) throws IOException;
+
+    /** Renames {@code from} over {@code to}, atomically (rename(2)); durable after a sync of the directory. */
+    void rename(Path from, Path to) throws IOException;
+
+    /** Deletes {@code file} if it exists (unlink(2)); durable after a sync of the directory. */
+    void delete(Path file) throws IOException;
+
+    /** fsync of a directory: every create, rename and delete in it so far survives a power cut. */
+    void syncDirectory(Path dir) throws IOException;
+
+    /** Bytes free for this process on the filesystem of {@code file}. */
+    long usableSpace(Path file) throws IOException;
+}
