@@ -5,10 +5,7 @@ import java.io.IOException;
 import java.io.UncheckedIOException;
 import java.nio.ByteBuffer;
 import java.nio.ByteOrder;
-import java.nio.channels.FileChannel;
-import java.nio.file.Files;
 import java.nio.file.Path;
-import java.nio.file.StandardOpenOption;
 import java.util.Arrays;
 import java.util.Map;
 import java.util.TreeMap;
@@ -16,6 +13,9 @@ import java.util.zip.CRC32C;
 
 import org.mapdb.DataInput2;
 import org.mapdb.volume.Volume;
+
+import vmfuse.durable.Disk;
+import vmfuse.durable.DiskFile;
 
 /*
  * A MapDB Volume (the file under MapDB's record store) whose sync() is atomic: after a crash at
@@ -30,8 +30,15 @@ import org.mapdb.volume.Volume;
  * How (a redo journal of whole pages, as ext4's data=journal or SQLite's WAL, kept to one commit):
  *   - writes go to copies of the 4 KiB pages they touch, in memory; reads see them;
  *   - sync() writes every changed page to the commit file (FILE.commit), with the file's new
- *     length and a checksum, forces it, then writes the pages into FILE, forces it, and empties
- *     the commit file;
+ *     length and a checksum, forces it, then writes the pages into FILE, forces it, and
+ *     invalidates the commit file (its magic zeroed, forced). The commit file is created once,
+ *     its directory synced, and never deleted: a delete is durable only after a directory sync,
+ *     and a stale commit file brought back by a power cut would replay old pages over newer
+ *     ones;
+ *   - a complete commit file is never written over: if writing FILE failed after it was
+ *     complete, FILE is a mix and that file is the only record of the rest, so the next sync
+ *     writes its commit file (a superset: the changed pages stay changed until FILE holds them)
+ *     as FILE.commit.next, forces it and renames it over FILE.commit, then syncs the directory;
  *   - except pages wholly past FILE's end as the last sync left it (where a store that grows
  *     puts its new records): nothing committed is in them, so sync() writes them straight into
  *     FILE and forces it before the commit file. New data is written once, not twice. A crash
@@ -40,7 +47,11 @@ import org.mapdb.volume.Volume;
  *     so what MapDB finds past its committed end is zeros, as before;
  *   - opening finds a complete commit file (its checksum holds) and writes it into FILE again
  *     (idempotent); an incomplete one was never applied, and is dropped (and FILE cut back to
- *     the length in FILE.length).
+ *     the length in FILE.length). A FILE.commit.next is a rename that did not happen: FILE.commit
+ *     is still the complete one, and the .next is deleted.
+ *
+ * Every file is written through a Disk (vmfuse.durable): tests put a disk under it that fails
+ * any call or loses power at any point.
  *
  * Commit file, little-endian: magic "VJPC" u32 | version u32 = 2 | length u64 | pages u32 |
  * then per page: page number u64, with bit 63 set for a page of zeros, else followed by its
@@ -67,18 +78,10 @@ public final class AtomicVolume extends Volume {
     /** The marker of a dirty page of zeros (never written to). */
     private static final ByteBuffer ZERO_PAGE = ByteBuffer.wrap(new byte[PAGE]).asReadOnlyBuffer();
 
-    /**
-     * Frees a byte range of a file (fallocate PUNCH_HOLE|KEEP_SIZE); the fs module gives one.
-     * False if the file's filesystem cannot punch: the zeros are then written.
-     */
-    public interface HolePunch {
-        boolean punch(Path file, long offset, long length) throws IOException;
-    }
-
+    private final Disk disk;
     private final Path file;
     private final Path commitFile;
-    private final FileChannel main;
-    private final HolePunch holes;
+    private final DiskFile main;
     /** Pages changed since the last sync, by page number: pages of `arena`, or ZERO_PAGE. */
     private final TreeMap<Long, ByteBuffer> dirty = new TreeMap<>();
     private final Arena arena = new Arena();
@@ -92,10 +95,12 @@ public final class AtomicVolume extends Volume {
     private long readable;
     /** The committed length FILE.length holds (open() made it fileLength). */
     private long lengthRecorded;
+    /** FILE.commit is complete and FILE may not hold all of it yet (a sync failed after writing it). */
+    private boolean commitPending;
 
-    private AtomicVolume(Path file, FileChannel main, HolePunch holes) throws IOException {
+    private AtomicVolume(Disk disk, Path file, DiskFile main) throws IOException {
+        this.disk = disk;
         this.file = file;
-        this.holes = holes;
         this.commitFile = commitFile(file);
         this.main = main;
         this.fileLength = main.size();
@@ -108,29 +113,33 @@ public final class AtomicVolume extends Volume {
         return file.resolveSibling(file.getFileName() + ".commit");
     }
 
+    static Path nextCommitFile(Path file) {
+        return file.resolveSibling(file.getFileName() + ".commit.next");
+    }
+
     static Path lengthFile(Path file) {
         return file.resolveSibling(file.getFileName() + ".length");
     }
 
     /** Records {@code length} as FILE's committed length, forced. */
-    private static void writeLength(Path file, long length) throws IOException {
+    private static void writeLength(Disk disk, Path file, long length) throws IOException {
         ByteBuffer b = ByteBuffer.allocate(16).order(ByteOrder.LITTLE_ENDIAN).putInt(LENGTH_MAGIC).putLong(length);
         CRC32C crc = new CRC32C();
         crc.update(b.array(), 0, 12);
         b.putInt((int) crc.getValue()).flip();
-        try (FileChannel ch = FileChannel.open(lengthFile(file), StandardOpenOption.CREATE, StandardOpenOption.WRITE)) {
-            writeFully(ch, b, 0);
-            ch.force(false);
+        try (DiskFile f = disk.open(lengthFile(file), true)) {
+            f.writeFully(b, 0);
+            f.force(false);
         }
     }
 
     /** FILE's committed length as FILE.length records it; -1 if there is no such record, or it is not whole. */
-    private static long readLength(Path file) throws IOException {
+    private static long readLength(Disk disk, Path file) throws IOException {
         Path lf = lengthFile(file);
-        if (!Files.exists(lf)) {
+        if (!disk.exists(lf)) {
             return -1;
         }
-        byte[] a = Files.readAllBytes(lf);
+        byte[] a = disk.readAll(lf);
         if (a.length < 16) {
             return -1;
         }
@@ -142,16 +151,20 @@ public final class AtomicVolume extends Volume {
 
     /**
      * Finishes a commit a crash interrupted: if FILE.commit is complete, writes its pages into
-     * FILE (pages of zeros punched with {@code holes}, or written if it is null); an incomplete
-     * one is deleted. Returns the pages applied (0 if none).
+     * FILE (pages of zeros punched where the disk can) and invalidates it; an incomplete one is
+     * left for the next sync to write over. Returns the pages applied (0 if none).
      */
-    static int recover(Path file, HolePunch holes) throws IOException {
+    static int recover(Disk disk, Path file) throws IOException {
         Path cf = commitFile(file);
-        if (!Files.exists(cf)) {
-            cutToCommittedLength(file);
+        if (disk.exists(nextCommitFile(file))) { // its rename never happened: FILE.commit is the whole one
+            disk.delete(nextCommitFile(file));
+            disk.syncDirectory(file.toAbsolutePath().getParent());
+        }
+        if (!disk.exists(cf)) {
+            cutToCommittedLength(disk, file);
             return 0;
         }
-        byte[] log = Files.readAllBytes(cf);
+        byte[] log = disk.readAll(cf);
         int applied = 0;
         if (log.length >= HEADER + 4) {
             ByteBuffer b = ByteBuffer.wrap(log).order(ByteOrder.LITTLE_ENDIAN);
@@ -175,43 +188,52 @@ public final class AtomicVolume extends Volume {
                     throw new IOException("commit file " + cf + " is inconsistent: " + pages + " pages end at "
                             + b.position() + " of " + log.length + "; it is left as it is");
                 }
-                try (FileChannel ch = FileChannel.open(file, StandardOpenOption.WRITE)) {
-                    apply(file, new Batch(ch, Batch.buffer()), changes, len, holes);
+                try (DiskFile f = disk.open(file, false)) {
+                    apply(new Batch(f, Batch.buffer()), changes, len);
                 }
-                writeLength(file, len);
+                writeLength(disk, file, len);
+                invalidate(disk, cf);
                 applied = pages;
             }
         }
-        Files.delete(cf);
         if (applied == 0) {
-            cutToCommittedLength(file);
+            cutToCommittedLength(disk, file);
         }
         return applied;
     }
 
+    /** Makes a commit file FILE holds whole no commit: its magic zeroed, forced. */
+    private static void invalidate(Disk disk, Path commitFile) throws IOException {
+        try (DiskFile f = disk.open(commitFile, false)) {
+            f.writeFully(ByteBuffer.allocate(4), 0);
+            f.force(false);
+        }
+    }
+
     /** Cuts off what a sync a crash interrupted wrote past FILE's committed length. */
-    private static void cutToCommittedLength(Path file) throws IOException {
-        long committed = readLength(file);
-        if (committed >= 0 && Files.exists(file) && Files.size(file) > committed) {
-            try (FileChannel ch = FileChannel.open(file, StandardOpenOption.WRITE)) {
-                ch.truncate(committed);
-                ch.force(true);
+    private static void cutToCommittedLength(Disk disk, Path file) throws IOException {
+        long committed = readLength(disk, file);
+        if (committed >= 0 && disk.exists(file)) {
+            try (DiskFile f = disk.open(file, false)) {
+                if (f.size() > committed) {
+                    f.truncate(committed);
+                    f.force(true);
+                }
             }
         }
     }
 
     /** Writes {@code changes} into the file, punches its runs of zero pages, sets its length, forces it. */
-    private static void apply(Path file, Batch out, TreeMap<Long, ByteBuffer> changes, long length, HolePunch holes)
-            throws IOException {
-        FileChannel ch = out.channel();
+    private static void apply(Batch out, TreeMap<Long, ByteBuffer> changes, long length) throws IOException {
+        DiskFile ch = out.file();
         long runStart = -1;
         long runEnd = -1;
         for (Map.Entry<Long, ByteBuffer> e : changes.entrySet()) {
             long pos = e.getKey() * PAGE;
-            if (e.getValue() == ZERO_PAGE && holes != null) {
+            if (e.getValue() == ZERO_PAGE) {
                 if (pos != runEnd) {
                     out.flush();
-                    punchRun(ch, file, holes, runStart, runEnd);
+                    punchRun(ch, runStart, runEnd);
                     runStart = pos;
                 }
                 runEnd = pos + PAGE;
@@ -223,41 +245,44 @@ public final class AtomicVolume extends Volume {
         if (ch.size() > length) {
             ch.truncate(length);
         } else if (ch.size() < length) {
-            writeFully(ch, ByteBuffer.allocate(1), length - 1);
+            ch.writeFully(ByteBuffer.allocate(1), length - 1);
         }
-        punchRun(ch, file, holes, runStart, Math.min(runEnd, length));
+        punchRun(ch, runStart, Math.min(runEnd, length));
         ch.force(true);
     }
 
-    private static void punchRun(FileChannel ch, Path file, HolePunch holes, long start, long end) throws IOException {
-        if (start >= 0 && end > start && !holes.punch(file, start, end - start)) {
+    private static void punchRun(DiskFile ch, long start, long end) throws IOException {
+        if (start >= 0 && end > start && !ch.punch(start, end - start)) {
             ByteBuffer zeros = ByteBuffer.allocate(PAGE);
             for (long pos = start; pos < end; pos += PAGE) {
-                writeFully(ch, zeros.clear(), pos);
+                ch.writeFully(zeros.clear(), pos);
             }
         }
     }
 
-    /** Opens FILE (created if absent), after {@link #recover}. */
-    static AtomicVolume open(Path file, HolePunch holes) throws IOException {
-        recover(file, holes);
-        FileChannel ch = FileChannel.open(file, StandardOpenOption.CREATE, StandardOpenOption.READ,
-                StandardOpenOption.WRITE);
+    /**
+     * Opens FILE on {@code disk} (created if absent), after {@link #recover}. FILE, FILE.length and
+     * FILE.commit exist, durably (their directory synced), before it returns.
+     */
+    static AtomicVolume open(Disk disk, Path file) throws IOException {
+        recover(disk, file);
+        boolean created = !disk.exists(file) || !disk.exists(lengthFile(file)) || !disk.exists(commitFile(file));
+        DiskFile ch = disk.open(file, true);
         try {
-            if (readLength(file) != ch.size()) {
-                writeLength(file, ch.size()); // before any sync writes past it
+            if (readLength(disk, file) != ch.size()) {
+                writeLength(disk, file, ch.size()); // before any sync writes past it
+            }
+            if (!disk.exists(commitFile(file))) {
+                disk.open(commitFile(file), true).close();
+            }
+            if (created) {
+                disk.syncDirectory(file.toAbsolutePath().getParent());
             }
         } catch (IOException e) {
             ch.close();
             throw e;
         }
-        return new AtomicVolume(file, ch, holes);
-    }
-
-    private static void writeFully(FileChannel ch, ByteBuffer b, long pos) throws IOException {
-        while (b.hasRemaining()) {
-            pos += ch.write(b, pos);
-        }
+        return new AtomicVolume(disk, file, ch);
     }
 
     /**
@@ -269,11 +294,11 @@ public final class AtomicVolume extends Volume {
      */
     static final class Batch {
         static final int SIZE = 1 << 20;
-        private final FileChannel ch;
+        private final DiskFile ch;
         private final ByteBuffer buf;
         private long start = -1; // FILE position of buf's first byte; -1: empty
 
-        Batch(FileChannel ch, ByteBuffer buf) {
+        Batch(DiskFile ch, ByteBuffer buf) {
             this.ch = ch;
             this.buf = buf.clear();
         }
@@ -282,7 +307,7 @@ public final class AtomicVolume extends Volume {
             return ByteBuffer.allocateDirect(SIZE);
         }
 
-        FileChannel channel() {
+        DiskFile file() {
             return ch;
         }
 
@@ -295,7 +320,7 @@ public final class AtomicVolume extends Volume {
                 flush();
             }
             if (b.remaining() > buf.capacity()) {
-                writeFully(ch, b, pos);
+                ch.writeFully(b, pos);
                 return;
             }
             if (start < 0) {
@@ -307,7 +332,7 @@ public final class AtomicVolume extends Volume {
         void flush() throws IOException {
             if (start >= 0) {
                 buf.flip();
-                writeFully(ch, buf, start);
+                ch.writeFully(buf, start);
                 buf.clear();
                 start = -1;
             }
@@ -568,10 +593,11 @@ public final class AtomicVolume extends Volume {
             writeCommitFile();
             applyToFile();
             if (length != lengthRecorded) { // most commits change pages, not the length: no write, no fsync
-                writeLength(file, length);
+                writeLength(disk, file, length);
                 lengthRecorded = length;
             }
-            Files.delete(commitFile); // a crash before this only makes the next open write the same pages again
+            invalidate(disk, commitFile); // a crash before this only makes the next open write the same pages again
+            commitPending = false;
         } catch (IOException e) {
             throw new UncheckedIOException("cannot commit " + file + ": " + e.getMessage(), e);
         }
@@ -600,11 +626,24 @@ public final class AtomicVolume extends Volume {
         fresh.clear();
     }
 
-    /** The commit file, complete and forced (the changed pages FILE's committed part holds). Package-private for tests. */
+    /**
+     * The commit file, complete and forced (the changed pages FILE's committed part holds):
+     * written in place over an invalid one, or beside a complete one and renamed over it.
+     * Package-private for tests.
+     */
     synchronized void writeCommitFile() throws IOException {
+        Path to = commitPending ? nextCommitFile(file) : commitFile;
+        writeCommitFile(to);
+        if (commitPending) {
+            disk.rename(to, commitFile);
+            disk.syncDirectory(file.toAbsolutePath().getParent());
+        }
+        commitPending = true;
+    }
+
+    private void writeCommitFile(Path to) throws IOException {
         CRC32C crc = new CRC32C();
-        try (FileChannel ch = FileChannel.open(commitFile, StandardOpenOption.CREATE, StandardOpenOption.WRITE,
-                StandardOpenOption.TRUNCATE_EXISTING)) {
+        try (DiskFile ch = disk.open(to, true)) {
             ByteBuffer h = ByteBuffer.allocate(HEADER).order(ByteOrder.LITTLE_ENDIAN);
             h.putInt(MAGIC).putInt(VERSION).putLong(length).putInt(dirty.size()).flip();
             crc.update(h.duplicate());
@@ -628,19 +667,23 @@ public final class AtomicVolume extends Volume {
             ByteBuffer t = ByteBuffer.allocate(4).order(ByteOrder.LITTLE_ENDIAN).putInt((int) crc.getValue()).flip();
             out.write(pos, t);
             out.flush();
+            pos += 4;
+            if (ch.size() > pos) {
+                ch.truncate(pos); // the checksum is the file's last 4 bytes
+            }
             ch.force(true);
         }
     }
 
     private void applyToFile() throws IOException {
-        apply(file, batch(main), dirty, length, holes);
+        apply(batch(main), dirty, length);
         fileLength = length;
         readable = length;
         dirty.clear();
         arena.reset();
     }
 
-    private Batch batch(FileChannel ch) {
+    private Batch batch(DiskFile ch) {
         if (staging == null) {
             staging = Batch.buffer();
         }

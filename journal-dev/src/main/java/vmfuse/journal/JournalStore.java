@@ -19,6 +19,8 @@ import org.mapdb.Serializer;
 import org.slf4j.Logger;
 import org.slf4j.LoggerFactory;
 
+import vmfuse.durable.Disk;
+
 /*
  * The journal devices of one vmfuse store, in one MapDB file (STORE/journals.db).
  *
@@ -66,6 +68,7 @@ public final class JournalStore implements AutoCloseable {
     private static final int CREATED = 3;
     private static final int FLUSHED = 4;
 
+    private final Disk disk;
     private final Path file;
     private final AtomicVolume volume;
     private final DB db;
@@ -111,7 +114,9 @@ public final class JournalStore implements AutoCloseable {
     private final AtomicLong syncs = new AtomicLong();
     private final AtomicLong checkpoints = new AtomicLong();
 
-    private JournalStore(Path file, AtomicVolume volume, DB db, HTreeMap<String, long[]> catalog, long memoryLimit) {
+    private JournalStore(Disk disk, Path file, AtomicVolume volume, DB db, HTreeMap<String, long[]> catalog,
+            long memoryLimit) {
+        this.disk = disk;
         this.file = file;
         this.volume = volume;
         this.db = db;
@@ -139,22 +144,27 @@ public final class JournalStore implements AutoCloseable {
      * pages of zeros, so deleting or punching a device shrinks the store on disk (null: zeros are
      * written instead).
      */
-    public static JournalStore open(Path file, long memoryLimit, AtomicVolume.HolePunch holes) throws StoreException {
+    public static JournalStore open(Path file, long memoryLimit, Disk.Punch holes) throws StoreException {
+        return open(Disk.real(holes), file, memoryLimit);
+    }
+
+    /** As {@link #open(Path, long)}, every file written through {@code disk}. */
+    public static JournalStore open(Disk disk, Path file, long memoryLimit) throws StoreException {
         if (memoryLimit < 4L << 20) {
             throw new StoreException(StoreException.EINVAL, "journal memory must be at least 4 MiB, not " + memoryLimit);
         }
-        boolean exists = Files.exists(file);
+        boolean exists = disk.exists(file);
         AtomicVolume volume;
         DB db;
         try {
             if (exists) {
-                int pages = AtomicVolume.recover(file, holes); // a commit a crash interrupted, if any
+                int pages = AtomicVolume.recover(disk, file); // a commit a crash interrupted, if any
                 if (pages > 0) {
                     log.info("journal store {}: finished an interrupted commit ({} pages)", file, pages);
                 }
                 check(file);
             }
-            volume = AtomicVolume.open(file, holes);
+            volume = AtomicVolume.open(disk, file);
         } catch (IOException e) {
             throw new StoreException(StoreException.EIO, "cannot open journal store " + file + ": " + e.getMessage(), e);
         }
@@ -173,7 +183,7 @@ public final class JournalStore implements AutoCloseable {
                     .createOrOpen();
             Atomic.Long generation = db.atomicLong("vmfuse.generation").createOrOpen();
             db.commit();
-            JournalStore store = new JournalStore(file, volume, db, catalog, memoryLimit);
+            JournalStore store = new JournalStore(disk, file, volume, db, catalog, memoryLimit);
             store.generation = generation;
             Map<Long, JournalDevice> byRoot = new java.util.HashMap<>();
             for (Map.Entry<String, long[]> e : catalog.entrySet()) {
@@ -185,7 +195,7 @@ public final class JournalStore implements AutoCloseable {
                 byRoot.put(v[ROOT], d);
             }
             long[] replayed = new long[1];
-            store.redo = RedoLog.open(redoFile(file), generation.get(), preallocation(file), (type, root, a, b, data) -> {
+            store.redo = RedoLog.open(disk, redoFile(file), generation.get(), preallocation(disk, file), (type, root, a, b, data) -> {
                 JournalDevice d = byRoot.get(root);
                 if (d != null) { // a device deleted since is never in a log: deletes checkpoint
                     d.replay(type, a, b, data);
@@ -214,9 +224,9 @@ public final class JournalStore implements AutoCloseable {
      * What each redo log segment is preallocated to: SEGMENT_PREALLOCATE, or a sixteenth of the
      * free space if that is less (a small store's disk is not filled by the log).
      */
-    private static long preallocation(Path file) {
+    private static long preallocation(Disk disk, Path file) {
         try {
-            long free = Files.getFileStore(file).getUsableSpace();
+            long free = disk.usableSpace(file);
             return Math.min(SEGMENT_PREALLOCATE, (free / 16) & ~((1L << 20) - 1));
         } catch (IOException e) {
             return 0;
@@ -595,7 +605,7 @@ public final class JournalStore implements AutoCloseable {
         long need = 2 * memoryHeld() + DISK_HEADROOM;
         long free;
         try {
-            free = Files.getFileStore(file).getUsableSpace();
+            free = disk.usableSpace(file);
         } catch (IOException e) {
             throw new StoreException(StoreException.EIO, "cannot stat the disk of " + file + ": " + e.getMessage(), e);
         }

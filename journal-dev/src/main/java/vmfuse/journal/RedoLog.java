@@ -3,9 +3,7 @@ package vmfuse.journal;
 import java.io.IOException;
 import java.nio.ByteBuffer;
 import java.nio.ByteOrder;
-import java.nio.channels.FileChannel;
 import java.nio.file.Path;
-import java.nio.file.StandardOpenOption;
 import java.util.ArrayList;
 import java.util.Comparator;
 import java.util.List;
@@ -13,6 +11,9 @@ import java.util.zip.CRC32C;
 
 import org.slf4j.Logger;
 import org.slf4j.LoggerFactory;
+
+import vmfuse.durable.Disk;
+import vmfuse.durable.DiskFile;
 
 /*
  * The redo log of journal devices in flush mode: what makes a flush durable without a commit of
@@ -73,9 +74,10 @@ final class RedoLog implements AutoCloseable {
         void apply(byte type, long root, long a, long b, byte[] data) throws StoreException;
     }
 
+    private final Disk disk;
     private final Path base;
     private final long preallocate;
-    private final FileChannel[] segments = new FileChannel[2];
+    private final DiskFile[] segments = new DiskFile[2];
     /** Generation of the segment appended to. Guarded by this. */
     private long generation;
     /** Where the next record goes in the active segment. Guarded by this. */
@@ -91,7 +93,8 @@ final class RedoLog implements AutoCloseable {
     /** File offset of tail's first byte: position rounded down to a page. Guarded by this. */
     private long tailStart;
 
-    private RedoLog(Path base, long preallocate) {
+    private RedoLog(Disk disk, Path base, long preallocate) {
+        this.disk = disk;
         this.base = base;
         this.preallocate = preallocate;
     }
@@ -106,13 +109,17 @@ final class RedoLog implements AutoCloseable {
      * {@code replay}, oldest first, and returns the log; {@code replayed[0]} is how many records.
      * The caller then checkpoints, which rotates to a fresh segment.
      */
-    static RedoLog open(Path base, long committed, long preallocate, Replay replay, long[] replayed)
+    static RedoLog open(Disk disk, Path base, long committed, long preallocate, Replay replay, long[] replayed)
             throws StoreException {
-        RedoLog r = new RedoLog(base, preallocate);
+        RedoLog r = new RedoLog(disk, base, preallocate);
         try {
+            boolean created = false;
             for (int i = 0; i < 2; i++) {
-                r.segments[i] = FileChannel.open(segmentFile(base, i), StandardOpenOption.CREATE,
-                        StandardOpenOption.READ, StandardOpenOption.WRITE);
+                created |= !disk.exists(segmentFile(base, i));
+                r.segments[i] = disk.open(segmentFile(base, i), true);
+            }
+            if (created) { // before any header is written into them, so no flushed record is in an unlinked file
+                disk.syncDirectory(base.toAbsolutePath().getParent());
             }
             List<long[]> live = new ArrayList<>(); // {generation, file}
             for (int i = 0; i < 2; i++) {
@@ -234,7 +241,7 @@ final class RedoLog implements AutoCloseable {
     private void preallocateActive() {
         int i = (int) (generation % 2);
         preallocated[i] = true;
-        FileChannel ch = segments[i];
+        DiskFile ch = segments[i];
         ByteBuffer zeros = ByteBuffer.allocate(1 << 20);
         try {
             long size = ch.size();
@@ -252,7 +259,7 @@ final class RedoLog implements AutoCloseable {
         }
     }
 
-    private FileChannel active() {
+    private DiskFile active() {
         return segments[(int) (generation % 2)];
     }
 
@@ -292,7 +299,7 @@ final class RedoLog implements AutoCloseable {
         int pages = (end + PAGE - 1) & -PAGE;
         zero(t, end, pages);
         t.position(0).limit(pages);
-        FileChannel ch = active();
+        DiskFile ch = active();
         try {
             long pos = tailStart;
             while (t.hasRemaining()) {
@@ -337,7 +344,7 @@ final class RedoLog implements AutoCloseable {
         tailStart = position & -PAGE;
         ByteBuffer t = tail();
         t.clear().limit((int) (position - tailStart));
-        FileChannel ch = active();
+        DiskFile ch = active();
         while (t.hasRemaining()) {
             if (ch.read(t, tailStart + t.position()) < 0) {
                 throw new IOException("unexpected end of " + segmentFile(base, (int) (generation % 2)));
@@ -347,7 +354,7 @@ final class RedoLog implements AutoCloseable {
 
     /** fdatasync of the active segment: every record appended to it so far is on disk. */
     void force() throws StoreException {
-        FileChannel ch;
+        DiskFile ch;
         synchronized (this) {
             ch = active();
         }
@@ -388,7 +395,7 @@ final class RedoLog implements AutoCloseable {
         t.putInt(HEADER_MAGIC).putInt(VERSION).putLong(gen);
         zero(t, HEADER_SIZE, PAGE);
         t.flip();
-        FileChannel ch = active();
+        DiskFile ch = active();
         while (t.hasRemaining()) {
             ch.write(t, t.position());
         }
@@ -416,7 +423,7 @@ final class RedoLog implements AutoCloseable {
         shrink(segments[(int) ((generation + 1) % 2)]);
     }
 
-    private void shrink(FileChannel ch) throws StoreException {
+    private void shrink(DiskFile ch) throws StoreException {
         try {
             if (ch.size() > preallocate) {
                 ch.truncate(preallocate);
@@ -438,7 +445,7 @@ final class RedoLog implements AutoCloseable {
     /** Bytes the segments take on disk. */
     long bytesOnDisk() {
         long n = 0;
-        for (FileChannel ch : segments) {
+        for (DiskFile ch : segments) {
             try {
                 n += ch.size();
             } catch (IOException e) {
@@ -449,7 +456,7 @@ final class RedoLog implements AutoCloseable {
     }
 
     private void closeQuietly() {
-        for (FileChannel ch : segments) {
+        for (DiskFile ch : segments) {
             try {
                 if (ch != null) {
                     ch.close();

@@ -23,6 +23,8 @@ import org.junit.jupiter.api.io.TempDir;
 import org.mapdb.DB;
 import org.mapdb.DBMaker;
 
+import vmfuse.durable.Disk;
+
 class JournalStoreTest {
     static final int MiB = 1 << 20;
 
@@ -180,7 +182,7 @@ class JournalStoreTest {
     }
 
     /** fallocate(1) as the hole puncher (the fs module gives one over libc). */
-    static final AtomicVolume.HolePunch FALLOCATE = (file, off, len) -> {
+    static final Disk.Punch FALLOCATE = (file, off, len) -> {
         try {
             Process p = new ProcessBuilder("fallocate", "-p", "-o", "" + off, "-l", "" + len, file.toString()).start();
             if (!p.waitFor(30, TimeUnit.SECONDS) || p.exitValue() != 0) {

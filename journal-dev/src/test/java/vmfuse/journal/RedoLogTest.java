@@ -19,6 +19,8 @@ import java.util.Random;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.io.TempDir;
 
+import vmfuse.durable.Disk;
+
 class RedoLogTest {
     static final long PREALLOC = 64 << 10;
 
@@ -33,7 +35,7 @@ class RedoLogTest {
     private List<String> replay(long committed) throws Exception {
         List<String> seen = new ArrayList<>();
         long[] n = new long[1];
-        try (RedoLog log = RedoLog.open(base(), committed, PREALLOC,
+        try (RedoLog log = RedoLog.open(Disk.real(null), base(), committed, PREALLOC,
                 (type, root, a, b, data) -> seen.add(type + ":" + root + ":" + a + ":" + b + ":" + new String(data)), n)) {
             assertEquals(seen.size(), n[0]);
         }
@@ -42,7 +44,7 @@ class RedoLogTest {
 
     /** A log whose active segment is of {@code generation}, open for appending. */
     private RedoLog fresh(long generation) throws Exception {
-        RedoLog log = RedoLog.open(base(), generation, PREALLOC, (t, r, a, b, d) -> { }, new long[1]);
+        RedoLog log = RedoLog.open(Disk.real(null), base(), generation, PREALLOC, (t, r, a, b, d) -> { }, new long[1]);
         while (log.generation() < generation) {
             log.rotate(log.generation() + 1);
         }
@@ -98,7 +100,7 @@ class RedoLogTest {
             }
             log.force();
         }
-        try (RedoLog log = RedoLog.open(base(), 1, PREALLOC, (t, r, a, b, d) -> { }, new long[1])) {
+        try (RedoLog log = RedoLog.open(Disk.real(null), base(), 1, PREALLOC, (t, r, a, b, d) -> { }, new long[1])) {
             assertTrue(log.position() > PREALLOC);
             log.shrink();
             write(log, "after");
@@ -167,7 +169,7 @@ class RedoLogTest {
             for (int i = 0; i < 200; i++) {
                 if (i % 37 == 36) {
                     log.close();
-                    log = RedoLog.open(base(), 1, PREALLOC, (t, r, a, b, d) -> { }, new long[1]);
+                    log = RedoLog.open(Disk.real(null), base(), 1, PREALLOC, (t, r, a, b, d) -> { }, new long[1]);
                 }
                 int n = i < sizes.length ? sizes[i] : rnd.nextInt(20000);
                 byte[] data = new byte[n];
@@ -204,7 +206,7 @@ class RedoLogTest {
         }
         List<long[]> records = new ArrayList<>();
         byte[] back = new byte[data.length];
-        RedoLog.open(base(), 1, PREALLOC, (type, root, a, b, d) -> {
+        RedoLog.open(Disk.real(null), base(), 1, PREALLOC, (type, root, a, b, d) -> {
             records.add(new long[] {a, d.length});
             System.arraycopy(d, 0, back, (int) (a - 1000), d.length);
         }, new long[1]).close();
