@@ -129,7 +129,19 @@ public final class JournalDevice {
         name = to;
     }
 
-    /** Drops every block, in memory and in the store (the device is being deleted). */
+    /**
+     * Out of the namespace while its delete (or a rename over it) commits: every change fails
+     * (EIO), and no checkpoint freezes or drains it. {@link #unhide} if that commit fails.
+     */
+    void hide() {
+        deleted = true;
+    }
+
+    void unhide() {
+        deleted = false;
+    }
+
+    /** Drops every block, in memory and in the store (the device is deleted, and that is committed). */
     synchronized void destroy() {
         deleted = true;
         store.released(dirty.size() + frozen.size());

@@ -85,7 +85,14 @@ public final class JournalStore implements AutoCloseable {
     private StoreException syncFailure;
     private final ReentrantReadWriteLock opLock = new ReentrantReadWriteLock();
     private RedoLog redo;
+    /** The generation in MapDB, committed or not (a checkpoint sets it, then commits). */
     private Atomic.Long generation;
+    /**
+     * The generation the file on disk holds: set only once a commit returned. A failed commit
+     * leaves MapDB's value ahead of it, and the segments from this one on are still needed.
+     * Guarded by this.
+     */
+    private long committedGeneration;
     /** Each redo log segment is preallocated to this size. */
     static final long SEGMENT_PREALLOCATE = 32L << 20;
     /** A checkpoint is requested once the active log segment holds this much. */
@@ -185,6 +192,7 @@ public final class JournalStore implements AutoCloseable {
             db.commit();
             JournalStore store = new JournalStore(disk, file, volume, db, catalog, memoryLimit);
             store.generation = generation;
+            store.committedGeneration = generation.get();
             Map<Long, JournalDevice> byRoot = new java.util.HashMap<>();
             for (Map.Entry<String, long[]> e : catalog.entrySet()) {
                 long[] v = e.getValue();
@@ -289,7 +297,20 @@ public final class JournalStore implements AutoCloseable {
         JournalDevice d = new JournalDevice(this, name, blocks, size, durability, now, 0);
         devices.put(name, d);
         touched = true;
-        checkpoint();
+        try {
+            checkpoint();
+        } catch (StoreException e) {
+            // not in the store: it must not serve writes and flushes a crash would erase
+            opLock.writeLock().lock();
+            try {
+                devices.remove(name);
+                catalog.remove(name);
+                d.destroy();
+            } finally {
+                opLock.writeLock().unlock();
+            }
+            throw e;
+        }
         log.info("journal create device={} size={} durability={}", name, size, durability.label());
         return d;
     }
@@ -302,42 +323,115 @@ public final class JournalStore implements AutoCloseable {
         return new ArrayList<>(devices.values());
     }
 
-    /** Removes a device and every block of it. Committed before it returns. */
+    /**
+     * Removes a device and every block of it. Committed before it returns; if that commit fails
+     * the device is back as it was, and the error is thrown.
+     *
+     * <p>Two commits: the first drops the device from the catalog (its blocks stay allocated, so
+     * no other device can get their record ids while a log segment that the committed state
+     * replays may hold its records), the second frees its blocks. A crash between them leaves
+     * its blocks unreferenced in the file (space, not data).
+     */
     public synchronized void delete(String name) throws StoreException {
         checkOpen();
-        JournalDevice d = devices.remove(name);
+        JournalDevice d = devices.get(name);
         if (d == null) {
             throw new StoreException(2 /* ENOENT */, "no journal device " + name);
         }
         long blocks = d.blocksStored();
-        opLock.writeLock().lock();
+        Runnable undo = unlink(name, d);
         try {
-            d.destroy();
-            catalog.remove(name);
-        } finally {
-            opLock.writeLock().unlock();
+            checkpoint();
+        } catch (StoreException e) {
+            undo.run();
+            throw e;
         }
-        touched = true;
-        checkpoint(); // no record of the device stays in the log: its record ids may be reused
+        free(d);
         log.info("journal delete device={} blocks={}", name, blocks);
     }
 
-    /** Renames a device (replacing {@code to} if it exists, as rename(2) does). */
+    /** Takes a device out of the namespace and the catalog, under opLock; returns what puts it back. */
+    private Runnable unlink(String name, JournalDevice d) {
+        opLock.writeLock().lock();
+        try {
+            d.hide();
+            devices.remove(name);
+            catalog.remove(name);
+            touched = true;
+        } finally {
+            opLock.writeLock().unlock();
+        }
+        return () -> {
+            opLock.writeLock().lock();
+            try {
+                devices.put(name, d); // the next checkpoint records it in the catalog again
+                d.unhide();
+                touched = true;
+            } finally {
+                opLock.writeLock().unlock();
+            }
+        };
+    }
+
+    /** Frees the blocks of a device whose removal is committed; if that commit fails, the next one frees them. */
+    private void free(JournalDevice d) throws StoreException {
+        opLock.writeLock().lock();
+        try {
+            d.destroy();
+            touched = true;
+        } finally {
+            opLock.writeLock().unlock();
+        }
+        try {
+            checkpoint();
+        } catch (StoreException e) {
+            log.warn("journal device {} is deleted; its blocks are freed at the next checkpoint: {}", d.name(),
+                    e.getMessage());
+        }
+    }
+
+    /**
+     * Renames a device, replacing {@code to} if it exists, as rename(2) does: in one commit. If
+     * that commit fails, both are back as they were, and the error is thrown.
+     */
     public synchronized void rename(String from, String to) throws StoreException {
         checkOpen();
         JournalDevice d = devices.get(from);
         if (d == null) {
             throw new StoreException(2 /* ENOENT */, "no journal device " + from);
         }
-        if (devices.containsKey(to)) {
-            delete(to);
+        if (from.equals(to)) {
+            return;
         }
-        devices.remove(from);
-        catalog.remove(from);
-        d.renamed(to);
-        devices.put(to, d);
-        touched = true;
-        checkpoint();
+        JournalDevice replaced = devices.get(to);
+        Runnable undoReplace = replaced == null ? () -> { } : unlink(to, replaced);
+        Runnable undoMove = unlink(from, d);
+        opLock.writeLock().lock();
+        try {
+            d.renamed(to);
+            devices.put(to, d);
+            d.unhide();
+        } finally {
+            opLock.writeLock().unlock();
+        }
+        try {
+            checkpoint();
+        } catch (StoreException e) {
+            opLock.writeLock().lock();
+            try {
+                devices.remove(to);
+                catalog.remove(to);
+                d.renamed(from);
+            } finally {
+                opLock.writeLock().unlock();
+            }
+            undoMove.run();
+            undoReplace.run();
+            throw e;
+        }
+        if (replaced != null) {
+            free(replaced);
+        }
     }
 
     /** Writes a device's size (as frozen), mode and times to the catalog (a checkpoint, which commits it). */
@@ -534,17 +628,19 @@ public final class JournalStore implements AutoCloseable {
             checkRoom();
             opLock.writeLock().lock();
             try {
-                if (!touched && generation.get() == redo.generation()) {
+                if (!touched && committedGeneration == redo.generation()) {
                     return; // nothing changed since the last commit: no rotation, no commit, no disk write
                 }
-                touched = false;
-                // rotate only if the inactive segment is obsolete (a failed checkpoint leaves it not)
-                if (generation.get() == redo.generation()) {
+                // Rotate only if the inactive segment is obsolete: the file on disk holds the active
+                // one's generation. After a failed checkpoint it does not (whatever MapDB's own,
+                // uncommitted, value says), and both segments are still needed.
+                if (committedGeneration == redo.generation()) {
                     redo.rotate(redo.generation() + 1);
                 }
                 for (JournalDevice d : devices.values()) {
                     d.freeze();
                 }
+                touched = false;
             } finally {
                 opLock.writeLock().unlock();
             }
@@ -555,8 +651,10 @@ public final class JournalStore implements AutoCloseable {
                 d.flushNodes();
                 record(d);
             }
-            generation.set(redo.generation());
+            long committing = redo.generation();
+            generation.set(committing);
             db.commit();
+            committedGeneration = committing;
             redo.shrinkInactive(); // the commit holds what the other segment logged
             blockMemory.trim(KEEP_CHUNKS); // if no writer came meanwhile, memory is empty: give most of it back
             checkpoints.incrementAndGet();
@@ -589,6 +687,7 @@ public final class JournalStore implements AutoCloseable {
     static final int COMMIT_PAGES = 4096;
 
     private void failed(StoreException e) {
+        touched = true; // what it did not commit is still to commit, at the next timer or at close
         lastFailureAt = System.nanoTime();
         lastFailure = e;
         synchronized (memory) {

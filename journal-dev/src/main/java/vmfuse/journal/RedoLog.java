@@ -92,6 +92,13 @@ final class RedoLog implements AutoCloseable {
     private ByteBuffer tail;
     /** File offset of tail's first byte: position rounded down to a page. Guarded by this. */
     private long tailStart;
+    /**
+     * The first fdatasync that failed, if one did. Sticky, as PostgreSQL learned to make it: Linux
+     * reports a writeback error once per descriptor and marks the pages clean, so a later
+     * fdatasync returns 0 although records appended before it never reached the disk. Every
+     * force after one failed fails, until the store is opened again and replays what the disk kept.
+     */
+    private volatile StoreException broken;
 
     private RedoLog(Disk disk, Path base, long preallocate) {
         this.disk = disk;
@@ -296,7 +303,11 @@ final class RedoLog implements AutoCloseable {
         CRC32C crc = new CRC32C();
         crc.update(t.duplicate().position(head + RECORD_HEADER).limit(end));
         t.putInt(head, RECORD_MAGIC).putInt(head + 4, payload).putInt(head + 8, (int) crc.getValue());
-        int pages = (end + PAGE - 1) & -PAGE;
+        // zeros from the record's end to the end of its page, and a page of them if it ends on a page
+        // boundary: a scan stops at the first bytes that are not a record, and without them the
+        // next page would still hold what an older use of the file left there (records of another
+        // generation, or a failed longer append's bytes, which come from a guest)
+        int pages = ((end + PAGE - 1) & -PAGE) + ((end & (PAGE - 1)) == 0 ? PAGE : 0);
         zero(t, end, pages);
         t.position(0).limit(pages);
         DiskFile ch = active();
@@ -352,16 +363,37 @@ final class RedoLog implements AutoCloseable {
         }
     }
 
-    /** fdatasync of the active segment: every record appended to it so far is on disk. */
+    /**
+     * fdatasync of the active segment: every record appended to it so far is on disk. Fails at
+     * once, and for good, if an fdatasync of this log failed before (see {@link #broken}).
+     */
     void force() throws StoreException {
         DiskFile ch;
         synchronized (this) {
             ch = active();
         }
+        StoreException b = broken;
+        if (b != null) {
+            throw b;
+        }
         try {
             ch.force(false);
         } catch (IOException e) {
-            throw new StoreException(StoreException.EIO, "cannot sync redo log " + base + ": " + e.getMessage(), e);
+            throw markBroken(e);
+        }
+    }
+
+    /** Records the first failed fdatasync; the error every force returns from now on. */
+    private StoreException markBroken(IOException e) {
+        synchronized (this) {
+            if (broken == null) {
+                broken = new StoreException(StoreException.EIO, "an fdatasync of redo log " + base + " failed ("
+                        + e.getMessage() + "): records appended before it may not be on disk, so no flush of a "
+                        + "flush-mode device succeeds until the store is opened again (vmfuse umount, then mount)", e);
+                log.error("redo log {}: fdatasync failed ({}); every flush fails from now on, until the store is "
+                        + "opened again", base, e.getMessage());
+            }
+            return broken;
         }
     }
 
@@ -372,8 +404,16 @@ final class RedoLog implements AutoCloseable {
      */
     synchronized void rotate(long next) throws StoreException {
         long previous = generation;
+        if (broken == null) {
+            try {
+                active().force(false);
+            } catch (IOException e) {
+                // the rotation goes on: the checkpoint that follows puts the records in the store,
+                // the only way they can still reach the disk; flushes fail from now on
+                markBroken(e);
+            }
+        }
         try {
-            active().force(false);
             writeHeader(next);
         } catch (IOException e) {
             // appends go on in the segment they were in: its tail page back into the buffer the header took

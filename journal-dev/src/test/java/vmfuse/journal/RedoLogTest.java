@@ -216,4 +216,41 @@ class RedoLogTest {
         assertArrayEquals(new long[] {1000 + 2L * RedoLog.MAX_DATA, 100}, records.get(2));
         assertArrayEquals(data, back);
     }
+
+    /** A record as the log writes it: magic, payload length, crc32c, payload (generation, type, root, a, b, data). */
+    private static byte[] record(long generation, long root, byte[] data) {
+        ByteBuffer p = ByteBuffer.allocate(33 + data.length).order(ByteOrder.LITTLE_ENDIAN);
+        p.putLong(generation).put(RedoLog.WRITE).putLong(root).putLong(0).putLong(0).put(data).flip();
+        java.util.zip.CRC32C crc = new java.util.zip.CRC32C();
+        crc.update(p.duplicate());
+        ByteBuffer r = ByteBuffer.allocate(12 + p.remaining()).order(ByteOrder.LITTLE_ENDIAN);
+        r.putInt(0x4C52_4A56).putInt(p.remaining()).putInt((int) crc.getValue()).put(p);
+        return r.array();
+    }
+
+    /**
+     * A guest's data, logged in generation 1, holds at a page boundary a well-formed record of
+     * generation 3 for another device. Generation 3 reuses the file, and its records end exactly
+     * on that boundary: the page after them must read as the end of the log, not as that record.
+     */
+    @Test
+    void aRecordEndingOnAPageBoundaryIsFollowedByZerosNotByWhatTheFileHeldBefore() throws Exception {
+        int dataStart = RedoLog.HEADER_SIZE + 12 + 33; // the first record's data, in the file
+        byte[] guest = new byte[3 * RedoLog.PAGE];
+        byte[] forged = record(3, 77, "not yours".getBytes());
+        System.arraycopy(forged, 0, guest, 2 * RedoLog.PAGE - dataStart, forged.length);
+        try (RedoLog log = fresh(1)) {
+            log.append(RedoLog.WRITE, 1, 0, 0, guest, 0, guest.length);
+            log.force();
+            log.rotate(2);
+            log.rotate(3); // the file of generation 1 again
+            byte[] mine = new byte[2 * RedoLog.PAGE - dataStart]; // ends exactly at the forged record
+            log.append(RedoLog.WRITE, 1, 0, 0, mine, 0, mine.length);
+            assertEquals(2 * RedoLog.PAGE, log.position());
+            log.force();
+        }
+        List<Long> roots = new ArrayList<>();
+        RedoLog.open(Disk.real(null), base(), 3, PREALLOC, (type, root, a, b, d) -> roots.add(root), new long[1]).close();
+        assertEquals(List.of(1L), roots, "only the record generation 3 appended is replayed");
+    }
 }
