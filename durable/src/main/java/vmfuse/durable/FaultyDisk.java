@@ -822,10 +822,10 @@ public final class FaultyDisk implements Disk {
             }
         }
 
+        /** Releases the descriptor; after a cut too (the process lives on, and close writes nothing). */
         @Override
         public void close() throws IOException {
             synchronized (FaultyDisk.this) {
-                alive();
                 openFiles.remove(this);
                 real.close();
             }

@@ -385,7 +385,7 @@ class FaultyDiskTest {
         assertTrue(disk.isCut());
         for (Executable call : new Executable[] {
             () -> f.read(ByteBuffer.allocate(1), 0), () -> write(f, 0, filled(1, 2)), () -> f.force(true),
-            () -> f.truncate(0), f::size, () -> f.punch(0, PAGE), f::close, () -> disk.open(file, false),
+            () -> f.truncate(0), f::size, () -> f.punch(0, PAGE), () -> disk.open(file, false),
             () -> disk.readAll(file), () -> disk.rename(file, dir("d").resolve("g")), () -> disk.delete(file),
             () -> disk.syncDirectory(dir("d")), () -> disk.usableSpace(file),
         }) {

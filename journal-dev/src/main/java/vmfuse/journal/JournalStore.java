@@ -747,7 +747,12 @@ public final class JournalStore implements AutoCloseable {
             closed = true;
             checkpointer.interrupt();
             redo.close();
-            db.close();
+            try {
+                db.close(); // MapDB reads its header to close: on a failed disk, that fails too
+            } catch (RuntimeException e) {
+                log.warn("journal store {}: closing MapDB: {}", file, e.getMessage());
+                volume.close();
+            }
             synchronized (logSync) {
                 logSync.notifyAll(); // flushes waiting find the store closed
             }

@@ -1,0 +1,207 @@
+package vmfuse.journal;
+
+import static org.junit.jupiter.api.Assertions.assertArrayEquals;
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertNotNull;
+import static org.junit.jupiter.api.Assertions.assertNull;
+import static org.junit.jupiter.api.Assertions.assertThrows;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+import java.io.IOException;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.util.Arrays;
+import java.util.List;
+
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.io.TempDir;
+
+import vmfuse.durable.Disk;
+import vmfuse.durable.FaultyDisk;
+import vmfuse.durable.FaultyDisk.Fault;
+
+/**
+ * The findings of the fault review (FAULTS.md J1-J4), each as the failure that showed it: a disk
+ * call that fails where it hurts, then a power cut, then the next mount. Each fails on the code
+ * before its fix.
+ */
+class JournalStoreFaultTest {
+    static final int BLOCK = 4096;
+    static final long MEMORY = 16L << 20;
+
+    @TempDir
+    Path dir;
+
+    private Path file() {
+        return dir.resolve("store").resolve("journals.db");
+    }
+
+    private FaultyDisk disk(long seed) throws IOException {
+        Files.createDirectories(file().getParent());
+        FaultyDisk d = new FaultyDisk(Disk.real(null), dir.resolve("graveyard"), seed);
+        d.setUsableSpace(64L << 20); // redo segments of 4 MiB, room for every checkpoint
+        return d;
+    }
+
+    private JournalStore open(Disk d) throws StoreException {
+        return JournalStore.open(d, file(), MEMORY);
+    }
+
+    static byte[] block(char c) {
+        byte[] b = new byte[BLOCK];
+        Arrays.fill(b, (byte) c);
+        return b;
+    }
+
+    static byte[] read(JournalDevice d, long blockNo) throws StoreException {
+        byte[] b = new byte[BLOCK];
+        d.read(blockNo * BLOCK, b, 0, BLOCK);
+        return b;
+    }
+
+    /**
+     * The next checkpoint fails in its commit: if it rotates the redo log (three calls: force the
+     * old segment, write and force the new header), at the commit's first call; if not, at its fourth.
+     */
+    private static void failTheCommitOfTheNextCheckpoint(JournalStore s, FaultyDisk disk) {
+        disk.failAt(disk.calls() + 4, Fault.EIO);
+        assertThrows(StoreException.class, s::checkpoint);
+    }
+
+    /** Kills the store as a host crash would: the power goes, nothing more reaches the disk, and it is mounted again. */
+    private static FaultyDisk crash(JournalStore s, FaultyDisk disk) throws IOException {
+        disk.powerCut();
+        try {
+            s.close();
+        } catch (IOException e) {
+            // its last checkpoint fails: the disk is gone
+        }
+        return disk.afterCut();
+    }
+
+    @Test
+    void aFailedCommitNeverLetsTheNextCheckpointOverwriteTheLogItNeeds() throws Exception {
+        FaultyDisk disk = disk(1);
+        JournalStore s = open(disk);
+        JournalDevice a = s.create("a", 0, Durability.FLUSH);
+        a.write(0, block('A'), 0, BLOCK);
+        a.flush(); // 'A' is in the redo log on disk: it must survive anything from here
+        long rotated = s.redo().generation();
+        failTheCommitOfTheNextCheckpoint(s, disk);
+        assertEquals(rotated + 1, s.redo().generation(), "the first failed checkpoint rotated the log");
+        a.write(BLOCK, block('B'), 0, BLOCK);
+        a.flush();
+        failTheCommitOfTheNextCheckpoint(s, disk); // before the fix: rotated over the segment holding 'A'
+        assertEquals(rotated + 1, s.redo().generation(), "the second did not: the disk still needs both segments");
+        disk = crash(s, disk);
+        try (JournalStore again = open(disk)) {
+            JournalDevice back = again.device("a");
+            assertArrayEquals(block('A'), read(back, 0), "flushed before two failed checkpoints");
+            assertArrayEquals(block('B'), read(back, 1), "flushed between them");
+        }
+    }
+
+    @Test
+    void aCleanCloseAfterAFailedCommitKeepsCloseModeData() throws Exception {
+        FaultyDisk disk = disk(2);
+        JournalStore s = open(disk);
+        JournalDevice c = s.create("c", 0, Durability.CLOSE);
+        c.write(0, block('C'), 0, BLOCK);
+        failTheCommitOfTheNextCheckpoint(s, disk);
+        s.close(); // nothing written since: before the fix it returned without committing
+        try (JournalStore again = open(Disk.real(null))) {
+            assertArrayEquals(block('C'), read(again.device("c"), 0), "written before a clean unmount");
+        }
+    }
+
+    @Test
+    void aFailedFlushFailsEveryLaterFlushUntilTheStoreIsReopened() throws Exception {
+        FaultyDisk disk = disk(3);
+        JournalStore s = open(disk);
+        JournalDevice a = s.create("a", 0, Durability.FLUSH);
+        JournalDevice b = s.create("b", 0, Durability.FLUSH);
+        a.write(0, block('a'), 0, BLOCK);
+        b.write(0, block('b'), 0, BLOCK);
+        disk.failAt(disk.calls() + 1, Fault.EIO); // the fdatasync of the log
+        assertThrows(StoreException.class, a::flush);
+        // the kernel reported the writeback error once and marked the pages clean: an fdatasync now
+        // returns 0 without 'b' on disk, so a flush that returned would lie
+        StoreException e = assertThrows(StoreException.class, b::flush, "a flush after a failed fdatasync");
+        assertEquals(StoreException.EIO, e.errno());
+        b.write(BLOCK, block('c'), 0, BLOCK);
+        assertThrows(StoreException.class, b::flush, "and every flush after it");
+        s.checkpoint(); // close-mode work, and the store itself, go on: the checkpoint commits
+        disk = crash(s, disk);
+        try (JournalStore again = open(disk)) {
+            JournalDevice back = again.device("b");
+            assertArrayEquals(block('b'), read(back, 0), "the checkpoint after the failure holds it");
+            back.write(0, block('n'), 0, BLOCK);
+            back.flush(); // reopened and replayed: flushes work again
+        }
+    }
+
+    @Test
+    void aCreateWhoseCommitFailsLeavesNoDevice() throws Exception {
+        FaultyDisk disk = disk(4);
+        JournalStore s = open(disk);
+        disk.failAt(disk.calls() + 4, Fault.ENOSPC);
+        StoreException e = assertThrows(StoreException.class, () -> s.create("x", 1 << 20, Durability.FLUSH));
+        assertEquals(StoreException.ENOSPC, e.errno());
+        assertNull(s.device("x"), "not served: writes and flushes to it would be lost at the next crash");
+        assertEquals(List.of(), s.list());
+        JournalDevice x = s.create("x", 1 << 20, Durability.FLUSH); // the name is free: no EEXIST
+        x.write(0, block('x'), 0, BLOCK);
+        x.flush();
+        disk = crash(s, disk);
+        try (JournalStore again = open(disk)) {
+            assertArrayEquals(block('x'), read(again.device("x"), 0));
+        }
+    }
+
+    @Test
+    void aDeleteWhoseCommitFailsLeavesTheDeviceWhole() throws Exception {
+        FaultyDisk disk = disk(5);
+        JournalStore s = open(disk);
+        JournalDevice d = s.create("d", 0, Durability.FLUSH);
+        d.write(0, block('d'), 0, BLOCK);
+        d.flush();
+        disk.failAt(disk.calls() + 4, Fault.EIO);
+        assertThrows(StoreException.class, () -> s.delete("d"));
+        JournalDevice still = s.device("d");
+        assertNotNull(still, "a delete that failed deletes nothing");
+        assertArrayEquals(block('d'), read(still, 0));
+        still.write(BLOCK, block('e'), 0, BLOCK); // and it is served as before
+        still.flush();
+        disk = crash(s, disk);
+        try (JournalStore again = open(disk)) {
+            JournalDevice back = again.device("d");
+            assertArrayEquals(block('d'), read(back, 0));
+            assertArrayEquals(block('e'), read(back, 1));
+        }
+    }
+
+    @Test
+    void aRenameWhoseCommitFailsLeavesBothNamesAsTheyWere() throws Exception {
+        FaultyDisk disk = disk(6);
+        JournalStore s = open(disk);
+        JournalDevice from = s.create("from", 0, Durability.FLUSH);
+        JournalDevice to = s.create("to", 0, Durability.CLOSE);
+        from.write(0, block('f'), 0, BLOCK);
+        from.flush();
+        to.write(0, block('t'), 0, BLOCK);
+        disk.failAt(disk.calls() + 4, Fault.EIO);
+        assertThrows(StoreException.class, () -> s.rename("from", "to"));
+        assertEquals("from", s.device("from").name());
+        assertArrayEquals(block('f'), read(s.device("from"), 0));
+        assertArrayEquals(block('t'), read(s.device("to"), 0), "the device it would have replaced is still there");
+        s.rename("from", "to"); // and the rename, done again, replaces it whole
+        assertNull(s.device("from"));
+        assertArrayEquals(block('f'), read(s.device("to"), 0));
+        disk = crash(s, disk);
+        try (JournalStore again = open(disk)) {
+            assertNull(again.device("from"));
+            assertArrayEquals(block('f'), read(again.device("to"), 0));
+            assertTrue(again.list().size() == 1, "one device: " + again.list());
+        }
+    }
+}
