@@ -97,6 +97,8 @@ public final class AtomicVolume extends Volume {
     private long lengthRecorded;
     /** FILE.commit is complete and FILE may not hold all of it yet (a sync failed after writing it). */
     private boolean commitPending;
+    /** sync() does nothing: the owner makes several of the caller's commits one (see holdSyncs). */
+    private boolean syncsHeld;
 
     private AtomicVolume(Disk disk, Path file, DiskFile main) throws IOException {
         this.disk = disk;
@@ -582,10 +584,18 @@ public final class AtomicVolume extends Volume {
         return dirty.size();
     }
 
+    /**
+     * While {@code hold}, sync() commits nothing: what MapDB commits meanwhile reaches FILE with the
+     * first sync after, in one commit (a new store's structures and its format record at once).
+     */
+    synchronized void holdSyncs(boolean hold) {
+        syncsHeld = hold;
+    }
+
     /** Commits: every change since the last sync reaches FILE, or (after a crash) none. */
     @Override
     public synchronized void sync() {
-        if (dirty.isEmpty() && length == fileLength) {
+        if (syncsHeld || (dirty.isEmpty() && length == fileLength)) {
             return;
         }
         try {

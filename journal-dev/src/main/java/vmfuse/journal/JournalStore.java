@@ -160,15 +160,20 @@ public final class JournalStore implements AutoCloseable {
         if (memoryLimit < 4L << 20) {
             throw new StoreException(StoreException.EINVAL, "journal memory must be at least 4 MiB, not " + memoryLimit);
         }
-        boolean exists = disk.exists(file);
+        boolean exists;
         AtomicVolume volume;
         DB db;
         try {
-            if (exists) {
+            if (disk.exists(file)) {
                 int pages = AtomicVolume.recover(disk, file); // a commit a crash interrupted, if any
                 if (pages > 0) {
                     log.info("journal store {}: finished an interrupted commit ({} pages)", file, pages);
                 }
+            }
+            // Empty (once recovered), it is a store whose creation never committed: the creation is
+            // one commit (below), and a crash before it ends leaves the file cut back to nothing.
+            exists = disk.exists(file) && Files.size(file) > 0;
+            if (exists) {
                 check(file);
             }
             volume = AtomicVolume.open(disk, file);
@@ -176,6 +181,7 @@ public final class JournalStore implements AutoCloseable {
             throw new StoreException(StoreException.EIO, "cannot open journal store " + file + ": " + e.getMessage(), e);
         }
         try {
+            volume.holdSyncs(!exists); // MapDB commits while it creates its structures: one commit, below
             db = DBMaker.volumeDB(volume, exists).make();
         } catch (RuntimeException e) {
             volume.close();
@@ -189,6 +195,7 @@ public final class JournalStore implements AutoCloseable {
             HTreeMap<String, long[]> catalog = db.hashMap("devices", Serializer.STRING, Serializer.LONG_ARRAY)
                     .createOrOpen();
             Atomic.Long generation = db.atomicLong("vmfuse.generation").createOrOpen();
+            volume.holdSyncs(false);
             db.commit();
             JournalStore store = new JournalStore(disk, file, volume, db, catalog, memoryLimit);
             store.generation = generation;
