@@ -5,7 +5,7 @@ STORE ?= $(CURDIR)/var/store
 MNT   ?= $(CURDIR)/var/mnt
 MVN   ?= mvn -B -q
 
-.PHONY: deps build run stop test e2e bench clean
+.PHONY: deps build run stop test soak e2e bench clean
 
 deps:
 	./scripts/install-deps.sh
@@ -26,6 +26,13 @@ stop:
 # FUSE mounts with qemu-img, qemu-io, QEMU, fio, e2fsprogs.
 test: deps
 	mvn -B verify
+
+# Exhaustive fault runs (make test runs a seeded sample): every disk call of SOAK_SEEDS journal-store
+# workloads fails, and the power is cut at each; the store is checked against a model after each.
+SOAK_SEEDS ?= 8
+soak: deps
+	mvn -B -pl durable,journal-dev -am test -Dtest=JournalStoreCrashTest -Dsurefire.failIfNoSpecifiedTests=false \
+		-Dvmfuse.soak=true -Dvmfuse.soak.seeds=$(SOAK_SEEDS)
 
 # Only the end-to-end tests: a test guest (test-images/build-guest.sh) booted under QEMU from the mount.
 e2e: deps

@@ -25,6 +25,7 @@ import org.mapdb.Serializer;
 import org.mapdb.Store;
 
 import vmfuse.durable.Disk;
+import vmfuse.durable.FaultyDisk;
 
 class AtomicVolumeTest {
     @TempDir
@@ -277,6 +278,79 @@ class AtomicVolumeTest {
                 s.update(dirRec, live.stream().mapToLong(Long::longValue).toArray(), Serializer.LONG_ARRAY);
                 db.commit();
                 System.out.println("committed");
+            }
+        }
+    }
+
+    /** {@code pages} pages of {@code model} changed at random, one of them to zeros; the volume changed alike. */
+    private static void changePages(AtomicVolume v, byte[] model, Random r, int pages) {
+        for (int i = 0; i < pages; i++) {
+            byte[] b = new byte[AtomicVolume.PAGE];
+            if (i > 0) {
+                r.nextBytes(b);
+            }
+            int off = r.nextInt(model.length / AtomicVolume.PAGE) * AtomicVolume.PAGE;
+            v.putData(off, b, 0, b.length);
+            System.arraycopy(b, 0, model, off, b.length);
+        }
+    }
+
+    /**
+     * FAULTS.md J2: a sync whose commit file is complete fails while it writes the file, which is
+     * then a mix of two commits that only the commit file can finish. Whatever call of that sync
+     * fails, and wherever in the next sync the power goes, the file opens as one commit's state,
+     * never a mix: a complete commit file is never written over.
+     */
+    @Test
+    void aFailedCommitIsNeverLeftHalfAppliedByTheNextOneWhateverFailsAndWhereverThePowerGoes() throws Exception {
+        int runs = 0;
+        for (int failAt = 1; ; failAt++) {
+            boolean secondFailed = false;
+            for (int cutAt = 1; ; cutAt++) {
+                Path root = Files.createTempDirectory(dir, "run");
+                Path file = Files.createDirectories(root.resolve("store")).resolve("v");
+                FaultyDisk disk = new FaultyDisk(Disk.real(null), root.resolve("graveyard"), failAt * 1000L + cutAt);
+                Random r = new Random(failAt);
+                byte[][] states = new byte[3][64 * AtomicVolume.PAGE];
+                AtomicVolume v = AtomicVolume.open(disk, file);
+                r.nextBytes(states[0]);
+                v.putData(0, states[0], 0, states[0].length);
+                v.sync();
+                states[1] = states[0].clone();
+                changePages(v, states[1], r, 20);
+                disk.failAt(disk.calls() + failAt, FaultyDisk.Fault.EIO);
+                try {
+                    v.sync();
+                } catch (java.io.UncheckedIOException e) {
+                    secondFailed = true;
+                }
+                if (!secondFailed) {
+                    v.close();
+                    assertTrue(runs > 0, "the second sync made no disk call to fail");
+                    System.out.printf("AtomicVolume: %d runs of a failed sync and a cut in the next%n", runs);
+                    return;
+                }
+                states[2] = states[1].clone();
+                changePages(v, states[2], r, 20);
+                disk.powerCutAt(disk.calls() + cutAt);
+                boolean cut = false;
+                try {
+                    v.sync();
+                } catch (java.io.UncheckedIOException e) {
+                    cut = disk.isCut();
+                }
+                v.close();
+                if (!cut) {
+                    break; // every call of the third sync had its cut
+                }
+                runs++;
+                FaultyDisk after = disk.afterCut();
+                AtomicVolume.recover(after, file);
+                byte[] back = contents(file, states[0].length);
+                boolean whole = Arrays.equals(back, states[0]) || Arrays.equals(back, states[1])
+                        || Arrays.equals(back, states[2]);
+                assertTrue(whole, "call " + failAt + " of the second sync failed, the power went at call " + cutAt
+                        + " of the third: the file is a mix of commits");
             }
         }
     }
