@@ -204,10 +204,16 @@ public final class AtomicVolume extends Volume {
         return applied;
     }
 
-    /** Makes a commit file FILE holds whole no commit: its magic zeroed, forced. */
+    /**
+     * Makes a commit file that FILE holds whole no commit: its magic zeroed and, if a large commit
+     * made it large, cut back to a page (it stays, so the next commit writes into it), forced.
+     */
     private static void invalidate(Disk disk, Path commitFile) throws IOException {
         try (DiskFile f = disk.open(commitFile, false)) {
             f.writeFully(ByteBuffer.allocate(4), 0);
+            if (f.size() > Batch.SIZE) {
+                f.truncate(PAGE);
+            }
             f.force(false);
         }
     }
