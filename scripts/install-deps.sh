@@ -27,6 +27,7 @@ if [ -n "$missing" ]; then
     fi
     echo "install-deps: installing$missing" >&2
     export DEBIAN_FRONTEND=noninteractive
+    dpkg --configure -a # finishes an install that an earlier run, interrupted, left half done
     apt-get update -qq
     # shellcheck disable=SC2086
     apt-get install -y -qq --no-install-recommends $missing >/dev/null
