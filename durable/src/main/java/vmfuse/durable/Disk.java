@@ -1,6 +1,7 @@
 package vmfuse.durable;
 
 import java.io.IOException;
+import java.nio.ByteBuffer;
 import java.nio.file.Path;
 
 /**
@@ -47,4 +48,33 @@ public interface Disk {
 
     /** Bytes free for this process on the filesystem of {@code file}. */
     long usableSpace(Path file) throws IOException;
+
+    /**
+     * Writes a small file whole, the one way to rewrite a record file (a registry, a ledger, a
+     * compacted log): FILE.tmp written, forced, renamed over FILE, the directory synced. After a
+     * crash FILE holds its old contents or these, never part of either.
+     */
+    default void replace(Path file, byte[] contents) throws IOException {
+        replace(file, contents, true);
+    }
+
+    /**
+     * As {@link #replace(Path, byte[])}; not {@code durable}: nothing forced, so after a power cut
+     * FILE may hold its old contents, these, or (on a filesystem that does not order a rename after
+     * the data it names) neither whole. Only for files whose loss costs counts, never data.
+     */
+    default void replace(Path file, byte[] contents, boolean durable) throws IOException {
+        Path tmp = file.resolveSibling(file.getFileName() + ".tmp");
+        try (DiskFile t = open(tmp, true)) {
+            t.truncate(0);
+            t.writeFully(ByteBuffer.wrap(contents), 0);
+            if (durable) {
+                t.force(true);
+            }
+        }
+        rename(tmp, file);
+        if (durable) {
+            syncDirectory(file.toAbsolutePath().getParent());
+        }
+    }
 }

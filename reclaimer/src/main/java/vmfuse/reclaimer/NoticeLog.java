@@ -2,16 +2,15 @@ package vmfuse.reclaimer;
 
 import java.io.IOException;
 import java.nio.ByteBuffer;
-import java.nio.channels.FileChannel;
 import java.nio.charset.StandardCharsets;
-import java.nio.file.Files;
 import java.nio.file.Path;
-import java.nio.file.StandardCopyOption;
-import java.nio.file.StandardOpenOption;
 import java.util.ArrayList;
 import java.util.List;
 import java.util.Map;
 import java.util.TreeMap;
+
+import vmfuse.durable.Disk;
+import vmfuse.durable.DiskFile;
 
 /*
  * The durable log of one VM's acknowledged deletion notices (STORE/reclaim/VM.notices). A notice
@@ -25,24 +24,36 @@ import java.util.TreeMap;
  *
  * A crash can tear only the last line, which is then ignored. Anything else unreadable refuses
  * the log with its line number, and the file is left as it is.
+ *
+ * An append that fails (a full disk can write part of a line; a failed fdatasync leaves unknown
+ * what reached the disk, and a later one that returns 0 does not say it did) is never followed by
+ * another append to the same file: the log is rewritten from memory (a new file, forced, renamed
+ * over it, the directory synced), and the change it carried stands if that works. If the rewrite
+ * fails too, the change fails, and every later one first tries the rewrite again.
  */
 final class NoticeLog implements AutoCloseable {
     /** A notice waiting in the log, with what is left of its ranges. */
     record Pending(long seq, long token, long fileSize, ByteRanges ranges) {}
 
+    private final Disk disk;
     private final Path file;
-    private FileChannel ch;
+    private DiskFile ch;
+    /** Where the next line goes: the end of the last whole line written. */
+    private long end;
+    /** An append failed and the rewrite that would repair the file did too: the file is not to be appended to. */
+    private boolean broken;
     private long lastSeq;
     private final Map<Long, Pending> pending = new TreeMap<>();
 
-    private NoticeLog(Path file) {
+    private NoticeLog(Disk disk, Path file) {
+        this.disk = disk;
         this.file = file;
     }
 
-    /** Opens (or creates) the log, reads what waits in it, and compacts it to that. */
-    static NoticeLog open(Path file) throws IOException {
-        NoticeLog l = new NoticeLog(file);
-        if (Files.exists(file)) {
+    /** Opens (or creates) the log on {@code disk}, reads what waits in it, and compacts it to that. */
+    static NoticeLog open(Disk disk, Path file) throws IOException {
+        NoticeLog l = new NoticeLog(disk, file);
+        if (disk.exists(file)) {
             l.load();
         }
         l.compact();
@@ -50,7 +61,7 @@ final class NoticeLog implements AutoCloseable {
     }
 
     private void load() throws IOException {
-        String text = Files.readString(file, StandardCharsets.US_ASCII);
+        String text = new String(disk.readAll(file), StandardCharsets.US_ASCII);
         String[] lines = text.split("\n", -1);
         int complete = lines.length - 1; // the last is "" after a newline, or a line a crash tore
         for (int i = 0; i < complete; i++) {
@@ -105,32 +116,40 @@ final class NoticeLog implements AutoCloseable {
             b.append("N ").append(p.seq()).append(' ').append(p.token()).append(' ').append(p.fileSize()).append(' ')
                     .append(Notice.format(p.ranges().list())).append('\n');
         }
-        Path tmp = file.resolveSibling(file.getFileName() + ".tmp");
-        try (FileChannel t = FileChannel.open(tmp, StandardOpenOption.CREATE, StandardOpenOption.WRITE,
-                StandardOpenOption.TRUNCATE_EXISTING)) {
-            write(t, b.toString());
-            t.force(true);
-        }
+        byte[] text = b.toString().getBytes(StandardCharsets.US_ASCII);
         if (ch != null) {
             ch.close();
+            ch = null;
         }
-        Files.move(tmp, file, StandardCopyOption.ATOMIC_MOVE, StandardCopyOption.REPLACE_EXISTING);
-        try (FileChannel dir = FileChannel.open(file.getParent(), StandardOpenOption.READ)) {
-            dir.force(true);
-        }
-        ch = FileChannel.open(file, StandardOpenOption.WRITE, StandardOpenOption.APPEND);
+        disk.replace(file, text);
+        ch = disk.open(file, false);
+        end = text.length;
+        broken = false;
     }
 
-    private static void write(FileChannel c, String s) throws IOException {
-        ByteBuffer b = ByteBuffer.wrap(s.getBytes(StandardCharsets.US_ASCII));
-        while (b.hasRemaining()) {
-            c.write(b);
-        }
-    }
-
+    /**
+     * Appends a line, forced; if that fails, rewrites the log from memory (which the caller has
+     * already changed): the change stands if the rewrite works, else this throws.
+     */
     private void append(String line) throws IOException {
-        write(ch, line + "\n");
-        ch.force(false);
+        if (broken) {
+            compact(); // throws while the disk still refuses: the change fails
+        }
+        byte[] b = (line + "\n").getBytes(StandardCharsets.US_ASCII);
+        try {
+            ch.writeFully(ByteBuffer.wrap(b), end);
+            ch.force(false);
+            end += b.length;
+        } catch (IOException e) {
+            try {
+                compact();
+            } catch (IOException again) {
+                broken = true;
+                e.addSuppressed(again);
+                throw new IOException("notice log " + file + ": cannot append (" + e.getMessage()
+                        + ") nor rewrite it (" + again.getMessage() + ")", e);
+            }
+        }
     }
 
     long lastSeq() {
@@ -143,10 +162,17 @@ final class NoticeLog implements AutoCloseable {
     }
 
     void accepted(Notice n, List<long[]> ranges) throws IOException {
-        append("N " + n.seq() + " " + n.token() + " " + n.fileSize() + " " + Notice.format(ranges));
+        long before = lastSeq;
         lastSeq = Math.max(lastSeq, n.seq());
         if (!ranges.isEmpty()) {
             pending.put(n.seq(), new Pending(n.seq(), n.token(), n.fileSize(), ByteRanges.of(ranges)));
+        }
+        try {
+            append("N " + n.seq() + " " + n.token() + " " + n.fileSize() + " " + Notice.format(ranges));
+        } catch (IOException e) {
+            pending.remove(n.seq()); // not acknowledged: the agent sends it again
+            lastSeq = before;
+            throw e;
         }
     }
 
@@ -167,13 +193,15 @@ final class NoticeLog implements AutoCloseable {
         if (pending.remove(seq) != null) {
             append("D " + seq);
         }
-        if (pending.isEmpty() && Files.size(file) > (1 << 20)) {
+        if (pending.isEmpty() && end > (1 << 20)) {
             compact();
         }
     }
 
     @Override
     public void close() throws IOException {
-        ch.close();
+        if (ch != null) {
+            ch.close();
+        }
     }
 }

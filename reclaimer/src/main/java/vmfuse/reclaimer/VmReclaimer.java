@@ -17,6 +17,8 @@ import java.util.function.LongSupplier;
 import org.slf4j.Logger;
 import org.slf4j.LoggerFactory;
 
+import vmfuse.durable.Disk;
+
 /*
  * The reclaimer of one VM: answers its agent (AgentSession.Host), keeps its notices in a
  * NoticeLog, decides with the shared ThresholdPolicy, and punches through the image's Fence
@@ -97,7 +99,13 @@ public final class VmReclaimer implements AgentSession.Host, WriteTracker.Listen
      */
     public static VmReclaimer open(String vm, String image, LongSupplier diskSize, Fence fence,
             ThresholdPolicy policy, Path logFile) throws IOException {
-        NoticeLog notices = NoticeLog.open(logFile);
+        return open(vm, image, diskSize, fence, policy, Disk.real(null), logFile);
+    }
+
+    /** As the other open, its notice log written through {@code disk}. */
+    public static VmReclaimer open(String vm, String image, LongSupplier diskSize, Fence fence,
+            ThresholdPolicy policy, Disk disk, Path logFile) throws IOException {
+        NoticeLog notices = NoticeLog.open(disk, logFile);
         VmReclaimer r = new VmReclaimer(vm, image, diskSize, fence, policy, notices);
         if (fence instanceof RawFence raw) {
             raw.tracker().listener(r);
