@@ -1,18 +1,16 @@
 package vmfuse.fs;
 
 import java.io.IOException;
-import java.nio.channels.FileChannel;
 import java.nio.charset.StandardCharsets;
-import java.nio.file.Files;
 import java.nio.file.Path;
-import java.nio.file.StandardCopyOption;
-import java.nio.file.StandardOpenOption;
 import java.util.List;
 import java.util.Map;
 import java.util.TreeMap;
 
 import org.slf4j.Logger;
 import org.slf4j.LoggerFactory;
+
+import vmfuse.durable.Disk;
 
 /**
  * Counts and logs every release of backing space: each punch, zeroed range, truncation and
@@ -23,7 +21,10 @@ import org.slf4j.LoggerFactory;
  * image and a {@code *total*} line), rewritten atomically by {@link #save(boolean)}, which the
  * daemon calls every few seconds while something changed (without fsync: a forced commit of the
  * backing filesystem's journal stalls the punches running beside it, measured as 1 ms spikes)
- * and, durably, at unmount. A crash can lose the counts of the last seconds; never data.
+ * and, durably, at unmount. A crash can lose the counts of the last seconds; never data. A
+ * ledger a crash left unreadable (a save that was not forced) is set aside as
+ * releases.tsv.unreadable and the counts start again at zero: counts never keep a store from
+ * mounting.
  */
 public final class ReleaseLedger {
     private static final Logger log = LoggerFactory.getLogger(ReleaseLedger.class);
@@ -48,24 +49,51 @@ public final class ReleaseLedger {
         }
     }
 
+    private final Disk disk;
     private final Path file;
     // guarded by this
     private final Map<String, Count> perImage = new TreeMap<>();
     private Count total = new Count(0, 0);
     private boolean dirty;
 
-    private ReleaseLedger(Path file) {
+    private ReleaseLedger(Disk disk, Path file) {
+        this.disk = disk;
         this.file = file;
     }
 
-    /** Loads the ledger kept at {@code file}, or starts an empty one if there is none. */
+    /** Loads the ledger kept at {@code file} on the machine's disk (tests). */
     public static ReleaseLedger load(Path file) throws FsException {
-        ReleaseLedger ledger = new ReleaseLedger(file);
-        if (!Files.exists(file)) {
+        return load(Disk.real(null), file);
+    }
+
+    /**
+     * Loads the ledger kept at {@code file}, or starts an empty one if there is none, or if the
+     * one there cannot be read (then set aside, with a warning).
+     */
+    public static ReleaseLedger load(Disk disk, Path file) throws FsException {
+        ReleaseLedger ledger = new ReleaseLedger(disk, file);
+        if (!disk.exists(file)) {
             return ledger;
         }
         try {
-            List<String> lines = Files.readAllLines(file, StandardCharsets.UTF_8);
+            return read(ledger, file);
+        } catch (FsException e) {
+            Path aside = file.resolveSibling(file.getFileName() + ".unreadable");
+            log.warn("{}; set aside as {}, release counts start again at zero", e.getMessage(), aside);
+            try {
+                disk.rename(file, aside);
+                disk.syncDirectory(file.toAbsolutePath().getParent());
+            } catch (IOException again) {
+                throw new FsException(vmfuse.fs.nativeio.Native.EIO, e.getMessage() + "; cannot set it aside: "
+                        + again.getMessage());
+            }
+            return new ReleaseLedger(disk, file);
+        }
+    }
+
+    private static ReleaseLedger read(ReleaseLedger ledger, Path file) throws FsException {
+        try {
+            List<String> lines = List.of(new String(ledger.disk.readAll(file), StandardCharsets.UTF_8).split("\n"));
             for (String line : lines) {
                 String[] f = line.split("\t");
                 if (f.length != 3) {
@@ -122,7 +150,8 @@ public final class ReleaseLedger {
 
     /**
      * Writes the ledger if it changed: a temporary file renamed over the old one, so a reader or
-     * a crash sees the old counts or the new, never a mix; {@code durable} fsyncs it first.
+     * a reader sees the old counts or the new, never a mix; {@code durable} forces it and its
+     * directory (a crash then keeps it whole; see Disk.replace for what it may do otherwise).
      */
     public void save(boolean durable) throws IOException {
         StringBuilder out = new StringBuilder();
@@ -135,19 +164,13 @@ public final class ReleaseLedger {
             out.append(TOTAL).append('\t').append(total.bytes()).append('\t').append(total.events()).append('\n');
             dirty = false;
         }
-        Path tmp = file.resolveSibling(file.getFileName() + ".tmp");
-        try (FileChannel ch = FileChannel.open(tmp, StandardOpenOption.CREATE, StandardOpenOption.WRITE,
-                StandardOpenOption.TRUNCATE_EXISTING)) {
-            ch.write(StandardCharsets.UTF_8.encode(out.toString()));
-            if (durable) {
-                ch.force(true);
-            }
+        try {
+            disk.replace(file, out.toString().getBytes(StandardCharsets.UTF_8), durable);
         } catch (IOException e) {
             synchronized (this) {
                 dirty = true;
             }
             throw e;
         }
-        Files.move(tmp, file, StandardCopyOption.ATOMIC_MOVE, StandardCopyOption.REPLACE_EXISTING);
     }
 }

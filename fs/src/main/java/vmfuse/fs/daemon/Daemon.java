@@ -23,7 +23,6 @@ import org.slf4j.Logger;
 import org.slf4j.LoggerFactory;
 import vmfuse.fs.BackingStore;
 import vmfuse.fs.FsException;
-import vmfuse.fs.HolePuncher;
 import vmfuse.fs.ReleaseLedger;
 import vmfuse.fs.TsvField;
 import vmfuse.fs.VmFuseFs;
@@ -133,10 +132,10 @@ public final class Daemon {
         options.addAll(DEFAULT_OPTIONS);
         options.addAll(userOptions);
 
-        ReleaseLedger ledger = ReleaseLedger.load(store.ledger());
+        ReleaseLedger ledger = ReleaseLedger.load(store.disk(), store.ledger());
         JournalStore journals;
         try {
-            journals = JournalStore.open(store.journals(), o.journalMemory(), HolePuncher::punchStoreFile);
+            journals = JournalStore.open(store.disk(), store.journals(), o.journalMemory());
         } catch (StoreException e) {
             throw new FsException(e.errno(), e.getMessage());
         }

@@ -8,7 +8,9 @@ import java.security.MessageDigest;
 import java.security.NoSuchAlgorithmException;
 import java.util.HexFormat;
 
+import vmfuse.durable.Disk;
 import vmfuse.fs.FsException;
+import vmfuse.fs.HolePuncher;
 import vmfuse.fs.nativeio.Native;
 
 /**
@@ -27,6 +29,13 @@ import vmfuse.fs.nativeio.Native;
  * </pre>
  */
 public record Store(Path dir) {
+    /** The one way the daemon writes its durable files (the journal store punches freed pages). */
+    private static final Disk DISK = Disk.real(HolePuncher::punchStoreFile);
+
+    /** What every durable file of the store is written through. */
+    public Disk disk() {
+        return DISK;
+    }
 
     public Path images() {
         return dir.resolve("images");

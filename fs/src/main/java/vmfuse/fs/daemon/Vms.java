@@ -3,14 +3,10 @@ package vmfuse.fs.daemon;
 import static vmfuse.fs.nativeio.Native.*;
 
 import java.io.IOException;
-import java.nio.ByteBuffer;
-import java.nio.channels.FileChannel;
 import java.nio.charset.StandardCharsets;
 import java.nio.file.FileStore;
 import java.nio.file.Files;
 import java.nio.file.Path;
-import java.nio.file.StandardCopyOption;
-import java.nio.file.StandardOpenOption;
 import java.util.ArrayList;
 import java.util.List;
 import java.util.Map;
@@ -177,7 +173,7 @@ public final class Vms implements AutoCloseable {
         AgentListener listener;
         try {
             reclaimer = VmReclaimer.open(vm.name(), image, () -> diskSize(image, backingFile, qcow2), fence, policy,
-                    store.reclaimDir().resolve(vm.name() + ".notices"));
+                    store.disk(), store.reclaimDir().resolve(vm.name() + ".notices"));
             reclaimer.beforeDecision(this::observeDisk);
             try {
                 listener = AgentListener.start(vm.agentSocket(), reclaimer, vm.name());
@@ -243,20 +239,14 @@ public final class Vms implements AutoCloseable {
         }
     }
 
-    /** Writes vms.tsv anew (a new file, forced, renamed over the old one). */
+    /** Writes vms.tsv anew (a new file, forced, renamed over the old one, the directory synced). */
     private void save() throws IOException {
         StringBuilder b = new StringBuilder();
         for (Running r : running.values()) {
             b.append(r.vm().name()).append('\t').append(r.vm().image()).append('\t').append(r.vm().agentSocket())
                     .append('\t').append(r.vm().qmpSocket() == null ? "-" : r.vm().qmpSocket().toString()).append('\n');
         }
-        Path tmp = store.vms().resolveSibling("vms.tsv.tmp");
-        try (FileChannel ch = FileChannel.open(tmp, StandardOpenOption.CREATE, StandardOpenOption.WRITE,
-                StandardOpenOption.TRUNCATE_EXISTING)) {
-            ch.write(ByteBuffer.wrap(b.toString().getBytes(StandardCharsets.UTF_8)));
-            ch.force(true);
-        }
-        Files.move(tmp, store.vms(), StandardCopyOption.ATOMIC_MOVE, StandardCopyOption.REPLACE_EXISTING);
+        store.disk().replace(store.vms(), b.toString().getBytes(StandardCharsets.UTF_8));
     }
 
     /** Feeds the policy the store disk's free space. */
