@@ -153,6 +153,13 @@ public final class BackingStore implements AutoCloseable {
         }
     }
 
+    /** fsync of STORE/images: every create, rename and unlink of an image so far survives a host crash. */
+    public void syncDir() throws FsException {
+        if (C.fsync(dirFd) != 0) {
+            throw FsException.fromErrno(Native.errno(), "fsync", imagesDir.toString());
+        }
+    }
+
     public void rename(String from, String to) throws FsException {
         if (C.renameat(dirFd, from, dirFd, to) != 0) {
             throw FsException.fromErrno(Native.errno(), "rename", from + " to " + to);

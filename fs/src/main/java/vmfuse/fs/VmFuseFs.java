@@ -12,7 +12,9 @@ import java.util.concurrent.CopyOnWriteArrayList;
 import java.util.concurrent.CountDownLatch;
 
 import jnr.ffi.Pointer;
+import jnr.ffi.Runtime;
 import jnr.ffi.Struct;
+import jnr.ffi.annotations.Delegate;
 import org.slf4j.Logger;
 import org.slf4j.LoggerFactory;
 import ru.serce.jnrfuse.FuseFillDir;
@@ -130,6 +132,8 @@ public final class VmFuseFs extends FuseStubFS {
         }
         Pointer ops = Struct.getMemory(fuseOperations);
         ops.putInt(38 * 8, 0b111);
+        ops.putAddress(FSYNCDIR_SLOT * 8, Runtime.getSystemRuntime().getClosureManager()
+                .getClosurePointer(FsyncdirCallback.class, fsyncdirCallback).address());
         String[] args = new String[3 + 2 * options.size()];
         args[0] = "vmfuse";
         args[1] = "-f";
@@ -598,6 +602,37 @@ public final class VmFuseFs extends FuseStubFS {
             return 0;
         });
     }
+
+    /**
+     * fsync of a directory. images/: of STORE/images, so creates, renames and unlinks of images
+     * survive a host crash (unanswered, the kernel would take fsync of a directory as done and
+     * never ask again). journals/: a device's create, rename and delete are committed before they
+     * return, so there is nothing left to sync.
+     */
+    @Override
+    public int fsyncdir(String path, FuseFileInfo fi) {
+        return call("fsyncdir", path, () -> {
+            if (Node.Kind.values()[(int) fi.fh.get()] == Node.Kind.IMAGES_DIR) {
+                store.syncDir();
+            }
+            return 0;
+        });
+    }
+
+    /**
+     * libfuse 2's fsyncdir is {@code int (*)(const char *, int datasync, struct fuse_file_info *)};
+     * jnr-fuse 0.5.8 binds it without the int, so the callback took datasync (0 or 1) for the
+     * fuse_file_info pointer and answered without calling fsyncdir at all. This binding, put in
+     * its slot of struct fuse_operations (the 29th callback) by run(), has the real signature.
+     */
+    public interface FsyncdirCallback {
+        @Delegate
+        int fsyncdir(String path, int datasync, Pointer fi);
+    }
+
+    private static final int FSYNCDIR_SLOT = 28;
+    /** Held for the mount's life: the native closure must not be collected while libfuse may call it. */
+    private final FsyncdirCallback fsyncdirCallback = (path, datasync, fi) -> fsyncdir(path, FuseFileInfo.of(fi));
 
     /** Closes the backing descriptor; an unlinked image's space returns when its last one closes. */
     @Override

@@ -86,4 +86,28 @@ class QemuToolsTest extends OnOneMount {
         assertTrue(seen.contains("fdatasync("), "guest flush (fdatasync) did not reach the backing file:\n" + seen);
         assertTrue(seen.contains("fsync("), "fsync did not reach the backing file:\n" + seen);
     }
+
+    /**
+     * FAULTS.md F2: fsync of images/ (what tools that write a file, rename it into place and sync
+     * the directory do) syncs STORE/images. Before, vmfuse had no fsyncdir: the kernel answered
+     * the first one with success, and never asked again.
+     */
+    @Test
+    void anFsyncOfImagesSyncsTheStoreDirectory() throws Exception {
+        Proc.ok("qemu-img", "create", "-f", "raw", m.image("t.raw").toString(), "1M");
+        Path images = m.image("t.raw").getParent();
+        String pid = String.valueOf(m.daemonPid().orElseThrow());
+        String seen;
+        try (Proc.Background strace = Proc.start("strace", "-f", "-qq", "-y", "-e", "trace=fsync", "-p", pid)) {
+            Thread.sleep(1500); // strace attaches to every thread of the daemon
+            Proc.ok("mv", m.image("t.raw").toString(), m.image("u.raw").toString());
+            Proc.ok("python3", "-c", "import os, sys; fd = os.open(sys.argv[1], os.O_RDONLY); os.fsync(fd); os.fsync(fd)",
+                    images.toString());
+            Thread.sleep(500);
+            seen = strace.output();
+        }
+        String dir = m.backing("u.raw").getParent().toString() + ">";
+        assertTrue(seen.lines().filter(l -> l.contains("fsync(") && l.contains(dir)).count() >= 2,
+                "fsync of images/ did not reach " + dir + " (twice):\n" + seen);
+    }
 }
