@@ -9,7 +9,7 @@ PACKAGES="
   libfuse2 fuse3
   qemu-utils qemu-system-x86
   e2fsprogs xfsprogs util-linux
-  fio bindfs strace python3
+  fio bindfs strace python3 nbdkit libnbd-bin
   busybox-static linux-image-amd64 cpio kmod inotify-tools
 "
 

@@ -10,6 +10,7 @@ import picocli.CommandLine.Command;
 import picocli.CommandLine.Option;
 import picocli.CommandLine.Parameters;
 import vmfuse.fs.FsException;
+import vmfuse.fs.TsvField;
 import vmfuse.fs.daemon.Fusermount;
 import vmfuse.fs.daemon.MountTable;
 import vmfuse.fs.daemon.Store;
@@ -51,8 +52,29 @@ final class UmountCommand implements Callable<Integer> {
                 throw new FsException(Native.EBUSY, "unmounted " + mnt + ", but daemon pid " + daemon.get().pid()
                         + " did not exit within " + timeoutSeconds + " s");
             }
+            Optional<String> failure = failure(store, daemon.get().pid());
+            if (failure.isPresent()) {
+                throw new FsException(Native.EIO, "unmounted " + mnt + ", but " + failure.get() + " (see "
+                        + store.log() + ")");
+            }
         }
         return 0;
+    }
+
+    /** What the daemon {@code pid} recorded as failing in its unmount, if it did; nothing if it said ok. */
+    static Optional<String> failure(Store store, long pid) {
+        try {
+            String[] f = Files.readString(store.unmountRecord()).trim().split("\t", 3);
+            if (f.length == 3 && f[0].equals(Long.toString(pid)) && f[1].equals("failed")) {
+                return Optional.of(TsvField.unescape(f[2]));
+            }
+            if (f.length >= 2 && f[0].equals(Long.toString(pid))) {
+                return Optional.empty();
+            }
+        } catch (java.io.IOException | RuntimeException e) {
+            // no record: see below
+        }
+        return Optional.of("daemon pid " + pid + " exited without saying how its unmount went (killed?)");
     }
 
     /** The daemon serving {@code mnt}, from the store's pid file, if it is still running. */

@@ -176,17 +176,21 @@ public final class Daemon {
                 saver.shutdownNow();
                 vms.close();
                 fs.closeAll();
+                List<String> failed = new ArrayList<>();
                 try {
                     journals.close(); // commits every device; before the shutdown hook may let the JVM go
                 } catch (IOException | RuntimeException e) {
                     log.error("closing the journal store failed: {}", e.toString());
+                    failed.add("closing the journal store failed: " + e.getMessage());
                 }
                 try {
                     backing.syncAll();
                 } catch (FsException e) {
                     log.error("final sync failed: {}", e.getMessage());
+                    failed.add("the final sync failed: " + e.getMessage());
                 }
                 save(ledger, true);
+                recordUnmount(store, pid, failed);
                 Files.deleteIfExists(store.pidFile());
                 log.info("unmounted store={} mountpoint={}", store.dir(), mnt);
                 flushLogs();
@@ -268,6 +272,19 @@ public final class Daemon {
             fs.checkpointJournals();
         } catch (FsException e) {
             log.error("journal checkpoint failed: {}", e.getMessage());
+        }
+    }
+
+    /**
+     * Says how this unmount went, for vmfuse umount (which waits for this process, and cannot see
+     * its exit status): what was written through the mount is on stable storage, or what failed.
+     */
+    private static void recordUnmount(Store store, long pid, List<String> failed) {
+        String line = pid + "\t" + (failed.isEmpty() ? "ok" : "failed\t" + TsvField.escape(String.join("; ", failed)));
+        try {
+            store.disk().replace(store.unmountRecord(), (line + "\n").getBytes(StandardCharsets.UTF_8));
+        } catch (IOException e) {
+            log.error("cannot record how the unmount went in {}: {}", store.unmountRecord(), e.getMessage());
         }
     }
 

@@ -20,6 +20,7 @@ import vmfuse.fs.nativeio.Native;
  *   STORE/vmfuse.log     the daemon's log
  *   STORE/vmfuse.lock    held (flock) by the one daemon serving this store
  *   STORE/vmfuse.pid     "PID MOUNTPOINT" of that daemon, once its mount is live
+ *   STORE/vmfuse.unmounted  how the last daemon's unmount went: "PID ok", or "PID failed WHAT"
  *   STORE/vmfuse.sock    its control socket (status)
  *   STORE/releases.tsv   counts of released bytes per image
  *   STORE/journals.db    the journal devices (MapDB record store; journals.db.commit during a commit)
@@ -51,6 +52,11 @@ public record Store(Path dir) {
 
     public Path pidFile() {
         return dir.resolve("vmfuse.pid");
+    }
+
+    /** How the last daemon's unmount went (read by vmfuse umount once the daemon has exited). */
+    public Path unmountRecord() {
+        return dir.resolve("vmfuse.unmounted");
     }
 
     public Path journals() {
