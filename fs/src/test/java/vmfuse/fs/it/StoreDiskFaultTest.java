@@ -100,4 +100,76 @@ class StoreDiskFaultTest {
             m.umount().assertOk();
         }
     }
+
+    /** A step of work on images/ through the mount; the cut comes after it. */
+    private interface Step {
+        void run(Mounted m);
+    }
+
+    private static void syncImages(Mounted m) {
+        Proc.ok("python3", "-c", "import os, sys; os.fsync(os.open(sys.argv[1], os.O_RDONLY))",
+                m.mnt.resolve("images").toString());
+    }
+
+    /**
+     * Creates, writes, renames and unlinks of images, with fdatasyncs and fsyncs of images/, and a
+     * power cut of the store's disk after each step in turn. After each cut: an image whose data
+     * was fdatasynced and whose name's directory was synced since is there, under that name, with
+     * that data; a change made after the last fsync of images/ may be there or not, never half
+     * (the image is under its old name or its new one).
+     */
+    @Test
+    void anImageCreatedOrRenamedThenItsDirectorySyncedSurvivesAPowerCutAfterAnyStep() throws Exception {
+        Step[] steps = {
+            m -> Proc.ok("qemu-img", "create", "-f", "raw", m.image("a.raw").toString(), "4M"),
+            m -> assertTrue(writeAndSync(m.image("a.raw"), 0, (int) MiB, 1)),
+            StoreDiskFaultTest::syncImages, // a.raw is durable
+            m -> Proc.ok("mv", m.image("a.raw").toString(), m.image("b.raw").toString()),
+            m -> {
+                Proc.ok("qemu-img", "create", "-f", "raw", m.image("c.raw").toString(), "4M");
+                assertTrue(writeAndSync(m.image("c.raw"), 0, (int) MiB, 2));
+            },
+            StoreDiskFaultTest::syncImages, // b.raw and c.raw are durable, a.raw is gone
+            m -> Proc.ok("rm", m.image("c.raw").toString()),
+            m -> {
+                Proc.ok("mv", m.image("b.raw").toString(), m.image("d.raw").toString());
+                syncImages(m); // d.raw is durable, b.raw and c.raw gone
+            },
+        };
+        for (int cutAfter = 1; cutAfter <= steps.length; cutAfter++) {
+            try (Mounted m = Mounted.prepare(); NbdDisk disk = NbdDisk.create(m.store, "64M")) {
+                m.mount();
+                for (int i = 0; i < cutAfter; i++) {
+                    steps[i].run(m);
+                }
+                disk.cut();
+                m.daemonPid().flatMap(ProcessHandle::of).ifPresent(Proc::kill);
+                Proc.run("fusermount", "-u", "-z", m.mnt.toString());
+                disk.attachAgain();
+                m.mount();
+                String at = "power cut after step " + cutAfter + ": ";
+                boolean a = Files.exists(m.image("a.raw"));
+                boolean b = Files.exists(m.image("b.raw"));
+                boolean c = Files.exists(m.image("c.raw"));
+                boolean d = Files.exists(m.image("d.raw"));
+                if (cutAfter >= 3 && cutAfter < 6) {
+                    assertTrue(a ^ b, at + "the synced image, under its old name or its new one (a " + a + ", b " + b + ")");
+                    assertTrue(holds(m.image(a ? "a.raw" : "b.raw"), 0, (int) MiB, 1), at + "its fdatasynced data");
+                }
+                if (cutAfter >= 6 && cutAfter < 8) {
+                    assertTrue(b && !a, at + "b.raw, renamed from a.raw, then images/ synced");
+                    assertTrue(holds(m.image("b.raw"), 0, (int) MiB, 1), at + "b.raw's data");
+                    if (c) {
+                        assertTrue(holds(m.image("c.raw"), 0, (int) MiB, 2), at + "c.raw's data, if its unlink was lost");
+                    }
+                    assertTrue(cutAfter == 7 || c, at + "c.raw, created and synced");
+                }
+                if (cutAfter == 8) {
+                    assertTrue(d && !a && !b && !c, at + "only d.raw (a " + a + ", b " + b + ", c " + c + ", d " + d + ")");
+                    assertTrue(holds(m.image("d.raw"), 0, (int) MiB, 1), at + "d.raw's data");
+                }
+                m.umount().assertOk();
+            }
+        }
+    }
 }
