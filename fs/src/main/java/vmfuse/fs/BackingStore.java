@@ -130,13 +130,22 @@ public final class BackingStore implements AutoCloseable {
     /** Byte size and bytes allocated on the backing filesystem (st_blocks * 512). */
     public record Usage(long size, long allocated) {}
 
-    /** The names of the regular files in the images directory, sorted. */
+    /** The images: the regular files in the images directory, sorted, hidden ones left out. */
     public List<String> list() throws FsException {
+        return list(false);
+    }
+
+    /**
+     * The regular files in the images directory, sorted: the hidden ones only (libfuse's names for
+     * open images unlinked or replaced, see VmFuseFs), or every other.
+     */
+    public List<String> list(boolean hidden) throws FsException {
         List<String> names = new ArrayList<>();
         try (DirectoryStream<Path> dir = Files.newDirectoryStream(imagesDir)) {
             for (Path p : dir) {
                 String name = p.getFileName().toString();
-                if (Files.isRegularFile(p, java.nio.file.LinkOption.NOFOLLOW_LINKS)) {
+                if (Files.isRegularFile(p, java.nio.file.LinkOption.NOFOLLOW_LINKS)
+                        && name.startsWith(VmFuseFs.HIDDEN_PREFIX) == hidden) {
                     names.add(name);
                 }
             }

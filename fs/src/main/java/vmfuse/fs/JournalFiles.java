@@ -251,20 +251,29 @@ final class JournalFiles {
         } catch (StoreException e) {
             throw fail(e);
         }
-        if (!name.startsWith(VmFuseFs.HIDDEN_PREFIX)) {
-            ledger.record(JOURNAL_PREFIX + name, 0, d.size(), bytes, ReleaseLedger.Reason.UNLINK);
-        }
+        ledger.record(JOURNAL_PREFIX + name, 0, d.size(), bytes, ReleaseLedger.Reason.UNLINK);
+        ledger.forget(JOURNAL_PREFIX + name);
     }
 
     /**
-     * libfuse hiding a device that was unlinked while open: counted as released now, kept under
-     * the hidden name (and out of listings) until libfuse unlinks that after the last close.
+     * libfuse hiding a device unlinked or replaced while open: kept under the hidden name (and
+     * out of listings) until libfuse unlinks that after the last close, when its release is
+     * counted; a refused rename renames it back (see VmFuseFs).
      */
     void hide(String name, String hiddenAs) throws FsException {
-        JournalDevice d = device(name);
-        long bytes = d.bytesStored();
         rename(name, hiddenAs);
-        ledger.record(JOURNAL_PREFIX + name, 0, d.size(), bytes, ReleaseLedger.Reason.UNLINK);
+    }
+
+    /** Deletes the hidden devices a crash left (their handles are gone); returns how many. */
+    int dropHidden() throws FsException {
+        int n = 0;
+        for (JournalDevice d : store.list()) {
+            if (d.name().startsWith(VmFuseFs.HIDDEN_PREFIX)) {
+                unlink(d.name());
+                n++;
+            }
+        }
+        return n;
     }
 
     void rename(String from, String to) throws FsException {

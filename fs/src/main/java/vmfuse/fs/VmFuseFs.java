@@ -8,7 +8,6 @@ import java.util.List;
 import java.util.Map;
 import java.util.Set;
 import java.util.concurrent.ConcurrentHashMap;
-import java.util.concurrent.CopyOnWriteArrayList;
 import java.util.concurrent.CountDownLatch;
 
 import jnr.ffi.Pointer;
@@ -69,14 +68,31 @@ public final class VmFuseFs extends FuseStubFS {
     private volatile Map<String, WriteTracker> trackers = Map.of();
     private volatile java.util.function.Predicate<String> vmImage = name -> false;
     /**
-     * Images unlinked while open, by the name libfuse hid them under. libfuse 2 keeps an unlinked
-     * open file reachable by renaming it to ".fuse_hiddenNNN" (with hard_remove it cannot even
-     * fstat it). We take that rename as the unlink: the backing file goes at once, and the hidden
-     * name lives only here, answered from the descriptors that still hold the file, until libfuse
-     * drops it after the last close. It is never listed and never exists in the store.
+     * Hiding. libfuse 2 keeps an open file that is unlinked, or replaced by a rename, reachable by
+     * first renaming it to ".fuse_hiddenNNN" (with hard_remove it cannot even fstat it), and
+     * unlinks that name after the last close. For rename(a, b) onto an open b it hides b, then
+     * renames a to b, and does not undo the hide if that rename fails. So a hide is a rename in
+     * the store (images and journal devices alike), undone if the rename that follows it on the
+     * same thread, for the same caller and name, is refused: a refused rename changes nothing
+     * (before, the hide unlinked b at once, and `mv x vm1.raw` refused with EBUSY deleted vm1.raw).
+     * What can be known at the hide is decided there: a running VM's image is neither unlinked nor
+     * replaced. Hidden names are never listed; the space they hold is released, and counted, at
+     * libfuse's unlink after the last close; a crash's leftovers are removed at the next mount.
      */
-    private final Map<String, List<OpenFile>> hidden = new ConcurrentHashMap<>();
     public static final String HIDDEN_PREFIX = ".fuse_hidden";
+
+    /** A hide this thread just made: kind, name, hidden name, caller's pid. */
+    private record Hide(Node.Kind kind, String name, String hiddenAs, long pid) {
+        boolean before(Node to, long callerPid) {
+            return kind == to.kind() && name.equals(to.name()) && pid == callerPid;
+        }
+    }
+
+    /**
+     * The hide this thread made, if its next call is the rename libfuse makes right after it (any
+     * other call clears it: see {@link #call}).
+     */
+    private static final ThreadLocal<Hide> LAST_HIDE = new ThreadLocal<>();
     private final CountDownLatch mounted = new CountDownLatch(1);
     /**
      * Images the reclaimer holds closed ({@link #whileClosed}); guarded by itself, and so are the
@@ -94,6 +110,22 @@ public final class VmFuseFs extends FuseStubFS {
         this.ledger = ledger;
         this.puncher = new HolePuncher(ledger);
         this.journals = new JournalFiles(journalStore, journalDurability, ledger);
+    }
+
+    /**
+     * Removes what libfuse hid for open files that a crash (or kill) closed: images and devices
+     * unlinked or replaced while open, whose last close never came. Called at mount, before the
+     * kernel asks anything.
+     */
+    public void dropHidden() throws FsException {
+        for (String name : store.list(true)) {
+            removeImage(name);
+            log.info("removed image={} left hidden by a daemon that did not see its last close", name);
+        }
+        int devices = journals.dropHidden();
+        if (devices > 0) {
+            log.info("removed {} journal device(s) left hidden by a daemon that did not see their last close", devices);
+        }
     }
 
     /** Commits the journal devices (the daemon's timer for devices of durability close). */
@@ -168,6 +200,9 @@ public final class VmFuseFs extends FuseStubFS {
 
     /** Runs one operation; maps its failure to -errno and logs it once with the operation and path. */
     private static int call(String op, String path, Op body) {
+        if (!"rename".equals(op)) {
+            LAST_HIDE.remove(); // a hide not followed at once by a rename was for an unlink
+        }
         try {
             return body.run();
         } catch (FsException e) {
@@ -300,16 +335,7 @@ public final class VmFuseFs extends FuseStubFS {
             Node n = node(path);
             Pointer st = Struct.getMemory(stat);
             switch (n.kind()) {
-                case IMAGE -> {
-                    List<OpenFile> holders = hidden.get(n.name());
-                    if (holders != null && !holders.isEmpty()) {
-                        if (C.fstat(holders.get(0).fd, st) != 0) {
-                            throw FsException.fromErrno(Native.errno(), "fstat", n.name());
-                        }
-                    } else {
-                        store.statImage(n.name(), st);
-                    }
-                }
+                case IMAGE -> store.statImage(n.name(), st);
                 case JOURNAL -> journals.stat(n.name(), stat);
                 case IMAGES_DIR -> store.statDir(st);
                 case ROOT, JOURNALS_DIR -> {
@@ -646,12 +672,6 @@ public final class VmFuseFs extends FuseStubFS {
             if (f == null) {
                 throw new FsException(EBADF, "no open file for fh " + fi.fh.get());
             }
-            if (f.unlinked) {
-                hidden.computeIfPresent(f.name, (k, holders) -> {
-                    holders.remove(f);
-                    return holders.isEmpty() ? null : holders;
-                });
-            }
             if (C.close(f.fd) != 0) {
                 throw FsException.fromErrno(Native.errno(), "close", f.name);
             }
@@ -747,79 +767,130 @@ public final class VmFuseFs extends FuseStubFS {
             }
             String name = n.name();
             if (name.startsWith(HIDDEN_PREFIX) && !store.exists(name)) {
-                hidden.remove(name); // libfuse dropping a hidden name after the last close
+                return 0; // a hide a refused rename undid: nothing is left under the hidden name
+            }
+            removeImage(name);
+            return 0;
+        });
+    }
+
+    /** Removes an image's backing file and records the release. Open files of it stay usable. */
+    private void removeImage(String name) throws FsException {
+        BackingStore.Usage usage = store.usage(name);
+        store.unlink(name);
+        int holders = 0;
+        for (OpenFile f : open.values()) {
+            if (name.equals(f.name) && !f.unlinked) {
+                f.unlinked = true;
+                holders++;
+            }
+        }
+        ledger.record(name, 0, usage == null ? 0 : usage.size(), usage == null ? 0 : usage.allocated(),
+                ReleaseLedger.Reason.UNLINK);
+        ledger.forget(name);
+        if (holders > 0) {
+            log.info("unlink image={} still open by {} handle(s); its space returns when they close", name, holders);
+        }
+    }
+
+    /** The pid of the process whose request this thread serves. */
+    private long callerPid() {
+        return getContext().pid.get();
+    }
+
+    @Override
+    public int rename(String oldpath, String newpath) {
+        Hide justHidden = LAST_HIDE.get();
+        LAST_HIDE.remove();
+        return call("rename", oldpath, () -> {
+            Node from = node(oldpath);
+            Node to = node(newpath);
+            if (to.name() != null && to.name().startsWith(HIDDEN_PREFIX) && from.kind() == to.kind()) {
+                hide(from, to);
                 return 0;
             }
-            removeImage(name, null);
+            try {
+                move(from, to, oldpath, newpath);
+            } catch (FsException | RuntimeException e) {
+                if (justHidden != null && justHidden.before(to, callerPid())) {
+                    unhide(justHidden);
+                }
+                throw e;
+            }
             return 0;
         });
     }
 
     /**
-     * Removes an image's backing file and records the release. Open files of it stay usable; with
-     * {@code hiddenAs}, they are reachable under that name (see {@link #hidden}).
+     * libfuse hiding an open image or device before an unlink of it or a rename onto it: a rename
+     * to the hidden name in the store, which a refused rename undoes (see {@link #LAST_HIDE}).
      */
-    private void removeImage(String name, String hiddenAs) throws FsException {
-        BackingStore.Usage usage = store.usage(name);
-        store.unlink(name);
-        List<OpenFile> holders = new CopyOnWriteArrayList<>();
-        for (OpenFile f : open.values()) {
-            if (name.equals(f.name) && !f.unlinked) {
-                f.unlinked = true;
-                if (hiddenAs != null) {
-                    f.name = hiddenAs;
-                }
-                holders.add(f);
+    private void hide(Node from, Node hidden) throws FsException {
+        if (from.kind() == Node.Kind.JOURNAL) {
+            journals.hide(from.name(), hidden.name());
+        } else {
+            if (vmImage.test(from.name())) {
+                throw new FsException(EBUSY, "image " + from.name() + " is a running VM's image for the reclaimer: "
+                        + "it is neither unlinked nor replaced (vmfuse vm remove it first)");
             }
+            store.rename(from.name(), hidden.name());
+            ledger.renamed(from.name(), hidden.name());
+            for (OpenFile f : open.values()) {
+                if (from.name().equals(f.name) && !f.unlinked) {
+                    f.name = hidden.name();
+                }
+            }
+            log.info("hide image={} as={}: unlinked or replaced while open; its space returns after the last close",
+                    from.name(), hidden.name());
         }
-        if (hiddenAs != null && !holders.isEmpty()) {
-            hidden.put(hiddenAs, holders);
-        }
-        ledger.record(name, 0, usage == null ? 0 : usage.size(), usage == null ? 0 : usage.allocated(),
-                ReleaseLedger.Reason.UNLINK);
-        ledger.forget(name);
-        if (!holders.isEmpty()) {
-            log.info("unlink image={} still open by {} handle(s); its space returns when they close", name, holders.size());
+        LAST_HIDE.set(new Hide(from.kind(), from.name(), hidden.name(), callerPid()));
+    }
+
+    /** Undoes a hide whose rename was refused: the image or device is back under its name, as it was. */
+    private void unhide(Hide h) {
+        try {
+            if (h.kind() == Node.Kind.JOURNAL) {
+                journals.rename(h.hiddenAs(), h.name());
+            } else {
+                store.rename(h.hiddenAs(), h.name());
+                ledger.renamed(h.hiddenAs(), h.name());
+                for (OpenFile f : open.values()) {
+                    if (h.hiddenAs().equals(f.name) && !f.unlinked) {
+                        f.name = h.name();
+                    }
+                }
+            }
+            log.info("rename onto {} refused: it is back from {}", h.name(), h.hiddenAs());
+        } catch (FsException | RuntimeException e) {
+            log.error("rename onto {} refused, and it cannot be brought back from {}: {}", h.name(), h.hiddenAs(),
+                    e.toString());
         }
     }
 
-    @Override
-    public int rename(String oldpath, String newpath) {
-        return call("rename", oldpath, () -> {
-            Node from = node(oldpath);
-            Node to = node(newpath);
-            if (from.kind() == Node.Kind.JOURNAL && to.kind() == Node.Kind.JOURNAL) {
-                if (to.name().startsWith(HIDDEN_PREFIX)) {
-                    journals.hide(from.name(), to.name()); // unlinked while open
-                } else {
-                    journals.rename(from.name(), to.name());
-                }
-                return 0;
+    /** rename(2) within images/ or within journals/, every check made before anything moves. */
+    private void move(Node from, Node to, String oldpath, String newpath) throws FsException {
+        if (from.kind() == Node.Kind.JOURNAL && to.kind() == Node.Kind.JOURNAL) {
+            journals.rename(from.name(), to.name());
+            return;
+        }
+        if (from.kind() != Node.Kind.IMAGE || to.kind() != Node.Kind.IMAGE) {
+            throw new FsException(from.kind() == to.kind() ? EPERM : EXDEV,
+                    "rename only within images/ or within journals/: " + oldpath + " -> " + newpath);
+        }
+        if (vmImage.test(from.name()) || vmImage.test(to.name())) {
+            throw new FsException(EBUSY, "image " + (vmImage.test(from.name()) ? from.name() : to.name())
+                    + " is a VM's image for the reclaimer (vmfuse vm remove it first)");
+        }
+        store.rename(from.name(), to.name());
+        ledger.renamed(from.name(), to.name());
+        for (OpenFile f : open.values()) {
+            if (from.name().equals(f.name) && !f.unlinked) {
+                f.name = to.name();
+            } else if (to.name().equals(f.name) && !f.unlinked) {
+                f.unlinked = true; // replaced by the rename
             }
-            if (from.kind() != Node.Kind.IMAGE || to.kind() != Node.Kind.IMAGE) {
-                throw new FsException(from.kind() == to.kind() ? EPERM : EXDEV,
-                        "rename only within images/ or within journals/: " + oldpath + " -> " + newpath);
-            }
-            if (to.name().startsWith(HIDDEN_PREFIX)) {
-                removeImage(from.name(), to.name()); // libfuse hiding an open file it was asked to unlink
-                return 0;
-            }
-            if (vmImage.test(from.name()) || vmImage.test(to.name())) {
-                throw new FsException(EBUSY, "image " + (vmImage.test(from.name()) ? from.name() : to.name())
-                        + " is a VM's image for the reclaimer (vmfuse vm remove it first)");
-            }
-            store.rename(from.name(), to.name());
-            ledger.renamed(from.name(), to.name());
-            for (OpenFile f : open.values()) {
-                if (from.name().equals(f.name) && !f.unlinked) {
-                    f.name = to.name();
-                } else if (to.name().equals(f.name) && !f.unlinked) {
-                    f.unlinked = true; // replaced by the rename
-                }
-            }
-            log.info("rename image={} to={}", from.name(), to.name());
-            return 0;
-        });
+        }
+        log.info("rename image={} to={}", from.name(), to.name());
     }
 
     /** chmod of an image, or of images/ (who may create images there). */

@@ -141,6 +141,7 @@ public final class Daemon {
         }
         try (BackingStore backing = BackingStore.open(store.images()); journals) {
             VmFuseFs fs = new VmFuseFs(backing, ledger, journals, o.journalDurability());
+            fs.dropHidden();
             Vms vms = Vms.open(store, mnt, backing, fs);
             fs.writeTrackers(vms.trackers(), vms::isVmImage);
             CompletableFuture<Integer> loop = new CompletableFuture<>();
