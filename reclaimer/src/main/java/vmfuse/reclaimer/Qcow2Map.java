@@ -10,6 +10,7 @@ import java.util.EnumMap;
 import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
+import java.util.TreeMap;
 
 /*
  * Where a qcow2 image keeps a guest's bytes, read from the image file alone, for punching what a
@@ -30,6 +31,13 @@ import java.util.Map;
  * to by an L2 entry as data; an unallocated cluster reads from the backing file and has nothing
  * here to punch. Punching part of such a cluster makes that part read as zeros and changes no
  * metadata, so qemu-img check stays clean.
+ *
+ * Metadata is never punched, whatever an L2 entry says (a corrupt or crafted image can point a
+ * data entry at its own tables): at open, every cluster that holds metadata is listed, as QEMU's
+ * overlap checks list them (qcow2_check_metadata_overlap): the header, the L1 table, every L2
+ * table, the refcount table and blocks, the snapshot table with each snapshot's L1 table and L2
+ * tables, the bitmap directory with each bitmap's table and data clusters. A data cluster that is
+ * one of them refuses the image, naming what it overlaps.
  *
  * Everything read is checked before use: header fields against the spec's limits and the file's
  * length, table offsets for alignment and range. A failed check refuses the image and names the
@@ -85,6 +93,8 @@ public final class Qcow2Map implements AutoCloseable {
     private final long[] l1;
     private final long[] refcountTable;
     private final int refcountOrder;
+    /** Every cluster (by host offset) that holds metadata, and what. */
+    private final TreeMap<Long, String> metadata;
     private final Map<Long, long[]> l2Cache = new LinkedHashMap<>(16, 0.75f, true) {
         @Override
         protected boolean removeEldestEntry(Map.Entry<Long, long[]> e) {
@@ -93,7 +103,8 @@ public final class Qcow2Map implements AutoCloseable {
     };
 
     private Qcow2Map(Path path, FileChannel ch, long fileSize, int version, int clusterBits, long virtualSize,
-            long[] l1, long[] refcountTable, int refcountOrder) {
+            long[] l1, long[] refcountTable, int refcountOrder, TreeMap<Long, String> metadata) {
+        this.metadata = metadata;
         this.path = path;
         this.ch = ch;
         this.fileSize = fileSize;
@@ -190,7 +201,150 @@ public final class Qcow2Map implements AutoCloseable {
                 fileSize);
         long[] l1 = readLongs(ch, l1Offset, (int) l1Size);
         long[] refcountTable = readLongs(ch, refcountTableOffset, (int) (refcountTableClusters * clusterSize / 8));
-        return new Qcow2Map(image, ch, fileSize, version, clusterBits, size, l1, refcountTable, refcountOrder);
+        Metadata md = new Metadata(image, ch, clusterSize, fileSize);
+        md.add(0, clusterSize, "the header");
+        md.add(l1Offset, l1Size * 8, "the L1 table");
+        md.l2Tables(l1, "L1 entry ", "the L2 table of L1 entry ");
+        md.add(refcountTableOffset, refcountTableClusters * clusterSize, "the refcount table");
+        for (int i = 0; i < refcountTable.length; i++) {
+            long block = refcountTable[i] & ~0x1ffL;
+            if (block != 0) {
+                md.add(block, clusterSize, "refcount block " + i);
+            }
+        }
+        md.snapshots(Integer.toUnsignedLong(h.getInt(60)), h.getLong(64));
+        if (version == 3) {
+            md.extensions(headerLength);
+        }
+        return new Qcow2Map(image, ch, fileSize, version, clusterBits, size, l1, refcountTable, refcountOrder,
+                md.clusters);
+    }
+
+    /** The metadata clusters of an image, gathered at open (see the comment at the top). */
+    private static final class Metadata {
+        private static final int BITMAPS_EXTENSION = 0x2385_2875;
+        private final Path image;
+        private final FileChannel ch;
+        private final long clusterSize;
+        private final long fileSize;
+        final TreeMap<Long, String> clusters = new TreeMap<>();
+
+        Metadata(Path image, FileChannel ch, long clusterSize, long fileSize) {
+            this.image = image;
+            this.ch = ch;
+            this.clusterSize = clusterSize;
+            this.fileSize = fileSize;
+        }
+
+        /** The clusters [offset, offset + length) touches hold {@code what}. */
+        void add(long offset, long length, String what) {
+            for (long c = offset & -clusterSize; c < offset + length; c += clusterSize) {
+                clusters.putIfAbsent(c, what);
+            }
+        }
+
+        /** The L2 tables an L1 table points to; {@code field} + index names an entry that is out of range. */
+        void l2Tables(long[] l1, String field, String what) throws Qcow2Exception {
+            for (int i = 0; i < l1.length; i++) {
+                long l2 = l1[i] & OFFSET_MASK;
+                if (l2 != 0) {
+                    checkTable(image, field + i, l2, clusterSize, clusterSize, fileSize);
+                    add(l2, clusterSize, what + i);
+                }
+            }
+        }
+
+        /** The snapshot table (qcow2.txt "Snapshot table"), each snapshot's L1 table and its L2 tables. */
+        void snapshots(long count, long offset) throws Qcow2Exception, IOException {
+            if (count == 0) {
+                return;
+            }
+            if (count > 65536) {
+                throw new Qcow2Exception(image, "nb_snapshots", count + ", more than QEMU's 65536");
+            }
+            checkTable(image, "snapshots_offset", offset, 1, clusterSize, fileSize);
+            long pos = offset;
+            for (long i = 0; i < count; i++) {
+                checkTable(image, "snapshot " + i, pos & -clusterSize, pos % clusterSize + 40, clusterSize, fileSize);
+                ByteBuffer e = readAt(ch, pos, 40);
+                long l1Offset = e.getLong(0);
+                long l1Size = Integer.toUnsignedLong(e.getInt(8));
+                int idSize = e.getShort(12) & 0xffff;
+                int nameSize = e.getShort(14) & 0xffff;
+                long extra = Integer.toUnsignedLong(e.getInt(36));
+                if (l1Size > (32L << 20) / 8 || extra > 1 << 16) {
+                    throw new Qcow2Exception(image, "snapshot " + i, "l1_size " + l1Size + " or extra_data_size "
+                            + extra + " out of range");
+                }
+                checkTable(image, "snapshot " + i + " l1_table_offset", l1Offset, l1Size * 8, clusterSize, fileSize);
+                add(l1Offset, l1Size * 8, "the L1 table of snapshot " + i);
+                l2Tables(readLongs(ch, l1Offset, (int) l1Size), "snapshot " + i + " L1 entry ",
+                        "an L2 table of snapshot " + i + ", L1 entry ");
+                pos += (40 + extra + idSize + nameSize + 7) & ~7L;
+            }
+            add(offset, pos - offset, "the snapshot table");
+        }
+
+        /** Header extensions (version 3): the bitmaps extension's directory, tables and data clusters. */
+        void extensions(long headerLength) throws Qcow2Exception, IOException {
+            long pos = headerLength;
+            while (pos + 8 <= clusterSize && pos + 8 <= fileSize) {
+                ByteBuffer x = readAt(ch, pos, 8);
+                int type = x.getInt(0);
+                long length = Integer.toUnsignedLong(x.getInt(4));
+                if (type == 0) {
+                    return; // end of the extensions
+                }
+                if (pos + 8 + length > clusterSize) {
+                    throw new Qcow2Exception(image, "header extension 0x" + Integer.toHexString(type), "of " + length
+                            + " bytes runs past the header cluster");
+                }
+                if (type == BITMAPS_EXTENSION && length >= 24) {
+                    ByteBuffer b = readAt(ch, pos + 8, 24);
+                    bitmaps(Integer.toUnsignedLong(b.getInt(0)), b.getLong(8), b.getLong(16));
+                }
+                pos += 8 + ((length + 7) & ~7L);
+            }
+        }
+
+        /** The bitmap directory (qcow2.txt "Bitmap directory"), each bitmap's table and data clusters. */
+        private void bitmaps(long count, long dirSize, long dirOffset) throws Qcow2Exception, IOException {
+            if (count == 0) {
+                return;
+            }
+            if (count > 65535 || dirSize > 64L << 20) {
+                throw new Qcow2Exception(image, "bitmaps extension", count + " bitmaps, a directory of " + dirSize
+                        + " bytes: out of range");
+            }
+            checkTable(image, "bitmap_directory_offset", dirOffset, dirSize, clusterSize, fileSize);
+            add(dirOffset, dirSize, "the bitmap directory");
+            ByteBuffer dir = readAt(ch, dirOffset, (int) dirSize);
+            int pos = 0;
+            for (long i = 0; i < count; i++) {
+                if (pos + 24 > dirSize) {
+                    throw new Qcow2Exception(image, "bitmap directory", "entry " + i + " runs past its end");
+                }
+                long tableOffset = dir.getLong(pos);
+                long tableSize = Integer.toUnsignedLong(dir.getInt(pos + 8));
+                int nameSize = dir.getShort(pos + 18) & 0xffff;
+                long extra = Integer.toUnsignedLong(dir.getInt(pos + 20));
+                if (tableSize > (64L << 20) / 8 || extra > 1 << 16) {
+                    throw new Qcow2Exception(image, "bitmap " + i, "bitmap_table_size " + tableSize
+                            + " or extra_data_size " + extra + " out of range");
+                }
+                checkTable(image, "bitmap " + i + " bitmap_table_offset", tableOffset, tableSize * 8, clusterSize,
+                        fileSize);
+                add(tableOffset, tableSize * 8, "the table of bitmap " + i);
+                long[] table = readLongs(ch, tableOffset, (int) tableSize);
+                for (long entry : table) {
+                    long data = entry & OFFSET_MASK;
+                    if (data != 0) {
+                        add(data, clusterSize, "a data cluster of bitmap " + i);
+                    }
+                }
+                pos += (int) ((24 + extra + nameSize + 7) & ~7L);
+            }
+        }
     }
 
     private static void checkIncompatible(Path image, long bits) throws Qcow2Exception {
@@ -345,9 +499,11 @@ public final class Qcow2Map implements AutoCloseable {
             throw new Qcow2Exception(path, "L2 entry", "the data cluster of guest offset " + guest + " is at " + host
                     + ", not a cluster boundary");
         }
-        if (host < clusterSize) {
-            throw new Qcow2Exception(path, "L2 entry", "the data cluster of guest offset " + guest
-                    + " is the header cluster");
+        String overlaps = metadata.get(host);
+        if (overlaps != null) {
+            throw new Qcow2Exception(path, "L2 entry", "the data cluster of guest offset " + guest + " at " + host
+                    + " overlaps " + overlaps + "; the image is corrupt (qemu-img check names it too), nothing is"
+                    + " punched");
         }
     }
 

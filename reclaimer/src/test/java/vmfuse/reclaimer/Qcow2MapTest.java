@@ -236,4 +236,96 @@ class Qcow2MapTest {
         Files.write(tiny, new byte[50]);
         assertEquals("header", assertThrows(Qcow2Exception.class, () -> Qcow2Map.open(tiny)).field());
     }
+
+    private static long readU64(Path img, long at) throws Exception {
+        try (FileChannel ch = FileChannel.open(img, StandardOpenOption.READ)) {
+            ByteBuffer b = ByteBuffer.allocate(8);
+            ch.read(b, at);
+            return b.flip().getLong();
+        }
+    }
+
+    private static void writeU64(Path img, long at, long v) throws Exception {
+        try (FileChannel ch = FileChannel.open(img, StandardOpenOption.WRITE)) {
+            ch.write(ByteBuffer.wrap(u64(v)), at);
+        }
+    }
+
+    /**
+     * FAULTS.md R3: guest cluster 0's L2 entry edited to point, with COPIED set, at a metadata
+     * cluster whose refcount is 1. Before, that cluster was returned as punchable (its own L2
+     * table, in the review's case); it must refuse the image, naming what it overlaps, as QEMU's
+     * overlap check does.
+     */
+    private void pointedAt(Path img, String target, long host) throws Exception {
+        long l2 = readU64(img, readU64(img, 40)) & 0x00ff_ffff_ffff_fe00L;
+        writeU64(img, l2, (1L << 63) | host);
+        Qcow2Exception e = assertThrows(Qcow2Exception.class, () -> {
+            try (Qcow2Map map = Qcow2Map.open(img)) {
+                map.translate(0, 64 * K);
+            }
+        }, "guest cluster 0 pointed at " + target);
+        assertEquals("L2 entry", e.field(), e.getMessage());
+        assertTrue(e.getMessage().contains("overlaps " + target), e.getMessage());
+        Tools.Result check = Tools.run("qemu-img", "check", img.toString());
+        assertTrue(check.exit() != 0, "qemu-img check finds it too: " + check.out());
+    }
+
+    @Test
+    void aCraftedQcow2ThatPointsDataAtItsL2TableIsRefused() throws Exception {
+        Path img = image("l2.qcow2", 65536, "64M");
+        qemuIo(img, "write -P 0x41 0 1m");
+        long l2 = readU64(img, readU64(img, 40)) & 0x00ff_ffff_ffff_fe00L;
+        pointedAt(img, "the L2 table of L1 entry 0", l2);
+    }
+
+    @Test
+    void aCraftedQcow2ThatPointsDataAtAnyOtherMetadataIsRefused() throws Exception {
+        Path img = image("rb.qcow2", 65536, "64M");
+        qemuIo(img, "write -P 0x41 0 1m");
+        long refcountTable = readU64(img, 48);
+        pointedAt(img, "refcount block 0", readU64(img, refcountTable) & ~0x1ffL);
+
+        img = image("rt.qcow2", 65536, "64M");
+        qemuIo(img, "write -P 0x41 0 1m");
+        pointedAt(img, "the refcount table", readU64(img, 48));
+
+        img = image("l1.qcow2", 65536, "64M");
+        qemuIo(img, "write -P 0x41 0 1m");
+        pointedAt(img, "the L1 table", readU64(img, 40));
+
+        img = image("bm.qcow2", 65536, "64M");
+        qemuIo(img, "write -P 0x41 0 1m");
+        ok("qemu-img", "bitmap", "--add", img.toString(), "b0");
+        String info = ok("qemu-img", "info", "--output=json", img.toString());
+        assertTrue(info.contains("\"b0\""), info);
+        long dir = bitmapDirectory(img);
+        pointedAt(img, "the bitmap directory", dir);
+
+        img = image("sn.qcow2", 65536, "64M");
+        qemuIo(img, "write -P 0x41 0 1m");
+        ok("qemu-img", "snapshot", "-c", "s0", img.toString());
+        qemuIo(img, "write -P 0x42 0 1m"); // cluster 0 is this image's own again (COPIED, refcount 1)
+        long snapshotL1 = readU64(img, readU64(img, 64)); // the first snapshot's l1_table_offset
+        pointedAt(img, "the L1 table of snapshot 0", snapshotL1);
+    }
+
+    /** The bitmap_directory_offset of the bitmaps header extension (type 0x23852875). */
+    private static long bitmapDirectory(Path img) throws Exception {
+        try (FileChannel ch = FileChannel.open(img, StandardOpenOption.READ)) {
+            ByteBuffer h = ByteBuffer.allocate(4096);
+            ch.read(h, 0);
+            long pos = h.getInt(100);
+            while (pos + 8 <= 4096) {
+                int type = h.getInt((int) pos);
+                int len = h.getInt((int) pos + 4);
+                if (type == 0x2385_2875) {
+                    return h.getLong((int) pos + 8 + 16);
+                }
+                assertTrue(type != 0, "no bitmaps extension");
+                pos += 8 + ((len + 7) & ~7);
+            }
+        }
+        throw new AssertionError("no bitmaps extension");
+    }
 }
