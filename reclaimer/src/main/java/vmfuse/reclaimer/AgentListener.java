@@ -9,6 +9,14 @@ import java.nio.channels.SocketChannel;
 import java.nio.charset.StandardCharsets;
 import java.nio.file.Files;
 import java.nio.file.Path;
+import java.nio.file.StandardCopyOption;
+import java.nio.file.attribute.GroupPrincipal;
+import java.nio.file.attribute.PosixFileAttributeView;
+import java.nio.file.attribute.PosixFilePermissions;
+import java.nio.file.attribute.UserPrincipal;
+
+import jdk.net.ExtendedSocketOptions;
+import jdk.net.UnixDomainPrincipal;
 
 import org.slf4j.Logger;
 import org.slf4j.LoggerFactory;
@@ -23,38 +31,81 @@ public final class AgentListener implements AutoCloseable {
 
     private final Path path;
     private final ServerSocketChannel server;
+    private final AgentAccess access;
+    private final UserPrincipal user;
+    private final UserPrincipal root;
+    private final GroupPrincipal group;
     private final Thread thread;
     private volatile SocketChannel current;
     private volatile boolean closed;
 
-    private AgentListener(Path path, ServerSocketChannel server, AgentSession.Host host, String vm) {
+    private AgentListener(Path path, ServerSocketChannel server, AgentAccess access, AgentSession.Host host, String vm)
+            throws IOException {
         this.path = path;
         this.server = server;
+        this.access = access;
+        this.user = access.userPrincipal();
+        this.root = AgentAccess.ROOT.userPrincipal();
+        this.group = access.groupPrincipal();
         this.thread = new Thread(() -> serve(host, vm), "agent-" + vm);
         this.thread.setDaemon(true);
     }
 
-    /** Listens at {@code path} (a stale socket file there is replaced) for {@code vm}'s agent. */
+    /** Listens at {@code path} (a stale socket file there is replaced) for {@code vm}'s agent, as root's. */
     public static AgentListener start(Path path, AgentSession.Host host, String vm) throws IOException {
+        return start(path, AgentAccess.ROOT, host, vm);
+    }
+
+    /**
+     * Listens at {@code path} for {@code vm}'s agent, reachable by {@code access} only. The socket
+     * is bound under a temporary name, given its owner and mode, and only then renamed to
+     * {@code path}: bind creates it with the umask's mode, and nobody may connect meanwhile.
+     */
+    public static AgentListener start(Path path, AgentAccess access, AgentSession.Host host, String vm)
+            throws IOException {
         Files.createDirectories(path.toAbsolutePath().getParent());
         if (Files.exists(path) && !Files.isDirectory(path) && !Files.isRegularFile(path)) {
             Files.delete(path); // a socket left by a daemon that died
         }
+        Path bound = path.resolveSibling("." + path.getFileName() + ".binding");
+        Files.deleteIfExists(bound);
         ServerSocketChannel s = ServerSocketChannel.open(StandardProtocolFamily.UNIX);
         try {
-            s.bind(UnixDomainSocketAddress.of(path));
-        } catch (IOException e) {
+            s.bind(UnixDomainSocketAddress.of(bound));
+            PosixFileAttributeView attrs = Files.getFileAttributeView(bound, PosixFileAttributeView.class);
+            attrs.setPermissions(PosixFilePermissions.fromString(access.group() == null ? "rw-------" : "rw-rw----"));
+            attrs.setOwner(access.userPrincipal());
+            if (access.group() != null) {
+                attrs.setGroup(access.groupPrincipal());
+            }
+            Files.move(bound, path, StandardCopyOption.ATOMIC_MOVE, StandardCopyOption.REPLACE_EXISTING);
+            AgentListener l = new AgentListener(path, s, access, host, vm);
+            l.thread.start();
+            return l;
+        } catch (IOException | RuntimeException e) {
             s.close();
-            throw new IOException("cannot listen on agent socket " + path + ": " + e.getMessage(), e);
+            Files.deleteIfExists(bound);
+            throw new IOException("cannot listen on agent socket " + path + " for " + access + ": " + e.getMessage(), e);
         }
-        AgentListener l = new AgentListener(path, s, host, vm);
-        l.thread.start();
-        return l;
+    }
+
+    /** Whether the peer may speak for this VM: its QEMU's user, a member of the named group, or root. */
+    private boolean allowed(SocketChannel c, String vm) throws IOException {
+        UnixDomainPrincipal peer = c.getOption(ExtendedSocketOptions.SO_PEERCRED);
+        if (peer.user().equals(user) || peer.user().equals(root) || (group != null && peer.group().equals(group))) {
+            return true;
+        }
+        log.warn("agent connection vm={} socket={} refused: the peer runs as {}:{}, the socket is {}'s", vm, path,
+                peer.user().getName(), peer.group().getName(), access);
+        return false;
     }
 
     private void serve(AgentSession.Host host, String vm) {
         while (!closed) {
             try (SocketChannel c = server.accept()) {
+                if (!allowed(c, vm)) {
+                    continue;
+                }
                 current = c;
                 log.info("agent connected vm={} socket={}", vm, path);
                 converse(c, new AgentSession(host));

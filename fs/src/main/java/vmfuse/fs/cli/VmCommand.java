@@ -6,6 +6,8 @@ import java.util.concurrent.Callable;
 import picocli.CommandLine.Command;
 import picocli.CommandLine.Option;
 import picocli.CommandLine.Parameters;
+import vmfuse.fs.FsException;
+import vmfuse.fs.nativeio.Native;
 
 @Command(name = "vm", mixinStandardHelpOptions = true,
         description = "VMs whose deleted space the reclaimer gives back while they run (their agents report deletions).",
@@ -31,6 +33,15 @@ final class VmCommand {
                 description = "Unix socket the daemon listens on for the VM's agent (absolute).")
         Path agentSocket;
 
+        @Option(names = "--agent-user", paramLabel = "USER", defaultValue = "root",
+                description = "The user QEMU runs as: it owns the agent socket (mode 0600), and only it (or root) may "
+                        + "connect; the peer's credentials are checked at each connection (default: ${DEFAULT-VALUE}).")
+        String agentUser;
+
+        @Option(names = "--agent-group", paramLabel = "GROUP",
+                description = "A group whose members may connect too (the socket's group, mode 0660).")
+        String agentGroup;
+
         @Option(names = "--qmp-socket", paramLabel = "PATH",
                 description = "The VM's QMP socket (QEMU's -qmp unix:PATH,server=on,wait=off): needed for a qcow2 "
                         + "image, whose deleted ranges QEMU discards itself.")
@@ -44,8 +55,12 @@ final class VmCommand {
 
         @Override
         public Integer call() throws Exception {
+            if (agentUser.contains(":") || (agentGroup != null && agentGroup.contains(":"))) {
+                throw new FsException(Native.EINVAL, "a user or group name has no ':'");
+            }
             DaemonClient.request(mountPoint, "vm-add", name, image, agentSocket.toAbsolutePath().toString(),
-                    qmpSocket == null ? "-" : qmpSocket.toAbsolutePath().toString());
+                    qmpSocket == null ? "-" : qmpSocket.toAbsolutePath().toString(),
+                    agentGroup == null ? agentUser : agentUser + ":" + agentGroup);
             return 0;
         }
     }

@@ -33,6 +33,7 @@ import vmfuse.journal.Durability;
 import vmfuse.journal.JournalDevice;
 import vmfuse.journal.JournalStore;
 import vmfuse.journal.StoreException;
+import vmfuse.reclaimer.AgentAccess;
 import vmfuse.reclaimer.VmReclaimer;
 
 /**
@@ -303,7 +304,7 @@ public final class Daemon {
      *   status                              mount, store, image... and total lines (vmfuse status)
      *   journals                            one line per journal device (vmfuse journal list)
      *   journal-create NAME SIZE DURABILITY "ok", or "error REASON" (vmfuse journal create)
-     *   vm-add NAME IMAGE AGENT QMP|-       "ok", or "error REASON" (vmfuse vm add)
+     *   vm-add NAME IMAGE AGENT QMP|- [USER[:GROUP]]  "ok", or "error REASON" (vmfuse vm add)
      *   vm-remove NAME                      "ok", or "error REASON" (vmfuse vm remove)
      *   vm-reclaim NAME                     "ok PUNCHED FREED PENDING" (bytes, after it), or "error REASON"
      * </pre>
@@ -318,11 +319,12 @@ public final class Daemon {
                 return out.toString();
             }
             case "vm-add" -> {
-                if (f.length != 5) {
-                    return "error vm-add takes NAME IMAGE AGENT-SOCKET QMP-SOCKET|-\n";
+                if (f.length != 5 && f.length != 6) {
+                    return "error vm-add takes NAME IMAGE AGENT-SOCKET QMP-SOCKET|- [USER[:GROUP]]\n";
                 }
                 try {
-                    vms.add(f[1], f[2], Path.of(f[3]), f[4].equals("-") ? null : Path.of(f[4]));
+                    vms.add(f[1], f[2], Path.of(f[3]), f[4].equals("-") ? null : Path.of(f[4]),
+                            f.length == 6 ? AgentAccess.parse(f[5]) : AgentAccess.ROOT);
                     return "ok\n";
                 } catch (FsException | IOException | RuntimeException e) {
                     return "error " + e.getMessage() + "\n";

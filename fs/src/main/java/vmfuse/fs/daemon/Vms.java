@@ -23,6 +23,7 @@ import vmfuse.fs.ReleaseLedger;
 import vmfuse.fs.TsvField;
 import vmfuse.fs.VmFuseFs;
 import vmfuse.fs.nativeio.LibC;
+import vmfuse.reclaimer.AgentAccess;
 import vmfuse.reclaimer.AgentListener;
 import vmfuse.reclaimer.Fence;
 import vmfuse.reclaimer.Qcow2Map;
@@ -44,7 +45,7 @@ public final class Vms implements AutoCloseable {
     private static final Logger log = LoggerFactory.getLogger(Vms.class);
     private static final int QCOW2_MAGIC = 0x514649fb;
 
-    record Vm(String name, String image, Path agentSocket, Path qmpSocket) {}
+    record Vm(String name, String image, Path agentSocket, Path qmpSocket, AgentAccess access) {}
 
     private record Running(Vm vm, VmReclaimer reclaimer, AgentListener listener) {}
 
@@ -72,13 +73,14 @@ public final class Vms implements AutoCloseable {
         if (Files.exists(store.vms())) {
             for (String line : Files.readAllLines(store.vms(), StandardCharsets.UTF_8)) {
                 String[] f = line.split("\t");
-                if (f.length != 4 && f.length != 3) {
+                if (f.length < 3 || f.length > 5) {
                     log.error("vms.tsv: ignoring malformed line '{}'", line);
                     continue;
                 }
                 try {
-                    v.start(new Vm(f[0], f[1], Path.of(f[2]), f.length == 3 || f[3].equals("-") ? null : Path.of(f[3])));
-                } catch (FsException | IOException e) {
+                    v.start(new Vm(f[0], f[1], Path.of(f[2]), f.length == 3 || f[3].equals("-") ? null : Path.of(f[3]),
+                            f.length == 5 ? AgentAccess.parse(f[4]) : AgentAccess.ROOT)); // older lines: root's
+                } catch (FsException | IOException | IllegalArgumentException e) {
                     log.error("reclaim vm={} not started: {}", f[0], e.getMessage());
                 }
             }
@@ -97,7 +99,7 @@ public final class Vms implements AutoCloseable {
     }
 
     /** Registers a VM and starts serving its agent; {@code qmpSocket} (null for none) is needed for qcow2. */
-    public synchronized void add(String name, String image, Path agentSocket, Path qmpSocket)
+    public synchronized void add(String name, String image, Path agentSocket, Path qmpSocket, AgentAccess access)
             throws FsException, IOException {
         Node.checkName(name);
         if (image.startsWith(Node.IMAGES + "/")) {
@@ -121,9 +123,10 @@ public final class Vms implements AutoCloseable {
         if (qmpSocket != null && !qmpSocket.isAbsolute()) {
             throw new FsException(EINVAL, "the QMP socket must be an absolute path, not " + qmpSocket);
         }
-        start(new Vm(name, image, agentSocket.normalize(), qmpSocket == null ? null : qmpSocket.normalize()));
+        start(new Vm(name, image, agentSocket.normalize(), qmpSocket == null ? null : qmpSocket.normalize(), access));
         save();
-        log.info("vm add vm={} image={} agent_socket={} qmp_socket={}", name, image, agentSocket, qmpSocket);
+        log.info("vm add vm={} image={} agent_socket={} agent_access={} qmp_socket={}", name, image, agentSocket, access,
+                qmpSocket);
     }
 
     /**
@@ -176,7 +179,7 @@ public final class Vms implements AutoCloseable {
                     store.disk(), store.reclaimDir().resolve(vm.name() + ".notices"));
             reclaimer.beforeDecision(this::observeDisk);
             try {
-                listener = AgentListener.start(vm.agentSocket(), reclaimer, vm.name());
+                listener = AgentListener.start(vm.agentSocket(), vm.access(), reclaimer, vm.name());
             } catch (IOException e) {
                 reclaimer.close();
                 throw e;
@@ -244,7 +247,8 @@ public final class Vms implements AutoCloseable {
         StringBuilder b = new StringBuilder();
         for (Running r : running.values()) {
             b.append(r.vm().name()).append('\t').append(r.vm().image()).append('\t').append(r.vm().agentSocket())
-                    .append('\t').append(r.vm().qmpSocket() == null ? "-" : r.vm().qmpSocket().toString()).append('\n');
+                    .append('\t').append(r.vm().qmpSocket() == null ? "-" : r.vm().qmpSocket().toString())
+                    .append('\t').append(r.vm().access()).append('\n');
         }
         store.disk().replace(store.vms(), b.toString().getBytes(StandardCharsets.UTF_8));
     }
