@@ -21,9 +21,18 @@ import vmfuse.durable.DiskFile;
  *   N <seq> <token> <size> <ranges>      a notice acknowledged (ranges: what admission left)
  *   X <seq> <ranges>                     a write cut these ranges out of the notice
  *   D <seq>                              the notice was carried out
+ *   C <identity>                         the daemon stopped watching the image's writes, cleanly,
+ *                                        with the image as identity says (ImageIdentity)
  *
  * A crash can tear only the last line, which is then ignored. Anything else unreadable refuses
  * the log with its line number, and the file is left as it is.
+ *
+ * Notices restored at open are kept only if the image was watched without a gap since they came:
+ * the log must end with a C record (a clean stop, after which nothing was written through the
+ * mount unwatched: the daemon was not serving) whose identity is the image's now (nothing wrote
+ * to it, or replaced it, meanwhile). Otherwise they are dropped, never carried out: a write nobody
+ * tracked may have reused their ranges (a VM that failed to start ran anyway, an image restored
+ * from a backup, a daemon killed).
  *
  * An append that fails (a full disk can write part of a line; a failed fdatasync leaves unknown
  * what reached the disk, and a later one that returns 0 does not say it did) is never followed by
@@ -42,6 +51,10 @@ final class NoticeLog implements AutoCloseable {
     private long end;
     /** An append failed and the rewrite that would repair the file did too: the file is not to be appended to. */
     private boolean broken;
+    /** The identity of the C record that ended the log when it was loaded; null if it did not end with one. */
+    private String closedAs;
+    /** Notices dropped at open: the image was not watched without a gap since they came. */
+    private final List<Pending> dropped = new ArrayList<>();
     private long lastSeq;
     private final Map<Long, Pending> pending = new TreeMap<>();
 
@@ -52,12 +65,40 @@ final class NoticeLog implements AutoCloseable {
 
     /** Opens (or creates) the log on {@code disk}, reads what waits in it, and compacts it to that. */
     static NoticeLog open(Disk disk, Path file) throws IOException {
+        return open(disk, file, null);
+    }
+
+    /**
+     * As {@link #open(Disk, Path)}; with {@code identity} (the image's now), what waits is kept only
+     * if the log ended with a clean stop at that identity, and dropped otherwise ({@link #dropped}).
+     */
+    static NoticeLog open(Disk disk, Path file, String identity) throws IOException {
         NoticeLog l = new NoticeLog(disk, file);
         if (disk.exists(file)) {
             l.load();
         }
+        if (identity != null && !identity.equals(l.closedAs)) {
+            l.pending.values().removeIf(p -> p.ranges().isEmpty());
+            l.dropped.addAll(l.pending.values());
+            l.pending.clear();
+        }
         l.compact();
         return l;
+    }
+
+    /** The identity the log's closing C record gave, or null. */
+    String closedAs() {
+        return closedAs;
+    }
+
+    /** The notices {@link #open} dropped. */
+    List<Pending> dropped() {
+        return dropped;
+    }
+
+    /** Records a clean stop of watching the image, which is {@code identity} now. */
+    void closed(String identity) throws IOException {
+        append("C " + identity);
     }
 
     private void load() throws IOException {
@@ -66,8 +107,10 @@ final class NoticeLog implements AutoCloseable {
         int complete = lines.length - 1; // the last is "" after a newline, or a line a crash tore
         for (int i = 0; i < complete; i++) {
             String[] f = lines[i].split(" ");
+            closedAs = null; // a C record counts only as the last
             try {
                 switch (f[0]) {
+                    case "C" -> closedAs = f[1];
                     case "S" -> lastSeq = Math.max(lastSeq, Notice.number(f[1], "seq"));
                     case "N" -> {
                         long seq = Notice.number(f[1], "seq");

@@ -52,7 +52,9 @@ public final class VmReclaimer implements AgentSession.Host, WriteTracker.Listen
         /** qcow2 with no QEMU: not a data cluster this image alone owns (a snapshot's, compressed, unallocated). */
         NOT_OWNED,
         /** qcow2: the token's bitmap could not prove what was written since it (gone, inconsistent): dropped. */
-        FENCE_LOST
+        FENCE_LOST,
+        /** Restored at start, but the image was not watched without a gap since: dropped (see NoticeLog). */
+        UNWATCHED
     }
 
     /** What `vmfuse status` shows for the VM. */
@@ -65,6 +67,8 @@ public final class VmReclaimer implements AgentSession.Host, WriteTracker.Listen
     private final Fence fence;
     private final ThresholdPolicy policy;
     private final NoticeLog notices;
+    /** The raw image's identity, recorded at a clean close; null (qcow2: QEMU's bitmaps prove the fence). */
+    private ImageIdentity identity;
     private final ExecutorService reclaim;
     private volatile Runnable beforeDecision = () -> { };
     /** A carry-out is queued and has not started: another decision need not queue one. */
@@ -99,14 +103,30 @@ public final class VmReclaimer implements AgentSession.Host, WriteTracker.Listen
      */
     public static VmReclaimer open(String vm, String image, LongSupplier diskSize, Fence fence,
             ThresholdPolicy policy, Path logFile) throws IOException {
-        return open(vm, image, diskSize, fence, policy, Disk.real(null), logFile);
+        return open(vm, image, diskSize, fence, policy, Disk.real(null), logFile, null);
     }
 
-    /** As the other open, its notice log written through {@code disk}. */
+    /**
+     * As the other open, its notice log written through {@code disk}. With {@code identity} (a raw
+     * image's, see {@link ImageIdentity}), notices restored are kept only if the image was watched
+     * without a gap since they came (see NoticeLog), and a clean close records the identity.
+     */
     public static VmReclaimer open(String vm, String image, LongSupplier diskSize, Fence fence,
-            ThresholdPolicy policy, Disk disk, Path logFile) throws IOException {
-        NoticeLog notices = NoticeLog.open(disk, logFile);
+            ThresholdPolicy policy, Disk disk, Path logFile, ImageIdentity identity) throws IOException {
+        NoticeLog notices = NoticeLog.open(disk, logFile, identity == null ? null : identity.now());
         VmReclaimer r = new VmReclaimer(vm, image, diskSize, fence, policy, notices);
+        r.identity = identity;
+        if (!notices.dropped().isEmpty()) {
+            long bytes = 0;
+            for (NoticeLog.Pending p : notices.dropped()) {
+                bytes += p.ranges().bytes();
+            }
+            r.add(Skipped.UNWATCHED, bytes);
+            log.warn("reclaim vm={} image={} dropped {} notice(s) of {} bytes restored from its log: its writes were "
+                    + "not watched without a gap since they came (the log's last clean stop saw {}, the image is {} "
+                    + "now); none of them is punched", vm, image, notices.dropped().size(), bytes,
+                    notices.closedAs() == null ? "nothing: no clean stop" : notices.closedAs(), identity.now());
+        }
         if (fence instanceof RawFence raw) {
             raw.tracker().listener(r);
         }
@@ -302,6 +322,14 @@ public final class VmReclaimer implements AgentSession.Host, WriteTracker.Listen
             Thread.currentThread().interrupt();
         }
         synchronized (this) {
+            if (identity != null) {
+                try {
+                    notices.closed(identity.now()); // nothing is punched from here on: watched to this point
+                } catch (IOException e) {
+                    log.warn("reclaim vm={}: cannot record the clean stop in its notice log ({}): what waits in it "
+                            + "is dropped at the next start", vm, e.getMessage());
+                }
+            }
             notices.close();
         }
     }

@@ -80,6 +80,31 @@ class NoticeLogTest {
         }
     }
 
+    /** What waits is kept across a restart only after a clean stop at the image's identity now. */
+    @Test
+    void restoredNoticesAreKeptOnlyAfterACleanStopAtTheSameIdentity() throws Exception {
+        Path file = file();
+        Disk disk = Disk.real(null);
+        try (NoticeLog l = NoticeLog.open(disk, file, "id1")) {
+            l.accepted(notice(1, 0), notice(1, 0).ranges());
+            l.closed("id1");
+        }
+        try (NoticeLog l = NoticeLog.open(disk, file, "id1")) {
+            assertEquals(Set.of(1L), pendingSeqs(l), "a clean stop, the image as it was");
+            assertEquals(List.of(), l.dropped());
+            l.closed("id1");
+        }
+        try (NoticeLog l = NoticeLog.open(disk, file, "id2")) {
+            assertEquals(Set.of(), pendingSeqs(l), "the image changed since: dropped");
+            assertEquals(1, l.dropped().size());
+            l.accepted(notice(2, MiB), notice(2, MiB).ranges()); // no clean stop after this one (a crash)
+        }
+        try (NoticeLog l = NoticeLog.open(disk, file, "id2")) {
+            assertEquals(Set.of(), pendingSeqs(l), "no clean stop since it came: dropped");
+            assertEquals(2, l.lastSeq(), "its number is not reused");
+        }
+    }
+
     private static void assertThrowsIo(ThrowingRunnable r) {
         try {
             r.run();

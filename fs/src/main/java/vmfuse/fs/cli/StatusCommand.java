@@ -12,6 +12,7 @@ import picocli.CommandLine.Option;
 import picocli.CommandLine.Parameters;
 import picocli.CommandLine.Spec;
 import vmfuse.fs.FsException;
+import vmfuse.fs.TsvField;
 import vmfuse.fs.nativeio.Native;
 
 @Command(name = "status", mixinStandardHelpOptions = true,
@@ -42,6 +43,7 @@ final class StatusCommand implements Callable<Integer> {
         List<String[]> vms = new ArrayList<>();
         vms.add(new String[] {"VM", "IMAGE", "NOTICES", "REFUSED", "PENDING", "PUNCHED", "FREED", "SKIPPED PARTIAL",
             "SKIPPED WRITTEN", "SKIPPED NOT OWNED", "DROPPED", "THRESHOLD"});
+        List<String> failed = new ArrayList<>();
         for (String line : answer.split("\n")) {
             String[] f = line.split("\t");
             switch (f[0]) {
@@ -53,6 +55,8 @@ final class StatusCommand implements Callable<Integer> {
                 case "vm" -> vms.add(new String[] {f[1], f[2], f[4], f[5], bytes(f[6]), bytes(f[7]), bytes(f[8]),
                     bytes(f[9]), bytes(String.valueOf(Long.parseLong(f[10]) + Long.parseLong(f[11]))), bytes(f[13]),
                     bytes(f[14]), f[12]});
+                case "vm-failed" -> failed.add("vm " + TsvField.unescape(f[1]) + " (" + TsvField.unescape(f[2])
+                        + ") is registered but not served: " + TsvField.unescape(f[3]));
                 default -> throw new FsException(Native.EIO, "daemon answered: " + line);
             }
         }
@@ -60,6 +64,10 @@ final class StatusCommand implements Callable<Integer> {
         if (vms.size() > 1) {
             out.println();
             TextTable.print(out, vms, true, true);
+        }
+        if (!failed.isEmpty()) {
+            out.println();
+            failed.forEach(out::println);
         }
     }
 

@@ -26,6 +26,7 @@ import vmfuse.fs.nativeio.LibC;
 import vmfuse.reclaimer.AgentAccess;
 import vmfuse.reclaimer.AgentListener;
 import vmfuse.reclaimer.Fence;
+import vmfuse.reclaimer.ImageIdentity;
 import vmfuse.reclaimer.Qcow2Map;
 import vmfuse.reclaimer.QemuFence;
 import vmfuse.reclaimer.RawFence;
@@ -56,6 +57,14 @@ public final class Vms implements AutoCloseable {
     private final ThresholdPolicy policy;
     private final long epoch = WriteTracker.newEpoch();
     private final Map<String, Running> running = new TreeMap<>(); // guarded by this
+    /**
+     * VMs of the registry that could not start at mount, with why. They stay registered (a save
+     * keeps them) until `vm remove`: their notice logs wait untouched, and are dropped at a later
+     * start unless the image was left as it was (see NoticeLog). Guarded by this.
+     */
+    private final Map<String, Failed> failed = new TreeMap<>();
+
+    private record Failed(Vm vm, String reason) {}
     private final Map<String, WriteTracker> trackers = new ConcurrentHashMap<>();
 
     private Vms(Store store, Path mnt, BackingStore backing, VmFuseFs fs, ThresholdPolicy policy) {
@@ -77,11 +86,20 @@ public final class Vms implements AutoCloseable {
                     log.error("vms.tsv: ignoring malformed line '{}'", line);
                     continue;
                 }
+                Vm vm;
                 try {
-                    v.start(new Vm(f[0], f[1], Path.of(f[2]), f.length == 3 || f[3].equals("-") ? null : Path.of(f[3]),
-                            f.length == 5 ? AgentAccess.parse(f[4]) : AgentAccess.ROOT)); // older lines: root's
-                } catch (FsException | IOException | IllegalArgumentException e) {
-                    log.error("reclaim vm={} not started: {}", f[0], e.getMessage());
+                    vm = new Vm(f[0], f[1], Path.of(f[2]), f.length == 3 || f[3].equals("-") ? null : Path.of(f[3]),
+                            f.length == 5 ? AgentAccess.parse(f[4]) : AgentAccess.ROOT); // older lines: root's
+                } catch (RuntimeException e) {
+                    log.error("vms.tsv: ignoring malformed line '{}': {}", line, e.getMessage());
+                    continue;
+                }
+                try {
+                    v.start(vm);
+                } catch (FsException | IOException | RuntimeException e) {
+                    log.error("reclaim vm={} not started, it stays registered (vmfuse status says why): {}", f[0],
+                            e.getMessage());
+                    v.failed.put(vm.name(), new Failed(vm, e.getMessage()));
                 }
             }
         }
@@ -109,6 +127,10 @@ public final class Vms implements AutoCloseable {
         if (running.containsKey(name)) {
             throw new FsException(EEXIST, "vm " + name + " exists");
         }
+        if (failed.containsKey(name)) {
+            throw new FsException(EEXIST, "vm " + name + " exists and could not start (" + failed.get(name).reason()
+                    + "); vmfuse vm remove it first");
+        }
         for (Running r : running.values()) {
             if (r.vm().image().equals(image)) {
                 throw new FsException(EBUSY, "image " + image + " is vm " + r.vm().name() + "'s");
@@ -135,6 +157,12 @@ public final class Vms implements AutoCloseable {
      * ranges before a later `vm add`.
      */
     public synchronized void remove(String name) throws FsException, IOException {
+        if (failed.remove(name) != null) {
+            Files.deleteIfExists(store.reclaimDir().resolve(name + ".notices"));
+            save();
+            log.info("vm remove vm={} (it had not started)", name);
+            return;
+        }
         Running r = running.remove(name);
         if (r == null) {
             throw new FsException(ENOENT, "no vm " + name);
@@ -176,7 +204,8 @@ public final class Vms implements AutoCloseable {
         AgentListener listener;
         try {
             reclaimer = VmReclaimer.open(vm.name(), image, () -> diskSize(image, backingFile, qcow2), fence, policy,
-                    store.disk(), store.reclaimDir().resolve(vm.name() + ".notices"));
+                    store.disk(), store.reclaimDir().resolve(vm.name() + ".notices"),
+                    qcow2 ? null : new ImageIdentity(backingFile)); // qcow2: QEMU's bitmap proves the fence
             reclaimer.beforeDecision(this::observeDisk);
             try {
                 listener = AgentListener.start(vm.agentSocket(), vm.access(), reclaimer, vm.name());
@@ -245,10 +274,13 @@ public final class Vms implements AutoCloseable {
     /** Writes vms.tsv anew (a new file, forced, renamed over the old one, the directory synced). */
     private void save() throws IOException {
         StringBuilder b = new StringBuilder();
-        for (Running r : running.values()) {
-            b.append(r.vm().name()).append('\t').append(r.vm().image()).append('\t').append(r.vm().agentSocket())
-                    .append('\t').append(r.vm().qmpSocket() == null ? "-" : r.vm().qmpSocket().toString())
-                    .append('\t').append(r.vm().access()).append('\n');
+        List<Vm> all = new ArrayList<>();
+        running.values().forEach(r -> all.add(r.vm()));
+        failed.values().forEach(f -> all.add(f.vm()));
+        for (Vm vm : all) {
+            b.append(vm.name()).append('\t').append(vm.image()).append('\t').append(vm.agentSocket())
+                    .append('\t').append(vm.qmpSocket() == null ? "-" : vm.qmpSocket().toString())
+                    .append('\t').append(vm.access()).append('\n');
         }
         store.disk().replace(store.vms(), b.toString().getBytes(StandardCharsets.UTF_8));
     }
@@ -299,10 +331,14 @@ public final class Vms implements AutoCloseable {
     /**
      * One line per VM for `vmfuse status`: vm NAME IMAGE SOCKET notices refused pending punched freed
      * skipped-partial skipped-after-fence skipped-written-while-pending threshold skipped-not-owned
-     * dropped-fence-lost.
+     * dropped-fence-lost; and vm-failed NAME IMAGE REASON per VM that could not start.
      */
     public synchronized List<String> status() {
         List<String> out = new ArrayList<>();
+        for (Failed f : failed.values()) {
+            out.add(String.join("\t", "vm-failed", TsvField.escape(f.vm().name()), TsvField.escape(f.vm().image()),
+                    TsvField.escape(f.reason())));
+        }
         for (Running r : running.values()) {
             VmReclaimer.Stats s = r.reclaimer().stats();
             out.add(String.join("\t", "vm", TsvField.escape(r.vm().name()), TsvField.escape(r.vm().image()),
@@ -313,7 +349,8 @@ public final class Vms implements AutoCloseable {
                     "" + s.skipped().getOrDefault(VmReclaimer.Skipped.WRITTEN_WHILE_PENDING, 0L),
                     String.format("%.4f", policy.threshold()),
                     "" + s.skipped().getOrDefault(VmReclaimer.Skipped.NOT_OWNED, 0L),
-                    "" + s.skipped().getOrDefault(VmReclaimer.Skipped.FENCE_LOST, 0L)));
+                    "" + (s.skipped().getOrDefault(VmReclaimer.Skipped.FENCE_LOST, 0L)
+                            + s.skipped().getOrDefault(VmReclaimer.Skipped.UNWATCHED, 0L))));
         }
         return out;
     }

@@ -153,7 +153,7 @@ class ReclaimerTest {
     }
 
     @Test
-    void aNoticeWaitingBelowTheThresholdIsCutByAWriteAndSurvivesARestart() throws Exception {
+    void aNoticeWaitingBelowTheThresholdIsCutByAWriteAndSurvivesACleanRestart() throws Exception {
         try (Mounted m = Mounted.create()) {
             Path img = m.image("vm2.raw");
             Proc.ok("truncate", "-s", "1G", img.toString());
@@ -167,10 +167,9 @@ class ReclaimerTest {
             }
             dd(img, 2, 1, "/dev/urandom"); // the guest reuses 1 MiB of it while the notice waits
             String reused = sha(img, 2 * M, M);
-            long pid = m.daemonPid().orElseThrow();
-            ProcessHandle.of(pid).ifPresent(Proc::kill); // kill -9
-            m.mount("--force");
-            assertTrue(m.log().contains("reclaim vm=vm2 image=vm2.raw restored pending=" + 7 * M), m.log());
+            m.umount().assertOk(); // records that the image was watched up to here, as it is now
+            m.mount();
+            waitFor(() -> m.log().contains("reclaim vm=vm2 image=vm2.raw restored pending=" + 7 * M), m::log);
             assertEquals(reused, sha(img, 2 * M, M));
             m.vmfuse("vm", "remove", "vm2", m.mnt.toString()).assertOk();
             assertTrue(m.log().contains("vm remove vm=vm2 dropped_pending=" + 7 * M), m.log());
@@ -241,6 +240,89 @@ class ReclaimerTest {
             assertTrue(m.log().contains("offline"), m.log());
             String status = m.vmfuse("status", m.mnt.toString()).assertOk().out();
             assertTrue(status.lines().anyMatch(l -> l.matches("vm5 +vm5\\.qcow2 +1 +0 +0 +" + 7 * M + " +\\d+ +0 +" + M + " +0 +0 +.*")), status);
+        }
+    }
+
+    /** A raw VM with 8 MiB noticed as deleted, below the threshold: it waits. Returns the image. */
+    private static Path vmWithAWaitingNotice(Mounted m, Path sock) throws Exception {
+        Path img = m.image("vm.raw");
+        Proc.ok("truncate", "-s", "1G", img.toString());
+        dd(img, 0, 16, "/dev/urandom");
+        m.vmfuse("vm", "add", "vm", "--image", "vm.raw", "--agent-socket", sock.toString(), m.mnt.toString())
+                .assertOk();
+        try (Agent a = new Agent(sock)) {
+            assertEquals("ACK 1", a.ask("NOTICE 1 " + a.fence() + " 0 0:" + 8 * M));
+        }
+        return img;
+    }
+
+    /** Carries out what waits for vm, and returns its output; nothing may have been punched. */
+    private static void reclaimPunchesNothing(Mounted m) {
+        Proc.Result r = m.vmfuse("vm", "reclaim", "vm", m.mnt.toString()).assertOk();
+        assertTrue(r.out().contains("punched 0 bytes"), r.describe());
+    }
+
+    @Test
+    void aNoticeRestoredAfterTheDaemonWasKilledIsDroppedNeverPunched() throws Exception {
+        try (Mounted m = Mounted.create()) {
+            Path img = vmWithAWaitingNotice(m, m.root.resolve("vm.agent"));
+            m.daemonPid().flatMap(ProcessHandle::of).ifPresent(Proc::kill); // kill -9: no clean stop recorded
+            Proc.run("fusermount", "-u", "-z", m.mnt.toString());
+            dd(m.backing("vm.raw"), 0, 8, "/dev/urandom"); // meanwhile, on the store: nobody watches
+            String live = sha(m.backing("vm.raw"), 0, 8 * M);
+            m.mount("--force");
+            waitFor(() -> m.log().contains("reclaim vm=vm image=vm.raw dropped 1 notice(s) of " + 8 * M), m::log);
+            reclaimPunchesNothing(m);
+            assertEquals(live, sha(img, 0, 8 * M), "what was written while nobody watched is there");
+            String status = m.vmfuse("status", m.mnt.toString()).assertOk().out();
+            String row = status.lines().filter(l -> l.startsWith("vm ") && l.contains(" vm.raw ")).findFirst()
+                    .orElseThrow(() -> new AssertionError(status));
+            assertEquals(String.valueOf(8 * M), row.trim().split("\\s+")[10], "DROPPED:\n" + status);
+        }
+    }
+
+    @Test
+    void aNoticeForAnImageRestoredWhileUnwatchedIsNeverPunched() throws Exception {
+        try (Mounted m = Mounted.create()) {
+            Path img = vmWithAWaitingNotice(m, m.root.resolve("vm.agent"));
+            Path backup = m.root.resolve("backup.raw");
+            Proc.ok("cp", "--sparse=always", m.backing("vm.raw").toString(), backup.toString());
+            m.umount().assertOk(); // a clean stop: watched up to here
+            Proc.ok("cp", "--sparse=always", backup.toString(), m.backing("vm.raw").toString()); // restored in the store
+            String restored = sha(backup, 0, 8 * M);
+            m.mount();
+            waitFor(() -> m.log().contains("reclaim vm=vm image=vm.raw dropped 1 notice(s)"), m::log);
+            reclaimPunchesNothing(m);
+            assertEquals(restored, sha(img, 0, 8 * M), "the restored image is whole");
+        }
+    }
+
+    @Test
+    void aVmThatFailedToStartStaysRegisteredSaysWhyAndItsNoticesAreNeverPunched() throws Exception {
+        try (Mounted m = Mounted.create()) {
+            Path sockDir = Files.createDirectories(m.root.resolve("agents"));
+            Path img = vmWithAWaitingNotice(m, sockDir.resolve("vm.agent"));
+            m.umount().assertOk();
+            Proc.ok("rm", "-rf", sockDir.toString());
+            Files.writeString(sockDir, "not a directory"); // the socket's directory is unusable at the next mount
+            m.mount();
+            String status = m.vmfuse("status", m.mnt.toString()).assertOk().out();
+            assertTrue(status.contains("vm vm (vm.raw) is registered but not served: "), status);
+            Proc.ok("qemu-img", "create", "-q", "-f", "raw", m.image("other.raw").toString(), "4M");
+            m.vmfuse("vm", "add", "other", "--image", "other.raw", "--agent-socket",
+                    m.root.resolve("other.agent").toString(), m.mnt.toString()).assertOk();
+            assertTrue(Files.readString(m.store.resolve("vms.tsv")).startsWith("other\t")
+                    || Files.readString(m.store.resolve("vms.tsv")).contains("\nvm\tvm.raw\t"),
+                    "a save keeps the VM that could not start");
+            assertTrue(Files.readString(m.store.resolve("vms.tsv")).contains("vm\tvm.raw\t"));
+            dd(img, 0, 8, "/dev/urandom"); // the VM runs anyway: its writes are not watched
+            String live = sha(img, 0, 8 * M);
+            m.umount().assertOk();
+            Files.delete(sockDir);
+            m.mount();
+            waitFor(() -> m.log().contains("reclaim vm=vm image=vm.raw dropped 1 notice(s)"), m::log);
+            reclaimPunchesNothing(m);
+            assertEquals(live, sha(img, 0, 8 * M), "what it wrote unwatched is there");
         }
     }
 }
