@@ -10,8 +10,8 @@ import java.util.Map;
 import java.util.TreeMap;
 import java.util.concurrent.TimeUnit;
 import java.util.function.LongSupplier;
-import java.util.regex.Matcher;
-import java.util.regex.Pattern;
+
+import com.fasterxml.jackson.databind.JsonNode;
 
 import org.slf4j.Logger;
 import org.slf4j.LoggerFactory;
@@ -96,8 +96,8 @@ public final class QemuFence implements Fence {
             return;
         }
         try (Qmp q = Qmp.connect(qmpSocket)) {
-            String status = q.execute("query-status", null);
-            if (status.contains("\"status\": \"paused\"")) {
+            JsonNode status = q.execute("query-status", null);
+            if (Qmp.text(status, "status", "QMP query-status").equals("paused")) {
                 q.execute("cont", null);
                 log.warn("reclaim image={}: the VM was left paused by a reclaim the last daemon did not finish; "
                         + "resumed it ({})", imageFile, status);
@@ -113,26 +113,39 @@ public final class QemuFence implements Fence {
         }
     }
 
-    /** The QEMU drive that has {@code imageFile} open: its device (drive id), its node, and its part of query-block. */
-    private record Drive(String device, String node, String info) {}
+    /**
+     * The QEMU drive that has {@code imageFile} open: its device (drive id), its node, and its
+     * dirty bitmaps (query-block's BlockDirtyInfo objects).
+     */
+    private record Drive(String device, String node, List<JsonNode> bitmaps) {}
 
     /** The drive of the QEMU on {@code q} that has the image open, or null if none has. */
     private Drive drive(Qmp q) throws IOException {
-        String blocks = q.execute("query-block", null);
-        Matcher m = Pattern.compile("\"device\": \"([^\"]*)\"").matcher(blocks);
-        List<Integer> starts = new ArrayList<>();
-        List<String> names = new ArrayList<>();
-        while (m.find()) {
-            starts.add(m.start());
-            names.add(m.group(1));
+        JsonNode blocks = q.execute("query-block", null);
+        if (!blocks.isArray()) {
+            throw new IOException("QMP query-block: the return is " + blocks.getNodeType() + ", not an array");
         }
-        for (int i = 0; i < starts.size(); i++) {
-            String one = blocks.substring(starts.get(i), i + 1 < starts.size() ? starts.get(i + 1) : blocks.length());
-            Matcher file = Pattern.compile("\"file\": \"([^\"]*)\"").matcher(one);
-            Matcher node = Pattern.compile("\"node-name\": \"([^\"]*)\"").matcher(one);
-            if (file.find() && node.find() && Path.of(file.group(1)).normalize().equals(imageFile.normalize())) {
-                return new Drive(names.get(i), node.group(1), one);
+        for (JsonNode b : blocks) {
+            JsonNode inserted = b.get("inserted");
+            if (inserted == null) {
+                continue; // a drive with no medium
             }
+            String file = Qmp.text(inserted, "file", "QMP query-block");
+            if (!Path.of(file).normalize().equals(imageFile.normalize())) {
+                continue;
+            }
+            List<JsonNode> bitmaps = new ArrayList<>();
+            for (JsonNode holder : new JsonNode[] {inserted, b}) { // BlockDeviceInfo's, or BlockInfo's (QEMU < 7)
+                JsonNode list = holder.get("dirty-bitmaps");
+                if (list != null) {
+                    if (!list.isArray()) {
+                        throw new IOException("QMP query-block: field 'dirty-bitmaps' is not an array");
+                    }
+                    list.forEach(bitmaps::add);
+                }
+            }
+            return new Drive(Qmp.text(b, "device", "QMP query-block"), Qmp.text(inserted, "node-name",
+                    "QMP query-block"), bitmaps);
         }
         return null;
     }
@@ -153,13 +166,12 @@ public final class QemuFence implements Fence {
             Drive d = requireDrive(q);
             removeForgotten(q, d);
             try {
-                q.execute("block-dirty-bitmap-add", "{\"node\": " + Qmp.str(d.device()) + ", \"name\": "
-                        + Qmp.str(PREFIX + t) + ", \"persistent\": true}");
+                q.execute("block-dirty-bitmap-add", Qmp.args("node", d.device(), "name", PREFIX + t,
+                        "persistent", true));
             } catch (IOException e) { // a qcow2 v2 image cannot store bitmaps: the fence lasts as long as this QEMU
                 log.warn("reclaim image={}: a persistent bitmap was refused ({}); the fence of token {} lives only "
                         + "while this QEMU runs", imageFile, e.getMessage(), t);
-                q.execute("block-dirty-bitmap-add", "{\"node\": " + Qmp.str(d.device()) + ", \"name\": "
-                        + Qmp.str(PREFIX + t) + "}");
+                q.execute("block-dirty-bitmap-add", Qmp.args("node", d.device(), "name", PREFIX + t));
             }
         }
         live.put(t, System.nanoTime());
@@ -167,10 +179,13 @@ public final class QemuFence implements Fence {
     }
 
     /** Removes the drive's fence bitmaps whose token this daemon neither issued nor has notices for. */
-    private void removeForgotten(Qmp q, Drive d) {
-        Matcher m = Pattern.compile("\"name\": \"" + PREFIX + "(\\d+)\"").matcher(d.info());
-        while (m.find()) {
-            long t = Long.parseLong(m.group(1));
+    private void removeForgotten(Qmp q, Drive d) throws IOException {
+        for (JsonNode b : d.bitmaps()) {
+            String name = Qmp.text(b, "name", "QMP query-block dirty-bitmaps");
+            if (!name.startsWith(PREFIX) || !name.substring(PREFIX.length()).matches("\\d{1,18}")) {
+                continue; // not a fence of ours
+            }
+            long t = Long.parseLong(name.substring(PREFIX.length()));
             if (!live.containsKey(t) && !pendingByToken.containsKey(t)) {
                 try {
                     removeBitmap(q, d.device(), PREFIX + t);
@@ -183,7 +198,7 @@ public final class QemuFence implements Fence {
     }
 
     private static void removeBitmap(Qmp q, String device, String bitmap) throws IOException {
-        q.execute("block-dirty-bitmap-remove", "{\"node\": " + Qmp.str(device) + ", \"name\": " + Qmp.str(bitmap) + "}");
+        q.execute("block-dirty-bitmap-remove", Qmp.args("node", device, "name", bitmap));
     }
 
     /** Removes the bitmaps of tokens nothing waits on and no notice used within the TTL. */
@@ -251,40 +266,42 @@ public final class QemuFence implements Fence {
 
     private void carryOutOnline(Qmp q, Drive dev, long token, List<long[]> ranges, Done done) throws IOException {
         String bitmap = PREFIX + token;
-        String why = untrusted(bitmapInfo(dev.info(), bitmap), false);
+        String why = untrusted(bitmap(dev.bitmaps(), bitmap, "QMP query-block dirty-bitmaps"), false);
         if (why != null) {
             drop(token, ranges, done, bitmap, why);
             return;
         }
         List<long[]> clean;
         long before = allocated.getAsLong();
-        boolean running = q.execute("query-status", null).contains("\"running\": true");
+        boolean running = Qmp.bool(q.execute("query-status", null), "running", "QMP query-status");
         if (running) {
             Files.write(pausedMarker(), new byte[0]); // if this daemon dies before cont, the next one resumes the VM
             q.execute("stop", null);
         }
         try {
-            q.execute("block-dirty-bitmap-disable", "{\"node\": " + Qmp.str(dev.device()) + ", \"name\": "
-                    + Qmp.str(bitmap) + "}");
+            q.execute("block-dirty-bitmap-disable", Qmp.args("node", dev.device(), "name", bitmap));
             Files.deleteIfExists(nbdSocket);
-            q.execute("nbd-server-start", "{\"addr\": {\"type\": \"unix\", \"data\": {\"path\": "
-                    + Qmp.str(nbdSocket.toString()) + "}}}");
+            q.execute("nbd-server-start", Qmp.args("addr", Qmp.args("type", "unix", "data",
+                    Qmp.args("path", nbdSocket.toString()))));
             try {
-                q.execute("block-export-add", "{\"type\": \"nbd\", \"id\": \"" + EXPORT + "\", \"node-name\": "
-                        + Qmp.str(dev.node()) + ", \"name\": \"" + EXPORT + "\", \"writable\": false, \"bitmaps\": ["
-                        + Qmp.str(bitmap) + "]}");
+                q.execute("block-export-add", Qmp.args("type", "nbd", "id", EXPORT, "node-name", dev.node(),
+                        "name", EXPORT, "writable", false, "bitmaps", Qmp.array(bitmap)));
                 try (NbdClient c = NbdClient.connect(nbdSocket, EXPORT, bitmap)) {
                     clean = clean(c, ranges);
                 } finally {
-                    q.execute("block-export-del", "{\"id\": \"" + EXPORT + "\"}");
+                    q.execute("block-export-del", Qmp.args("id", EXPORT));
                 }
             } finally {
                 q.execute("nbd-server-stop", null);
             }
             for (long[] r : clean) {
-                String out = q.execute("human-monitor-command", "{\"command-line\": " + Qmp.str(
-                        "qemu-io " + dev.device() + " \"discard " + r[0] + " " + r[1] + "\"") + "}");
-                if (out.contains("failed") || out.contains("rror")) {
+                String out = q.hmp("qemu-io " + dev.device() + " \"discard " + r[0] + " " + r[1] + "\"").strip();
+                // QEMU 7.2's HMP qemu-io prints its report, success or "discard failed", on QEMU's own
+                // stdout and answers nothing (measured); only errors of the monitor command itself
+                // (no such device) come back. So: nothing, or qemu-io's report of the whole discard
+                // where a QEMU sends it to the monitor, else an error. What a discard really freed is
+                // measured apart (the backing file's allocation, `freed`).
+                if (!out.isEmpty() && !out.startsWith("discard " + r[1] + "/" + r[1] + " bytes at offset " + r[0])) {
                     throw new IOException("QEMU discard of " + r[0] + "+" + r[1] + ": " + out);
                 }
             }
@@ -312,7 +329,7 @@ public final class QemuFence implements Fence {
             // without --force-share: a QEMU that opened the store's file itself, not through the
             // mount, holds its lock, and qemu-img fails: the notice waits
             String info = Tool.run(TOOL_SECONDS, "qemu-img", "info", "--output=json", backingFile.toString());
-            String untrusted = untrusted(bitmapInfo(info, bitmap), true);
+            String untrusted = untrusted(bitmap(offlineBitmaps(info), bitmap, "qemu-img info bitmaps"), true);
             if (untrusted != null) {
                 drop(token, ranges, done, bitmap, untrusted);
                 return;
@@ -400,32 +417,65 @@ public final class QemuFence implements Fence {
         return clean;
     }
 
-    /** The JSON object that describes {@code bitmap} in QEMU's output (no nested objects in it), or null. */
-    static String bitmapInfo(String json, String bitmap) {
-        int at = json.indexOf("\"name\": \"" + bitmap + "\"");
-        if (at < 0) {
-            return null;
+    /** The bitmap named {@code name} among {@code bitmaps} (looked up by name), or null. */
+    static JsonNode bitmap(List<JsonNode> bitmaps, String name, String where) throws IOException {
+        for (JsonNode b : bitmaps) {
+            if (Qmp.text(b, "name", where).equals(name)) {
+                return b;
+            }
         }
-        int from = json.lastIndexOf('{', at);
-        int to = json.indexOf('}', at);
-        return json.substring(from < 0 ? 0 : from, to < 0 ? json.length() : to + 1);
+        return null;
+    }
+
+    /** The bitmaps `qemu-img info --output=json` lists for a qcow2 image (format-specific.data.bitmaps). */
+    static List<JsonNode> offlineBitmaps(String info) throws IOException {
+        String where = "qemu-img info";
+        JsonNode spec = Qmp.field(Qmp.parse(info, where), "format-specific", where);
+        if (!Qmp.text(spec, "type", where + " format-specific").equals("qcow2")) {
+            throw new IOException(where + ": format-specific type is " + spec.get("type") + ", not qcow2");
+        }
+        JsonNode list = Qmp.field(spec, "data", where + " format-specific").get("bitmaps"); // absent: none
+        List<JsonNode> out = new ArrayList<>();
+        if (list != null) {
+            if (!list.isArray()) {
+                throw new IOException(where + ": field 'bitmaps' is not an array");
+            }
+            list.forEach(out::add);
+        }
+        return out;
     }
 
     /**
-     * Why the bitmap {@code info} describes (QEMU's JSON for it: query-block's with a QEMU,
-     * qemu-img info's without; null if there is none) cannot prove what the guest wrote since its
-     * token; null if it can.
+     * Why {@code bitmap} (QEMU's JSON for it: query-block's BlockDirtyInfo with a QEMU, qemu-img
+     * info's Qcow2BitmapInfo without; null if there is none) cannot prove what the guest wrote since
+     * its token; null if it can. A field the verdict needs that is missing, or of another type, is
+     * an IOException naming it: the notice waits, it is neither punched nor dropped on a guess.
      */
-    private static String untrusted(String info, boolean offline) {
-        if (info == null) {
+    static String untrusted(JsonNode bitmap, boolean offline) throws IOException {
+        if (bitmap == null) {
             return "it is gone (a QEMU that died before storing it, or another image)";
         }
-        String compact = info.replaceAll("\\s+", " ");
-        if (offline ? info.contains("\"in-use\"") : info.contains("\"inconsistent\": true")) {
-            return "it is inconsistent (a QEMU died with it loaded): " + compact;
+        boolean inconsistent;
+        boolean recording;
+        if (offline) {
+            JsonNode flags = Qmp.field(bitmap, "flags", "qemu-img info bitmap");
+            if (!flags.isArray()) {
+                throw new IOException("qemu-img info bitmap: field 'flags' is not an array");
+            }
+            List<String> f = new ArrayList<>();
+            flags.forEach(x -> f.add(x.asText()));
+            inconsistent = f.contains("in-use");
+            recording = f.contains("auto");
+        } else {
+            JsonNode i = bitmap.get("inconsistent"); // optional: present when true
+            inconsistent = i != null && Qmp.bool(bitmap, "inconsistent", "QMP dirty bitmap");
+            recording = Qmp.bool(bitmap, "recording", "QMP dirty bitmap");
         }
-        if (offline ? !info.contains("\"auto\"") : info.contains("\"recording\": false")) {
-            return "it no longer records writes: " + compact;
+        if (inconsistent) {
+            return "it is inconsistent (a QEMU died with it loaded): " + bitmap;
+        }
+        if (!recording) {
+            return "it no longer records writes: " + bitmap;
         }
         return null;
     }

@@ -187,7 +187,7 @@ class ReclaimerTest {
 
     private static String hmp(Path qmp, String command) throws Exception {
         try (Qmp q = Qmp.connect(qmp)) {
-            return q.execute("human-monitor-command", "{\"command-line\": " + Qmp.str(command) + "}");
+            return q.hmp(command);
         }
     }
 
