@@ -6,7 +6,7 @@ import java.nio.file.Path;
 import java.util.ArrayList;
 import java.util.List;
 import java.util.Map;
-import java.util.TreeMap;
+import java.util.concurrent.ConcurrentSkipListMap;
 import java.util.concurrent.TimeUnit;
 import java.util.concurrent.atomic.AtomicLong;
 import java.util.concurrent.locks.ReentrantReadWriteLock;
@@ -73,8 +73,12 @@ public final class JournalStore implements AutoCloseable {
     private final AtomicVolume volume;
     private final DB db;
     private final HTreeMap<String, long[]> catalog;
-    /** Open devices by name. Guarded by this. */
-    private final Map<String, JournalDevice> devices = new TreeMap<>();
+    /**
+     * Open devices by name. Changed under this store's monitor; read without it, so that a lookup
+     * (every getattr and open in journals/) never waits out a checkpoint, which holds the monitor
+     * for its whole drain.
+     */
+    private final Map<String, JournalDevice> devices = new ConcurrentSkipListMap<>();
     /** Flushes, numbered in the order they asked (after their records were appended). */
     private final AtomicLong tickets = new AtomicLong();
     /** Guards the group commit state below; flushes wait on it. */
@@ -322,11 +326,11 @@ public final class JournalStore implements AutoCloseable {
         return d;
     }
 
-    public synchronized JournalDevice device(String name) {
+    public JournalDevice device(String name) {
         return devices.get(name);
     }
 
-    public synchronized List<JournalDevice> list() {
+    public List<JournalDevice> list() {
         return new ArrayList<>(devices.values());
     }
 

@@ -160,14 +160,16 @@ public final class Daemon {
             Files.writeString(store.pidFile(), pid + "\t" + mnt + "\n", StandardCharsets.UTF_8);
             CountDownLatch cleanedUp = new CountDownLatch(1);
             Runtime.getRuntime().addShutdownHook(new Thread(() -> onSignal(mnt, loop, cleanedUp), "vmfuse-shutdown"));
-            ScheduledExecutorService saver = Executors.newSingleThreadScheduledExecutor(r -> {
-                Thread t = new Thread(r, "vmfuse-ledger");
-                t.setDaemon(true);
-                return t;
-            });
-            saver.scheduleWithFixedDelay(() -> save(ledger, false), 2, 2, TimeUnit.SECONDS);
-            saver.scheduleWithFixedDelay(() -> checkpoint(fs), CHECKPOINT_SECONDS, CHECKPOINT_SECONDS, TimeUnit.SECONDS);
-            saver.scheduleWithFixedDelay(vms::tick, 5, 5, TimeUnit.SECONDS);
+            // a timer each, so none waits on another: a qcow2 reclaim that takes minutes of QMP calls
+            // (vms.tick) must not hold off the 5 s commit of close-mode journal devices or the ledger
+            ScheduledExecutorService ledgerTimer = timer("vmfuse-ledger");
+            ScheduledExecutorService checkpointTimer = timer("vmfuse-checkpoint");
+            ScheduledExecutorService reclaimTimer = timer("vmfuse-reclaim");
+            List<ScheduledExecutorService> timers = List.of(ledgerTimer, checkpointTimer, reclaimTimer);
+            ledgerTimer.scheduleWithFixedDelay(() -> save(ledger, false), 2, 2, TimeUnit.SECONDS);
+            checkpointTimer.scheduleWithFixedDelay(() -> checkpoint(fs), CHECKPOINT_SECONDS, CHECKPOINT_SECONDS,
+                    TimeUnit.SECONDS);
+            reclaimTimer.scheduleWithFixedDelay(vms::tick, 5, 5, TimeUnit.SECONDS);
             try (ControlServer control = new ControlServer(store.socket(),
                     req -> answer(req, store, mnt, pid, backing, ledger, fs, journals, vms))) {
                 log.info("mounted store={} mountpoint={} pid={} threads={} options={}", store.dir(), mnt, pid, threads,
@@ -175,7 +177,7 @@ public final class Daemon {
                 int rc = join(loop);
                 log.info("fuse loop ended rc={}", rc);
             } finally {
-                saver.shutdownNow();
+                timers.forEach(ScheduledExecutorService::shutdownNow);
                 vms.close();
                 fs.closeAll();
                 List<String> failed = new ArrayList<>();
@@ -268,6 +270,15 @@ public final class Daemon {
 
     /** How often journal devices of durability close are committed while mounted. */
     public static final long CHECKPOINT_SECONDS = 5;
+
+    /** A single-threaded timer whose thread does not keep the JVM alive. */
+    private static ScheduledExecutorService timer(String name) {
+        return Executors.newSingleThreadScheduledExecutor(r -> {
+            Thread t = new Thread(r, name);
+            t.setDaemon(true);
+            return t;
+        });
+    }
 
     private static void checkpoint(VmFuseFs fs) {
         try {
