@@ -76,6 +76,11 @@ final class ByteRanges {
         return ranges.isEmpty();
     }
 
+    /** How many disjoint ranges: what the set costs in memory. */
+    int count() {
+        return ranges.size();
+    }
+
     long bytes() {
         long n = 0;
         for (Map.Entry<Long, Long> e : ranges.entrySet()) {

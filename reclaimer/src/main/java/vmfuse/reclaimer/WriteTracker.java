@@ -1,9 +1,9 @@
 package vmfuse.reclaimer;
 
 import java.io.IOException;
-import java.util.ArrayDeque;
 import java.util.Iterator;
 import java.util.List;
+import java.util.Map;
 import java.util.TreeMap;
 import java.util.concurrent.TimeUnit;
 import java.util.concurrent.locks.ReentrantReadWriteLock;
@@ -15,19 +15,42 @@ import java.util.concurrent.locks.ReentrantReadWriteLock;
  *
  *   token()            the write count now (counts start at the daemon's start time in ms << 20,
  *                      so a token from before a restart is recognised as stale)
- *   admit(token, r)    r minus every range written after the token: the writes since the oldest
- *                      live token are kept for this (at most MAX_LOG of them, 300 s each); what
- *                      is left becomes pending
+ *   admit(token, r)    r minus every range written after the token: for each range written
+ *                      since the oldest live token (300 s each), the count of its last write is
+ *                      kept; what is left becomes pending
  *   beginWrite         a write that lands on pending ranges cuts them out, and the listener
  *                      records the cut durably before the write goes on
  *   punch(r, action)   runs the punch of the still-pending parts of r with every write to the
  *                      image held off, so no write can race a punch of its range
  *
  * Offsets are the image file's, which for a raw image are the guest's.
+ *
+ * Memory is bounded per image, whatever its guest does (a hostile guest must not exhaust the heap
+ * every VM's service shares): Limits says how many written ranges, pending ranges and live
+ * tokens. Past the written bound, neighbouring ranges are merged with the later of their counts
+ * (and what lies between them taken as written): admits then punch less, never more. Past the
+ * pending bound, a notice is refused (busy: the agent sends it again later). Past the token
+ * bound, the oldest token goes (its notices are refused as stale: the agent takes a new one).
  */
 public final class WriteTracker {
     static final long TOKEN_TTL_NANOS = TimeUnit.SECONDS.toNanos(300);
-    static final int MAX_LOG = 1 << 20;
+
+    /** The bounds of one image's fence state (see the top of the file). */
+    public record Limits(int writtenRanges, int pendingRanges, int tokens) {
+        public static final Limits DEFAULT = new Limits(16384, 16384, 64);
+
+        public Limits {
+            if (writtenRanges < 2 || pendingRanges < 1 || tokens < 1) {
+                throw new IllegalArgumentException("reclaim limits must be positive: " + writtenRanges + ", "
+                        + pendingRanges + ", " + tokens);
+            }
+        }
+
+        /** The same bound of written and pending ranges. */
+        public static Limits ofRanges(int ranges) {
+            return new Limits(Math.max(2, ranges), ranges, DEFAULT.tokens());
+        }
+    }
 
     /** Told, before the write that caused it goes on, that pending ranges were written. */
     public interface Listener {
@@ -45,14 +68,21 @@ public final class WriteTracker {
     // guarded by this
     private long count;
     private final TreeMap<Long, Long> tokens = new TreeMap<>(); // token -> issued (nanoTime)
-    private final ArrayDeque<long[]> log = new ArrayDeque<>(); // {count, from, to}
-    private long validFrom;
+    /** Ranges written since the oldest live token: from -> {to, count of the last write there}; disjoint. */
+    private final TreeMap<Long, long[]> written = new TreeMap<>();
+    private final long validFrom;
     private final ByteRanges pending = new ByteRanges();
+    private final Limits limits;
 
     public WriteTracker(long epochBase) {
+        this(epochBase, Limits.DEFAULT);
+    }
+
+    public WriteTracker(long epochBase, Limits limits) {
         this.epochBase = epochBase;
         this.count = epochBase;
         this.validFrom = epochBase;
+        this.limits = limits;
     }
 
     /** The epoch base of a daemon started now. */
@@ -67,6 +97,9 @@ public final class WriteTracker {
     /** A fence token: the write count now. */
     public synchronized long token() {
         prune(System.nanoTime());
+        while (tokens.size() >= limits.tokens() && !tokens.containsKey(count)) {
+            tokens.pollFirstEntry(); // the oldest: its notices will be refused as stale
+        }
         tokens.put(count, System.nanoTime());
         return count;
     }
@@ -81,10 +114,14 @@ public final class WriteTracker {
             throw new ProtocolException("stale-fence", "fence token " + token + " is not a live token of this daemon");
         }
         ByteRanges r = ByteRanges.of(ranges);
-        for (long[] w : log) {
-            if (w[0] > token) {
-                r.remove(w[1], w[2]);
+        for (Map.Entry<Long, long[]> w : written.entrySet()) {
+            if (w.getValue()[1] > token) {
+                r.remove(w.getKey(), w.getValue()[0]);
             }
+        }
+        if (pending.count() + r.count() > limits.pendingRanges()) {
+            throw new ProtocolException("busy", "this VM has " + pending.count() + " ranges waiting, at most "
+                    + limits.pendingRanges() + " (vmfuse mount --reclaim-max-ranges): send it again once they went");
         }
         for (long[] x : r.list()) {
             pending.add(x[0], x[0] + x[1]);
@@ -111,9 +148,62 @@ public final class WriteTracker {
             }
         }
         long oldest = tokens.isEmpty() ? Long.MAX_VALUE : tokens.firstKey();
-        while (!log.isEmpty() && log.peekFirst()[0] <= oldest) {
-            log.pollFirst();
+        written.values().removeIf(w -> w[1] <= oldest); // no live token is older than these writes
+    }
+
+    /** Keeps that [from, to) was last written by write {@code at}, within the bound. Holding this. */
+    private void wrote(long from, long to, long at) {
+        Map.Entry<Long, long[]> e = written.floorEntry(from);
+        if (e != null && e.getKey() < from && e.getValue()[0] > from) { // one overlapping the start: keep its head
+            long[] old = e.getValue();
+            written.put(e.getKey(), new long[] {from, old[1]});
+            if (old[0] > to) {
+                written.put(to, new long[] {old[0], old[1]}); // and its tail
+            }
         }
+        while ((e = written.ceilingEntry(from)) != null && e.getKey() < to) {
+            written.remove(e.getKey());
+            if (e.getValue()[0] > to) {
+                written.put(to, e.getValue()); // the tail past this write
+            }
+        }
+        written.put(from, new long[] {to, at});
+        if (written.size() > limits.writtenRanges()) {
+            coarsen();
+        }
+    }
+
+    /**
+     * Halves the written ranges: each pair of neighbours becomes one range from the first's start
+     * to the second's end, with the later count. What lies between them counts as written then
+     * too: admits take out more, never less.
+     */
+    private void coarsen() {
+        TreeMap<Long, long[]> merged = new TreeMap<>();
+        Map.Entry<Long, long[]> first = null;
+        for (Map.Entry<Long, long[]> e : written.entrySet()) {
+            if (first == null) {
+                first = e;
+            } else {
+                merged.put(first.getKey(), new long[] {e.getValue()[0], Math.max(first.getValue()[1], e.getValue()[1])});
+                first = null;
+            }
+        }
+        if (first != null) {
+            merged.put(first.getKey(), first.getValue());
+        }
+        written.clear();
+        written.putAll(merged);
+    }
+
+    /** How many written ranges are kept (for tests and status). */
+    synchronized int writtenRanges() {
+        return written.size();
+    }
+
+    /** How many live tokens. */
+    synchronized int liveTokens() {
+        return tokens.size();
     }
 
     /**
@@ -126,14 +216,8 @@ public final class WriteTracker {
         List<long[]> cut;
         synchronized (this) {
             count++;
-            if (!tokens.isEmpty()) {
-                if (log.size() >= MAX_LOG) {
-                    log.clear();
-                    validFrom = count; // tokens before this write can no longer be checked
-                    tokens.clear();
-                } else {
-                    log.addLast(new long[] {count, offset, offset + length});
-                }
+            if (!tokens.isEmpty() && length > 0) {
+                wrote(offset, offset + length, count);
             }
             cut = pending.isEmpty() ? List.of() : pending.remove(offset, offset + length);
         }

@@ -129,4 +129,67 @@ class WriteTrackerTest {
         assertEquals(8 * K, t.pendingBytes());
         assertArrayEquals(new long[] {4 * K, 8 * K}, t.punch(List.of(new long[] {0, 64 * K}), r -> { }).get(0));
     }
+
+    /**
+     * FAULTS.md R2, issue 14: a guest's writes while a token lives used to be logged one entry each
+     * (43 MiB of heap per VM at the 1M cap). The written ranges stay within their bound whatever
+     * the guest writes, and an admit still never lets through a range written after the token.
+     */
+    @Test
+    void aFloodOfWritesKeepsTheFenceWithinItsBoundAndNeverLetsAWrittenRangeThrough() throws Exception {
+        WriteTracker t = new WriteTracker(WriteTracker.newEpoch(), new WriteTracker.Limits(64, 1000, 8));
+        long before = t.token();
+        java.util.Random r = new java.util.Random(5);
+        java.util.Set<Long> after = new java.util.HashSet<>();
+        long token = 0;
+        for (int i = 0; i < 20_000; i++) {
+            long block = r.nextInt(1 << 16);
+            if (i == 10_000) {
+                token = t.token();
+            }
+            write(t, block * 4 * K, 4 * K);
+            if (i >= 10_000) {
+                after.add(block);
+            }
+            assertTrue(t.writtenRanges() <= 64, "written ranges kept: " + t.writtenRanges());
+        }
+        List<long[]> safe = t.admit(token, List.of(new long[] {0, (1L << 16) * 4 * K}));
+        for (long[] x : safe) {
+            for (long b = x[0] / (4 * K); b < (x[0] + x[1]) / (4 * K); b++) {
+                assertTrue(!after.contains(b), "block " + b + " was written after the token and is admitted");
+            }
+        }
+        assertEquals("stale-fence", assertThrows(ProtocolException.class,
+                () -> t.admit(before - 1, List.of(new long[] {0, 4 * K}))).reason());
+    }
+
+    @Test
+    void pastItsPendingBoundANoticeIsRefusedAsBusyAndNothingOfItWaits() throws Exception {
+        WriteTracker t = new WriteTracker(WriteTracker.newEpoch(), new WriteTracker.Limits(64, 10, 8));
+        long token = t.token();
+        for (int i = 0; i < 10; i++) {
+            t.admit(token, List.of(new long[] {i * 8 * K, 4 * K})); // ten disjoint ranges
+        }
+        long waiting = t.pendingBytes();
+        ProtocolException e = assertThrows(ProtocolException.class,
+                () -> t.admit(token, List.of(new long[] {1024 * K, 4 * K})));
+        assertEquals("busy", e.reason());
+        assertEquals(waiting, t.pendingBytes(), "nothing of the refused notice waits");
+    }
+
+    @Test
+    void aMillionTokensKeepOnlyTheNewestLive() throws Exception {
+        WriteTracker t = new WriteTracker(WriteTracker.newEpoch(), new WriteTracker.Limits(64, 1000, 8));
+        long first = t.token();
+        long last = first;
+        for (int i = 0; i < 1_000_000; i++) {
+            write(t, (i % 64) * 4 * K, 4 * K);
+            last = t.token();
+        }
+        assertTrue(t.liveTokens() <= 8, "live tokens " + t.liveTokens());
+        long oldest = first;
+        assertEquals("stale-fence", assertThrows(ProtocolException.class,
+                () -> t.admit(oldest, List.of(new long[] {0, 4 * K}))).reason());
+        t.admit(last, List.of(new long[] {1024 * K, 4 * K})); // the newest still works
+    }
 }

@@ -66,6 +66,13 @@ final class MountCommand implements Callable<Integer> {
                     + "at most half of it (JAVA_OPTS=-Xmx...).")
     String journalMemory;
 
+    @Option(names = "--reclaim-max-ranges", paramLabel = "N", defaultValue = "16384",
+            description = {"Per VM the reclaimer serves: how many ranges its guest's writes and its waiting deletions may",
+                "take (memory: about 100 bytes each). Past it, that VM's notices are refused (busy, the agent sends",
+                "them again) and its writes are kept coarser (less is punched), never another VM's service",
+                "(default: ${DEFAULT-VALUE})."})
+    int reclaimMaxRanges;
+
     @Option(names = "--force", description = "Clear a stale mount (left by a daemon that died) at MOUNTPOINT first.")
     boolean force;
 
@@ -76,9 +83,14 @@ final class MountCommand implements Callable<Integer> {
         }
         Path mnt = mountPoint.toAbsolutePath().normalize();
         long memory = journalMemory();
+        if (reclaimMaxRanges < 16 || reclaimMaxRanges > 10_000_000) {
+            throw new picocli.CommandLine.ParameterException(spec.commandLine(), "--reclaim-max-ranges must be "
+                    + "16..10000000, not " + reclaimMaxRanges);
+        }
         if (foreground) {
             try {
-                Daemon.run(new Daemon.Options(store, mnt, fuseOptions, force, threads, durability(), memory));
+                Daemon.run(new Daemon.Options(store, mnt, fuseOptions, force, threads, durability(), memory,
+                    reclaimMaxRanges));
             } catch (FsException e) {
                 throw new FsException(e.errno(), "cannot mount " + mnt + ": " + e.getMessage());
             }
@@ -86,7 +98,8 @@ final class MountCommand implements Callable<Integer> {
         }
         Store s;
         try {
-            s = Daemon.preflight(new Daemon.Options(store, mnt, fuseOptions, force, threads, durability(), memory));
+            s = Daemon.preflight(new Daemon.Options(store, mnt, fuseOptions, force, threads, durability(), memory,
+                    reclaimMaxRanges));
         } catch (FsException e) {
             throw new FsException(e.errno(), "cannot mount " + mnt + ": " + e.getMessage());
         }
@@ -134,7 +147,8 @@ final class MountCommand implements Callable<Integer> {
             cmd.add("--debug");
         }
         cmd.addAll(List.of("mount", "--foreground", "--store", s.dir().toString(), "--threads", String.valueOf(threads),
-                "--journal-durability", journalDurability, "--journal-memory", journalMemory));
+                "--journal-durability", journalDurability, "--journal-memory", journalMemory,
+                "--reclaim-max-ranges", String.valueOf(reclaimMaxRanges)));
         for (String o : fuseOptions) {
             cmd.add("-o");
             cmd.add(o);

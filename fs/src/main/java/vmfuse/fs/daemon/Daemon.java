@@ -35,6 +35,7 @@ import vmfuse.journal.JournalStore;
 import vmfuse.journal.StoreException;
 import vmfuse.reclaimer.AgentAccess;
 import vmfuse.reclaimer.VmReclaimer;
+import vmfuse.reclaimer.WriteTracker;
 
 /**
  * One mount, from start to clean exit: takes the store's lock, mounts, serves the FUSE loop and
@@ -65,7 +66,7 @@ public final class Daemon {
 
     /** What the operator asked for. */
     public record Options(Path store, Path mountPoint, List<String> fuseOptions, boolean force, int threads,
-            Durability journalDurability, long journalMemory) {}
+            Durability journalDurability, long journalMemory, int reclaimMaxRanges) {}
 
     /** Threads serving FUSE requests: enough for a few VMs' queues; each idle one costs a stack. */
     public static final int DEFAULT_THREADS = 16;
@@ -143,7 +144,7 @@ public final class Daemon {
         try (BackingStore backing = BackingStore.open(store.images()); journals) {
             VmFuseFs fs = new VmFuseFs(backing, ledger, journals, o.journalDurability());
             fs.dropHidden();
-            Vms vms = Vms.open(store, mnt, backing, fs);
+            Vms vms = Vms.open(store, mnt, backing, fs, WriteTracker.Limits.ofRanges(o.reclaimMaxRanges()));
             fs.writeTrackers(vms.trackers(), vms::isVmImage);
             CompletableFuture<Integer> loop = new CompletableFuture<>();
             Thread loopThread = new Thread(() -> {

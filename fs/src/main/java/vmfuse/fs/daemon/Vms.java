@@ -56,6 +56,8 @@ public final class Vms implements AutoCloseable {
     private final VmFuseFs fs;
     private final ThresholdPolicy policy;
     private final long epoch = WriteTracker.newEpoch();
+    /** Each VM's bounds on its fence state (--reclaim-max-ranges). */
+    private final WriteTracker.Limits limits;
     private final Map<String, Running> running = new TreeMap<>(); // guarded by this
     /**
      * VMs of the registry that could not start at mount, with why. They stay registered (a save
@@ -67,7 +69,9 @@ public final class Vms implements AutoCloseable {
     private record Failed(Vm vm, String reason) {}
     private final Map<String, WriteTracker> trackers = new ConcurrentHashMap<>();
 
-    private Vms(Store store, Path mnt, BackingStore backing, VmFuseFs fs, ThresholdPolicy policy) {
+    private Vms(Store store, Path mnt, BackingStore backing, VmFuseFs fs, ThresholdPolicy policy,
+            WriteTracker.Limits limits) {
+        this.limits = limits;
         this.store = store;
         this.mnt = mnt;
         this.backing = backing;
@@ -76,9 +80,11 @@ public final class Vms implements AutoCloseable {
     }
 
     /** Starts every VM of the registry; one that cannot start is logged and left out. */
-    public static Vms open(Store store, Path mnt, BackingStore backing, VmFuseFs fs) throws IOException {
+    public static Vms open(Store store, Path mnt, BackingStore backing, VmFuseFs fs, WriteTracker.Limits limits)
+            throws IOException {
         FileStore disk = Files.getFileStore(store.images());
-        Vms v = new Vms(store, mnt, backing, fs, new ThresholdPolicy(disk.getUsableSpace(), disk.getTotalSpace()));
+        Vms v = new Vms(store, mnt, backing, fs, new ThresholdPolicy(disk.getUsableSpace(), disk.getTotalSpace()),
+                limits);
         if (Files.exists(store.vms())) {
             for (String line : Files.readAllLines(store.vms(), StandardCharsets.UTF_8)) {
                 String[] f = line.split("\t");
@@ -185,7 +191,7 @@ public final class Vms implements AutoCloseable {
                     + "QMP socket (--qmp-socket PATH, QEMU's -qmp unix:PATH,server=on,wait=off)");
         }
         Files.createDirectories(store.reclaimDir());
-        WriteTracker tracker = qcow2 ? null : new WriteTracker(epoch);
+        WriteTracker tracker = qcow2 ? null : new WriteTracker(epoch, limits);
         Path backingFile = store.images().resolve(image);
         Fence fence = qcow2
                 ? new QemuFence(vm.qmpSocket(), mnt.resolve(Node.IMAGES).resolve(image), backingFile,

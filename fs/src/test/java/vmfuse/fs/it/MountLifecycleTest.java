@@ -32,6 +32,10 @@ class MountLifecycleTest {
                     "\nlog its deletion notices durably and punch what it deleted in its image, never what it wrote since.\n"));
             Proc.Result bad = m.vmfuse("mount", "--no-such-option");
             assertEquals(2, bad.exit(), bad.describe());
+            Proc.Result few = m.vmfuse("mount", "--store", m.store.toString(), "--reclaim-max-ranges", "3",
+                    m.root.resolve("elsewhere").toString());
+            assertEquals(2, few.exit(), few.describe());
+            assertTrue(few.err().contains("--reclaim-max-ranges must be 16..10000000, not 3"), few.describe());
         }
     }
 
