@@ -74,7 +74,6 @@ final class RedoLog implements AutoCloseable {
         void apply(byte type, long root, long a, long b, byte[] data) throws StoreException;
     }
 
-    private final Disk disk;
     private final Path base;
     private final long preallocate;
     private final DiskFile[] segments = new DiskFile[2];
@@ -100,8 +99,7 @@ final class RedoLog implements AutoCloseable {
      */
     private volatile StoreException broken;
 
-    private RedoLog(Disk disk, Path base, long preallocate) {
-        this.disk = disk;
+    private RedoLog(Path base, long preallocate) {
         this.base = base;
         this.preallocate = preallocate;
     }
@@ -118,7 +116,7 @@ final class RedoLog implements AutoCloseable {
      */
     static RedoLog open(Disk disk, Path base, long committed, long preallocate, Replay replay, long[] replayed)
             throws StoreException {
-        RedoLog r = new RedoLog(disk, base, preallocate);
+        RedoLog r = new RedoLog(base, preallocate);
         try {
             boolean created = false;
             for (int i = 0; i < 2; i++) {
