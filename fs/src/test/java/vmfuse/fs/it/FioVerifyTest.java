@@ -13,7 +13,9 @@ import org.junit.jupiter.api.Test;
 class FioVerifyTest extends OnOneMount {
 
     private static Proc.Result fio(String... args) {
-        java.util.List<String> cmd = new java.util.ArrayList<>(java.util.List.of("fio", "--output-format=normal"));
+        // verify state files go in the test's own directory, not in the working directory
+        java.util.List<String> cmd = new java.util.ArrayList<>(java.util.List.of("fio", "--output-format=normal",
+                "--aux-path=" + m.root));
         cmd.addAll(java.util.List.of(args));
         return Proc.run(Duration.ofSeconds(300), cmd);
     }
