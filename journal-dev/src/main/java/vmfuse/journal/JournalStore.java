@@ -350,19 +350,6 @@ public final class JournalStore implements AutoCloseable {
             throw new StoreException(2 /* ENOENT */, "no journal device " + name);
         }
         long blocks = d.blocksStored();
-        Runnable undo = unlink(name, d);
-        try {
-            checkpoint();
-        } catch (StoreException e) {
-            undo.run();
-            throw e;
-        }
-        free(d);
-        log.info("journal delete device={} blocks={}", name, blocks);
-    }
-
-    /** Takes a device out of the namespace and the catalog, under opLock; returns what puts it back. */
-    private Runnable unlink(String name, JournalDevice d) {
         opLock.writeLock().lock();
         try {
             d.hide();
@@ -372,7 +359,9 @@ public final class JournalStore implements AutoCloseable {
         } finally {
             opLock.writeLock().unlock();
         }
-        return () -> {
+        try {
+            checkpoint();
+        } catch (StoreException e) {
             opLock.writeLock().lock();
             try {
                 devices.put(name, d); // the next checkpoint records it in the catalog again
@@ -381,7 +370,10 @@ public final class JournalStore implements AutoCloseable {
             } finally {
                 opLock.writeLock().unlock();
             }
-        };
+            throw e;
+        }
+        free(d);
+        log.info("journal delete device={} blocks={}", name, blocks);
     }
 
     /** Frees the blocks of a device whose removal is committed; if that commit fails, the next one frees them. */
@@ -415,13 +407,18 @@ public final class JournalStore implements AutoCloseable {
             return;
         }
         JournalDevice replaced = devices.get(to);
-        Runnable undoReplace = replaced == null ? () -> { } : unlink(to, replaced);
-        Runnable undoMove = unlink(from, d);
+        // one hold of opLock for the whole move: a writer of d never finds it missing
         opLock.writeLock().lock();
         try {
+            if (replaced != null) {
+                replaced.hide();
+            }
+            devices.remove(from);
+            catalog.remove(from);
+            catalog.remove(to);
             d.renamed(to);
             devices.put(to, d);
-            d.unhide();
+            touched = true;
         } finally {
             opLock.writeLock().unlock();
         }
@@ -429,15 +426,20 @@ public final class JournalStore implements AutoCloseable {
             checkpoint();
         } catch (StoreException e) {
             opLock.writeLock().lock();
-            try {
-                devices.remove(to);
+            try { // the next checkpoint records both in the catalog again
                 catalog.remove(to);
                 d.renamed(from);
+                devices.put(from, d);
+                if (replaced != null) {
+                    devices.put(to, replaced);
+                    replaced.unhide();
+                } else {
+                    devices.remove(to);
+                }
+                touched = true;
             } finally {
                 opLock.writeLock().unlock();
             }
-            undoMove.run();
-            undoReplace.run();
             throw e;
         }
         if (replaced != null) {
