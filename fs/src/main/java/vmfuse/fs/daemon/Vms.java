@@ -164,7 +164,7 @@ public final class Vms implements AutoCloseable {
      */
     public synchronized void remove(String name) throws FsException, IOException {
         if (failed.remove(name) != null) {
-            Files.deleteIfExists(store.reclaimDir().resolve(name + ".notices"));
+            dropNotices(name);
             save();
             log.info("vm remove vm={} (it had not started)", name);
             return;
@@ -175,9 +175,17 @@ public final class Vms implements AutoCloseable {
         }
         long pending = r.reclaimer().stats().bytesPending();
         stop(r);
-        Files.deleteIfExists(store.reclaimDir().resolve(name + ".notices"));
+        dropNotices(name);
         save();
         log.info("vm remove vm={} dropped_pending={}", name, pending);
+    }
+
+    /** Deletes a VM's notice log, durably: a power cut must not bring back what `vm remove` dropped. */
+    private void dropNotices(String name) throws IOException {
+        if (Files.isDirectory(store.reclaimDir())) { // absent: no VM ever started here
+            store.disk().delete(store.reclaimDir().resolve(name + ".notices"));
+            store.disk().syncDirectory(store.reclaimDir());
+        }
     }
 
     private void start(Vm vm) throws FsException, IOException {
