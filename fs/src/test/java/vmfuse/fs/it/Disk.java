@@ -47,6 +47,32 @@ final class Disk {
         return HexFormat.of().formatHex(md.digest());
     }
 
+    /**
+     * Writes {@code len} random bytes of seed {@code seed} at {@code off} of {@code p} and
+     * fdatasyncs. The output is their sha256, printed before the write, so it is there also when
+     * the write or the fdatasync fails (the exit status says which).
+     */
+    static Proc.Result writeAndSync(Path p, long off, int len, int seed) {
+        return Proc.run("python3", "-c", String.join("\n",
+                "import os, sys, random, hashlib",
+                "random.seed(int(sys.argv[4]))",
+                "data = random.randbytes(int(sys.argv[3]))",
+                "print(hashlib.sha256(data).hexdigest(), flush=True)",
+                "fd = os.open(sys.argv[1], os.O_WRONLY)",
+                "os.pwrite(fd, data, int(sys.argv[2]))",
+                "os.fdatasync(fd)"),
+                p.toString(), String.valueOf(off), String.valueOf(len), String.valueOf(seed));
+    }
+
+    /** The sha256 of [off, off + len) of {@code p}, read through the file API. */
+    static String readSha(Path p, long off, int len) {
+        return Proc.ok("python3", "-c", String.join("\n",
+                "import os, sys, hashlib",
+                "fd = os.open(sys.argv[1], os.O_RDONLY)",
+                "print(hashlib.sha256(os.pread(fd, int(sys.argv[3]), int(sys.argv[2]))).hexdigest())"),
+                p.toString(), String.valueOf(off), String.valueOf(len)).out().trim();
+    }
+
     /** Mounts a tmpfs of {@code size} (e.g. "64m") at {@code dir}, with extra mount options. */
     static void tmpfs(Path dir, String size, String... extra) throws IOException {
         Files.createDirectories(dir);

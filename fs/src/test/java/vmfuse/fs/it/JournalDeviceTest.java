@@ -22,26 +22,9 @@ class JournalDeviceTest {
         return Long.parseLong(Proc.ok("stat", "-c", "%b", p.toString()).out().trim()) * 512;
     }
 
-    /** Writes {@code len} random bytes at {@code off} and fdatasyncs; prints their sha256. */
+    /** Writes {@code len} random bytes at {@code off} and fdatasyncs; returns their sha256. */
     private static String writeAndSync(Path p, long off, int len, int seed) {
-        return Proc.ok("python3", "-c", String.join("\n",
-                "import os, sys, random, hashlib",
-                "random.seed(int(sys.argv[4]))",
-                "data = bytes(random.getrandbits(8) for _ in range(int(sys.argv[3])))",
-                "fd = os.open(sys.argv[1], os.O_WRONLY)",
-                "os.pwrite(fd, data, int(sys.argv[2]))",
-                "os.fdatasync(fd)",
-                "os.close(fd)",
-                "print(hashlib.sha256(data).hexdigest())"),
-                p.toString(), String.valueOf(off), String.valueOf(len), String.valueOf(seed)).out().trim();
-    }
-
-    private static String readSha(Path p, long off, int len) {
-        return Proc.ok("python3", "-c", String.join("\n",
-                "import os, sys, hashlib",
-                "fd = os.open(sys.argv[1], os.O_RDONLY)",
-                "print(hashlib.sha256(os.pread(fd, int(sys.argv[3]), int(sys.argv[2]))).hexdigest())"),
-                p.toString(), String.valueOf(off), String.valueOf(len)).out().trim();
+        return Disk.writeAndSync(p, off, len, seed).assertOk().out().trim();
     }
 
     @Test
@@ -59,7 +42,7 @@ class JournalDeviceTest {
             String sum = writeAndSync(j1, 5 * MiB, (int) MiB, 1);
             writeAndSync(j2, 0, 256 * 1024, 2);
             assertEquals(MiB, blocks(j1));
-            assertEquals(sum, readSha(j1, 5 * MiB, (int) MiB));
+            assertEquals(sum, Disk.readSha(j1, 5 * MiB, (int) MiB));
             assertEquals(128 * MiB, Files.size(j1), "writes inside the device keep its size");
 
             Proc.ok("fallocate", "-p", "-o", String.valueOf(5 * MiB), "-l", String.valueOf(MiB / 2), j1.toString());
@@ -131,7 +114,7 @@ class JournalDeviceTest {
             ProcessHandle.of(pid).ifPresent(Proc::kill); // kill -9, right after the fdatasync returned
             m.mount("--force");
             assertEquals(64 * MiB, Files.size(j));
-            assertEquals(sum, readSha(j, 3 * MiB + 512, 700_000));
+            assertEquals(sum, Disk.readSha(j, 3 * MiB + 512, 700_000));
         }
     }
 
@@ -162,7 +145,7 @@ class JournalDeviceTest {
                     "        print(errno.errorcode[e.errno], i); sys.exit(0)",
                     "print('no error after 512 MiB')"), j.toString());
             assertTrue(w.out().startsWith("ENOSPC "), w.describe());
-            assertEquals(before, readSha(j, 0, 1 << 20), "what was flushed before the disk filled");
+            assertEquals(before, Disk.readSha(j, 0, 1 << 20), "what was flushed before the disk filled");
             assertTrue(m.log().contains("errno=28"), m.log()); // the redo log or a checkpoint found the disk full
 
             Files.delete(filler);
@@ -170,8 +153,8 @@ class JournalDeviceTest {
             m.umount().assertOk();
             m.mount();
             assertEquals(1L << 30, Files.size(j));
-            assertEquals(before, readSha(j, 0, 1 << 20));
-            assertEquals(after, readSha(j, 2 << 20, 1 << 20));
+            assertEquals(before, Disk.readSha(j, 0, 1 << 20));
+            assertEquals(after, Disk.readSha(j, 2 << 20, 1 << 20));
         }
     }
 
@@ -182,11 +165,11 @@ class JournalDeviceTest {
             Path j = m.mnt.resolve("journals/fast");
             Proc.ok("truncate", "-s", "16M", j.toString());
             Proc.ok("dd", "if=/dev/urandom", "of=" + j, "bs=64k", "count=40", "seek=3", "conv=notrunc", "status=none");
-            String sum = readSha(j, 3 * 65536, 40 * 65536);
+            String sum = Disk.readSha(j, 3 * 65536, 40 * 65536);
             m.umount().assertOk();
             m.mount();
             assertEquals(16 * MiB, Files.size(j));
-            assertEquals(sum, readSha(j, 3 * 65536, 40 * 65536));
+            assertEquals(sum, Disk.readSha(j, 3 * 65536, 40 * 65536));
         }
     }
 

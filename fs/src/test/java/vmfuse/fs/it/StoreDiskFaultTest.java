@@ -22,24 +22,13 @@ class StoreDiskFaultTest {
 
     /** Writes {@code len} bytes of seed {@code seed} at {@code off}, fdatasyncs; true if both succeeded. */
     private static boolean writeAndSync(Path p, long off, int len, int seed) {
-        return Proc.run("python3", "-c", String.join("\n",
-                "import os, sys, random",
-                "random.seed(int(sys.argv[4]))",
-                "data = random.randbytes(int(sys.argv[3]))",
-                "fd = os.open(sys.argv[1], os.O_WRONLY)",
-                "os.pwrite(fd, data, int(sys.argv[2]))",
-                "os.fdatasync(fd)"),
-                p.toString(), String.valueOf(off), String.valueOf(len), String.valueOf(seed)).ok();
+        return Disk.writeAndSync(p, off, len, seed).ok();
     }
 
-    /** Whether [off, off + len) of {@code p} holds what {@link #writeAndSync} wrote with {@code seed}. */
+    /** Whether [off, off + len) of {@code p} holds what {@link #writeAndSync} writes with {@code seed}. */
     private static boolean holds(Path p, long off, int len, int seed) {
-        return Proc.run("python3", "-c", String.join("\n",
-                "import os, sys, random",
-                "random.seed(int(sys.argv[4]))",
-                "fd = os.open(sys.argv[1], os.O_RDONLY)",
-                "sys.exit(0 if os.pread(fd, int(sys.argv[3]), int(sys.argv[2])) == random.randbytes(int(sys.argv[3])) else 1)"),
-                p.toString(), String.valueOf(off), String.valueOf(len), String.valueOf(seed)).ok();
+        // the seed's bytes' sha256, from the writer itself: it prints it before writing them to /dev/null
+        return Disk.readSha(p, off, len).equals(Disk.writeAndSync(Path.of("/dev/null"), 0, len, seed).out().trim());
     }
 
     @Test
