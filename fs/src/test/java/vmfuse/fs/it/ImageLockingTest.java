@@ -14,8 +14,8 @@ class ImageLockingTest extends OnOneMount {
                 "-display", "none", "-monitor", "none", "-serial", "none",
                 "-drive", "file=" + m.image(image) + ",format=" + format + ",if=virtio");
         // QEMU takes its locks while it opens the image; wait until a writer would see them
-        ReleaseSpaceTest.waitFor(() -> !Proc.run("qemu-io", "-f", format, "-c", "read 0 512",
-                m.image(image).toString()).ok() || !qemu.process.isAlive());
+        Poll.until(() -> !Proc.run("qemu-io", "-f", format, "-c", "read 0 512",
+                m.image(image).toString()).ok() || !qemu.process.isAlive(), () -> "QEMU's lock on " + image);
         assertTrue(qemu.process.isAlive(), "QEMU exited:\n" + qemu.output());
         return qemu;
     }
@@ -45,7 +45,8 @@ class ImageLockingTest extends OnOneMount {
         try (Proc.Background qemu = Proc.start("qemu-system-x86_64", "-accel", "tcg", "-S", "-nodefaults",
                 "-display", "none", "-monitor", "none", "-serial", "none",
                 "-drive", "file=" + img + ",format=raw,if=virtio")) {
-            ReleaseSpaceTest.waitFor(() -> !Proc.run("qemu-io", "-f", "raw", "-c", "read 0 512", img.toString()).ok());
+            Poll.until(() -> !Proc.run("qemu-io", "-f", "raw", "-c", "read 0 512", img.toString()).ok(),
+                    () -> "QEMU's lock on " + img + "\n" + qemu.output());
             Proc.Result second = Proc.run("qemu-io", "-f", "raw", "-c", "write 0 4k", img.toString());
             assertTrue(second.err().contains("Failed to get \"write\" lock"), second.describe());
         }

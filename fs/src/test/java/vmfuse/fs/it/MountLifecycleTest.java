@@ -63,7 +63,7 @@ class MountLifecycleTest {
         try (Mounted m = Mounted.create()) {
             Proc.ok("qemu-img", "create", "-f", "raw", m.image("busy.raw").toString(), "1M");
             try (Proc.Background holder = Proc.start("sh", "-c", "exec 3<'" + m.image("busy.raw") + "'; echo open; exec sleep 60")) {
-                ReleaseSpaceTest.waitFor(() -> holder.output().contains("open"));
+                Poll.until(() -> holder.output().contains("open"), () -> "the holder opens the image: " + holder.output());
                 Proc.Result r = m.vmfuse("umount", m.mnt.toString());
                 assertEquals(1, r.exit(), r.describe());
                 assertTrue(r.err().startsWith("vmfuse: cannot unmount " + m.mnt), r.describe());

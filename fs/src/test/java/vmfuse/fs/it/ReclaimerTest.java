@@ -69,14 +69,6 @@ class ReclaimerTest {
                 + " status=none | sha256sum").out().split(" ")[0];
     }
 
-    private static void waitFor(java.util.function.BooleanSupplier done, java.util.function.Supplier<String> what)
-            throws InterruptedException {
-        long deadline = System.nanoTime() + 30_000_000_000L;
-        while (!done.getAsBoolean()) {
-            assertTrue(System.nanoTime() < deadline, () -> "not within 30 s: " + what.get());
-            Thread.sleep(100);
-        }
-    }
 
     @Test
     void deletedRangesArePunchedAndWhatTheGuestWroteAfterTheFenceIsNot() throws Exception {
@@ -95,7 +87,7 @@ class ReclaimerTest {
                 String kept = sha(img, 72 * M, 8 * M);
                 // the file: 64 MiB from 8 MiB, reported with a ragged start and end
                 assertEquals("ACK 1", a.ask("NOTICE 1 " + token + " " + 64 * M + " " + (8 * M - 100) + ":" + (64 * M + 200)));
-                waitFor(() -> before - Disk.allocated(m.backing("vm1.raw")) >= 63 * M - 200_000,
+                Poll.until(() -> before - Disk.allocated(m.backing("vm1.raw")) >= 63 * M - 200_000,
                         () -> "allocation drops by the 63 MiB not rewritten: " + before + " -> "
                                 + Disk.allocated(m.backing("vm1.raw")) + "\n" + m.log());
                 assertEquals(reused, sha(img, 40 * M, M), "the block written after the fence is intact");
@@ -145,7 +137,7 @@ class ReclaimerTest {
                 assertEquals("ACK 1", a.ask("NOTICE 1 " + token + " 0 0:" + 32 * M));
                 assertEquals("REFUSED 2 out-of-range", a.ask("NOTICE 2 " + token + " 0 " + 32 * M + ":" + 32 * M));
             }
-            waitFor(() -> Disk.allocated(m.backing("evil.raw")) < M, () -> "evil.raw punched\n" + m.log());
+            Poll.until(() -> Disk.allocated(m.backing("evil.raw")) < M, () -> "evil.raw punched\n" + m.log());
             assertEquals(sha(Path.of("/dev/zero"), 0, 32 * M), sha(evil, 0, 32 * M), "its own data: gone, by its own doing");
             assertEquals(goodSum, sha(good, 0, 32 * M), "the other VM's image is untouched");
             assertTrue(Disk.allocated(m.backing("good.raw")) >= 32 * M);
@@ -169,7 +161,7 @@ class ReclaimerTest {
             String reused = sha(img, 2 * M, M);
             m.umount().assertOk(); // records that the image was watched up to here, as it is now
             m.mount();
-            waitFor(() -> m.log().contains("reclaim vm=vm2 image=vm2.raw restored pending=" + 7 * M), m::log);
+            Poll.until(() -> m.log().contains("reclaim vm=vm2 image=vm2.raw restored pending=" + 7 * M), m::log);
             assertEquals(reused, sha(img, 2 * M, M));
             m.vmfuse("vm", "remove", "vm2", m.mnt.toString()).assertOk();
             assertTrue(m.log().contains("vm remove vm=vm2 dropped_pending=" + 7 * M), m.log());
@@ -209,7 +201,7 @@ class ReclaimerTest {
             try (Proc.Background qemu = Proc.start("qemu-system-x86_64", "-S", "-accel", "tcg", "-nodefaults",
                     "-display", "none", "-qmp", "unix:" + qmp + ",server=on,wait=off",
                     "-drive", "file=" + img + ",format=qcow2,if=none,id=d0,discard=unmap")) {
-                waitFor(() -> Files.exists(qmp), () -> "QEMU's QMP socket\n" + qemu.output());
+                Poll.until(() -> Files.exists(qmp), () -> "QEMU's QMP socket\n" + qemu.output());
                 try (Agent a = new Agent(sock)) {
                     long token = a.fence();
                     String w = hmp(qmp, "qemu-io d0 \"write -P 0x33 1M 1M\""); // the guest reuses 1 MiB, after the token
@@ -223,7 +215,7 @@ class ReclaimerTest {
                 assertTrue(qemu.process.waitFor(30, java.util.concurrent.TimeUnit.SECONDS), qemu.output());
             }
             try (Proc.Background holder = Proc.start("sh", "-c", "exec 3<" + img + " && echo open && exec sleep 60")) {
-                waitFor(() -> holder.output().contains("open"), () -> "the holder opens the image: " + holder.output());
+                Poll.until(() -> holder.output().contains("open"), () -> "the holder opens the image: " + holder.output());
                 Proc.Result busy = m.vmfuse("vm", "reclaim", "vm5", m.mnt.toString());
                 assertEquals(1, busy.exit(), busy.describe());
                 assertTrue(busy.err().contains("has the image open"), busy.describe());
@@ -271,7 +263,7 @@ class ReclaimerTest {
             dd(m.backing("vm.raw"), 0, 8, "/dev/urandom"); // meanwhile, on the store: nobody watches
             String live = sha(m.backing("vm.raw"), 0, 8 * M);
             m.mount("--force");
-            waitFor(() -> m.log().contains("reclaim vm=vm image=vm.raw dropped 1 notice(s) of " + 8 * M), m::log);
+            Poll.until(() -> m.log().contains("reclaim vm=vm image=vm.raw dropped 1 notice(s) of " + 8 * M), m::log);
             reclaimPunchesNothing(m);
             assertEquals(live, sha(img, 0, 8 * M), "what was written while nobody watched is there");
             String status = m.vmfuse("status", m.mnt.toString()).assertOk().out();
@@ -291,7 +283,7 @@ class ReclaimerTest {
             Proc.ok("cp", "--sparse=always", backup.toString(), m.backing("vm.raw").toString()); // restored in the store
             String restored = sha(backup, 0, 8 * M);
             m.mount();
-            waitFor(() -> m.log().contains("reclaim vm=vm image=vm.raw dropped 1 notice(s)"), m::log);
+            Poll.until(() -> m.log().contains("reclaim vm=vm image=vm.raw dropped 1 notice(s)"), m::log);
             reclaimPunchesNothing(m);
             assertEquals(restored, sha(img, 0, 8 * M), "the restored image is whole");
         }
@@ -320,7 +312,7 @@ class ReclaimerTest {
             m.umount().assertOk();
             Files.delete(sockDir);
             m.mount();
-            waitFor(() -> m.log().contains("reclaim vm=vm image=vm.raw dropped 1 notice(s)"), m::log);
+            Poll.until(() -> m.log().contains("reclaim vm=vm image=vm.raw dropped 1 notice(s)"), m::log);
             reclaimPunchesNothing(m);
             assertEquals(live, sha(img, 0, 8 * M), "what it wrote unwatched is there");
         }
