@@ -1,7 +1,6 @@
 package vmfuse.fs;
 
-import java.util.ArrayList;
-import java.util.List;
+import java.util.function.BooleanSupplier;
 
 import jnr.ffi.LibraryLoader;
 import jnr.ffi.Memory;
@@ -20,7 +19,9 @@ import org.slf4j.LoggerFactory;
  * on a punch-hole loop: a new Java thread per request, young GCs every ~100 requests, p99 of
  * 1-2 ms. Here the threads that read /dev/fuse are Java threads from the start, so a callback
  * is a plain upcall. The loop is the one libfuse's own fuse_loop_mt runs (fuse_chan_recv, then
- * fuse_session_process), with fuse_setup/fuse_teardown around it for mount and unmount.
+ * fuse_session_process), with fuse_setup/fuse_teardown around it for mount and unmount. The
+ * threads are {@link FuseWorkers}: a request that waits on another subsystem never takes the
+ * last thread that serves the others.
  */
 final class FuseLoop {
     private static final Logger log = LoggerFactory.getLogger(FuseLoop.class);
@@ -53,10 +54,12 @@ final class FuseLoop {
 
     /**
      * Mounts with {@code argv} (as fuse_main would take it: program name, -f, mount point, -o
-     * options), serves requests on {@code threads} threads until the mount goes away, then tears
-     * down. Returns 0, or 1 if libfuse could not mount (its reason is on stderr).
+     * options), serves requests on {@code threads} threads, half of them kept free while others
+     * wait on other subsystems (with spares, up to {@code maxThreads}; see {@link FuseWorkers}),
+     * until the mount goes away, then tears down. Returns 0, or 1 if libfuse could not mount
+     * (its reason is on stderr).
      */
-    static int run(String[] argv, Pointer operations, long opSize, int threads) {
+    static int run(String[] argv, Pointer operations, long opSize, int threads, int maxThreads) {
         Runtime rt = Runtime.getSystemRuntime();
         PointerByReference mountpoint = new PointerByReference();
         Pointer multithreaded = Memory.allocate(rt, 4);
@@ -67,40 +70,38 @@ final class FuseLoop {
         Pointer se = LIB.fuse_get_session(fuse);
         Pointer ch = LIB.fuse_session_next_chan(se, null);
         long bufsize = LIB.fuse_chan_bufsize(ch);
-        List<Thread> workers = new ArrayList<>();
-        for (int i = 0; i < threads; i++) {
-            Thread t = new Thread(() -> serve(se, ch, bufsize), "fuse-" + i);
-            t.start();
-            workers.add(t);
-        }
-        for (Thread t : workers) {
-            try {
-                t.join();
-            } catch (InterruptedException e) {
-                Thread.currentThread().interrupt();
-            }
+        FuseWorkers workers = new FuseWorkers(threads, Math.max(1, threads / 2), maxThreads, "fuse", () -> server(se, ch, bufsize));
+        workers.start();
+        try {
+            workers.awaitEnd();
+        } catch (InterruptedException e) {
+            Thread.currentThread().interrupt();
         }
         LIB.fuse_teardown(fuse, mountpoint.getValue());
         return 0;
     }
 
-    /** One worker: read a request from /dev/fuse, process it, until the session ends. */
-    private static void serve(Pointer se, Pointer ch, long bufsize) {
+    /** One thread's server: reads a request from /dev/fuse and processes it; false once the session ends. */
+    private static BooleanSupplier server(Pointer se, Pointer ch, long bufsize) {
         Pointer buf = Memory.allocateDirect(Runtime.getSystemRuntime(), (int) bufsize);
         Pointer chp = Memory.allocateDirect(Runtime.getSystemRuntime(), 8);
-        while (LIB.fuse_session_exited(se) == 0) {
-            chp.putPointer(0, ch);
-            int res = LIB.fuse_chan_recv(chp, buf, bufsize);
-            if (res == -EINTR) {
-                continue;
-            }
-            if (res <= 0) {
-                if (res < 0) {
-                    log.warn("reading /dev/fuse failed: errno={}", -res);
+        return () -> {
+            while (LIB.fuse_session_exited(se) == 0) {
+                chp.putPointer(0, ch);
+                int res = LIB.fuse_chan_recv(chp, buf, bufsize);
+                if (res == -EINTR) {
+                    continue;
                 }
-                break; // 0: the mount went away (ENODEV) or the session was ended
+                if (res <= 0) {
+                    if (res < 0) {
+                        log.warn("reading /dev/fuse failed: errno={}", -res);
+                    }
+                    return false; // 0: the mount went away (ENODEV) or the session was ended
+                }
+                LIB.fuse_session_process(se, buf, res, chp.getPointer(0));
+                return true;
             }
-            LIB.fuse_session_process(se, buf, res, chp.getPointer(0));
-        }
+            return false;
+        };
     }
 }

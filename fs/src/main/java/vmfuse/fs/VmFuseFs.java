@@ -22,6 +22,7 @@ import ru.serce.jnrfuse.struct.FileStat;
 import ru.serce.jnrfuse.struct.FuseFileInfo;
 import ru.serce.jnrfuse.struct.Statvfs;
 import ru.serce.jnrfuse.struct.Timespec;
+import vmfuse.durable.Parking;
 import vmfuse.fs.nativeio.LibC;
 import vmfuse.fs.nativeio.Native;
 import vmfuse.journal.Durability;
@@ -174,7 +175,8 @@ public final class VmFuseFs extends FuseStubFS {
             args[3 + 2 * i] = "-o";
             args[4 + 2 * i] = options.get(i);
         }
-        return FuseLoop.run(args, ops, Struct.size(fuseOperations), threads);
+        // up to three spares per thread while requests wait on journal memory or held images
+        return FuseLoop.run(args, ops, Struct.size(fuseOperations), threads, 4 * threads);
     }
 
     /** Counted down when the kernel's INIT has been answered: the mount is live. */
@@ -270,6 +272,21 @@ public final class VmFuseFs extends FuseStubFS {
     /** Opens an image with {@code opener} and registers the open, once the reclaimer does not hold it. */
     private void openImage(String name, FuseFileInfo fi, Opener opener) throws FsException {
         synchronized (held) {
+            if (held.contains(name)) {
+                awaitRelease(name);
+            }
+            register(opener.open(), name, fi);
+        }
+    }
+
+    /** Waits, parked (see {@link Parking}), up to HOLD_WAIT_MS until the reclaimer releases {@code name}. */
+    private void awaitRelease(String name) throws FsException {
+        assert Thread.holdsLock(held);
+        if (!Parking.begin()) {
+            throw new FsException(EBUSY, "image " + name + " is held closed by the reclaimer, and too many "
+                    + "requests already wait on other subsystems");
+        }
+        try {
             long deadline = System.nanoTime() + HOLD_WAIT_MS * 1_000_000;
             while (held.contains(name)) {
                 long left = (deadline - System.nanoTime()) / 1_000_000;
@@ -283,7 +300,8 @@ public final class VmFuseFs extends FuseStubFS {
                     throw new FsException(EINTR, "interrupted waiting for the reclaimer to release " + name);
                 }
             }
-            register(opener.open(), name, fi);
+        } finally {
+            Parking.end();
         }
     }
 

@@ -4,6 +4,8 @@ import java.util.Arrays;
 import java.util.Map;
 import java.util.TreeMap;
 
+import vmfuse.durable.Parking;
+
 /**
  * One journal device: a sparse block device of a fixed size whose blocks live in a
  * {@link RadixBlockStore}, with a durability mode. It behaves as a regular file of that size:
@@ -463,10 +465,14 @@ public final class JournalDevice {
 
     /**
      * Runs a change of this device: the store's opLock shared (a checkpoint waits for it), then
-     * this device's monitor, so its redo log records are in the order of its changes.
+     * this device's monitor, so its redo log records are in the order of its changes. A wait for
+     * opLock is a {@link Parking}.
      */
     private void change(Change c) throws StoreException {
-        store.opLock().readLock().lock();
+        if (!Parking.lock(store.opLock().readLock())) {
+            throw new StoreException(StoreException.EIO, "journal device " + name + ": the store is busy (a "
+                    + "checkpoint holds it) and too many requests already wait on it or on other subsystems");
+        }
         try {
             synchronized (this) {
                 if (deleted) {

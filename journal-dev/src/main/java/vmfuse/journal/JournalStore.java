@@ -20,6 +20,7 @@ import org.slf4j.Logger;
 import org.slf4j.LoggerFactory;
 
 import vmfuse.durable.Disk;
+import vmfuse.durable.Parking;
 
 /*
  * The journal devices of one vmfuse store, in one MapDB file (STORE/journals.db).
@@ -56,6 +57,10 @@ import vmfuse.durable.Disk;
  * Locks: a device change holds opLock shared, then the device's monitor (so its log records are
  * in the order of its changes); a checkpoint holds this store's monitor, takes opLock exclusive
  * for the rotation only, then each device's monitor in turn as it drains it.
+ *
+ * Every wait a caller may make here (for opLock, this store's monitor, memory, a sync of the
+ * log) is a {@link Parking}: a pool of request threads (FUSE's) lends another thread meanwhile,
+ * so that a store stalled on its disk does not take every thread, or refuses the wait (EIO).
  */
 public final class JournalStore implements AutoCloseable {
     private static final Logger log = LoggerFactory.getLogger(JournalStore.class);
@@ -297,7 +302,11 @@ public final class JournalStore implements AutoCloseable {
     }
 
     /** A new device of {@code size} bytes; EEXIST if the name is taken. Committed before it returns. */
-    public synchronized JournalDevice create(String name, long size, Durability durability) throws StoreException {
+    public JournalDevice create(String name, long size, Durability durability) throws StoreException {
+        return Parking.parked(() -> createLocked(name, size, durability), () -> busy("create"));
+    }
+
+    private synchronized JournalDevice createLocked(String name, long size, Durability durability) throws StoreException {
         checkOpen();
         RadixBlockStore.checkRange(0, size);
         if (devices.containsKey(name)) {
@@ -343,7 +352,14 @@ public final class JournalStore implements AutoCloseable {
      * replays may hold its records), the second frees its blocks. A crash between them leaves
      * its blocks unreferenced in the file (space, not data).
      */
-    public synchronized void delete(String name) throws StoreException {
+    public void delete(String name) throws StoreException {
+        Parking.parked(() -> {
+            deleteLocked(name);
+            return null;
+        }, () -> busy("delete"));
+    }
+
+    private synchronized void deleteLocked(String name) throws StoreException {
         checkOpen();
         JournalDevice d = devices.get(name);
         if (d == null) {
@@ -397,7 +413,14 @@ public final class JournalStore implements AutoCloseable {
      * Renames a device, replacing {@code to} if it exists, as rename(2) does: in one commit. If
      * that commit fails, both are back as they were, and the error is thrown.
      */
-    public synchronized void rename(String from, String to) throws StoreException {
+    public void rename(String from, String to) throws StoreException {
+        Parking.parked(() -> {
+            renameLocked(from, to);
+            return null;
+        }, () -> busy("rename"));
+    }
+
+    private synchronized void renameLocked(String from, String to) throws StoreException {
         checkOpen();
         JournalDevice d = devices.get(from);
         if (d == null) {
@@ -509,7 +532,8 @@ public final class JournalStore implements AutoCloseable {
     /**
      * Called before a write: asks for a checkpoint when the log segment is full, and waits while
      * the blocks in memory are at the bound, until a checkpoint frees them. ENOSPC (or the
-     * checkpoint's error) if a checkpoint tried after the wait began failed.
+     * checkpoint's error) if a checkpoint tried after the wait began failed. The wait is a
+     * {@link Parking}: EIO at once if the caller's pool refuses it.
      */
     void admit() throws StoreException {
         if (redo.position() > SEGMENT_LIMIT) {
@@ -521,6 +545,14 @@ public final class JournalStore implements AutoCloseable {
         long since = System.nanoTime();
         long deadline = since + TimeUnit.SECONDS.toNanos(120);
         requestCheckpoint();
+        Parking.parked(() -> {
+            awaitMemory(since, deadline);
+            return null;
+        }, () -> new StoreException(StoreException.EIO, "journal memory is full (" + (memoryLimit >> 20)
+                + " MiB), and too many requests already wait on it or on other subsystems"));
+    }
+
+    private void awaitMemory(long since, long deadline) throws StoreException {
         synchronized (memory) {
             while (memoryHeld() >= memoryLimit) {
                 checkOpen();
@@ -542,6 +574,12 @@ public final class JournalStore implements AutoCloseable {
                 }
             }
         }
+    }
+
+    /** The error of a wait on this store that the caller's pool refused (see {@link Parking}). */
+    private StoreException busy(String what) {
+        return new StoreException(StoreException.EIO, "journal " + what + " refused: too many requests already "
+                + "wait on the journal store (" + file + ") or on other subsystems");
     }
 
     /** Wakes the checkpoint thread. */
@@ -581,6 +619,13 @@ public final class JournalStore implements AutoCloseable {
      * segment the rotation forced; forcing the active segment covers the rest.)
      */
     void awaitLogSync() throws StoreException {
+        Parking.parked(() -> {
+            awaitLogSyncParked();
+            return null;
+        }, () -> busy("flush"));
+    }
+
+    private void awaitLogSyncParked() throws StoreException {
         long ticket = tickets.incrementAndGet();
         synchronized (logSync) {
             while (true) {
@@ -635,7 +680,14 @@ public final class JournalStore implements AutoCloseable {
      * Moves every device's changes in memory into MapDB and commits it (CLOSE devices' changes
      * included). Writers go on during it but for the rotation of the redo log.
      */
-    public synchronized void checkpoint() throws StoreException {
+    public void checkpoint() throws StoreException {
+        Parking.parked(() -> {
+            checkpointLocked();
+            return null;
+        }, () -> busy("checkpoint"));
+    }
+
+    private synchronized void checkpointLocked() throws StoreException {
         checkOpen();
         try {
             checkRoom();

@@ -79,8 +79,11 @@ final class RedoLog implements AutoCloseable {
     private final DiskFile[] segments = new DiskFile[2];
     /** Generation of the segment appended to. Guarded by this. */
     private long generation;
-    /** Where the next record goes in the active segment. Guarded by this. */
-    private long position;
+    /**
+     * Where the next record goes in the active segment. Written under this monitor; read without
+     * it by writers deciding on a checkpoint, which must not wait on a rotation's fdatasync.
+     */
+    private volatile long position;
     /** Whether each segment was zero-filled to the preallocated size (at its first append). Guarded by this. */
     private final boolean[] preallocated = new boolean[2];
     /**
@@ -475,8 +478,8 @@ final class RedoLog implements AutoCloseable {
         return generation;
     }
 
-    /** Bytes of records in the active segment. */
-    synchronized long position() {
+    /** Bytes of records in the active segment (never waits on this log's monitor). */
+    long position() {
         return position;
     }
 

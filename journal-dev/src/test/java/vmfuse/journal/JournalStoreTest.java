@@ -326,6 +326,77 @@ class JournalStoreTest {
         }
     }
 
+    /** A pool of threads as FUSE's: counts the waits its threads announce, and allows them or not. */
+    private static final class CountingPool implements vmfuse.durable.Parking.Pool {
+        final boolean allow;
+        final java.util.concurrent.atomic.AtomicInteger parked = new java.util.concurrent.atomic.AtomicInteger();
+        final java.util.concurrent.atomic.AtomicInteger unparked = new java.util.concurrent.atomic.AtomicInteger();
+
+        CountingPool(boolean allow) {
+            this.allow = allow;
+        }
+
+        @Override
+        public boolean parking() {
+            parked.incrementAndGet();
+            return allow;
+        }
+
+        @Override
+        public void unparked() {
+            unparked.incrementAndGet();
+        }
+    }
+
+    /**
+     * At the memory bound a write waits for a checkpoint, parked: the thread's pool is told (and
+     * lends another thread meanwhile), or refuses, and the write fails at once with nothing of it
+     * written. Below the bound nothing is announced.
+     */
+    @Test
+    void aWriteAtTheMemoryBoundWaitsParkedOrIsRefusedByItsPool() throws Exception {
+        try (JournalStore s = JournalStore.open(Disk.real(null), dir.resolve("j.db"), 4L * MiB)) {
+            JournalDevice d = s.create("vm", 64L * MiB, Durability.CLOSE);
+            CountingPool refusing = new CountingPool(false);
+            vmfuse.durable.Parking.serve(refusing);
+            try {
+                for (int i = 0; i < 4; i++) {
+                    d.write((long) i * MiB, random(MiB, i), 0, MiB);
+                }
+                assertEquals(0, refusing.parked.get(), "no wait below the bound");
+                assertEquals(4L * MiB, s.memoryHeld());
+                StoreException e = assertThrows(StoreException.class, () -> d.write(4L * MiB, random(MiB, 4), 0, MiB));
+                assertEquals(StoreException.EIO, e.errno());
+                assertTrue(e.getMessage().contains("too many requests already wait"), e.getMessage());
+                assertEquals(1, refusing.parked.get());
+                assertEquals(0, refusing.unparked.get());
+                byte[] back = new byte[MiB];
+                d.read(4L * MiB, back, 0, MiB);
+                assertArrayEquals(new byte[MiB], back, "the refused write wrote nothing");
+
+                long deadline = System.nanoTime() + TimeUnit.SECONDS.toNanos(30);
+                while (s.memoryHeld() > 0) { // the refused write asked for the checkpoint that frees memory
+                    assertTrue(System.nanoTime() < deadline, "memory freed by a checkpoint");
+                    Thread.sleep(20);
+                }
+                for (int i = 0; i < 4; i++) {
+                    d.write((long) i * MiB, random(MiB, 10 + i), 0, MiB);
+                }
+                CountingPool lending = new CountingPool(true);
+                vmfuse.durable.Parking.serve(lending);
+                d.write(4L * MiB, random(MiB, 14), 0, MiB);
+                assertEquals(1, lending.parked.get());
+                assertEquals(1, lending.unparked.get());
+                for (int i = 0; i < 5; i++) {
+                    d.read((long) i * MiB, back, 0, MiB);
+                    assertArrayEquals(random(MiB, 10 + i), back);
+                }
+            } finally {
+                vmfuse.durable.Parking.serve(null);
+            }
+        }
+    }
+
     /** A checkpoint that empties memory gives all but KEEP_CHUNKS MiB of it back. */
     @Test
     void aBurstDoesNotKeepItsMemory() throws Exception {

@@ -14,6 +14,8 @@ import java.util.stream.Stream;
  * <ul>
  *   <li>{@link #failing(boolean)}: every write and flush of the disk fails with EIO while true, as
  *       a dying disk's do (the error filter's trigger file);
+ *   <li>{@link #stalled(boolean)}: nbdkit is stopped (SIGSTOP): every I/O that reaches the disk
+ *       waits until it is continued, as on a disk that hangs;
  *   <li>{@link #cut()}: nbdkit is killed: what the kernel has not yet written to the disk (dirty
  *       pages, ext4's running transaction) never reaches it, as at a power cut; what nbdkit took
  *       is in the image file. Then {@link #attachAgain()} mounts what the image file holds, after
@@ -94,6 +96,11 @@ final class NbdDisk implements AutoCloseable {
         }
     }
 
+    /** While true, nbdkit is stopped: every request that reaches the disk waits. */
+    void stalled(boolean stall) {
+        Proc.ok("kill", stall ? "-STOP" : "-CONT", String.valueOf(nbdkit.process.pid()));
+    }
+
     /** The power goes: nbdkit dies with whatever the kernel has not written yet; everything above is let go. */
     void cut() {
         nbdkit.close();
@@ -126,6 +133,9 @@ final class NbdDisk implements AutoCloseable {
 
     @Override
     public void close() throws IOException {
+        if (nbdkit != null) {
+            Proc.run("kill", "-CONT", String.valueOf(nbdkit.process.pid()));
+        }
         detach();
         if (nbdkit != null) {
             nbdkit.close();
