@@ -43,6 +43,7 @@ bench: build
 	./scripts/bench-mount.sh
 	./scripts/bench-journal.sh
 	./scripts/bench-guest.sh
+	./scripts/bench-stall.sh
 
 clean:
 	$(MVN) clean

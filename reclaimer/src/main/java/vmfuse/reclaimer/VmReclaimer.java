@@ -51,7 +51,7 @@ public final class VmReclaimer implements AgentSession.Host, WriteTracker.Listen
         WRITTEN_WHILE_PENDING,
         /** qcow2 with no QEMU: not a data cluster this image alone owns (a snapshot's, compressed, unallocated). */
         NOT_OWNED,
-        /** qcow2: the token's bitmap could not prove what was written since it (gone, inconsistent): dropped. */
+        /** qcow2: the token's bitmap could not prove what was written since it (gone, inconsistent), or the image's metadata is corrupt: dropped. */
         FENCE_LOST,
         /** Restored at start, but the image was not watched without a gap since: dropped (see NoticeLog). */
         UNWATCHED

@@ -86,7 +86,8 @@ final class VmCommand {
             description = {"Carry out a VM's waiting notices now, whatever the threshold: before a backup or a copy of",
                 "the image, or when its VM is shut down. What the guest wrote since a notice's fence is kept, as",
                 "always. A qcow2 image no QEMU runs is held closed meanwhile (opens of it wait).",
-                "Prints the bytes punched, the bytes of disk freed and the bytes still waiting."},
+                "Prints the bytes punched, the bytes of disk freed and the bytes still waiting, and on stderr the",
+                "bytes of notices dropped instead of punched (a fence that cannot be proved, a corrupt qcow2 image)."},
             footer = {"", "Exit status: 0 when done; 1 if what waits could not go (the reason is printed; it waits on)."})
     static final class Reclaim implements Callable<Integer> {
         @Parameters(index = "0", paramLabel = "NAME")
@@ -99,6 +100,11 @@ final class VmCommand {
         public Integer call() throws Exception {
             String[] f = DaemonClient.request(mountPoint, "vm-reclaim", name).trim().split(" ");
             System.out.printf("vm %s: punched %s bytes, freed %s bytes, %s bytes still waiting%n", name, f[1], f[2], f[3]);
+            if (f.length > 4 && !f[4].equals("0")) {
+                System.err.printf("vmfuse: vm %s: notices of %s bytes dropped, never punched: what the guest wrote since "
+                        + "their fence could not be proved, or the image's metadata is not to be trusted (the daemon's "
+                        + "log says which)%n", name, f[4]);
+            }
             return 0;
         }
     }

@@ -269,6 +269,12 @@ public final class Daemon {
         }
     }
 
+    /** Bytes of notices dropped, never punched: their fence could not be proved, or the image's metadata not trusted. */
+    private static long dropped(VmReclaimer.Stats s) {
+        return s.skipped().getOrDefault(VmReclaimer.Skipped.FENCE_LOST, 0L)
+                + s.skipped().getOrDefault(VmReclaimer.Skipped.UNWATCHED, 0L);
+    }
+
     /** How often journal devices of durability close are committed while mounted. */
     public static final long CHECKPOINT_SECONDS = 5;
 
@@ -318,7 +324,7 @@ public final class Daemon {
      *   journal-create NAME SIZE DURABILITY "ok", or "error REASON" (vmfuse journal create)
      *   vm-add NAME IMAGE AGENT QMP|- [USER[:GROUP]]  "ok", or "error REASON" (vmfuse vm add)
      *   vm-remove NAME                      "ok", or "error REASON" (vmfuse vm remove)
-     *   vm-reclaim NAME                     "ok PUNCHED FREED PENDING" (bytes, after it), or "error REASON"
+     *   vm-reclaim NAME                     "ok PUNCHED FREED PENDING DROPPED" (bytes, after it), or "error REASON"
      * </pre>
      */
     private static String answer(String request, Store store, Path mnt, long pid, BackingStore backing,
@@ -361,7 +367,8 @@ public final class Daemon {
                     VmReclaimer.Stats before = vms.stats(f[1]);
                     VmReclaimer.Stats after = vms.reclaimNow(f[1]);
                     return "ok " + (after.bytesPunched() - before.bytesPunched()) + " "
-                            + (after.bytesFreed() - before.bytesFreed()) + " " + after.bytesPending() + "\n";
+                            + (after.bytesFreed() - before.bytesFreed()) + " " + after.bytesPending() + " "
+                            + (dropped(after) - dropped(before)) + "\n";
                 } catch (FsException | IOException e) {
                     return "error " + e.getMessage() + "\n";
                 }

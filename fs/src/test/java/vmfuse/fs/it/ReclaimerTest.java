@@ -235,6 +235,57 @@ class ReclaimerTest {
         }
     }
 
+    /**
+     * FAULTS.md R3 through the daemon: a qcow2 VM's notice waits, its QEMU quits, and the image is
+     * then edited so that the guest's first cluster points at the image's own L2 table. `vmfuse
+     * vm reclaim` punches nothing, says the notice was dropped, and the log names the overlap:
+     * the file is byte for byte what it was.
+     */
+    @Test
+    void aCraftedQcow2ThatPointsDataAtItsL2TableIsRefused() throws Exception {
+        try (Mounted m = Mounted.create()) {
+            Path img = m.image("vm6.qcow2");
+            Proc.ok("qemu-img", "create", "-q", "-f", "qcow2", img.toString(), "1G");
+            Proc.ok("qemu-io", "-f", "qcow2", "-c", "write -P 0x11 0 16m", img.toString());
+            Path sock = m.root.resolve("vm6.agent");
+            Path qmp = m.root.resolve("vm6.qmp");
+            m.vmfuse("vm", "add", "vm6", "--image", "vm6.qcow2", "--agent-socket", sock.toString(), "--qmp-socket",
+                    qmp.toString(), m.mnt.toString()).assertOk();
+            try (Proc.Background qemu = Proc.start("qemu-system-x86_64", "-S", "-accel", "tcg", "-nodefaults",
+                    "-display", "none", "-qmp", "unix:" + qmp + ",server=on,wait=off",
+                    "-drive", "file=" + img + ",format=qcow2,if=none,id=d0,discard=unmap")) {
+                Poll.until(() -> Files.exists(qmp), () -> "QEMU's QMP socket\n" + qemu.output());
+                try (Agent a = new Agent(sock)) {
+                    assertEquals("ACK 1", a.ask("NOTICE 1 " + a.fence() + " " + 8 * M + " 0:" + 8 * M));
+                }
+                try (Qmp q = Qmp.connect(qmp)) {
+                    q.execute("quit", null);
+                }
+                assertTrue(qemu.process.waitFor(30, java.util.concurrent.TimeUnit.SECONDS), qemu.output());
+            }
+            // guest cluster 0's L2 entry (COPIED) pointed at the L2 table that holds it
+            try (java.nio.channels.FileChannel ch = java.nio.channels.FileChannel.open(m.backing("vm6.qcow2"),
+                    java.nio.file.StandardOpenOption.READ, java.nio.file.StandardOpenOption.WRITE)) {
+                java.nio.ByteBuffer b = java.nio.ByteBuffer.allocate(8);
+                ch.read(b, 40);
+                long l1 = b.flip().getLong();
+                ch.read(b.clear(), l1);
+                long l2 = b.flip().getLong() & 0x00ff_ffff_ffff_fe00L;
+                ch.write(java.nio.ByteBuffer.allocate(8).putLong(0, (1L << 63) | l2), l2);
+                ch.force(true);
+            }
+            String before = Disk.sha256(m.backing("vm6.qcow2"));
+            long allocated = Disk.allocated(m.backing("vm6.qcow2"));
+
+            Proc.Result r = m.vmfuse("vm", "reclaim", "vm6", m.mnt.toString()).assertOk();
+            assertTrue(r.out().contains("punched 0 bytes, freed 0 bytes, 0 bytes still waiting"), r.describe());
+            assertTrue(r.err().contains("notices of " + 8 * M + " bytes dropped, never punched"), r.describe());
+            assertEquals(before, Disk.sha256(m.backing("vm6.qcow2")), "nothing punched or written");
+            assertEquals(allocated, Disk.allocated(m.backing("vm6.qcow2")));
+            assertTrue(m.log().contains("overlaps the L2 table of L1 entry 0; the image is corrupt"), m.log());
+        }
+    }
+
     /** A raw VM with 8 MiB noticed as deleted, below the threshold: it waits. Returns the image. */
     private static Path vmWithAWaitingNotice(Mounted m, Path sock) throws Exception {
         Path img = m.image("vm.raw");
