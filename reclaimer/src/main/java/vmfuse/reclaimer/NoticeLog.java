@@ -49,6 +49,8 @@ final class NoticeLog implements AutoCloseable {
     private DiskFile ch;
     /** Where the next line goes: the end of the last whole line written. */
     private long end;
+    /** The file's size after the last compaction: what waits, written out whole. */
+    private long compacted;
     /** An append failed and the rewrite that would repair the file did too: the file is not to be appended to. */
     private boolean broken;
     /** The identity of the C record that ended the log when it was loaded; null if it did not end with one. */
@@ -106,7 +108,7 @@ final class NoticeLog implements AutoCloseable {
         String[] lines = text.split("\n", -1);
         int complete = lines.length - 1; // the last is "" after a newline, or a line a crash tore
         for (int i = 0; i < complete; i++) {
-            String[] f = lines[i].split(" ");
+            String[] f = lines[i].split(" ", -1); // -1: an N record's ranges may be empty
             closedAs = null; // a C record counts only as the last
             try {
                 switch (f[0]) {
@@ -167,7 +169,21 @@ final class NoticeLog implements AutoCloseable {
         disk.replace(file, text);
         ch = disk.open(file, false);
         end = text.length;
+        compacted = text.length;
         broken = false;
+    }
+
+    /**
+     * The log's bound: past max(COMPACT_AT, 4x what waits), it is rewritten as what waits. So a
+     * guest whose notices never all go (one kept waiting, a flood of notices its writes empty,
+     * notices carried out one by one beside it) cannot grow its log without end.
+     */
+    static final long COMPACT_AT = 1 << 20;
+
+    private void compactIfLarge() throws IOException {
+        if (end > Math.max(COMPACT_AT, 4 * compacted)) {
+            compact();
+        }
     }
 
     /**
@@ -217,6 +233,7 @@ final class NoticeLog implements AutoCloseable {
             lastSeq = before;
             throw e;
         }
+        compactIfLarge();
     }
 
     /** A write landed on pending ranges: cut them out of every notice that holds them. */
@@ -230,15 +247,14 @@ final class NoticeLog implements AutoCloseable {
                 append("X " + p.seq() + " " + Notice.format(gone));
             }
         }
+        compactIfLarge();
     }
 
     void done(long seq) throws IOException {
         if (pending.remove(seq) != null) {
             append("D " + seq);
         }
-        if (pending.isEmpty() && end > (1 << 20)) {
-            compact();
-        }
+        compactIfLarge();
     }
 
     @Override

@@ -45,6 +45,50 @@ class NoticeLogTest {
         return s;
     }
 
+    /**
+     * A notice admission emptied (its file was smaller than a block, or rewritten after its fence)
+     * is acknowledged and logged with no ranges. Before, that line ("N seq token size ") was
+     * refused as corrupt at the next start, and with it the VM's whole log.
+     */
+    @Test
+    void aNoticeAdmittedEmptyLeavesALogThatOpens() throws Exception {
+        Path file = file();
+        try (NoticeLog l = NoticeLog.open(Disk.real(null), file)) {
+            l.accepted(notice(1, 0), notice(1, 0).ranges());
+            l.accepted(notice(2, MiB), List.of());
+        }
+        try (NoticeLog again = NoticeLog.open(Disk.real(null), file)) {
+            assertEquals(Set.of(1L), pendingSeqs(again));
+            assertEquals(2, again.lastSeq());
+        }
+    }
+
+    /**
+     * Issue 14: a guest keeps one notice waiting and floods notices its own writes emptied, and
+     * others carried out one by one: the log stays within max(1 MiB, 4x what waits), and what
+     * waits survives the rewrites.
+     */
+    @Test
+    void aLogWhoseNoticesNeverAllGoStaysWithinItsBound() throws Exception {
+        Path file = file();
+        try (NoticeLog l = NoticeLog.open(Disk.real(null), file)) {
+            l.accepted(notice(1, 0), notice(1, 0).ranges()); // waits throughout
+            long largest = 0;
+            for (long seq = 2; seq < 30_000; seq += 2) { // about 1.5 MiB of lines
+                l.accepted(notice(seq, MiB), List.of()); // everything in it written after its fence
+                l.accepted(notice(seq + 1, 2 * MiB), notice(seq + 1, 2 * MiB).ranges());
+                l.done(seq + 1);
+                largest = Math.max(largest, Files.size(file));
+            }
+            assertTrue(largest <= NoticeLog.COMPACT_AT + 200, "the log reached " + largest + " bytes");
+            assertEquals(Set.of(1L), pendingSeqs(l));
+        }
+        try (NoticeLog again = NoticeLog.open(Disk.real(null), file)) {
+            assertEquals(Set.of(1L), pendingSeqs(again));
+            assertEquals(29_999, again.lastSeq());
+        }
+    }
+
     /** Before the fix the next line was glued to the torn one, and the log was refused at the next start. */
     @Test
     void anAppendTornByAFullDiskLeavesALogThatOpensWithEveryAcknowledgedNotice() throws Exception {
