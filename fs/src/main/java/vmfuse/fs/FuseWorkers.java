@@ -94,18 +94,32 @@ final class FuseWorkers implements Parking.Pool {
                 return true;
             }
             if (threads >= max) {
-                refused++;
-                if (refused == 1 || Integer.bitCount(refused) == 1) {
-                    log.warn("{} FUSE threads wait on other subsystems (the most there may be); a request that "
-                            + "would wait too is refused ({} so far)", parked, refused);
-                }
+                refuse("the most there may be");
                 return false;
             }
             parked++;
             spare = newThread();
         }
-        spare.start();
+        try {
+            spare.start();
+        } catch (OutOfMemoryError e) { // no native thread to be had: as at the bound
+            synchronized (this) {
+                parked--;
+                threads--;
+                refuse("no thread could be started: " + e.getMessage());
+            }
+            return false;
+        }
         return true;
+    }
+
+    private void refuse(String why) {
+        assert Thread.holdsLock(this);
+        refused++;
+        if (Integer.bitCount(refused) == 1) { // the 1st, 2nd, 4th, 8th...
+            log.warn("{} FUSE threads wait on other subsystems ({}); a request that would wait too is refused "
+                    + "({} so far)", parked, why, refused);
+        }
     }
 
     @Override
