@@ -2,10 +2,12 @@ package vmfuse.fs.cli;
 
 import java.io.IOException;
 import java.nio.file.Path;
+import java.util.List;
 import java.util.Optional;
 
 import vmfuse.fs.FsException;
-import vmfuse.fs.TsvField;
+import vmfuse.fs.control.Answer;
+import vmfuse.fs.control.Request;
 import vmfuse.fs.daemon.ControlServer;
 import vmfuse.fs.daemon.MountPoints;
 import vmfuse.fs.daemon.MountTable;
@@ -17,18 +19,13 @@ final class DaemonClient {
     private DaemonClient() {}
 
     /**
-     * Sends one request, its fields joined by tabs on one line, to the daemon of {@code mountPoint};
-     * fails with the reason if there is none. A field holding a tab, newline or carriage return
-     * (a name typed with one) is refused here: it would split the request.
+     * Sends {@code request} to the daemon of {@code mountPoint} and returns its answer's lines;
+     * fails with the reason (and the errno the daemon met) if there is no daemon or the request
+     * failed. A field holding a tab, newline or carriage return (a name typed with one) is
+     * refused here: it would split the request.
      */
-    static String request(Path mountPoint, String... fields) throws FsException, IOException {
-        for (String f : fields) {
-            if (TsvField.splits(f)) {
-                throw new FsException(Native.EINVAL, "'" + TsvField.escape(f)
-                        + "' holds a tab, newline or carriage return; names given to vmfuse may not");
-            }
-        }
-        String line = String.join("\t", fields);
+    static List<Answer> request(Path mountPoint, Request request) throws FsException, IOException {
+        String line = request.encode();
         Path mnt = mountPoint.toAbsolutePath().normalize();
         Optional<MountTable.Entry> entry = MountTable.at(mnt);
         if (entry.isEmpty() || !entry.get().isVmfuse()) {
@@ -46,9 +43,16 @@ final class DaemonClient {
             throw new FsException(Native.EIO, "cannot reach the daemon of " + mnt + " at " + store.socket() + ": "
                     + e.getMessage());
         }
-        if (answer.startsWith("error ")) {
-            throw new FsException(Native.EINVAL, answer.substring("error ".length()).trim());
+        return Answer.decode(answer);
+    }
+
+    /** The one line of type {@code type} an answer must hold. */
+    static <T extends Answer> T one(List<Answer> answer, Class<T> type) throws FsException {
+        for (Answer a : answer) {
+            if (type.isInstance(a)) {
+                return type.cast(a);
+            }
         }
-        return answer;
+        throw new FsException(Native.EIO, "the daemon's answer holds no " + type.getSimpleName() + ": " + answer);
     }
 }

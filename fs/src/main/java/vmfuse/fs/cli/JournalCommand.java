@@ -11,6 +11,9 @@ import picocli.CommandLine.Model.CommandSpec;
 import picocli.CommandLine.Option;
 import picocli.CommandLine.Parameters;
 import picocli.CommandLine.Spec;
+import vmfuse.fs.TsvField;
+import vmfuse.fs.control.Answer;
+import vmfuse.fs.control.Request;
 
 @Command(name = "journal", mixinStandardHelpOptions = true,
         description = "Journal devices: sparse block devices under MOUNTPOINT/journals, for ext4 external journals.",
@@ -38,7 +41,7 @@ final class JournalCommand {
 
         @Override
         public Integer call() throws Exception {
-            DaemonClient.request(mountPoint, "journal-create", name, size, durability);
+            DaemonClient.request(mountPoint, new Request.JournalCreate(name, size, durability));
             return 0;
         }
     }
@@ -54,21 +57,18 @@ final class JournalCommand {
 
         @Override
         public Integer call() throws Exception {
-            String answer = DaemonClient.request(mountPoint, "journals");
             List<String[]> rows = new ArrayList<>();
             rows.add(new String[] {"NAME", "SIZE", "STORED", "MEMORY", "DURABILITY", "LAST FLUSH"});
             String footer = null;
-            for (String line : answer.split("\n")) {
-                String[] f = line.split("\t");
-                if (f.length == 6 && f[0].equals("journal-store")) {
+            for (Answer a : DaemonClient.request(mountPoint, new Request.Journals())) {
+                if (a instanceof Answer.JournalStore s) {
                     footer = String.format("blocks in memory: %.1f MiB of %.1f MiB (--journal-memory; %.1f MiB allocated "
-                            + "outside the heap); store on disk: %.1f MiB; %s checkpoints since mount",
-                            mib(f[1]), mib(f[2]), mib(f[5]), mib(f[3]), f[4]);
-                }
-                if (f.length == 7 && f[0].equals("journal")) {
-                    long flushed = Long.parseLong(f[6]);
-                    rows.add(new String[] {f[1], f[2], f[3], f[4], f[5],
-                        flushed == 0 ? "never" : Instant.ofEpochMilli(flushed).toString()});
+                            + "outside the heap); store on disk: %.1f MiB; %d checkpoints since mount",
+                            mib(s.memoryHeld()), mib(s.memoryLimit()), mib(s.memoryAllocated()), mib(s.bytesOnDisk()),
+                            s.checkpoints());
+                } else if (a instanceof Answer.Journal j) {
+                    rows.add(new String[] {TsvField.escape(j.name()), "" + j.size(), "" + j.stored(), "" + j.memory(),
+                        j.durability(), j.lastFlush() == 0 ? "never" : Instant.ofEpochMilli(j.lastFlush()).toString()});
                 }
             }
             TextTable.print(spec.commandLine().getOut(), rows, true, false, false, false, true, true);
@@ -78,8 +78,8 @@ final class JournalCommand {
             return 0;
         }
 
-        private static double mib(String bytes) {
-            return Long.parseLong(bytes) / (double) (1 << 20);
+        private static double mib(long bytes) {
+            return bytes / (double) (1 << 20);
         }
     }
 }

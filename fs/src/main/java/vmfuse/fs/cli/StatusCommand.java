@@ -4,7 +4,10 @@ import java.io.PrintWriter;
 import java.nio.file.Path;
 import java.util.ArrayList;
 import java.util.List;
+import java.util.Locale;
 import java.util.concurrent.Callable;
+
+import com.fasterxml.jackson.databind.ObjectMapper;
 
 import picocli.CommandLine.Command;
 import picocli.CommandLine.Model.CommandSpec;
@@ -13,6 +16,8 @@ import picocli.CommandLine.Parameters;
 import picocli.CommandLine.Spec;
 import vmfuse.fs.FsException;
 import vmfuse.fs.TsvField;
+import vmfuse.fs.control.Answer;
+import vmfuse.fs.control.Request;
 import vmfuse.fs.nativeio.Native;
 
 @Command(name = "status", mixinStandardHelpOptions = true,
@@ -27,37 +32,75 @@ final class StatusCommand implements Callable<Integer> {
     @Option(names = {"-H", "--human"}, description = "Sizes as 1.5G rather than bytes.")
     boolean human;
 
+    @Option(names = "--json", description = {"One JSON object for scripts, sizes in bytes: mount, store, images, total,",
+        "vms, failedVms (README: Status)."})
+    boolean json;
+
     @Spec
     CommandSpec spec;
 
+    /** What --json prints: the status answer's lines, grouped. */
+    record Json(Answer.Mount mount, Answer.StoreSpace store, List<Answer.Image> images, Answer.Total total,
+            List<Answer.Vm> vms, List<Answer.VmFailed> failedVms) {
+        static Json of(List<Answer> answer) throws FsException {
+            List<Answer.Image> images = new ArrayList<>();
+            List<Answer.Vm> vms = new ArrayList<>();
+            List<Answer.VmFailed> failed = new ArrayList<>();
+            for (Answer a : answer) {
+                if (a instanceof Answer.Image i) {
+                    images.add(i);
+                } else if (a instanceof Answer.Vm v) {
+                    vms.add(v);
+                } else if (a instanceof Answer.VmFailed f) {
+                    failed.add(f);
+                }
+            }
+            return new Json(DaemonClient.one(answer, Answer.Mount.class), DaemonClient.one(answer, Answer.StoreSpace.class),
+                    images, DaemonClient.one(answer, Answer.Total.class), vms, failed);
+        }
+    }
+
     @Override
     public Integer call() throws Exception {
-        String answer = DaemonClient.request(mountPoint, "status");
-        print(answer, spec.commandLine().getOut());
+        List<Answer> answer = DaemonClient.request(mountPoint, new Request.Status());
+        PrintWriter out = spec.commandLine().getOut();
+        if (json) {
+            out.println(new ObjectMapper().writerWithDefaultPrettyPrinter().writeValueAsString(Json.of(answer)));
+        } else {
+            print(answer, out);
+        }
         return 0;
     }
 
-    private void print(String answer, PrintWriter out) throws FsException {
+    private void print(List<Answer> answer, PrintWriter out) throws FsException {
         List<String[]> rows = new ArrayList<>();
         rows.add(new String[] {"IMAGE", "SIZE", "ALLOCATED", "RELEASED", "RELEASES", "OPEN"});
         List<String[]> vms = new ArrayList<>();
         vms.add(new String[] {"VM", "IMAGE", "NOTICES", "REFUSED", "PENDING", "PUNCHED", "FREED", "SKIPPED PARTIAL",
             "SKIPPED WRITTEN", "SKIPPED NOT OWNED", "DROPPED", "THRESHOLD"});
         List<String> failed = new ArrayList<>();
-        for (String line : answer.split("\n")) {
-            String[] f = line.split("\t");
-            switch (f[0]) {
-                case "mount" -> out.printf("mount %s  store %s  daemon pid %s%n", f[1], f[3], f[2]);
-                case "store" -> out.printf("backing store: %s free of %s%n", bytes(f[2]), bytes(f[1]));
-                case "image" -> rows.add(new String[] {f[1], bytes(f[2]), bytes(f[3]), bytes(f[4]), f[5], f[6]});
-                case "total" -> rows.add(new String[] {"total (" + f[1] + " images)", bytes(f[2]), bytes(f[3]),
-                    bytes(f[4]), f[5], ""});
-                case "vm" -> vms.add(new String[] {f[1], f[2], f[4], f[5], bytes(f[6]), bytes(f[7]), bytes(f[8]),
-                    bytes(f[9]), bytes(String.valueOf(Long.parseLong(f[10]) + Long.parseLong(f[11]))), bytes(f[13]),
-                    bytes(f[14]), f[12]});
-                case "vm-failed" -> failed.add("vm " + TsvField.unescape(f[1]) + " (" + TsvField.unescape(f[2])
-                        + ") is registered but not served: " + TsvField.unescape(f[3]));
-                default -> throw new FsException(Native.EIO, "daemon answered: " + line);
+        for (Answer a : answer) {
+            if (a instanceof Answer.Mount m) {
+                out.printf("mount %s  store %s  daemon pid %d%n", TsvField.escape(m.mountPoint()),
+                        TsvField.escape(m.store()), m.pid());
+            } else if (a instanceof Answer.StoreSpace s) {
+                out.printf("backing store: %s free of %s%n", bytes(s.free()), bytes(s.total()));
+            } else if (a instanceof Answer.Image i) {
+                rows.add(new String[] {TsvField.escape(i.name()), bytes(i.size()), bytes(i.allocated()),
+                    bytes(i.released()), "" + i.releases(), "" + i.open()});
+            } else if (a instanceof Answer.Total t) {
+                rows.add(new String[] {"total (" + t.images() + " images)", bytes(t.size()), bytes(t.allocated()),
+                    bytes(t.released()), "" + t.releases(), ""});
+            } else if (a instanceof Answer.Vm v) {
+                vms.add(new String[] {TsvField.escape(v.name()), TsvField.escape(v.image()), "" + v.notices(),
+                    "" + v.refused(), bytes(v.pending()), bytes(v.punched()), bytes(v.freed()), bytes(v.skippedPartial()),
+                    bytes(v.skippedWrittenAfterFence() + v.skippedWrittenWhilePending()), bytes(v.skippedNotOwned()),
+                    bytes(v.dropped()), String.format(Locale.ROOT, "%.4f", v.threshold())});
+            } else if (a instanceof Answer.VmFailed f) {
+                failed.add("vm " + TsvField.escape(f.name()) + " (" + TsvField.escape(f.image())
+                        + ") is registered but not served: " + f.reason());
+            } else {
+                throw new FsException(Native.EIO, "the daemon answered: " + a.encode());
             }
         }
         TextTable.print(out, rows, true);
@@ -71,17 +114,17 @@ final class StatusCommand implements Callable<Integer> {
         }
     }
 
-    private String bytes(String s) {
+    private String bytes(long n) {
         if (!human) {
-            return s;
+            return "" + n;
         }
-        double v = Long.parseLong(s);
+        double v = n;
         String[] units = {"B", "K", "M", "G", "T", "P", "E"};
         int u = 0;
         while (v >= 1024 && u < units.length - 1) {
             v /= 1024;
             u++;
         }
-        return u == 0 ? s : String.format("%.1f%s", v, units[u]);
+        return u == 0 ? "" + n : String.format(Locale.ROOT, "%.1f%s", v, units[u]);
     }
 }

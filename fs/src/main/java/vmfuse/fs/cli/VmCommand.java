@@ -7,6 +7,8 @@ import picocli.CommandLine.Command;
 import picocli.CommandLine.Option;
 import picocli.CommandLine.Parameters;
 import vmfuse.fs.FsException;
+import vmfuse.fs.control.Answer;
+import vmfuse.fs.control.Request;
 import vmfuse.fs.nativeio.Native;
 
 @Command(name = "vm", mixinStandardHelpOptions = true,
@@ -58,9 +60,9 @@ final class VmCommand {
             if (agentUser.contains(":") || (agentGroup != null && agentGroup.contains(":"))) {
                 throw new FsException(Native.EINVAL, "a user or group name has no ':'");
             }
-            DaemonClient.request(mountPoint, "vm-add", name, image, agentSocket.toAbsolutePath().toString(),
-                    qmpSocket == null ? "-" : qmpSocket.toAbsolutePath().toString(),
-                    agentGroup == null ? agentUser : agentUser + ":" + agentGroup);
+            DaemonClient.request(mountPoint, new Request.VmAdd(name, image, agentSocket.toAbsolutePath().toString(),
+                    qmpSocket == null ? null : qmpSocket.toAbsolutePath().toString(),
+                    agentGroup == null ? agentUser : agentUser + ":" + agentGroup));
             return 0;
         }
     }
@@ -77,7 +79,7 @@ final class VmCommand {
 
         @Override
         public Integer call() throws Exception {
-            DaemonClient.request(mountPoint, "vm-remove", name);
+            DaemonClient.request(mountPoint, new Request.VmRemove(name));
             return 0;
         }
     }
@@ -98,12 +100,14 @@ final class VmCommand {
 
         @Override
         public Integer call() throws Exception {
-            String[] f = DaemonClient.request(mountPoint, "vm-reclaim", name).trim().split(" ");
-            System.out.printf("vm %s: punched %s bytes, freed %s bytes, %s bytes still waiting%n", name, f[1], f[2], f[3]);
-            if (f.length > 4 && !f[4].equals("0")) {
-                System.err.printf("vmfuse: vm %s: notices of %s bytes dropped, never punched: what the guest wrote since "
+            Answer.Reclaimed r = DaemonClient.one(DaemonClient.request(mountPoint, new Request.VmReclaim(name)),
+                    Answer.Reclaimed.class);
+            System.out.printf("vm %s: punched %d bytes, freed %d bytes, %d bytes still waiting%n", name, r.punched(),
+                    r.freed(), r.pending());
+            if (r.dropped() != 0) {
+                System.err.printf("vmfuse: vm %s: notices of %d bytes dropped, never punched: what the guest wrote since "
                         + "their fence could not be proved, or the image's metadata is not to be trusted (the daemon's "
-                        + "log says which)%n", name, f[4]);
+                        + "log says which)%n", name, r.dropped());
             }
             return 0;
         }

@@ -19,6 +19,7 @@ import java.util.function.Function;
 
 import org.slf4j.Logger;
 import org.slf4j.LoggerFactory;
+import vmfuse.fs.nativeio.Native;
 
 /**
  * The daemon's control socket: a unix socket (mode 0600, in the store) that answers one
@@ -81,7 +82,7 @@ public final class ControlServer implements AutoCloseable {
             int c;
             while ((c = in.read()) >= 0 && c != '\n') {
                 if (line.length() >= MAX_LINE) {
-                    write(ch, "error request too long\n");
+                    write(ch, "error " + Native.EINVAL + " request too long\n");
                     return;
                 }
                 line.append((char) c);
@@ -91,7 +92,7 @@ public final class ControlServer implements AutoCloseable {
                 answer = handler.apply(line.toString().trim());
             } catch (RuntimeException e) {
                 log.error("control request '{}' failed", line, e);
-                answer = "error " + e + "\n";
+                answer = "error " + Native.EIO + " " + e + "\n";
             }
             write(ch, answer);
         } catch (IOException e) {

@@ -172,7 +172,7 @@ public final class Daemon {
                     TimeUnit.SECONDS);
             reclaimTimer.scheduleWithFixedDelay(vms::tick, 5, 5, TimeUnit.SECONDS);
             try (ControlServer control = new ControlServer(store.socket(),
-                    req -> answer(req, store, mnt, pid, backing, ledger, fs, journals, vms))) {
+                    new ControlHandler(store, mnt, pid, backing, ledger, fs, journals, vms)::answer)) {
                 log.info("mounted store={} mountpoint={} pid={} threads={} options={}", store.dir(), mnt, pid, threads,
                         String.join(",", options));
                 int rc = join(loop);
@@ -269,12 +269,6 @@ public final class Daemon {
         }
     }
 
-    /** Bytes of notices dropped, never punched: their fence could not be proved, or the image's metadata not trusted. */
-    private static long dropped(VmReclaimer.Stats s) {
-        return s.skipped().getOrDefault(VmReclaimer.Skipped.FENCE_LOST, 0L)
-                + s.skipped().getOrDefault(VmReclaimer.Skipped.UNWATCHED, 0L);
-    }
-
     /** How often journal devices of durability close are committed while mounted. */
     public static final long CHECKPOINT_SECONDS = 5;
 
@@ -314,134 +308,5 @@ public final class Daemon {
         } catch (IOException e) {
             log.error("cannot save release counts: {}", e.getMessage());
         }
-    }
-
-    /**
-     * Answers a control request, one line of tab-separated fields:
-     * <pre>
-     *   status                              mount, store, image... and total lines (vmfuse status)
-     *   journals                            one line per journal device (vmfuse journal list)
-     *   journal-create NAME SIZE DURABILITY "ok", or "error REASON" (vmfuse journal create)
-     *   vm-add NAME IMAGE AGENT QMP|- [USER[:GROUP]]  "ok", or "error REASON" (vmfuse vm add)
-     *   vm-remove NAME                      "ok", or "error REASON" (vmfuse vm remove)
-     *   vm-reclaim NAME                     "ok PUNCHED FREED PENDING DROPPED" (bytes, after it), or "error REASON"
-     * </pre>
-     */
-    private static String answer(String request, Store store, Path mnt, long pid, BackingStore backing,
-            ReleaseLedger ledger, VmFuseFs fs, JournalStore journals, Vms vms) {
-        String[] f = request.split("\t");
-        switch (f[0]) {
-            case "status" -> {
-                StringBuilder out = new StringBuilder(status(store, mnt, pid, backing, ledger, fs));
-                vms.status().forEach(l -> out.append(l).append('\n'));
-                return out.toString();
-            }
-            case "vm-add" -> {
-                if (f.length != 5 && f.length != 6) {
-                    return "error vm-add takes NAME IMAGE AGENT-SOCKET QMP-SOCKET|- [USER[:GROUP]]\n";
-                }
-                try {
-                    vms.add(f[1], f[2], Path.of(f[3]), f[4].equals("-") ? null : Path.of(f[4]),
-                            f.length == 6 ? AgentAccess.parse(f[5]) : AgentAccess.ROOT);
-                    return "ok\n";
-                } catch (FsException | IOException | RuntimeException e) {
-                    return "error " + e.getMessage() + "\n";
-                }
-            }
-            case "vm-remove" -> {
-                if (f.length != 2) {
-                    return "error vm-remove takes NAME\n";
-                }
-                try {
-                    vms.remove(f[1]);
-                    return "ok\n";
-                } catch (FsException | IOException e) {
-                    return "error " + e.getMessage() + "\n";
-                }
-            }
-            case "vm-reclaim" -> {
-                if (f.length != 2) {
-                    return "error vm-reclaim takes NAME\n";
-                }
-                try {
-                    VmReclaimer.Stats before = vms.stats(f[1]);
-                    VmReclaimer.Stats after = vms.reclaimNow(f[1]);
-                    return "ok " + (after.bytesPunched() - before.bytesPunched()) + " "
-                            + (after.bytesFreed() - before.bytesFreed()) + " " + after.bytesPending() + " "
-                            + (dropped(after) - dropped(before)) + "\n";
-                } catch (FsException | IOException e) {
-                    return "error " + e.getMessage() + "\n";
-                }
-            }
-            case "journals" -> {
-                StringBuilder out = new StringBuilder();
-                for (JournalDevice d : journals.list()) {
-                    if (d.name().startsWith(VmFuseFs.HIDDEN_PREFIX)) {
-                        continue;
-                    }
-                    out.append("journal\t").append(TsvField.escape(d.name())).append('\t').append(d.size()).append('\t')
-                            .append(d.bytesStored()).append('\t').append(d.memoryUsed()).append('\t')
-                            .append(d.durability().label()).append('\t').append(d.lastFlush()).append('\n');
-                }
-                out.append("journal-store\t").append(journals.memoryHeld()).append('\t').append(journals.memoryLimit())
-                        .append('\t').append(journals.bytesOnDisk()).append('\t').append(journals.checkpoints())
-                        .append('\t').append(journals.memoryAllocated()).append('\n');
-                return out.toString();
-            }
-            case "journal-create" -> {
-                if (f.length != 4) {
-                    return "error journal-create takes NAME SIZE DURABILITY\n";
-                }
-                try {
-                    Node.checkName(f[1]);
-                    if (f[1].startsWith(VmFuseFs.HIDDEN_PREFIX) || f[1].chars().anyMatch(c -> c < 0x20)) {
-                        return "error journal device names may not start with " + VmFuseFs.HIDDEN_PREFIX
-                                + " or hold control characters\n";
-                    }
-                    journals.create(f[1], ByteSize.parse(f[2]), Durability.parse(f[3]));
-                    return "ok\n";
-                } catch (FsException e) {
-                    return "error " + e.getMessage() + "\n";
-                } catch (StoreException e) {
-                    return "error " + e.getMessage() + "\n";
-                }
-            }
-            default -> {
-                return "error unknown request '" + f[0] + "'\n";
-            }
-        }
-    }
-
-    private static String status(Store store, Path mnt, long pid, BackingStore backing, ReleaseLedger ledger,
-            VmFuseFs fs) {
-        StringBuilder out = new StringBuilder();
-        out.append("mount\t").append(TsvField.escape(mnt.toString())).append('\t').append(pid).append('\t')
-                .append(TsvField.escape(store.dir().toString())).append('\n');
-        try {
-            FileStore fstore = Files.getFileStore(store.images());
-            out.append("store\t").append(fstore.getTotalSpace()).append('\t').append(fstore.getUsableSpace()).append('\n');
-            Map<String, Integer> openCounts = fs.openCounts();
-            long size = 0;
-            long allocated = 0;
-            List<String> names = backing.list();
-            for (String name : names) {
-                BackingStore.Usage u = backing.usage(name);
-                if (u == null) {
-                    continue;
-                }
-                ReleaseLedger.Count c = ledger.of(name);
-                out.append("image\t").append(TsvField.escape(name)).append('\t').append(u.size()).append('\t')
-                        .append(u.allocated()).append('\t').append(c.bytes()).append('\t').append(c.events()).append('\t')
-                        .append(openCounts.getOrDefault(name, 0)).append('\n');
-                size += u.size();
-                allocated += u.allocated();
-            }
-            ReleaseLedger.Count t = ledger.total();
-            out.append("total\t").append(names.size()).append('\t').append(size).append('\t').append(allocated)
-                    .append('\t').append(t.bytes()).append('\t').append(t.events()).append('\n');
-        } catch (IOException | FsException e) {
-            out.append("error ").append(e.getMessage()).append('\n');
-        }
-        return out.toString();
     }
 }

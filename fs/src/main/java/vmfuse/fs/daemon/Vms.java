@@ -22,6 +22,7 @@ import vmfuse.fs.Node;
 import vmfuse.fs.ReleaseLedger;
 import vmfuse.fs.TsvField;
 import vmfuse.fs.VmFuseFs;
+import vmfuse.fs.control.Answer;
 import vmfuse.fs.nativeio.LibC;
 import vmfuse.reclaimer.AgentAccess;
 import vmfuse.reclaimer.AgentListener;
@@ -347,24 +348,20 @@ public final class Vms implements AutoCloseable {
      * skipped-partial skipped-after-fence skipped-written-while-pending threshold skipped-not-owned
      * dropped-fence-lost; and vm-failed NAME IMAGE REASON per VM that could not start.
      */
-    public synchronized List<String> status() {
-        List<String> out = new ArrayList<>();
+    /** The VMs that could not start, then those served, as the status answer's lines. */
+    public synchronized List<Answer> status() {
+        List<Answer> out = new ArrayList<>();
         for (Failed f : failed.values()) {
-            out.add(String.join("\t", "vm-failed", TsvField.escape(f.vm().name()), TsvField.escape(f.vm().image()),
-                    TsvField.escape(f.reason())));
+            out.add(new Answer.VmFailed(f.vm().name(), f.vm().image(), f.reason()));
         }
         for (Running r : running.values()) {
             VmReclaimer.Stats s = r.reclaimer().stats();
-            out.add(String.join("\t", "vm", TsvField.escape(r.vm().name()), TsvField.escape(r.vm().image()),
-                    TsvField.escape(r.vm().agentSocket().toString()),
-                    "" + s.notices(), "" + s.refused(), "" + s.bytesPending(), "" + s.bytesPunched(), "" + s.bytesFreed(),
-                    "" + s.skipped().getOrDefault(VmReclaimer.Skipped.PARTIAL_BLOCK, 0L),
-                    "" + s.skipped().getOrDefault(VmReclaimer.Skipped.WRITTEN_AFTER_FENCE, 0L),
-                    "" + s.skipped().getOrDefault(VmReclaimer.Skipped.WRITTEN_WHILE_PENDING, 0L),
-                    String.format("%.4f", policy.threshold()),
-                    "" + s.skipped().getOrDefault(VmReclaimer.Skipped.NOT_OWNED, 0L),
-                    "" + (s.skipped().getOrDefault(VmReclaimer.Skipped.FENCE_LOST, 0L)
-                            + s.skipped().getOrDefault(VmReclaimer.Skipped.UNWATCHED, 0L))));
+            out.add(new Answer.Vm(r.vm().name(), r.vm().image(), r.vm().agentSocket().toString(), s.notices(),
+                    s.refused(), s.bytesPending(), s.bytesPunched(), s.bytesFreed(),
+                    s.skipped().getOrDefault(VmReclaimer.Skipped.PARTIAL_BLOCK, 0L),
+                    s.skipped().getOrDefault(VmReclaimer.Skipped.WRITTEN_AFTER_FENCE, 0L),
+                    s.skipped().getOrDefault(VmReclaimer.Skipped.WRITTEN_WHILE_PENDING, 0L), policy.threshold(),
+                    s.skipped().getOrDefault(VmReclaimer.Skipped.NOT_OWNED, 0L), ControlHandler.dropped(s)));
         }
         return out;
     }

@@ -1,0 +1,149 @@
+package vmfuse.fs.daemon;
+
+import java.io.IOException;
+import java.nio.file.FileStore;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.util.ArrayList;
+import java.util.List;
+import java.util.Map;
+
+import vmfuse.fs.BackingStore;
+import vmfuse.fs.FsException;
+import vmfuse.fs.Node;
+import vmfuse.fs.ReleaseLedger;
+import vmfuse.fs.VmFuseFs;
+import vmfuse.fs.control.Answer;
+import vmfuse.fs.control.Request;
+import vmfuse.fs.nativeio.Native;
+import vmfuse.journal.ByteSize;
+import vmfuse.journal.Durability;
+import vmfuse.journal.JournalDevice;
+import vmfuse.journal.JournalStore;
+import vmfuse.journal.StoreException;
+import vmfuse.reclaimer.AgentAccess;
+import vmfuse.reclaimer.VmReclaimer;
+
+/** The daemon's end of the control protocol ({@link Request}, {@link Answer}): a request line in, answer text out. */
+final class ControlHandler {
+    private final Store store;
+    private final Path mnt;
+    private final long pid;
+    private final BackingStore backing;
+    private final ReleaseLedger ledger;
+    private final VmFuseFs fs;
+    private final JournalStore journals;
+    private final Vms vms;
+
+    ControlHandler(Store store, Path mnt, long pid, BackingStore backing, ReleaseLedger ledger, VmFuseFs fs,
+            JournalStore journals, Vms vms) {
+        this.store = store;
+        this.mnt = mnt;
+        this.pid = pid;
+        this.backing = backing;
+        this.ledger = ledger;
+        this.fs = fs;
+        this.journals = journals;
+        this.vms = vms;
+    }
+
+    /** The answer to {@code line}: its lines, or "error ERRNO REASON". */
+    String answer(String line) {
+        try {
+            return Answer.encode(answer(Request.decode(line)));
+        } catch (FsException e) {
+            return Answer.error(e) + "\n";
+        }
+    }
+
+    private List<? extends Answer> answer(Request request) throws FsException {
+        try {
+            if (request instanceof Request.Status) {
+                List<Answer> out = new ArrayList<>(status());
+                out.addAll(vms.status());
+                return out;
+            }
+            if (request instanceof Request.Journals) {
+                return journals();
+            }
+            if (request instanceof Request.JournalCreate r) {
+                journalCreate(r);
+                return List.of(new Answer.Ok());
+            }
+            if (request instanceof Request.VmAdd r) {
+                vms.add(r.name(), r.image(), Path.of(r.agentSocket()), r.qmpSocket() == null ? null : Path.of(r.qmpSocket()),
+                        r.access() == null ? AgentAccess.ROOT : AgentAccess.parse(r.access()));
+                return List.of(new Answer.Ok());
+            }
+            if (request instanceof Request.VmRemove r) {
+                vms.remove(r.name());
+                return List.of(new Answer.Ok());
+            }
+            if (request instanceof Request.VmReclaim r) {
+                VmReclaimer.Stats before = vms.stats(r.name());
+                VmReclaimer.Stats after = vms.reclaimNow(r.name());
+                return List.of(new Answer.Reclaimed(after.bytesPunched() - before.bytesPunched(),
+                        after.bytesFreed() - before.bytesFreed(), after.bytesPending(), dropped(after) - dropped(before)));
+            }
+            throw new IllegalStateException("no answer for " + request);
+        } catch (IOException e) {
+            throw new FsException(Native.EIO, e.getMessage());
+        } catch (StoreException e) {
+            throw new FsException(e.errno(), e.getMessage());
+        } catch (IllegalArgumentException e) { // a user or group unknown, a size or durability not understood
+            throw new FsException(Native.EINVAL, e.getMessage());
+        }
+    }
+
+    /** Bytes of notices dropped, never punched: their fence could not be proved, or the image's metadata not trusted. */
+    static long dropped(VmReclaimer.Stats s) {
+        return s.skipped().getOrDefault(VmReclaimer.Skipped.FENCE_LOST, 0L)
+                + s.skipped().getOrDefault(VmReclaimer.Skipped.UNWATCHED, 0L);
+    }
+
+    private void journalCreate(Request.JournalCreate r) throws FsException, StoreException {
+        Node.checkName(r.name());
+        if (r.name().startsWith(VmFuseFs.HIDDEN_PREFIX) || r.name().chars().anyMatch(c -> c < 0x20)) {
+            throw new FsException(Native.EINVAL, "journal device names may not start with " + VmFuseFs.HIDDEN_PREFIX
+                    + " or hold control characters");
+        }
+        journals.create(r.name(), ByteSize.parse(r.size()), Durability.parse(r.durability()));
+    }
+
+    private List<Answer> journals() {
+        List<Answer> out = new ArrayList<>();
+        for (JournalDevice d : journals.list()) {
+            if (!d.name().startsWith(VmFuseFs.HIDDEN_PREFIX)) {
+                out.add(new Answer.Journal(d.name(), d.size(), d.bytesStored(), d.memoryUsed(), d.durability().label(),
+                        d.lastFlush()));
+            }
+        }
+        out.add(new Answer.JournalStore(journals.memoryHeld(), journals.memoryLimit(), journals.bytesOnDisk(),
+                journals.checkpoints(), journals.memoryAllocated()));
+        return out;
+    }
+
+    private List<Answer> status() throws FsException, IOException {
+        List<Answer> out = new ArrayList<>();
+        out.add(new Answer.Mount(mnt.toString(), pid, store.dir().toString()));
+        FileStore space = Files.getFileStore(store.images());
+        out.add(new Answer.StoreSpace(space.getTotalSpace(), space.getUsableSpace()));
+        Map<String, Integer> openCounts = fs.openCounts();
+        long size = 0;
+        long allocated = 0;
+        List<String> names = backing.list();
+        for (String name : names) {
+            BackingStore.Usage u = backing.usage(name);
+            if (u == null) {
+                continue;
+            }
+            ReleaseLedger.Count c = ledger.of(name);
+            out.add(new Answer.Image(name, u.size(), u.allocated(), c.bytes(), c.events(), openCounts.getOrDefault(name, 0)));
+            size += u.size();
+            allocated += u.allocated();
+        }
+        ReleaseLedger.Count t = ledger.total();
+        out.add(new Answer.Total(names.size(), size, allocated, t.bytes(), t.events()));
+        return out;
+    }
+}
