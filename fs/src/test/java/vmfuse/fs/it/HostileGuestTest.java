@@ -120,9 +120,15 @@ class HostileGuestTest {
                 assertTrue(after - baseline < 16 * M, "heap grew from " + (baseline >> 10) + " KiB to "
                         + (after >> 10) + " KiB");
             }
-            String status = m.vmfuse("status", m.mnt.toString()).assertOk().out();
-            assertTrue(status.lines().anyMatch(l -> l.startsWith("good ")), status);
-            assertTrue(m.log().contains("vm=evil"), m.log());
+            // as a script reads it: good's notice punched whole, evil's refused and dropped nothing of good's
+            com.fasterxml.jackson.databind.JsonNode status = new com.fasterxml.jackson.databind.ObjectMapper()
+                    .readTree(m.vmfuse("status", "--json", m.mnt.toString()).assertOk().out());
+            java.util.Map<String, com.fasterxml.jackson.databind.JsonNode> vms = new java.util.HashMap<>();
+            status.get("vms").forEach(v -> vms.put(v.get("name").asText(), v));
+            assertEquals(64 * M, vms.get("good").get("punched").asLong(), status.toString());
+            assertEquals(1, vms.get("good").get("notices").asLong(), status.toString());
+            assertTrue(vms.get("evil").get("refused").asLong() > 0, status.toString());
+            assertEquals(0, status.get("failedVms").size(), status.toString());
         }
     }
 
