@@ -22,9 +22,11 @@ run: build
 stop:
 	bin/vmfuse umount $(MNT)
 
-# The whole suite: unit tests, then (after the jar is built) the integration tests on real
-# FUSE mounts with qemu-img, qemu-io, QEMU, fio, e2fsprogs.
+# The whole suite: no file-level import cycle in any module (scripts/check-cycles.py), unit
+# tests, then (after the jar is built) the integration tests on real FUSE mounts with qemu-img,
+# qemu-io, QEMU, fio, e2fsprogs.
 test: deps
+	python3 scripts/check-cycles.py
 	mvn -B verify
 
 # Exhaustive fault runs (make test runs a seeded sample): every disk call of SOAK_SEEDS journal-store

@@ -12,7 +12,7 @@ import java.nio.file.Path;
  *
  * <p>The contract is POSIX's, read strictly, as a disk with a volatile write cache behaves on a
  * power cut: a file's writes survive only once {@link DiskFile#force} returned; a create, rename
- * or delete survives only once {@link #syncDirectory} of its directory returned. {@link #real}
+ * or delete survives only once {@link #syncDirectory} of its directory returned. {@link RealDisk}
  * is the machine's disk; {@link FaultyDisk} is that contract and nothing more, with I/O errors
  * and power cuts where a test says (the approach of SQLite's crash and I/O-error test VFS, RocksDB's
  * FaultInjectionTestFS and CrashMonkey).
@@ -22,11 +22,6 @@ public interface Disk {
     @FunctionalInterface
     interface Punch {
         boolean punch(Path file, long offset, long length) throws IOException;
-    }
-
-    /** The machine's own disk; {@code punch} frees ranges (null: punches fail and zeros are written). */
-    static Disk real(Punch punch) {
-        return new RealDisk(punch);
     }
 
     /** Opens {@code file} for reading and writing; creates it (empty) if {@code create} and it is absent. */

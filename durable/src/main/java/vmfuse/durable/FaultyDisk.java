@@ -23,7 +23,7 @@ import java.util.function.LongConsumer;
  * The model.
  *
  * FaultyDisk is the Disk contract read strictly, on top of a real directory (its delegate, normally
- * Disk.real), with two kinds of fault a test asks for. It copies the approach of SQLite's crash and
+ * RealDisk.of), with two kinds of fault a test asks for. It copies the approach of SQLite's crash and
  * I/O-error test VFS and RocksDB's FaultInjectionTestFS: every call goes through to the real files at
  * once, and FaultyDisk remembers just enough to put the directory back, at a power cut, into a state a
  * disk with a volatile write cache might be left in.

@@ -9,11 +9,16 @@ import java.nio.file.StandardCopyOption;
 import java.nio.file.StandardOpenOption;
 
 /** The machine's disk: FileChannel, rename(2), unlink(2), and fsync of a directory opened read-only. */
-final class RealDisk implements Disk {
+public final class RealDisk implements Disk {
     private final Punch punch;
 
-    RealDisk(Punch punch) {
+    private RealDisk(Punch punch) {
         this.punch = punch;
+    }
+
+    /** The machine's own disk; {@code punch} frees ranges (null: punches fail and zeros are written). */
+    public static Disk of(Punch punch) {
+        return new RealDisk(punch);
     }
 
     @Override

@@ -30,7 +30,7 @@ class DiskReplaceTest {
             for (int cut = 0; cut < 2; cut++) {
                 Path root = Files.createTempDirectory(dir, "run");
                 Path file = Files.createDirectories(root.resolve("store")).resolve("vms.tsv");
-                FaultyDisk disk = new FaultyDisk(Disk.real(null), root.resolve("graveyard"), point * 2 + cut);
+                FaultyDisk disk = new FaultyDisk(RealDisk.of(null), root.resolve("graveyard"), point * 2 + cut);
                 disk.replace(file, OLD);
                 long base = disk.calls();
                 if (cut == 1) {

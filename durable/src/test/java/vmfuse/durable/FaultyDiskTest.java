@@ -33,7 +33,7 @@ class FaultyDiskTest {
     /** A disk over a fresh directory {@code root/name}, its graveyard beside it. */
     private FaultyDisk disk(String name, long seed) throws IOException {
         Files.createDirectories(root.resolve(name));
-        return new FaultyDisk(Disk.real(null), root.resolve(name + ".graveyard"), seed);
+        return new FaultyDisk(RealDisk.of(null), root.resolve(name + ".graveyard"), seed);
     }
 
     private Path dir(String name) {
@@ -450,8 +450,8 @@ class FaultyDiskTest {
             FaultyDisk disk = disk(name, seed);
             Path file = dir(name).resolve("f");
             durableFile(disk, file, filled(2, 1));
-            Disk punching = Disk.real((p, off, len) -> {
-                try (DiskFile r = Disk.real(null).open(p, false)) {
+            Disk punching = RealDisk.of((p, off, len) -> {
+                try (DiskFile r = RealDisk.of(null).open(p, false)) {
                     r.writeFully(ByteBuffer.allocate((int) len), off);
                 }
                 return true;

@@ -145,7 +145,7 @@ public final class BackingStore implements AutoCloseable {
             for (Path p : dir) {
                 String name = p.getFileName().toString();
                 if (Files.isRegularFile(p, java.nio.file.LinkOption.NOFOLLOW_LINKS)
-                        && name.startsWith(VmFuseFs.HIDDEN_PREFIX) == hidden) {
+                        && name.startsWith(Node.HIDDEN_PREFIX) == hidden) {
                     names.add(name);
                 }
             }

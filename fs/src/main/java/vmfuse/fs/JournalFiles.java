@@ -98,7 +98,7 @@ final class JournalFiles {
     List<String> list() {
         List<String> names = new ArrayList<>();
         for (JournalDevice d : store.list()) {
-            if (!d.name().startsWith(VmFuseFs.HIDDEN_PREFIX)) {
+            if (!d.name().startsWith(Node.HIDDEN_PREFIX)) {
                 names.add(d.name());
             }
         }
@@ -241,7 +241,7 @@ final class JournalFiles {
 
     /** Deletes a device and every block of it (its open handles keep it until they close). */
     void unlink(String name) throws FsException {
-        if (name.startsWith(VmFuseFs.HIDDEN_PREFIX) && store.device(name) == null) {
+        if (name.startsWith(Node.HIDDEN_PREFIX) && store.device(name) == null) {
             return;
         }
         JournalDevice d = device(name);
@@ -268,7 +268,7 @@ final class JournalFiles {
     int dropHidden() throws FsException {
         int n = 0;
         for (JournalDevice d : store.list()) {
-            if (d.name().startsWith(VmFuseFs.HIDDEN_PREFIX)) {
+            if (d.name().startsWith(Node.HIDDEN_PREFIX)) {
                 unlink(d.name());
                 n++;
             }

@@ -22,6 +22,11 @@ public record Node(Kind kind, String name) {
     public static final String IMAGES = "images";
     public static final String JOURNALS = "journals";
     static final int NAME_MAX = 255;
+    /**
+     * The name libfuse gives a file unlinked while open (".fuse_hiddenNNN"), until its last close:
+     * never listed, never a name a user may create (see VmFuseFs).
+     */
+    public static final String HIDDEN_PREFIX = ".fuse_hidden";
 
     private static final Node ROOT = new Node(Kind.ROOT, null);
     private static final Node IMAGES_NODE = new Node(Kind.IMAGES_DIR, null);

@@ -11,6 +11,7 @@ import org.slf4j.Logger;
 import org.slf4j.LoggerFactory;
 
 import vmfuse.durable.Disk;
+import vmfuse.durable.RealDisk;
 
 /**
  * Counts and logs every release of backing space: each punch, zeroed range, truncation and
@@ -63,7 +64,7 @@ public final class ReleaseLedger {
 
     /** Loads the ledger kept at {@code file} on the machine's disk (tests). */
     public static ReleaseLedger load(Path file) throws FsException {
-        return load(Disk.real(null), file);
+        return load(RealDisk.of(null), file);
     }
 
     /**

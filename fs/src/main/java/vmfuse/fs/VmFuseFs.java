@@ -80,7 +80,6 @@ public final class VmFuseFs extends FuseStubFS {
      * replaced. Hidden names are never listed; the space they hold is released, and counted, at
      * libfuse's unlink after the last close; a crash's leftovers are removed at the next mount.
      */
-    public static final String HIDDEN_PREFIX = ".fuse_hidden";
 
     /** A hide this thread just made: kind, name, hidden name, caller's pid. */
     private record Hide(Node.Kind kind, String name, String hiddenAs, long pid) {
@@ -784,7 +783,7 @@ public final class VmFuseFs extends FuseStubFS {
                 return 0;
             }
             String name = n.name();
-            if (name.startsWith(HIDDEN_PREFIX) && !store.exists(name)) {
+            if (name.startsWith(Node.HIDDEN_PREFIX) && !store.exists(name)) {
                 return 0; // a hide a refused rename undid: nothing is left under the hidden name
             }
             removeImage(name);
@@ -823,7 +822,7 @@ public final class VmFuseFs extends FuseStubFS {
         return call("rename", oldpath, () -> {
             Node from = node(oldpath);
             Node to = node(newpath);
-            if (to.name() != null && to.name().startsWith(HIDDEN_PREFIX) && from.kind() == to.kind()) {
+            if (to.name() != null && to.name().startsWith(Node.HIDDEN_PREFIX) && from.kind() == to.kind()) {
                 hide(from, to);
                 return 0;
             }

@@ -25,7 +25,7 @@ public final class JournalDevice {
     private static final int BLOCK = RadixBlockStore.BLOCK_SIZE;
     private static final int SHIFT = 12;
 
-    private final JournalStore store;
+    private final DeviceStore store;
     private final BlockMemory memory;
     private final RadixBlockStore blocks;
     private final Durability durability;
@@ -50,7 +50,7 @@ public final class JournalDevice {
     private int[] reserved = new int[0];
     private int reservedCount;
 
-    JournalDevice(JournalStore store, String name, RadixBlockStore blocks, long size, Durability durability,
+    JournalDevice(DeviceStore store, String name, RadixBlockStore blocks, long size, Durability durability,
             long created, long lastFlush) {
         this.store = store;
         this.memory = store.blockMemory();

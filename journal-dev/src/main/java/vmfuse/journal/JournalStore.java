@@ -20,6 +20,7 @@ import org.slf4j.Logger;
 import org.slf4j.LoggerFactory;
 
 import vmfuse.durable.Disk;
+import vmfuse.durable.RealDisk;
 import vmfuse.durable.Parking;
 
 /*
@@ -93,6 +94,48 @@ public final class JournalStore implements AutoCloseable {
     private long failedUpTo; // the tickets a failed fdatasync was for
     private StoreException syncFailure;
     private final ReentrantReadWriteLock opLock = new ReentrantReadWriteLock();
+    /** This store as its devices see it: what they ask of it, and nothing else (one way: see DeviceStore). */
+    private final DeviceStore devicesView = new DeviceStore() {
+        @Override
+        public BlockMemory blockMemory() {
+            return JournalStore.this.blockMemory();
+        }
+
+        @Override
+        public void admit() throws StoreException {
+            JournalStore.this.admit();
+        }
+
+        @Override
+        public ReentrantReadWriteLock opLock() {
+            return opLock;
+        }
+
+        @Override
+        public void touched() {
+            JournalStore.this.touched();
+        }
+
+        @Override
+        public void added(long n) {
+            JournalStore.this.added(n);
+        }
+
+        @Override
+        public void released(long n) {
+            JournalStore.this.released(n);
+        }
+
+        @Override
+        public RedoLog redo() {
+            return redo;
+        }
+
+        @Override
+        public void awaitLogSync() throws StoreException {
+            JournalStore.this.awaitLogSync();
+        }
+    };
     private RedoLog redo;
     /** The generation in MapDB, committed or not (a checkpoint sets it, then commits). */
     private Atomic.Long generation;
@@ -161,7 +204,7 @@ public final class JournalStore implements AutoCloseable {
      * written instead).
      */
     public static JournalStore open(Path file, long memoryLimit, Disk.Punch holes) throws StoreException {
-        return open(Disk.real(holes), file, memoryLimit);
+        return open(RealDisk.of(holes), file, memoryLimit);
     }
 
     /** As {@link #open(Path, long)}, every file written through {@code disk}. */
@@ -213,7 +256,7 @@ public final class JournalStore implements AutoCloseable {
             for (Map.Entry<String, long[]> e : catalog.entrySet()) {
                 long[] v = e.getValue();
                 RadixBlockStore blocks = RadixBlockStore.open(db.getStore(), v[ROOT]);
-                JournalDevice d = new JournalDevice(store, e.getKey(), blocks, v[SIZE],
+                JournalDevice d = new JournalDevice(store.devicesView, e.getKey(), blocks, v[SIZE],
                         Durability.values()[(int) v[MODE]], v[CREATED], v[FLUSHED]);
                 store.devices.put(e.getKey(), d);
                 byRoot.put(v[ROOT], d);
@@ -314,7 +357,7 @@ public final class JournalStore implements AutoCloseable {
         }
         RadixBlockStore blocks = RadixBlockStore.create(db.getStore());
         long now = System.currentTimeMillis();
-        JournalDevice d = new JournalDevice(this, name, blocks, size, durability, now, 0);
+        JournalDevice d = new JournalDevice(devicesView, name, blocks, size, durability, now, 0);
         devices.put(name, d);
         touched = true;
         try {

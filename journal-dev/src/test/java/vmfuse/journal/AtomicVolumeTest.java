@@ -25,6 +25,7 @@ import org.mapdb.Serializer;
 import org.mapdb.Store;
 
 import vmfuse.durable.Disk;
+import vmfuse.durable.RealDisk;
 import vmfuse.durable.FaultyDisk;
 
 class AtomicVolumeTest {
@@ -50,7 +51,7 @@ class AtomicVolumeTest {
     void readsSeeWritesAndSyncPutsThemInTheFile() throws Exception {
         Path file = dir.resolve("v");
         byte[] model = new byte[300_000];
-        try (AtomicVolume v = AtomicVolume.open(Disk.real(null), file)) {
+        try (AtomicVolume v = AtomicVolume.open(RealDisk.of(null), file)) {
             scribble(v, model, new Random(1), 200);
             v.putLong(8, 0x0102030405060708L);
             ByteBuffer.wrap(model).putLong(8, 0x0102030405060708L);
@@ -63,7 +64,7 @@ class AtomicVolumeTest {
             assertEquals(0, v.dirtyPages());
         }
         assertArrayEquals(model, contents(file, model.length));
-        assertEquals(0, AtomicVolume.recover(Disk.real(null), file), "the commit file was invalidated once applied");
+        assertEquals(0, AtomicVolume.recover(RealDisk.of(null), file), "the commit file was invalidated once applied");
         assertArrayEquals(model, contents(file, model.length));
     }
 
@@ -71,30 +72,30 @@ class AtomicVolumeTest {
     void aCommitFileWrittenWholeIsFinishedAtOpenAndATornOneIsDropped() throws Exception {
         Path file = dir.resolve("v");
         byte[] committed = new byte[200_000];
-        try (AtomicVolume v = AtomicVolume.open(Disk.real(null), file)) {
+        try (AtomicVolume v = AtomicVolume.open(RealDisk.of(null), file)) {
             scribble(v, committed, new Random(2), 50);
             v.sync();
         }
         byte[] next = committed.clone();
-        try (AtomicVolume v = AtomicVolume.open(Disk.real(null), file)) {
+        try (AtomicVolume v = AtomicVolume.open(RealDisk.of(null), file)) {
             scribble(v, next, new Random(3), 50);
             v.writeCommitFile(); // the crash comes after the commit file, before the pages reach the file
         }
         assertArrayEquals(committed, contents(file, committed.length), "the file untouched so far");
-        assertTrue(AtomicVolume.recover(Disk.real(null), file) > 0);
+        assertTrue(AtomicVolume.recover(RealDisk.of(null), file) > 0);
         assertArrayEquals(next, contents(file, next.length), "the commit finished at open");
 
         byte[] third = next.clone();
-        try (AtomicVolume v = AtomicVolume.open(Disk.real(null), file)) {
+        try (AtomicVolume v = AtomicVolume.open(RealDisk.of(null), file)) {
             scribble(v, third, new Random(4), 50);
             v.writeCommitFile();
         }
         Path cf = AtomicVolume.commitFile(file);
         byte[] log = Files.readAllBytes(cf);
         Files.write(cf, Arrays.copyOf(log, log.length - 100)); // torn: never complete, never applied
-        assertEquals(0, AtomicVolume.recover(Disk.real(null), file));
+        assertEquals(0, AtomicVolume.recover(RealDisk.of(null), file));
         assertArrayEquals(next, contents(file, next.length));
-        assertEquals(0, AtomicVolume.recover(Disk.real(null), file), "still nothing to apply at the next open");
+        assertEquals(0, AtomicVolume.recover(RealDisk.of(null), file), "still nothing to apply at the next open");
     }
 
     /**
@@ -107,24 +108,24 @@ class AtomicVolumeTest {
         Path file = dir.resolve("v");
         Random r = new Random(8);
         byte[] committed = new byte[6 << 20];
-        try (AtomicVolume v = AtomicVolume.open(Disk.real(null), file)) {
+        try (AtomicVolume v = AtomicVolume.open(RealDisk.of(null), file)) {
             v.putData(0, committed, 0, 4096); // a page, so the next commit's pages are not all past the end
             v.sync();
         }
-        try (AtomicVolume v = AtomicVolume.open(Disk.real(null), file)) {
+        try (AtomicVolume v = AtomicVolume.open(RealDisk.of(null), file)) {
             scribble(v, committed, r, 600); // past the end: written straight to the file
             v.sync();
         }
         assertArrayEquals(committed, contents(file, committed.length));
         byte[] next = committed.clone();
-        try (AtomicVolume v = AtomicVolume.open(Disk.real(null), file)) {
+        try (AtomicVolume v = AtomicVolume.open(RealDisk.of(null), file)) {
             scribble(v, next, r, 600); // over committed pages: through the commit file, >1 MiB of it
             assertTrue(v.dirtyPages() > 2 * AtomicVolume.Batch.SIZE / AtomicVolume.PAGE, "" + v.dirtyPages());
             v.writeCommitFile();
         }
         assertTrue(Files.size(AtomicVolume.commitFile(file)) > 2 * AtomicVolume.Batch.SIZE);
         assertArrayEquals(committed, contents(file, committed.length), "the file untouched so far");
-        assertTrue(AtomicVolume.recover(Disk.real(null), file) > 0);
+        assertTrue(AtomicVolume.recover(RealDisk.of(null), file) > 0);
         assertArrayEquals(next, contents(file, next.length), "the commit finished at open");
     }
 
@@ -134,7 +135,7 @@ class AtomicVolumeTest {
         Path file = dir.resolve("b");
         Random r = new Random(9);
         byte[] model = new byte[5 << 20];
-        try (var ch = Disk.real(null).open(file, true)) {
+        try (var ch = RealDisk.of(null).open(file, true)) {
             AtomicVolume.Batch out = new AtomicVolume.Batch(ch, ByteBuffer.allocateDirect(64 << 10));
             long pos = 0;
             for (int i = 0; i < 300; i++) {
@@ -163,14 +164,14 @@ class AtomicVolumeTest {
         Path file = dir.resolve("v");
         Random r = new Random(6);
         byte[] committed = new byte[100_000];
-        try (AtomicVolume v = AtomicVolume.open(Disk.real(null), file)) {
+        try (AtomicVolume v = AtomicVolume.open(RealDisk.of(null), file)) {
             scribble(v, committed, r, 50);
             v.sync();
         }
         long size = Files.size(file);
         byte[] more = new byte[1 << 20];
         r.nextBytes(more);
-        try (AtomicVolume v = AtomicVolume.open(Disk.real(null), file)) {
+        try (AtomicVolume v = AtomicVolume.open(RealDisk.of(null), file)) {
             v.putData(size + 8192, more, 0, more.length);
             v.putLong(8, 42); // and a change to a committed page
             v.writeFreshPages(); // the crash comes here
@@ -180,18 +181,18 @@ class AtomicVolumeTest {
             v.getData(size + 8192, back, 0, back.length);
             assertArrayEquals(more, back, "and read back from it");
         }
-        assertEquals(0, AtomicVolume.recover(Disk.real(null), file));
+        assertEquals(0, AtomicVolume.recover(RealDisk.of(null), file));
         assertEquals(size, Files.size(file), "cut back to the committed length");
         assertArrayEquals(committed, contents(file, committed.length));
 
-        try (AtomicVolume v = AtomicVolume.open(Disk.real(null), file)) {
+        try (AtomicVolume v = AtomicVolume.open(RealDisk.of(null), file)) {
             v.putData(size + 8192, more, 0, more.length);
             v.putLong(8, 42);
             v.sync();
         }
         ByteBuffer.wrap(committed).putLong(8, 42);
-        assertEquals(0, AtomicVolume.recover(Disk.real(null), file));
-        try (AtomicVolume v = AtomicVolume.open(Disk.real(null), file)) {
+        assertEquals(0, AtomicVolume.recover(RealDisk.of(null), file));
+        try (AtomicVolume v = AtomicVolume.open(RealDisk.of(null), file)) {
             byte[] back = new byte[more.length];
             v.getData(size + 8192, back, 0, back.length);
             assertArrayEquals(more, back);
@@ -228,8 +229,8 @@ class AtomicVolumeTest {
                 child.destroyForcibly();
                 assertTrue(child.waitFor(30, TimeUnit.SECONDS));
             }
-            AtomicVolume.recover(Disk.real(null), file);
-            try (AtomicVolume v = AtomicVolume.open(Disk.real(null), file); DB db = DBMaker.volumeDB(v, true).make()) {
+            AtomicVolume.recover(RealDisk.of(null), file);
+            try (AtomicVolume v = AtomicVolume.open(RealDisk.of(null), file); DB db = DBMaker.volumeDB(v, true).make()) {
                 Store s = db.getStore();
                 long[] live = s.get(db.atomicLong("dir").open().get(), Serializer.LONG_ARRAY);
                 assertTrue(live.length > 0);
@@ -246,7 +247,7 @@ class AtomicVolumeTest {
         public static void main(String[] args) throws Exception {
             Path file = Path.of(args[0]);
             boolean exists = Files.exists(file);
-            AtomicVolume v = AtomicVolume.open(Disk.real(null), file);
+            AtomicVolume v = AtomicVolume.open(RealDisk.of(null), file);
             DB db = DBMaker.volumeDB(v, exists).make();
             Store s = db.getStore();
             Atomic.Long dir = db.atomicLong("dir").createOrOpen();
@@ -309,7 +310,7 @@ class AtomicVolumeTest {
             for (int cutAt = 1; ; cutAt++) {
                 Path root = Files.createTempDirectory(dir, "run");
                 Path file = Files.createDirectories(root.resolve("store")).resolve("v");
-                FaultyDisk disk = new FaultyDisk(Disk.real(null), root.resolve("graveyard"), failAt * 1000L + cutAt);
+                FaultyDisk disk = new FaultyDisk(RealDisk.of(null), root.resolve("graveyard"), failAt * 1000L + cutAt);
                 Random r = new Random(failAt);
                 byte[][] states = new byte[3][64 * AtomicVolume.PAGE];
                 AtomicVolume v = AtomicVolume.open(disk, file);

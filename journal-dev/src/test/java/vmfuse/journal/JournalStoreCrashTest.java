@@ -22,6 +22,7 @@ import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.io.TempDir;
 
 import vmfuse.durable.Disk;
+import vmfuse.durable.RealDisk;
 import vmfuse.durable.FaultyDisk;
 import vmfuse.durable.FaultyDisk.Fault;
 
@@ -375,7 +376,7 @@ class JournalStoreCrashTest {
         Path root = Files.createTempDirectory(base(), "run");
         try {
             Path dir = Files.createDirectories(root.resolve("store"));
-            FaultyDisk disk = new FaultyDisk(Disk.real(null), root.resolve("graveyard"), seed * 1_000_003 + point);
+            FaultyDisk disk = new FaultyDisk(RealDisk.of(null), root.resolve("graveyard"), seed * 1_000_003 + point);
             disk.setUsableSpace(32L << 20); // redo segments of 2 MiB
             String label = "seed " + seed + " " + (fate == Fate.FAIL ? fault + " at call " + point
                     : fate == Fate.CUT ? "power cut at call " + point : "no fault");
@@ -428,7 +429,7 @@ class JournalStoreCrashTest {
                     }
                 }
             }
-            run.disk = disk.isCut() ? disk.afterCut() : new FaultyDisk(Disk.real(null), root.resolve("graveyard2"), 1);
+            run.disk = disk.isCut() ? disk.afterCut() : new FaultyDisk(RealDisk.of(null), root.resolve("graveyard2"), 1);
             run.disk.setUsableSpace(32L << 20);
             if (!run.open()) {
                 run.losses.add(label + ": the store does not open after it: " + run.openFailure);

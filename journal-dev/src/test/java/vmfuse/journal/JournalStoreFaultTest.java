@@ -17,6 +17,7 @@ import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.io.TempDir;
 
 import vmfuse.durable.Disk;
+import vmfuse.durable.RealDisk;
 import vmfuse.durable.FaultyDisk;
 import vmfuse.durable.FaultyDisk.Fault;
 
@@ -38,7 +39,7 @@ class JournalStoreFaultTest {
 
     private FaultyDisk disk(long seed) throws IOException {
         Files.createDirectories(file().getParent());
-        FaultyDisk d = new FaultyDisk(Disk.real(null), dir.resolve("graveyard"), seed);
+        FaultyDisk d = new FaultyDisk(RealDisk.of(null), dir.resolve("graveyard"), seed);
         d.setUsableSpace(64L << 20); // redo segments of 4 MiB, room for every checkpoint
         return d;
     }
@@ -109,7 +110,7 @@ class JournalStoreFaultTest {
         c.write(0, block('C'), 0, BLOCK);
         failTheCommitOfTheNextCheckpoint(s, disk);
         s.close(); // nothing written since: before the fix it returned without committing
-        try (JournalStore again = open(Disk.real(null))) {
+        try (JournalStore again = open(RealDisk.of(null))) {
             assertArrayEquals(block('C'), read(again.device("c"), 0), "written before a clean unmount");
         }
     }

@@ -24,6 +24,7 @@ import org.mapdb.DB;
 import org.mapdb.DBMaker;
 
 import vmfuse.durable.Disk;
+import vmfuse.durable.RealDisk;
 
 class JournalStoreTest {
     static final int MiB = 1 << 20;
@@ -355,7 +356,7 @@ class JournalStoreTest {
      */
     @Test
     void aWriteAtTheMemoryBoundWaitsParkedOrIsRefusedByItsPool() throws Exception {
-        try (JournalStore s = JournalStore.open(Disk.real(null), dir.resolve("j.db"), 4L * MiB)) {
+        try (JournalStore s = JournalStore.open(RealDisk.of(null), dir.resolve("j.db"), 4L * MiB)) {
             JournalDevice d = s.create("vm", 64L * MiB, Durability.CLOSE);
             CountingPool refusing = new CountingPool(false);
             vmfuse.durable.Parking.serve(refusing);

@@ -20,6 +20,7 @@ import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.io.TempDir;
 
 import vmfuse.durable.Disk;
+import vmfuse.durable.RealDisk;
 
 class RedoLogTest {
     static final long PREALLOC = 64 << 10;
@@ -35,7 +36,7 @@ class RedoLogTest {
     private List<String> replay(long committed) throws Exception {
         List<String> seen = new ArrayList<>();
         long[] n = new long[1];
-        try (RedoLog log = RedoLog.open(Disk.real(null), base(), committed, PREALLOC,
+        try (RedoLog log = RedoLog.open(RealDisk.of(null), base(), committed, PREALLOC,
                 (type, root, a, b, data) -> seen.add(type + ":" + root + ":" + a + ":" + b + ":" + new String(data)), n)) {
             assertEquals(seen.size(), n[0]);
         }
@@ -44,7 +45,7 @@ class RedoLogTest {
 
     /** A log whose active segment is of {@code generation}, open for appending. */
     private RedoLog fresh(long generation) throws Exception {
-        RedoLog log = RedoLog.open(Disk.real(null), base(), generation, PREALLOC, (t, r, a, b, d) -> { }, new long[1]);
+        RedoLog log = RedoLog.open(RealDisk.of(null), base(), generation, PREALLOC, (t, r, a, b, d) -> { }, new long[1]);
         while (log.generation() < generation) {
             log.rotate(log.generation() + 1);
         }
@@ -100,7 +101,7 @@ class RedoLogTest {
             }
             log.force();
         }
-        try (RedoLog log = RedoLog.open(Disk.real(null), base(), 1, PREALLOC, (t, r, a, b, d) -> { }, new long[1])) {
+        try (RedoLog log = RedoLog.open(RealDisk.of(null), base(), 1, PREALLOC, (t, r, a, b, d) -> { }, new long[1])) {
             assertTrue(log.position() > PREALLOC);
             log.shrink();
             write(log, "after");
@@ -169,7 +170,7 @@ class RedoLogTest {
             for (int i = 0; i < 200; i++) {
                 if (i % 37 == 36) {
                     log.close();
-                    log = RedoLog.open(Disk.real(null), base(), 1, PREALLOC, (t, r, a, b, d) -> { }, new long[1]);
+                    log = RedoLog.open(RealDisk.of(null), base(), 1, PREALLOC, (t, r, a, b, d) -> { }, new long[1]);
                 }
                 int n = i < sizes.length ? sizes[i] : rnd.nextInt(20000);
                 byte[] data = new byte[n];
@@ -206,7 +207,7 @@ class RedoLogTest {
         }
         List<long[]> records = new ArrayList<>();
         byte[] back = new byte[data.length];
-        RedoLog.open(Disk.real(null), base(), 1, PREALLOC, (type, root, a, b, d) -> {
+        RedoLog.open(RealDisk.of(null), base(), 1, PREALLOC, (type, root, a, b, d) -> {
             records.add(new long[] {a, d.length});
             System.arraycopy(d, 0, back, (int) (a - 1000), d.length);
         }, new long[1]).close();
@@ -250,7 +251,7 @@ class RedoLogTest {
             log.force();
         }
         List<Long> roots = new ArrayList<>();
-        RedoLog.open(Disk.real(null), base(), 3, PREALLOC, (type, root, a, b, d) -> roots.add(root), new long[1]).close();
+        RedoLog.open(RealDisk.of(null), base(), 3, PREALLOC, (type, root, a, b, d) -> roots.add(root), new long[1]).close();
         assertEquals(List.of(1L), roots, "only the record generation 3 appended is replayed");
     }
 }

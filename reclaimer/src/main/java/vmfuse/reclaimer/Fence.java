@@ -23,6 +23,10 @@ public interface Fence {
     /** Bytes waiting. */
     long pendingBytes();
 
+    /** Told when a write lands on ranges waiting (a fence that counts writes itself: RawFence). */
+    default void onPendingWritten(WriteTracker.Listener listener) {
+    }
+
     /**
      * Punches what is still safe of {@code ranges} (admitted with {@code token}); {@code done} runs
      * with what was punched and the bytes freed, before the VM's writes resume.
@@ -35,6 +39,6 @@ public interface Fence {
      * at the punch).
      */
     interface Done {
-        void run(List<long[]> punched, long freed, Map<VmReclaimer.Skipped, Long> skipped) throws IOException;
+        void run(List<long[]> punched, long freed, Map<Skipped, Long> skipped) throws IOException;
     }
 }

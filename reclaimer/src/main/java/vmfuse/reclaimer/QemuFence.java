@@ -57,7 +57,7 @@ public final class QemuFence implements Fence {
     private final Path nbdSocket;
     private final LongSupplier allocated;
     private final ImageHold hold;
-    private final VmReclaimer.Puncher puncher;
+    private final Puncher puncher;
     // guarded by this
     private long next = WriteTracker.newEpoch();
     private final Map<Long, Long> live = new TreeMap<>(); // token -> issued (nanoTime)
@@ -71,7 +71,7 @@ public final class QemuFence implements Fence {
      * bytes (to count what a discard through QEMU freed).
      */
     public QemuFence(Path qmpSocket, Path imageFile, Path backingFile, Path nbdSocket, LongSupplier allocated,
-            ImageHold hold, VmReclaimer.Puncher puncher) {
+            ImageHold hold, Puncher puncher) {
         this.qmpSocket = qmpSocket;
         this.imageFile = imageFile;
         this.backingFile = backingFile;
@@ -306,7 +306,7 @@ public final class QemuFence implements Fence {
                 }
             }
             done.run(clean, Math.max(0, before - allocated.getAsLong()), Map.of(
-                    VmReclaimer.Skipped.WRITTEN_AFTER_FENCE, ByteRanges.of(ranges).bytes() - ByteRanges.of(clean).bytes()));
+                    Skipped.WRITTEN_AFTER_FENCE, ByteRanges.of(ranges).bytes() - ByteRanges.of(clean).bytes()));
         } finally {
             if (running) {
                 q.execute("cont", null);
@@ -353,11 +353,11 @@ public final class QemuFence implements Fence {
             }
             log.info("reclaim image={} offline: {} bytes of data clusters punched, not punched {}", imageFile,
                     ByteRanges.of(punch).bytes(), skipped);
-            Map<VmReclaimer.Skipped, Long> notPunched = new EnumMap<>(VmReclaimer.Skipped.class);
-            notPunched.put(VmReclaimer.Skipped.WRITTEN_AFTER_FENCE,
+            Map<Skipped, Long> notPunched = new EnumMap<>(Skipped.class);
+            notPunched.put(Skipped.WRITTEN_AFTER_FENCE,
                     ByteRanges.of(ranges).bytes() - ByteRanges.of(clean).bytes());
             skipped.forEach((reason, n) -> notPunched.merge(reason == Qcow2Map.Skip.PARTIAL_OR_OUTSIDE
-                    ? VmReclaimer.Skipped.PARTIAL_BLOCK : VmReclaimer.Skipped.NOT_OWNED, n, Long::sum));
+                    ? Skipped.PARTIAL_BLOCK : Skipped.NOT_OWNED, n, Long::sum));
             done.run(punch, freed, notPunched);
             if (forget(token, ranges)) {
                 removeOffline(bitmap);
@@ -483,7 +483,7 @@ public final class QemuFence implements Fence {
     /** Drops a notice whose fence cannot be trusted: nothing punched, the notice done. */
     private void drop(long token, List<long[]> ranges, Done done, String bitmap, String why) throws IOException {
         log.warn("reclaim image={} bitmap {}: {}; the notice is dropped, nothing punched", imageFile, bitmap, why);
-        done.run(List.of(), 0, Map.of(VmReclaimer.Skipped.FENCE_LOST, ByteRanges.of(ranges).bytes()));
+        done.run(List.of(), 0, Map.of(Skipped.FENCE_LOST, ByteRanges.of(ranges).bytes()));
         forget(token, ranges);
     }
 

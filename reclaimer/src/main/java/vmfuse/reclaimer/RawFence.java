@@ -7,15 +7,16 @@ import java.util.Map;
 /** The fence of a raw image: its WriteTracker (guest offsets are file offsets), and the file's punch. */
 public final class RawFence implements Fence {
     private final WriteTracker tracker;
-    private final VmReclaimer.Puncher puncher;
+    private final Puncher puncher;
 
-    public RawFence(WriteTracker tracker, VmReclaimer.Puncher puncher) {
+    public RawFence(WriteTracker tracker, Puncher puncher) {
         this.tracker = tracker;
         this.puncher = puncher;
     }
 
-    WriteTracker tracker() {
-        return tracker;
+    @Override
+    public void onPendingWritten(WriteTracker.Listener listener) {
+        tracker.listener(listener);
     }
 
     @Override

@@ -18,6 +18,7 @@ import org.slf4j.Logger;
 import org.slf4j.LoggerFactory;
 
 import vmfuse.durable.Disk;
+import vmfuse.durable.RealDisk;
 
 /*
  * The reclaimer of one VM: answers its agent (AgentSession.Host), keeps its notices in a
@@ -36,30 +37,14 @@ public final class VmReclaimer implements AgentSession.Host, WriteTracker.Listen
     private static final Logger log = LoggerFactory.getLogger(VmReclaimer.class);
     static final long BLOCK = 4096;
 
-    /** Punches a range of the image file; returns the bytes of disk it freed. */
-    public interface Puncher {
-        long punch(long offset, long length) throws IOException;
-    }
-
-    /** Why bytes of a notice were not punched. */
-    public enum Skipped {
-        /** Not a whole 4 KiB block of the range. */
-        PARTIAL_BLOCK,
-        /** Written after the notice's fence token, before the notice came (qcow2: or since). */
-        WRITTEN_AFTER_FENCE,
-        /** Written while the notice waited (raw). */
-        WRITTEN_WHILE_PENDING,
-        /** qcow2 with no QEMU: not a data cluster this image alone owns (a snapshot's, compressed, unallocated). */
-        NOT_OWNED,
-        /** qcow2: the token's bitmap could not prove what was written since it (gone, inconsistent), or the image's metadata is corrupt: dropped. */
-        FENCE_LOST,
-        /** Restored at start, but the image was not watched without a gap since: dropped (see NoticeLog). */
-        UNWATCHED
-    }
-
     /** What `vmfuse status` shows for the VM. */
     public record Stats(long notices, long refused, long bytesPending, long bytesPunched, long bytesFreed,
-            Map<Skipped, Long> skipped) {}
+            Map<Skipped, Long> skipped) {
+        /** Bytes of notices dropped, never punched: their fence could not be proved, or the image's metadata not trusted. */
+        public long dropped() {
+            return skipped.getOrDefault(Skipped.FENCE_LOST, 0L) + skipped.getOrDefault(Skipped.UNWATCHED, 0L);
+        }
+    }
 
     private final String vm;
     private final String image;
@@ -103,7 +88,7 @@ public final class VmReclaimer implements AgentSession.Host, WriteTracker.Listen
      */
     public static VmReclaimer open(String vm, String image, LongSupplier diskSize, Fence fence,
             ThresholdPolicy policy, Path logFile) throws IOException {
-        return open(vm, image, diskSize, fence, policy, Disk.real(null), logFile, null);
+        return open(vm, image, diskSize, fence, policy, RealDisk.of(null), logFile, null);
     }
 
     /**
@@ -127,9 +112,7 @@ public final class VmReclaimer implements AgentSession.Host, WriteTracker.Listen
                     + "now); none of them is punched", vm, image, notices.dropped().size(), bytes,
                     notices.closedAs() == null ? "nothing: no clean stop" : notices.closedAs(), identity.now());
         }
-        if (fence instanceof RawFence raw) {
-            raw.tracker().listener(r);
-        }
+        fence.onPendingWritten(r);
         long bytes = 0;
         for (NoticeLog.Pending p : notices.pending()) {
             fence.restore(p.token(), p.ranges().list());

@@ -66,7 +66,7 @@ class AgentSessionTest {
             VmReclaimer.Stats st = r.stats();
             assertEquals(2, st.notices());
             assertEquals(16384, st.bytesPunched());
-            assertEquals(100 + 10000 - 8192, st.skipped().get(VmReclaimer.Skipped.PARTIAL_BLOCK));
+            assertEquals(100 + 10000 - 8192, st.skipped().get(Skipped.PARTIAL_BLOCK));
             assertTrue(st.refused() >= 6, st.toString());
         }
     }

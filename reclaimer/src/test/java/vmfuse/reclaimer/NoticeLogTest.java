@@ -18,6 +18,7 @@ import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.io.TempDir;
 
 import vmfuse.durable.Disk;
+import vmfuse.durable.RealDisk;
 import vmfuse.durable.FaultyDisk;
 import vmfuse.durable.FaultyDisk.Fault;
 
@@ -53,11 +54,11 @@ class NoticeLogTest {
     @Test
     void aNoticeAdmittedEmptyLeavesALogThatOpens() throws Exception {
         Path file = file();
-        try (NoticeLog l = NoticeLog.open(Disk.real(null), file)) {
+        try (NoticeLog l = NoticeLog.open(RealDisk.of(null), file)) {
             l.accepted(notice(1, 0), notice(1, 0).ranges());
             l.accepted(notice(2, MiB), List.of());
         }
-        try (NoticeLog again = NoticeLog.open(Disk.real(null), file)) {
+        try (NoticeLog again = NoticeLog.open(RealDisk.of(null), file)) {
             assertEquals(Set.of(1L), pendingSeqs(again));
             assertEquals(2, again.lastSeq());
         }
@@ -71,7 +72,7 @@ class NoticeLogTest {
     @Test
     void aLogWhoseNoticesNeverAllGoStaysWithinItsBound() throws Exception {
         Path file = file();
-        try (NoticeLog l = NoticeLog.open(Disk.real(null), file)) {
+        try (NoticeLog l = NoticeLog.open(RealDisk.of(null), file)) {
             l.accepted(notice(1, 0), notice(1, 0).ranges()); // waits throughout
             long largest = 0;
             for (long seq = 2; seq < 30_000; seq += 2) { // about 1.5 MiB of lines
@@ -83,7 +84,7 @@ class NoticeLogTest {
             assertTrue(largest <= NoticeLog.COMPACT_AT + 200, "the log reached " + largest + " bytes");
             assertEquals(Set.of(1L), pendingSeqs(l));
         }
-        try (NoticeLog again = NoticeLog.open(Disk.real(null), file)) {
+        try (NoticeLog again = NoticeLog.open(RealDisk.of(null), file)) {
             assertEquals(Set.of(1L), pendingSeqs(again));
             assertEquals(29_999, again.lastSeq());
         }
@@ -93,7 +94,7 @@ class NoticeLogTest {
     @Test
     void anAppendTornByAFullDiskLeavesALogThatOpensWithEveryAcknowledgedNotice() throws Exception {
         Path file = file();
-        FaultyDisk disk = new FaultyDisk(Disk.real(null), dir.resolve("graveyard"), 1);
+        FaultyDisk disk = new FaultyDisk(RealDisk.of(null), dir.resolve("graveyard"), 1);
         try (NoticeLog l = NoticeLog.open(disk, file)) {
             l.accepted(notice(1, 0), notice(1, 0).ranges());
             disk.failAt(disk.calls() + 1, Fault.SHORT_WRITE); // part of the line, then ENOSPC
@@ -101,7 +102,7 @@ class NoticeLogTest {
             l.accepted(notice(3, 2 * MiB), notice(3, 2 * MiB).ranges());
             assertEquals(1, disk.failures());
         }
-        try (NoticeLog again = NoticeLog.open(Disk.real(null), file)) {
+        try (NoticeLog again = NoticeLog.open(RealDisk.of(null), file)) {
             assertEquals(Set.of(1L, 2L, 3L), pendingSeqs(again));
         }
     }
@@ -109,7 +110,7 @@ class NoticeLogTest {
     @Test
     void whileTheDiskRefusesEveryWriteANoticeIsRefusedAndNothingAcknowledgedIsLost() throws Exception {
         Path file = file();
-        FaultyDisk disk = new FaultyDisk(Disk.real(null), dir.resolve("graveyard"), 2);
+        FaultyDisk disk = new FaultyDisk(RealDisk.of(null), dir.resolve("graveyard"), 2);
         try (NoticeLog l = NoticeLog.open(disk, file)) {
             l.accepted(notice(1, 0), notice(1, 0).ranges());
             disk.failFrom(disk.calls() + 1, Fault.ENOSPC);
@@ -119,7 +120,7 @@ class NoticeLogTest {
             disk.failFrom(Long.MAX_VALUE, Fault.ENOSPC); // space again
             l.accepted(notice(2, MiB), notice(2, MiB).ranges());
         }
-        try (NoticeLog again = NoticeLog.open(Disk.real(null), file)) {
+        try (NoticeLog again = NoticeLog.open(RealDisk.of(null), file)) {
             assertEquals(Set.of(1L, 2L), pendingSeqs(again));
         }
     }
@@ -128,7 +129,7 @@ class NoticeLogTest {
     @Test
     void restoredNoticesAreKeptOnlyAfterACleanStopAtTheSameIdentity() throws Exception {
         Path file = file();
-        Disk disk = Disk.real(null);
+        Disk disk = RealDisk.of(null);
         try (NoticeLog l = NoticeLog.open(disk, file, "id1")) {
             l.accepted(notice(1, 0), notice(1, 0).ranges());
             l.closed("id1");
@@ -193,7 +194,7 @@ class NoticeLogTest {
     private long workload(long seed, long point, Fault fault, List<String> losses) throws IOException {
         Path root = Files.createTempDirectory(dir, "run");
         Path file = Files.createDirectories(root.resolve("reclaim")).resolve("vm.notices");
-        FaultyDisk disk = new FaultyDisk(Disk.real(null), root.resolve("graveyard"), seed * 7919 + point);
+        FaultyDisk disk = new FaultyDisk(RealDisk.of(null), root.resolve("graveyard"), seed * 7919 + point);
         String label = "seed " + seed + (point == 0 ? "" : fault != null ? " " + fault + " at call " + point
                 : " power cut at call " + point);
         if (point > 0 && fault != null) {

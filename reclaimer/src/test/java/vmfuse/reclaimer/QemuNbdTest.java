@@ -118,13 +118,13 @@ class QemuNbdTest {
         assertTrue(ok("qemu-img", "info", img.toString()).contains("vmfuse-fence-" + token), "QEMU stored the bitmap");
         long before = Tools.allocated(img);
         List<long[]> punched = new ArrayList<>();
-        Map<VmReclaimer.Skipped, Long> notPunched = new EnumMap<>(VmReclaimer.Skipped.class);
+        Map<Skipped, Long> notPunched = new EnumMap<>(Skipped.class);
         fence.carryOut(token, List.of(new long[] {0, 17 * M}), (done, freed, skipped) -> {
             punched.addAll(done);
             notPunched.putAll(skipped);
         });
         assertEquals(1, held.get(), "the image was held closed");
-        assertEquals(Map.of(VmReclaimer.Skipped.WRITTEN_AFTER_FENCE, 1 * M, VmReclaimer.Skipped.NOT_OWNED, 5 * M),
+        assertEquals(Map.of(Skipped.WRITTEN_AFTER_FENCE, 1 * M, Skipped.NOT_OWNED, 5 * M),
                 notPunched);
         assertEquals(11 * M, punched.stream().mapToLong(r -> r[1]).sum(), "0..4M and 5..12M: the rest is the guest's "
                 + "since the token (4..5M), the snapshot's (12..16M) or compressed (16..17M)");
@@ -160,13 +160,13 @@ class QemuNbdTest {
             qemu.waitFor(30, TimeUnit.SECONDS);
         }
         List<long[]> punched = new ArrayList<>();
-        Map<VmReclaimer.Skipped, Long> notPunched = new EnumMap<>(VmReclaimer.Skipped.class);
+        Map<Skipped, Long> notPunched = new EnumMap<>(Skipped.class);
         fence.carryOut(token, List.of(new long[] {0, 8 * M}), (done, freed, skipped) -> {
             punched.addAll(done);
             notPunched.putAll(skipped);
         });
         assertEquals(0, punched.size());
-        assertEquals(Map.of(VmReclaimer.Skipped.FENCE_LOST, 8 * M), notPunched);
+        assertEquals(Map.of(Skipped.FENCE_LOST, 8 * M), notPunched);
         assertEquals(0, fence.pendingBytes(), "dropped");
         qemuIo(img, "read -P 0x11 0 1m", "read -P 0x33 1m 1m", "read -P 0x11 2m 6m");
     }

@@ -142,8 +142,10 @@ final class MountCommand implements Callable<Integer> {
         cmd.addAll(java.lang.management.ManagementFactory.getRuntimeMXBean().getInputArguments());
         cmd.add("-cp");
         cmd.add(System.getProperty("java.class.path"));
-        cmd.add(Main.class.getName());
-        if (Main.debug) {
+        // the same command again, in the foreground: the class picocli runs (vmfuse's Main), with its --debug
+        cmd.add(spec.root().userObject().getClass().getName());
+        if (spec.root().commandLine().getParseResult().hasMatchedOption("--debug")
+                || spec.commandLine().getParseResult().hasMatchedOption("--debug")) { // before or after "mount"
             cmd.add("--debug");
         }
         cmd.addAll(List.of("mount", "--foreground", "--store", s.dir().toString(), "--threads", String.valueOf(threads),

@@ -83,7 +83,7 @@ final class ControlHandler {
                 VmReclaimer.Stats before = vms.stats(r.name());
                 VmReclaimer.Stats after = vms.reclaimNow(r.name());
                 return List.of(new Answer.Reclaimed(after.bytesPunched() - before.bytesPunched(),
-                        after.bytesFreed() - before.bytesFreed(), after.bytesPending(), dropped(after) - dropped(before)));
+                        after.bytesFreed() - before.bytesFreed(), after.bytesPending(), after.dropped() - before.dropped()));
             }
             throw new IllegalStateException("no answer for " + request);
         } catch (IOException e) {
@@ -95,16 +95,10 @@ final class ControlHandler {
         }
     }
 
-    /** Bytes of notices dropped, never punched: their fence could not be proved, or the image's metadata not trusted. */
-    static long dropped(VmReclaimer.Stats s) {
-        return s.skipped().getOrDefault(VmReclaimer.Skipped.FENCE_LOST, 0L)
-                + s.skipped().getOrDefault(VmReclaimer.Skipped.UNWATCHED, 0L);
-    }
-
     private void journalCreate(Request.JournalCreate r) throws FsException, StoreException {
         Node.checkName(r.name());
-        if (r.name().startsWith(VmFuseFs.HIDDEN_PREFIX) || r.name().chars().anyMatch(c -> c < 0x20)) {
-            throw new FsException(Native.EINVAL, "journal device names may not start with " + VmFuseFs.HIDDEN_PREFIX
+        if (r.name().startsWith(Node.HIDDEN_PREFIX) || r.name().chars().anyMatch(c -> c < 0x20)) {
+            throw new FsException(Native.EINVAL, "journal device names may not start with " + Node.HIDDEN_PREFIX
                     + " or hold control characters");
         }
         journals.create(r.name(), ByteSize.parse(r.size()), Durability.parse(r.durability()));
@@ -113,7 +107,7 @@ final class ControlHandler {
     private List<Answer> journals() {
         List<Answer> out = new ArrayList<>();
         for (JournalDevice d : journals.list()) {
-            if (!d.name().startsWith(VmFuseFs.HIDDEN_PREFIX)) {
+            if (!d.name().startsWith(Node.HIDDEN_PREFIX)) {
                 out.add(new Answer.Journal(d.name(), d.size(), d.bytesStored(), d.memoryUsed(), d.durability().label(),
                         d.lastFlush()));
             }

@@ -9,6 +9,7 @@ import java.security.NoSuchAlgorithmException;
 import java.util.HexFormat;
 
 import vmfuse.durable.Disk;
+import vmfuse.durable.RealDisk;
 import vmfuse.fs.FsException;
 import vmfuse.fs.HolePuncher;
 import vmfuse.fs.nativeio.Native;
@@ -31,7 +32,7 @@ import vmfuse.fs.nativeio.Native;
  */
 public record Store(Path dir) {
     /** The one way the daemon writes its durable files (the journal store punches freed pages). */
-    private static final Disk DISK = Disk.real(HolePuncher::punchStoreFile);
+    private static final Disk DISK = RealDisk.of(HolePuncher::punchStoreFile);
 
     /** What every durable file of the store is written through. */
     public Disk disk() {

@@ -34,6 +34,7 @@ import vmfuse.reclaimer.RawFence;
 import vmfuse.reclaimer.ThresholdPolicy;
 import vmfuse.reclaimer.VmReclaimer;
 import vmfuse.reclaimer.WriteTracker;
+import vmfuse.reclaimer.Skipped;
 
 /*
  * The VMs the reclaimer serves (vmfuse vm add/remove), kept in STORE/vms.tsv, one line per VM:
@@ -358,10 +359,10 @@ public final class Vms implements AutoCloseable {
             VmReclaimer.Stats s = r.reclaimer().stats();
             out.add(new Answer.Vm(r.vm().name(), r.vm().image(), r.vm().agentSocket().toString(), s.notices(),
                     s.refused(), s.bytesPending(), s.bytesPunched(), s.bytesFreed(),
-                    s.skipped().getOrDefault(VmReclaimer.Skipped.PARTIAL_BLOCK, 0L),
-                    s.skipped().getOrDefault(VmReclaimer.Skipped.WRITTEN_AFTER_FENCE, 0L),
-                    s.skipped().getOrDefault(VmReclaimer.Skipped.WRITTEN_WHILE_PENDING, 0L), policy.threshold(),
-                    s.skipped().getOrDefault(VmReclaimer.Skipped.NOT_OWNED, 0L), ControlHandler.dropped(s)));
+                    s.skipped().getOrDefault(Skipped.PARTIAL_BLOCK, 0L),
+                    s.skipped().getOrDefault(Skipped.WRITTEN_AFTER_FENCE, 0L),
+                    s.skipped().getOrDefault(Skipped.WRITTEN_WHILE_PENDING, 0L), policy.threshold(),
+                    s.skipped().getOrDefault(Skipped.NOT_OWNED, 0L), s.dropped()));
         }
         return out;
     }

@@ -1,0 +1,33 @@
+package vmfuse.journal;
+
+import java.util.concurrent.locks.ReentrantReadWriteLock;
+
+/**
+ * What a {@link JournalDevice} asks of the store it lives in ({@link JournalStore}): so the
+ * device knows the store only through these, and the store knows its devices, one way.
+ */
+interface DeviceStore {
+    /** Where the device's blocks wait in memory. */
+    BlockMemory blockMemory();
+
+    /** Before a write: waits while memory is at its bound (a {@code Parking}); asks for a checkpoint when due. */
+    void admit() throws StoreException;
+
+    /** Held shared by every change of a device; a checkpoint takes it exclusive for its rotation. */
+    ReentrantReadWriteLock opLock();
+
+    /** A device changed: the next checkpoint has something to commit. */
+    void touched();
+
+    /** Blocks taken in memory. */
+    void added(long n);
+
+    /** Blocks given back. */
+    void released(long n);
+
+    /** The redo log a FLUSH device's changes are appended to. */
+    RedoLog redo();
+
+    /** Until everything appended to the redo log so far is on disk (a flush: group commit). */
+    void awaitLogSync() throws StoreException;
+}
