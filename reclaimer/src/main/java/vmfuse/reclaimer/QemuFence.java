@@ -58,8 +58,16 @@ public final class QemuFence implements Fence {
     private final LongSupplier allocated;
     private final ImageHold hold;
     private final Puncher puncher;
+    /**
+     * Held by whatever talks to QEMU (a token's bitmap, a carry-out, a resume): one at a time. This
+     * object's monitor guards only the two maps below, for moments, and is never held while
+     * calling out: a carry-out's Done (which takes the VmReclaimer's monitor) runs under qmp alone,
+     * while a notice holds the VmReclaimer's monitor and then takes this one to admit. Order: qmp,
+     * then this; the VmReclaimer's monitor, then this.
+     */
+    private final Object qmp = new Object();
+    private long next = WriteTracker.newEpoch(); // guarded by qmp
     // guarded by this
-    private long next = WriteTracker.newEpoch();
     private final Map<Long, Long> live = new TreeMap<>(); // token -> issued (nanoTime)
     private final Map<Long, Long> pendingByToken = new TreeMap<>(); // token -> bytes waiting
 
@@ -90,7 +98,13 @@ public final class QemuFence implements Fence {
      * At start: if a daemon died while its carry-out had the VM stopped, lets the VM run again
      * (if its QEMU is still there and still paused), and says so in the log.
      */
-    public synchronized void resumeIfLeftPaused() {
+    public void resumeIfLeftPaused() {
+        synchronized (qmp) {
+            resumeIfLeftPausedLocked();
+        }
+    }
+
+    private void resumeIfLeftPausedLocked() {
         Path marker = pausedMarker();
         if (!Files.exists(marker)) {
             return;
@@ -159,7 +173,13 @@ public final class QemuFence implements Fence {
     }
 
     @Override
-    public synchronized long token() throws IOException {
+    public long token() throws IOException {
+        synchronized (qmp) {
+            return tokenLocked();
+        }
+    }
+
+    private long tokenLocked() throws IOException {
         sweep();
         long t = ++next;
         try (Qmp q = Qmp.connect(qmpSocket)) {
@@ -174,7 +194,9 @@ public final class QemuFence implements Fence {
                 q.execute("block-dirty-bitmap-add", Qmp.args("node", d.device(), "name", PREFIX + t));
             }
         }
-        live.put(t, System.nanoTime());
+        synchronized (this) {
+            live.put(t, System.nanoTime());
+        }
         return t;
     }
 
@@ -186,7 +208,11 @@ public final class QemuFence implements Fence {
                 continue; // not a fence of ours
             }
             long t = Long.parseLong(name.substring(PREFIX.length()));
-            if (!live.containsKey(t) && !pendingByToken.containsKey(t)) {
+            boolean forgotten;
+            synchronized (this) {
+                forgotten = !live.containsKey(t) && !pendingByToken.containsKey(t);
+            }
+            if (forgotten) {
                 try {
                     removeBitmap(q, d.device(), PREFIX + t);
                     log.info("reclaim image={} removed the bitmap {}{} nothing waits on", imageFile, PREFIX, t);
@@ -205,13 +231,15 @@ public final class QemuFence implements Fence {
     private void sweep() {
         long now = System.nanoTime();
         List<Long> old = new ArrayList<>();
-        for (Map.Entry<Long, Long> e : live.entrySet()) {
-            if (now - e.getValue() > TTL_NANOS && !pendingByToken.containsKey(e.getKey())) {
-                old.add(e.getKey());
+        synchronized (this) {
+            for (Map.Entry<Long, Long> e : live.entrySet()) {
+                if (now - e.getValue() > TTL_NANOS && !pendingByToken.containsKey(e.getKey())) {
+                    old.add(e.getKey());
+                }
             }
+            old.forEach(live::remove);
         }
         for (long t : old) {
-            live.remove(t);
             try (Qmp q = Qmp.connect(qmpSocket)) {
                 removeBitmap(q, requireDrive(q).device(), PREFIX + t);
             } catch (IOException e) { // QEMU gone: the next token() under a QEMU removes it
@@ -245,7 +273,13 @@ public final class QemuFence implements Fence {
     }
 
     @Override
-    public synchronized void carryOut(long token, List<long[]> ranges, Done done) throws IOException {
+    public void carryOut(long token, List<long[]> ranges, Done done) throws IOException {
+        synchronized (qmp) {
+            carryOutLocked(token, ranges, done);
+        }
+    }
+
+    private void carryOutLocked(long token, List<long[]> ranges, Done done) throws IOException {
         Qmp q;
         try {
             q = Qmp.connect(qmpSocket);
@@ -307,6 +341,11 @@ public final class QemuFence implements Fence {
             }
             done.run(clean, Math.max(0, before - allocated.getAsLong()), Map.of(
                     Skipped.WRITTEN_AFTER_FENCE, ByteRanges.of(ranges).bytes() - ByteRanges.of(clean).bytes()));
+            if (stillWaits(token, ranges)) {
+                // notices of this token came during the carry-out: its bitmap records again before
+                // the guest runs (nothing wrote meanwhile: the VM is stopped; the discards are not the guest's)
+                q.execute("block-dirty-bitmap-enable", Qmp.args("node", dev.device(), "name", bitmap));
+            }
         } finally {
             if (running) {
                 q.execute("cont", null);
@@ -488,7 +527,12 @@ public final class QemuFence implements Fence {
     }
 
     /** The ranges leave the token's pending bytes; true if nothing waits on it any more (its bitmap may go). */
-    private boolean forget(long token, List<long[]> ranges) {
+    /** Whether bytes of {@code token} wait beyond {@code ranges} (notices that came during their carry-out). */
+    private synchronized boolean stillWaits(long token, List<long[]> ranges) {
+        return pendingByToken.getOrDefault(token, 0L) > ByteRanges.of(ranges).bytes();
+    }
+
+    private synchronized boolean forget(long token, List<long[]> ranges) {
         long left = pendingByToken.getOrDefault(token, 0L) - ByteRanges.of(ranges).bytes();
         if (left > 0) {
             pendingByToken.put(token, left);

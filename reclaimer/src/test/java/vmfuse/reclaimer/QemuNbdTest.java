@@ -248,6 +248,54 @@ class QemuNbdTest {
     }
 
     /** QemuFence: what the guest wrote after the token stays; the rest is discarded by QEMU. */
+    /**
+     * Issue 14, found by bench-stall: a carry-out waiting on a SIGSTOPped QEMU held the fence's
+     * monitor, so `vmfuse status` (stats) and the agent's next notice waited on it, up to QMP's
+     * timeout; and once QEMU went on, the carry-out's Done (which takes the reclaimer's monitor)
+     * and a status call (holding it, waiting for the fence's) deadlocked for good. Now the
+     * carry-out holds only the fence's QEMU lock: both answer at once, and the carry-out finishes.
+     */
+    @Test
+    void aCarryOutWaitingOnAStoppedQemuLeavesStatusAndNoticesServed() throws Exception {
+        Path img = image("stopped", "write -P 0x11 0 16m");
+        Path qmpSock = dir.resolve("qmp-stopped.sock");
+        Process qemu = qemu(img, qmpSock);
+        ThresholdPolicy never = new ThresholdPolicy(1000, 1000);
+        try (VmReclaimer r = VmReclaimer.open("vm", "stopped.qcow2", () -> 64 * M, fence(img, qmpSock, action -> {
+            throw new AssertionError("the image was to be held closed while a QEMU runs it");
+        }), never, dir.resolve("vm.notices"))) {
+            AgentSession s = new AgentSession(r);
+            s.handle("HELLO vmfuse-agent 1");
+            long token = Long.parseLong(s.handle("FENCE").substring(6));
+            assertEquals("ACK 1", s.handle("NOTICE 1 " + token + " 0 0:" + 8 * M));
+            ok("kill", "-STOP", "" + qemu.pid());
+            java.util.concurrent.CompletableFuture<VmReclaimer.Stats> reclaim =
+                    java.util.concurrent.CompletableFuture.supplyAsync(() -> {
+                        try {
+                            return r.reclaimNow();
+                        } catch (IOException e) {
+                            throw new java.io.UncheckedIOException(e);
+                        }
+                    });
+            Thread.sleep(1000); // the carry-out is waiting on QEMU
+            assertTrue(!reclaim.isDone(), "the carry-out waits on the stopped QEMU");
+            org.junit.jupiter.api.Assertions.assertTimeoutPreemptively(Duration.ofSeconds(10), () -> {
+                assertEquals(8 * M, r.stats().bytesPending());
+                assertEquals("ACK 2", s.handle("NOTICE 2 " + token + " 0 " + 8 * M + ":" + M));
+                assertEquals(9 * M, r.stats().bytesPending());
+            }, "status and the agent are answered while a carry-out waits on QEMU");
+            ok("kill", "-CONT", "" + qemu.pid());
+            assertEquals(8 * M, reclaim.get(120, TimeUnit.SECONDS).bytesPunched(), "notice 1, once QEMU went on");
+            VmReclaimer.Stats second = r.reclaimNow();
+            assertEquals(9 * M, second.bytesPunched(), "then notice 2, which came meanwhile: " + second);
+            assertEquals(0, r.stats().bytesPending());
+        } finally {
+            Tools.run("kill", "-CONT", "" + qemu.pid());
+            qemu.destroyForcibly();
+            qemu.waitFor(30, TimeUnit.SECONDS);
+        }
+    }
+
     @Test
     void theQemuFenceLeavesWhatWasWrittenAfterTheTokenAndDiscardsTheRest() throws Exception {
         Path img = image("f", "write -P 0x11 0 16m");
