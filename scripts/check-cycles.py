@@ -99,7 +99,11 @@ def main():
     repo = sys.argv[1] if len(sys.argv) > 1 else os.path.join(os.path.dirname(__file__), "..")
     found = 0
     for m in MODULES:
-        files = files_of(os.path.join(repo, m, "src", "main", "java"))
+        src = os.path.join(repo, m, "src", "main", "java")
+        if not os.path.isdir(src):
+            print(f"check-cycles: no sources at {src}")
+            sys.exit(2)
+        files = files_of(src)
         edges = graph(files)
         for comp in cycles(edges):
             found += 1
