@@ -141,7 +141,8 @@ class StoppedQemu:
         out = sh("pgrep", "-P", str(self.qemu.pid), "-f", "qemu-system-x86_64").stdout.split()
         return int(out[0])
 
-    def notice(self):
+    def notice(self, stop_before_sending):
+        """A fence token (QEMU adds its bitmap), then the 64 MiB notice; QEMU stopped in between if asked."""
         with socket.socket(socket.AF_UNIX) as s:
             s.connect(self.agent)
             f = s.makefile("rw")
@@ -151,6 +152,7 @@ class StoppedQemu:
             f.write("FENCE\n")
             f.flush()
             token = f.readline().split()[1]
+            stop_before_sending()
             self.reclaims = last + 1
             f.write(f"NOTICE {self.reclaims} {token} {64 * MiB} 0:{64 * MiB}\n")
             f.flush()
@@ -159,9 +161,10 @@ class StoppedQemu:
                 raise SystemExit(f"bench: the agent's notice was answered {answer}")
 
     def __enter__(self):
-        self.notice()
+        # stopped before the notice is sent, so that whichever carry-out comes (the threshold's, or
+        # vm reclaim's) waits on the stopped QEMU for the whole row
         self.pid = self.qemu_pid()
-        os.kill(self.pid, signal.SIGSTOP)
+        self.notice(lambda: os.kill(self.pid, signal.SIGSTOP))
         self.reclaim = subprocess.Popen(["timeout", "600", self.vmfuse, "vm", "reclaim", "vmq", self.mnt],
                                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         time.sleep(1)
