@@ -20,8 +20,8 @@ import org.slf4j.Logger;
 import org.slf4j.LoggerFactory;
 
 import vmfuse.durable.Disk;
-import vmfuse.durable.RealDisk;
 import vmfuse.durable.Parking;
+import vmfuse.durable.RealDisk;
 
 /*
  * The journal devices of one vmfuse store, in one MapDB file (STORE/journals.db).

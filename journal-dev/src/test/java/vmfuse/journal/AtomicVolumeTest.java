@@ -25,8 +25,8 @@ import org.mapdb.Serializer;
 import org.mapdb.Store;
 
 import vmfuse.durable.Disk;
-import vmfuse.durable.RealDisk;
 import vmfuse.durable.FaultyDisk;
+import vmfuse.durable.RealDisk;
 
 class AtomicVolumeTest {
     @TempDir

@@ -22,9 +22,9 @@ import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.io.TempDir;
 
 import vmfuse.durable.Disk;
-import vmfuse.durable.RealDisk;
 import vmfuse.durable.FaultyDisk;
 import vmfuse.durable.FaultyDisk.Fault;
+import vmfuse.durable.RealDisk;
 
 /**
  * The model-checked enumeration of issue 13. A seeded workload on journal devices (writes,

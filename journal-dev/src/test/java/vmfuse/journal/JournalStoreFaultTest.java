@@ -17,9 +17,9 @@ import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.io.TempDir;
 
 import vmfuse.durable.Disk;
-import vmfuse.durable.RealDisk;
 import vmfuse.durable.FaultyDisk;
 import vmfuse.durable.FaultyDisk.Fault;
+import vmfuse.durable.RealDisk;
 
 /**
  * The findings of the fault review (FAULTS.md J1-J4), each as the failure that showed it: a disk

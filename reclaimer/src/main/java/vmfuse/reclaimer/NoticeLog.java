@@ -180,9 +180,17 @@ final class NoticeLog implements AutoCloseable {
      */
     static final long COMPACT_AT = 1 << 20;
 
-    private void compactIfLarge() throws IOException {
+    /**
+     * Housekeeping after a change already on disk: if the rewrite fails, the change still stands,
+     * and the next append tries the rewrite first (as after a failed append).
+     */
+    private void compactIfLarge() {
         if (end > Math.max(COMPACT_AT, 4 * compacted)) {
-            compact();
+            try {
+                compact();
+            } catch (IOException e) {
+                broken = true;
+            }
         }
     }
 

@@ -18,9 +18,9 @@ import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.io.TempDir;
 
 import vmfuse.durable.Disk;
-import vmfuse.durable.RealDisk;
 import vmfuse.durable.FaultyDisk;
 import vmfuse.durable.FaultyDisk.Fault;
+import vmfuse.durable.RealDisk;
 
 /**
  * The notice log on a disk that fails and loses power (FAULTS.md R4): a notice acknowledged is
@@ -87,6 +87,34 @@ class NoticeLogTest {
         try (NoticeLog again = NoticeLog.open(RealDisk.of(null), file)) {
             assertEquals(Set.of(1L), pendingSeqs(again));
             assertEquals(29_999, again.lastSeq());
+        }
+    }
+
+    /** The rewrite at the bound is housekeeping: if the disk refuses it, the change that led to it stands. */
+    @Test
+    void aRewriteAtTheBoundThatFailsLeavesTheChangeStandingAndIsTriedAgain() throws Exception {
+        Path file = file();
+        FaultyDisk disk = new FaultyDisk(RealDisk.of(null), dir.resolve("graveyard"), 3);
+        long seq = 1;
+        try (NoticeLog l = NoticeLog.open(disk, file)) {
+            l.accepted(notice(seq, 0), notice(seq, 0).ranges()); // waits throughout
+            while (Files.size(file) < NoticeLog.COMPACT_AT - 15) { // the next notice's line (30 bytes) passes the bound
+                seq++;
+                l.accepted(notice(seq, MiB), List.of());
+            }
+            long before = disk.calls();
+            disk.failFrom(before + 3, Fault.ENOSPC); // the append (a write and its force) works, the rewrite fails
+            seq++;
+            l.accepted(notice(seq, 2 * MiB), notice(seq, 2 * MiB).ranges()); // acknowledged all the same
+            assertTrue(disk.failures() > 0, "the rewrite was tried and failed");
+            disk.failFrom(Long.MAX_VALUE, Fault.ENOSPC);
+            seq++;
+            l.accepted(notice(seq, 3 * MiB), notice(seq, 3 * MiB).ranges()); // the rewrite first, then this
+            assertTrue(Files.size(file) < 4096, "rewritten: " + Files.size(file));
+        }
+        try (NoticeLog again = NoticeLog.open(RealDisk.of(null), file)) {
+            assertEquals(Set.of(1L, seq - 1, seq), pendingSeqs(again));
+            assertEquals(seq, again.lastSeq());
         }
     }
 
