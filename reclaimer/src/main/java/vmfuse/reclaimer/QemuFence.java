@@ -526,12 +526,12 @@ public final class QemuFence implements Fence {
         forget(token, ranges);
     }
 
-    /** The ranges leave the token's pending bytes; true if nothing waits on it any more (its bitmap may go). */
     /** Whether bytes of {@code token} wait beyond {@code ranges} (notices that came during their carry-out). */
     private synchronized boolean stillWaits(long token, List<long[]> ranges) {
         return pendingByToken.getOrDefault(token, 0L) > ByteRanges.of(ranges).bytes();
     }
 
+    /** The ranges leave the token's pending bytes; true if nothing waits on it any more (its bitmap may go). */
     private synchronized boolean forget(long token, List<long[]> ranges) {
         long left = pendingByToken.getOrDefault(token, 0L) - ByteRanges.of(ranges).bytes();
         if (left > 0) {
