@@ -31,20 +31,19 @@ trap cleanup EXIT INT TERM
 rm -rf "$W"
 mkdir -p "$W/store" "$W/mnt" "$W/native" "$W/nbdf"
 truncate -s 1G "$W/journal-disk.img"
+wait_for() { # PATH WHAT: 10 s at most
+    i=0
+    until [ -e "$1" ]; do
+        i=$((i + 1)); [ $i -lt 100 ] || { echo "bench: $2 did not come up" >&2; exit 1; }
+        sleep 0.1
+    done
+}
 timeout 3600 nbdkit -f -U "$W/nbd.sock" --filter=delay file "$W/journal-disk.img" delay-write=20ms &
 nbdkit_pid=$!
-i=0
-until [ -S "$W/nbd.sock" ]; do
-    i=$((i + 1)); [ $i -lt 100 ] || { echo "bench: nbdkit did not come up" >&2; exit 1; }
-    sleep 0.1
-done
+wait_for "$W/nbd.sock" nbdkit
 timeout 3600 nbdfuse "$W/nbdf" --unix "$W/nbd.sock" &
 nbdfuse_pid=$!
-i=0
-until [ -e "$W/nbdf/nbd" ]; do
-    i=$((i + 1)); [ $i -lt 100 ] || { echo "bench: nbdfuse did not come up" >&2; exit 1; }
-    sleep 0.1
-done
+wait_for "$W/nbdf/nbd" nbdfuse
 loop=$(losetup -f --show "$W/nbdf/nbd")
 mkfs.ext4 -q "$loop"
 mount "$loop" "$W/store"

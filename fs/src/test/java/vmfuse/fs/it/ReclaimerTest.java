@@ -184,6 +184,28 @@ class ReclaimerTest {
     }
 
     /**
+     * VM NAME registered with a new qcow2 image NAME.qcow2 of {@code size} (its first 16 MiB
+     * written), agent socket ROOT/NAME.agent and QMP socket ROOT/NAME.qmp. Returns the image.
+     */
+    private static Path qcow2Vm(Mounted m, String name, String size) {
+        Path img = m.image(name + ".qcow2");
+        Proc.ok("qemu-img", "create", "-q", "-f", "qcow2", img.toString(), size);
+        Proc.ok("qemu-io", "-f", "qcow2", "-c", "write -P 0x11 0 16m", img.toString());
+        m.vmfuse("vm", "add", name, "--image", name + ".qcow2", "--agent-socket", m.root.resolve(name + ".agent")
+                .toString(), "--qmp-socket", m.root.resolve(name + ".qmp").toString(), m.mnt.toString()).assertOk();
+        return img;
+    }
+
+    /** A QEMU (stopped at start, -S) with {@code img} as drive d0, its QMP socket up. */
+    private static Proc.Background qemuOf(Path img, Path qmp) {
+        Proc.Background qemu = Proc.start("qemu-system-x86_64", "-S", "-accel", "tcg", "-nodefaults",
+                "-display", "none", "-qmp", "unix:" + qmp + ",server=on,wait=off",
+                "-drive", "file=" + img + ",format=qcow2,if=none,id=d0,discard=unmap");
+        Poll.until(() -> Files.exists(qmp), () -> "QEMU's QMP socket\n" + qemu.output());
+        return qemu;
+    }
+
+    /**
      * A qcow2 VM's notice waits below the threshold; its QEMU quits (storing the fence bitmap in
      * the image). `vmfuse vm reclaim` then punches the image itself, held closed: not while a
      * process has it open, never what the guest wrote after the token.
@@ -191,17 +213,10 @@ class ReclaimerTest {
     @Test
     void aQcow2ImageNoQemuRunsIsReclaimedFromItsOwnMetadataOnDemand() throws Exception {
         try (Mounted m = Mounted.create()) {
-            Path img = m.image("vm5.qcow2");
-            Proc.ok("qemu-img", "create", "-q", "-f", "qcow2", img.toString(), "4G");
-            Proc.ok("qemu-io", "-f", "qcow2", "-c", "write -P 0x11 0 16m", img.toString());
+            Path img = qcow2Vm(m, "vm5", "4G");
             Path sock = m.root.resolve("vm5.agent");
             Path qmp = m.root.resolve("vm5.qmp");
-            m.vmfuse("vm", "add", "vm5", "--image", "vm5.qcow2", "--agent-socket", sock.toString(), "--qmp-socket",
-                    qmp.toString(), m.mnt.toString()).assertOk();
-            try (Proc.Background qemu = Proc.start("qemu-system-x86_64", "-S", "-accel", "tcg", "-nodefaults",
-                    "-display", "none", "-qmp", "unix:" + qmp + ",server=on,wait=off",
-                    "-drive", "file=" + img + ",format=qcow2,if=none,id=d0,discard=unmap")) {
-                Poll.until(() -> Files.exists(qmp), () -> "QEMU's QMP socket\n" + qemu.output());
+            try (Proc.Background qemu = qemuOf(img, qmp)) {
                 try (Agent a = new Agent(sock)) {
                     long token = a.fence();
                     String w = hmp(qmp, "qemu-io d0 \"write -P 0x33 1M 1M\""); // the guest reuses 1 MiB, after the token
@@ -244,17 +259,10 @@ class ReclaimerTest {
     @Test
     void aCraftedQcow2ThatPointsDataAtItsL2TableIsRefused() throws Exception {
         try (Mounted m = Mounted.create()) {
-            Path img = m.image("vm6.qcow2");
-            Proc.ok("qemu-img", "create", "-q", "-f", "qcow2", img.toString(), "1G");
-            Proc.ok("qemu-io", "-f", "qcow2", "-c", "write -P 0x11 0 16m", img.toString());
+            Path img = qcow2Vm(m, "vm6", "1G");
             Path sock = m.root.resolve("vm6.agent");
             Path qmp = m.root.resolve("vm6.qmp");
-            m.vmfuse("vm", "add", "vm6", "--image", "vm6.qcow2", "--agent-socket", sock.toString(), "--qmp-socket",
-                    qmp.toString(), m.mnt.toString()).assertOk();
-            try (Proc.Background qemu = Proc.start("qemu-system-x86_64", "-S", "-accel", "tcg", "-nodefaults",
-                    "-display", "none", "-qmp", "unix:" + qmp + ",server=on,wait=off",
-                    "-drive", "file=" + img + ",format=qcow2,if=none,id=d0,discard=unmap")) {
-                Poll.until(() -> Files.exists(qmp), () -> "QEMU's QMP socket\n" + qemu.output());
+            try (Proc.Background qemu = qemuOf(img, qmp)) {
                 try (Agent a = new Agent(sock)) {
                     assertEquals("ACK 1", a.ask("NOTICE 1 " + a.fence() + " " + 8 * M + " 0:" + 8 * M));
                 }
