@@ -26,11 +26,7 @@ import vmfuse.fs.control.Answer;
 import vmfuse.fs.nativeio.LibC;
 import vmfuse.reclaimer.AgentAccess;
 import vmfuse.reclaimer.AgentListener;
-import vmfuse.reclaimer.Fence;
-import vmfuse.reclaimer.ImageIdentity;
-import vmfuse.reclaimer.Qcow2Map;
-import vmfuse.reclaimer.QemuFence;
-import vmfuse.reclaimer.RawFence;
+import vmfuse.reclaimer.ImageFence;
 import vmfuse.reclaimer.ThresholdPolicy;
 import vmfuse.reclaimer.VmReclaimer;
 import vmfuse.reclaimer.WriteTracker;
@@ -39,14 +35,13 @@ import vmfuse.reclaimer.Skipped;
 /*
  * The VMs the reclaimer serves (vmfuse vm add/remove), kept in STORE/vms.tsv, one line per VM:
  * NAME TAB IMAGE TAB AGENT-SOCKET TAB QMP-SOCKET (or -). Each has a Fence, a VmReclaimer with its
- * notice log STORE/reclaim/NAME.notices, and an AgentListener on its agent socket. A raw image's
- * fence is a WriteTracker the filesystem routes the image's writes through; a qcow2 image's is a
- * QemuFence over the VM's QMP socket (dirty bitmaps, discards through QEMU). One ThresholdPolicy
- * serves them all, fed the store disk's free space.
+ * notice log STORE/reclaim/NAME.notices, and an AgentListener on its agent socket. The reclaimer
+ * chooses the fence by the image's format (ImageFence); a raw image's comes with a WriteTracker,
+ * which the filesystem routes the image's writes through. One ThresholdPolicy serves them all,
+ * fed the store disk's free space.
  */
 public final class Vms implements AutoCloseable {
     private static final Logger log = LoggerFactory.getLogger(Vms.class);
-    private static final int QCOW2_MAGIC = 0x514649fb;
 
     record Vm(String name, String image, Path agentSocket, Path qmpSocket, AgentAccess access) {}
 
@@ -195,33 +190,24 @@ public final class Vms implements AutoCloseable {
             throw new FsException(ENOENT, "no image " + vm.image() + " in " + store.images());
         }
         String image = vm.image();
-        boolean qcow2 = isQcow2(image);
-        if (qcow2 && vm.qmpSocket() == null) {
-            throw new FsException(EINVAL, "image " + image + " is qcow2: its reclaim goes through QEMU, give the VM's "
-                    + "QMP socket (--qmp-socket PATH, QEMU's -qmp unix:PATH,server=on,wait=off)");
-        }
         Files.createDirectories(store.reclaimDir());
-        WriteTracker tracker = qcow2 ? null : new WriteTracker(epoch, limits);
-        Path backingFile = store.images().resolve(image);
-        Fence fence = qcow2
-                ? new QemuFence(vm.qmpSocket(), mnt.resolve(Node.IMAGES).resolve(image), backingFile,
-                        store.reclaimDir().resolve(vm.name() + ".nbd"), () -> {
-                            BackingStore.Usage now = backing.usage(image);
-                            return now == null ? 0 : now.allocated();
-                        }, action -> fs.whileClosed(image, action), (off, len) -> punch(image, off, len))
-                : new RawFence(tracker, (off, len) -> punch(image, off, len));
-        if (tracker != null) {
-            trackers.put(image, tracker); // the image's writes are counted before any restored range can be punched
+        ImageFence f;
+        try {
+            f = ImageFence.of(new ImageFence.Image(image, store.images().resolve(image),
+                    mnt.resolve(Node.IMAGES).resolve(image), vm.qmpSocket(), store.reclaimDir().resolve(vm.name() + ".nbd"),
+                    () -> usage(image, true), () -> usage(image, false), action -> fs.whileClosed(image, action),
+                    (off, len) -> punch(image, off, len)), epoch, limits);
+        } catch (IllegalArgumentException e) {
+            throw new FsException(EINVAL, e.getMessage());
         }
-        if (fence instanceof QemuFence q) {
-            q.resumeIfLeftPaused();
+        if (f.tracker() != null) {
+            trackers.put(image, f.tracker()); // the image's writes are counted before any restored range can be punched
         }
         VmReclaimer reclaimer;
         AgentListener listener;
         try {
-            reclaimer = VmReclaimer.open(vm.name(), image, () -> diskSize(image, backingFile, qcow2), fence, policy,
-                    store.disk(), store.reclaimDir().resolve(vm.name() + ".notices"),
-                    qcow2 ? null : new ImageIdentity(backingFile)); // qcow2: QEMU's bitmap proves the fence
+            reclaimer = VmReclaimer.open(vm.name(), image, f.diskSize(), f.fence(), policy, store.disk(),
+                    store.reclaimDir().resolve(vm.name() + ".notices"), f.identity());
             reclaimer.beforeDecision(this::observeDisk);
             try {
                 listener = AgentListener.start(vm.agentSocket(), vm.access(), reclaimer, vm.name());
@@ -236,18 +222,10 @@ public final class Vms implements AutoCloseable {
         running.put(vm.name(), new Running(vm, reclaimer, listener));
     }
 
-    /** The guest disk's size: a raw image's length, a qcow2 image's virtual size (its header's, which QEMU keeps). */
-    private long diskSize(String image, Path backingFile, boolean qcow2) {
-        if (qcow2) {
-            try {
-                return Qcow2Map.headerSize(backingFile);
-            } catch (IOException e) {
-                log.warn("reclaim image={}: cannot read its qcow2 header: {}", image, e.getMessage());
-                return 0;
-            }
-        }
+    /** The image file's allocated bytes, or its length; 0 if it is gone. */
+    private long usage(String image, boolean allocated) {
         BackingStore.Usage now = backing.usage(image);
-        return now == null ? 0 : now.size();
+        return now == null ? 0 : allocated ? now.allocated() : now.size();
     }
 
     private long punch(String image, long offset, long length) throws IOException {
@@ -263,15 +241,6 @@ public final class Vms implements AutoCloseable {
         }
     }
 
-    private boolean isQcow2(String image) throws FsException {
-        int fd = backing.openImage(image, O_RDONLY);
-        try {
-            jnr.ffi.Pointer b = jnr.ffi.Memory.allocate(jnr.ffi.Runtime.getSystemRuntime(), 4);
-            return LibC.INSTANCE.pread(fd, b, 4, 0) == 4 && Integer.reverseBytes(b.getInt(0)) == QCOW2_MAGIC;
-        } finally {
-            LibC.INSTANCE.close(fd);
-        }
-    }
 
     private void stop(Running r) {
         trackers.remove(r.vm().image());

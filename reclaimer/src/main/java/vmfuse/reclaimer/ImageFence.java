@@ -1,0 +1,79 @@
+package vmfuse.reclaimer;
+
+import java.io.IOException;
+import java.nio.ByteBuffer;
+import java.nio.channels.SeekableByteChannel;
+import java.nio.file.Files;
+import java.nio.file.LinkOption;
+import java.nio.file.Path;
+import java.nio.file.StandardOpenOption;
+import java.util.function.LongSupplier;
+
+/**
+ * The fence that suits an image, chosen by its format, with what goes with it. A raw image's
+ * guest offsets are the file's: its writes are counted in the filesystem (a {@link RawFence} over
+ * a {@link WriteTracker} the caller routes the image's writes through), and a clean stop is
+ * recorded with the image's {@link ImageIdentity}. A qcow2 image's guest offsets only its QEMU
+ * can map: QEMU keeps a dirty bitmap per token ({@link QemuFence}, over the VM's QMP socket), and
+ * those bitmaps prove the fence across restarts.
+ *
+ * @param tracker  a raw image's write tracker, null for qcow2
+ * @param identity a raw image's identity, null for qcow2
+ * @param diskSize the guest disk's size: a raw image's length, a qcow2 image's virtual size
+ */
+public record ImageFence(Fence fence, WriteTracker tracker, ImageIdentity identity, LongSupplier diskSize) {
+    static final int QCOW2_MAGIC = 0x514649fb;
+
+    /**
+     * Where the fence reaches an image and its VM.
+     *
+     * @param backingFile the image's file in the store
+     * @param mountedFile the same image as its QEMU opens it (through the mount)
+     * @param qmpSocket   the VM's QMP socket; null if none was given (refused for qcow2)
+     * @param nbdSocket   where a qcow2 carry-out exports the image
+     * @param allocated   the image file's allocated bytes now
+     * @param length      the image file's length now
+     * @param hold        keeps processes off a qcow2 image no QEMU runs
+     * @param puncher     punches the image file
+     */
+    public record Image(String name, Path backingFile, Path mountedFile, Path qmpSocket, Path nbdSocket,
+            LongSupplier allocated, LongSupplier length, ImageHold hold, Puncher puncher) {}
+
+    /**
+     * The fence of {@code image}; a raw image's tracker counts from {@code epoch} within
+     * {@code limits}. IllegalArgumentException, naming what to give, for a qcow2 image with no QMP
+     * socket.
+     */
+    public static ImageFence of(Image image, long epoch, WriteTracker.Limits limits) throws IOException {
+        if (!isQcow2(image.backingFile())) {
+            WriteTracker tracker = new WriteTracker(epoch, limits);
+            return new ImageFence(new RawFence(tracker, image.puncher()), tracker, new ImageIdentity(image.backingFile()),
+                    image.length());
+        }
+        if (image.qmpSocket() == null) {
+            throw new IllegalArgumentException("image " + image.name() + " is qcow2: its reclaim goes through QEMU, "
+                    + "give the VM's QMP socket (--qmp-socket PATH, QEMU's -qmp unix:PATH,server=on,wait=off)");
+        }
+        QemuFence fence = new QemuFence(image.qmpSocket(), image.mountedFile(), image.backingFile(), image.nbdSocket(),
+                image.allocated(), image.hold(), image.puncher());
+        fence.resumeIfLeftPaused();
+        return new ImageFence(fence, null, null, () -> {
+            try {
+                return Qcow2Map.headerSize(image.backingFile()); // the virtual size, which QEMU keeps in the header
+            } catch (IOException e) {
+                return 0;
+            }
+        });
+    }
+
+    /** Whether {@code file} begins with qcow2's magic (a symbolic link is not followed: refused). */
+    static boolean isQcow2(Path file) throws IOException {
+        try (SeekableByteChannel ch = Files.newByteChannel(file, StandardOpenOption.READ, LinkOption.NOFOLLOW_LINKS)) {
+            ByteBuffer b = ByteBuffer.allocate(4);
+            while (b.hasRemaining() && ch.read(b) > 0) {
+                // a short read: once more
+            }
+            return !b.hasRemaining() && b.getInt(0) == QCOW2_MAGIC;
+        }
+    }
+}

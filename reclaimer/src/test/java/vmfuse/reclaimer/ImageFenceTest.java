@@ -1,0 +1,61 @@
+package vmfuse.reclaimer;
+
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertInstanceOf;
+import static org.junit.jupiter.api.Assertions.assertNotNull;
+import static org.junit.jupiter.api.Assertions.assertNull;
+import static org.junit.jupiter.api.Assertions.assertThrows;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+import static vmfuse.reclaimer.Tools.ok;
+
+import java.io.IOException;
+import java.nio.file.Files;
+import java.nio.file.Path;
+
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.io.TempDir;
+
+/** The reclaimer chooses an image's fence by the image's format, not the caller. */
+class ImageFenceTest {
+    @TempDir
+    Path dir;
+
+    private ImageFence.Image image(Path file, Path qmp) {
+        return new ImageFence.Image(file.getFileName().toString(), file, file, qmp, dir.resolve("nbd.sock"),
+                () -> 0, () -> 12345, action -> false, (off, len) -> len);
+    }
+
+    @Test
+    void aRawImageHasItsWritesCountedByTheFilesystem() throws Exception {
+        Path raw = Files.write(dir.resolve("vm.raw"), new byte[8192]);
+        ImageFence f = ImageFence.of(image(raw, null), WriteTracker.newEpoch(), WriteTracker.Limits.DEFAULT);
+        assertInstanceOf(RawFence.class, f.fence());
+        assertNotNull(f.tracker());
+        assertNotNull(f.identity(), "a clean stop is recorded with the image's identity");
+        assertEquals(12345, f.diskSize().getAsLong(), "the file's length");
+    }
+
+    @Test
+    void aQcow2ImageGoesThroughItsQemuAndNeedsItsQmpSocket() throws Exception {
+        Path q = dir.resolve("vm.qcow2");
+        ok("qemu-img", "create", "-q", "-f", "qcow2", q.toString(), "3G");
+        IllegalArgumentException e = assertThrows(IllegalArgumentException.class,
+                () -> ImageFence.of(image(q, null), WriteTracker.newEpoch(), WriteTracker.Limits.DEFAULT));
+        assertTrue(e.getMessage().contains("is qcow2: its reclaim goes through QEMU, give the VM's QMP socket"),
+                e.getMessage());
+        ImageFence f = ImageFence.of(image(q, dir.resolve("qmp.sock")), WriteTracker.newEpoch(),
+                WriteTracker.Limits.DEFAULT);
+        assertInstanceOf(QemuFence.class, f.fence());
+        assertNull(f.tracker());
+        assertNull(f.identity(), "QEMU's bitmaps prove the fence across restarts");
+        assertEquals(3L << 30, f.diskSize().getAsLong(), "the virtual size, from the header");
+    }
+
+    @Test
+    void aSymbolicLinkIsNotFollowed() throws Exception {
+        Path raw = Files.write(dir.resolve("target.raw"), new byte[4096]);
+        Path link = Files.createSymbolicLink(dir.resolve("link.raw"), raw);
+        assertThrows(IOException.class, () -> ImageFence.of(image(link, null), WriteTracker.newEpoch(),
+                WriteTracker.Limits.DEFAULT));
+    }
+}
