@@ -26,6 +26,8 @@ import org.slf4j.LoggerFactory;
 final class FuseLoop {
     private static final Logger log = LoggerFactory.getLogger(FuseLoop.class);
     private static final int EINTR = 4;
+    /** How long spares stay after the last time one was needed. */
+    private static final java.time.Duration SPARE_LINGER = java.time.Duration.ofSeconds(2);
 
     /** The libfuse 2.6+ session API (fuse.h, fuse_lowlevel.h). */
     public interface Lib {
@@ -70,7 +72,7 @@ final class FuseLoop {
         Pointer se = LIB.fuse_get_session(fuse);
         Pointer ch = LIB.fuse_session_next_chan(se, null);
         long bufsize = LIB.fuse_chan_bufsize(ch);
-        FuseWorkers workers = new FuseWorkers(threads, Math.max(1, threads / 2), maxThreads, "fuse", () -> server(se, ch, bufsize));
+        FuseWorkers workers = new FuseWorkers(threads, Math.max(1, threads / 2), maxThreads, SPARE_LINGER, "fuse", () -> server(se, ch, bufsize));
         workers.start();
         try {
             workers.awaitEnd();

@@ -17,7 +17,8 @@ import vmfuse.durable.Parking;
  * the bound the wait is refused and the request fails at once: so no stalled subsystem can take
  * every thread, and a flood of waits costs at most {@code max} threads. Waits within the reserve
  * cost nothing but a count (the flushes of a few busy devices); a spare ends after a request once
- * there are more than {@code base} threads and the reserve is free without it.
+ * there are more than {@code base} threads, the reserve is free without it, and no spare was
+ * needed for {@code linger} (so that a steady load of waits does not start a thread for each).
  */
 final class FuseWorkers implements Parking.Pool {
     private static final Logger log = LoggerFactory.getLogger(FuseWorkers.class);
@@ -25,6 +26,7 @@ final class FuseWorkers implements Parking.Pool {
     private final int base;
     private final int reserve;
     private final int max;
+    private final long lingerNanos;
     private final String name;
     private final Supplier<BooleanSupplier> server;
     private int threads; // started and not ended
@@ -32,18 +34,21 @@ final class FuseWorkers implements Parking.Pool {
     private int parked; // in a wait that parking() allowed
     private int refused;
     private int peak;
+    private long lastLent = System.nanoTime();
 
     /**
      * {@code server} gives each thread what serves one request at a time: it reads one and
      * serves it, false once the session is over.
      */
-    FuseWorkers(int base, int reserve, int max, String name, Supplier<BooleanSupplier> server) {
+    FuseWorkers(int base, int reserve, int max, java.time.Duration linger, String name,
+            Supplier<BooleanSupplier> server) {
         if (reserve < 1 || base < reserve || max < base) {
             throw new IllegalArgumentException("threads: base " + base + ", reserve " + reserve + ", max " + max);
         }
         this.base = base;
         this.reserve = reserve;
         this.max = max;
+        this.lingerNanos = linger.toNanos();
         this.name = name;
         this.server = server;
     }
@@ -91,6 +96,9 @@ final class FuseWorkers implements Parking.Pool {
         synchronized (this) {
             if (threads - parked - 1 >= reserve) {
                 parked++;
+                if (threads - parked < reserve + 1) {
+                    lastLent = System.nanoTime(); // a spare is what keeps the reserve now
+                }
                 return true;
             }
             if (threads >= max) {
@@ -98,6 +106,7 @@ final class FuseWorkers implements Parking.Pool {
                 return false;
             }
             parked++;
+            lastLent = System.nanoTime();
             spare = newThread();
         }
         try {
@@ -129,7 +138,7 @@ final class FuseWorkers implements Parking.Pool {
 
     /** After a request: true if this thread ends, a spare no longer needed. */
     private synchronized boolean mayEnd() {
-        if (threads > base && threads - 1 - parked >= reserve) {
+        if (threads > base && threads - 1 - parked >= reserve && System.nanoTime() - lastLent >= lingerNanos) {
             threads--;
             notifyAll();
             return true;
@@ -160,6 +169,11 @@ final class FuseWorkers implements Parking.Pool {
 
     synchronized int refused() {
         return refused;
+    }
+
+    /** Threads started since the start (base and spares). */
+    synchronized int started() {
+        return started;
     }
 
     synchronized int peak() {

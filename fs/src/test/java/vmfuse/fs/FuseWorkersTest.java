@@ -4,6 +4,7 @@ import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertFalse;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
+import java.time.Duration;
 import java.util.concurrent.BlockingQueue;
 import java.util.concurrent.CompletableFuture;
 import java.util.concurrent.CountDownLatch;
@@ -21,7 +22,7 @@ import vmfuse.durable.Parking;
 class FuseWorkersTest {
     private static final Runnable END = () -> { };
     private final BlockingQueue<Runnable> requests = new LinkedBlockingQueue<>();
-    private final FuseWorkers workers = new FuseWorkers(2, 2, 4, "test", () -> serveOne());
+    private final FuseWorkers workers = new FuseWorkers(2, 2, 4, Duration.ZERO, "test", () -> serveOne());
 
     private BooleanSupplier serveOne() {
         return () -> {
@@ -106,7 +107,7 @@ class FuseWorkersTest {
 
     @Test
     void waitsWithinTheReserveLendNoThread() throws Exception {
-        FuseWorkers wide = new FuseWorkers(4, 2, 6, "wide", this::serveOne);
+        FuseWorkers wide = new FuseWorkers(4, 2, 6, Duration.ZERO, "wide", this::serveOne);
         wide.start();
         CountDownLatch release = new CountDownLatch(1);
         CountDownLatch parked = new CountDownLatch(2);
@@ -129,6 +130,35 @@ class FuseWorkersTest {
             requests.add(END);
         }
         wide.awaitEnd();
+    }
+
+    /** Spares outlive the waits that needed them by the linger: a steady load of waits reuses them. */
+    @Test
+    void sparesLingerAfterTheLastWaitThatNeededThem() throws Exception {
+        FuseWorkers lingering = new FuseWorkers(1, 1, 3, Duration.ofSeconds(30), "linger", this::serveOne);
+        lingering.start();
+        CountDownLatch release = new CountDownLatch(1);
+        CountDownLatch parked = new CountDownLatch(1);
+        CompletableFuture<Boolean> one = parkingRequest(release, parked);
+        assertTrue(parked.await(30, TimeUnit.SECONDS));
+        assertEquals(2, lingering.threads());
+        release.countDown();
+        assertTrue(one.get(30, TimeUnit.SECONDS));
+        for (int i = 0; i < 20; i++) {
+            plainRequest().get(30, TimeUnit.SECONDS);
+        }
+        assertEquals(2, lingering.threads(), "the spare stays within its linger");
+        CountDownLatch again = new CountDownLatch(1);
+        CountDownLatch parkedAgain = new CountDownLatch(1);
+        CompletableFuture<Boolean> two = parkingRequest(again, parkedAgain);
+        assertTrue(parkedAgain.await(30, TimeUnit.SECONDS));
+        again.countDown();
+        assertTrue(two.get(30, TimeUnit.SECONDS));
+        assertEquals(2, lingering.started(), "the next wait was served by the spare that lingered: none started");
+        for (int i = lingering.threads(); i > 0; i--) {
+            requests.add(END);
+        }
+        lingering.awaitEnd();
     }
 
     @Test
@@ -158,10 +188,10 @@ class FuseWorkersTest {
     @Test
     void theBoundsAreChecked() {
         org.junit.jupiter.api.Assertions.assertThrows(IllegalArgumentException.class,
-                () -> new FuseWorkers(1, 0, 4, "x", this::serveOne));
+                () -> new FuseWorkers(1, 0, 4, Duration.ZERO, "x", this::serveOne));
         org.junit.jupiter.api.Assertions.assertThrows(IllegalArgumentException.class,
-                () -> new FuseWorkers(2, 3, 4, "x", this::serveOne));
+                () -> new FuseWorkers(2, 3, 4, Duration.ZERO, "x", this::serveOne));
         org.junit.jupiter.api.Assertions.assertThrows(IllegalArgumentException.class,
-                () -> new FuseWorkers(4, 2, 3, "x", this::serveOne));
+                () -> new FuseWorkers(4, 2, 3, Duration.ZERO, "x", this::serveOne));
     }
 }
