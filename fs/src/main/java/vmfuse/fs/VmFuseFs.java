@@ -68,7 +68,7 @@ public final class VmFuseFs extends FuseStubFS {
     /** The write trackers of images VMs' reclaimers watch, by image name (set by the daemon). */
     private volatile Map<String, WriteTracker> trackers = Map.of();
     private volatile java.util.function.Predicate<String> vmImage = name -> false;
-    /**
+    /*
      * Hiding. libfuse 2 keeps an open file that is unlinked, or replaced by a rename, reachable by
      * first renaming it to ".fuse_hiddenNNN" (with hard_remove it cannot even fstat it), and
      * unlinks that name after the last close. For rename(a, b) onto an open b it hides b, then
@@ -80,7 +80,6 @@ public final class VmFuseFs extends FuseStubFS {
      * replaced. Hidden names are never listed; the space they hold is released, and counted, at
      * libfuse's unlink after the last close; a crash's leftovers are removed at the next mount.
      */
-
     /** A hide this thread just made: kind, name, hidden name, caller's pid. */
     private record Hide(Node.Kind kind, String name, String hiddenAs, long pid) {
         boolean before(Node to, long callerPid) {
@@ -128,7 +127,6 @@ public final class VmFuseFs extends FuseStubFS {
         }
     }
 
-    /** Commits the journal devices (the daemon's timer for devices of durability close). */
     /** The one place that punches (and counts what it freed). */
     public HolePuncher puncher() {
         return puncher;
@@ -143,6 +141,7 @@ public final class VmFuseFs extends FuseStubFS {
         this.vmImage = vmImage;
     }
 
+    /** Commits the journal devices (the daemon's timer for devices of durability close). */
     public void checkpointJournals() throws FsException {
         journals.checkpoint();
     }
@@ -850,13 +849,7 @@ public final class VmFuseFs extends FuseStubFS {
                 throw new FsException(EBUSY, "image " + from.name() + " is a running VM's image for the reclaimer: "
                         + "it is neither unlinked nor replaced (vmfuse vm remove it first)");
             }
-            store.rename(from.name(), hidden.name());
-            ledger.renamed(from.name(), hidden.name());
-            for (OpenFile f : open.values()) {
-                if (from.name().equals(f.name) && !f.unlinked) {
-                    f.name = hidden.name();
-                }
-            }
+            renameImage(from.name(), hidden.name());
             log.info("hide image={} as={}: unlinked or replaced while open; its space returns after the last close",
                     from.name(), hidden.name());
         }
@@ -869,13 +862,7 @@ public final class VmFuseFs extends FuseStubFS {
             if (h.kind() == Node.Kind.JOURNAL) {
                 journals.rename(h.hiddenAs(), h.name());
             } else {
-                store.rename(h.hiddenAs(), h.name());
-                ledger.renamed(h.hiddenAs(), h.name());
-                for (OpenFile f : open.values()) {
-                    if (h.hiddenAs().equals(f.name) && !f.unlinked) {
-                        f.name = h.name();
-                    }
-                }
+                renameImage(h.hiddenAs(), h.name());
             }
             log.info("rename onto {} refused: it is back from {}", h.name(), h.hiddenAs());
         } catch (FsException | RuntimeException e) {
@@ -898,16 +885,21 @@ public final class VmFuseFs extends FuseStubFS {
             throw new FsException(EBUSY, "image " + (vmImage.test(from.name()) ? from.name() : to.name())
                     + " is a VM's image for the reclaimer (vmfuse vm remove it first)");
         }
-        store.rename(from.name(), to.name());
-        ledger.renamed(from.name(), to.name());
+        List<OpenFile> replaced = open.values().stream().filter(f -> to.name().equals(f.name) && !f.unlinked).toList();
+        renameImage(from.name(), to.name());
+        replaced.forEach(f -> f.unlinked = true); // replaced by the rename
+        log.info("rename image={} to={}", from.name(), to.name());
+    }
+
+    /** Renames an image in the store, and its release counts and open files with it. */
+    private void renameImage(String from, String to) throws FsException {
+        store.rename(from, to);
+        ledger.renamed(from, to);
         for (OpenFile f : open.values()) {
-            if (from.name().equals(f.name) && !f.unlinked) {
-                f.name = to.name();
-            } else if (to.name().equals(f.name) && !f.unlinked) {
-                f.unlinked = true; // replaced by the rename
+            if (from.equals(f.name) && !f.unlinked) {
+                f.name = to;
             }
         }
-        log.info("rename image={} to={}", from.name(), to.name());
     }
 
     /** chmod of an image, or of images/ (who may create images there). */

@@ -27,10 +27,10 @@ import vmfuse.fs.nativeio.LibC;
 import vmfuse.reclaimer.AgentAccess;
 import vmfuse.reclaimer.AgentListener;
 import vmfuse.reclaimer.ImageFence;
+import vmfuse.reclaimer.Skipped;
 import vmfuse.reclaimer.ThresholdPolicy;
 import vmfuse.reclaimer.VmReclaimer;
 import vmfuse.reclaimer.WriteTracker;
-import vmfuse.reclaimer.Skipped;
 
 /*
  * The VMs the reclaimer serves (vmfuse vm add/remove), kept in STORE/vms.tsv, one line per VM:
@@ -190,7 +190,10 @@ public final class Vms implements AutoCloseable {
             throw new FsException(ENOENT, "no image " + vm.image() + " in " + store.images());
         }
         String image = vm.image();
-        Files.createDirectories(store.reclaimDir());
+        if (!Files.isDirectory(store.reclaimDir())) {
+            Files.createDirectories(store.reclaimDir());
+            store.disk().syncDirectory(store.dir()); // else a power cut can take the notice logs' directory with them
+        }
         ImageFence f;
         try {
             f = ImageFence.of(new ImageFence.Image(image, store.images().resolve(image),
@@ -240,7 +243,6 @@ public final class Vms implements AutoCloseable {
             throw new IOException(e.getMessage(), e);
         }
     }
-
 
     private void stop(Running r) {
         trackers.remove(r.vm().image());
