@@ -9,8 +9,8 @@ import vmfuse.fs.FsException;
 import vmfuse.fs.control.Answer;
 import vmfuse.fs.control.Request;
 import vmfuse.fs.daemon.ControlServer;
-import vmfuse.fs.daemon.MountPoints;
-import vmfuse.fs.daemon.MountTable;
+import vmfuse.fs.mount.MountPoints;
+import vmfuse.fs.mount.MountTable;
 import vmfuse.fs.daemon.Store;
 import vmfuse.fs.nativeio.Native;
 

@@ -17,7 +17,7 @@ import picocli.CommandLine.Option;
 import picocli.CommandLine.Parameters;
 import vmfuse.fs.FsException;
 import vmfuse.fs.daemon.Daemon;
-import vmfuse.fs.daemon.MountTable;
+import vmfuse.fs.mount.MountTable;
 import vmfuse.fs.daemon.Store;
 import vmfuse.fs.nativeio.Native;
 

@@ -11,8 +11,8 @@ import picocli.CommandLine.Option;
 import picocli.CommandLine.Parameters;
 import vmfuse.fs.FsException;
 import vmfuse.fs.TsvField;
-import vmfuse.fs.daemon.Fusermount;
-import vmfuse.fs.daemon.MountTable;
+import vmfuse.fs.mount.Fusermount;
+import vmfuse.fs.mount.MountTable;
 import vmfuse.fs.daemon.Store;
 import vmfuse.fs.nativeio.Native;
 

@@ -8,11 +8,11 @@ import java.util.ArrayList;
 import java.util.List;
 import java.util.Map;
 
-import vmfuse.fs.BackingStore;
+import vmfuse.fs.images.BackingStore;
 import vmfuse.fs.FsException;
 import vmfuse.fs.Node;
-import vmfuse.fs.ReleaseLedger;
-import vmfuse.fs.VmFuseFs;
+import vmfuse.fs.space.ReleaseLedger;
+import vmfuse.fs.mount.VmFuseFs;
 import vmfuse.fs.control.Answer;
 import vmfuse.fs.control.Request;
 import vmfuse.fs.nativeio.Native;

@@ -21,11 +21,11 @@ import java.util.concurrent.TimeoutException;
 
 import org.slf4j.Logger;
 import org.slf4j.LoggerFactory;
-import vmfuse.fs.BackingStore;
+import vmfuse.fs.images.BackingStore;
 import vmfuse.fs.FsException;
-import vmfuse.fs.ReleaseLedger;
+import vmfuse.fs.space.ReleaseLedger;
 import vmfuse.fs.TsvField;
-import vmfuse.fs.VmFuseFs;
+import vmfuse.fs.mount.VmFuseFs;
 import vmfuse.fs.nativeio.Native;
 import vmfuse.fs.Node;
 import vmfuse.journal.ByteSize;
@@ -36,6 +36,8 @@ import vmfuse.journal.StoreException;
 import vmfuse.reclaimer.AgentAccess;
 import vmfuse.reclaimer.VmReclaimer;
 import vmfuse.reclaimer.WriteTracker;
+import vmfuse.fs.mount.Fusermount;
+import vmfuse.fs.mount.MountPoints;
 
 /**
  * One mount, from start to clean exit: takes the store's lock, mounts, serves the FUSE loop and

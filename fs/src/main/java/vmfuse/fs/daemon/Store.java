@@ -11,7 +11,7 @@ import java.util.HexFormat;
 import vmfuse.durable.Disk;
 import vmfuse.durable.RealDisk;
 import vmfuse.fs.FsException;
-import vmfuse.fs.HolePuncher;
+import vmfuse.fs.space.HolePuncher;
 import vmfuse.fs.nativeio.Native;
 
 /**

@@ -16,12 +16,12 @@ import java.util.concurrent.ConcurrentHashMap;
 import org.slf4j.Logger;
 import org.slf4j.LoggerFactory;
 
-import vmfuse.fs.BackingStore;
+import vmfuse.fs.images.BackingStore;
 import vmfuse.fs.FsException;
 import vmfuse.fs.Node;
-import vmfuse.fs.ReleaseLedger;
+import vmfuse.fs.space.ReleaseLedger;
 import vmfuse.fs.TsvField;
-import vmfuse.fs.VmFuseFs;
+import vmfuse.fs.mount.VmFuseFs;
 import vmfuse.fs.control.Answer;
 import vmfuse.fs.nativeio.LibC;
 import vmfuse.reclaimer.AgentAccess;

@@ -1,4 +1,4 @@
-package vmfuse.fs;
+package vmfuse.fs.mount;
 
 import java.util.function.BooleanSupplier;
 

@@ -1,4 +1,4 @@
-package vmfuse.fs.daemon;
+package vmfuse.fs.mount;
 
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertFalse;

@@ -1,4 +1,4 @@
-package vmfuse.fs;
+package vmfuse.fs.mount;
 
 import static vmfuse.fs.nativeio.Native.*;
 
@@ -29,6 +29,13 @@ import vmfuse.journal.Durability;
 import vmfuse.journal.JournalStore;
 import vmfuse.reclaimer.ImageHold;
 import vmfuse.reclaimer.WriteTracker;
+import vmfuse.fs.FsException;
+import vmfuse.fs.Node;
+import vmfuse.fs.images.BackingStore;
+import vmfuse.fs.images.OpenFile;
+import vmfuse.fs.journals.JournalFiles;
+import vmfuse.fs.space.HolePuncher;
+import vmfuse.fs.space.ReleaseLedger;
 
 /**
  * The FUSE callbacks: the namespace of {@link Node}, images passed through to the

@@ -1,4 +1,4 @@
-package vmfuse.fs;
+package vmfuse.fs.space;
 
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertFalse;

@@ -1,4 +1,4 @@
-package vmfuse.fs;
+package vmfuse.fs.space;
 
 import java.io.IOException;
 import java.nio.charset.StandardCharsets;
@@ -12,6 +12,8 @@ import org.slf4j.LoggerFactory;
 
 import vmfuse.durable.Disk;
 import vmfuse.durable.RealDisk;
+import vmfuse.fs.FsException;
+import vmfuse.fs.TsvField;
 
 /**
  * Counts and logs every release of backing space: each punch, zeroed range, truncation and

@@ -1,4 +1,4 @@
-package vmfuse.fs.daemon;
+package vmfuse.fs.mount;
 
 import java.io.IOException;
 import java.nio.charset.StandardCharsets;

@@ -1,4 +1,4 @@
-package vmfuse.fs;
+package vmfuse.fs.images;
 
 import static vmfuse.fs.nativeio.Native.*;
 
@@ -14,6 +14,8 @@ import jnr.ffi.Pointer;
 import jnr.ffi.Runtime;
 import vmfuse.fs.nativeio.LibC;
 import vmfuse.fs.nativeio.Native;
+import vmfuse.fs.FsException;
+import vmfuse.fs.Node;
 
 /**
  * The backing directory of the images, STORE/images, and the one place that opens, stats,

@@ -1,4 +1,4 @@
-package vmfuse.fs;
+package vmfuse.fs.journals;
 
 import static vmfuse.fs.nativeio.Native.*;
 
@@ -16,6 +16,9 @@ import vmfuse.journal.Durability;
 import vmfuse.journal.JournalDevice;
 import vmfuse.journal.JournalStore;
 import vmfuse.journal.StoreException;
+import vmfuse.fs.FsException;
+import vmfuse.fs.Node;
+import vmfuse.fs.space.ReleaseLedger;
 
 /**
  * The journals/ directory: each journal device of the {@link JournalStore} as a regular file
@@ -27,7 +30,7 @@ import vmfuse.journal.StoreException;
  * <p>Open journals get file handles from {@link #FH_BASE} up, apart from image handles (which
  * are backing descriptors).
  */
-final class JournalFiles {
+public final class JournalFiles {
     private static final Logger log = LoggerFactory.getLogger(JournalFiles.class);
     static final long FH_BASE = 1L << 40;
 
@@ -37,13 +40,13 @@ final class JournalFiles {
     private final AtomicLong nextFh = new AtomicLong(FH_BASE);
     private final Map<Long, JournalDevice> open = new ConcurrentHashMap<>();
 
-    JournalFiles(JournalStore store, Durability defaultDurability, ReleaseLedger ledger) {
+    public JournalFiles(JournalStore store, Durability defaultDurability, ReleaseLedger ledger) {
         this.store = store;
         this.defaultDurability = defaultDurability;
         this.ledger = ledger;
     }
 
-    static boolean owns(long fh) {
+    public static boolean owns(long fh) {
         return fh >= FH_BASE;
     }
 
@@ -68,16 +71,16 @@ final class JournalFiles {
     }
 
     /** ENOENT unless the device exists. */
-    void check(String name) throws FsException {
+    public void check(String name) throws FsException {
         device(name);
     }
 
     /** A regular file, mode 0600, owned by root: the device's size, its stored blocks, its times. */
-    void stat(String name, FileStat st) throws FsException {
+    public void stat(String name, FileStat st) throws FsException {
         fill(device(name), st);
     }
 
-    void fstat(long fh, FileStat st) throws FsException {
+    public void fstat(long fh, FileStat st) throws FsException {
         fill(handle(fh), st);
     }
 
@@ -95,7 +98,7 @@ final class JournalFiles {
     }
 
     /** Device names, hidden ones (libfuse's .fuse_hidden for unlinked open files) left out. */
-    List<String> list() {
+    public List<String> list() {
         List<String> names = new ArrayList<>();
         for (JournalDevice d : store.list()) {
             if (!d.name().startsWith(Node.HIDDEN_PREFIX)) {
@@ -106,7 +109,7 @@ final class JournalFiles {
     }
 
     /** Creates a device of size 0 (truncate or writes give it its size) and opens it. */
-    long create(String name) throws FsException {
+    public long create(String name) throws FsException {
         JournalDevice d = store.device(name);
         if (d == null) {
             try {
@@ -118,7 +121,7 @@ final class JournalFiles {
         return register(d);
     }
 
-    long open(String name) throws FsException {
+    public long open(String name) throws FsException {
         return register(device(name));
     }
 
@@ -144,7 +147,7 @@ final class JournalFiles {
         return b;
     }
 
-    int read(long fh, Pointer buf, long size, long offset) throws FsException {
+    public int read(long fh, Pointer buf, long size, long offset) throws FsException {
         JournalDevice d = handle(fh);
         byte[] b = buffer(size);
         try {
@@ -156,7 +159,7 @@ final class JournalFiles {
         }
     }
 
-    int write(long fh, Pointer buf, long size, long offset) throws FsException {
+    public int write(long fh, Pointer buf, long size, long offset) throws FsException {
         JournalDevice d = handle(fh);
         byte[] b = buffer(size);
         buf.get(0, b, 0, (int) size);
@@ -169,7 +172,7 @@ final class JournalFiles {
     }
 
     /** fsync/fdatasync: the device's flush (for FLUSH devices, a sync of the redo log). */
-    void fsync(long fh) throws FsException {
+    public void fsync(long fh) throws FsException {
         try {
             handle(fh).flush();
         } catch (StoreException e) {
@@ -178,7 +181,7 @@ final class JournalFiles {
     }
 
     /** Closes a handle; a CLOSE device is persisted when its last handle closes. */
-    void release(long fh) throws FsException {
+    public void release(long fh) throws FsException {
         JournalDevice d = open.remove(fh);
         if (d == null) {
             throw new FsException(EBADF, "no open journal device for fh " + fh);
@@ -189,11 +192,11 @@ final class JournalFiles {
         }
     }
 
-    void truncate(String name, long size) throws FsException {
+    public void truncate(String name, long size) throws FsException {
         truncate(device(name), size);
     }
 
-    void ftruncate(long fh, long size) throws FsException {
+    public void ftruncate(long fh, long size) throws FsException {
         truncate(handle(fh), size);
     }
 
@@ -214,7 +217,7 @@ final class JournalFiles {
     static final String JOURNAL_PREFIX = "journals/";
 
     /** PUNCH_HOLE and ZERO_RANGE free the device's blocks; allocation only sets the size. */
-    void fallocate(long fh, int mode, long offset, long length) throws FsException {
+    public void fallocate(long fh, int mode, long offset, long length) throws FsException {
         JournalDevice d = handle(fh);
         long before = d.bytesStored();
         boolean keepSize = (mode & FALLOC_FL_KEEP_SIZE) != 0;
@@ -240,7 +243,7 @@ final class JournalFiles {
     }
 
     /** Deletes a device and every block of it (its open handles keep it until they close). */
-    void unlink(String name) throws FsException {
+    public void unlink(String name) throws FsException {
         if (name.startsWith(Node.HIDDEN_PREFIX) && store.device(name) == null) {
             return;
         }
@@ -260,12 +263,12 @@ final class JournalFiles {
      * out of listings) until libfuse unlinks that after the last close, when its release is
      * counted; a refused rename renames it back (see VmFuseFs).
      */
-    void hide(String name, String hiddenAs) throws FsException {
+    public void hide(String name, String hiddenAs) throws FsException {
         rename(name, hiddenAs);
     }
 
     /** Deletes the hidden devices a crash left (their handles are gone); returns how many. */
-    int dropHidden() throws FsException {
+    public int dropHidden() throws FsException {
         int n = 0;
         for (JournalDevice d : store.list()) {
             if (d.name().startsWith(Node.HIDDEN_PREFIX)) {
@@ -276,7 +279,7 @@ final class JournalFiles {
         return n;
     }
 
-    void rename(String from, String to) throws FsException {
+    public void rename(String from, String to) throws FsException {
         try {
             store.rename(from, to);
         } catch (StoreException e) {
@@ -286,7 +289,7 @@ final class JournalFiles {
     }
 
     /** Commits every device (the timer of CLOSE devices). */
-    void checkpoint() throws FsException {
+    public void checkpoint() throws FsException {
         try {
             store.checkpoint();
         } catch (StoreException e) {
@@ -294,7 +297,7 @@ final class JournalFiles {
         }
     }
 
-    JournalStore store() {
+    public JournalStore store() {
         return store;
     }
 }

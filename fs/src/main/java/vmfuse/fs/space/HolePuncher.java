@@ -1,9 +1,11 @@
-package vmfuse.fs;
+package vmfuse.fs.space;
 
 import static vmfuse.fs.nativeio.Native.*;
 
 import vmfuse.fs.nativeio.LibC;
 import vmfuse.fs.nativeio.Native;
+import vmfuse.fs.FsException;
+import vmfuse.fs.images.BackingStore;
 
 /**
  * The one place that gives backing space back: punches holes and zeroes ranges in backing files,
