@@ -3,7 +3,10 @@
 
 A file depends on another file of the same module if it imports one of its types (or a type
 nested in it) or, within one package, names its top-level type outside comments and string
-literals. Cycles are the strongly connected components of that graph with more than one file.
+literals. A sealed type's `permits` clause is not a use: it closes the set of its implementations,
+which depend on it, and a reader sees it as one type with its cases (so the clause is left out).
+Packages are held to the same rule: no two packages of a module use each other, round any loop.
+Cycles are the strongly connected components of that graph with more than one file.
 Dependencies between modules run one way already (Maven refuses a cycle of modules).
 
 Usage: check-cycles.py [REPO]   (run by `make test`)
@@ -52,6 +55,7 @@ def graph(files):
                     deps.add(cand)
                     break
         body = re.sub(r'^\s*(package|import)\s[^;]*;', "", code, flags=re.M)
+        body = re.sub(r'\bpermits\s+[\w.\s,]+?(?=\{)', "", body)
         words = set(re.findall(r'\b[A-Z]\w*\b', body))
         for other in by_pkg[pkg]:
             if other != name and other in words:
@@ -72,7 +76,7 @@ def cycles(edges):
         counter[0] += 1
         stack.append(v)
         on.add(v)
-        for w in edges[v]:
+        for w in edges.get(v, ()):
             if w not in index:
                 visit(w)
                 low[v] = min(low[v], low[w])
@@ -105,15 +109,22 @@ def main():
             sys.exit(2)
         files = files_of(src)
         edges = graph(files)
+        packages = {}
+        for a, targets in edges.items():
+            packages.setdefault(a.rsplit(".", 1)[0], set()).update(
+                b.rsplit(".", 1)[0] for b in targets if b.rsplit(".", 1)[0] != a.rsplit(".", 1)[0])
+        for comp in cycles(packages):
+            found += 1
+            print(f"check-cycles: {m}: a cycle of {len(comp)} packages: {', '.join(comp)}")
         for comp in cycles(edges):
             found += 1
             short = [c.rsplit(".", 1)[1] for c in comp]
             links = [f"{a.rsplit('.', 1)[1]} -> {b.rsplit('.', 1)[1]}" for a in comp for b in sorted(edges[a]) if b in comp]
             print(f"check-cycles: {m}: a cycle of {len(comp)} files: {', '.join(short)}  ({'; '.join(links)})")
     if found:
-        print(f"check-cycles: {found} file-level import cycle(s); dependencies within a module must run one way")
+        print(f"check-cycles: {found} import cycle(s) of files or packages; dependencies within a module must run one way")
         sys.exit(1)
-    print("check-cycles: no file-level import cycle in " + ", ".join(MODULES))
+    print("check-cycles: no import cycle of files or packages in " + ", ".join(MODULES))
 
 
 if __name__ == "__main__":

@@ -195,6 +195,24 @@ public final class JournalDevice {
                 && (zeros.contains(block) || frozenZeros.contains(block) || !blocks.contains(block));
     }
 
+    /**
+     * Whether the blocks from {@code block} on hold data, as one run of up to {@code max} blocks:
+     * {@code n > 0} if the next n blocks all may (written, or stored), {@code -n} if they all read
+     * as zeros without holding anything (zeroed since, or never written). The caller asks again
+     * from the run's end; past the device's end the answer is a run of zeros.
+     */
+    public synchronized long dataRun(long block, long max) {
+        if (max <= 0) {
+            throw new IllegalArgumentException("max " + max);
+        }
+        boolean zero = knownZero(block);
+        long n = 1;
+        while (n < max && knownZero(block + n) == zero) {
+            n++;
+        }
+        return zero ? -n : n;
+    }
+
     /** Copies {@code n} bytes of a block, from {@code in}, as it reads now. Holding this. */
     private void copyOut(long block, int in, byte[] dst, int off, int n) throws StoreException {
         Integer slot = inMemory(block);

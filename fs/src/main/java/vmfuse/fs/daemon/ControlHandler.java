@@ -9,6 +9,7 @@ import java.util.List;
 import java.util.Map;
 
 import vmfuse.fs.images.BackingStore;
+import vmfuse.fs.nativeio.StructStat;
 import vmfuse.fs.FsException;
 import vmfuse.fs.Node;
 import vmfuse.fs.space.ReleaseLedger;
@@ -125,13 +126,13 @@ final class ControlHandler {
         Map<String, Integer> openCounts = fs.openCounts();
         long size = 0;
         long allocated = 0;
-        List<String> names = backing.list();
+        List<String> names = backing.images();
         for (String name : names) {
-            BackingStore.Usage u = backing.usage(name);
+            StructStat.Usage u = backing.usage(name);
             if (u == null) {
                 continue;
             }
-            ReleaseLedger.Count c = ledger.of(name);
+            ReleaseLedger.Count c = ledger.of(ReleaseLedger.image(name));
             out.add(new Answer.Image(name, u.size(), u.allocated(), c.bytes(), c.events(), openCounts.getOrDefault(name, 0)));
             size += u.size();
             allocated += u.allocated();

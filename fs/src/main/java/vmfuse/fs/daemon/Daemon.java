@@ -147,7 +147,7 @@ public final class Daemon {
             VmFuseFs fs = new VmFuseFs(backing, ledger, journals, o.journalDurability());
             fs.dropHidden();
             Vms vms = Vms.open(store, mnt, backing, fs, WriteTracker.Limits.ofRanges(o.reclaimMaxRanges()));
-            fs.writeTrackers(vms.trackers(), vms::isVmImage);
+            fs.writeTrackers(vms.trackers(), vms::holdsVmImage);
             CompletableFuture<Integer> loop = new CompletableFuture<>();
             Thread loopThread = new Thread(() -> {
                 try {

@@ -17,6 +17,7 @@ import org.slf4j.Logger;
 import org.slf4j.LoggerFactory;
 
 import vmfuse.fs.images.BackingStore;
+import vmfuse.fs.nativeio.StructStat;
 import vmfuse.fs.FsException;
 import vmfuse.fs.Node;
 import vmfuse.fs.space.ReleaseLedger;
@@ -114,9 +115,12 @@ public final class Vms implements AutoCloseable {
         return trackers;
     }
 
-    /** True if a VM is registered on the image (it may not be renamed). */
-    public synchronized boolean isVmImage(String image) {
-        return running.values().stream().anyMatch(r -> r.vm().image().equals(image));
+    /**
+     * True if a VM is registered on the image at {@code path}, or on one inside the folder at
+     * {@code path}: neither may be renamed, replaced or removed.
+     */
+    public synchronized boolean holdsVmImage(String path) {
+        return running.values().stream().anyMatch(r -> Node.within(r.vm().image(), path));
     }
 
     /** Registers a VM and starts serving its agent; {@code qmpSocket} (null for none) is needed for qcow2. */
@@ -126,7 +130,7 @@ public final class Vms implements AutoCloseable {
         if (image.startsWith(Node.IMAGES + "/")) {
             image = image.substring(Node.IMAGES.length() + 1);
         }
-        Node.checkName(image);
+        Node.checkImagePath(image);
         if (running.containsKey(name)) {
             throw new FsException(EEXIST, "vm " + name + " exists");
         }
@@ -227,7 +231,7 @@ public final class Vms implements AutoCloseable {
 
     /** The image file's allocated bytes, or its length; 0 if it is gone. */
     private long usage(String image, boolean allocated) {
-        BackingStore.Usage now = backing.usage(image);
+        StructStat.Usage now = backing.usage(image);
         return now == null ? 0 : allocated ? now.allocated() : now.size();
     }
 

@@ -9,30 +9,27 @@ import java.nio.file.Path;
 import java.util.ArrayList;
 import java.util.List;
 
-import jnr.ffi.Memory;
 import jnr.ffi.Pointer;
-import jnr.ffi.Runtime;
-import vmfuse.fs.nativeio.LibC;
-import vmfuse.fs.nativeio.Native;
 import vmfuse.fs.FsException;
 import vmfuse.fs.Node;
+import vmfuse.fs.nativeio.LibC;
+import vmfuse.fs.nativeio.Native;
+import vmfuse.fs.nativeio.StructStat;
 
 /**
  * The backing directory of the images, STORE/images, and the one place that opens, stats,
- * renames and removes its files.
+ * makes, renames and removes its files and folders.
  *
- * <p>Every call is relative to a directory descriptor held for the life of the mount
- * ({@code openat}, {@code fstatat}, ...), with names already checked by {@link Node}, and never
- * follows a symlink: an entry of the backing directory that is not a regular file is not shown
- * and cannot be opened, so nothing placed there can redirect a write outside the store.
+ * <p>Every call is relative to a directory descriptor held for the life of the mount, with paths
+ * already checked by {@link Node} ("tenant1/vm7/disk.qcow2"). A path is walked one folder at a
+ * time ({@code openat} with O_NOFOLLOW|O_DIRECTORY, as the kernel's RESOLVE_NO_SYMLINKS would, on
+ * any kernel), and its last component is used relative to its folder's descriptor
+ * ({@code openat}, {@code fstatat}, {@code renameat}, ...) without following it. So nothing
+ * placed in the store redirects a call outside it: an entry that is neither a regular file nor
+ * a directory is not shown, and cannot be opened or walked through.
  */
 public final class BackingStore implements AutoCloseable {
     private static final LibC C = LibC.INSTANCE;
-    /** sizeof(struct stat) on x86_64 is 144; a little headroom. */
-    private static final int STAT_SIZE = 256;
-    private static final int ST_MODE_OFFSET = 24;
-    private static final int ST_SIZE_OFFSET = 48;
-    private static final int ST_BLOCKS_OFFSET = 64;
 
     private final Path imagesDir;
     private final int dirFd;
@@ -56,46 +53,114 @@ public final class BackingStore implements AutoCloseable {
     }
 
     /**
+     * The folder holding a path's last component, opened by a walk that follows no symlink, and
+     * that component. Closing it closes the folder's descriptor (not images/ itself).
+     */
+    private final class Parent implements AutoCloseable {
+        final int fd;
+        final String leaf;
+
+        Parent(String path) throws FsException {
+            this.leaf = Node.leaf(path);
+            this.fd = walk(Node.folder(path), O_PATH);
+        }
+
+        @Override
+        public void close() {
+            if (fd != dirFd) {
+                C.close(fd);
+            }
+        }
+    }
+
+    /** Opens folder {@code folder} ("" for images/ itself) with {@code flags}, walking without following symlinks. */
+    private int walk(String folder, int flags) throws FsException {
+        if (folder.isEmpty()) {
+            return dirFd;
+        }
+        int fd = dirFd;
+        String[] parts = folder.split("/");
+        for (int i = 0; i < parts.length; i++) {
+            int how = (i == parts.length - 1 ? flags : O_PATH) | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC;
+            int next = C.openat(fd, parts[i], how, 0);
+            int errno = next < 0 ? Native.errno() : 0;
+            if (fd != dirFd) {
+                C.close(fd);
+            }
+            if (next < 0) {
+                throw FsException.fromErrno(errno == ELOOP ? ENOENT : errno, "open folder", folder);
+            }
+            fd = next;
+        }
+        return fd;
+    }
+
+    /**
      * Opens an existing image for I/O. O_DIRECT is stripped (FUSE's buffers are not aligned, see
      * README "cache=none"); O_CREAT/O_EXCL/O_TRUNC are the kernel's business on open and dropped;
      * O_NOFOLLOW and O_CLOEXEC are added. Returns the backing descriptor.
      */
     public int openImage(String name, int flags) throws FsException {
         int backing = (flags & ~(O_DIRECT | O_CREAT | O_EXCL | O_NOCTTY)) | O_NOFOLLOW | O_CLOEXEC;
-        int fd = C.openat(dirFd, name, backing, 0);
-        if (fd < 0) {
-            throw FsException.fromErrno(Native.errno(), "open", name);
+        try (Parent p = new Parent(name)) {
+            int fd = C.openat(p.fd, p.leaf, backing, 0);
+            if (fd < 0) {
+                throw FsException.fromErrno(Native.errno(), "open", name);
+            }
+            return checkRegular(fd, name);
         }
-        return checkRegular(fd, name);
     }
 
     /** Creates an image (or opens it, as open(2) with O_CREAT does) and returns the backing descriptor. */
     public int createImage(String name, int flags, int mode) throws FsException {
         int backing = (flags & ~(O_DIRECT | O_NOCTTY)) | O_CREAT | O_NOFOLLOW | O_CLOEXEC;
-        int fd = C.openat(dirFd, name, backing, mode & 07777);
-        if (fd < 0) {
-            throw FsException.fromErrno(Native.errno(), "create", name);
+        try (Parent p = new Parent(name)) {
+            int fd = C.openat(p.fd, p.leaf, backing, mode & 07777);
+            if (fd < 0) {
+                throw FsException.fromErrno(Native.errno(), "create", name);
+            }
+            return checkRegular(fd, name);
         }
-        return checkRegular(fd, name);
     }
 
     private int checkRegular(int fd, String name) throws FsException {
-        Pointer st = Memory.allocate(Runtime.getSystemRuntime(), STAT_SIZE);
-        if (C.fstat(fd, st) != 0 || (st.getInt(ST_MODE_OFFSET) & S_IFMT) != S_IFREG) {
+        Pointer st = StructStat.allocate();
+        if (StructStat.fstat(fd, st) != 0 || StructStat.type(st) != S_IFREG) {
+            boolean folder = StructStat.type(st) == S_IFDIR;
             C.close(fd);
-            throw new FsException(EACCES, "not a regular file in the store: " + name);
+            throw new FsException(folder ? EISDIR : EACCES, (folder ? "a folder, not an image: "
+                    : "not a regular file in the store: ") + name);
         }
         return fd;
     }
 
-    /** Fills the kernel struct stat at {@code statbuf} for an image; ENOENT for anything not a regular file. */
-    public void statImage(String name, Pointer statbuf) throws FsException {
-        if (C.fstatat(dirFd, name, statbuf, AT_SYMLINK_NOFOLLOW) != 0) {
-            throw FsException.fromErrno(Native.errno(), "stat", name);
+    /**
+     * Fills the kernel struct stat at {@code statbuf} for an image or a folder ("" for images/
+     * itself); ENOENT for anything else.
+     */
+    public void stat(String path, Pointer statbuf) throws FsException {
+        if (path.isEmpty()) {
+            if (C.fstat(dirFd, statbuf) != 0) {
+                throw FsException.fromErrno(Native.errno(), "stat", imagesDir.toString());
+            }
+            return;
         }
-        if ((statbuf.getInt(ST_MODE_OFFSET) & S_IFMT) != S_IFREG) {
-            throw new FsException(ENOENT, "not a regular file in the store: " + name);
+        try (Parent p = new Parent(path)) {
+            if (C.fstatat(p.fd, p.leaf, statbuf, AT_SYMLINK_NOFOLLOW) != 0) {
+                throw FsException.fromErrno(Native.errno(), "stat", path);
+            }
         }
+        int type = StructStat.type(statbuf);
+        if (type != S_IFREG && type != S_IFDIR) {
+            throw new FsException(ENOENT, "neither an image nor a folder in the store: " + path);
+        }
+    }
+
+    /** Whether {@code path} is a folder ("" is images/ itself). */
+    public boolean isFolder(String path) throws FsException {
+        Pointer st = StructStat.allocate();
+        stat(path, st);
+        return StructStat.type(st) == S_IFDIR;
     }
 
     /** Whether an image (a regular file) of that name is in the store. */
@@ -103,110 +168,182 @@ public final class BackingStore implements AutoCloseable {
         return usage(name) != null;
     }
 
-    /** Fills a struct stat for the images directory itself. */
-    public void statDir(Pointer statbuf) throws FsException {
-        if (C.fstat(dirFd, statbuf) != 0) {
-            throw FsException.fromErrno(Native.errno(), "stat", imagesDir.toString());
-        }
-    }
-
-    /** Size and allocated bytes of an image, or null if it does not exist. */
-    public Usage usage(String name) {
-        Pointer st = Memory.allocate(Runtime.getSystemRuntime(), STAT_SIZE);
-        if (C.fstatat(dirFd, name, st, AT_SYMLINK_NOFOLLOW) != 0
-                || (st.getInt(ST_MODE_OFFSET) & S_IFMT) != S_IFREG) {
+    /** Size and allocated bytes of an image, or null if it does not exist (or is a folder). */
+    public StructStat.Usage usage(String name) {
+        Pointer st = StructStat.allocate();
+        try {
+            stat(name, st);
+        } catch (FsException e) {
             return null;
         }
-        return new Usage(st.getLong(ST_SIZE_OFFSET), st.getLong(ST_BLOCKS_OFFSET) * 512);
+        return StructStat.type(st) == S_IFREG ? StructStat.usage(st) : null;
     }
 
-    /** Size and allocated bytes of an open backing descriptor. */
-    public static Usage usage(int fd) throws FsException {
-        Pointer st = Memory.allocate(Runtime.getSystemRuntime(), STAT_SIZE);
-        if (C.fstat(fd, st) != 0) {
-            throw FsException.fromErrno(Native.errno(), "fstat", "fd " + fd);
-        }
-        return new Usage(st.getLong(ST_SIZE_OFFSET), st.getLong(ST_BLOCKS_OFFSET) * 512);
+    /** Entries {@link #entries} may return: images, libfuse's hidden names of images still open, folders. */
+    private static final int IMAGES = 1;
+    private static final int HIDDEN = 2;
+    private static final int FOLDERS = 4;
+
+    /** What a folder ("" for images/) holds: its images and folders, sorted, hidden ones left out. */
+    public List<String> list(String folder) throws FsException {
+        return entries(folder, IMAGES | FOLDERS);
     }
 
-    /** Byte size and bytes allocated on the backing filesystem (st_blocks * 512). */
-    public record Usage(long size, long allocated) {}
-
-    /** The images: the regular files in the images directory, sorted, hidden ones left out. */
-    public List<String> list() throws FsException {
-        return list(false);
-    }
-
-    /**
-     * The regular files in the images directory, sorted: the hidden ones only (libfuse's names for
-     * open images unlinked or replaced, see VmFuseFs), or every other.
-     */
-    public List<String> list(boolean hidden) throws FsException {
+    /** The entries of a folder of the kinds {@code wanted} (IMAGES, HIDDEN, FOLDERS), sorted. */
+    private List<String> entries(String folder, int wanted) throws FsException {
+        int fd = walk(folder, O_RDONLY);
         List<String> names = new ArrayList<>();
-        try (DirectoryStream<Path> dir = Files.newDirectoryStream(imagesDir)) {
+        try (DirectoryStream<Path> dir = Files.newDirectoryStream(Path.of("/proc/self/fd/" + fd))) {
+            Pointer st = StructStat.allocate();
             for (Path p : dir) {
                 String name = p.getFileName().toString();
-                if (Files.isRegularFile(p, java.nio.file.LinkOption.NOFOLLOW_LINKS)
-                        && name.startsWith(Node.HIDDEN_PREFIX) == hidden) {
+                if (C.fstatat(fd, name, st, AT_SYMLINK_NOFOLLOW) != 0) {
+                    continue; // gone since
+                }
+                int kind = switch (StructStat.type(st)) {
+                    case S_IFREG -> name.startsWith(Node.HIDDEN_PREFIX) ? HIDDEN : IMAGES;
+                    case S_IFDIR -> FOLDERS;
+                    default -> 0; // symlinks, devices, sockets, fifos: not shown
+                };
+                if ((kind & wanted) != 0) {
                     names.add(name);
                 }
             }
         } catch (IOException e) {
-            throw new FsException(EIO, "cannot list " + imagesDir + ": " + e.getMessage());
+            throw new FsException(EIO, "cannot list " + imagesDir.resolve(folder) + ": " + e.getMessage());
+        } finally {
+            if (fd != dirFd) {
+                C.close(fd);
+            }
         }
         names.sort(null);
         return names;
     }
 
+    /** Every image at any depth, as paths under images/, sorted: the hidden ones only, or every other. */
+    public List<String> images(boolean hidden) throws FsException {
+        List<String> out = new ArrayList<>();
+        collect("", 1, hidden ? HIDDEN : IMAGES, out);
+        out.sort(null);
+        return out;
+    }
+
+    /** Every image at any depth, hidden ones left out. */
+    public List<String> images() throws FsException {
+        return images(false);
+    }
+
+    private void collect(String folder, int depth, int wanted, List<String> out) throws FsException {
+        String prefix = folder.isEmpty() ? "" : folder + "/";
+        for (String name : entries(folder, wanted)) {
+            out.add(prefix + name);
+        }
+        if (depth < Node.MAX_DEPTH) {
+            for (String name : entries(folder, FOLDERS)) {
+                collect(prefix + name, depth + 1, wanted, out);
+            }
+        }
+    }
+
+    /** Makes a folder, owned by {@code uid}:{@code gid}. */
+    public void mkdir(String path, int mode, int uid, int gid) throws FsException {
+        try (Parent p = new Parent(path)) {
+            if (C.mkdirat(p.fd, p.leaf, mode & 07777) != 0) {
+                throw FsException.fromErrno(Native.errno(), "mkdir", path);
+            }
+            if ((uid != 0 || gid != 0) && C.fchownat(p.fd, p.leaf, uid, gid, AT_SYMLINK_NOFOLLOW) != 0) {
+                int errno = Native.errno();
+                C.unlinkat(p.fd, p.leaf, AT_REMOVEDIR);
+                throw FsException.fromErrno(errno, "chown", path);
+            }
+        }
+    }
+
+    /** Removes an empty folder. */
+    public void rmdir(String path) throws FsException {
+        try (Parent p = new Parent(path)) {
+            if (C.unlinkat(p.fd, p.leaf, AT_REMOVEDIR) != 0) {
+                throw FsException.fromErrno(Native.errno(), "rmdir", path);
+            }
+        }
+    }
+
+    /** Whether a folder holds nothing but libfuse's hidden names of images still open. */
+    public boolean holdsOnlyHidden(String folder) throws FsException {
+        return entries(folder, IMAGES | FOLDERS).isEmpty() && !entries(folder, HIDDEN).isEmpty();
+    }
+
     public void unlink(String name) throws FsException {
-        if (C.unlinkat(dirFd, name, 0) != 0) {
-            throw FsException.fromErrno(Native.errno(), "unlink", name);
+        try (Parent p = new Parent(name)) {
+            if (C.unlinkat(p.fd, p.leaf, 0) != 0) {
+                throw FsException.fromErrno(Native.errno(), "unlink", name);
+            }
         }
     }
 
-    /** fsync of STORE/images: every create, rename and unlink of an image so far survives a host crash. */
-    public void syncDir() throws FsException {
-        if (C.fsync(dirFd) != 0) {
-            throw FsException.fromErrno(Native.errno(), "fsync", imagesDir.toString());
+    /**
+     * fsync of a folder ("" for STORE/images): every create, rename and unlink in it so far
+     * survives a host crash.
+     */
+    public void syncDir(String folder) throws FsException {
+        int fd = walk(folder, O_RDONLY);
+        try {
+            if (C.fsync(fd) != 0) {
+                throw FsException.fromErrno(Native.errno(), "fsync", imagesDir.resolve(folder).toString());
+            }
+        } finally {
+            if (fd != dirFd) {
+                C.close(fd);
+            }
         }
     }
 
+    /** Renames an image or a folder, within a folder or between two. */
     public void rename(String from, String to) throws FsException {
-        if (C.renameat(dirFd, from, dirFd, to) != 0) {
-            throw FsException.fromErrno(Native.errno(), "rename", from + " to " + to);
+        try (Parent a = new Parent(from); Parent b = new Parent(to)) {
+            if (C.renameat(a.fd, a.leaf, b.fd, b.leaf) != 0) {
+                throw FsException.fromErrno(Native.errno(), "rename", from + " to " + to);
+            }
         }
     }
 
-    public void chmod(String name, int mode) throws FsException {
-        statImage(name, Memory.allocate(Runtime.getSystemRuntime(), STAT_SIZE));
-        if (C.fchmodat(dirFd, name, mode & 07777, 0) != 0) {
-            throw FsException.fromErrno(Native.errno(), "chmod", name);
+    /** chmod of an image or a folder ("" for images/ itself: who may create images there). */
+    public void chmod(String path, int mode) throws FsException {
+        if (path.isEmpty()) {
+            if (C.fchmod(dirFd, mode & 07777) != 0) {
+                throw FsException.fromErrno(Native.errno(), "chmod", imagesDir.toString());
+            }
+            return;
+        }
+        stat(path, StructStat.allocate());
+        try (Parent p = new Parent(path)) {
+            if (C.fchmodat(p.fd, p.leaf, mode & 07777, 0) != 0) {
+                throw FsException.fromErrno(Native.errno(), "chmod", path);
+            }
         }
     }
 
-    /** chmod and chown of STORE/images itself (who may create images). */
-    public void chmodDir(int mode) throws FsException {
-        if (C.fchmod(dirFd, mode & 07777) != 0) {
-            throw FsException.fromErrno(Native.errno(), "chmod", imagesDir.toString());
+    /** chown of an image or a folder ("" for images/ itself). */
+    public void chown(String path, int uid, int gid) throws FsException {
+        if (path.isEmpty()) {
+            if (C.fchown(dirFd, uid, gid) != 0) {
+                throw FsException.fromErrno(Native.errno(), "chown", imagesDir.toString());
+            }
+            return;
         }
-    }
-
-    public void chownDir(int uid, int gid) throws FsException {
-        if (C.fchown(dirFd, uid, gid) != 0) {
-            throw FsException.fromErrno(Native.errno(), "chown", imagesDir.toString());
-        }
-    }
-
-    public void chown(String name, int uid, int gid) throws FsException {
-        if (C.fchownat(dirFd, name, uid, gid, AT_SYMLINK_NOFOLLOW) != 0) {
-            throw FsException.fromErrno(Native.errno(), "chown", name);
+        try (Parent p = new Parent(path)) {
+            if (C.fchownat(p.fd, p.leaf, uid, gid, AT_SYMLINK_NOFOLLOW) != 0) {
+                throw FsException.fromErrno(Native.errno(), "chown", path);
+            }
         }
     }
 
     /** Sets atime and mtime from a struct timespec[2] (UTIME_NOW and UTIME_OMIT pass through). */
-    public void utimens(String name, Pointer times) throws FsException {
-        if (C.utimensat(dirFd, name, times, AT_SYMLINK_NOFOLLOW) != 0) {
-            throw FsException.fromErrno(Native.errno(), "utimens", name);
+    public void utimens(String path, Pointer times) throws FsException {
+        try (Parent p = new Parent(path)) {
+            if (C.utimensat(p.fd, p.leaf, times, AT_SYMLINK_NOFOLLOW) != 0) {
+                throw FsException.fromErrno(Native.errno(), "utimens", path);
+            }
         }
     }
 

@@ -44,4 +44,6 @@ public interface LibC {
     @SaveError int fchown(int fd, int owner, int group);
     @SaveError int fchownat(int dirfd, String path, int owner, int group, int flags);
     @SaveError int utimensat(int dirfd, String path, Pointer times, int flags);
+    @SaveError long lseek(int fd, long offset, int whence);
+    @SaveError int mkdirat(int dirfd, String path, int mode);
 }

@@ -1,5 +1,6 @@
 package vmfuse.fs.nativeio;
 
+import jnr.constants.platform.Errno;
 import jnr.ffi.LastError;
 import jnr.ffi.Runtime;
 
@@ -30,7 +31,13 @@ public final class Native {
     public static final int O_CLOEXEC = 02000000;
     public static final int O_PATH = 010000000;
 
+    public static final int AT_FDCWD = -100;
     public static final int AT_SYMLINK_NOFOLLOW = 0x100;
+    public static final int AT_REMOVEDIR = 0x200;
+
+    // lseek(2) whence for sparse files
+    public static final int SEEK_DATA = 3;
+    public static final int SEEK_HOLE = 4;
 
     // fallocate(2) modes (linux/falloc.h)
     public static final int FALLOC_FL_KEEP_SIZE = 0x01;
@@ -47,8 +54,10 @@ public final class Native {
     public static final int EINTR = 4;
     public static final int ENOENT = 2;
     public static final int EIO = 5;
+    public static final int ENXIO = 6;
     public static final int EBADF = 9;
     public static final int EAGAIN = 11;
+    public static final int ENOMEM = 12;
     public static final int EACCES = 13;
     public static final int EBUSY = 16;
     public static final int EEXIST = 17;
@@ -66,8 +75,14 @@ public final class Native {
     public static final int EOPNOTSUPP = 95;
     public static final int ENOTCONN = 107;
 
+    /** The symbolic name of an errno, e.g. "ENOSPC" (the number as text if it has none). */
+    public static String errnoName(int errno) {
+        Errno e = Errno.valueOf(errno);
+        return e == Errno.__UNKNOWN_CONSTANT__ ? String.valueOf(errno) : e.name();
+    }
+
     /** The C library's message for an errno, e.g. "No space left on device". */
     public static String strerror(int errno) {
-        return jnr.constants.platform.Errno.valueOf(errno).description();
+        return Errno.valueOf(errno).description();
     }
 }

@@ -2,15 +2,16 @@ package vmfuse.fs.space;
 
 import static vmfuse.fs.nativeio.Native.*;
 
+import jnr.ffi.Pointer;
+import vmfuse.fs.FsException;
 import vmfuse.fs.nativeio.LibC;
 import vmfuse.fs.nativeio.Native;
-import vmfuse.fs.FsException;
-import vmfuse.fs.images.BackingStore;
+import vmfuse.fs.nativeio.StructStat;
 
 /**
  * The one place that gives backing space back: punches holes and zeroes ranges in backing files,
  * measures what the backing filesystem really released (the drop of st_blocks), and records it
- * in the {@link ReleaseLedger}. The fallocate interception uses it now; the reclaimer will too.
+ * in the {@link ReleaseLedger}: for the images' punch, zero and truncate, and for the reclaimer.
  */
 public final class HolePuncher {
     private static final LibC C = LibC.INSTANCE;
@@ -28,7 +29,7 @@ public final class HolePuncher {
 
     /** As {@link #punch(int, String, long, long)}, counted under {@code reason}. */
     public long punch(int fd, String image, long offset, long length, ReleaseLedger.Reason reason) throws FsException {
-        long before = BackingStore.usage(fd).allocated();
+        long before = usage(fd).allocated();
         if (C.fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length) != 0) {
             throw FsException.fromErrno(Native.errno(), "punch hole in", image);
         }
@@ -41,9 +42,9 @@ public final class HolePuncher {
      * Where the backing filesystem cannot punch, a real ZERO_RANGE. Returns bytes freed.
      */
     public long zeroRange(int fd, String image, long offset, long length, boolean keepSize) throws FsException {
-        long before = BackingStore.usage(fd).allocated();
+        long before = usage(fd).allocated();
         if (C.fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length) == 0) {
-            if (!keepSize && BackingStore.usage(fd).size() < offset + length
+            if (!keepSize && usage(fd).size() < offset + length
                     && C.ftruncate(fd, offset + length) != 0) {
                 throw FsException.fromErrno(Native.errno(), "extend", image);
             }
@@ -86,7 +87,7 @@ public final class HolePuncher {
 
     /** ftruncate, counting what a shrink released. */
     public void truncate(int fd, String image, long size) throws FsException {
-        BackingStore.Usage before = BackingStore.usage(fd);
+        StructStat.Usage before = usage(fd);
         if (C.ftruncate(fd, size) != 0) {
             throw FsException.fromErrno(Native.errno(), "truncate", image);
         }
@@ -95,10 +96,20 @@ public final class HolePuncher {
         }
     }
 
+    /** Size and allocated bytes of an open descriptor. */
+    private static StructStat.Usage usage(int fd) throws FsException {
+        Pointer st = StructStat.allocate();
+        int rc = StructStat.fstat(fd, st);
+        if (rc != 0) {
+            throw FsException.fromErrno(-rc, "fstat", "fd " + fd);
+        }
+        return StructStat.usage(st);
+    }
+
     private long released(int fd, String image, long offset, long length, long before,
             ReleaseLedger.Reason reason) throws FsException {
-        long freed = Math.max(0, before - BackingStore.usage(fd).allocated());
-        ledger.record(image, offset, length, freed, reason);
+        long freed = Math.max(0, before - usage(fd).allocated());
+        ledger.record(ReleaseLedger.image(image), offset, length, freed, reason);
         return freed;
     }
 }

@@ -1,5 +1,7 @@
 package vmfuse.fs.space;
 
+import static vmfuse.fs.nativeio.Native.EIO;
+
 import java.io.IOException;
 import java.nio.charset.StandardCharsets;
 import java.nio.file.Path;
@@ -13,15 +15,19 @@ import org.slf4j.LoggerFactory;
 import vmfuse.durable.Disk;
 import vmfuse.durable.RealDisk;
 import vmfuse.fs.FsException;
+import vmfuse.fs.Node;
 import vmfuse.fs.TsvField;
 
 /**
  * Counts and logs every release of backing space: each punch, zeroed range, truncation and
  * unlink, with the bytes the backing filesystem really gave back (the drop of st_blocks).
  *
- * <p>The counts persist in STORE/releases.tsv ({@code name<TAB>bytes<TAB>events}, the name as a
- * {@link TsvField} so that a tab or newline in it splits nothing, one line per
- * image and a {@code *total*} line), rewritten atomically by {@link #save(boolean)}, which the
+ * <p>Each image and journal device is counted under its path in the mount, without the leading
+ * slash ({@link #image}: "images/tenant1/disk.raw", {@link #device}: "journals/j1"), so that no
+ * image in a folder named journals is taken for a device. The counts persist in
+ * STORE/releases.tsv ({@code name<TAB>bytes<TAB>events}, the name as a {@link TsvField} so that
+ * a tab or newline in it splits nothing: a {@code *format*} line, one line per image or device,
+ * and a {@code *total*} line), rewritten atomically by {@link #save(boolean)}, which the
  * daemon calls every few seconds while something changed (without fsync: a forced commit of the
  * backing filesystem's journal stalls the punches running beside it, measured as 1 ms spikes)
  * and, durably, at unmount. A crash can lose the counts of the last seconds; never data. A
@@ -32,6 +38,22 @@ import vmfuse.fs.TsvField;
 public final class ReleaseLedger {
     private static final Logger log = LoggerFactory.getLogger(ReleaseLedger.class);
     static final String TOTAL = "*total*";
+    /**
+     * The format line's name and version. Version 1 (no such line) counted images by their bare
+     * name (none was in a folder then) and devices as "journals/NAME"; it is read as version 2.
+     */
+    static final String FORMAT = "*format*";
+    static final int VERSION = 2;
+
+    /** The name an image is counted under: its path in the mount ("images/" and its path under images/). */
+    public static String image(String path) {
+        return Node.IMAGES + "/" + path;
+    }
+
+    /** The name a journal device is counted under: its path in the mount. */
+    public static String device(String name) {
+        return Node.JOURNALS + "/" + name;
+    }
 
     public enum Reason {
         PUNCH_HOLE("punch-hole"), ZERO_RANGE("zero-range"), TRUNCATE("truncate"), UNLINK("unlink"),
@@ -87,7 +109,7 @@ public final class ReleaseLedger {
                 disk.rename(file, aside);
                 disk.syncDirectory(file.toAbsolutePath().getParent());
             } catch (IOException again) {
-                throw new FsException(vmfuse.fs.nativeio.Native.EIO, e.getMessage() + "; cannot set it aside: "
+                throw new FsException(EIO, e.getMessage() + "; cannot set it aside: "
                         + again.getMessage());
             }
             return new ReleaseLedger(disk, file);
@@ -97,21 +119,29 @@ public final class ReleaseLedger {
     private static ReleaseLedger read(ReleaseLedger ledger, Path file) throws FsException {
         try {
             List<String> lines = List.of(new String(ledger.disk.readAll(file), StandardCharsets.UTF_8).split("\n"));
+            int version = 1;
             for (String line : lines) {
                 String[] f = line.split("\t");
                 if (f.length != 3) {
-                    throw new FsException(vmfuse.fs.nativeio.Native.EIO,
-                            "corrupt release ledger " + file + ": bad line '" + line + "'");
+                    throw new FsException(EIO, "corrupt release ledger " + file + ": bad line '" + line + "'");
                 }
                 Count c = new Count(Long.parseLong(f[1]), Long.parseLong(f[2]));
-                if (f[0].equals(TOTAL)) {
+                if (f[0].equals(FORMAT)) {
+                    version = (int) c.bytes();
+                    if (version != VERSION) {
+                        throw new FsException(EIO, "release ledger " + file + " is of format " + version + ", not "
+                                + VERSION);
+                    }
+                } else if (f[0].equals(TOTAL)) {
                     ledger.total = c;
                 } else {
-                    ledger.perImage.put(TsvField.unescape(f[0]), c);
+                    String name = TsvField.unescape(f[0]);
+                    boolean device = name.startsWith(Node.JOURNALS + "/");
+                    ledger.perImage.put(version == 1 && !device ? image(name) : name, c);
                 }
             }
         } catch (IOException | NumberFormatException e) {
-            throw new FsException(vmfuse.fs.nativeio.Native.EIO, "cannot read release ledger " + file + ": " + e);
+            throw new FsException(EIO, "cannot read release ledger " + file + ": " + e);
         }
         return ledger;
     }
@@ -127,12 +157,15 @@ public final class ReleaseLedger {
                 freed, reason.label);
     }
 
-    /** Carries an image's counts over to its new name. */
+    /** Carries an image's counts over to its new name, or a folder's images' to the folder's new name. */
     public synchronized void renamed(String from, String to) {
-        Count c = perImage.remove(from);
-        if (c != null) {
-            perImage.merge(to, c, (a, b) -> new Count(a.bytes() + b.bytes(), a.events() + b.events()));
-            dirty = true;
+        for (String name : List.copyOf(perImage.keySet())) {
+            if (name.equals(from) || name.startsWith(from + "/")) { // an image, or a folder and what it holds
+                Count c = perImage.remove(name);
+                perImage.merge(to + name.substring(from.length()), c,
+                        (a, b) -> new Count(a.bytes() + b.bytes(), a.events() + b.events()));
+                dirty = true;
+            }
         }
     }
 
@@ -162,6 +195,7 @@ public final class ReleaseLedger {
             if (!dirty) {
                 return;
             }
+            out.append(FORMAT).append('\t').append(VERSION).append("\t0\n");
             perImage.forEach((name, c) -> out.append(TsvField.escape(name)).append('\t').append(c.bytes()).append('\t')
                     .append(c.events()).append('\n'));
             out.append(TOTAL).append('\t').append(total.bytes()).append('\t').append(total.events()).append('\n');

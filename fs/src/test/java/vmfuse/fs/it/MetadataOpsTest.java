@@ -83,21 +83,26 @@ class MetadataOpsTest extends OnOneMount {
     }
 
     @Test
-    void listingShowsExactlyTheStoresRegularFiles() throws Exception {
+    void listingShowsExactlyTheStoresRegularFilesAndFolders() throws Exception {
         Proc.ok("qemu-img", "create", "-f", "qcow2", m.image("l1.qcow2").toString(), "1G");
         Files.createDirectories(m.store.resolve("images/a-dir"));
+        Files.createSymbolicLink(m.store.resolve("images/a-link"), m.store.resolve("images/l1.qcow2"));
+        Proc.ok("mkfifo", m.store.resolve("images/a-fifo").toString());
         List<String> mount;
         try (Stream<Path> s = Files.list(m.mnt.resolve("images"))) {
             mount = s.map(p -> p.getFileName().toString()).sorted().toList();
         }
         List<String> store;
         try (Stream<Path> s = Files.list(m.store.resolve("images"))) {
-            store = s.filter(p -> Files.isRegularFile(p, java.nio.file.LinkOption.NOFOLLOW_LINKS))
+            store = s.filter(p -> Files.isRegularFile(p, java.nio.file.LinkOption.NOFOLLOW_LINKS)
+                            || Files.isDirectory(p, java.nio.file.LinkOption.NOFOLLOW_LINKS))
                     .map(p -> p.getFileName().toString()).sorted().toList();
         }
         assertEquals(store, mount);
-        assertTrue(mount.contains("l1.qcow2"));
-        assertFalse(mount.contains("a-dir"));
+        assertTrue(mount.containsAll(List.of("a-dir", "l1.qcow2")), mount.toString());
+        assertFalse(mount.contains("a-link") || mount.contains("a-fifo"), "neither the symlink nor the fifo: " + mount);
+        Files.delete(m.store.resolve("images/a-link"));
+        Files.delete(m.store.resolve("images/a-fifo"));
         Files.delete(m.store.resolve("images/a-dir"));
         try (Stream<Path> s = Files.list(m.mnt)) {
             assertEquals(List.of("images", "journals"), s.map(p -> p.getFileName().toString()).sorted().toList());

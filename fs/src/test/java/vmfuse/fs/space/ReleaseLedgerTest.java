@@ -45,7 +45,7 @@ class ReleaseLedgerTest {
             l.record(names[i], 0, 4096, 4096L * (i + 1), ReleaseLedger.Reason.PUNCH_HOLE);
         }
         l.save(true);
-        assertEquals(names.length + 1, Files.readAllLines(file).size(), "one line per name and the total");
+        assertEquals(names.length + 2, Files.readAllLines(file).size(), "the format, one line per name, the total");
 
         ReleaseLedger again = ReleaseLedger.load(file);
         for (int i = 0; i < names.length; i++) {
@@ -69,5 +69,40 @@ class ReleaseLedgerTest {
         l.record("b.raw", 0, 4096, 4096, ReleaseLedger.Reason.PUNCH_HOLE);
         l.save(true);
         assertEquals(new ReleaseLedger.Count(4096, 1), ReleaseLedger.load(file).total());
+    }
+
+    /**
+     * Format 1 counted images by their bare name (no image was in a folder then) and devices as
+     * journals/NAME; read now, images are under images/ and an image in a folder named journals
+     * is not taken for a device.
+     */
+    @Test
+    void aFormat1LedgerIsReadWithImagesUnderImagesAndDevicesApart() throws Exception {
+        Path file = dir.resolve("releases.tsv");
+        Files.writeString(file, "vm1.raw\t4096\t1\njournals/j1\t8192\t2\n*total*\t12288\t3\n");
+        ReleaseLedger l = ReleaseLedger.load(file);
+        assertEquals(new ReleaseLedger.Count(4096, 1), l.of(ReleaseLedger.image("vm1.raw")));
+        assertEquals(new ReleaseLedger.Count(8192, 2), l.of(ReleaseLedger.device("j1")));
+        l.record(ReleaseLedger.image("journals/j1"), 0, 4096, 4096, ReleaseLedger.Reason.PUNCH_HOLE);
+        l.save(true);
+
+        ReleaseLedger again = ReleaseLedger.load(file);
+        assertEquals(new ReleaseLedger.Count(8192, 2), again.of(ReleaseLedger.device("j1")));
+        assertEquals(new ReleaseLedger.Count(4096, 1), again.of(ReleaseLedger.image("journals/j1")));
+        assertEquals(new ReleaseLedger.Count(16384, 4), again.total());
+        assertEquals("*format*\t2\t0", Files.readAllLines(file).get(0));
+    }
+
+    @Test
+    void aFolderRenameCarriesTheCountsOfEveryImageInItAndNoOther() throws Exception {
+        ReleaseLedger l = ReleaseLedger.load(dir.resolve("releases.tsv"));
+        l.record(ReleaseLedger.image("t1/a.raw"), 0, 4096, 4096, ReleaseLedger.Reason.PUNCH_HOLE);
+        l.record(ReleaseLedger.image("t1/vm/b.raw"), 0, 4096, 8192, ReleaseLedger.Reason.PUNCH_HOLE);
+        l.record(ReleaseLedger.image("t10/c.raw"), 0, 4096, 4096, ReleaseLedger.Reason.PUNCH_HOLE);
+        l.renamed(ReleaseLedger.image("t1"), ReleaseLedger.image("archive/t1"));
+        assertEquals(new ReleaseLedger.Count(4096, 1), l.of(ReleaseLedger.image("archive/t1/a.raw")));
+        assertEquals(new ReleaseLedger.Count(8192, 1), l.of(ReleaseLedger.image("archive/t1/vm/b.raw")));
+        assertEquals(new ReleaseLedger.Count(4096, 1), l.of(ReleaseLedger.image("t10/c.raw")), "a sibling stays");
+        assertEquals(new ReleaseLedger.Count(0, 0), l.of(ReleaseLedger.image("t1/a.raw")));
     }
 }

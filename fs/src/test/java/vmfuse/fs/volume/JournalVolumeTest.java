@@ -1,0 +1,132 @@
+package vmfuse.fs.volume;
+
+import static org.junit.jupiter.api.Assertions.assertArrayEquals;
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertThrows;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+import static vmfuse.fs.nativeio.Native.*;
+
+import java.nio.file.Path;
+import java.util.List;
+import java.util.concurrent.atomic.AtomicInteger;
+
+import jnr.ffi.Memory;
+import jnr.ffi.Pointer;
+import jnr.ffi.Runtime;
+import org.junit.jupiter.api.AfterEach;
+import org.junit.jupiter.api.BeforeEach;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.io.TempDir;
+import vmfuse.fs.FsException;
+import vmfuse.fs.nativeio.StructStat;
+import vmfuse.fs.space.ReleaseLedger;
+import vmfuse.journal.Durability;
+import vmfuse.journal.JournalStore;
+
+/** An open journal device of a real journal store: I/O, blocks freed and counted, its stat and extents. */
+class JournalVolumeTest {
+    private static final int BLOCK = 4096;
+
+    @TempDir
+    Path dir;
+    private JournalStore store;
+    private ReleaseLedger ledger;
+    private final AtomicInteger closed = new AtomicInteger();
+    private JournalVolume v;
+
+    @BeforeEach
+    void open() throws Exception {
+        store = JournalStore.open(dir.resolve("journals.db"));
+        ledger = ReleaseLedger.load(dir.resolve("releases.tsv"));
+        v = new JournalVolume(store.create("j1", 0, Durability.FLUSH), ledger, x -> closed.incrementAndGet());
+    }
+
+    @AfterEach
+    void close() throws Exception {
+        store.close();
+    }
+
+    private static Pointer bytes(byte[] b) {
+        Pointer p = Memory.allocateDirect(Runtime.getSystemRuntime(), b.length);
+        p.put(0, b, 0, b.length);
+        return p;
+    }
+
+    private static byte[] filled(int n, int value) {
+        byte[] b = new byte[n];
+        java.util.Arrays.fill(b, (byte) value);
+        return b;
+    }
+
+    private byte[] read(long offset, int n) throws FsException {
+        Pointer p = Memory.allocateDirect(Runtime.getSystemRuntime(), n);
+        int got = v.read(p, n, offset);
+        byte[] b = new byte[got];
+        p.get(0, b, 0, got);
+        return b;
+    }
+
+    @Test
+    void writesGrowTheDeviceAndReadBackAfterASync() throws Exception {
+        assertEquals(8 * BLOCK, v.write(bytes(filled(8 * BLOCK, 4)), 8 * BLOCK, BLOCK));
+        assertEquals(9 * BLOCK, v.size());
+        v.sync(true);
+        assertArrayEquals(new byte[BLOCK], read(0, BLOCK));
+        assertArrayEquals(filled(BLOCK, 4), read(8 * BLOCK, BLOCK));
+        assertEquals(10, read(9 * BLOCK - 10, BLOCK).length);
+
+        Pointer st = StructStat.allocate();
+        v.stat(st);
+        assertEquals(S_IFREG | 0600, st.getInt(StructStat.MODE));
+        assertEquals(new StructStat.Usage(9 * BLOCK, 8 * BLOCK), StructStat.usage(st), "size and the blocks held");
+        assertEquals("journals/j1", v.name());
+    }
+
+    @Test
+    void punchAndZeroFreeBlocksCountedUnderTheDevicesName() throws Exception {
+        v.write(bytes(filled(16 * BLOCK, 1)), 16 * BLOCK, 0);
+        v.punch(4 * BLOCK, 4 * BLOCK);
+        v.zero(12 * BLOCK, 2 * BLOCK, true);
+        assertArrayEquals(new byte[BLOCK], read(5 * BLOCK, BLOCK));
+        assertEquals(new ReleaseLedger.Count(6 * BLOCK, 2), ledger.of("journals/j1"));
+        assertEquals(16 * BLOCK, v.size());
+        assertEquals(List.of(new Extent(0, 4 * BLOCK, true), new Extent(4 * BLOCK, 4 * BLOCK, false),
+                new Extent(8 * BLOCK, 4 * BLOCK, true), new Extent(12 * BLOCK, 2 * BLOCK, false),
+                new Extent(14 * BLOCK, 2 * BLOCK, true)), v.extents(0, 1L << 40));
+    }
+
+    @Test
+    void zeroAndAllocateSetTheSizeUnlessToldToKeepIt() throws Exception {
+        v.allocate(0, 4 * BLOCK, true);
+        assertEquals(0, v.size());
+        v.allocate(0, 4 * BLOCK, false);
+        assertEquals(4 * BLOCK, v.size());
+        v.zero(0, 8 * BLOCK, false);
+        assertEquals(8 * BLOCK, v.size());
+        assertEquals(List.of(new Extent(0, 8 * BLOCK, false)), v.extents(0, 8 * BLOCK), "nothing held");
+        v.truncate(BLOCK);
+        assertEquals(BLOCK, v.size());
+        assertEquals(2, ledger.of("journals/j1").events(), "the zero and the shrink are counted");
+    }
+
+    @Test
+    void extentsOfAPartBlockAndOfALargeDeviceAnswerAFirstPart() throws Exception {
+        v.truncate(1L << 30);
+        v.write(bytes(filled(10, 1)), 10, 100 * BLOCK + 5);
+        List<Extent> e = v.extents(100 * BLOCK + 7, BLOCK);
+        assertEquals(List.of(new Extent(100 * BLOCK + 7, BLOCK - 7, true), new Extent(101 * BLOCK, 7, false)), e);
+        List<Extent> big = v.extents(0, 1L << 30);
+        Extent last = big.get(big.size() - 1);
+        assertTrue(last.end() < 1L << 30, "a GiB is answered in parts: " + last);
+        assertEquals(new Extent(0, 100 * BLOCK, false), big.get(0));
+    }
+
+    @Test
+    void badRangesAndASecondCloseAreRefused() throws Exception {
+        assertEquals(EINVAL, assertThrows(FsException.class, () -> v.punch(-BLOCK, BLOCK)).errno());
+        assertEquals(EFBIG, assertThrows(FsException.class, () -> v.zero(Long.MAX_VALUE, 2, true)).errno());
+        v.close();
+        assertEquals(1, closed.get());
+        assertEquals(EBADF, assertThrows(FsException.class, v::close).errno());
+    }
+}
