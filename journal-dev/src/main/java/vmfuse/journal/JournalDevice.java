@@ -163,14 +163,7 @@ public final class JournalDevice {
                 return 0;
             }
             int n = (int) Math.min(length, end - offset);
-            int done = 0;
-            while (done < n) {
-                long pos = offset + done;
-                int in = (int) (pos & (BLOCK - 1));
-                int k = Math.min(BLOCK - in, n - done);
-                copyOut(pos >>> SHIFT, in, dst, dstOffset + done, k);
-                done += k;
-            }
+            BlockWalk.each(offset, n, (block, in, done, k) -> copyOut(block, in, dst, dstOffset + done, k));
             return n;
         }
     }
@@ -327,12 +320,7 @@ public final class JournalDevice {
         change(() -> {
             reserve(notDirty(offset, length));
             log(RedoLog.WRITE, offset, 0, src, srcOffset, length);
-            int done = 0;
-            while (done < length) {
-                long pos = offset + done;
-                int in = (int) (pos & (BLOCK - 1));
-                int n = Math.min(BLOCK - in, length - done);
-                long block = pos >>> SHIFT;
+            BlockWalk.each(offset, length, (block, in, done, n) -> {
                 int slot;
                 if (n == BLOCK && !dirty.containsKey(block)) {
                     slot = takeReserved();
@@ -342,8 +330,7 @@ public final class JournalDevice {
                     slot = dirtySlot(block);
                 }
                 memory.put(slot, in, src, srcOffset + done, n);
-                done += n;
-            }
+            });
             if (offset + length > size) {
                 setSize(offset + length);
             }
@@ -375,35 +362,22 @@ public final class JournalDevice {
 
     /** Whole blocks become a zero range (their dirty copies dropped); partial ones are rewritten. Holding this. */
     private void zeroRange(long offset, long length) throws StoreException {
-        if (length == 0) {
-            return;
-        }
-        long end = offset + length;
-        long firstWhole = (offset + BLOCK - 1) >>> SHIFT;
-        long endWhole = end >>> SHIFT;
-        if (firstWhole > endWhole) { // inside one block
-            zeroPart(offset >>> SHIFT, (int) (offset & (BLOCK - 1)), (int) length);
-            return;
-        }
-        if ((offset & (BLOCK - 1)) != 0) {
-            int in = (int) (offset & (BLOCK - 1));
-            zeroPart(offset >>> SHIFT, in, BLOCK - in);
-        }
-        if (firstWhole < endWhole) {
-            Map<Long, Integer> gone = dirty.subMap(firstWhole, endWhole);
-            store.released(gone.size());
-            give(gone);
-            zeros.add(firstWhole, endWhole);
-        }
-        if ((end & (BLOCK - 1)) != 0) {
-            zeroPart(end >>> SHIFT, 0, (int) (end & (BLOCK - 1)));
-        }
-    }
+        BlockWalk.zero(offset, length, new BlockWalk.Zeroing() {
+            @Override
+            public void part(long block, int in, int n) throws StoreException {
+                if (!knownZero(block)) {
+                    memory.zero(dirtySlot(block), in, n);
+                }
+            }
 
-    private void zeroPart(long block, int in, int n) throws StoreException {
-        if (!knownZero(block)) {
-            memory.zero(dirtySlot(block), in, n);
-        }
+            @Override
+            public void whole(long from, long to) {
+                Map<Long, Integer> gone = dirty.subMap(from, to);
+                store.released(gone.size());
+                give(gone);
+                zeros.add(from, to);
+            }
+        });
     }
 
     /**

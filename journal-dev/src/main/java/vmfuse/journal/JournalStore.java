@@ -85,20 +85,12 @@ public final class JournalStore implements AutoCloseable {
      * for its whole drain.
      */
     private final Map<String, JournalDevice> devices = new ConcurrentSkipListMap<>();
-    /** Flushes, numbered in the order they asked (after their records were appended). */
-    private final AtomicLong tickets = new AtomicLong();
-    /** Guards the group commit state below; flushes wait on it. */
-    private final Object logSync = new Object();
-    private long synced; // every ticket up to this is on disk
-    private boolean syncing; // a flush is forcing the log for every ticket taken before it began
-    private long failedUpTo; // the tickets a failed fdatasync was for
-    private StoreException syncFailure;
     private final ReentrantReadWriteLock opLock = new ReentrantReadWriteLock();
     /** This store as its devices see it: what they ask of it, and nothing else (one way: see DeviceStore). */
     private final DeviceStore devicesView = new DeviceStore() {
         @Override
         public BlockMemory blockMemory() {
-            return JournalStore.this.blockMemory();
+            return budget.blockMemory();
         }
 
         @Override
@@ -118,12 +110,12 @@ public final class JournalStore implements AutoCloseable {
 
         @Override
         public void added(long n) {
-            JournalStore.this.added(n);
+            budget.added(n);
         }
 
         @Override
         public void released(long n) {
-            JournalStore.this.released(n);
+            budget.released(n);
         }
 
         @Override
@@ -133,10 +125,12 @@ public final class JournalStore implements AutoCloseable {
 
         @Override
         public void awaitLogSync() throws StoreException {
-            JournalStore.this.awaitLogSync();
+            commits.await();
         }
     };
     private RedoLog redo;
+    /** The flushes of FLUSH devices: one fdatasync of the redo log for all that wait. */
+    private GroupCommit commits;
     /** The generation in MapDB, committed or not (a checkpoint sets it, then commits). */
     private Atomic.Long generation;
     /**
@@ -153,34 +147,24 @@ public final class JournalStore implements AutoCloseable {
     static final long DISK_HEADROOM = 16L << 20;
     /** Default bound on the blocks held in memory (--journal-memory). */
     public static final long DEFAULT_MEMORY = 128L << 20;
-    private final long memoryLimit;
-    /** Blocks held in memory by every device (dirty and frozen). */
-    private final AtomicLong blocksInMemory = new AtomicLong();
-    /** Where those blocks are, off the heap. */
-    private final BlockMemory blockMemory = new BlockMemory();
+    /** The bound on the blocks held in memory, and the requests for checkpoints that free them. */
+    private final MemoryBudget budget;
     /** MiB of block memory a checkpoint that empties it keeps for the next writes. */
     static final int KEEP_CHUNKS = 8;
-    /** Writers waiting for memory wait on this; checkpoints notify it. */
-    private final Object memory = new Object();
     private final Thread checkpointer;
-    private boolean checkpointRequested; // guarded by memory
-    /** The last checkpoint's failure (null after a success), and when (System.nanoTime()). */
-    private volatile StoreException lastFailure;
-    private volatile long lastFailureAt;
     private volatile boolean closed;
     /** Something changed since the last checkpoint froze the devices (an idle store commits nothing). */
     private volatile boolean touched = true;
-    private final AtomicLong syncs = new AtomicLong();
     private final AtomicLong checkpoints = new AtomicLong();
 
     private JournalStore(Disk disk, Path file, AtomicVolume volume, DB db, HTreeMap<String, long[]> catalog,
-            long memoryLimit) {
+            MemoryBudget budget) {
         this.disk = disk;
         this.file = file;
         this.volume = volume;
         this.db = db;
         this.catalog = catalog;
-        this.memoryLimit = memoryLimit;
+        this.budget = budget;
         this.checkpointer = new Thread(this::checkpointLoop, "journal-checkpoint");
         this.checkpointer.setDaemon(true);
     }
@@ -209,9 +193,7 @@ public final class JournalStore implements AutoCloseable {
 
     /** As {@link #open(Path, long)}, every file written through {@code disk}. */
     public static JournalStore open(Disk disk, Path file, long memoryLimit) throws StoreException {
-        if (memoryLimit < 4L << 20) {
-            throw new StoreException(StoreException.EINVAL, "journal memory must be at least 4 MiB, not " + memoryLimit);
-        }
+        MemoryBudget budget = new MemoryBudget(memoryLimit);
         boolean exists;
         AtomicVolume volume;
         DB db;
@@ -249,7 +231,7 @@ public final class JournalStore implements AutoCloseable {
             Atomic.Long generation = db.atomicLong("vmfuse.generation").createOrOpen();
             volume.holdSyncs(false);
             db.commit();
-            JournalStore store = new JournalStore(disk, file, volume, db, catalog, memoryLimit);
+            JournalStore store = new JournalStore(disk, file, volume, db, catalog, budget);
             store.generation = generation;
             store.committedGeneration = generation.get();
             Map<Long, JournalDevice> byRoot = new java.util.HashMap<>();
@@ -268,6 +250,7 @@ public final class JournalStore implements AutoCloseable {
                     d.replay(type, a, b, data);
                 }
             }, replayed);
+            store.commits = new GroupCommit(store.redo, file);
             try {
                 store.checkpoint();
                 store.redo.shrink();
@@ -353,7 +336,7 @@ public final class JournalStore implements AutoCloseable {
         checkOpen();
         RadixBlockStore.checkRange(0, size);
         if (devices.containsKey(name)) {
-            throw new StoreException(17 /* EEXIST */, "journal device " + name + " exists");
+            throw new StoreException(StoreException.EEXIST, "journal device " + name + " exists");
         }
         RadixBlockStore blocks = RadixBlockStore.create(db.getStore());
         long now = System.currentTimeMillis();
@@ -406,7 +389,7 @@ public final class JournalStore implements AutoCloseable {
         checkOpen();
         JournalDevice d = devices.get(name);
         if (d == null) {
-            throw new StoreException(2 /* ENOENT */, "no journal device " + name);
+            throw new StoreException(StoreException.ENOENT, "no journal device " + name);
         }
         long blocks = d.blocksStored();
         opLock.writeLock().lock();
@@ -467,7 +450,7 @@ public final class JournalStore implements AutoCloseable {
         checkOpen();
         JournalDevice d = devices.get(from);
         if (d == null) {
-            throw new StoreException(2 /* ENOENT */, "no journal device " + from);
+            throw new StoreException(StoreException.ENOENT, "no journal device " + from);
         }
         if (from.equals(to)) {
             return;
@@ -524,36 +507,22 @@ public final class JournalStore implements AutoCloseable {
         touched = true;
     }
 
-    /** Blocks entered memory (a device's dirty copy). */
-    void added(long n) {
-        blocksInMemory.addAndGet(n);
-    }
-
-    /** Blocks left memory (written into MapDB, overwritten, zeroed, deleted). */
-    void released(long n) {
-        if (n != 0 && blocksInMemory.addAndGet(-n) * RadixBlockStore.BLOCK_SIZE < memoryLimit) {
-            synchronized (memory) {
-                memory.notifyAll();
-            }
-        }
-    }
-
     /** Bytes of blocks held in memory by every device. */
     public long memoryHeld() {
-        return blocksInMemory.get() * RadixBlockStore.BLOCK_SIZE;
+        return budget.held();
     }
 
     public long memoryLimit() {
-        return memoryLimit;
+        return budget.limit();
     }
 
     /** Bytes of off-heap memory allocated for blocks (held or free for the next writes). */
     public long memoryAllocated() {
-        return blockMemory.capacity();
+        return budget.blockMemory().capacity();
     }
 
     BlockMemory blockMemory() {
-        return blockMemory;
+        return budget.blockMemory();
     }
 
     /** Bytes the store takes on disk: the MapDB file, its write-ahead log, the redo log segments. */
@@ -574,49 +543,13 @@ public final class JournalStore implements AutoCloseable {
 
     /**
      * Called before a write: asks for a checkpoint when the log segment is full, and waits while
-     * the blocks in memory are at the bound, until a checkpoint frees them. ENOSPC (or the
-     * checkpoint's error) if a checkpoint tried after the wait began failed. The wait is a
-     * {@link Parking}: EIO at once if the caller's pool refuses it.
+     * the blocks in memory are at the bound (see {@link MemoryBudget#admit}).
      */
     void admit() throws StoreException {
         if (redo.position() > SEGMENT_LIMIT) {
-            requestCheckpoint();
+            budget.requestCheckpoint();
         }
-        if (memoryHeld() < memoryLimit) {
-            return;
-        }
-        long since = System.nanoTime();
-        long deadline = since + TimeUnit.SECONDS.toNanos(120);
-        requestCheckpoint();
-        Parking.parked(() -> {
-            awaitMemory(since, deadline);
-            return null;
-        }, () -> new StoreException(StoreException.EIO, "journal memory is full (" + (memoryLimit >> 20)
-                + " MiB), and too many requests already wait on it or on other subsystems"));
-    }
-
-    private void awaitMemory(long since, long deadline) throws StoreException {
-        synchronized (memory) {
-            while (memoryHeld() >= memoryLimit) {
-                checkOpen();
-                StoreException f = lastFailure;
-                if (f != null && lastFailureAt - since > 0) {
-                    throw new StoreException(f.errno(), "journal memory is full (" + (memoryLimit >> 20)
-                            + " MiB) and the checkpoint that frees it failed: " + f.getMessage(), f);
-                }
-                long left = deadline - System.nanoTime();
-                if (left <= 0) {
-                    throw new StoreException(StoreException.EIO, "journal memory is full (" + (memoryLimit >> 20)
-                            + " MiB) and no checkpoint freed any of it in 120 s");
-                }
-                try {
-                    memory.wait(Math.min(100, TimeUnit.NANOSECONDS.toMillis(left) + 1));
-                } catch (InterruptedException e) {
-                    Thread.currentThread().interrupt();
-                    throw new StoreException(StoreException.EIO, "interrupted waiting for journal memory");
-                }
-            }
-        }
+        budget.admit();
     }
 
     /** The error of a wait on this store that the caller's pool refused (see {@link Parking}). */
@@ -625,97 +558,13 @@ public final class JournalStore implements AutoCloseable {
                 + "wait on the journal store (" + file + ") or on other subsystems");
     }
 
-    /** Wakes the checkpoint thread. */
-    void requestCheckpoint() {
-        synchronized (memory) {
-            checkpointRequested = true;
-            memory.notifyAll();
-        }
-    }
-
     private void checkpointLoop() {
-        while (!closed) {
-            synchronized (memory) {
-                while (!checkpointRequested && !closed) {
-                    try {
-                        memory.wait();
-                    } catch (InterruptedException e) {
-                        return;
-                    }
-                }
-                checkpointRequested = false;
-            }
+        while (budget.awaitCheckpointRequest() && !closed) {
             try {
-                if (!closed) {
-                    checkpoint();
-                }
+                checkpoint();
             } catch (StoreException e) {
                 log.error("journal checkpoint failed file={}: {}", file, e.getMessage());
             }
-        }
-    }
-
-    /**
-     * Waits until everything logged so far is on disk. The caller forces the log itself if no
-     * fdatasync is running; else it waits, and the first of the waiters serves every flush that
-     * came before it began with one fdatasync. (A record appended before a rotation is in the
-     * segment the rotation forced; forcing the active segment covers the rest.)
-     */
-    void awaitLogSync() throws StoreException {
-        Parking.parked(() -> {
-            awaitLogSyncParked();
-            return null;
-        }, () -> busy("flush"));
-    }
-
-    private void awaitLogSyncParked() throws StoreException {
-        long ticket = tickets.incrementAndGet();
-        synchronized (logSync) {
-            while (true) {
-                checkOpen();
-                if (ticket <= failedUpTo) {
-                    throw new StoreException(StoreException.EIO, "sync of the redo log of " + file + " failed: "
-                            + syncFailure.getMessage(), syncFailure);
-                }
-                if (ticket <= synced) {
-                    return;
-                }
-                if (!syncing) {
-                    syncing = true;
-                    break;
-                }
-                try {
-                    logSync.wait();
-                } catch (InterruptedException e) {
-                    Thread.currentThread().interrupt();
-                    throw new StoreException(StoreException.EIO, "interrupted waiting for the redo log to sync");
-                }
-            }
-        }
-        long upTo = tickets.get(); // every flush up to here appended its records before this force
-        StoreException failure = null;
-        try {
-            redo.force();
-            syncs.incrementAndGet();
-        } catch (StoreException e) {
-            log.error("journal flush failed file={}: {}", file, e.getMessage());
-            failure = e;
-        } catch (RuntimeException e) { // never leave `syncing` set: every flush after would wait forever
-            log.error("journal flush failed file={}", file, e);
-            failure = new StoreException(StoreException.EIO, "sync of the redo log failed: " + e, e);
-        }
-        synchronized (logSync) {
-            syncing = false;
-            if (failure == null) {
-                synced = Math.max(synced, upTo);
-            } else {
-                failedUpTo = Math.max(failedUpTo, upTo);
-                syncFailure = failure;
-            }
-            logSync.notifyAll();
-        }
-        if (failure != null) {
-            throw failure;
         }
     }
 
@@ -764,9 +613,9 @@ public final class JournalStore implements AutoCloseable {
             db.commit();
             committedGeneration = committing;
             redo.shrinkInactive(); // the commit holds what the other segment logged
-            blockMemory.trim(KEEP_CHUNKS); // if no writer came meanwhile, memory is empty: give most of it back
+            budget.blockMemory().trim(KEEP_CHUNKS); // if no writer came meanwhile, memory is empty: give most of it back
             checkpoints.incrementAndGet();
-            lastFailure = null;
+            budget.checkpointSucceeded();
         } catch (StoreException e) {
             failed(e);
             throw e;
@@ -796,11 +645,7 @@ public final class JournalStore implements AutoCloseable {
 
     private void failed(StoreException e) {
         touched = true; // what it did not commit is still to commit, at the next timer or at close
-        lastFailureAt = System.nanoTime();
-        lastFailure = e;
-        synchronized (memory) {
-            memory.notifyAll();
-        }
+        budget.checkpointFailed(e);
     }
 
     /**
@@ -829,7 +674,7 @@ public final class JournalStore implements AutoCloseable {
 
     /** fdatasyncs of the redo log since the store was opened; each served every flush waiting. */
     public long syncs() {
-        return syncs.get();
+        return commits.syncs();
     }
 
     private void checkOpen() throws StoreException {
@@ -853,6 +698,8 @@ public final class JournalStore implements AutoCloseable {
                     + "what was written since their last checkpoint", e);
         } finally {
             closed = true;
+            budget.close();
+            commits.close(); // flushes waiting find the store closed
             checkpointer.interrupt();
             redo.close();
             try {
@@ -860,9 +707,6 @@ public final class JournalStore implements AutoCloseable {
             } catch (RuntimeException e) {
                 log.warn("journal store {}: closing MapDB: {}", file, e.getMessage());
                 volume.close();
-            }
-            synchronized (logSync) {
-                logSync.notifyAll(); // flushes waiting find the store closed
             }
         }
         log.info("journal store closed file={}", file);

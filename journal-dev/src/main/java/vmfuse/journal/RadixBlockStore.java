@@ -42,9 +42,9 @@ import org.mapdb.Store;
  * Thread-safe: reads share a lock, changes take it exclusively.
  */
 public final class RadixBlockStore {
-    public static final int BLOCK_SIZE = 4096;
+    public static final int BLOCK_SIZE = BlockWalk.BLOCK;
     /** Bytes addressable: offsets 0 .. 2^63 - 1. */
-    public static final long CAPACITY = Long.MAX_VALUE;
+    public static final long CAPACITY = BlockWalk.CAPACITY;
 
     static final int FANOUT = 512;
     static final int LEVELS = 6;
@@ -128,12 +128,7 @@ public final class RadixBlockStore {
     }
 
     static void checkRange(long offset, long length) throws StoreException {
-        if (offset < 0 || length < 0) {
-            throw new StoreException(StoreException.EINVAL, "bad range offset=" + offset + " length=" + length);
-        }
-        if (length > CAPACITY - offset) {
-            throw new StoreException(StoreException.EFBIG, "range past 2^63: offset=" + offset + " length=" + length);
-        }
+        BlockWalk.checkRange(offset, length);
     }
 
     private static int slot(long block, int level) {
@@ -159,20 +154,14 @@ public final class RadixBlockStore {
         checkRange(offset, length);
         lock.readLock().lock();
         try {
-            int done = 0;
-            while (done < length) {
-                long pos = offset + done;
-                long block = pos >>> BLOCK_SHIFT;
-                int in = (int) (pos & (BLOCK_SIZE - 1));
-                int n = Math.min(BLOCK_SIZE - in, length - done);
+            BlockWalk.each(offset, length, (block, in, done, n) -> {
                 long recid = find(block);
                 if (recid == 0) {
                     Arrays.fill(dst, dstOffset + done, dstOffset + done + n, (byte) 0);
                 } else {
                     System.arraycopy(data(recid, block), in, dst, dstOffset + done, n);
                 }
-                done += n;
-            }
+            });
         } finally {
             lock.readLock().unlock();
         }
@@ -198,12 +187,7 @@ public final class RadixBlockStore {
         checkRange(offset, length);
         lock.writeLock().lock();
         try {
-            int done = 0;
-            while (done < length) {
-                long pos = offset + done;
-                long block = pos >>> BLOCK_SHIFT;
-                int in = (int) (pos & (BLOCK_SIZE - 1));
-                int n = Math.min(BLOCK_SIZE - in, length - done);
+            BlockWalk.each(offset, length, (block, in, done, n) -> {
                 byte[] b;
                 if (n == BLOCK_SIZE) {
                     b = Arrays.copyOfRange(src, srcOffset + done, srcOffset + done + n);
@@ -213,8 +197,7 @@ public final class RadixBlockStore {
                     System.arraycopy(src, srcOffset + done, b, in, n);
                 }
                 store(block, b);
-                done += n;
-            }
+            });
         } finally {
             lock.writeLock().unlock();
         }
@@ -227,28 +210,19 @@ public final class RadixBlockStore {
      */
     public void zero(long offset, long length) throws StoreException {
         checkRange(offset, length);
-        if (length == 0) {
-            return;
-        }
         lock.writeLock().lock();
         try {
-            long end = offset + length; // <= 2^63 - 1
-            long firstWhole = (offset + BLOCK_SIZE - 1) >>> BLOCK_SHIFT;
-            long endWhole = end >>> BLOCK_SHIFT; // exclusive
-            if (firstWhole > endWhole) { // inside one block
-                zeroPart(offset >>> BLOCK_SHIFT, (int) (offset & (BLOCK_SIZE - 1)), (int) length);
-                return;
-            }
-            if ((offset & (BLOCK_SIZE - 1)) != 0) {
-                int in = (int) (offset & (BLOCK_SIZE - 1));
-                zeroPart(offset >>> BLOCK_SHIFT, in, BLOCK_SIZE - in);
-            }
-            if (firstWhole < endWhole) {
-                deleteRange(root, 0, 0, firstWhole, endWhole);
-            }
-            if ((end & (BLOCK_SIZE - 1)) != 0) {
-                zeroPart(end >>> BLOCK_SHIFT, 0, (int) (end & (BLOCK_SIZE - 1)));
-            }
+            BlockWalk.zero(offset, length, new BlockWalk.Zeroing() {
+                @Override
+                public void part(long block, int in, int n) throws StoreException {
+                    zeroPart(block, in, n);
+                }
+
+                @Override
+                public void whole(long from, long to) {
+                    deleteRange(root, 0, 0, from, to);
+                }
+            });
         } finally {
             lock.writeLock().unlock();
         }

@@ -2,12 +2,15 @@ package vmfuse.journal;
 
 /**
  * The one error type of the journal-dev module: a failure with the errno it maps to (EINVAL for
- * a bad range, EFBIG past 2^63, ENOSPC for a full store, EIO for a corrupt one). The fs module
+ * a bad range, EFBIG past 2^63, ENOSPC for a full store, EIO for a corrupt one, ENOENT and EEXIST
+ * for device names), its errno table. The fs module
  * returns {@code -errno()} to the kernel.
  */
 public final class StoreException extends Exception {
+    public static final int ENOENT = 2;
     public static final int EIO = 5;
     public static final int ENOMEM = 12;
+    public static final int EEXIST = 17;
     public static final int EINVAL = 22;
     public static final int EFBIG = 27;
     public static final int ENOSPC = 28;
