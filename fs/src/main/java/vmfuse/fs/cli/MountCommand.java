@@ -4,7 +4,6 @@ import java.io.File;
 import java.io.IOException;
 import java.io.RandomAccessFile;
 import java.nio.charset.StandardCharsets;
-import java.nio.file.Files;
 import java.nio.file.Path;
 import java.util.ArrayList;
 import java.util.List;
@@ -181,11 +180,7 @@ final class MountCommand implements Callable<Integer> {
     }
 
     private static boolean isLive(Store s, Path mnt, long pid) throws IOException {
-        if (!Files.exists(s.pidFile())) {
-            return false;
-        }
-        String content = Files.readString(s.pidFile(), StandardCharsets.UTF_8);
-        if (!content.startsWith(pid + "\t")) {
+        if (s.readPid().filter(d -> d.pid() == pid).isEmpty()) {
             return false;
         }
         Optional<MountTable.Entry> e = MountTable.at(mnt);

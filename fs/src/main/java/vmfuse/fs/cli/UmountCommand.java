@@ -79,14 +79,8 @@ final class UmountCommand implements Callable<Integer> {
 
     /** The daemon serving {@code mnt}, from the store's pid file, if it is still running. */
     static Optional<ProcessHandle> daemonOf(Store store, Path mnt) {
-        try {
-            String[] f = Files.readString(store.pidFile()).trim().split("\t", 2);
-            if (f.length == 2 && Path.of(f[1]).equals(mnt)) {
-                return ProcessHandle.of(Long.parseLong(f[0])).filter(ProcessHandle::isAlive);
-            }
-        } catch (java.io.IOException | RuntimeException e) {
-            // no pid file: the daemon is gone (a stale mount) or never got that far
-        }
-        return Optional.empty();
+        // no pid file: the daemon is gone (a stale mount) or never got that far
+        return store.readPid().filter(d -> mnt.equals(d.mountPoint()))
+                .flatMap(d -> ProcessHandle.of(d.pid())).filter(ProcessHandle::isAlive);
     }
 }

@@ -4,13 +4,11 @@ import java.io.IOException;
 import java.nio.channels.FileChannel;
 import java.nio.channels.FileLock;
 import java.nio.charset.StandardCharsets;
-import java.nio.file.FileStore;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.nio.file.StandardOpenOption;
 import java.util.ArrayList;
 import java.util.List;
-import java.util.Map;
 import java.util.concurrent.CompletableFuture;
 import java.util.concurrent.CountDownLatch;
 import java.util.concurrent.ExecutionException;
@@ -27,14 +25,9 @@ import vmfuse.fs.space.ReleaseLedger;
 import vmfuse.fs.TsvField;
 import vmfuse.fs.mount.VmFuseFs;
 import vmfuse.fs.nativeio.Native;
-import vmfuse.fs.Node;
-import vmfuse.journal.ByteSize;
 import vmfuse.journal.Durability;
-import vmfuse.journal.JournalDevice;
 import vmfuse.journal.JournalStore;
 import vmfuse.journal.StoreException;
-import vmfuse.reclaimer.AgentAccess;
-import vmfuse.reclaimer.VmReclaimer;
 import vmfuse.reclaimer.WriteTracker;
 import vmfuse.fs.mount.Fusermount;
 import vmfuse.fs.mount.MountPoints;
@@ -120,12 +113,8 @@ public final class Daemon {
     }
 
     private static String describeHolder(Store store) {
-        try {
-            String[] f = Files.readString(store.pidFile()).trim().split("\t", 2);
-            return "pid " + f[0] + (f.length > 1 ? ", mounted at " + f[1] : "");
-        } catch (IOException | RuntimeException e) {
-            return "pid unknown";
-        }
+        return store.readPid().map(d -> "pid " + d.pid() + (d.mountPoint() != null ? ", mounted at " + d.mountPoint() : ""))
+                .orElse("pid unknown");
     }
 
     private static void serve(Store store, Path mnt, Options o) throws FsException, IOException {
@@ -160,7 +149,7 @@ public final class Daemon {
             awaitMount(fs, loop, mnt);
 
             long pid = ProcessHandle.current().pid();
-            Files.writeString(store.pidFile(), pid + "\t" + mnt + "\n", StandardCharsets.UTF_8);
+            store.writePid(pid, mnt);
             CountDownLatch cleanedUp = new CountDownLatch(1);
             Runtime.getRuntime().addShutdownHook(new Thread(() -> onSignal(mnt, loop, cleanedUp), "vmfuse-shutdown"));
             // a timer each, so none waits on another: a qcow2 reclaim that takes minutes of QMP calls

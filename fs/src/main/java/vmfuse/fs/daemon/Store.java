@@ -7,6 +7,7 @@ import java.nio.file.Path;
 import java.security.MessageDigest;
 import java.security.NoSuchAlgorithmException;
 import java.util.HexFormat;
+import java.util.Optional;
 
 import vmfuse.durable.Disk;
 import vmfuse.durable.RealDisk;
@@ -53,6 +54,24 @@ public record Store(Path dir) {
 
     public Path pidFile() {
         return dir.resolve("vmfuse.pid");
+    }
+
+    /** What the pid file says: the daemon serving the store, and where its mount is. */
+    public record PidFile(long pid, Path mountPoint) {}
+
+    /** Writes the pid file (the daemon, once its mount is live): {@code PID<TAB>MOUNTPOINT}. */
+    public void writePid(long pid, Path mountPoint) throws IOException {
+        Files.writeString(pidFile(), pid + "\t" + mountPoint + "\n", StandardCharsets.UTF_8);
+    }
+
+    /** The pid file's daemon, or nothing if there is none (or it cannot be read). */
+    public Optional<PidFile> readPid() {
+        try {
+            String[] f = Files.readString(pidFile(), StandardCharsets.UTF_8).trim().split("\t", 2);
+            return Optional.of(new PidFile(Long.parseLong(f[0]), f.length > 1 ? Path.of(f[1]) : null));
+        } catch (IOException | RuntimeException e) {
+            return Optional.empty();
+        }
     }
 
     /** How the last daemon's unmount went (read by vmfuse umount once the daemon has exited). */

@@ -21,7 +21,6 @@ import vmfuse.fs.nativeio.StructStat;
 import vmfuse.fs.FsException;
 import vmfuse.fs.Node;
 import vmfuse.fs.space.ReleaseLedger;
-import vmfuse.fs.TsvField;
 import vmfuse.fs.mount.VmFuseFs;
 import vmfuse.fs.control.Answer;
 import vmfuse.fs.nativeio.LibC;

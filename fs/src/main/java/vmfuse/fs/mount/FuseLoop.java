@@ -1,5 +1,7 @@
 package vmfuse.fs.mount;
 
+import static vmfuse.fs.nativeio.Native.EINTR;
+
 import java.util.function.BooleanSupplier;
 
 import jnr.ffi.LibraryLoader;
@@ -25,7 +27,6 @@ import org.slf4j.LoggerFactory;
  */
 final class FuseLoop {
     private static final Logger log = LoggerFactory.getLogger(FuseLoop.class);
-    private static final int EINTR = 4;
     /** How long spares stay after the last time one was needed. */
     private static final java.time.Duration SPARE_LINGER = java.time.Duration.ofSeconds(2);
 
