@@ -26,9 +26,9 @@ final class ByteRanges {
         ranges.put(from, to);
     }
 
-    /** Removes [from, to) and returns the parts that were in the set, as {offset, length}. */
-    List<long[]> remove(long from, long to) {
-        List<long[]> gone = new ArrayList<>();
+    /** Removes [from, to) and returns the parts that were in the set. */
+    List<Range> remove(long from, long to) {
+        List<Range> gone = new ArrayList<>();
         if (from >= to) {
             return gone;
         }
@@ -42,7 +42,7 @@ final class ByteRanges {
             ranges.remove(s);
             long cs = Math.max(s, from);
             long ct = Math.min(t, to);
-            gone.add(new long[] {cs, ct - cs});
+            gone.add(Range.between(cs, ct));
             if (s < cs) {
                 ranges.put(s, cs);
             }
@@ -55,8 +55,8 @@ final class ByteRanges {
     }
 
     /** The parts of [from, to) in the set. */
-    List<long[]> intersect(long from, long to) {
-        List<long[]> out = new ArrayList<>();
+    List<Range> intersect(long from, long to) {
+        List<Range> out = new ArrayList<>();
         Map.Entry<Long, Long> e = ranges.floorEntry(from);
         if (e == null || e.getValue() <= from) {
             e = ranges.higherEntry(from);
@@ -65,7 +65,7 @@ final class ByteRanges {
             long cs = Math.max(e.getKey(), from);
             long ct = Math.min(e.getValue(), to);
             if (ct > cs) {
-                out.add(new long[] {cs, ct - cs});
+                out.add(Range.between(cs, ct));
             }
             e = ranges.higherEntry(e.getKey());
         }
@@ -89,18 +89,18 @@ final class ByteRanges {
         return n;
     }
 
-    /** The ranges in order, each {offset, length}. */
-    List<long[]> list() {
-        List<long[]> out = new ArrayList<>(ranges.size());
-        ranges.forEach((f, t) -> out.add(new long[] {f, t - f}));
+    /** The ranges in order. */
+    List<Range> list() {
+        List<Range> out = new ArrayList<>(ranges.size());
+        ranges.forEach((f, t) -> out.add(Range.between(f, t)));
         return out;
     }
 
-    /** A set of the given {offset, length} ranges. */
-    static ByteRanges of(List<long[]> list) {
+    /** A set of the given ranges. */
+    static ByteRanges of(List<Range> list) {
         ByteRanges r = new ByteRanges();
-        for (long[] x : list) {
-            r.add(x[0], x[0] + x[1]);
+        for (Range x : list) {
+            r.add(x.offset(), x.end());
         }
         return r;
     }

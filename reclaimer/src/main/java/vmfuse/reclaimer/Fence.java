@@ -15,10 +15,10 @@ public interface Fence {
     long token() throws IOException;
 
     /** The parts of {@code ranges} that may wait to be punched; stale-fence if the token is not live. */
-    List<long[]> admit(long token, List<long[]> ranges) throws ProtocolException;
+    List<Range> admit(long token, List<Range> ranges) throws ProtocolException;
 
     /** Ranges from the notice log at start, waiting again. */
-    void restore(long token, List<long[]> ranges);
+    void restore(long token, List<Range> ranges);
 
     /** Bytes waiting. */
     long pendingBytes();
@@ -31,7 +31,7 @@ public interface Fence {
      * Punches what is still safe of {@code ranges} (admitted with {@code token}); {@code done} runs
      * with what was punched and the bytes freed, before the VM's writes resume.
      */
-    void carryOut(long token, List<long[]> ranges, Done done) throws IOException;
+    void carryOut(long token, List<Range> ranges, Done done) throws IOException;
 
     /**
      * Told what a punch did, while writes are still held off: the ranges punched, the bytes of
@@ -39,6 +39,6 @@ public interface Fence {
      * at the punch).
      */
     interface Done {
-        void run(List<long[]> punched, long freed, Map<Skipped, Long> skipped) throws IOException;
+        void run(List<Range> punched, long freed, Map<Skipped, Long> skipped) throws IOException;
     }
 }

@@ -159,8 +159,8 @@ final class NbdClient implements AutoCloseable {
     }
 
     /** The parts of [offset, offset + length) the bitmap marks dirty, as {offset, length}. */
-    List<long[]> dirty(long offset, long length) throws IOException {
-        List<long[]> out = new ArrayList<>();
+    List<Range> dirty(long offset, long length) throws IOException {
+        List<Range> out = new ArrayList<>();
         long pos = offset;
         long end = offset + length;
         while (pos < end) {
@@ -193,7 +193,7 @@ final class NbdClient implements AutoCloseable {
                         long extent = in.readInt() & 0xffff_ffffL;
                         int f = in.readInt();
                         if (id == contextId && (f & 1) != 0) {
-                            out.add(new long[] {p, Math.min(extent, pos + n - p)});
+                            out.add(new Range(p, Math.min(extent, pos + n - p)));
                         }
                         p += extent;
                     }

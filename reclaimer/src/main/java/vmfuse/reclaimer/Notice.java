@@ -5,9 +5,9 @@ import java.util.List;
 
 /**
  * A deletion notice from a guest's agent: the disk ranges a deleted file held (PROTOCOL.md).
- * Ranges are {offset, length} in guest-disk bytes.
+ * Ranges are in guest-disk bytes.
  */
-public record Notice(long seq, long token, long fileSize, List<long[]> ranges) {
+public record Notice(long seq, long token, long fileSize, List<Range> ranges) {
     static final int MAX_RANGES = 256;
 
     /**
@@ -25,7 +25,7 @@ public record Notice(long seq, long token, long fileSize, List<long[]> ranges) {
         if (parts.length > MAX_RANGES) {
             throw new ProtocolException("malformed", parts.length + " ranges, at most " + MAX_RANGES);
         }
-        List<long[]> ranges = new ArrayList<>(parts.length);
+        List<Range> ranges = new ArrayList<>(parts.length);
         for (String p : parts) {
             int colon = p.indexOf(':');
             if (colon < 0) {
@@ -40,7 +40,7 @@ public record Notice(long seq, long token, long fileSize, List<long[]> ranges) {
                 throw new ProtocolException("out-of-range", "range " + off + ":" + len + " is outside the disk of "
                         + diskSize + " bytes");
             }
-            ranges.add(new long[] {off, len});
+            ranges.add(new Range(off, len));
         }
         return new Notice(seq, token, size, ranges);
     }
@@ -65,20 +65,20 @@ public record Notice(long seq, long token, long fileSize, List<long[]> ranges) {
     /** Sum of the ranges' lengths. */
     public long bytes() {
         long n = 0;
-        for (long[] r : ranges) {
-            n += r[1];
+        for (Range r : ranges) {
+            n += r.length();
         }
         return n;
     }
 
     /** The ranges as the protocol and the notice log write them. */
-    static String format(List<long[]> ranges) {
+    static String format(List<Range> ranges) {
         StringBuilder b = new StringBuilder();
-        for (long[] r : ranges) {
+        for (Range r : ranges) {
             if (b.length() > 0) {
                 b.append(',');
             }
-            b.append(r[0]).append(':').append(r[1]);
+            b.append(r.offset()).append(':').append(r.length());
         }
         return b.toString();
     }

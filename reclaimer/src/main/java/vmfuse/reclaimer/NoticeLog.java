@@ -123,8 +123,8 @@ final class NoticeLog implements AutoCloseable {
                     case "X" -> {
                         Pending p = pending.get(Notice.number(f[1], "seq"));
                         if (p != null) {
-                            for (long[] r : ranges(f[2]).list()) {
-                                p.ranges().remove(r[0], r[0] + r[1]);
+                            for (Range r : ranges(f[2]).list()) {
+                                p.ranges().remove(r.offset(), r.end());
                             }
                         }
                     }
@@ -228,7 +228,7 @@ final class NoticeLog implements AutoCloseable {
         return new ArrayList<>(pending.values());
     }
 
-    void accepted(Notice n, List<long[]> ranges) throws IOException {
+    void accepted(Notice n, List<Range> ranges) throws IOException {
         long before = lastSeq;
         lastSeq = Math.max(lastSeq, n.seq());
         if (!ranges.isEmpty()) {
@@ -245,11 +245,11 @@ final class NoticeLog implements AutoCloseable {
     }
 
     /** A write landed on pending ranges: cut them out of every notice that holds them. */
-    void cut(List<long[]> written) throws IOException {
+    void cut(List<Range> written) throws IOException {
         for (Pending p : pending.values()) {
-            List<long[]> gone = new ArrayList<>();
-            for (long[] w : written) {
-                gone.addAll(p.ranges().remove(w[0], w[0] + w[1]));
+            List<Range> gone = new ArrayList<>();
+            for (Range w : written) {
+                gone.addAll(p.ranges().remove(w.offset(), w.end()));
             }
             if (!gone.isEmpty()) {
                 append("X " + p.seq() + " " + Notice.format(gone));

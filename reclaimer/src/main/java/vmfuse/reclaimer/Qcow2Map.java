@@ -74,7 +74,6 @@ public final class Qcow2Map implements AutoCloseable {
     }
 
     /** A host byte range of the image file. */
-    public record Range(long offset, long length) {}
 
     /** What {@link #translate} found: host ranges to punch, and guest bytes skipped with the reason. */
     public record Translation(List<Range> punchable, Map<Skip, Long> skipped) {

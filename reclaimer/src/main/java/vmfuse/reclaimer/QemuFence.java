@@ -249,7 +249,7 @@ public final class QemuFence implements Fence {
     }
 
     @Override
-    public synchronized List<long[]> admit(long token, List<long[]> ranges) throws ProtocolException {
+    public synchronized List<Range> admit(long token, List<Range> ranges) throws ProtocolException {
         if (!live.containsKey(token)) {
             throw new ProtocolException("stale-fence", "fence token " + token + " is not a live token of this daemon");
         }
@@ -262,7 +262,7 @@ public final class QemuFence implements Fence {
     }
 
     @Override
-    public synchronized void restore(long token, List<long[]> ranges) {
+    public synchronized void restore(long token, List<Range> ranges) {
         live.putIfAbsent(token, System.nanoTime()); // checked against the bitmaps at carry-out
         pendingByToken.merge(token, ByteRanges.of(ranges).bytes(), Long::sum);
     }
@@ -273,13 +273,13 @@ public final class QemuFence implements Fence {
     }
 
     @Override
-    public void carryOut(long token, List<long[]> ranges, Done done) throws IOException {
+    public void carryOut(long token, List<Range> ranges, Done done) throws IOException {
         synchronized (qmp) {
             carryOutLocked(token, ranges, done);
         }
     }
 
-    private void carryOutLocked(long token, List<long[]> ranges, Done done) throws IOException {
+    private void carryOutLocked(long token, List<Range> ranges, Done done) throws IOException {
         Qmp q;
         try {
             q = Qmp.connect(qmpSocket);
@@ -298,14 +298,14 @@ public final class QemuFence implements Fence {
         }
     }
 
-    private void carryOutOnline(Qmp q, Drive dev, long token, List<long[]> ranges, Done done) throws IOException {
+    private void carryOutOnline(Qmp q, Drive dev, long token, List<Range> ranges, Done done) throws IOException {
         String bitmap = PREFIX + token;
         String why = untrusted(bitmap(dev.bitmaps(), bitmap, "QMP query-block dirty-bitmaps"), false);
         if (why != null) {
             drop(token, ranges, done, bitmap, why);
             return;
         }
-        List<long[]> clean;
+        List<Range> clean;
         long before = allocated.getAsLong();
         boolean running = Qmp.bool(q.execute("query-status", null), "running", "QMP query-status");
         if (running) {
@@ -328,15 +328,16 @@ public final class QemuFence implements Fence {
             } finally {
                 q.execute("nbd-server-stop", null);
             }
-            for (long[] r : clean) {
-                String out = q.hmp("qemu-io " + dev.device() + " \"discard " + r[0] + " " + r[1] + "\"").strip();
+            for (Range r : clean) {
+                String out = q.hmp("qemu-io " + dev.device() + " \"discard " + r.offset() + " " + r.length() + "\"").strip();
                 // QEMU 7.2's HMP qemu-io prints its report, success or "discard failed", on QEMU's own
                 // stdout and answers nothing (measured); only errors of the monitor command itself
                 // (no such device) come back. So: nothing, or qemu-io's report of the whole discard
                 // where a QEMU sends it to the monitor, else an error. What a discard really freed is
                 // measured apart (the backing file's allocation, `freed`).
-                if (!out.isEmpty() && !out.startsWith("discard " + r[1] + "/" + r[1] + " bytes at offset " + r[0])) {
-                    throw new IOException("QEMU discard of " + r[0] + "+" + r[1] + ": " + out);
+                if (!out.isEmpty()
+                        && !out.startsWith("discard " + r.length() + "/" + r.length() + " bytes at offset " + r.offset())) {
+                    throw new IOException("QEMU discard of " + r.offset() + "+" + r.length() + ": " + out);
                 }
             }
             done.run(clean, Math.max(0, before - allocated.getAsLong()), Map.of(
@@ -361,7 +362,7 @@ public final class QemuFence implements Fence {
         }
     }
 
-    private void carryOutOffline(long token, List<long[]> ranges, Done done, String why) throws IOException {
+    private void carryOutOffline(long token, List<Range> ranges, Done done, String why) throws IOException {
         String bitmap = PREFIX + token;
         boolean held = hold.whileClosed(() -> {
             log.info("reclaim image={} offline ({}): the image is held closed", imageFile, why);
@@ -373,13 +374,13 @@ public final class QemuFence implements Fence {
                 drop(token, ranges, done, bitmap, untrusted);
                 return;
             }
-            List<long[]> clean = cleanOffline(bitmap, ranges);
-            List<long[]> punch = new ArrayList<>();
+            List<Range> clean = cleanOffline(bitmap, ranges);
+            List<Range> punch = new ArrayList<>();
             Map<Qcow2Map.Skip, Long> skipped = new EnumMap<>(Qcow2Map.Skip.class);
             try (Qcow2Map map = Qcow2Map.open(backingFile)) {
-                for (long[] r : clean) {
-                    Qcow2Map.Translation t = map.translate(r[0], r[1]);
-                    t.punchable().forEach(h -> punch.add(new long[] {h.offset(), h.length()}));
+                for (Range r : clean) {
+                    Qcow2Map.Translation t = map.translate(r.offset(), r.length());
+                    punch.addAll(t.punchable());
                     t.skipped().forEach((k, v) -> skipped.merge(k, v, Long::sum));
                 }
             } catch (Qcow2Exception e) {
@@ -387,8 +388,8 @@ public final class QemuFence implements Fence {
                 return;
             }
             long freed = 0;
-            for (long[] h : punch) {
-                freed += puncher.punch(h[0], h[1]);
+            for (Range h : punch) {
+                freed += puncher.punch(h.offset(), h.length());
             }
             log.info("reclaim image={} offline: {} bytes of data clusters punched, not punched {}", imageFile,
                     ByteRanges.of(punch).bytes(), skipped);
@@ -408,7 +409,7 @@ public final class QemuFence implements Fence {
     }
 
     /** Asks the qemu-nbd of the image file (read-only, with the bitmap) which parts of {@code ranges} it marks written. */
-    private List<long[]> cleanOffline(String bitmap, List<long[]> ranges) throws IOException {
+    private List<Range> cleanOffline(String bitmap, List<Range> ranges) throws IOException {
         Files.deleteIfExists(nbdSocket);
         Path out = nbdSocket.resolveSibling(nbdSocket.getFileName() + ".log");
         Process nbd = Tool.start(out, "qemu-nbd", "--read-only", "--format=qcow2", "--socket=" + nbdSocket,
@@ -444,12 +445,12 @@ public final class QemuFence implements Fence {
     }
 
     /** The parts of {@code ranges} the export's bitmap does not mark written. */
-    private static List<long[]> clean(NbdClient c, List<long[]> ranges) throws IOException {
-        List<long[]> clean = new ArrayList<>();
-        for (long[] r : ranges) {
+    private static List<Range> clean(NbdClient c, List<Range> ranges) throws IOException {
+        List<Range> clean = new ArrayList<>();
+        for (Range r : ranges) {
             ByteRanges left = ByteRanges.of(List.of(r));
-            for (long[] d : c.dirty(r[0], r[1])) {
-                left.remove(d[0], d[0] + d[1]);
+            for (Range d : c.dirty(r.offset(), r.length())) {
+                left.remove(d.offset(), d.end());
             }
             clean.addAll(left.list());
         }
@@ -520,19 +521,19 @@ public final class QemuFence implements Fence {
     }
 
     /** Drops a notice whose fence cannot be trusted: nothing punched, the notice done. */
-    private void drop(long token, List<long[]> ranges, Done done, String bitmap, String why) throws IOException {
+    private void drop(long token, List<Range> ranges, Done done, String bitmap, String why) throws IOException {
         log.warn("reclaim image={} bitmap {}: {}; the notice is dropped, nothing punched", imageFile, bitmap, why);
         done.run(List.of(), 0, Map.of(Skipped.FENCE_LOST, ByteRanges.of(ranges).bytes()));
         forget(token, ranges);
     }
 
     /** Whether bytes of {@code token} wait beyond {@code ranges} (notices that came during their carry-out). */
-    private synchronized boolean stillWaits(long token, List<long[]> ranges) {
+    private synchronized boolean stillWaits(long token, List<Range> ranges) {
         return pendingByToken.getOrDefault(token, 0L) > ByteRanges.of(ranges).bytes();
     }
 
     /** The ranges leave the token's pending bytes; true if nothing waits on it any more (its bitmap may go). */
-    private synchronized boolean forget(long token, List<long[]> ranges) {
+    private synchronized boolean forget(long token, List<Range> ranges) {
         long left = pendingByToken.getOrDefault(token, 0L) - ByteRanges.of(ranges).bytes();
         if (left > 0) {
             pendingByToken.put(token, left);

@@ -25,12 +25,12 @@ public final class RawFence implements Fence {
     }
 
     @Override
-    public List<long[]> admit(long token, List<long[]> ranges) throws ProtocolException {
+    public List<Range> admit(long token, List<Range> ranges) throws ProtocolException {
         return tracker.admit(token, ranges);
     }
 
     @Override
-    public void restore(long token, List<long[]> ranges) {
+    public void restore(long token, List<Range> ranges) {
         tracker.restore(ranges);
     }
 
@@ -40,11 +40,11 @@ public final class RawFence implements Fence {
     }
 
     @Override
-    public void carryOut(long token, List<long[]> ranges, Done done) throws IOException {
+    public void carryOut(long token, List<Range> ranges, Done done) throws IOException {
         tracker.punch(ranges, still -> {
             long freed = 0;
-            for (long[] r : still) {
-                freed += puncher.punch(r[0], r[1]);
+            for (Range r : still) {
+                freed += puncher.punch(r.offset(), r.length());
             }
             done.run(still, freed, Map.of()); // what writes cut is counted as they land (VmReclaimer.written)
         });

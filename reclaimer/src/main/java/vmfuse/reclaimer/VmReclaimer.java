@@ -152,19 +152,19 @@ public final class VmReclaimer implements AgentSession.Host, WriteTracker.Listen
             if (n.seq() <= notices.lastSeq()) {
                 return "ACK " + n.seq(); // a resend: already in the log
             }
-            List<long[]> blocks = new ArrayList<>();
+            List<Range> blocks = new ArrayList<>();
             long inward = 0;
-            for (long[] r : n.ranges()) {
-                long from = (r[0] + BLOCK - 1) / BLOCK * BLOCK;
-                long to = (r[0] + r[1]) / BLOCK * BLOCK;
+            for (Range r : n.ranges()) {
+                long from = (r.offset() + BLOCK - 1) / BLOCK * BLOCK;
+                long to = r.end() / BLOCK * BLOCK;
                 if (to > from) {
-                    blocks.add(new long[] {from, to - from});
-                    inward += r[1] - (to - from);
+                    blocks.add(Range.between(from, to));
+                    inward += r.length() - (to - from);
                 } else {
-                    inward += r[1];
+                    inward += r.length();
                 }
             }
-            List<long[]> safe = fence.admit(n.token(), blocks); // stale fence: refused, nothing logged
+            List<Range> safe = fence.admit(n.token(), blocks); // stale fence: refused, nothing logged
             long kept = ByteRanges.of(safe).bytes();
             long requested = ByteRanges.of(blocks).bytes();
             notices.accepted(n, safe);
@@ -243,15 +243,15 @@ public final class VmReclaimer implements AgentSession.Host, WriteTracker.Listen
             todo = notices.pending();
         }
         for (NoticeLog.Pending p : todo) {
-            List<long[]> ranges;
+            List<Range> ranges;
             synchronized (this) {
                 ranges = p.ranges().list();
             }
             try {
                 fence.carryOut(p.token(), ranges, (still, f, notPunched) -> {
                     long n = 0;
-                    for (long[] r : still) {
-                        n += r[1];
+                    for (Range r : still) {
+                        n += r.length();
                     }
                     synchronized (this) {
                         notices.done(p.seq()); // before writes resume: a re-punch after a crash finds nothing new
@@ -274,7 +274,7 @@ public final class VmReclaimer implements AgentSession.Host, WriteTracker.Listen
 
     /** A write landed on ranges waiting in the log: they leave it (durably) before the write goes on. */
     @Override
-    public synchronized void written(List<long[]> cut) throws IOException {
+    public synchronized void written(List<Range> cut) throws IOException {
         notices.cut(cut);
         add(Skipped.WRITTEN_WHILE_PENDING, ByteRanges.of(cut).bytes());
     }

@@ -54,12 +54,12 @@ public final class WriteTracker {
 
     /** Told, before the write that caused it goes on, that pending ranges were written. */
     public interface Listener {
-        void written(List<long[]> cut) throws IOException;
+        void written(List<Range> cut) throws IOException;
     }
 
     /** The punch itself, given the ranges still pending. */
     public interface Punch {
-        void run(List<long[]> ranges) throws IOException;
+        void run(List<Range> ranges) throws IOException;
     }
 
     private final ReentrantReadWriteLock gate = new ReentrantReadWriteLock();
@@ -68,8 +68,11 @@ public final class WriteTracker {
     // guarded by this
     private long count;
     private final TreeMap<Long, Long> tokens = new TreeMap<>(); // token -> issued (nanoTime)
-    /** Ranges written since the oldest live token: from -> {to, count of the last write there}; disjoint. */
-    private final TreeMap<Long, long[]> written = new TreeMap<>();
+    /** Where a range written since the oldest live token ends, and the count of the last write there. */
+    private record Written(long to, long count) {}
+
+    /** Ranges written since the oldest live token, by where they begin; disjoint. */
+    private final TreeMap<Long, Written> written = new TreeMap<>();
     private final long validFrom;
     private final ByteRanges pending = new ByteRanges();
     private final Limits limits;
@@ -108,31 +111,31 @@ public final class WriteTracker {
      * The parts of {@code ranges} not written since {@code token}; they become pending. Stale if
      * the token was not given by this tracker, expired, or the writes since it were not all kept.
      */
-    public synchronized List<long[]> admit(long token, List<long[]> ranges) throws ProtocolException {
+    public synchronized List<Range> admit(long token, List<Range> ranges) throws ProtocolException {
         prune(System.nanoTime());
         if (token < validFrom || token > count || !tokens.containsKey(token)) {
             throw new ProtocolException("stale-fence", "fence token " + token + " is not a live token of this daemon");
         }
         ByteRanges r = ByteRanges.of(ranges);
-        for (Map.Entry<Long, long[]> w : written.entrySet()) {
-            if (w.getValue()[1] > token) {
-                r.remove(w.getKey(), w.getValue()[0]);
+        for (Map.Entry<Long, Written> w : written.entrySet()) {
+            if (w.getValue().count() > token) {
+                r.remove(w.getKey(), w.getValue().to());
             }
         }
         if (pending.count() + r.count() > limits.pendingRanges()) {
             throw new ProtocolException("busy", "this VM has " + pending.count() + " ranges waiting, at most "
                     + limits.pendingRanges() + " (vmfuse mount --reclaim-max-ranges): send it again once they went");
         }
-        for (long[] x : r.list()) {
-            pending.add(x[0], x[0] + x[1]);
+        for (Range x : r.list()) {
+            pending.add(x.offset(), x.end());
         }
         return r.list();
     }
 
     /** Ranges from the notice log at start: pending again (writes that cut them were logged before they ran). */
-    public synchronized void restore(List<long[]> ranges) {
-        for (long[] x : ranges) {
-            pending.add(x[0], x[0] + x[1]);
+    public synchronized void restore(List<Range> ranges) {
+        for (Range x : ranges) {
+            pending.add(x.offset(), x.end());
         }
     }
 
@@ -148,26 +151,26 @@ public final class WriteTracker {
             }
         }
         long oldest = tokens.isEmpty() ? Long.MAX_VALUE : tokens.firstKey();
-        written.values().removeIf(w -> w[1] <= oldest); // no live token is older than these writes
+        written.values().removeIf(w -> w.count() <= oldest); // no live token is older than these writes
     }
 
     /** Keeps that [from, to) was last written by write {@code at}, within the bound. Holding this. */
     private void wrote(long from, long to, long at) {
-        Map.Entry<Long, long[]> e = written.floorEntry(from);
-        if (e != null && e.getKey() < from && e.getValue()[0] > from) { // one overlapping the start: keep its head
-            long[] old = e.getValue();
-            written.put(e.getKey(), new long[] {from, old[1]});
-            if (old[0] > to) {
-                written.put(to, new long[] {old[0], old[1]}); // and its tail
+        Map.Entry<Long, Written> e = written.floorEntry(from);
+        if (e != null && e.getKey() < from && e.getValue().to() > from) { // one overlapping the start: keep its head
+            Written old = e.getValue();
+            written.put(e.getKey(), new Written(from, old.count()));
+            if (old.to() > to) {
+                written.put(to, old); // and its tail
             }
         }
         while ((e = written.ceilingEntry(from)) != null && e.getKey() < to) {
             written.remove(e.getKey());
-            if (e.getValue()[0] > to) {
+            if (e.getValue().to() > to) {
                 written.put(to, e.getValue()); // the tail past this write
             }
         }
-        written.put(from, new long[] {to, at});
+        written.put(from, new Written(to, at));
         if (written.size() > limits.writtenRanges()) {
             coarsen();
         }
@@ -179,13 +182,14 @@ public final class WriteTracker {
      * too: admits take out more, never less.
      */
     private void coarsen() {
-        TreeMap<Long, long[]> merged = new TreeMap<>();
-        Map.Entry<Long, long[]> first = null;
-        for (Map.Entry<Long, long[]> e : written.entrySet()) {
+        TreeMap<Long, Written> merged = new TreeMap<>();
+        Map.Entry<Long, Written> first = null;
+        for (Map.Entry<Long, Written> e : written.entrySet()) {
             if (first == null) {
                 first = e;
             } else {
-                merged.put(first.getKey(), new long[] {e.getValue()[0], Math.max(first.getValue()[1], e.getValue()[1])});
+                merged.put(first.getKey(), new Written(e.getValue().to(), Math.max(first.getValue().count(),
+                        e.getValue().count())));
                 first = null;
             }
         }
@@ -213,7 +217,7 @@ public final class WriteTracker {
      */
     public void beginWrite(long offset, long length) throws IOException {
         gate.readLock().lock();
-        List<long[]> cut;
+        List<Range> cut;
         synchronized (this) {
             count++;
             if (!tokens.isEmpty() && length > 0) {
@@ -239,21 +243,21 @@ public final class WriteTracker {
      * Runs {@code punch} on the parts of {@code ranges} still pending, with writes to the image
      * held off until it returns; they stop being pending. Returns the ranges given to it.
      */
-    public List<long[]> punch(List<long[]> ranges, Punch punch) throws IOException {
+    public List<Range> punch(List<Range> ranges, Punch punch) throws IOException {
         gate.writeLock().lock();
         try {
             ByteRanges todo = new ByteRanges();
             synchronized (this) {
-                for (long[] r : ranges) {
-                    for (long[] x : pending.intersect(r[0], r[0] + r[1])) {
-                        todo.add(x[0], x[0] + x[1]);
+                for (Range r : ranges) {
+                    for (Range x : pending.intersect(r.offset(), r.end())) {
+                        todo.add(x.offset(), x.end());
                     }
                 }
-                for (long[] x : todo.list()) {
-                    pending.remove(x[0], x[0] + x[1]);
+                for (Range x : todo.list()) {
+                    pending.remove(x.offset(), x.end());
                 }
             }
-            List<long[]> list = todo.list();
+            List<Range> list = todo.list();
             try {
                 punch.run(list);
             } catch (IOException | RuntimeException e) {

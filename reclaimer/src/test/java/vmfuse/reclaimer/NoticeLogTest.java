@@ -33,7 +33,7 @@ class NoticeLogTest {
     Path dir;
 
     private static Notice notice(long seq, long offset) {
-        return new Notice(seq, 1, MiB, List.of(new long[] {offset, 65536}));
+        return new Notice(seq, 1, MiB, List.of(new Range(offset, 65536)));
     }
 
     private Path file() throws IOException {
@@ -231,9 +231,9 @@ class NoticeLogTest {
             disk.powerCutAt(point);
         }
         Random r = new Random(seed);
-        Map<Long, long[]> acked = new HashMap<>(); // seq -> its range, for notices acknowledged and not done
+        Map<Long, Range> acked = new HashMap<>(); // seq -> its range, for notices acknowledged and not done
         Set<Long> maybe = new HashSet<>(); // done, or accepted, where the call failed: either way
-        Map<Long, List<long[]>> cutOut = new HashMap<>(); // ranges a cut that returned took out, by seq
+        Map<Long, List<Range>> cutOut = new HashMap<>(); // ranges a cut that returned took out, by seq
         NoticeLog l = null;
         long seq = 0;
         try {
@@ -253,11 +253,11 @@ class NoticeLogTest {
                         maybe.remove(seq);
                         acked.put(seq, n.ranges().get(0));
                     } else if (p < 7 && !acked.isEmpty()) {
-                        long[] range = acked.values().stream().skip(r.nextInt(acked.size())).findFirst().orElseThrow();
-                        long[] w = {range[0] + 4096 * r.nextInt(8), 4096};
+                        Range range = acked.values().stream().skip(r.nextInt(acked.size())).findFirst().orElseThrow();
+                        Range w = new Range(range.offset() + 4096 * r.nextInt(8), 4096);
                         l.cut(List.of(w));
-                        for (Map.Entry<Long, long[]> e : acked.entrySet()) {
-                            if (w[0] >= e.getValue()[0] && w[0] < e.getValue()[0] + e.getValue()[1]) {
+                        for (Map.Entry<Long, Range> e : acked.entrySet()) {
+                            if (w.offset() >= e.getValue().offset() && w.offset() < e.getValue().end()) {
                                 cutOut.computeIfAbsent(e.getKey(), k -> new ArrayList<>()).add(w);
                             }
                         }
@@ -294,16 +294,16 @@ class NoticeLogTest {
         try (NoticeLog back = NoticeLog.open(after, file)) {
             Map<Long, NoticeLog.Pending> found = new HashMap<>();
             back.pending().forEach(pn -> found.put(pn.seq(), pn));
-            for (Map.Entry<Long, long[]> e : acked.entrySet()) {
+            for (Map.Entry<Long, Range> e : acked.entrySet()) {
                 if (!found.containsKey(e.getKey()) && !maybe.contains(e.getKey())
                         && !cutWhole(e.getValue(), cutOut.get(e.getKey()))) {
                     losses.add(label + ": acknowledged notice " + e.getKey() + " is lost");
                 }
             }
             for (NoticeLog.Pending pn : found.values()) {
-                for (long[] w : cutOut.getOrDefault(pn.seq(), List.of())) {
-                    if (!pn.ranges().remove(w[0], w[0] + w[1]).isEmpty()) {
-                        losses.add(label + ": notice " + pn.seq() + " holds [" + w[0] + "+" + w[1]
+                for (Range w : cutOut.getOrDefault(pn.seq(), List.of())) {
+                    if (!pn.ranges().remove(w.offset(), w.end()).isEmpty()) {
+                        losses.add(label + ": notice " + pn.seq() + " holds [" + w.offset() + "+" + w.length()
                                 + "] again, which a write cut out");
                     }
                 }
@@ -315,12 +315,12 @@ class NoticeLogTest {
     }
 
     /** Whether the cuts took out all of a notice's range (it then leaves the log). */
-    private static boolean cutWhole(long[] range, List<long[]> cuts) {
+    private static boolean cutWhole(Range range, List<Range> cuts) {
         if (cuts == null) {
             return false;
         }
         ByteRanges left = ByteRanges.of(List.of(range));
-        cuts.forEach(w -> left.remove(w[0], w[0] + w[1]));
+        cuts.forEach(w -> left.remove(w.offset(), w.end()));
         return left.bytes() == 0;
     }
 }

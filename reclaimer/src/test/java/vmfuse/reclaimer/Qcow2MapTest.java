@@ -75,7 +75,7 @@ class Qcow2MapTest {
                     data += e.length();
                     long fileSize = Files.size(img);
                     long expect = Math.min(e.length(), fileSize - e.offset());
-                    assertEquals(List.of(new Qcow2Map.Range(e.offset(), expect)), t.punchable(), e.toString());
+                    assertEquals(List.of(new Range(e.offset(), expect)), t.punchable(), e.toString());
                 } else {
                     assertEquals(List.of(), t.punchable(), e.toString());
                     assertEquals(Map.of(Qcow2Map.Skip.UNALLOCATED, e.length()), t.skipped(), e.toString());
@@ -151,8 +151,9 @@ class Qcow2MapTest {
 
         long punched = 0;
         try (Qcow2Map map = Qcow2Map.open(img)) {
-            for (long[] deleted : new long[][] {{0, 8 * M}, {8 * M, 8 * M}, {16 * M + 4 * K, 8 * M - 4 * K}}) {
-                for (Qcow2Map.Range r : map.translate(deleted[0], deleted[1]).punchable()) {
+            for (Range deleted : List.of(new Range(0, 8 * M), new Range(8 * M, 8 * M),
+                    new Range(16 * M + 4 * K, 8 * M - 4 * K))) {
+                for (Range r : map.translate(deleted.offset(), deleted.length()).punchable()) {
                     ok("fallocate", "-p", "-o", String.valueOf(r.offset()), "-l", String.valueOf(r.length()),
                             img.toString());
                     punched += r.length();

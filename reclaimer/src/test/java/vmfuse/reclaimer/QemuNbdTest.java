@@ -110,23 +110,23 @@ class QemuNbdTest {
         try {
             token = fence.token();
             hmp(qmpSock, "write -P 0x33 4M 1M"); // the guest reuses 1 MiB of what it deleted, after the token
-            fence.admit(token, List.of(new long[] {0, 17 * M}));
+            fence.admit(token, List.of(new Range(0, 17 * M)));
             quit(qemu, qmpSock);
         } finally {
             qemu.destroyForcibly();
         }
         assertTrue(ok("qemu-img", "info", img.toString()).contains("vmfuse-fence-" + token), "QEMU stored the bitmap");
         long before = Tools.allocated(img);
-        List<long[]> punched = new ArrayList<>();
+        List<Range> punched = new ArrayList<>();
         Map<Skipped, Long> notPunched = new EnumMap<>(Skipped.class);
-        fence.carryOut(token, List.of(new long[] {0, 17 * M}), (done, freed, skipped) -> {
+        fence.carryOut(token, List.of(new Range(0, 17 * M)), (done, freed, skipped) -> {
             punched.addAll(done);
             notPunched.putAll(skipped);
         });
         assertEquals(1, held.get(), "the image was held closed");
         assertEquals(Map.of(Skipped.WRITTEN_AFTER_FENCE, 1 * M, Skipped.NOT_OWNED, 5 * M),
                 notPunched);
-        assertEquals(11 * M, punched.stream().mapToLong(r -> r[1]).sum(), "0..4M and 5..12M: the rest is the guest's "
+        assertEquals(11 * M, punched.stream().mapToLong(r -> r.length()).sum(), "0..4M and 5..12M: the rest is the guest's "
                 + "since the token (4..5M), the snapshot's (12..16M) or compressed (16..17M)");
         assertEquals(0, fence.pendingBytes());
         Tools.Result check = Tools.run("qemu-img", "check", img.toString());
@@ -154,14 +154,14 @@ class QemuNbdTest {
         try {
             token = fence.token();
             hmp(qmpSock, "write -P 0x33 1M 1M");
-            fence.admit(token, List.of(new long[] {0, 8 * M}));
+            fence.admit(token, List.of(new Range(0, 8 * M)));
         } finally {
             qemu.destroyForcibly(); // kill -9
             qemu.waitFor(30, TimeUnit.SECONDS);
         }
-        List<long[]> punched = new ArrayList<>();
+        List<Range> punched = new ArrayList<>();
         Map<Skipped, Long> notPunched = new EnumMap<>(Skipped.class);
-        fence.carryOut(token, List.of(new long[] {0, 8 * M}), (done, freed, skipped) -> {
+        fence.carryOut(token, List.of(new Range(0, 8 * M)), (done, freed, skipped) -> {
             punched.addAll(done);
             notPunched.putAll(skipped);
         });
@@ -181,13 +181,13 @@ class QemuNbdTest {
         long token;
         try {
             token = fence.token();
-            fence.admit(token, List.of(new long[] {0, 8 * M}));
+            fence.admit(token, List.of(new Range(0, 8 * M)));
             quit(qemu, qmpSock);
         } finally {
             qemu.destroyForcibly();
         }
         IOException e = assertThrows(IOException.class,
-                () -> fence.carryOut(token, List.of(new long[] {0, 8 * M}), (done, freed, skipped) -> {
+                () -> fence.carryOut(token, List.of(new Range(0, 8 * M)), (done, freed, skipped) -> {
                     throw new AssertionError("nothing may be punched");
                 }));
         assertTrue(e.getMessage().contains("has the image open"), e.getMessage());
@@ -308,14 +308,14 @@ class QemuNbdTest {
             });
             long token = fence.token();
             hmp(qmpSock, "write -P 0x33 4M 1M"); // the guest reuses 1 MiB of what it deleted, after the token
-            List<long[]> admitted = fence.admit(token, List.of(new long[] {0, 16 * M}));
+            List<Range> admitted = fence.admit(token, List.of(new Range(0, 16 * M)));
             assertEquals(16 * M, fence.pendingBytes());
-            List<long[]> punched = new ArrayList<>();
+            List<Range> punched = new ArrayList<>();
             fence.carryOut(token, admitted, (done, freed, skipped) -> punched.addAll(done));
-            assertEquals(15 * M, punched.stream().mapToLong(r -> r[1]).sum());
+            assertEquals(15 * M, punched.stream().mapToLong(r -> r.length()).sum());
             assertEquals(0, fence.pendingBytes());
             assertEquals("stale-fence", assertThrows(ProtocolException.class,
-                    () -> fence.admit(token + 99, List.of(new long[] {0, 4096}))).reason());
+                    () -> fence.admit(token + 99, List.of(new Range(0, 4096)))).reason());
             try (Qmp q = Qmp.connect(qmpSock)) {
                 assertTrue(!q.execute("query-block", null).toString().contains("vmfuse-fence-"),
                         "the token's bitmap is removed");
@@ -348,10 +348,10 @@ class QemuNbdTest {
                 q.execute("block-export-add", Qmp.args("type", "nbd", "id", "e1", "node-name", node, "name", "d0",
                         "writable", false, "bitmaps", Qmp.array("t1")));
                 try (NbdClient c = NbdClient.connect(nbdSock, "d0", "t1")) {
-                    List<long[]> dirty = c.dirty(0, 8 * M);
+                    List<Range> dirty = c.dirty(0, 8 * M);
                     assertEquals(1, dirty.size());
-                    assertEquals(1 * M, dirty.get(0)[0]);
-                    assertEquals(64 * K, dirty.get(0)[1]);
+                    assertEquals(1 * M, dirty.get(0).offset());
+                    assertEquals(64 * K, dirty.get(0).length());
                 }
                 String out = q.hmp("qemu-io d0 \"discard 4M 4M\"");
                 assertTrue(out.isEmpty() || out.startsWith("discard 4194304/4194304 bytes at offset 4194304"), out);

@@ -1,6 +1,5 @@
 package vmfuse.reclaimer;
 
-import static org.junit.jupiter.api.Assertions.assertArrayEquals;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertFalse;
 import static org.junit.jupiter.api.Assertions.assertThrows;
@@ -23,8 +22,8 @@ class WriteTrackerTest {
         t.endWrite();
     }
 
-    private static List<String> str(List<long[]> rs) {
-        return rs.stream().map(r -> r[0] + ":" + r[1]).toList();
+    private static List<String> str(List<Range> rs) {
+        return rs.stream().map(r -> r.offset() + ":" + r.length()).toList();
     }
 
     @Test
@@ -33,7 +32,7 @@ class WriteTrackerTest {
         write(t, 0, 64 * K); // before the token: the guest's old data, since deleted
         long token = t.token();
         write(t, 16 * K, 4 * K); // after the token: the guest reused this block
-        List<long[]> safe = t.admit(token, List.of(new long[] {0, 64 * K}));
+        List<Range> safe = t.admit(token, List.of(new Range(0, 64 * K)));
         assertEquals(List.of("0:16384", "20480:45056"), str(safe));
         assertEquals(60 * K, t.pendingBytes());
     }
@@ -44,10 +43,10 @@ class WriteTrackerTest {
         long old = before.token();
         WriteTracker t = new WriteTracker(WriteTracker.newEpoch());
         assertEquals("stale-fence", assertThrows(ProtocolException.class,
-                () -> t.admit(old, List.of(new long[] {0, 4096}))).reason());
+                () -> t.admit(old, List.of(new Range(0, 4096)))).reason());
         long token = t.token();
         assertEquals("stale-fence", assertThrows(ProtocolException.class,
-                () -> t.admit(token + 1, List.of(new long[] {0, 4096}))).reason());
+                () -> t.admit(token + 1, List.of(new Range(0, 4096)))).reason());
         assertEquals(0, t.pendingBytes());
     }
 
@@ -56,10 +55,10 @@ class WriteTrackerTest {
         WriteTracker t = new WriteTracker(WriteTracker.newEpoch());
         List<String> told = new ArrayList<>();
         t.listener(cut -> told.addAll(str(cut)));
-        t.admit(t.token(), List.of(new long[] {0, 64 * K}));
+        t.admit(t.token(), List.of(new Range(0, 64 * K)));
         write(t, 60 * K, 8 * K);
         assertEquals(List.of("61440:4096"), told);
-        List<long[]> punched = t.punch(List.of(new long[] {0, 128 * K}), r -> { });
+        List<Range> punched = t.punch(List.of(new Range(0, 128 * K)), r -> { });
         assertEquals(List.of("0:61440"), str(punched));
         assertEquals(0, t.pendingBytes());
     }
@@ -67,7 +66,7 @@ class WriteTrackerTest {
     @Test
     void aListenerThatCannotRecordTheCutFailsTheWriteAndTheRangeStaysGuarded() throws Exception {
         WriteTracker t = new WriteTracker(WriteTracker.newEpoch());
-        t.admit(t.token(), List.of(new long[] {0, 8 * K}));
+        t.admit(t.token(), List.of(new Range(0, 8 * K)));
         t.listener(cut -> {
             throw new IOException("disk full");
         });
@@ -79,14 +78,14 @@ class WriteTrackerTest {
     @Test
     void aPunchHoldsWritesOffUntilItIsDone() throws Exception {
         WriteTracker t = new WriteTracker(WriteTracker.newEpoch());
-        t.admit(t.token(), List.of(new long[] {0, 8 * K}));
+        t.admit(t.token(), List.of(new Range(0, 8 * K)));
         CountDownLatch inPunch = new CountDownLatch(1);
         CountDownLatch release = new CountDownLatch(1);
         AtomicBoolean punchDone = new AtomicBoolean();
         AtomicBoolean wroteDuringPunch = new AtomicBoolean();
         Thread puncher = new Thread(() -> {
             try {
-                t.punch(List.of(new long[] {0, 8 * K}), r -> {
+                t.punch(List.of(new Range(0, 8 * K)), r -> {
                     inPunch.countDown();
                     try {
                         release.await(10, TimeUnit.SECONDS);
@@ -122,12 +121,12 @@ class WriteTrackerTest {
     @Test
     void aPunchThatFailsLeavesTheRangesPending() throws Exception {
         WriteTracker t = new WriteTracker(WriteTracker.newEpoch());
-        t.admit(t.token(), List.of(new long[] {4 * K, 8 * K}));
-        assertThrows(IOException.class, () -> t.punch(List.of(new long[] {0, 64 * K}), r -> {
+        t.admit(t.token(), List.of(new Range(4 * K, 8 * K)));
+        assertThrows(IOException.class, () -> t.punch(List.of(new Range(0, 64 * K)), r -> {
             throw new IOException("EIO");
         }));
         assertEquals(8 * K, t.pendingBytes());
-        assertArrayEquals(new long[] {4 * K, 8 * K}, t.punch(List.of(new long[] {0, 64 * K}), r -> { }).get(0));
+        assertEquals(new Range(4 * K, 8 * K), t.punch(List.of(new Range(0, 64 * K)), r -> { }).get(0));
     }
 
     /**
@@ -153,14 +152,14 @@ class WriteTrackerTest {
             }
             assertTrue(t.writtenRanges() <= 64, "written ranges kept: " + t.writtenRanges());
         }
-        List<long[]> safe = t.admit(token, List.of(new long[] {0, (1L << 16) * 4 * K}));
-        for (long[] x : safe) {
-            for (long b = x[0] / (4 * K); b < (x[0] + x[1]) / (4 * K); b++) {
+        List<Range> safe = t.admit(token, List.of(new Range(0, (1L << 16) * 4 * K)));
+        for (Range x : safe) {
+            for (long b = x.offset() / (4 * K); b < (x.end()) / (4 * K); b++) {
                 assertTrue(!after.contains(b), "block " + b + " was written after the token and is admitted");
             }
         }
         assertEquals("stale-fence", assertThrows(ProtocolException.class,
-                () -> t.admit(before - 1, List.of(new long[] {0, 4 * K}))).reason());
+                () -> t.admit(before - 1, List.of(new Range(0, 4 * K)))).reason());
     }
 
     @Test
@@ -168,11 +167,11 @@ class WriteTrackerTest {
         WriteTracker t = new WriteTracker(WriteTracker.newEpoch(), new WriteTracker.Limits(64, 10, 8));
         long token = t.token();
         for (int i = 0; i < 10; i++) {
-            t.admit(token, List.of(new long[] {i * 8 * K, 4 * K})); // ten disjoint ranges
+            t.admit(token, List.of(new Range(i * 8 * K, 4 * K))); // ten disjoint ranges
         }
         long waiting = t.pendingBytes();
         ProtocolException e = assertThrows(ProtocolException.class,
-                () -> t.admit(token, List.of(new long[] {1024 * K, 4 * K})));
+                () -> t.admit(token, List.of(new Range(1024 * K, 4 * K))));
         assertEquals("busy", e.reason());
         assertEquals(waiting, t.pendingBytes(), "nothing of the refused notice waits");
     }
@@ -189,7 +188,7 @@ class WriteTrackerTest {
         assertTrue(t.liveTokens() <= 8, "live tokens " + t.liveTokens());
         long oldest = first;
         assertEquals("stale-fence", assertThrows(ProtocolException.class,
-                () -> t.admit(oldest, List.of(new long[] {0, 4 * K}))).reason());
-        t.admit(last, List.of(new long[] {1024 * K, 4 * K})); // the newest still works
+                () -> t.admit(oldest, List.of(new Range(0, 4 * K)))).reason());
+        t.admit(last, List.of(new Range(1024 * K, 4 * K))); // the newest still works
     }
 }

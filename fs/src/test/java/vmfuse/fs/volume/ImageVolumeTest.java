@@ -27,6 +27,7 @@ import vmfuse.fs.nativeio.LibC;
 import vmfuse.fs.nativeio.StructStat;
 import vmfuse.fs.space.HolePuncher;
 import vmfuse.fs.space.ReleaseLedger;
+import vmfuse.reclaimer.Range;
 import vmfuse.reclaimer.WriteTracker;
 
 /** An open image on a real file of ext4 (the test machine's /tmp): I/O, space given back and counted, the fence. */
@@ -171,7 +172,7 @@ class ImageVolumeTest {
         WriteTracker t = new WriteTracker(WriteTracker.newEpoch());
         trackers.put("vm1.raw", t);
         long token = t.token();
-        t.admit(token, List.of(new long[] {0, 2 * MIB}));
+        t.admit(token, List.of(new Range(0, 2 * MIB)));
         assertEquals(2 * MIB, t.pendingBytes());
 
         v.write(bytes(filled(4096, 9)), 4096, MIB);
