@@ -114,6 +114,32 @@ public record Node(Kind kind, String name) {
         }
     }
 
+    /**
+     * Checks a name a user gives something new (an image, a folder, a journal device): a safe
+     * component, and not libfuse's hidden name (such a file would be out of listings, and removed
+     * at the next mount as a crash's leftover).
+     */
+    public static void checkNewName(String name) throws FsException {
+        checkName(name);
+        if (name.startsWith(HIDDEN_PREFIX)) {
+            throw new FsException(Native.EPERM, "names beginning " + HIDDEN_PREFIX + " are libfuse's: "
+                    + printable(name));
+        }
+    }
+
+    /**
+     * As {@link #checkNewName}, for a name typed on the command line: no control characters
+     * either (the mount takes any name POSIX does, and tables and logs escape them; a command is
+     * where such a name is a typing mistake).
+     */
+    public static void checkTypedName(String name) throws FsException {
+        checkNewName(name);
+        if (name.chars().anyMatch(c -> c < 0x20 || c == 0x7f)) {
+            throw new FsException(Native.EINVAL, "a name given to vmfuse may not hold control characters: "
+                    + printable(name));
+        }
+    }
+
     /** The last component of a path under images/ (the whole name of a journal device). */
     public static String leaf(String path) {
         return path.substring(path.lastIndexOf('/') + 1);

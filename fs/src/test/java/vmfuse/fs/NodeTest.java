@@ -86,6 +86,15 @@ class NodeTest {
         }
     }
 
+    @Test
+    void newNamesMayNotBeLibfusesHiddenNamesAndTypedOnesHoldNoControlCharacters() throws Exception {
+        Node.checkNewName("a\tb.raw"); // the mount takes what POSIX takes
+        assertEquals(Native.EPERM, assertThrows(FsException.class, () -> Node.checkNewName(".fuse_hidden01")).errno());
+        assertEquals(Native.EINVAL, assertThrows(FsException.class, () -> Node.checkTypedName("a\tb")).errno());
+        assertEquals(Native.EINVAL, assertThrows(FsException.class, () -> Node.checkTypedName("a\u007fb")).errno());
+        Node.checkTypedName("vm-1.raw");
+    }
+
     private static Node assertDoesNotThrow(String p) {
         try {
             return Node.resolve(p);

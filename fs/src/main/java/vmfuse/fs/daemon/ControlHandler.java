@@ -97,11 +97,7 @@ final class ControlHandler {
     }
 
     private void journalCreate(Request.JournalCreate r) throws FsException, StoreException {
-        Node.checkName(r.name());
-        if (r.name().startsWith(Node.HIDDEN_PREFIX) || r.name().chars().anyMatch(c -> c < 0x20)) {
-            throw new FsException(Native.EINVAL, "journal device names may not start with " + Node.HIDDEN_PREFIX
-                    + " or hold control characters");
-        }
+        Node.checkTypedName(r.name());
         journals.create(r.name(), ByteSize.parse(r.size()), Durability.parse(r.durability()));
     }
 

@@ -125,7 +125,7 @@ public final class Vms implements AutoCloseable {
     /** Registers a VM and starts serving its agent; {@code qmpSocket} (null for none) is needed for qcow2. */
     public synchronized void add(String name, String image, Path agentSocket, Path qmpSocket, AgentAccess access)
             throws FsException, IOException {
-        Node.checkName(name);
+        Node.checkTypedName(name);
         if (image.startsWith(Node.IMAGES + "/")) {
             image = image.substring(Node.IMAGES.length() + 1);
         }

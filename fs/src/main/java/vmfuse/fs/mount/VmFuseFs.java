@@ -249,6 +249,7 @@ public final class VmFuseFs extends FuseStubFS {
         if (n.kind() != Node.Kind.IMAGE_ENTRY && n.kind() != Node.Kind.JOURNAL) {
             throw new FsException(EEXIST, "exists: " + path);
         }
+        Node.checkNewName(Node.leaf(n.name()));
         return n;
     }
 

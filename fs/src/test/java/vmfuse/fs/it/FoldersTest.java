@@ -152,6 +152,10 @@ class FoldersTest {
         assertEquals("EPERM", errnoOf("os.mkdir('../top')"), "the top of the mount is fixed");
         assertEquals("EEXIST", errnoOf("os.mkdir('d')"));
         assertEquals("EPERM", errnoOf("os.symlink('/etc', 'd/etc')"));
+        // libfuse's name for a file unlinked while open: one made by hand would vanish from listings,
+        // then from the store at the next mount
+        assertEquals("EPERM", errnoOf("open('d/.fuse_hidden00000042', 'w')"));
+        assertEquals("EPERM", errnoOf("os.mkdir('.fuse_hidden7')"));
         assertEquals("ENOTDIR", errnoOf("os.rmdir('" + "d/".repeat(7) + "x.raw')"));
         assertEquals("EISDIR", errnoOf("os.unlink('d')"));
         assertEquals("EISDIR", errnoOf("open('d', 'r+')"));
