@@ -5,7 +5,11 @@ import java.util.List;
 import java.util.Map;
 import java.util.TreeMap;
 
-/** A set of block numbers kept as disjoint ranges [from, to), merged as they are added. Not thread-safe. */
+/**
+ * A set of block numbers kept as disjoint ranges [from, to), merged as they are added. Not
+ * thread-safe. (The reclaimer's ByteRanges is its twin over bytes; the two modules share nothing
+ * below durable, and twenty lines do not make a module.)
+ */
 final class BlockRanges {
     /** from -> to (exclusive); ranges neither overlap nor touch. */
     private final TreeMap<Long, Long> ranges = new TreeMap<>();
@@ -44,10 +48,13 @@ final class BlockRanges {
         ranges.clear();
     }
 
-    /** The ranges in order, each {from, to}. */
-    List<long[]> list() {
-        List<long[]> out = new ArrayList<>(ranges.size());
-        ranges.forEach((f, t) -> out.add(new long[] {f, t}));
+    /** Blocks {@code [from, to)}. */
+    record Span(long from, long to) {}
+
+    /** The ranges in order. */
+    List<Span> list() {
+        List<Span> out = new ArrayList<>(ranges.size());
+        ranges.forEach((f, t) -> out.add(new Span(f, t)));
         return out;
     }
 }

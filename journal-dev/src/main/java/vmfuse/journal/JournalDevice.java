@@ -103,8 +103,8 @@ public final class JournalDevice {
         allZeros.addAll(zeros);
         allZeros.addAll(frozenZeros);
         long n = blocks.blocksStored();
-        for (long[] r : allZeros.list()) {
-            n -= blocks.countRange(r[0], r[1]);
+        for (BlockRanges.Span r : allZeros.list()) {
+            n -= blocks.countRange(r.from(), r.to());
         }
         for (long b : dirty.keySet()) {
             n += 1 - (!allZeros.contains(b) && blocks.contains(b) ? 1 : 0);
@@ -386,11 +386,11 @@ public final class JournalDevice {
      * failed checkpoint left frozen, if anything: the newer state wins.
      */
     synchronized void freeze() {
-        for (long[] r : zeros.list()) {
-            Map<Long, Integer> gone = frozen.subMap(r[0], r[1]);
+        for (BlockRanges.Span r : zeros.list()) {
+            Map<Long, Integer> gone = frozen.subMap(r.from(), r.to());
             store.released(gone.size());
             give(gone);
-            frozenZeros.add(r[0], r[1]);
+            frozenZeros.add(r.from(), r.to());
         }
         zeros.clear();
         if (frozen.isEmpty()) {
@@ -420,8 +420,8 @@ public final class JournalDevice {
      */
     void drain(Runnable between) throws StoreException {
         synchronized (this) {
-            for (long[] r : frozenZeros.list()) {
-                blocks.zero(r[0] << SHIFT, (r[1] - r[0]) << SHIFT);
+            for (BlockRanges.Span r : frozenZeros.list()) {
+                blocks.zero(r.from() << SHIFT, (r.to() - r.from()) << SHIFT);
             }
             frozenZeros.clear();
         }

@@ -6,7 +6,6 @@ import java.nio.file.Path;
 import java.util.ArrayList;
 import java.util.List;
 import java.util.Map;
-import java.util.concurrent.ConcurrentSkipListMap;
 import java.util.concurrent.atomic.AtomicLong;
 import java.util.concurrent.locks.ReentrantReadWriteLock;
 
@@ -32,7 +31,7 @@ import vmfuse.durable.RealDisk;
  *   - "vmfuse.format"  (atomic string): "vmfuse-journal-store 2". Anything else is refused.
  *   - "devices"        (hash map, name -> long[5]): root record id of the device's
  *                      RadixBlockStore, size in bytes, durability (ordinal), created and last
- *                      flush (ms since the epoch); written by each checkpoint.
+ *                      flush (ms since the epoch); written by each checkpoint (DeviceCatalog).
  *   - "vmfuse.generation" (atomic long): the number of the last checkpoint.
  *   - the RadixBlockStore records of every device.
  *
@@ -67,23 +66,17 @@ public final class JournalStore implements AutoCloseable {
     static final String FORMAT = "vmfuse-journal-store 2";
     private static final String FORMAT_PREFIX = "vmfuse-journal-store ";
 
-    private static final int ROOT = 0;
-    private static final int SIZE = 1;
-    private static final int MODE = 2;
-    private static final int CREATED = 3;
-    private static final int FLUSHED = 4;
 
     private final Disk disk;
     private final Path file;
     private final AtomicVolume volume;
     private final DB db;
-    private final HTreeMap<String, long[]> catalog;
     /**
-     * Open devices by name. Changed under this store's monitor; read without it, so that a lookup
-     * (every getattr and open in journals/) never waits out a checkpoint, which holds the monitor
-     * for its whole drain.
+     * The devices by name, live and in MapDB. Changed under this store's monitor; read without
+     * it, so that a lookup (every getattr and open in journals/) never waits out a checkpoint,
+     * which holds the monitor for its whole drain.
      */
-    private final Map<String, JournalDevice> devices = new ConcurrentSkipListMap<>();
+    private final DeviceCatalog devices;
     private final ReentrantReadWriteLock opLock = new ReentrantReadWriteLock();
     /** This store as its devices see it: what they ask of it, and nothing else (one way: see DeviceStore). */
     private final DeviceStore devicesView = new DeviceStore() {
@@ -162,7 +155,7 @@ public final class JournalStore implements AutoCloseable {
         this.file = file;
         this.volume = volume;
         this.db = db;
-        this.catalog = catalog;
+        this.devices = new DeviceCatalog(catalog);
         this.budget = budget;
         this.checkpointer = new Thread(this::checkpointLoop, "journal-checkpoint");
         this.checkpointer.setDaemon(true);
@@ -233,15 +226,7 @@ public final class JournalStore implements AutoCloseable {
             JournalStore store = new JournalStore(disk, file, volume, db, catalog, budget);
             store.generation = generation;
             store.committedGeneration = generation.get();
-            Map<Long, JournalDevice> byRoot = new java.util.HashMap<>();
-            for (Map.Entry<String, long[]> e : catalog.entrySet()) {
-                long[] v = e.getValue();
-                RadixBlockStore blocks = RadixBlockStore.open(db.getStore(), v[ROOT]);
-                JournalDevice d = new JournalDevice(store.devicesView, e.getKey(), blocks, v[SIZE],
-                        Durability.values()[(int) v[MODE]], v[CREATED], v[FLUSHED]);
-                store.devices.put(e.getKey(), d);
-                byRoot.put(v[ROOT], d);
-            }
+            Map<Long, JournalDevice> byRoot = store.devices.load(db.getStore(), store.devicesView);
             long[] replayed = new long[1];
             store.redo = RedoLog.open(disk, redoFile(file), generation.get(), preallocation(disk, file), (type, root, a, b, data) -> {
                 JournalDevice d = byRoot.get(root);
@@ -334,13 +319,13 @@ public final class JournalStore implements AutoCloseable {
     private synchronized JournalDevice createLocked(String name, long size, Durability durability) throws StoreException {
         checkOpen();
         RadixBlockStore.checkRange(0, size);
-        if (devices.containsKey(name)) {
+        if (devices.get(name) != null) {
             throw new StoreException(StoreException.EEXIST, "journal device " + name + " exists");
         }
         RadixBlockStore blocks = RadixBlockStore.create(db.getStore());
         long now = System.currentTimeMillis();
         JournalDevice d = new JournalDevice(devicesView, name, blocks, size, durability, now, 0);
-        devices.put(name, d);
+        devices.put(d);
         touched = true;
         try {
             checkpoint();
@@ -348,8 +333,8 @@ public final class JournalStore implements AutoCloseable {
             // not in the store: it must not serve writes and flushes a crash would erase
             opLock.writeLock().lock();
             try {
-                devices.remove(name);
-                catalog.remove(name);
+                devices.drop(name);
+                devices.unrecord(name);
                 d.destroy();
             } finally {
                 opLock.writeLock().unlock();
@@ -365,7 +350,7 @@ public final class JournalStore implements AutoCloseable {
     }
 
     public List<JournalDevice> list() {
-        return new ArrayList<>(devices.values());
+        return new ArrayList<>(devices.all());
     }
 
     /**
@@ -394,8 +379,8 @@ public final class JournalStore implements AutoCloseable {
         opLock.writeLock().lock();
         try {
             d.hide();
-            devices.remove(name);
-            catalog.remove(name);
+            devices.drop(name);
+            devices.unrecord(name);
             touched = true;
         } finally {
             opLock.writeLock().unlock();
@@ -405,7 +390,7 @@ public final class JournalStore implements AutoCloseable {
         } catch (StoreException e) {
             opLock.writeLock().lock();
             try {
-                devices.put(name, d); // the next checkpoint records it in the catalog again
+                devices.put(d); // the next checkpoint records it in the catalog again
                 d.unhide();
                 touched = true;
             } finally {
@@ -461,11 +446,11 @@ public final class JournalStore implements AutoCloseable {
             if (replaced != null) {
                 replaced.hide();
             }
-            devices.remove(from);
-            catalog.remove(from);
-            catalog.remove(to);
+            devices.drop(from);
+            devices.unrecord(from);
+            devices.unrecord(to);
             d.renamed(to);
-            devices.put(to, d);
+            devices.put(d);
             touched = true;
         } finally {
             opLock.writeLock().unlock();
@@ -475,14 +460,14 @@ public final class JournalStore implements AutoCloseable {
         } catch (StoreException e) {
             opLock.writeLock().lock();
             try { // the next checkpoint records both in the catalog again
-                catalog.remove(to);
+                devices.unrecord(to);
                 d.renamed(from);
-                devices.put(from, d);
+                devices.put(d);
                 if (replaced != null) {
-                    devices.put(to, replaced);
+                    devices.put(replaced);
                     replaced.unhide();
                 } else {
-                    devices.remove(to);
+                    devices.drop(to);
                 }
                 touched = true;
             } finally {
@@ -493,12 +478,6 @@ public final class JournalStore implements AutoCloseable {
         if (replaced != null) {
             free(replaced);
         }
-    }
-
-    /** Writes a device's size (as frozen), mode and times to the catalog (a checkpoint, which commits it). */
-    private void record(JournalDevice d) {
-        catalog.put(d.name(), new long[] {d.rootRecid(), d.frozenSize(), d.durability().ordinal(), d.created(),
-                d.lastFlush()});
     }
 
     /** A device changed (under opLock shared): the next checkpoint has something to commit. */
@@ -593,19 +572,19 @@ public final class JournalStore implements AutoCloseable {
                 if (committedGeneration == redo.generation()) {
                     redo.rotate(redo.generation() + 1);
                 }
-                for (JournalDevice d : devices.values()) {
+                for (JournalDevice d : devices.all()) {
                     d.freeze();
                 }
                 touched = false;
             } finally {
                 opLock.writeLock().unlock();
             }
-            for (JournalDevice d : devices.values()) {
+            for (JournalDevice d : devices.all()) {
                 d.drain(this::commitIfLarge);
             }
-            for (JournalDevice d : devices.values()) {
+            for (JournalDevice d : devices.all()) {
                 d.flushNodes();
-                record(d);
+                devices.record(d);
             }
             long committing = redo.generation();
             generation.set(committing);
@@ -632,7 +611,7 @@ public final class JournalStore implements AutoCloseable {
      */
     private void commitIfLarge() {
         if (volume.dirtyPages() >= COMMIT_PAGES) {
-            for (JournalDevice d : devices.values()) {
+            for (JournalDevice d : devices.all()) {
                 d.flushNodes();
             }
             db.commit();

@@ -129,19 +129,20 @@ final class RedoLog implements AutoCloseable {
             if (created) { // before any header is written into them, so no flushed record is in an unlinked file
                 disk.syncDirectory(base.toAbsolutePath().getParent());
             }
-            List<long[]> live = new ArrayList<>(); // {generation, file}
+            record Live(long generation, int file) {} // a segment the committed state does not hold
+            List<Live> live = new ArrayList<>();
             for (int i = 0; i < 2; i++) {
                 long g = r.header(i);
                 if (g >= committed) {
-                    live.add(new long[] {g, i});
+                    live.add(new Live(g, i));
                 }
             }
-            live.sort(Comparator.comparingLong(x -> x[0]));
+            live.sort(Comparator.comparingLong(Live::generation));
             long count = 0;
             long last = committed;
-            for (long[] seg : live) {
-                count += r.replay((int) seg[1], seg[0], replay);
-                last = seg[0];
+            for (Live seg : live) {
+                count += r.replay(seg.file(), seg.generation(), replay);
+                last = seg.generation();
             }
             replayed[0] = count;
             // appends continue in the newest segment until the caller's checkpoint rotates

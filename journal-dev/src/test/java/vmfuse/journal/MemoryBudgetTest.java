@@ -40,7 +40,8 @@ class MemoryBudgetTest {
         assertEquals(4 * MIB, b.held());
         CompletableFuture<Void> w = admitInBackground(b);
         assertStillWaiting(w);
-        assertTrue(b.awaitCheckpointRequest(), "the wait asked for a checkpoint");
+        assertTrue(CompletableFuture.supplyAsync(b::awaitCheckpointRequest).get(10, TimeUnit.SECONDS),
+                "the wait asked for a checkpoint");
         b.released(1);
         w.get(10, TimeUnit.SECONDS);
     }
@@ -68,7 +69,7 @@ class MemoryBudgetTest {
         b.close();
         ExecutionException e = assertThrows(ExecutionException.class, () -> w.get(10, TimeUnit.SECONDS));
         assertEquals(StoreException.EIO, ((StoreException) e.getCause().getCause()).errno());
-        assertFalse(b.awaitCheckpointRequest());
+        assertFalse(CompletableFuture.supplyAsync(b::awaitCheckpointRequest).get(10, TimeUnit.SECONDS));
     }
 
     @Test
