@@ -73,9 +73,7 @@ public final class Qcow2Map implements AutoCloseable {
         PARTIAL_OR_OUTSIDE
     }
 
-    /** A host byte range of the image file. */
-
-    /** What {@link #translate} found: host ranges to punch, and guest bytes skipped with the reason. */
+    /** What {@link #translate} found: ranges of the image file to punch, and guest bytes skipped, by reason. */
     public record Translation(List<Range> punchable, Map<Skip, Long> skipped) {
         public long punchableBytes() {
             return punchable.stream().mapToLong(Range::length).sum();

@@ -18,8 +18,8 @@ import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.io.TempDir;
 
 import vmfuse.durable.Disk;
-import vmfuse.durable.FaultyDisk;
 import vmfuse.durable.FaultyDisk.Fault;
+import vmfuse.durable.FaultyDisk;
 import vmfuse.durable.RealDisk;
 
 /**

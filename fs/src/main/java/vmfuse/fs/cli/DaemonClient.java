@@ -9,9 +9,9 @@ import vmfuse.fs.FsException;
 import vmfuse.fs.control.Answer;
 import vmfuse.fs.control.Request;
 import vmfuse.fs.daemon.ControlServer;
+import vmfuse.fs.daemon.StoreDir;
 import vmfuse.fs.mount.MountPoints;
 import vmfuse.fs.mount.MountTable;
-import vmfuse.fs.daemon.Store;
 import vmfuse.fs.nativeio.Native;
 
 /** Talks to the daemon serving a mount point, through its control socket. */
@@ -35,7 +35,7 @@ final class DaemonClient {
             throw new FsException(Native.ENOTCONN, "the mount at " + mnt + " is stale (its daemon is gone); "
                     + "clear it with 'fusermount -u " + mnt + "' or 'vmfuse mount --force'");
         }
-        Store store = new Store(Path.of(entry.get().source()));
+        StoreDir store = new StoreDir(Path.of(entry.get().source()));
         String answer;
         try {
             answer = ControlServer.request(store.socket(), line);

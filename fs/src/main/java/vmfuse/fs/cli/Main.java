@@ -2,9 +2,9 @@ package vmfuse.fs.cli;
 
 import ch.qos.logback.classic.Level;
 import org.slf4j.LoggerFactory;
-import picocli.CommandLine;
 import picocli.CommandLine.Command;
 import picocli.CommandLine.Option;
+import picocli.CommandLine;
 import vmfuse.fs.daemon.Daemon;
 
 /**

@@ -16,8 +16,8 @@ import picocli.CommandLine.Option;
 import picocli.CommandLine.Parameters;
 import vmfuse.fs.FsException;
 import vmfuse.fs.daemon.Daemon;
+import vmfuse.fs.daemon.StoreDir;
 import vmfuse.fs.mount.MountTable;
-import vmfuse.fs.daemon.Store;
 import vmfuse.fs.nativeio.Native;
 
 @Command(name = "mount", mixinStandardHelpOptions = true,
@@ -95,7 +95,7 @@ final class MountCommand implements Callable<Integer> {
             }
             return 0;
         }
-        Store s;
+        StoreDir s;
         try {
             s = Daemon.preflight(new Daemon.Options(store, mnt, fuseOptions, force, threads, durability(), memory,
                     reclaimMaxRanges));
@@ -134,7 +134,7 @@ final class MountCommand implements Callable<Integer> {
     }
 
     /** Starts the daemon in its own session and waits until its mount is live. */
-    private int startDaemon(Store s, Path mnt) throws Exception {
+    private int startDaemon(StoreDir s, Path mnt) throws Exception {
         List<String> cmd = new ArrayList<>();
         cmd.add("setsid");
         cmd.add(ProcessHandle.current().info().command().orElse("java"));
@@ -179,7 +179,7 @@ final class MountCommand implements Callable<Integer> {
                 + " s; see " + log);
     }
 
-    private static boolean isLive(Store s, Path mnt, long pid) throws IOException {
+    private static boolean isLive(StoreDir s, Path mnt, long pid) throws IOException {
         if (s.readPid().filter(d -> d.pid() == pid).isEmpty()) {
             return false;
         }

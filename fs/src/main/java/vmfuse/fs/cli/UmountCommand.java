@@ -11,9 +11,9 @@ import picocli.CommandLine.Option;
 import picocli.CommandLine.Parameters;
 import vmfuse.fs.FsException;
 import vmfuse.fs.TsvField;
+import vmfuse.fs.daemon.StoreDir;
 import vmfuse.fs.mount.Fusermount;
 import vmfuse.fs.mount.MountTable;
-import vmfuse.fs.daemon.Store;
 import vmfuse.fs.nativeio.Native;
 
 @Command(name = "umount", aliases = "unmount", mixinStandardHelpOptions = true,
@@ -37,7 +37,7 @@ final class UmountCommand implements Callable<Integer> {
         if (entry.isEmpty() || !entry.get().isVmfuse()) {
             throw new FsException(Native.EINVAL, "cannot unmount " + mnt + ": not a vmfuse mount");
         }
-        Store store = new Store(Path.of(entry.get().source()));
+        StoreDir store = new StoreDir(Path.of(entry.get().source()));
         Optional<ProcessHandle> daemon = daemonOf(store, mnt);
         try {
             Fusermount.unmount(mnt, false);
@@ -62,7 +62,7 @@ final class UmountCommand implements Callable<Integer> {
     }
 
     /** What the daemon {@code pid} recorded as failing in its unmount, if it did; nothing if it said ok. */
-    static Optional<String> failure(Store store, long pid) {
+    static Optional<String> failure(StoreDir store, long pid) {
         try {
             String[] f = Files.readString(store.unmountRecord()).trim().split("\t", 3);
             if (f.length == 3 && f[0].equals(Long.toString(pid)) && f[1].equals("failed")) {
@@ -78,7 +78,7 @@ final class UmountCommand implements Callable<Integer> {
     }
 
     /** The daemon serving {@code mnt}, from the store's pid file, if it is still running. */
-    static Optional<ProcessHandle> daemonOf(Store store, Path mnt) {
+    static Optional<ProcessHandle> daemonOf(StoreDir store, Path mnt) {
         // no pid file: the daemon is gone (a stale mount) or never got that far
         return store.readPid().filter(d -> mnt.equals(d.mountPoint()))
                 .flatMap(d -> ProcessHandle.of(d.pid())).filter(ProcessHandle::isAlive);

@@ -8,15 +8,15 @@ import java.util.ArrayList;
 import java.util.List;
 import java.util.Map;
 
-import vmfuse.fs.images.BackingStore;
-import vmfuse.fs.nativeio.StructStat;
 import vmfuse.fs.FsException;
 import vmfuse.fs.Node;
-import vmfuse.fs.space.ReleaseLedger;
-import vmfuse.fs.mount.VmFuseFs;
 import vmfuse.fs.control.Answer;
 import vmfuse.fs.control.Request;
+import vmfuse.fs.images.ImagesDir;
+import vmfuse.fs.mount.VmFuseFs;
 import vmfuse.fs.nativeio.Native;
+import vmfuse.fs.nativeio.StructStat;
+import vmfuse.fs.space.ReleaseLedger;
 import vmfuse.journal.ByteSize;
 import vmfuse.journal.Durability;
 import vmfuse.journal.JournalDevice;
@@ -27,17 +27,17 @@ import vmfuse.reclaimer.VmReclaimer;
 
 /** The daemon's end of the control protocol ({@link Request}, {@link Answer}): a request line in, answer text out. */
 final class ControlHandler {
-    private final Store store;
+    private final StoreDir store;
     private final Path mnt;
     private final long pid;
-    private final BackingStore backing;
+    private final ImagesDir backing;
     private final ReleaseLedger ledger;
     private final VmFuseFs fs;
     private final JournalStore journals;
-    private final Vms vms;
+    private final VmRegistry vms;
 
-    ControlHandler(Store store, Path mnt, long pid, BackingStore backing, ReleaseLedger ledger, VmFuseFs fs,
-            JournalStore journals, Vms vms) {
+    ControlHandler(StoreDir store, Path mnt, long pid, ImagesDir backing, ReleaseLedger ledger, VmFuseFs fs,
+            JournalStore journals, VmRegistry vms) {
         this.store = store;
         this.mnt = mnt;
         this.pid = pid;

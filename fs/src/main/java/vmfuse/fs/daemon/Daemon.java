@@ -19,18 +19,18 @@ import java.util.concurrent.TimeoutException;
 
 import org.slf4j.Logger;
 import org.slf4j.LoggerFactory;
-import vmfuse.fs.images.BackingStore;
 import vmfuse.fs.FsException;
-import vmfuse.fs.space.ReleaseLedger;
 import vmfuse.fs.TsvField;
+import vmfuse.fs.images.ImagesDir;
+import vmfuse.fs.mount.Fusermount;
+import vmfuse.fs.mount.MountPoints;
 import vmfuse.fs.mount.VmFuseFs;
 import vmfuse.fs.nativeio.Native;
+import vmfuse.fs.space.ReleaseLedger;
 import vmfuse.journal.Durability;
 import vmfuse.journal.JournalStore;
 import vmfuse.journal.StoreException;
 import vmfuse.reclaimer.WriteTracker;
-import vmfuse.fs.mount.Fusermount;
-import vmfuse.fs.mount.MountPoints;
 
 /**
  * One mount, from start to clean exit: takes the store's lock, mounts, serves the FUSE loop and
@@ -75,7 +75,7 @@ public final class Daemon {
 
     /** Mounts and serves until unmounted. Fails before mounting with a one-line reason. */
     public static void run(Options o) throws FsException {
-        Store store = Store.open(o.store());
+        StoreDir store = StoreDir.open(o.store());
         Path mnt = o.mountPoint().toAbsolutePath().normalize();
         try (FileChannel lockChannel = FileChannel.open(store.lockFile(), StandardOpenOption.CREATE,
                 StandardOpenOption.WRITE)) {
@@ -83,7 +83,7 @@ public final class Daemon {
             MountPoints.checkMountable(mnt, o.force());
             serve(store, mnt, o);
         } catch (IOException e) {
-            throw new FsException(Native.EIO, "cannot lock store " + store.dir() + ": " + Store.reason(e));
+            throw new FsException(Native.EIO, "cannot lock store " + store.dir() + ": " + StoreDir.reason(e));
         }
     }
 
@@ -91,20 +91,20 @@ public final class Daemon {
      * Everything {@link #run} checks before it mounts, without mounting: the store, that no other
      * daemon serves it, and the mount point. Returns the opened store.
      */
-    public static Store preflight(Options o) throws FsException {
-        Store store = Store.open(o.store());
+    public static StoreDir preflight(Options o) throws FsException {
+        StoreDir store = StoreDir.open(o.store());
         try (FileChannel lockChannel = FileChannel.open(store.lockFile(), StandardOpenOption.CREATE,
                 StandardOpenOption.WRITE)) {
             lockStore(store, lockChannel);
         } catch (IOException e) {
-            throw new FsException(Native.EIO, "cannot lock store " + store.dir() + ": " + Store.reason(e));
+            throw new FsException(Native.EIO, "cannot lock store " + store.dir() + ": " + StoreDir.reason(e));
         }
         MountPoints.checkMountable(o.mountPoint().toAbsolutePath().normalize(), o.force());
         return store;
     }
 
     /** One daemon per store: a lock on STORE/vmfuse.lock, held until the process ends. */
-    private static void lockStore(Store store, FileChannel lockChannel) throws FsException, IOException {
+    private static void lockStore(StoreDir store, FileChannel lockChannel) throws FsException, IOException {
         FileLock lock = lockChannel.tryLock();
         if (lock == null) {
             throw new FsException(Native.EBUSY, "store " + store.dir() + " is in use by another vmfuse daemon ("
@@ -112,12 +112,12 @@ public final class Daemon {
         }
     }
 
-    private static String describeHolder(Store store) {
+    private static String describeHolder(StoreDir store) {
         return store.readPid().map(d -> "pid " + d.pid() + (d.mountPoint() != null ? ", mounted at " + d.mountPoint() : ""))
                 .orElse("pid unknown");
     }
 
-    private static void serve(Store store, Path mnt, Options o) throws FsException, IOException {
+    private static void serve(StoreDir store, Path mnt, Options o) throws FsException, IOException {
         List<String> userOptions = o.fuseOptions();
         int threads = o.threads();
         List<String> options = new ArrayList<>();
@@ -132,10 +132,10 @@ public final class Daemon {
         } catch (StoreException e) {
             throw new FsException(e.errno(), e.getMessage());
         }
-        try (BackingStore backing = BackingStore.open(store.images()); journals) {
+        try (ImagesDir backing = ImagesDir.open(store.images()); journals) {
             VmFuseFs fs = new VmFuseFs(backing, ledger, journals, o.journalDurability());
             fs.dropHidden();
-            Vms vms = Vms.open(store, mnt, backing, fs, WriteTracker.Limits.ofRanges(o.reclaimMaxRanges()));
+            VmRegistry vms = VmRegistry.open(store, mnt, backing, fs, WriteTracker.Limits.ofRanges(o.reclaimMaxRanges()));
             fs.writeTrackers(vms.trackers(), vms::holdsVmImage);
             CompletableFuture<Integer> loop = new CompletableFuture<>();
             Thread loopThread = new Thread(() -> {
@@ -284,7 +284,7 @@ public final class Daemon {
      * Says how this unmount went, for vmfuse umount (which waits for this process, and cannot see
      * its exit status): what was written through the mount is on stable storage, or what failed.
      */
-    private static void recordUnmount(Store store, long pid, List<String> failed) {
+    private static void recordUnmount(StoreDir store, long pid, List<String> failed) {
         String line = pid + "\t" + (failed.isEmpty() ? "ok" : "failed\t" + TsvField.escape(String.join("; ", failed)));
         try {
             store.disk().replace(store.unmountRecord(), (line + "\n").getBytes(StandardCharsets.UTF_8));

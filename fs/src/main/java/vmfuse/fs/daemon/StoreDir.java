@@ -12,8 +12,8 @@ import java.util.Optional;
 import vmfuse.durable.Disk;
 import vmfuse.durable.RealDisk;
 import vmfuse.fs.FsException;
-import vmfuse.fs.space.HolePuncher;
 import vmfuse.fs.nativeio.Native;
+import vmfuse.fs.space.HolePuncher;
 
 /**
  * The layout of a store directory, in one place:
@@ -31,7 +31,7 @@ import vmfuse.fs.nativeio.Native;
  *   STORE/reclaim/VM.notices  each VM's durable log of deletion notices
  * </pre>
  */
-public record Store(Path dir) {
+public record StoreDir(Path dir) {
     /** The one way the daemon writes its durable files (the journal store punches freed pages). */
     private static final Disk DISK = RealDisk.of(HolePuncher::punchStoreFile);
 
@@ -117,7 +117,7 @@ public record Store(Path dir) {
      * by creating a file, so a read-only filesystem is caught even for root); images/ is made if
      * absent. The path must not hold ',' or a backslash, which libfuse's option parser would split.
      */
-    public static Store open(Path dir) throws FsException {
+    public static StoreDir open(Path dir) throws FsException {
         Path abs = dir.toAbsolutePath().normalize();
         String s = abs.toString();
         if (s.indexOf(',') >= 0 || s.indexOf('\\') >= 0 || s.indexOf('\n') >= 0) {
@@ -137,7 +137,7 @@ public record Store(Path dir) {
         } catch (IOException e) {
             throw new FsException(Native.EACCES, "store " + s + " is not writable: " + reason(e));
         }
-        Store store = new Store(abs);
+        StoreDir store = new StoreDir(abs);
         try {
             Files.createDirectories(store.images());
         } catch (IOException e) {

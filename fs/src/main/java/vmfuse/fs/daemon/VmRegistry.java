@@ -16,14 +16,14 @@ import java.util.concurrent.ConcurrentHashMap;
 import org.slf4j.Logger;
 import org.slf4j.LoggerFactory;
 
-import vmfuse.fs.images.BackingStore;
-import vmfuse.fs.nativeio.StructStat;
 import vmfuse.fs.FsException;
 import vmfuse.fs.Node;
-import vmfuse.fs.space.ReleaseLedger;
-import vmfuse.fs.mount.VmFuseFs;
 import vmfuse.fs.control.Answer;
+import vmfuse.fs.images.ImagesDir;
+import vmfuse.fs.mount.VmFuseFs;
 import vmfuse.fs.nativeio.LibC;
+import vmfuse.fs.nativeio.StructStat;
+import vmfuse.fs.space.ReleaseLedger;
 import vmfuse.reclaimer.AgentAccess;
 import vmfuse.reclaimer.AgentListener;
 import vmfuse.reclaimer.ImageFence;
@@ -40,16 +40,16 @@ import vmfuse.reclaimer.WriteTracker;
  * which the filesystem routes the image's writes through. One ThresholdPolicy serves them all,
  * fed the store disk's free space.
  */
-public final class Vms implements AutoCloseable {
-    private static final Logger log = LoggerFactory.getLogger(Vms.class);
+public final class VmRegistry implements AutoCloseable {
+    private static final Logger log = LoggerFactory.getLogger(VmRegistry.class);
 
     record Vm(String name, String image, Path agentSocket, Path qmpSocket, AgentAccess access) {}
 
     private record Running(Vm vm, VmReclaimer reclaimer, AgentListener listener) {}
 
-    private final Store store;
+    private final StoreDir store;
     private final Path mnt;
-    private final BackingStore backing;
+    private final ImagesDir backing;
     private final VmFuseFs fs;
     private final ThresholdPolicy policy;
     private final long epoch = WriteTracker.newEpoch();
@@ -66,7 +66,7 @@ public final class Vms implements AutoCloseable {
     private record Failed(Vm vm, String reason) {}
     private final Map<String, WriteTracker> trackers = new ConcurrentHashMap<>();
 
-    private Vms(Store store, Path mnt, BackingStore backing, VmFuseFs fs, ThresholdPolicy policy,
+    private VmRegistry(StoreDir store, Path mnt, ImagesDir backing, VmFuseFs fs, ThresholdPolicy policy,
             WriteTracker.Limits limits) {
         this.limits = limits;
         this.store = store;
@@ -77,10 +77,10 @@ public final class Vms implements AutoCloseable {
     }
 
     /** Starts every VM of the registry; one that cannot start is logged and left out. */
-    public static Vms open(Store store, Path mnt, BackingStore backing, VmFuseFs fs, WriteTracker.Limits limits)
+    public static VmRegistry open(StoreDir store, Path mnt, ImagesDir backing, VmFuseFs fs, WriteTracker.Limits limits)
             throws IOException {
         FileStore disk = Files.getFileStore(store.images());
-        Vms v = new Vms(store, mnt, backing, fs, new ThresholdPolicy(disk.getUsableSpace(), disk.getTotalSpace()),
+        VmRegistry v = new VmRegistry(store, mnt, backing, fs, new ThresholdPolicy(disk.getUsableSpace(), disk.getTotalSpace()),
                 limits);
         if (Files.exists(store.vms())) {
             for (String line : Files.readAllLines(store.vms(), StandardCharsets.UTF_8)) {

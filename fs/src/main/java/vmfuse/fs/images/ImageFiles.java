@@ -36,7 +36,7 @@ public final class ImageFiles {
     /** How long an open of an image the reclaimer holds closed waits before it fails (EBUSY). */
     private static final long HOLD_WAIT_MS = 120_000;
 
-    private final BackingStore store;
+    private final ImagesDir dir;
     private final HolePuncher puncher;
     private final ReleaseLedger ledger;
     private final Set<ImageVolume> open = ConcurrentHashMap.newKeySet();
@@ -51,14 +51,10 @@ public final class ImageFiles {
      */
     private final Set<String> held = new HashSet<>();
 
-    public ImageFiles(BackingStore store, HolePuncher puncher, ReleaseLedger ledger) {
-        this.store = store;
+    public ImageFiles(ImagesDir dir, HolePuncher puncher, ReleaseLedger ledger) {
+        this.dir = dir;
         this.puncher = puncher;
         this.ledger = ledger;
-    }
-
-    public BackingStore store() {
-        return store;
     }
 
     /**
@@ -74,7 +70,7 @@ public final class ImageFiles {
     /** EBUSY if {@code path} is a registered VM's image or a folder holding one: a VM's disk keeps its name. */
     public void checkNotVm(String path, String what) throws FsException {
         if (vmImage.test(path)) {
-            throw new FsException(EBUSY, path + (store.exists(path) ? " is" : " holds")
+            throw new FsException(EBUSY, path + (dir.exists(path) ? " is" : " holds")
                     + " a running VM's image for the reclaimer: it is not " + what + " (vmfuse vm remove the VM first)");
         }
     }
@@ -85,7 +81,7 @@ public final class ImageFiles {
             throw new FsException(ENAMETOOLONG, "a folder at level " + Node.MAX_DEPTH + " could hold no image (at most "
                     + (Node.MAX_DEPTH - 1) + " levels of folders): " + path);
         }
-        store.mkdir(path, mode, uid, gid);
+        dir.mkdir(path, mode, uid, gid);
         log.info("mkdir folder={} mode={}", path, Integer.toOctalString(mode & 07777));
     }
 
@@ -95,9 +91,9 @@ public final class ImageFiles {
      */
     public void rmdir(String path) throws FsException {
         try {
-            store.rmdir(path);
+            dir.rmdir(path);
         } catch (FsException e) {
-            if (e.errno() == ENOTEMPTY && store.holdsOnlyHidden(path)) {
+            if (e.errno() == ENOTEMPTY && dir.holdsOnlyHidden(path)) {
                 throw new FsException(EBUSY, "folder " + path + " holds images unlinked while still open: it can be "
                         + "removed once they are closed");
             }
@@ -110,7 +106,7 @@ public final class ImageFiles {
     public ImageVolume open(String name, int flags) throws FsException {
         synchronized (held) {
             awaitRelease(name);
-            return volume(store.openImage(name, flags), name);
+            return volume(dir.openImage(name, flags), name);
         }
     }
 
@@ -118,10 +114,10 @@ public final class ImageFiles {
     public ImageVolume create(String name, int flags, int mode, int uid, int gid) throws FsException {
         synchronized (held) {
             awaitRelease(name);
-            int fd = store.createImage(name, flags, mode);
+            int fd = dir.createImage(name, flags, mode);
             if (uid != 0 || gid != 0) {
                 try {
-                    store.chown(name, uid, gid);
+                    dir.chown(name, uid, gid);
                 } catch (FsException e) {
                     LibC.INSTANCE.close(fd);
                     throw e;
@@ -140,7 +136,7 @@ public final class ImageFiles {
 
     /** Sets an image's size by name (truncate(2) without an open); a shrink is counted. */
     public void truncate(String name, long size) throws FsException {
-        int fd = store.openImage(name, O_WRONLY);
+        int fd = dir.openImage(name, O_WRONLY);
         try {
             puncher.truncate(fd, name, size);
         } finally {
@@ -184,10 +180,8 @@ public final class ImageFiles {
      */
     public boolean whileClosed(String name, ImageHold.Action action) throws IOException {
         synchronized (held) {
-            for (ImageVolume v : open) {
-                if (!v.unlinked() && name.equals(v.name())) {
-                    return false;
-                }
+            if (isOpen(name)) {
+                return false;
             }
             held.add(name);
         }
@@ -204,8 +198,8 @@ public final class ImageFiles {
 
     /** Removes an image's backing file and counts the release. Its open volumes stay usable, without a name. */
     public void remove(String name) throws FsException {
-        StructStat.Usage usage = store.usage(name);
-        store.unlink(name);
+        StructStat.Usage usage = dir.usage(name);
+        dir.unlink(name);
         int holders = 0;
         for (ImageVolume v : open) {
             if (name.equals(v.name()) && !v.unlinked()) {
@@ -229,7 +223,10 @@ public final class ImageFiles {
         if (Node.within(to, from) && !to.equals(from)) {
             throw new FsException(EINVAL, "a folder cannot be moved into itself: " + from + " -> " + to);
         }
-        store.rename(from, to);
+        if (!from.equals(to) && dir.isFolder(from)) {
+            checkLimits(from, to);
+        }
+        dir.rename(from, to);
         if (from.equals(to)) {
             return;
         }
@@ -244,6 +241,31 @@ public final class ImageFiles {
                 v.renamed(to + v.name().substring(from.length()));
             }
         }
+    }
+
+    /** ENAMETOOLONG if folder {@code from} moved to {@code to} would put anything past Node's depth or length limits. */
+    private void checkLimits(String from, String to) throws FsException {
+        if (to.split("/").length >= Node.MAX_DEPTH) {
+            throw new FsException(ENAMETOOLONG, "a folder at level " + Node.MAX_DEPTH + " could hold no image: " + to);
+        }
+        for (String inside : dir.tree(from)) {
+            try {
+                Node.checkImagePath(to + "/" + inside);
+            } catch (FsException e) {
+                throw new FsException(e.errno(), "moving " + from + " to " + to + " would put " + from + "/" + inside
+                        + " past the limits: " + e.getMessage());
+            }
+        }
+    }
+
+    /** Whether image {@code name} is open (not unlinked) through a door. */
+    public boolean isOpen(String name) {
+        for (ImageVolume v : open) {
+            if (!v.unlinked() && name.equals(v.name())) {
+                return true;
+            }
+        }
+        return false;
     }
 
     /** How many opens each image has, for status. */

@@ -28,24 +28,24 @@ import vmfuse.fs.nativeio.StructStat;
  * placed in the store redirects a call outside it: an entry that is neither a regular file nor
  * a directory is not shown, and cannot be opened or walked through.
  */
-public final class BackingStore implements AutoCloseable {
+public final class ImagesDir implements AutoCloseable {
     private static final LibC C = LibC.INSTANCE;
 
     private final Path imagesDir;
     private final int dirFd;
 
-    private BackingStore(Path imagesDir, int dirFd) {
+    private ImagesDir(Path imagesDir, int dirFd) {
         this.imagesDir = imagesDir;
         this.dirFd = dirFd;
     }
 
     /** Opens STORE/images, which must exist and be a directory. */
-    public static BackingStore open(Path imagesDir) throws FsException {
+    public static ImagesDir open(Path imagesDir) throws FsException {
         int fd = C.open(imagesDir.toString(), O_RDONLY | O_DIRECTORY | O_CLOEXEC, 0);
         if (fd < 0) {
             throw FsException.fromErrno(Native.errno(), "open", imagesDir.toString());
         }
-        return new BackingStore(imagesDir, fd);
+        return new ImagesDir(imagesDir, fd);
     }
 
     public Path imagesDir() {
@@ -84,6 +84,9 @@ public final class BackingStore implements AutoCloseable {
             int how = (i == parts.length - 1 ? flags : O_PATH) | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC;
             int next = C.openat(fd, parts[i], how, 0);
             int errno = next < 0 ? Native.errno() : 0;
+            if (next < 0 && errno == ENOTDIR && !isFile(fd, parts[i])) {
+                errno = ENOENT; // a symlink (ENOTDIR with O_NOFOLLOW|O_DIRECTORY), a socket: not shown, not walked
+            }
             if (fd != dirFd) {
                 C.close(fd);
             }
@@ -95,9 +98,30 @@ public final class BackingStore implements AutoCloseable {
         return fd;
     }
 
+    /** Whether {@code name} in folder {@code fd} is a regular file (not followed). */
+    private static boolean isFile(int fd, String name) {
+        Pointer st = StructStat.allocate();
+        return C.fstatat(fd, name, st, AT_SYMLINK_NOFOLLOW) == 0 && StructStat.type(st) == S_IFREG;
+    }
+
+    /**
+     * A descriptor of folder {@code folder} ("" for images/ itself), the caller's to close: what
+     * an open directory lists and syncs, under whatever name the folder has by then.
+     */
+    public int openFolder(String folder) throws FsException {
+        if (folder.isEmpty()) {
+            int fd = C.dup(dirFd);
+            if (fd < 0) {
+                throw FsException.fromErrno(Native.errno(), "dup", imagesDir.toString());
+            }
+            return fd;
+        }
+        return walk(folder, O_RDONLY);
+    }
+
     /**
      * Opens an existing image for I/O. O_DIRECT is stripped (FUSE's buffers are not aligned, see
-     * README "cache=none"); O_CREAT/O_EXCL/O_TRUNC are the kernel's business on open and dropped;
+     * README "cache=none"); O_CREAT and O_EXCL are the kernel's business on open and dropped;
      * O_NOFOLLOW and O_CLOEXEC are added. Returns the backing descriptor.
      */
     public int openImage(String name, int flags) throws FsException {
@@ -192,6 +216,21 @@ public final class BackingStore implements AutoCloseable {
     /** The entries of a folder of the kinds {@code wanted} (IMAGES, HIDDEN, FOLDERS), sorted. */
     private List<String> entries(String folder, int wanted) throws FsException {
         int fd = walk(folder, O_RDONLY);
+        try {
+            return entries(fd, wanted);
+        } finally {
+            if (fd != dirFd) {
+                C.close(fd);
+            }
+        }
+    }
+
+    /** What the open folder {@code fd} (see {@link #openFolder}) holds: its images and folders, sorted. */
+    public List<String> list(int fd) throws FsException {
+        return entries(fd, IMAGES | FOLDERS);
+    }
+
+    private List<String> entries(int fd, int wanted) throws FsException {
         List<String> names = new ArrayList<>();
         try (DirectoryStream<Path> dir = Files.newDirectoryStream(Path.of("/proc/self/fd/" + fd))) {
             Pointer st = StructStat.allocate();
@@ -210,11 +249,7 @@ public final class BackingStore implements AutoCloseable {
                 }
             }
         } catch (IOException e) {
-            throw new FsException(EIO, "cannot list " + imagesDir.resolve(folder) + ": " + e.getMessage());
-        } finally {
-            if (fd != dirFd) {
-                C.close(fd);
-            }
+            throw new FsException(EIO, "cannot list a folder of " + imagesDir + ": " + e.getMessage());
         }
         names.sort(null);
         return names;
@@ -233,16 +268,45 @@ public final class BackingStore implements AutoCloseable {
         return images(false);
     }
 
+    /** Adds the entries of kinds {@code wanted} at and below {@code folder}; a folder gone meanwhile holds none. */
     private void collect(String folder, int depth, int wanted, List<String> out) throws FsException {
         String prefix = folder.isEmpty() ? "" : folder + "/";
-        for (String name : entries(folder, wanted)) {
+        List<String> here;
+        List<String> folders;
+        try {
+            here = entries(folder, wanted & ~FOLDERS);
+            folders = entries(folder, FOLDERS);
+        } catch (FsException e) {
+            if (!folder.isEmpty() && (e.errno() == ENOENT || e.errno() == ENOTDIR)) {
+                return; // removed or renamed since its parent was listed
+            }
+            throw e;
+        }
+        for (String name : here) {
             out.add(prefix + name);
         }
-        if (depth < Node.MAX_DEPTH) {
-            for (String name : entries(folder, FOLDERS)) {
+        for (String name : folders) {
+            if ((wanted & FOLDERS) != 0) {
+                out.add(prefix + name);
+            }
+            if (depth < Node.MAX_DEPTH) {
                 collect(prefix + name, depth + 1, wanted, out);
             }
         }
+    }
+
+    /**
+     * Everything at and below folder {@code folder}, as paths relative to it: images, hidden
+     * names and folders (what a rename of the folder moves).
+     */
+    public List<String> tree(String folder) throws FsException {
+        List<String> out = new ArrayList<>();
+        collect(folder, folder.split("/").length + 1, IMAGES | HIDDEN | FOLDERS, out);
+        List<String> relative = new ArrayList<>(out.size());
+        for (String p : out) {
+            relative.add(p.substring(folder.length() + 1));
+        }
+        return relative;
     }
 
     /** Makes a folder, owned by {@code uid}:{@code gid}. */
@@ -282,19 +346,12 @@ public final class BackingStore implements AutoCloseable {
     }
 
     /**
-     * fsync of a folder ("" for STORE/images): every create, rename and unlink in it so far
-     * survives a host crash.
+     * fsync of an open folder (see {@link #openFolder}): every create, rename and unlink in it so
+     * far survives a host crash.
      */
-    public void syncDir(String folder) throws FsException {
-        int fd = walk(folder, O_RDONLY);
-        try {
-            if (C.fsync(fd) != 0) {
-                throw FsException.fromErrno(Native.errno(), "fsync", imagesDir.resolve(folder).toString());
-            }
-        } finally {
-            if (fd != dirFd) {
-                C.close(fd);
-            }
+    public void syncDir(int fd) throws FsException {
+        if (C.fsync(fd) != 0) {
+            throw FsException.fromErrno(Native.errno(), "fsync", "a folder of " + imagesDir);
         }
     }
 
@@ -315,10 +372,24 @@ public final class BackingStore implements AutoCloseable {
             }
             return;
         }
-        stat(path, StructStat.allocate());
+        // fchmodat cannot be told not to follow a symlink: the entry is opened (O_PATH, not
+        // followed), checked, and changed through its descriptor, so a swap in between changes nothing
         try (Parent p = new Parent(path)) {
-            if (C.fchmodat(p.fd, p.leaf, mode & 07777, 0) != 0) {
+            int fd = C.openat(p.fd, p.leaf, O_PATH | O_NOFOLLOW | O_CLOEXEC, 0);
+            if (fd < 0) {
                 throw FsException.fromErrno(Native.errno(), "chmod", path);
+            }
+            try {
+                Pointer st = StructStat.allocate();
+                int type = StructStat.fstat(fd, st) == 0 ? StructStat.type(st) : 0;
+                if (type != S_IFREG && type != S_IFDIR) {
+                    throw new FsException(ENOENT, "neither an image nor a folder in the store: " + path);
+                }
+                if (C.chmod("/proc/self/fd/" + fd, mode & 07777) != 0) {
+                    throw FsException.fromErrno(Native.errno(), "chmod", path);
+                }
+            } finally {
+                C.close(fd);
             }
         }
     }

@@ -106,6 +106,12 @@ public final class JournalFiles {
         }
     }
 
+    /** Whether device {@code name} is open through a door. */
+    public boolean isOpen(String name) {
+        JournalDevice d = store.device(name);
+        return d != null && opens.containsKey(d);
+    }
+
     /** Sets a device's size by name (truncate(2) without an open). */
     public void truncate(String name, long size) throws FsException {
         JournalVolume.truncate(device(name), size, ledger);

@@ -2,12 +2,14 @@ package vmfuse.fs.mount;
 
 import static vmfuse.fs.nativeio.Native.EINTR;
 
+import java.util.List;
 import java.util.function.BooleanSupplier;
 
 import jnr.ffi.LibraryLoader;
 import jnr.ffi.Memory;
 import jnr.ffi.Pointer;
 import jnr.ffi.Runtime;
+import jnr.ffi.annotations.Delegate;
 import jnr.ffi.byref.PointerByReference;
 import org.slf4j.Logger;
 import org.slf4j.LoggerFactory;
@@ -56,13 +58,60 @@ final class FuseLoop {
     private FuseLoop() {}
 
     /**
+     * libfuse 2's fsyncdir is {@code int (*)(const char *, int datasync, struct fuse_file_info *)};
+     * jnr-fuse 0.5.8 binds it without the int, so the callback took datasync (0 or 1) for the
+     * fuse_file_info pointer and answered without calling fsyncdir at all. This binding, put in
+     * its slot of struct fuse_operations (the 29th callback) by {@link #mount}, has the real
+     * signature.
+     */
+    public interface FsyncdirCallback {
+        @Delegate
+        int fsyncdir(String path, int datasync, Pointer fi);
+    }
+
+    private static final int FSYNCDIR_SLOT = 28;
+    private static final int FUSE_OPERATIONS_SIZE = 360;
+
+    /**
+     * Mounts {@code mountPoint} with jnr-fuse's struct fuse_operations at {@code ops}, patched
+     * first, and serves it on {@code threads} threads (and up to three spares each while requests
+     * wait on journal memory or held images) until the mount goes away; returns 0, or 1 if
+     * libfuse could not mount. Calls libfuse directly rather than jnr-fuse's mount(), which adds
+     * a shutdown hook that lazily unmounts (the daemon owns the mount's lifecycle) and serves
+     * requests on native threads. {@code fsyncdir} must stay reachable while the mount lives.
+     */
+    static int mount(Pointer ops, long opSize, FsyncdirCallback fsyncdir, String mountPoint, List<String> options,
+            int threads) {
+        // the bit field after the 38 classic callbacks (8 bytes each): flag_nullpath_ok (bit 0)
+        // and flag_nopath (bit 1): operations on an open file or directory (read, write, flush,
+        // fsync, release, ftruncate, fgetattr, readdir) arrive without a path, which libfuse then
+        // need not build and jnr need not decode: VmFuseFs uses fi->fh only. flag_utime_omit_ok
+        // (bit 2): UTIME_NOW/UTIME_OMIT reach utimens unchanged.
+        if (opSize != FUSE_OPERATIONS_SIZE) {
+            throw new IllegalStateException("unexpected struct fuse_operations size " + opSize);
+        }
+        ops.putInt(38 * 8, 0b111);
+        ops.putAddress(FSYNCDIR_SLOT * 8, Runtime.getSystemRuntime().getClosureManager()
+                .getClosurePointer(FsyncdirCallback.class, fsyncdir).address());
+        String[] args = new String[3 + 2 * options.size()];
+        args[0] = "vmfuse";
+        args[1] = "-f";
+        args[2] = mountPoint;
+        for (int i = 0; i < options.size(); i++) {
+            args[3 + 2 * i] = "-o";
+            args[4 + 2 * i] = options.get(i);
+        }
+        return run(args, ops, opSize, threads, 4 * threads);
+    }
+
+    /**
      * Mounts with {@code argv} (as fuse_main would take it: program name, -f, mount point, -o
      * options), serves requests on {@code threads} threads, half of them kept free while others
      * wait on other subsystems (with spares, up to {@code maxThreads}; see {@link FuseWorkers}),
      * until the mount goes away, then tears down. Returns 0, or 1 if libfuse could not mount
      * (its reason is on stderr).
      */
-    static int run(String[] argv, Pointer operations, long opSize, int threads, int maxThreads) {
+    private static int run(String[] argv, Pointer operations, long opSize, int threads, int maxThreads) {
         Runtime rt = Runtime.getSystemRuntime();
         PointerByReference mountpoint = new PointerByReference();
         Pointer multithreaded = Memory.allocate(rt, 4);

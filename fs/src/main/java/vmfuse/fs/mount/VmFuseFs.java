@@ -11,9 +11,7 @@ import java.util.concurrent.atomic.AtomicLong;
 import java.util.function.Predicate;
 
 import jnr.ffi.Pointer;
-import jnr.ffi.Runtime;
 import jnr.ffi.Struct;
-import jnr.ffi.annotations.Delegate;
 import org.slf4j.Logger;
 import org.slf4j.LoggerFactory;
 import ru.serce.jnrfuse.FuseFillDir;
@@ -24,8 +22,8 @@ import ru.serce.jnrfuse.struct.Statvfs;
 import ru.serce.jnrfuse.struct.Timespec;
 import vmfuse.fs.FsException;
 import vmfuse.fs.Node;
-import vmfuse.fs.images.BackingStore;
 import vmfuse.fs.images.ImageFiles;
+import vmfuse.fs.images.ImagesDir;
 import vmfuse.fs.journals.JournalFiles;
 import vmfuse.fs.nativeio.LibC;
 import vmfuse.fs.space.HolePuncher;
@@ -44,8 +42,8 @@ import vmfuse.reclaimer.WriteTracker;
  * callbacks to a few lines over per-file state. Every callback goes through {@link #call}, which
  * answers {@code -errno} and logs a failure once; no exception reaches jnr-fuse.
  *
- * <p>An open's volume is found by {@code fi->fh}, a number this door gives out; directories get
- * their kind there (readdir and fsyncdir come without a path: see {@link #run}).
+ * <p>An open's volume is found by {@code fi->fh}, a number this door gives out, and so is an open
+ * directory (readdir and fsyncdir come without a path: see FuseLoop.mount).
  */
 public final class VmFuseFs extends FuseStubFS {
     private static final Logger log = LoggerFactory.getLogger(VmFuseFs.class);
@@ -66,14 +64,20 @@ public final class VmFuseFs extends FuseStubFS {
     /** Reads larger than this are spliced (see read_buf). */
     private static final long SPLICE_MIN = 32 * 1024;
 
-    private final BackingStore store;
+    private final ImagesDir dir;
     private final ImageFiles images;
     private final JournalFiles journals;
     private final HolePuncher puncher;
     /** Open volumes by fh. */
     private final Map<Long, Volume> volumes = new ConcurrentHashMap<>();
-    /** Open directories by fh: readdir, fsyncdir and releasedir come without a path. */
-    private final Map<Long, Node> dirs = new ConcurrentHashMap<>();
+    /**
+     * Open directories by fh: readdir, fsyncdir and releasedir come without a path. A folder of
+     * images keeps its descriptor, so it lists and syncs what it is after a rename of it or of a
+     * folder above it (-1 for the namespace's own directories).
+     */
+    private record Dir(Node node, int fd) {}
+
+    private final Map<Long, Dir> dirs = new ConcurrentHashMap<>();
     /** fh numbers of opens; never reused while the mount lives. */
     private final AtomicLong nextFh = new AtomicLong(1);
     private final CountDownLatch mounted = new CountDownLatch(1);
@@ -102,11 +106,11 @@ public final class VmFuseFs extends FuseStubFS {
      */
     private static final ThreadLocal<Hide> LAST_HIDE = new ThreadLocal<>();
 
-    public VmFuseFs(BackingStore store, ReleaseLedger ledger, JournalStore journalStore,
+    public VmFuseFs(ImagesDir dir, ReleaseLedger ledger, JournalStore journalStore,
             Durability journalDurability) {
-        this.store = store;
+        this.dir = dir;
         this.puncher = new HolePuncher(ledger);
-        this.images = new ImageFiles(store, puncher, ledger);
+        this.images = new ImageFiles(dir, puncher, ledger);
         this.journals = new JournalFiles(journalStore, journalDurability, ledger);
     }
 
@@ -116,7 +120,7 @@ public final class VmFuseFs extends FuseStubFS {
      * kernel asks anything.
      */
     public void dropHidden() throws FsException {
-        for (String name : store.images(true)) {
+        for (String name : dir.images(true)) {
             images.remove(name);
             log.info("removed image={} left hidden by a daemon that did not see its last close", name);
         }
@@ -133,7 +137,8 @@ public final class VmFuseFs extends FuseStubFS {
 
     /**
      * The reclaimer's write trackers, by image name (writes to those images go through them), and
-     * which images are VMs' (they may not be renamed).
+     * where VMs' images are: true for a VM's image and for a folder holding one (neither may be
+     * renamed, replaced or removed).
      */
     public void writeTrackers(Map<String, WriteTracker> byImage, Predicate<String> vmImage) {
         images.watch(byImage, vmImage);
@@ -151,28 +156,8 @@ public final class VmFuseFs extends FuseStubFS {
      * serves requests on native threads (see {@link FuseLoop}).
      */
     public int run(String mountPoint, List<String> options, int threads) {
-        // struct fuse_operations bit field after the 38 classic callbacks (8 bytes each):
-        // flag_nullpath_ok (bit 0) and flag_nopath (bit 1): operations on an open file or
-        // directory (read, write, flush, fsync, release, ftruncate, fgetattr, readdir) arrive
-        // without a path, which libfuse then need not build and jnr need not decode: we use
-        // fi->fh only. flag_utime_omit_ok (bit 2): UTIME_NOW/UTIME_OMIT reach utimens unchanged.
-        if (Struct.size(fuseOperations) != 360) {
-            throw new IllegalStateException("unexpected struct fuse_operations size " + Struct.size(fuseOperations));
-        }
-        Pointer ops = Struct.getMemory(fuseOperations);
-        ops.putInt(38 * 8, 0b111);
-        ops.putAddress(FSYNCDIR_SLOT * 8, Runtime.getSystemRuntime().getClosureManager()
-                .getClosurePointer(FsyncdirCallback.class, fsyncdirCallback).address());
-        String[] args = new String[3 + 2 * options.size()];
-        args[0] = "vmfuse";
-        args[1] = "-f";
-        args[2] = mountPoint;
-        for (int i = 0; i < options.size(); i++) {
-            args[3 + 2 * i] = "-o";
-            args[4 + 2 * i] = options.get(i);
-        }
-        // up to three spares per thread while requests wait on journal memory or held images
-        return FuseLoop.run(args, ops, Struct.size(fuseOperations), threads, 4 * threads);
+        return FuseLoop.mount(Struct.getMemory(fuseOperations), Struct.size(fuseOperations), fsyncdirCallback,
+                mountPoint, options, threads);
     }
 
     /** Counted down when the kernel's INIT has been answered: the mount is live. */
@@ -220,7 +205,7 @@ public final class VmFuseFs extends FuseStubFS {
         return Node.resolve(path);
     }
 
-    /** The image (or folder: the store tells) or journal device a path names; EISDIR for a directory of the namespace. */
+    /** The image (or folder: the store tells) or journal device a path names; EISDIR for the namespace's directories. */
     private static Node fileNode(String path) throws FsException {
         Node n = node(path);
         if (n.kind() == Node.Kind.IMAGE_ENTRY || n.kind() == Node.Kind.JOURNAL) {
@@ -286,10 +271,10 @@ public final class VmFuseFs extends FuseStubFS {
             Node n = node(path);
             Pointer st = Struct.getMemory(stat);
             switch (n.kind()) {
-                case IMAGE_ENTRY, IMAGES_DIR -> store.stat(n.name(), st);
+                case IMAGE_ENTRY, IMAGES_DIR -> dir.stat(n.name(), st);
                 case JOURNAL -> journals.stat(n.name(), st);
                 case ROOT, JOURNALS_DIR -> {
-                    store.stat("", st);
+                    dir.stat("", st);
                     stat.st_mode.set(S_IFDIR | 0755);
                 }
             }
@@ -315,11 +300,12 @@ public final class VmFuseFs extends FuseStubFS {
     public int opendir(String path, FuseFileInfo fi) {
         return call("opendir", path, () -> {
             Node n = node(path);
-            if (n.kind() == Node.Kind.JOURNAL || n.kind() == Node.Kind.IMAGE_ENTRY && !store.isFolder(n.name())) {
+            if (n.kind() == Node.Kind.JOURNAL || n.kind() == Node.Kind.IMAGE_ENTRY && !dir.isFolder(n.name())) {
                 throw new FsException(ENOTDIR, "not a directory: " + path);
             }
+            boolean images = n.kind() == Node.Kind.IMAGE_ENTRY || n.kind() == Node.Kind.IMAGES_DIR;
             long fh = nextFh.getAndIncrement();
-            dirs.put(fh, n);
+            dirs.put(fh, new Dir(n, images ? dir.openFolder(n.name()) : -1));
             fi.fh.set(fh);
             return 0;
         });
@@ -327,28 +313,37 @@ public final class VmFuseFs extends FuseStubFS {
 
     @Override
     public int releasedir(String path, FuseFileInfo fi) {
-        return call("releasedir", path, () -> dirs.remove(fi.fh.get()) != null ? 0 : -EBADF);
+        return call("releasedir", path, () -> {
+            Dir d = dirs.remove(fi.fh.get());
+            if (d == null) {
+                throw new FsException(EBADF, "no open directory for fh " + fi.fh.get());
+            }
+            if (d.fd() >= 0) {
+                C.close(d.fd());
+            }
+            return 0;
+        });
     }
 
     /** The open directory of {@code fi->fh}. */
-    private Node dir(FuseFileInfo fi) throws FsException {
-        Node n = dirs.get(fi.fh.get());
-        if (n == null) {
+    private Dir dir(FuseFileInfo fi) throws FsException {
+        Dir d = dirs.get(fi.fh.get());
+        if (d == null) {
             throw new FsException(EBADF, "no open directory for fh " + fi.fh.get());
         }
-        return n;
+        return d;
     }
 
     /** Lists the namespace: images/ and journals/ at the top, images and folders in images/, the devices. */
     @Override
     public int readdir(String path, Pointer buf, FuseFillDir filter, long offset, FuseFileInfo fi) {
         return call("readdir", path, () -> {
-            Node n = dir(fi);
+            Dir d = dir(fi);
             filter.apply(buf, ".", null, 0);
             filter.apply(buf, "..", null, 0);
-            List<String> names = switch (n.kind()) {
+            List<String> names = switch (d.node().kind()) {
                 case ROOT -> List.of(Node.IMAGES, Node.JOURNALS);
-                case IMAGES_DIR, IMAGE_ENTRY -> store.list(n.name());
+                case IMAGES_DIR, IMAGE_ENTRY -> dir.list(d.fd());
                 case JOURNALS_DIR -> journals.list();
                 case JOURNAL -> throw new FsException(ENOTDIR, "not a directory");
             };
@@ -483,28 +478,16 @@ public final class VmFuseFs extends FuseStubFS {
     @Override
     public int fsyncdir(String path, FuseFileInfo fi) {
         return call("fsyncdir", path, () -> {
-            Node n = dir(fi);
-            if (n.kind() == Node.Kind.IMAGES_DIR || n.kind() == Node.Kind.IMAGE_ENTRY) {
-                store.syncDir(n.name());
+            Dir d = dir(fi);
+            if (d.fd() >= 0) {
+                dir.syncDir(d.fd());
             }
             return 0;
         });
     }
 
-    /**
-     * libfuse 2's fsyncdir is {@code int (*)(const char *, int datasync, struct fuse_file_info *)};
-     * jnr-fuse 0.5.8 binds it without the int, so the callback took datasync (0 or 1) for the
-     * fuse_file_info pointer and answered without calling fsyncdir at all. This binding, put in
-     * its slot of struct fuse_operations (the 29th callback) by run(), has the real signature.
-     */
-    public interface FsyncdirCallback {
-        @Delegate
-        int fsyncdir(String path, int datasync, Pointer fi);
-    }
-
-    private static final int FSYNCDIR_SLOT = 28;
     /** Held for the mount's life: the native closure must not be collected while libfuse may call it. */
-    private final FsyncdirCallback fsyncdirCallback = (path, datasync, fi) -> fsyncdir(path, FuseFileInfo.of(fi));
+    private final FuseLoop.FsyncdirCallback fsyncdirCallback = (path, datasync, fi) -> fsyncdir(path, FuseFileInfo.of(fi));
 
     /** Ends an open; an unlinked image's space returns when its last one closes. */
     @Override
@@ -575,7 +558,7 @@ public final class VmFuseFs extends FuseStubFS {
                 return 0;
             }
             String name = n.name();
-            if (Node.hidden(name) && !store.exists(name)) {
+            if (Node.hidden(name) && !dir.exists(name)) {
                 return 0; // a hide a refused rename undid: nothing is left under the hidden name
             }
             images.remove(name);
@@ -616,6 +599,11 @@ public final class VmFuseFs extends FuseStubFS {
      * to the hidden name in the store, which a refused rename undoes (see {@link #LAST_HIDE}).
      */
     private void hide(Node from, Node hidden) throws FsException {
+        boolean open = from.kind() == Node.Kind.JOURNAL ? journals.isOpen(from.name()) : images.isOpen(from.name());
+        if (!open) { // libfuse hides only what is open: this is someone's rename to a name that is libfuse's
+            throw new FsException(EPERM, "names beginning " + Node.HIDDEN_PREFIX + " are libfuse's, for files "
+                    + "unlinked while open: " + hidden.name());
+        }
         if (from.kind() == Node.Kind.JOURNAL) {
             journals.rename(from.name(), hidden.name());
         } else {
@@ -665,7 +653,7 @@ public final class VmFuseFs extends FuseStubFS {
     @Override
     public int chmod(String path, long mode) {
         return call("chmod", path, () -> {
-            store.chmod(imagesPath(path), (int) mode);
+            dir.chmod(imagesPath(path), (int) mode);
             return 0;
         });
     }
@@ -673,7 +661,7 @@ public final class VmFuseFs extends FuseStubFS {
     @Override
     public int chown(String path, long uid, long gid) {
         return call("chown", path, () -> {
-            store.chown(imagesPath(path), (int) uid, (int) gid);
+            dir.chown(imagesPath(path), (int) uid, (int) gid);
             return 0;
         });
     }
@@ -686,7 +674,7 @@ public final class VmFuseFs extends FuseStubFS {
                 journals.check(n.name());
                 return 0; // a device's times are its creation and last flush: touch succeeds, changes nothing
             }
-            store.utimens(n.name(), Struct.getMemory(timespec[0]));
+            dir.utimens(n.name(), Struct.getMemory(timespec[0]));
             return 0;
         });
     }
@@ -695,7 +683,7 @@ public final class VmFuseFs extends FuseStubFS {
     @Override
     public int statfs(String path, Statvfs stbuf) {
         return call("statfs", path, () -> {
-            store.statfs(Struct.getMemory(stbuf));
+            dir.statfs(Struct.getMemory(stbuf));
             return 0;
         });
     }
@@ -753,5 +741,11 @@ public final class VmFuseFs extends FuseStubFS {
     public void closeAll() {
         volumes.clear();
         images.closeAll();
+        for (Dir d : dirs.values()) {
+            if (d.fd() >= 0) {
+                C.close(d.fd());
+            }
+        }
+        dirs.clear();
     }
 }

@@ -41,6 +41,7 @@ public interface LibC {
     @SaveError int renameat(int olddirfd, String oldpath, int newdirfd, String newpath);
     @SaveError int fchmodat(int dirfd, String path, int mode, int flags);
     @SaveError int fchmod(int fd, int mode);
+    @SaveError int chmod(String path, int mode);
     @SaveError int fchown(int fd, int owner, int group);
     @SaveError int fchownat(int dirfd, String path, int owner, int group, int flags);
     @SaveError int utimensat(int dirfd, String path, Pointer times, int flags);

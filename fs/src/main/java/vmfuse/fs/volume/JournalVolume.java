@@ -43,7 +43,7 @@ public final class JournalVolume implements Volume {
 
     @Override
     public String name() {
-        return ReleaseLedger.device(device.name());
+        return device.name();
     }
 
     static FsException fail(StoreException e) {
@@ -152,7 +152,7 @@ public final class JournalVolume implements Volume {
         } catch (StoreException e) {
             throw fail(e);
         }
-        ledger.record(name(), offset, length, before - device.bytesStored(), reason);
+        ledger.record(ReleaseLedger.device(device.name()), offset, length, before - device.bytesStored(), reason);
     }
 
     /** A device has no allocation to make: only the size, unless {@code keepSize}. */
@@ -200,7 +200,8 @@ public final class JournalVolume implements Volume {
         while (pos < end && budget > 0) {
             long block = pos / BLOCK;
             long run = device.dataRun(block, budget);
-            long runEnd = Math.min(end, (block + Math.abs(run)) * BLOCK);
+            long endBlock = block + Math.abs(run); // in blocks: a byte offset could pass 2^63 at the last one
+            long runEnd = endBlock > (end - 1) / BLOCK ? end : endBlock * BLOCK;
             boolean data = run > 0;
             if (!out.isEmpty() && out.get(out.size() - 1).data() == data) {
                 Extent last = out.remove(out.size() - 1);

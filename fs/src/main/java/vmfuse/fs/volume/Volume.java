@@ -22,7 +22,11 @@ import vmfuse.fs.FsException;
  */
 public sealed interface Volume permits ImageVolume, JournalVolume {
 
-    /** The name counts and logs use: an image's path under images/, or "journals/NAME". */
+    /**
+     * Its name within its kind: an image's path under images/ ("tenant1/vm7/disk.qcow2"), a
+     * device's name under journals/. An image and a device may have the same name: a door that
+     * serves both keys on the kind too.
+     */
     String name();
 
     /** Reads up to {@code size} bytes at {@code offset} into {@code buf}; fewer only at the end. */

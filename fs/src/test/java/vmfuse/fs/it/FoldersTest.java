@@ -139,6 +139,28 @@ class FoldersTest {
     }
 
     @Test
+    void anOpenFolderListsWhatItHoldsAfterItsRenameAndDeepMovesAreRefused() throws Exception {
+        Files.createDirectories(m.image("o1/vm"));
+        Proc.ok("qemu-img", "create", "-q", "-f", "raw", img("o1/vm/disk.raw"), "1M");
+        String listed = Proc.ok("python3", "-c", String.join("\n",
+                "import os, sys",
+                "os.chdir(sys.argv[1])",
+                "fd = os.open('o1/vm', os.O_RDONLY | os.O_DIRECTORY)",
+                "os.rename('o1', 'o2')",
+                "os.makedirs('o1/vm')  # another folder under the old name",
+                "print(sorted(os.listdir(fd)))",
+                "os.fsync(fd)"), m.mnt.resolve("images").toString()).out().trim();
+        assertEquals("['disk.raw']", listed, "the open folder is the one renamed, not the new one of its old name");
+
+        Files.createDirectories(m.image("p/p/p/p/p/p"));
+        assertEquals("ENAMETOOLONG", errnoOf("os.rename('o2', 'p/p/p/p/p/p/o2')"), "o2/vm/disk.raw would be 9 deep");
+        assertTrue(Files.isRegularFile(m.backing("o2/vm/disk.raw")));
+        assertEquals("EPERM", errnoOf("os.rename('o2/vm/disk.raw', 'o2/vm/.fuse_hidden0000beef')"),
+                "a rename to libfuse's name for an open file's hide, of a file nobody has open");
+        Proc.ok("rm", "-r", m.image("o1").toString(), m.image("o2").toString(), m.image("p").toString());
+    }
+
+    @Test
     void badNamesDepthsAndLinksAreRefusedWithTheirErrno() throws Exception {
         assertEquals("ENAMETOOLONG", errnoOf("os.mkdir('" + "x".repeat(256) + "')"));
         assertEquals("ok", errnoOf("os.makedirs('" + "d/".repeat(7) + "')"));

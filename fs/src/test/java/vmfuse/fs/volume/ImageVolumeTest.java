@@ -15,9 +15,7 @@ import java.util.List;
 import java.util.Map;
 import java.util.concurrent.atomic.AtomicInteger;
 
-import jnr.ffi.Memory;
 import jnr.ffi.Pointer;
-import jnr.ffi.Runtime;
 import org.junit.jupiter.api.AfterEach;
 import org.junit.jupiter.api.BeforeEach;
 import org.junit.jupiter.api.Test;
@@ -60,23 +58,15 @@ class ImageVolumeTest {
     }
 
     private static Pointer bytes(byte[] b) {
-        Pointer p = Memory.allocateDirect(Runtime.getSystemRuntime(), Math.max(b.length, 1));
-        p.put(0, b, 0, b.length);
-        return p;
+        return Bytes.of(b);
     }
 
     private static byte[] filled(int n, int value) {
-        byte[] b = new byte[n];
-        java.util.Arrays.fill(b, (byte) value);
-        return b;
+        return Bytes.filled(n, value);
     }
 
     private byte[] read(long offset, int n) throws FsException {
-        Pointer p = Memory.allocateDirect(Runtime.getSystemRuntime(), n);
-        int got = v.read(p, n, offset);
-        byte[] b = new byte[got];
-        p.get(0, b, 0, got);
-        return b;
+        return Bytes.read(v, offset, n);
     }
 
     private long allocated() throws FsException {
@@ -188,7 +178,7 @@ class ImageVolumeTest {
     }
 
     @Test
-    void aRenameMovesItsCountsAndAnUnlinkedVolumeStaysUsable() throws Exception {
+    void aRenamedVolumeCountsUnderItsNewNameAndAnUnlinkedOneStaysUsable() throws Exception {
         v.renamed("vm2.raw");
         v.markUnlinked();
         v.write(bytes(filled(MIB, 2)), MIB, 0);

@@ -10,9 +10,7 @@ import java.nio.file.Path;
 import java.util.List;
 import java.util.concurrent.atomic.AtomicInteger;
 
-import jnr.ffi.Memory;
 import jnr.ffi.Pointer;
-import jnr.ffi.Runtime;
 import org.junit.jupiter.api.AfterEach;
 import org.junit.jupiter.api.BeforeEach;
 import org.junit.jupiter.api.Test;
@@ -47,23 +45,15 @@ class JournalVolumeTest {
     }
 
     private static Pointer bytes(byte[] b) {
-        Pointer p = Memory.allocateDirect(Runtime.getSystemRuntime(), b.length);
-        p.put(0, b, 0, b.length);
-        return p;
+        return Bytes.of(b);
     }
 
     private static byte[] filled(int n, int value) {
-        byte[] b = new byte[n];
-        java.util.Arrays.fill(b, (byte) value);
-        return b;
+        return Bytes.filled(n, value);
     }
 
     private byte[] read(long offset, int n) throws FsException {
-        Pointer p = Memory.allocateDirect(Runtime.getSystemRuntime(), n);
-        int got = v.read(p, n, offset);
-        byte[] b = new byte[got];
-        p.get(0, b, 0, got);
-        return b;
+        return Bytes.read(v, offset, n);
     }
 
     @Test
@@ -79,7 +69,7 @@ class JournalVolumeTest {
         v.stat(st);
         assertEquals(S_IFREG | 0600, st.getInt(StructStat.MODE));
         assertEquals(new StructStat.Usage(9 * BLOCK, 8 * BLOCK), StructStat.usage(st), "size and the blocks held");
-        assertEquals("journals/j1", v.name());
+        assertEquals("j1", v.name());
     }
 
     @Test
@@ -119,6 +109,17 @@ class JournalVolumeTest {
         Extent last = big.get(big.size() - 1);
         assertTrue(last.end() < 1L << 30, "a GiB is answered in parts: " + last);
         assertEquals(new Extent(0, 100 * BLOCK, false), big.get(0));
+    }
+
+    @Test
+    void extentsAtTheEndOfTheLargestDeviceDoNotOverflow() throws Exception {
+        v.truncate(Long.MAX_VALUE);
+        long from = Long.MAX_VALUE - 100 * BLOCK - 5;
+        assertEquals(List.of(new Extent(from, Long.MAX_VALUE - from, false)), v.extents(from, Long.MAX_VALUE - from));
+        v.write(bytes(filled(10, 1)), 10, Long.MAX_VALUE - 10);
+        List<Extent> e = v.extents(from, Long.MAX_VALUE - from);
+        assertEquals(Long.MAX_VALUE, e.get(e.size() - 1).end());
+        assertTrue(e.get(e.size() - 1).data(), e.toString());
     }
 
     @Test

@@ -1,0 +1,99 @@
+package vmfuse.fs.images;
+
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertFalse;
+import static org.junit.jupiter.api.Assertions.assertThrows;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+import static vmfuse.fs.nativeio.Native.*;
+
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.util.Map;
+
+import org.junit.jupiter.api.AfterEach;
+import org.junit.jupiter.api.BeforeEach;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.io.TempDir;
+import vmfuse.fs.FsException;
+import vmfuse.fs.space.HolePuncher;
+import vmfuse.fs.space.ReleaseLedger;
+import vmfuse.fs.volume.ImageVolume;
+
+/** The images' namespace below the doors: renames of folders with what is open and counted in them, and the limits. */
+class ImageFilesTest {
+    @TempDir
+    Path root;
+    private Path images;
+    private ImagesDir dir;
+    private ReleaseLedger ledger;
+    private ImageFiles files;
+
+    @BeforeEach
+    void open() throws Exception {
+        images = Files.createDirectories(root.resolve("images"));
+        dir = ImagesDir.open(images);
+        ledger = ReleaseLedger.load(root.resolve("releases.tsv"));
+        files = new ImageFiles(dir, new HolePuncher(ledger), ledger);
+    }
+
+    @AfterEach
+    void close() {
+        files.closeAll();
+        dir.close();
+    }
+
+    @Test
+    void aFolderRenameCarriesItsOpenVolumesAndCountsAndReplacesNothingElse() throws Exception {
+        files.mkdir("t1", 0755, 0, 0);
+        files.mkdir("t1/vm", 0755, 0, 0);
+        files.mkdir("t10", 0755, 0, 0);
+        ImageVolume v = files.create("t1/vm/disk.raw", O_RDWR, 0644, 0, 0);
+        ImageVolume sibling = files.create("t10/disk.raw", O_RDWR, 0644, 0, 0);
+        v.truncate(1 << 20);
+        v.truncate(0); // a release, counted under the image's path
+        files.mkdir("archive", 0755, 0, 0);
+
+        files.rename("t1", "archive/t1");
+
+        assertEquals("archive/t1/vm/disk.raw", v.name());
+        assertEquals("t10/disk.raw", sibling.name(), "a sibling whose name begins the same stays");
+        assertEquals(Map.of("archive/t1/vm/disk.raw", 1, "t10/disk.raw", 1), files.openCounts());
+        assertEquals(1, ledger.of(ReleaseLedger.image("archive/t1/vm/disk.raw")).events());
+        assertTrue(files.isOpen("archive/t1/vm/disk.raw"));
+        assertFalse(files.isOpen("t1/vm/disk.raw"));
+        assertTrue(Files.isRegularFile(images.resolve("archive/t1/vm/disk.raw")));
+    }
+
+    @Test
+    void aFolderCannotMoveIntoItselfNorPastTheLimits() throws Exception {
+        files.mkdir("a", 0755, 0, 0);
+        files.mkdir("a/b", 0755, 0, 0);
+        files.create("a/b/disk.raw", O_RDWR, 0644, 0, 0).close();
+        FsException into = assertThrows(FsException.class, () -> files.rename("a", "a/b/a"));
+        assertEquals(EINVAL, into.errno());
+
+        String deep = "x/x/x/x/x";
+        Files.createDirectories(images.resolve(deep));
+        // x/x/x/x/x/a/b/disk.raw: 8 components, the limit itself; one level more is refused
+        files.rename("a", deep + "/a");
+        files.rename(deep + "/a", "a");
+        Files.createDirectories(images.resolve(deep + "/y"));
+        assertEquals(ENAMETOOLONG, assertThrows(FsException.class, () -> files.rename("a", deep + "/y/a")).errno());
+        assertTrue(Files.isRegularFile(images.resolve("a/b/disk.raw")), "a refused move moved nothing");
+
+        String wide = ("w".repeat(250) + "/").repeat(3) + "w".repeat(250); // 1,003 bytes
+        Files.createDirectories(images.resolve(wide));
+        String to = wide + "/" + "n".repeat(12); // 1,016 bytes: the folder fits, what it holds would not
+        assertEquals(ENAMETOOLONG, assertThrows(FsException.class, () -> files.rename("a", to)).errno(),
+                "a/b/disk.raw at 1,027 bytes");
+    }
+
+    @Test
+    void aFolderHoldingOnlyImagesUnlinkedWhileOpenIsBusyNotEmpty() throws Exception {
+        files.mkdir("t", 0755, 0, 0);
+        Files.writeString(images.resolve("t/.fuse_hidden0001"), "unlinked, still open");
+        assertEquals(EBUSY, assertThrows(FsException.class, () -> files.rmdir("t")).errno());
+        Files.writeString(images.resolve("t/other.raw"), "");
+        assertEquals(ENOTEMPTY, assertThrows(FsException.class, () -> files.rmdir("t")).errno());
+    }
+}
