@@ -15,7 +15,7 @@ import os
 import re
 import sys
 
-MODULES = ["durable", "journal-dev", "reclaimer", "fs"]
+MODULES = ["durable", "journal-dev", "reclaimer", "nbd", "fs"]
 TOKEN = re.compile(r'//[^\n]*|/\*.*?\*/|"(?:\\.|[^"\\\n])*"|\'(?:\\.|[^\'\\\n])*\'', re.S)
 
 

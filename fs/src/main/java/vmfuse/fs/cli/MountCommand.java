@@ -75,6 +75,28 @@ final class MountCommand implements Callable<Integer> {
     @Option(names = "--force", description = "Clear a stale mount (left by a daemon that died) at MOUNTPOINT first.")
     boolean force;
 
+    @Option(names = "--nbd", paramLabel = "unix:PATH",
+            description = {"Also serve every image and journal device over NBD on the unix socket PATH (mode 0600:",
+                "root's clients), named by their path in the mount: nbd+unix:///images/vm1.raw?socket=PATH."})
+    String nbd;
+
+    /** The NBD socket of --nbd, or null. */
+    private Path nbdSocket() {
+        if (nbd == null) {
+            return null;
+        }
+        if (!nbd.startsWith("unix:") || nbd.length() == "unix:".length()) {
+            throw new picocli.CommandLine.ParameterException(spec.commandLine(), "--nbd takes unix:PATH, not '" + nbd
+                    + "' (NBD over TCP needs tenants and TLS, which are not there yet)");
+        }
+        Path p = Path.of(nbd.substring("unix:".length()));
+        if (!p.isAbsolute()) {
+            throw new picocli.CommandLine.ParameterException(spec.commandLine(), "--nbd needs an absolute path, not "
+                    + p);
+        }
+        return p.normalize();
+    }
+
     @Override
     public Integer call() throws Exception {
         if (threads < 1 || threads > 256) {
@@ -89,7 +111,7 @@ final class MountCommand implements Callable<Integer> {
         if (foreground) {
             try {
                 Daemon.run(new Daemon.Options(store, mnt, fuseOptions, force, threads, durability(), memory,
-                    reclaimMaxRanges));
+                    reclaimMaxRanges, nbdSocket()));
             } catch (FsException e) {
                 throw new FsException(e.errno(), "cannot mount " + mnt + ": " + e.getMessage());
             }
@@ -98,7 +120,7 @@ final class MountCommand implements Callable<Integer> {
         StoreDir s;
         try {
             s = Daemon.preflight(new Daemon.Options(store, mnt, fuseOptions, force, threads, durability(), memory,
-                    reclaimMaxRanges));
+                    reclaimMaxRanges, nbdSocket()));
         } catch (FsException e) {
             throw new FsException(e.errno(), "cannot mount " + mnt + ": " + e.getMessage());
         }
@@ -150,6 +172,9 @@ final class MountCommand implements Callable<Integer> {
         cmd.addAll(List.of("mount", "--foreground", "--store", s.dir().toString(), "--threads", String.valueOf(threads),
                 "--journal-durability", journalDurability, "--journal-memory", journalMemory,
                 "--reclaim-max-ranges", String.valueOf(reclaimMaxRanges)));
+        if (nbd != null) {
+            cmd.addAll(List.of("--nbd", "unix:" + nbdSocket()));
+        }
         for (String o : fuseOptions) {
             cmd.add("-o");
             cmd.add(o);

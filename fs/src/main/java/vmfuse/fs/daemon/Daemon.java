@@ -21,15 +21,20 @@ import org.slf4j.Logger;
 import org.slf4j.LoggerFactory;
 import vmfuse.fs.FsException;
 import vmfuse.fs.TsvField;
+import vmfuse.fs.export.VolumeExports;
+import vmfuse.fs.images.ImageFiles;
 import vmfuse.fs.images.ImagesDir;
+import vmfuse.fs.journals.JournalFiles;
 import vmfuse.fs.mount.Fusermount;
 import vmfuse.fs.mount.MountPoints;
 import vmfuse.fs.mount.VmFuseFs;
 import vmfuse.fs.nativeio.Native;
+import vmfuse.fs.space.HolePuncher;
 import vmfuse.fs.space.ReleaseLedger;
 import vmfuse.journal.Durability;
 import vmfuse.journal.JournalStore;
 import vmfuse.journal.StoreException;
+import vmfuse.nbd.NbdServer;
 import vmfuse.reclaimer.WriteTracker;
 
 /**
@@ -60,8 +65,12 @@ public final class Daemon {
     private static volatile boolean shuttingDown;
 
     /** What the operator asked for. */
+    /** How to mount; {@code nbdSocket} null for no NBD door. */
     public record Options(Path store, Path mountPoint, List<String> fuseOptions, boolean force, int threads,
-            Durability journalDurability, long journalMemory, int reclaimMaxRanges) {}
+            Durability journalDurability, long journalMemory, int reclaimMaxRanges, Path nbdSocket) {}
+
+    /** NBD clients at once (each a thread and a buffer of at most 32 MiB). */
+    static final int NBD_MAX_CLIENTS = 64;
 
     /** Threads serving FUSE requests: enough for a few VMs' queues; each idle one costs a stack. */
     public static final int DEFAULT_THREADS = 16;
@@ -133,7 +142,10 @@ public final class Daemon {
             throw new FsException(e.errno(), e.getMessage());
         }
         try (ImagesDir backing = ImagesDir.open(store.images()); journals) {
-            VmFuseFs fs = new VmFuseFs(backing, ledger, journals, o.journalDurability());
+            HolePuncher puncher = new HolePuncher(ledger);
+            ImageFiles images = new ImageFiles(backing, puncher, ledger);
+            JournalFiles devices = new JournalFiles(journals, o.journalDurability(), ledger);
+            VmFuseFs fs = new VmFuseFs(backing, images, devices, puncher);
             fs.dropHidden();
             VmRegistry vms = VmRegistry.open(store, mnt, backing, fs, WriteTracker.Limits.ofRanges(o.reclaimMaxRanges()));
             fs.writeTrackers(vms.trackers(), vms::holdsVmImage);
@@ -163,7 +175,9 @@ public final class Daemon {
                     TimeUnit.SECONDS);
             reclaimTimer.scheduleWithFixedDelay(vms::tick, 5, 5, TimeUnit.SECONDS);
             try (ControlServer control = new ControlServer(store.socket(),
-                    new ControlHandler(store, mnt, pid, backing, ledger, fs, journals, vms)::answer)) {
+                    new ControlHandler(store, mnt, pid, backing, ledger, fs, journals, vms)::answer);
+                    NbdServer nbd = o.nbdSocket() == null ? null
+                            : NbdServer.listen(o.nbdSocket(), new VolumeExports(backing, images, devices), NBD_MAX_CLIENTS)) {
                 log.info("mounted store={} mountpoint={} pid={} threads={} options={}", store.dir(), mnt, pid, threads,
                         String.join(",", options));
                 int rc = join(loop);

@@ -27,11 +27,8 @@ import vmfuse.fs.images.ImagesDir;
 import vmfuse.fs.journals.JournalFiles;
 import vmfuse.fs.nativeio.LibC;
 import vmfuse.fs.space.HolePuncher;
-import vmfuse.fs.space.ReleaseLedger;
 import vmfuse.fs.volume.ImageVolume;
 import vmfuse.fs.volume.Volume;
-import vmfuse.journal.Durability;
-import vmfuse.journal.JournalStore;
 import vmfuse.reclaimer.ImageHold;
 import vmfuse.reclaimer.WriteTracker;
 
@@ -106,12 +103,12 @@ public final class VmFuseFs extends FuseStubFS {
      */
     private static final ThreadLocal<Hide> LAST_HIDE = new ThreadLocal<>();
 
-    public VmFuseFs(ImagesDir dir, ReleaseLedger ledger, JournalStore journalStore,
-            Durability journalDurability) {
+    /** The FUSE door to the core: the images (in {@code dir}) and journal devices, and the one puncher. */
+    public VmFuseFs(ImagesDir dir, ImageFiles images, JournalFiles journals, HolePuncher puncher) {
         this.dir = dir;
-        this.puncher = new HolePuncher(ledger);
-        this.images = new ImageFiles(dir, puncher, ledger);
-        this.journals = new JournalFiles(journalStore, journalDurability, ledger);
+        this.puncher = puncher;
+        this.images = images;
+        this.journals = journals;
     }
 
     /**

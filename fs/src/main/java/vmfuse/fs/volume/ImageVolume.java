@@ -5,6 +5,7 @@ import static vmfuse.fs.nativeio.Native.*;
 import java.io.IOException;
 import java.util.ArrayList;
 import java.util.List;
+import java.util.concurrent.atomic.AtomicBoolean;
 import java.util.function.Function;
 
 import jnr.ffi.Pointer;
@@ -37,6 +38,7 @@ public final class ImageVolume implements Volume {
     private final OnClose<ImageVolume> onClose;
     private volatile String name;
     private volatile boolean unlinked;
+    private final AtomicBoolean closed = new AtomicBoolean();
 
     /**
      * An open of image {@code name} on backing descriptor {@code fd} (owned from here on). Writes
@@ -227,8 +229,15 @@ public final class ImageVolume implements Volume {
         return out;
     }
 
+    /**
+     * Closes the descriptor, once: a second close (an unmount's closeAll racing a door's own close)
+     * does nothing, so it cannot close a descriptor number reused since.
+     */
     @Override
     public void close() throws FsException {
+        if (closed.getAndSet(true)) {
+            return;
+        }
         try {
             if (C.close(fd) != 0) {
                 throw FsException.fromErrno(Native.errno(), "close", name);

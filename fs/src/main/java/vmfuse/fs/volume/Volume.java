@@ -10,7 +10,7 @@ import vmfuse.fs.FsException;
 
 /**
  * One open volume: an image or a journal device, as a door into the daemon (the FUSE mount
- * today, the NBD export next) has it open. The door only translates its protocol into these
+ * and the NBD export) has it open. The door only translates its protocol into these
  * calls; what every door must do the same way lives behind them: space given back by punch,
  * zero and truncate is measured and counted (ReleaseLedger), an image's writes are counted by
  * the reclaimer's fence before they land (WriteTracker), a journal device's writes and flushes

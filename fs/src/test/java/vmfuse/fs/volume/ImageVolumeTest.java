@@ -199,5 +199,7 @@ class ImageVolumeTest {
     void closeTellsTheOwner() throws Exception {
         v.close();
         assertEquals(1, closed.get(), "the owner's table is told");
+        v.close();
+        assertEquals(1, closed.get(), "once: a second close does nothing");
     }
 }

@@ -1,0 +1,77 @@
+package vmfuse.fs.export;
+
+import static vmfuse.fs.nativeio.Native.ENOENT;
+import static vmfuse.fs.nativeio.Native.O_RDWR;
+
+import java.util.ArrayList;
+import java.util.List;
+
+import org.slf4j.Logger;
+import org.slf4j.LoggerFactory;
+import vmfuse.fs.FsException;
+import vmfuse.fs.Node;
+import vmfuse.fs.images.ImageFiles;
+import vmfuse.fs.images.ImagesDir;
+import vmfuse.fs.journals.JournalFiles;
+import vmfuse.nbd.Export;
+import vmfuse.nbd.ExportException;
+import vmfuse.nbd.Exports;
+
+/**
+ * The NBD door's exports: every image and journal device of the store, named by its path in the
+ * mount ("images/tenant1/vm7/disk.raw", "journals/vm7"), opened through the same core as the FUSE
+ * door ({@link ImageFiles}, {@link JournalFiles}), so an NBD client's open is an open like any:
+ * counted in status, held off while the reclaimer holds the image, its image kept from renames
+ * while it is a VM's.
+ */
+public final class VolumeExports implements Exports {
+    private static final Logger log = LoggerFactory.getLogger(VolumeExports.class);
+
+    private final ImagesDir dir;
+    private final ImageFiles images;
+    private final JournalFiles journals;
+
+    public VolumeExports(ImagesDir dir, ImageFiles images, JournalFiles journals) {
+        this.dir = dir;
+        this.images = images;
+        this.journals = journals;
+    }
+
+    @Override
+    public List<String> names() {
+        List<String> out = new ArrayList<>();
+        try {
+            for (String image : dir.images()) {
+                out.add(Node.IMAGES + "/" + image);
+            }
+        } catch (FsException e) {
+            log.warn("nbd list: images cannot be listed: {}", e.getMessage());
+        }
+        for (String device : journals.list()) {
+            out.add(Node.JOURNALS + "/" + device);
+        }
+        return out;
+    }
+
+    @Override
+    public Export open(String name) throws ExportException {
+        Node n;
+        try {
+            n = Node.resolve("/" + name);
+        } catch (FsException e) {
+            return null; // not a name of the namespace: no such export
+        }
+        try {
+            return switch (n.kind()) {
+                case IMAGE_ENTRY -> dir.exists(n.name()) ? new VolumeExport(images.open(n.name(), O_RDWR)) : null;
+                case JOURNAL -> new VolumeExport(journals.open(n.name()));
+                default -> null;
+            };
+        } catch (FsException e) {
+            if (e.errno() == ENOENT) {
+                return null;
+            }
+            throw new ExportException(e.errno(), e.getMessage());
+        }
+    }
+}

@@ -1,0 +1,131 @@
+package vmfuse.fs.it;
+
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+import java.nio.file.Files;
+import java.nio.file.Path;
+
+import org.junit.jupiter.api.AfterAll;
+import org.junit.jupiter.api.BeforeAll;
+import org.junit.jupiter.api.Tag;
+import org.junit.jupiter.api.Test;
+
+/**
+ * The NBD door (vmfuse mount --nbd unix:PATH): the images and journal devices of the mount served
+ * to QEMU's and libnbd's own clients, through the same core as FUSE: a discard is punched and
+ * counted, data written one way reads back the other.
+ */
+@Tag("integration")
+class NbdExportTest {
+    static final long MiB = 1 << 20;
+    static Path socketDir;
+    static Path socket;
+    static Mounted m;
+
+    @BeforeAll
+    static void mount() throws Exception {
+        socketDir = Files.createTempDirectory(Path.of("/tmp"), "vmfuse-nbd-");
+        socket = socketDir.resolve("nbd.sock");
+        m = Mounted.onTmpfs("512m", "--nbd", "unix:" + socket); // allocation moves only with what we do
+    }
+
+    @AfterAll
+    static void unmount() throws Exception {
+        m.close();
+        Proc.run("rm", "-rf", socketDir.toString());
+    }
+
+    private static String uri(String export) {
+        return "nbd+unix:///" + export + "?socket=" + socket;
+    }
+
+    @Test
+    void qemuToolsReadWriteDiscardAndZeroAnImageInAFolderAndTheSpaceIsCounted() throws Exception {
+        Files.createDirectories(m.image("t1"));
+        Proc.ok("qemu-img", "create", "-q", "-f", "raw", m.image("t1/vm.raw").toString(), "64M");
+        Proc.ok("qemu-io", "-f", "raw", "-c", "write -P 0x5a 0 16M", "-c", "flush", uri("images/t1/vm.raw"));
+        assertEquals(16 * MiB, Disk.allocated(m.backing("t1/vm.raw")));
+        assertEquals(Disk.sha256(m.image("t1/vm.raw")), Disk.sha256(m.backing("t1/vm.raw")));
+        Proc.ok("qemu-io", "-f", "raw", "-c", "read -P 0x5a 0 16M", m.image("t1/vm.raw").toString());
+
+        Proc.ok("qemu-io", "-f", "raw", "-c", "discard 0 4M", "-c", "write -z -u 4M 4M", "-c", "read -P 0 0 8M",
+                "-c", "read -P 0x5a 8M 8M", uri("images/t1/vm.raw"));
+        assertEquals(8 * MiB, Disk.allocated(m.backing("t1/vm.raw")), "the discard and the zeroes were punched");
+        Proc.ok("qemu-io", "-f", "raw", "-c", "write -z 32M 1M", "-c", "read -P 0 32M 1M", uri("images/t1/vm.raw"));
+        assertEquals(9 * MiB, Disk.allocated(m.backing("t1/vm.raw")), "zeroes that may not unmap (NO_HOLE) hold space");
+        String status = m.vmfuse("status", m.mnt.toString()).assertOk().out();
+        assertTrue(status.lines().anyMatch(l -> l.startsWith("t1/vm.raw") && l.contains(" " + 8 * MiB + " ")),
+                "status counts what NBD released under the image's path:\n" + status);
+
+        String map = Proc.ok("nbdinfo", "--map", uri("images/t1/vm.raw")).out();
+        assertTrue(map.lines().anyMatch(l -> l.trim().matches("0\\s+8388608\\s+3\\s+hole,zero")), map);
+        assertTrue(map.lines().anyMatch(l -> l.trim().matches("8388608\\s+8388608\\s+0\\s+data")), map);
+    }
+
+    @Test
+    void qemuImgConvertsThroughTheDoorAndNbdinfoListsTheMountsNames() throws Exception {
+        Path src = m.root.resolve("src.raw");
+        Proc.ok("dd", "if=/dev/urandom", "of=" + src, "bs=1M", "count=8", "status=none");
+        Proc.ok("qemu-img", "create", "-q", "-f", "raw", m.image("copy.raw").toString(), "8M");
+        Proc.ok("qemu-img", "convert", "-n", "-f", "raw", "-O", "raw", src.toString(), uri("images/copy.raw"));
+        Proc.ok("qemu-img", "compare", "-f", "raw", "-F", "raw", src.toString(), m.image("copy.raw").toString());
+        Proc.ok("qemu-img", "compare", "-f", "raw", "-F", "raw", src.toString(), uri("images/copy.raw"));
+
+        Proc.ok("sh", "-c", "truncate -s 4M " + m.mnt.resolve("journals/j1"));
+        String list = Proc.ok("nbdinfo", "--list", "--json", "nbd+unix:///?socket=" + socket).out();
+        assertTrue(list.contains("\"export-name\": \"images/copy.raw\""), list);
+        assertTrue(list.contains("\"export-name\": \"journals/j1\""), list);
+        assertTrue(Proc.run("nbdinfo", uri("images/nope.raw")).exit() != 0, "no such export");
+        assertTrue(Proc.run("nbdinfo", uri("images/../../etc/passwd")).exit() != 0, "no such export");
+    }
+
+    @Test
+    void aJournalDeviceServedOverNbdReadsBackThroughTheMount() throws Exception {
+        Proc.ok("sh", "-c", "truncate -s 8M " + m.mnt.resolve("journals/j2"));
+        Proc.ok("qemu-io", "-f", "raw", "-c", "write -P 0x33 1M 2M", "-c", "flush", uri("journals/j2"));
+        Proc.ok("qemu-io", "-f", "raw", "-c", "read -P 0x33 1M 2M", "-c", "read -P 0 0 1M",
+                m.mnt.resolve("journals/j2").toString());
+        Proc.ok("qemu-io", "-f", "raw", "-c", "discard 1M 1M", "-c", "read -P 0 1M 1M", uri("journals/j2"));
+        Poll.until(() -> m.log().contains("release image=journals/j2 offset=1048576 length=1048576 freed=1048576"),
+                m::log);
+    }
+
+    /** An unmount with an NBD client connected hangs up on it, closes what it had open, and completes. */
+    @Test
+    void anUnmountHangsUpOnItsNbdClientsAndCompletes() throws Exception {
+        Path dir = Files.createTempDirectory(Path.of("/tmp"), "vmfuse-nbd-");
+        Path sock = dir.resolve("nbd.sock");
+        try (Mounted other = Mounted.create()) {
+            other.umount().assertOk();
+            other.mount("--nbd", "unix:" + sock);
+            Proc.ok("qemu-img", "create", "-q", "-f", "raw", other.image("a.raw").toString(), "4M");
+            Proc.ok("qemu-io", "-f", "raw", "-c", "write -P 7 0 1M", "nbd+unix:///images/a.raw?socket=" + sock);
+            String idle = String.join("\n", // opens the export, then waits for the server's next word
+                    "import socket, struct, sys",
+                    "s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); s.settimeout(120)",
+                    "s.recv(18, socket.MSG_WAITALL); s.sendall(struct.pack('>I', 3))",
+                    "name = b'images/a.raw'",
+                    "s.sendall(b'IHAVEOPT' + struct.pack('>II', 7, 6 + len(name)) + struct.pack('>I', len(name)) + name"
+                            + " + struct.pack('>H', 0))",
+                    "while True:",
+                    "    magic, o, t, n = struct.unpack('>QIII', s.recv(20, socket.MSG_WAITALL)); s.recv(n, socket.MSG_WAITALL)",
+                    "    if t == 1: break",
+                    "print('open', flush=True)",
+                    "print('hung-up' if s.recv(1) == b'' else 'data', flush=True)");
+            try (Proc.Background client = Proc.start("python3", "-c", idle, sock.toString())) {
+                Poll.until(() -> other.vmfuse("status", other.mnt.toString()).out().lines()
+                        .anyMatch(l -> l.startsWith("a.raw") && l.trim().endsWith(" 1")), other::log);
+                other.umount().assertOk();
+                Poll.until(() -> !client.process.isAlive(), client::output);
+                assertTrue(client.output().contains("open\nhung-up"), client.output());
+                assertTrue(other.log().contains("nbd closed socket=" + sock), other.log());
+                assertTrue(Files.notExists(sock), "the socket is removed");
+            }
+            other.mount();
+            Proc.ok("qemu-io", "-f", "raw", "-c", "read -P 7 0 1M", other.image("a.raw").toString());
+        } finally {
+            Proc.run("rm", "-rf", dir.toString());
+        }
+    }
+}

@@ -1,0 +1,240 @@
+package vmfuse.nbd;
+
+import static org.junit.jupiter.api.Assertions.assertArrayEquals;
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+import java.io.IOException;
+import java.nio.charset.StandardCharsets;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.util.ArrayList;
+import java.util.Arrays;
+import java.util.List;
+import java.util.Map;
+import java.util.concurrent.TimeUnit;
+
+import org.junit.jupiter.api.AfterEach;
+import org.junit.jupiter.api.BeforeEach;
+import org.junit.jupiter.api.Tag;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.io.TempDir;
+
+/** The server against the clients operators use: qemu-io, qemu-img, nbdinfo; and against clients that break the protocol. */
+@Tag("integration")
+class NbdServerTest {
+    private static final int MIB = 1 << 20;
+
+    @TempDir
+    Path dir;
+    private final MemoryExport disk = new MemoryExport(64 * MIB);
+    private final MemoryExport other = new MemoryExport(4 * MIB);
+    private NbdServer server;
+
+    @BeforeEach
+    void listen() throws Exception {
+        Map<String, MemoryExport> byName = Map.of("disk", disk, "other", other);
+        server = NbdServer.listen(dir.resolve("nbd.sock"), new Exports() {
+            @Override
+            public List<String> names() {
+                return List.of("disk", "other");
+            }
+
+            @Override
+            public Export open(String name) {
+                MemoryExport e = byName.get(name);
+                return e == null ? null : e.open();
+            }
+        }, 8);
+    }
+
+    @AfterEach
+    void close() {
+        server.close();
+    }
+
+    private String uri(String export) {
+        return "nbd+unix:///" + export + "?socket=" + server.socket();
+    }
+
+    /** Runs a client, killed past 60 s; its exit status and output. */
+    record Result(int exit, String out) {
+        Result ok() {
+            assertEquals(0, exit, out);
+            return this;
+        }
+    }
+
+    static Result run(String... cmd) throws Exception {
+        Path log = Files.createTempFile("nbd-client", ".log");
+        try {
+            Process p = new ProcessBuilder(cmd).redirectErrorStream(true).redirectOutput(log.toFile()).start();
+            if (!p.waitFor(60, TimeUnit.SECONDS)) {
+                p.descendants().forEach(ProcessHandle::destroyForcibly);
+                p.destroyForcibly();
+                p.waitFor(10, TimeUnit.SECONDS);
+                throw new AssertionError("timed out: " + Arrays.toString(cmd));
+            }
+            return new Result(p.exitValue(), Files.readString(log));
+        } finally {
+            Files.deleteIfExists(log);
+        }
+    }
+
+    @Test
+    void qemuIoWritesReadsZeroesDiscardsAndFlushes() throws Exception {
+        run("qemu-io", "-f", "raw", "-c", "write -P 0x55 0 1M", "-c", "read -P 0x55 0 1M",
+                "-c", "write -P 0x66 1M 1M", "-c", "write -z 1M 1M", "-c", "read -P 0 1M 1M",
+                "-c", "discard 0 64k", "-c", "flush", "-c", "write -P 0x77 -f 2M 4k", uri("disk")).ok();
+        byte[] expect = new byte[4096];
+        Arrays.fill(expect, (byte) 0x55);
+        assertArrayEquals(expect, Arrays.copyOfRange(disk.disk, 64 * 1024, 64 * 1024 + 4096));
+        assertArrayEquals(new byte[4096], Arrays.copyOfRange(disk.disk, 0, 4096), "discarded");
+        assertArrayEquals(new byte[4096], Arrays.copyOfRange(disk.disk, MIB, MIB + 4096), "zeroed");
+        assertEquals(1, disk.trims.get());
+        assertEquals(1, disk.zeroes.get());
+        assertTrue(disk.flushes.get() >= 2, "flush, and the FUA write's: " + disk.flushes.get());
+        assertEquals(disk.opens.get(), disk.closes.get(), "every open closed at the disconnect");
+    }
+
+    @Test
+    void nbdinfoListsTheExportsAndMapsHolesAndData() throws Exception {
+        String list = run("nbdinfo", "--list", "--json", "nbd+unix:///?socket=" + server.socket()).ok().out();
+        assertTrue(list.contains("\"export-name\": \"disk\"") && list.contains("\"export-name\": \"other\""), list);
+        assertTrue(list.contains("\"export-size\": " + 64 * MIB), list);
+
+        run("qemu-io", "-f", "raw", "-c", "write -P 1 0 1M", "-c", "write -P 2 8M 1M", uri("disk")).ok();
+        String map = run("nbdinfo", "--map", uri("disk")).ok().out();
+        List<long[]> rows = new ArrayList<>();
+        for (String line : map.strip().split("\n")) {
+            String[] f = line.trim().split("\\s+");
+            rows.add(new long[] {Long.parseLong(f[0]), Long.parseLong(f[1]), Long.parseLong(f[2])});
+        }
+        assertEquals(4, rows.size(), map);
+        assertArrayEquals(new long[] {0, MIB, 0}, rows.get(0), map);
+        assertArrayEquals(new long[] {MIB, 7 * MIB, 3}, rows.get(1), "hole,zero: " + map);
+        assertArrayEquals(new long[] {8 * MIB, MIB, 0}, rows.get(2), map);
+        assertArrayEquals(new long[] {9 * MIB, 55 * MIB, 3}, rows.get(3), map);
+        for (String can : List.of("flush", "fua", "trim", "zero", "fast-zero", "multi-conn", "cache", "df")) {
+            assertEquals(0, run("nbdinfo", "--can", can, uri("disk")).exit(), "can " + can);
+        }
+        assertEquals(2, run("nbdinfo", "--is", "read-only", uri("disk")).exit(), "writable");
+    }
+
+    @Test
+    void qemuImgConvertsToAndFromAnExportAndComparesThem() throws Exception {
+        Path src = dir.resolve("src.raw");
+        byte[] b = new byte[4 * MIB];
+        new java.util.Random(7).nextBytes(b);
+        Arrays.fill(b, MIB, 2 * MIB, (byte) 0);
+        Files.write(src, b);
+        run("qemu-img", "convert", "-n", "-f", "raw", "-O", "raw", src.toString(), uri("other")).ok();
+        assertArrayEquals(b, other.disk);
+        run("qemu-img", "compare", "-f", "raw", "-F", "raw", src.toString(), uri("other")).ok();
+        Path back = dir.resolve("back.raw");
+        run("qemu-img", "convert", "-f", "raw", "-O", "raw", uri("other"), back.toString()).ok();
+        assertArrayEquals(b, Files.readAllBytes(back));
+        assertTrue(run("qemu-img", "info", uri("other")).ok().out().contains("virtual size: 4 MiB"));
+    }
+
+    /** A client that breaks the protocol loses its connection; the server and its other clients go on. */
+    @Test
+    void malformedHandshakesAndRequestsCloseOnlyTheirConnection() throws Exception {
+        String script = String.join("\n",
+                "import socket, struct, sys",
+                "def conn():",
+                "    s = socket.socket(socket.AF_UNIX); s.settimeout(20); s.connect(sys.argv[1])",
+                "    hello = s.recv(18, socket.MSG_WAITALL)",
+                "    assert hello[:16] == b'NBDMAGICIHAVEOPT', hello",
+                "    return s",
+                "def closed(s):",
+                "    try:",
+                "        return s.recv(1) == b''",
+                "    except ConnectionResetError:",
+                "        return True",
+                "def opt(s, o, data=b'', length=None):",
+                "    s.sendall(b'IHAVEOPT' + struct.pack('>II', o, len(data) if length is None else length) + data)",
+                "def reply(s):",
+                "    magic, o, t, n = struct.unpack('>QIII', s.recv(20, socket.MSG_WAITALL))",
+                "    return o, t, s.recv(n, socket.MSG_WAITALL) if n else b''",
+                "s = conn(); s.sendall(struct.pack('>I', 0)); print('oldstyle-flags', closed(s))",
+                "s = conn(); s.sendall(struct.pack('>I', 1)); opt(s, 3, length=0xffffffff); print('huge-option', closed(s))",
+                "s = conn(); s.sendall(struct.pack('>I', 1)); opt(s, 99, b'xyz'); o, t, _ = reply(s)",
+                "print('unknown-option', hex(t))",
+                "opt(s, 3); names = []",
+                "while True:",
+                "    o, t, d = reply(s)",
+                "    if t == 1: break",
+                "    names.append(d[4:].decode())",
+                "print('list', ','.join(names))",
+                "opt(s, 7, struct.pack('>I', 4) + b'nope' + struct.pack('>H', 0)); o, t, d = reply(s)",
+                "print('go-unknown', hex(t))",
+                "opt(s, 7, struct.pack('>I', 4) + b'disk' + struct.pack('>H', 0))",
+                "while reply(s)[1] != 1: pass",
+                "s.sendall(struct.pack('>IHHQQI', 0x25609513, 0, 0, 1, 64 * 1024 * 1024 - 512, 4096))",
+                "magic, err, cookie = struct.unpack('>IIQ', s.recv(16, socket.MSG_WAITALL))",
+                "print('read-past-end', err, cookie)",
+                "s.sendall(struct.pack('>IHHQQI', 0x25609513, 0, 99, 2, 0, 0))",
+                "magic, err, cookie = struct.unpack('>IIQ', s.recv(16, socket.MSG_WAITALL))",
+                "print('unknown-command', err, cookie)",
+                "s.sendall(struct.pack('>IHHQQI', 0x25609513, 0, 1, 3, 0, 0xffffffff))",
+                "print('huge-write', closed(s))",
+                "s = conn(); s.sendall(struct.pack('>I', 3)); opt(s, 7, struct.pack('>I', 4) + b'disk' + struct.pack('>H', 0))",
+                "while reply(s)[1] != 1: pass",
+                "s.sendall(b'\\x00' * 28); print('bad-magic', closed(s))");
+        String out = run("python3", "-c", script, server.socket().toString()).ok().out();
+        assertTrue(out.contains("oldstyle-flags True"), out);
+        assertTrue(out.contains("huge-option True"), out);
+        assertTrue(out.contains("unknown-option 0x80000001"), "ERR_UNSUP, and the next option is read: " + out);
+        assertTrue(out.contains("list disk,other"), out);
+        assertTrue(out.contains("go-unknown 0x80000006"), "ERR_UNKNOWN: " + out);
+        assertTrue(out.contains("read-past-end 22 1"), "EINVAL: " + out);
+        assertTrue(out.contains("unknown-command 22 2"), out);
+        assertTrue(out.contains("huge-write True"), out);
+        assertTrue(out.contains("bad-magic True"), out);
+        run("qemu-io", "-f", "raw", "-c", "write -P 9 0 4k", "-c", "read -P 9 0 4k", uri("disk")).ok();
+        assertEquals(0, waitForNoClients(), "every broken connection was closed");
+    }
+
+    private int waitForNoClients() throws InterruptedException {
+        for (int i = 0; i < 100 && server.clients() > 0; i++) {
+            Thread.sleep(50);
+        }
+        return server.clients();
+    }
+
+    @Test
+    void aStaleSocketFileIsReplacedAndAnythingElseThereIsRefused() throws Exception {
+        server.close();
+        Path regular = dir.resolve("file");
+        Files.writeString(regular, "mine");
+        try {
+            NbdServer.listen(regular, new Exports() {
+                @Override
+                public List<String> names() {
+                    return List.of();
+                }
+
+                @Override
+                public Export open(String name) {
+                    return null;
+                }
+            }, 1).close();
+            throw new AssertionError("listened over a regular file");
+        } catch (IOException e) {
+            assertEquals("mine", Files.readString(regular, StandardCharsets.UTF_8));
+        }
+        server = NbdServer.listen(dir.resolve("nbd.sock"), new Exports() {
+            @Override
+            public List<String> names() {
+                return List.of("disk");
+            }
+
+            @Override
+            public Export open(String name) {
+                return name.equals("disk") ? disk.open() : null;
+            }
+        }, 8);
+        run("qemu-io", "-f", "raw", "-c", "read -P 0 0 4k", uri("disk")).ok();
+    }
+}
