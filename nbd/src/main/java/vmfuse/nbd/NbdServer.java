@@ -134,7 +134,10 @@ public final class NbdServer implements AutoCloseable {
      * closed before this returns, so nothing of a client's outlives the server.
      */
     @Override
-    public void close() {
+    public synchronized void close() {
+        if (closed) {
+            return;
+        }
         closed = true;
         try {
             server.close();

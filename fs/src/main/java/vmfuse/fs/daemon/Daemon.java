@@ -149,63 +149,91 @@ public final class Daemon {
             fs.dropHidden();
             VmRegistry vms = VmRegistry.open(store, mnt, backing, fs, WriteTracker.Limits.ofRanges(o.reclaimMaxRanges()));
             fs.writeTrackers(vms.trackers(), vms::holdsVmImage);
-            CompletableFuture<Integer> loop = new CompletableFuture<>();
-            Thread loopThread = new Thread(() -> {
-                try {
-                    loop.complete(fs.run(mnt.toString(), options, threads));
-                } catch (Throwable t) {
-                    loop.completeExceptionally(t);
-                }
-            }, "fuse-loop");
-            loopThread.start();
-            awaitMount(fs, loop, mnt);
-
-            long pid = ProcessHandle.current().pid();
-            store.writePid(pid, mnt);
-            CountDownLatch cleanedUp = new CountDownLatch(1);
-            Runtime.getRuntime().addShutdownHook(new Thread(() -> onSignal(mnt, loop, cleanedUp), "vmfuse-shutdown"));
-            // a timer each, so none waits on another: a qcow2 reclaim that takes minutes of QMP calls
-            // (vms.tick) must not hold off the 5 s commit of close-mode journal devices or the ledger
-            ScheduledExecutorService ledgerTimer = timer("vmfuse-ledger");
-            ScheduledExecutorService checkpointTimer = timer("vmfuse-checkpoint");
-            ScheduledExecutorService reclaimTimer = timer("vmfuse-reclaim");
-            List<ScheduledExecutorService> timers = List.of(ledgerTimer, checkpointTimer, reclaimTimer);
-            ledgerTimer.scheduleWithFixedDelay(() -> save(ledger, false), 2, 2, TimeUnit.SECONDS);
-            checkpointTimer.scheduleWithFixedDelay(() -> checkpoint(fs), CHECKPOINT_SECONDS, CHECKPOINT_SECONDS,
-                    TimeUnit.SECONDS);
-            reclaimTimer.scheduleWithFixedDelay(vms::tick, 5, 5, TimeUnit.SECONDS);
-            try (ControlServer control = new ControlServer(store.socket(),
-                    new ControlHandler(store, mnt, pid, backing, ledger, fs, journals, vms)::answer);
-                    NbdServer nbd = o.nbdSocket() == null ? null
-                            : NbdServer.listen(o.nbdSocket(), new VolumeExports(backing, images, devices), NBD_MAX_CLIENTS)) {
-                log.info("mounted store={} mountpoint={} pid={} threads={} options={}", store.dir(), mnt, pid, threads,
-                        String.join(",", options));
-                int rc = join(loop);
-                log.info("fuse loop ended rc={}", rc);
+            // the NBD door listens before the mount is made: a socket path that cannot be taken fails the mount
+            NbdServer nbd = listenNbd(o.nbdSocket(), new VolumeExports(backing, images, devices));
+            try {
+                mountAndServe(store, mnt, o, options, threads, ledger, journals, backing, fs, vms, nbd);
             } finally {
-                timers.forEach(ScheduledExecutorService::shutdownNow);
-                vms.close();
-                fs.closeAll();
-                List<String> failed = new ArrayList<>();
-                try {
-                    journals.close(); // commits every device; before the shutdown hook may let the JVM go
-                } catch (IOException | RuntimeException e) {
-                    log.error("closing the journal store failed: {}", e.toString());
-                    failed.add("closing the journal store failed: " + e.getMessage());
+                if (nbd != null) {
+                    nbd.close(); // idempotent: serving closed it before the store's last commit
                 }
-                try {
-                    backing.syncAll();
-                } catch (FsException e) {
-                    log.error("final sync failed: {}", e.getMessage());
-                    failed.add("the final sync failed: " + e.getMessage());
-                }
-                save(ledger, true);
-                recordUnmount(store, pid, failed);
-                Files.deleteIfExists(store.pidFile());
-                log.info("unmounted store={} mountpoint={}", store.dir(), mnt);
-                flushLogs();
-                cleanedUp.countDown();
             }
+        }
+    }
+
+    /** Listens on the NBD socket, or nothing without one; EIO with the reason if it cannot be taken. */
+    private static NbdServer listenNbd(Path socket, VolumeExports exports) throws FsException {
+        if (socket == null) {
+            return null;
+        }
+        try {
+            return NbdServer.listen(socket, exports, NBD_MAX_CLIENTS);
+        } catch (IOException e) {
+            throw new FsException(Native.EIO, "cannot listen for NBD on " + socket + ": " + StoreDir.reason(e));
+        }
+    }
+
+    /** Mounts, serves until the mount goes away, then closes the doors and the core in order. */
+    private static void mountAndServe(StoreDir store, Path mnt, Options o, List<String> options, int threads,
+            ReleaseLedger ledger, JournalStore journals, ImagesDir backing, VmFuseFs fs, VmRegistry vms, NbdServer nbd)
+            throws FsException, IOException {
+        CompletableFuture<Integer> loop = new CompletableFuture<>();
+        Thread loopThread = new Thread(() -> {
+            try {
+                loop.complete(fs.run(mnt.toString(), options, threads));
+            } catch (Throwable t) {
+                loop.completeExceptionally(t);
+            }
+        }, "fuse-loop");
+        loopThread.start();
+        awaitMount(fs, loop, mnt);
+
+        long pid = ProcessHandle.current().pid();
+        store.writePid(pid, mnt);
+        CountDownLatch cleanedUp = new CountDownLatch(1);
+        Runtime.getRuntime().addShutdownHook(new Thread(() -> onSignal(mnt, loop, cleanedUp), "vmfuse-shutdown"));
+        // a timer each, so none waits on another: a qcow2 reclaim that takes minutes of QMP calls
+        // (vms.tick) must not hold off the 5 s commit of close-mode journal devices or the ledger
+        ScheduledExecutorService ledgerTimer = timer("vmfuse-ledger");
+        ScheduledExecutorService checkpointTimer = timer("vmfuse-checkpoint");
+        ScheduledExecutorService reclaimTimer = timer("vmfuse-reclaim");
+        List<ScheduledExecutorService> timers = List.of(ledgerTimer, checkpointTimer, reclaimTimer);
+        ledgerTimer.scheduleWithFixedDelay(() -> save(ledger, false), 2, 2, TimeUnit.SECONDS);
+        checkpointTimer.scheduleWithFixedDelay(() -> checkpoint(fs), CHECKPOINT_SECONDS, CHECKPOINT_SECONDS,
+                TimeUnit.SECONDS);
+        reclaimTimer.scheduleWithFixedDelay(vms::tick, 5, 5, TimeUnit.SECONDS);
+        try (ControlServer control = new ControlServer(store.socket(),
+                new ControlHandler(store, mnt, pid, backing, ledger, fs, journals, vms)::answer)) {
+            log.info("mounted store={} mountpoint={} pid={} threads={} options={}", store.dir(), mnt, pid, threads,
+                    String.join(",", options));
+            int rc = join(loop);
+            log.info("fuse loop ended rc={}", rc);
+        } finally {
+            timers.forEach(ScheduledExecutorService::shutdownNow);
+            if (nbd != null) {
+                nbd.close(); // its clients hung up and their volumes closed before the core closes
+            }
+            vms.close();
+            fs.closeAll();
+            List<String> failed = new ArrayList<>();
+            try {
+                journals.close(); // commits every device; before the shutdown hook may let the JVM go
+            } catch (IOException | RuntimeException e) {
+                log.error("closing the journal store failed: {}", e.toString());
+                failed.add("closing the journal store failed: " + e.getMessage());
+            }
+            try {
+                backing.syncAll();
+            } catch (FsException e) {
+                log.error("final sync failed: {}", e.getMessage());
+                failed.add("the final sync failed: " + e.getMessage());
+            }
+            save(ledger, true);
+            recordUnmount(store, pid, failed);
+            Files.deleteIfExists(store.pidFile());
+            log.info("unmounted store={} mountpoint={}", store.dir(), mnt);
+            flushLogs();
+            cleanedUp.countDown();
         }
     }
 

@@ -128,4 +128,25 @@ class NbdExportTest {
             Proc.run("rm", "-rf", dir.toString());
         }
     }
+
+    @Test
+    void anNbdSocketThatCannotBeTakenFailsTheMountWithItsReason() throws Exception {
+        Mounted other = Mounted.prepare();
+        try {
+            Path taken = other.root.resolve("taken");
+            Files.writeString(taken, "keep");
+            Proc.Result r = other.vmfuse("mount", "--store", other.store.toString(), "--nbd", "unix:" + taken,
+                    other.mnt.toString());
+            assertEquals(1, r.exit(), r.describe());
+            assertTrue(r.err().contains("cannot listen for NBD on " + taken) && r.err().contains("not a socket"),
+                    r.describe());
+            assertEquals("keep", Files.readString(taken));
+            assertTrue(Proc.run("mountpoint", "-q", other.mnt.toString()).exit() != 0, "nothing mounted");
+            Proc.Result tcp = other.vmfuse("mount", "--store", other.store.toString(), "--nbd", "tcp:127.0.0.1:10809",
+                    other.mnt.toString());
+            assertTrue(tcp.exit() != 0 && tcp.err().contains("--nbd takes unix:PATH"), tcp.describe());
+        } finally {
+            other.close();
+        }
+    }
 }
