@@ -57,18 +57,6 @@ class ImageVolumeTest {
         }
     }
 
-    private static Pointer bytes(byte[] b) {
-        return Bytes.of(b);
-    }
-
-    private static byte[] filled(int n, int value) {
-        return Bytes.filled(n, value);
-    }
-
-    private byte[] read(long offset, int n) throws FsException {
-        return Bytes.read(v, offset, n);
-    }
-
     private long allocated() throws FsException {
         Pointer st = StructStat.allocate();
         v.stat(st);
@@ -77,11 +65,11 @@ class ImageVolumeTest {
 
     @Test
     void writesLandWhereTheySayAndAReadStopsAtTheEnd() throws Exception {
-        assertEquals(MIB, v.write(bytes(filled(MIB, 7)), MIB, 0));
+        assertEquals(MIB, v.write(Bytes.of(Bytes.filled(MIB, 7)), MIB, 0));
         assertEquals(MIB, v.size());
-        assertArrayEquals(filled(4096, 7), read(MIB - 4096, 4096));
-        assertEquals(100, read(MIB - 100, 4096).length, "a read across the end returns what is there");
-        assertEquals(0, read(2 * MIB, 4096).length);
+        assertArrayEquals(Bytes.filled(4096, 7), Bytes.read(v, MIB - 4096, 4096));
+        assertEquals(100, Bytes.read(v, MIB - 100, 4096).length, "a read across the end returns what is there");
+        assertEquals(0, Bytes.read(v, 2 * MIB, 4096).length);
         v.sync(true);
         v.sync(false);
         v.flush();
@@ -89,12 +77,12 @@ class ImageVolumeTest {
 
     @Test
     void aPunchGivesTheSpaceBackReadsAsZerosAndIsCounted() throws Exception {
-        v.write(bytes(filled(4 * MIB, 1)), 4 * MIB, 0);
+        v.write(Bytes.of(Bytes.filled(4 * MIB, 1)), 4 * MIB, 0);
         v.sync(true);
         long before = allocated();
         v.punch(MIB, 2 * MIB);
         assertEquals(before - 2 * MIB, allocated());
-        assertArrayEquals(new byte[4096], read(MIB, 4096));
+        assertArrayEquals(new byte[4096], Bytes.read(v, MIB, 4096));
         assertEquals(4 * MIB, v.size(), "a punch keeps the size");
         assertEquals(new ReleaseLedger.Count(2 * MIB, 1), ledger.of(ReleaseLedger.image("vm1.raw")));
 
@@ -109,7 +97,7 @@ class ImageVolumeTest {
         assertEquals(0, v.size());
         v.zero(0, MIB, false);
         assertEquals(MIB, v.size());
-        assertArrayEquals(new byte[4096], read(0, 4096));
+        assertArrayEquals(new byte[4096], Bytes.read(v, 0, 4096));
         v.allocate(MIB, MIB, true);
         assertEquals(MIB, v.size());
         v.allocate(MIB, MIB, false);
@@ -118,7 +106,7 @@ class ImageVolumeTest {
 
     @Test
     void aShrinkIsCountedAndAGrowIsNot() throws Exception {
-        v.write(bytes(filled(2 * MIB, 3)), 2 * MIB, 0);
+        v.write(Bytes.of(Bytes.filled(2 * MIB, 3)), 2 * MIB, 0);
         v.truncate(4 * MIB);
         assertEquals(new ReleaseLedger.Count(0, 0), ledger.of(ReleaseLedger.image("vm1.raw")));
         v.truncate(MIB);
@@ -130,7 +118,7 @@ class ImageVolumeTest {
     void extentsOfAnImageOfHolesAndDataCoverTheRangeInOrder() throws Exception {
         v.truncate(16 * MIB);
         for (int i = 0; i < 16; i += 3) {
-            v.write(bytes(filled(4096, i + 1)), 4096, (long) i * MIB);
+            v.write(Bytes.of(Bytes.filled(4096, i + 1)), 4096, (long) i * MIB);
         }
         List<Extent> all = new ArrayList<>();
         long pos = 0;
@@ -145,7 +133,7 @@ class ImageVolumeTest {
             assertEquals(at, x.offset(), "consecutive");
             at = x.end();
             if (!x.data()) {
-                assertArrayEquals(new byte[4096], read(x.offset(), 4096), "a hole reads as zeros");
+                assertArrayEquals(new byte[4096], Bytes.read(v, x.offset(), 4096), "a hole reads as zeros");
             }
         }
         assertEquals(16 * MIB, at);
@@ -158,22 +146,22 @@ class ImageVolumeTest {
 
     @Test
     void aWatchedImagesWriteIsCountedByTheFenceBeforeItLands() throws Exception {
-        v.write(bytes(filled(2 * MIB, 5)), 2 * MIB, 0);
+        v.write(Bytes.of(Bytes.filled(2 * MIB, 5)), 2 * MIB, 0);
         WriteTracker t = new WriteTracker(WriteTracker.newEpoch());
         trackers.put("vm1.raw", t);
         long token = t.token();
         t.admit(token, List.of(new Range(0, 2 * MIB)));
         assertEquals(2 * MIB, t.pendingBytes());
 
-        v.write(bytes(filled(4096, 9)), 4096, MIB);
+        v.write(Bytes.of(Bytes.filled(4096, 9)), 4096, MIB);
         assertEquals(2 * MIB - 4096, t.pendingBytes(), "the written block is no longer the reclaimer's to punch");
 
         t.listener(ranges -> {
             throw new IOException("notice log on a failing disk");
         });
-        FsException e = assertThrows(FsException.class, () -> v.write(bytes(filled(4096, 8)), 4096, 0));
+        FsException e = assertThrows(FsException.class, () -> v.write(Bytes.of(Bytes.filled(4096, 8)), 4096, 0));
         assertEquals(EIO, e.errno());
-        assertArrayEquals(filled(4096, 5), read(0, 4096), "a write the fence could not record does not land");
+        assertArrayEquals(Bytes.filled(4096, 5), Bytes.read(v, 0, 4096), "a write the fence could not record does not land");
         assertEquals(2 * MIB - 4096, t.pendingBytes(), "and the range stays guarded");
     }
 
@@ -181,7 +169,7 @@ class ImageVolumeTest {
     void aRenamedVolumeCountsUnderItsNewNameAndAnUnlinkedOneStaysUsable() throws Exception {
         v.renamed("vm2.raw");
         v.markUnlinked();
-        v.write(bytes(filled(MIB, 2)), MIB, 0);
+        v.write(Bytes.of(Bytes.filled(MIB, 2)), MIB, 0);
         v.punch(0, MIB);
         assertEquals(MIB, ledger.of(ReleaseLedger.image("vm2.raw")).bytes());
         assertTrue(v.unlinked());
@@ -192,7 +180,7 @@ class ImageVolumeTest {
         assertEquals(EINVAL, assertThrows(FsException.class, () -> v.punch(-1, 4096)).errno());
         assertEquals(EFBIG, assertThrows(FsException.class, () -> v.punch(Long.MAX_VALUE - 10, 4096)).errno());
         assertEquals(EINVAL, assertThrows(FsException.class, () -> v.truncate(-1)).errno());
-        assertEquals(EINVAL, assertThrows(FsException.class, () -> v.read(bytes(new byte[8]), 8, -8)).errno());
+        assertEquals(EINVAL, assertThrows(FsException.class, () -> v.read(Bytes.of(new byte[8]), 8, -8)).errno());
     }
 
     @Test

@@ -44,26 +44,14 @@ class JournalVolumeTest {
         store.close();
     }
 
-    private static Pointer bytes(byte[] b) {
-        return Bytes.of(b);
-    }
-
-    private static byte[] filled(int n, int value) {
-        return Bytes.filled(n, value);
-    }
-
-    private byte[] read(long offset, int n) throws FsException {
-        return Bytes.read(v, offset, n);
-    }
-
     @Test
     void writesGrowTheDeviceAndReadBackAfterASync() throws Exception {
-        assertEquals(8 * BLOCK, v.write(bytes(filled(8 * BLOCK, 4)), 8 * BLOCK, BLOCK));
+        assertEquals(8 * BLOCK, v.write(Bytes.of(Bytes.filled(8 * BLOCK, 4)), 8 * BLOCK, BLOCK));
         assertEquals(9 * BLOCK, v.size());
         v.sync(true);
-        assertArrayEquals(new byte[BLOCK], read(0, BLOCK));
-        assertArrayEquals(filled(BLOCK, 4), read(8 * BLOCK, BLOCK));
-        assertEquals(10, read(9 * BLOCK - 10, BLOCK).length);
+        assertArrayEquals(new byte[BLOCK], Bytes.read(v, 0, BLOCK));
+        assertArrayEquals(Bytes.filled(BLOCK, 4), Bytes.read(v, 8 * BLOCK, BLOCK));
+        assertEquals(10, Bytes.read(v, 9 * BLOCK - 10, BLOCK).length);
 
         Pointer st = StructStat.allocate();
         v.stat(st);
@@ -74,10 +62,10 @@ class JournalVolumeTest {
 
     @Test
     void punchAndZeroFreeBlocksCountedUnderTheDevicesName() throws Exception {
-        v.write(bytes(filled(16 * BLOCK, 1)), 16 * BLOCK, 0);
+        v.write(Bytes.of(Bytes.filled(16 * BLOCK, 1)), 16 * BLOCK, 0);
         v.punch(4 * BLOCK, 4 * BLOCK);
         v.zero(12 * BLOCK, 2 * BLOCK, true);
-        assertArrayEquals(new byte[BLOCK], read(5 * BLOCK, BLOCK));
+        assertArrayEquals(new byte[BLOCK], Bytes.read(v, 5 * BLOCK, BLOCK));
         assertEquals(new ReleaseLedger.Count(6 * BLOCK, 2), ledger.of("journals/j1"));
         assertEquals(16 * BLOCK, v.size());
         assertEquals(List.of(new Extent(0, 4 * BLOCK, true), new Extent(4 * BLOCK, 4 * BLOCK, false),
@@ -102,7 +90,7 @@ class JournalVolumeTest {
     @Test
     void extentsOfAPartBlockAndOfALargeDeviceAnswerAFirstPart() throws Exception {
         v.truncate(1L << 30);
-        v.write(bytes(filled(10, 1)), 10, 100 * BLOCK + 5);
+        v.write(Bytes.of(Bytes.filled(10, 1)), 10, 100 * BLOCK + 5);
         List<Extent> e = v.extents(100 * BLOCK + 7, BLOCK);
         assertEquals(List.of(new Extent(100 * BLOCK + 7, BLOCK - 7, true), new Extent(101 * BLOCK, 7, false)), e);
         List<Extent> big = v.extents(0, 1L << 30);
@@ -116,7 +104,7 @@ class JournalVolumeTest {
         v.truncate(Long.MAX_VALUE);
         long from = Long.MAX_VALUE - 100 * BLOCK - 5;
         assertEquals(List.of(new Extent(from, Long.MAX_VALUE - from, false)), v.extents(from, Long.MAX_VALUE - from));
-        v.write(bytes(filled(10, 1)), 10, Long.MAX_VALUE - 10);
+        v.write(Bytes.of(Bytes.filled(10, 1)), 10, Long.MAX_VALUE - 10);
         List<Extent> e = v.extents(from, Long.MAX_VALUE - from);
         assertEquals(Long.MAX_VALUE, e.get(e.size() - 1).end());
         assertTrue(e.get(e.size() - 1).data(), e.toString());
