@@ -143,7 +143,7 @@ public final class JournalStore implements AutoCloseable {
     private final MemoryBudget budget;
     /** MiB of block memory a checkpoint that empties it keeps for the next writes. */
     static final int KEEP_CHUNKS = 8;
-    private final Thread checkpointer;
+    private final Checkpointer checkpointer;
     private volatile boolean closed;
     /** Something changed since the last checkpoint froze the devices (an idle store commits nothing). */
     private volatile boolean touched = true;
@@ -157,8 +157,7 @@ public final class JournalStore implements AutoCloseable {
         this.db = db;
         this.devices = new DeviceCatalog(catalog);
         this.budget = budget;
-        this.checkpointer = new Thread(this::checkpointLoop, "journal-checkpoint");
-        this.checkpointer.setDaemon(true);
+        this.checkpointer = new Checkpointer(budget, this::checkpoint, file);
     }
 
     /**
@@ -536,16 +535,6 @@ public final class JournalStore implements AutoCloseable {
                 + "wait on the journal store (" + file + ") or on other subsystems");
     }
 
-    private void checkpointLoop() {
-        while (budget.awaitCheckpointRequest() && !closed) {
-            try {
-                checkpoint();
-            } catch (StoreException e) {
-                log.error("journal checkpoint failed file={}: {}", file, e.getMessage());
-            }
-        }
-    }
-
     /**
      * Moves every device's changes in memory into MapDB and commits it (CLOSE devices' changes
      * included). Writers go on during it but for the rotation of the redo log.
@@ -678,7 +667,7 @@ public final class JournalStore implements AutoCloseable {
             closed = true;
             budget.close();
             commits.close(); // flushes waiting find the store closed
-            checkpointer.interrupt();
+            checkpointer.stop();
             redo.close();
             try {
                 db.close(); // MapDB reads its header to close: on a failed disk, that fails too
