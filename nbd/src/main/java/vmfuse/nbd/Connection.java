@@ -27,12 +27,15 @@ import org.slf4j.LoggerFactory;
  *
  * Bounds, whatever a client sends: an option's data at most MAX_OPTION bytes, a request's payload
  * at most MAX_PAYLOAD (INFO_BLOCK_SIZE says so); past either the connection is closed, with a log
- * line, without reading what was announced. One buffer of at most MAX_PAYLOAD per connection.
+ * line, without reading what was announced. Data moves through one buffer of at most CHUNK bytes
+ * per connection (a read is sent, a write taken, a CHUNK at a time), so 64 clients hold at most
+ * 64 MiB of direct memory, whatever they ask: the journal devices' blocks live there too.
  */
 final class Connection implements Runnable {
     private static final Logger log = LoggerFactory.getLogger(Connection.class);
     static final int MAX_OPTION = 64 * 1024;
     static final int MAX_PAYLOAD = 32 << 20;
+    static final int CHUNK = 1 << 20;
     private static final int PREFERRED_BLOCK = 4096;
     private static final int CONTEXT_ID = 1;
 
@@ -345,14 +348,12 @@ final class Connection implements Runnable {
             if (type == CMD_WRITE && length > MAX_PAYLOAD) {
                 throw new Broken("a write of " + length + " bytes, at most " + MAX_PAYLOAD);
             }
-            ByteBuffer data = null;
-            if (type == CMD_WRITE) {
-                data = buffer((int) length);
-                fill(data);
-                data.flip();
-            }
             try {
-                serve(type, flags, cookie, offset, length, data);
+                if (type == CMD_WRITE) {
+                    write(flags, cookie, offset, length);
+                } else {
+                    serve(type, flags, cookie, offset, length);
+                }
             } catch (ExportException e) {
                 int err = replyError(e.errno());
                 log.warn("nbd client={} export={} command={} offset={} length={} errno={} {}", peer, exportName, type,
@@ -369,40 +370,108 @@ final class Connection implements Runnable {
         }
     }
 
-    private void serve(int type, int flags, long cookie, long offset, long length, ByteBuffer data)
-            throws IOException, ExportException {
+    /** EINVAL (ENOSPC for what writes) unless {@code [offset, offset + length)} is inside the export. */
+    private void checkRange(int type, long offset, long length) throws ExportException {
         long size = export.size();
-        boolean ranged = type == CMD_READ || type == CMD_WRITE || type == CMD_TRIM || type == CMD_WRITE_ZEROES
-                || type == CMD_CACHE || type == CMD_BLOCK_STATUS;
-        if (ranged && (offset < 0 || offset > size || length > size - offset)) {
+        if (offset < 0 || offset > size || length > size - offset) {
             throw new ExportException(type == CMD_WRITE || type == CMD_WRITE_ZEROES ? ENOSPC : EINVAL,
                     "past the export's end (" + size + " bytes)");
         }
+    }
+
+    /**
+     * A write: its payload taken a CHUNK at a time and written as it comes; a failure (or a
+     * range past the end) still reads the payload to its end, so the next request is where the
+     * client put it, then answers the error.
+     */
+    private void write(int flags, long cookie, long offset, long length) throws IOException, ExportException {
+        ExportException failure = null;
+        try {
+            checkRange(CMD_WRITE, offset, length);
+        } catch (ExportException e) {
+            failure = e;
+        }
+        long done = 0;
+        while (done < length) {
+            int n = (int) Math.min(CHUNK, length - done);
+            ByteBuffer b = buffer(n);
+            fill(b);
+            b.flip();
+            if (failure == null) {
+                try {
+                    export.write(offset + done, b);
+                } catch (ExportException e) {
+                    failure = e;
+                }
+            }
+            done += n;
+        }
+        if (failure != null) {
+            throw failure;
+        }
+        if ((flags & CMD_FLAG_FUA) != 0) {
+            export.flush();
+        }
+        simple(cookie, 0);
+    }
+
+    /**
+     * A read, sent a CHUNK at a time: structured, as OFFSET_DATA chunks (a failure after the first
+     * is an ERROR chunk); simple, the reply's header goes with the first CHUNK, so a failure after
+     * it can only end the connection.
+     */
+    private void read(long cookie, long offset, long length) throws IOException, ExportException, Broken {
+        if (length > MAX_PAYLOAD) {
+            throw new ExportException(EINVAL, "a read of " + length + " bytes, at most " + MAX_PAYLOAD);
+        }
+        long done = 0;
+        do {
+            int n = (int) Math.min(CHUNK, length - done);
+            ByteBuffer b = buffer(n);
+            try {
+                export.read(offset + done, b);
+            } catch (ExportException e) {
+                if (done == 0) {
+                    throw e; // nothing sent: answered as any failure
+                }
+                if (!structured) {
+                    throw new Broken("a read failed after its first " + done + " bytes were sent: " + e.getMessage());
+                }
+                log.warn("nbd client={} export={} read offset={} failed after {} bytes: {}", peer, exportName, offset,
+                        done, e.getMessage());
+                byte[] m = String.valueOf(e.getMessage()).getBytes(StandardCharsets.UTF_8);
+                int k = Math.min(m.length, 4096);
+                chunk(cookie, REPLY_FLAG_DONE, REPLY_TYPE_ERROR,
+                        ByteBuffer.allocate(6 + k).putInt(replyError(e.errno())).putShort((short) k).put(m, 0, k).flip());
+                return;
+            }
+            b.flip();
+            boolean last = done + n == length;
+            if (structured) {
+                ByteBuffer h = ByteBuffer.allocate(28);
+                h.putInt(STRUCTURED_REPLY_MAGIC).putShort((short) (last ? REPLY_FLAG_DONE : 0))
+                        .putShort((short) REPLY_TYPE_OFFSET_DATA).putLong(cookie).putInt(8 + n).putLong(offset + done);
+                send(h.flip(), b);
+            } else if (done == 0) {
+                send(simpleHeader(cookie, 0), b);
+            } else {
+                send(b);
+            }
+            done += n;
+        } while (done < length);
+    }
+
+    private void serve(int type, int flags, long cookie, long offset, long length)
+            throws IOException, ExportException, Broken {
+        if (type == CMD_READ || type == CMD_TRIM || type == CMD_WRITE_ZEROES || type == CMD_CACHE
+                || type == CMD_BLOCK_STATUS) {
+            checkRange(type, offset, length);
+            if (length == 0 && type != CMD_CACHE) {
+                throw new ExportException(EINVAL, "a request of 0 bytes");
+            }
+        }
         switch (type) {
-            case CMD_READ -> {
-                if (length > MAX_PAYLOAD) {
-                    throw new ExportException(EINVAL, "a read of " + length + " bytes, at most " + MAX_PAYLOAD);
-                }
-                ByteBuffer b = buffer((int) length);
-                export.read(offset, b);
-                b.flip();
-                if (structured) {
-                    ByteBuffer h = ByteBuffer.allocate(28);
-                    h.putInt(STRUCTURED_REPLY_MAGIC).putShort((short) REPLY_FLAG_DONE)
-                            .putShort((short) REPLY_TYPE_OFFSET_DATA).putLong(cookie).putInt(8 + (int) length)
-                            .putLong(offset);
-                    send(h.flip(), b);
-                } else {
-                    send(simpleHeader(cookie, 0), b);
-                }
-            }
-            case CMD_WRITE -> {
-                export.write(offset, data);
-                if ((flags & CMD_FLAG_FUA) != 0) {
-                    export.flush();
-                }
-                simple(cookie, 0);
-            }
+            case CMD_READ -> read(cookie, offset, length);
             case CMD_FLUSH -> {
                 export.flush();
                 simple(cookie, 0);
@@ -467,10 +536,10 @@ final class Connection implements Runnable {
 
     // ---- bytes --------------------------------------------------------------------------------
 
-    /** The connection's buffer, grown (up to MAX_PAYLOAD) for {@code n} bytes, cleared and limited to them. */
+    /** The connection's buffer, grown (up to CHUNK) for {@code n} bytes, cleared and limited to them. */
     private ByteBuffer buffer(int n) {
         if (payload.capacity() < n) {
-            payload = ByteBuffer.allocateDirect(Math.max(n, Math.min(MAX_PAYLOAD, 2 * payload.capacity())));
+            payload = ByteBuffer.allocateDirect(Math.max(n, Math.min(CHUNK, 2 * payload.capacity())));
         }
         return payload.clear().limit(n);
     }

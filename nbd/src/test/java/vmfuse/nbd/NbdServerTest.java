@@ -85,7 +85,8 @@ class NbdServerTest {
     void qemuIoWritesReadsZeroesDiscardsAndFlushes() throws Exception {
         run("qemu-io", "-f", "raw", "-c", "write -P 0x55 0 1M", "-c", "read -P 0x55 0 1M",
                 "-c", "write -P 0x66 1M 1M", "-c", "write -z 1M 1M", "-c", "read -P 0 1M 1M",
-                "-c", "discard 0 64k", "-c", "flush", "-c", "write -P 0x77 -f 2M 4k", uri("disk")).ok();
+                "-c", "discard 0 64k", "-c", "flush", "-c", "write -P 0x77 -f 2M 4k",
+                "-c", "write -P 0x44 8M 5M", "-c", "read -P 0x44 8M 5M", uri("disk")).ok();
         byte[] expect = new byte[4096];
         Arrays.fill(expect, (byte) 0x55);
         assertArrayEquals(expect, Arrays.copyOfRange(disk.disk, 64 * 1024, 64 * 1024 + 4096));
@@ -174,6 +175,17 @@ class NbdServerTest {
                 "s.sendall(struct.pack('>IHHQQI', 0x25609513, 0, 0, 1, 64 * 1024 * 1024 - 512, 4096))",
                 "magic, err, cookie = struct.unpack('>IIQ', s.recv(16, socket.MSG_WAITALL))",
                 "print('read-past-end', err, cookie)",
+                "s.sendall(struct.pack('>IHHQQI', 0x25609513, 0, 1, 4, 64 * 1024 * 1024 - 4096, 8192) + b'w' * 8192)",
+                "magic, err, cookie = struct.unpack('>IIQ', s.recv(16, socket.MSG_WAITALL))",
+                "print('write-past-end', err, cookie)  # its payload was read: the next request is where it should be",
+                "s.sendall(struct.pack('>IHHQQI', 0x25609513, 0, 1, 5, 0, 3 << 20) + b'\\x42' * (3 << 20))",
+                "magic, err, cookie = struct.unpack('>IIQ', s.recv(16, socket.MSG_WAITALL))",
+                "s.sendall(struct.pack('>IHHQQI', 0x25609513, 0, 0, 6, 0, 3 << 20))",
+                "magic, err, cookie = struct.unpack('>IIQ', s.recv(16, socket.MSG_WAITALL))",
+                "data = b''",
+                "while len(data) < 3 << 20:",
+                "    data += s.recv((3 << 20) - len(data))",
+                "print('big-read', err, cookie, len(data), data == b'\\x42' * (3 << 20))",
                 "s.sendall(struct.pack('>IHHQQI', 0x25609513, 0, 99, 2, 0, 0))",
                 "magic, err, cookie = struct.unpack('>IIQ', s.recv(16, socket.MSG_WAITALL))",
                 "print('unknown-command', err, cookie)",
@@ -190,6 +202,8 @@ class NbdServerTest {
         assertTrue(out.contains("go-unknown 0x80000006"), "ERR_UNKNOWN: " + out);
         assertTrue(out.contains("read-past-end 22 1"), "EINVAL: " + out);
         assertTrue(out.contains("unknown-command 22 2"), out);
+        assertTrue(out.contains("write-past-end 28 4"), "ENOSPC: " + out);
+        assertTrue(out.contains("big-read 0 6 3145728 True"), "a 3 MiB write and read in 1 MiB pieces: " + out);
         assertTrue(out.contains("huge-write True"), out);
         assertTrue(out.contains("bad-magic True"), out);
         run("qemu-io", "-f", "raw", "-c", "write -P 9 0 4k", "-c", "read -P 9 0 4k", uri("disk")).ok();
