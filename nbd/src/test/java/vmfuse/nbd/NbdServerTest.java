@@ -138,6 +138,16 @@ class NbdServerTest {
         assertTrue(run("qemu-img", "info", uri("other")).ok().out().contains("virtual size: 4 MiB"));
     }
 
+    @Test
+    void theModulesOwnClientReadsTheAllocationMap() throws Exception {
+        run("qemu-io", "-f", "raw", "-c", "write -P 1 4M 1M", uri("disk")).ok();
+        try (NbdClient c = NbdClient.connect(server.socket(), "disk", "base:allocation")) {
+            List<NbdClient.Status> s = c.blockStatus(0, 64 * MIB);
+            assertEquals(List.of(new NbdClient.Status(0, 4 * MIB, 3), new NbdClient.Status(4 * MIB, MIB, 0),
+                    new NbdClient.Status(5 * MIB, 59 * MIB, 3)), s);
+        }
+    }
+
     /** A client that breaks the protocol loses its connection; the server and its other clients go on. */
     @Test
     void malformedHandshakesAndRequestsCloseOnlyTheirConnection() throws Exception {

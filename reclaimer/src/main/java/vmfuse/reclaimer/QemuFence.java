@@ -15,6 +15,7 @@ import com.fasterxml.jackson.databind.JsonNode;
 
 import org.slf4j.Logger;
 import org.slf4j.LoggerFactory;
+import vmfuse.nbd.NbdClient;
 
 /*
  * The fence of a qcow2 image, kept by QEMU: a dirty bitmap per token, in guest offsets. While a
@@ -320,7 +321,7 @@ public final class QemuFence implements Fence {
             try {
                 q.execute("block-export-add", Qmp.args("type", "nbd", "id", EXPORT, "node-name", dev.node(),
                         "name", EXPORT, "writable", false, "bitmaps", Qmp.array(bitmap)));
-                try (NbdClient c = NbdClient.connect(nbdSocket, EXPORT, bitmap)) {
+                try (NbdClient c = NbdClient.connect(nbdSocket, EXPORT, DIRTY_BITMAP + bitmap)) {
                     clean = clean(c, ranges);
                 } finally {
                     q.execute("block-export-del", Qmp.args("id", EXPORT));
@@ -423,7 +424,7 @@ public final class QemuFence implements Fence {
                 }
                 Thread.sleep(20);
             }
-            try (NbdClient c = NbdClient.connect(nbdSocket, EXPORT, bitmap)) {
+            try (NbdClient c = NbdClient.connect(nbdSocket, EXPORT, DIRTY_BITMAP + bitmap)) {
                 return clean(c, ranges);
             }
         } catch (InterruptedException e) {
@@ -445,12 +446,18 @@ public final class QemuFence implements Fence {
     }
 
     /** The parts of {@code ranges} the export's bitmap does not mark written. */
+    /** QEMU's meta context of a dirty bitmap over NBD, and its one state: written since the bitmap began. */
+    private static final String DIRTY_BITMAP = "qemu:dirty-bitmap:";
+    private static final int DIRTY = 1;
+
     private static List<Range> clean(NbdClient c, List<Range> ranges) throws IOException {
         List<Range> clean = new ArrayList<>();
         for (Range r : ranges) {
             ByteRanges left = ByteRanges.of(List.of(r));
-            for (Range d : c.dirty(r.offset(), r.length())) {
-                left.remove(d.offset(), d.end());
+            for (NbdClient.Status s : c.blockStatus(r.offset(), r.length())) {
+                if ((s.flags() & DIRTY) != 0) {
+                    left.remove(s.offset(), s.offset() + s.length());
+                }
             }
             clean.addAll(left.list());
         }

@@ -19,8 +19,9 @@ import java.util.concurrent.TimeUnit;
 import org.junit.jupiter.api.Tag;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.io.TempDir;
+import vmfuse.nbd.NbdClient;
 
-/** Qmp and NbdClient against a real QEMU holding a qcow2 image (paused: no guest needed). */
+/** Qmp and the nbd module's NbdClient against a real QEMU holding a qcow2 image (paused: no guest needed). */
 @Tag("integration")
 class QemuNbdTest {
     static final long K = 1024;
@@ -347,8 +348,9 @@ class QemuNbdTest {
                         Qmp.args("path", nbdSock.toString()))));
                 q.execute("block-export-add", Qmp.args("type", "nbd", "id", "e1", "node-name", node, "name", "d0",
                         "writable", false, "bitmaps", Qmp.array("t1")));
-                try (NbdClient c = NbdClient.connect(nbdSock, "d0", "t1")) {
-                    List<Range> dirty = c.dirty(0, 8 * M);
+                try (NbdClient c = NbdClient.connect(nbdSock, "d0", "qemu:dirty-bitmap:t1")) {
+                    List<NbdClient.Status> dirty = c.blockStatus(0, 8 * M).stream().filter(st -> (st.flags() & 1) != 0)
+                            .toList();
                     assertEquals(1, dirty.size());
                     assertEquals(1 * M, dirty.get(0).offset());
                     assertEquals(64 * K, dirty.get(0).length());

@@ -1,4 +1,6 @@
-package vmfuse.reclaimer;
+package vmfuse.nbd;
+
+import static vmfuse.nbd.Nbd.*;
 
 import java.io.DataInputStream;
 import java.io.DataOutputStream;
@@ -12,32 +14,13 @@ import java.nio.file.Path;
 import java.util.ArrayList;
 import java.util.List;
 
-/*
- * A minimal NBD client (the fixed newstyle protocol, as QEMU's NBD server speaks it) for one
- * purpose: on an export of a running VM's disk, ask which ranges a dirty bitmap marks written
- * (NBD_CMD_BLOCK_STATUS with the meta context "qemu:dirty-bitmap:NAME") and discard ranges
- * (NBD_CMD_TRIM) through QEMU, which keeps its qcow2 metadata and refcounts right.
- * Requests are sent one at a time.
+/**
+ * A minimal NBD client of the same protocol the server speaks (Nbd): the fixed newstyle
+ * handshake with structured replies, one meta context, and BLOCK_STATUS, one request at a time.
+ * The reclaimer asks QEMU's NBD server with it which ranges a dirty bitmap marks written (the
+ * context "qemu:dirty-bitmap:NAME"); a test asks this module's server for base:allocation.
  */
-final class NbdClient implements AutoCloseable {
-    private static final long NBDMAGIC = 0x4e42444d41474943L;
-    private static final long IHAVEOPT = 0x49484156454F5054L;
-    private static final long OPT_REPLY_MAGIC = 0x3e889045565a9L;
-    private static final int REQUEST_MAGIC = 0x25609513;
-    private static final int SIMPLE_REPLY_MAGIC = 0x67446698;
-    private static final int STRUCTURED_REPLY_MAGIC = 0x668e33ef;
-    private static final int OPT_GO = 7;
-    private static final int OPT_STRUCTURED_REPLY = 8;
-    private static final int OPT_SET_META_CONTEXT = 10;
-    private static final int REP_ACK = 1;
-    private static final int REP_INFO = 3;
-    private static final int REP_META_CONTEXT = 4;
-    private static final int CMD_DISC = 2;
-    private static final int CMD_TRIM = 4;
-    private static final int CMD_BLOCK_STATUS = 7;
-    private static final int REPLY_TYPE_NONE = 0;
-    private static final int REPLY_TYPE_BLOCK_STATUS = 5;
-
+public final class NbdClient implements AutoCloseable {
     private final SocketChannel ch;
     private final DataInputStream in;
     private final DataOutputStream out;
@@ -50,13 +33,13 @@ final class NbdClient implements AutoCloseable {
         this.out = new DataOutputStream(Channels.newOutputStream(ch));
     }
 
-    /** Connects to {@code export} on the server at {@code socket}, with the dirty bitmap {@code bitmap} as meta context. */
-    static NbdClient connect(Path socket, String export, String bitmap) throws IOException {
+    /** Connects to {@code export} on the server at unix socket {@code socket}, with meta context {@code context}. */
+    public static NbdClient connect(Path socket, String export, String context) throws IOException {
         SocketChannel ch = SocketChannel.open(StandardProtocolFamily.UNIX);
         try {
             ch.connect(UnixDomainSocketAddress.of(socket));
             NbdClient c = new NbdClient(ch);
-            c.handshake(export, "qemu:dirty-bitmap:" + bitmap);
+            c.handshake(export, context);
             return c;
         } catch (IOException | RuntimeException e) {
             ch.close();
@@ -158,9 +141,15 @@ final class NbdClient implements AutoCloseable {
         return h;
     }
 
-    /** The parts of [offset, offset + length) the bitmap marks dirty, as {offset, length}. */
-    List<Range> dirty(long offset, long length) throws IOException {
-        List<Range> out = new ArrayList<>();
+    /** An extent of a block status answer: {@code length} bytes from {@code offset} in the state {@code flags}. */
+    public record Status(long offset, long length, int flags) {}
+
+    /**
+     * The states of [offset, offset + length) in the context, as the server describes them,
+     * asked in requests of at most 1 GiB and clipped to the range.
+     */
+    public List<Status> blockStatus(long offset, long length) throws IOException {
+        List<Status> out = new ArrayList<>();
         long pos = offset;
         long end = offset + length;
         while (pos < end) {
@@ -192,8 +181,8 @@ final class NbdClient implements AutoCloseable {
                     for (int i = 0; i < (len - 4) / 8; i++) {
                         long extent = in.readInt() & 0xffff_ffffL;
                         int f = in.readInt();
-                        if (id == contextId && (f & 1) != 0) {
-                            out.add(new Range(p, Math.min(extent, pos + n - p)));
+                        if (id == contextId && p < pos + n) {
+                            out.add(new Status(p, Math.min(extent, pos + n - p), f));
                         }
                         p += extent;
                     }
@@ -214,39 +203,6 @@ final class NbdClient implements AutoCloseable {
             pos += Math.min(covered, n);
         }
         return out;
-    }
-
-    /** Discards [offset, offset + length) through QEMU. */
-    void trim(long offset, long length) throws IOException {
-        long pos = offset;
-        while (pos < offset + length) {
-            long n = Math.min(offset + length - pos, 1L << 30);
-            long h = request(CMD_TRIM, pos, n);
-            int magic = in.readInt();
-            if (magic == SIMPLE_REPLY_MAGIC) {
-                int err = in.readInt();
-                if (in.readLong() != h) {
-                    throw new IOException("NBD reply for another request");
-                }
-                if (err != 0) {
-                    throw new IOException("NBD trim at " + pos + " failed: error " + err);
-                }
-            } else if (magic == STRUCTURED_REPLY_MAGIC) {
-                in.readUnsignedShort();
-                int type = in.readUnsignedShort();
-                in.readLong();
-                int len = in.readInt();
-                if ((type & 0x8000) != 0) {
-                    int err = in.readInt();
-                    in.skipNBytes(len - 4);
-                    throw new IOException("NBD trim at " + pos + " failed: error " + err);
-                }
-                in.skipNBytes(len);
-            } else {
-                throw new IOException("bad NBD reply magic " + Integer.toHexString(magic));
-            }
-            pos += n;
-        }
     }
 
     @Override
