@@ -356,8 +356,13 @@ final class Connection implements Runnable {
                 }
             } catch (ExportException e) {
                 int err = replyError(e.errno());
-                log.warn("nbd client={} export={} command={} offset={} length={} errno={} {}", peer, exportName, type,
-                        offset, length, e.errno(), e.getMessage());
+                if (e.errno() == EINVAL) { // the client's own mistake: answered; logged where one looks for it
+                    log.debug("nbd client={} export={} command={} offset={} length={} errno={} {}", peer, exportName,
+                            type, offset, length, e.errno(), e.getMessage());
+                } else {
+                    log.warn("nbd client={} export={} command={} offset={} length={} errno={} {}", peer, exportName,
+                            type, offset, length, e.errno(), e.getMessage());
+                }
                 if (structured && (type == CMD_READ || type == CMD_BLOCK_STATUS)) {
                     byte[] m = e.getMessage() == null ? new byte[0] : e.getMessage().getBytes(StandardCharsets.UTF_8);
                     int n = Math.min(m.length, 4096);

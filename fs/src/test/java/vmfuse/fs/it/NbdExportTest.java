@@ -80,6 +80,30 @@ class NbdExportTest {
         assertTrue(Proc.run("nbdinfo", uri("images/../../etc/passwd")).exit() != 0, "no such export");
     }
 
+    /** libnbd's nbdcopy (several connections, many requests in flight) and fio's nbd engine with verification. */
+    @Test
+    void nbdcopyAndFiosNbdEngineWriteAndVerifyThroughTheDoor() throws Exception {
+        Path src = m.root.resolve("src2.raw");
+        Proc.ok("dd", "if=/dev/urandom", "of=" + src, "bs=1M", "count=16", "status=none");
+        Proc.ok("qemu-img", "create", "-q", "-f", "raw", m.image("copy2.raw").toString(), "16M");
+        Proc.ok("nbdcopy", "--connections=4", "--requests=16", src.toString(), uri("images/copy2.raw"));
+        assertEquals(Disk.sha256(src), Disk.sha256(m.backing("copy2.raw")));
+        Path back = m.root.resolve("back.raw");
+        Proc.ok("nbdcopy", "--connections=4", uri("images/copy2.raw"), back.toString());
+        assertEquals(Disk.sha256(src), Disk.sha256(back));
+
+        Proc.ok("qemu-img", "create", "-q", "-f", "raw", m.image("fio.raw").toString(), "32M");
+        Proc.Result fio = Proc.ok("fio", "--name=nbd-verify", "--ioengine=nbd", "--uri=" + uri("images/fio.raw"),
+                "--rw=randwrite", "--bs=4k", "--size=32M", "--iodepth=8", "--verify=crc32c", "--do_verify=1",
+                "--verify_fatal=1", "--output-format=terse");
+        String terse = fio.out().lines().filter(l -> l.startsWith("3;")).findFirst().orElseThrow(
+                () -> new AssertionError(fio.describe()));
+        String[] f = terse.split(";");
+        assertEquals("0", f[4], "fio's error field: " + terse);
+        assertEquals("32768", f[46], "fio wrote 32 MiB: " + terse);
+        assertEquals("32768", f[5], "and read all of it back, verified: " + terse);
+    }
+
     @Test
     void aJournalDeviceServedOverNbdReadsBackThroughTheMount() throws Exception {
         Proc.ok("sh", "-c", "truncate -s 8M " + m.mnt.resolve("journals/j2"));
