@@ -28,7 +28,8 @@ final class VmCommand {
                 "      -device virtio-blk-pci,drive=d0 -chardev socket,id=ag,path=/run/vmfuse/vm1.agent,reconnect=2 \\",
                 "      -device virtio-serial -device virtserialport,chardev=ag,name=vmfuse.agent"})
     static final class Add implements Callable<Integer> {
-        @Option(names = "--image", required = true, paramLabel = "IMAGE", description = "images/NAME in the mount.")
+        @Option(names = "--image", required = true, paramLabel = "IMAGE",
+                description = "images/PATH in the mount (in folders too: images/tenant1/vm7/disk.raw).")
         String image;
 
         @Option(names = "--agent-socket", required = true, paramLabel = "PATH",
