@@ -59,9 +59,13 @@ public record StoreDir(Path dir) {
     /** What the pid file says: the daemon serving the store, and where its mount is. */
     public record PidFile(long pid, Path mountPoint) {}
 
-    /** Writes the pid file (the daemon, once its mount is live): {@code PID<TAB>MOUNTPOINT}. */
+    /**
+     * Writes the pid file (the daemon, once its mount is live): {@code PID<TAB>MOUNTPOINT}, through
+     * the store's one writer: replaced whole (a reader never sees half of it), not forced (after a
+     * crash a stale one names a process that is gone, and its readers check that).
+     */
     public void writePid(long pid, Path mountPoint) throws IOException {
-        Files.writeString(pidFile(), pid + "\t" + mountPoint + "\n", StandardCharsets.UTF_8);
+        disk().replace(pidFile(), (pid + "\t" + mountPoint + "\n").getBytes(StandardCharsets.UTF_8), false);
     }
 
     /** The pid file's daemon, or nothing if there is none (or it cannot be read). */
