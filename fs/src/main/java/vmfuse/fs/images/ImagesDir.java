@@ -7,6 +7,7 @@ import java.nio.file.DirectoryStream;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.util.ArrayList;
+import java.util.Comparator;
 import java.util.List;
 
 import jnr.ffi.Pointer;
@@ -203,21 +204,35 @@ public final class ImagesDir implements AutoCloseable {
         return StructStat.type(st) == S_IFREG ? StructStat.usage(st) : null;
     }
 
-    /** Entries {@link #entries} may return: images, libfuse's hidden names of images still open, folders. */
+    /** The kinds of entries shown: images, libfuse's hidden names of images still open, folders. */
     private static final int IMAGES = 1;
     private static final int HIDDEN = 2;
     private static final int FOLDERS = 4;
 
+    /** One entry of a folder: its name and kind (IMAGES, HIDDEN or FOLDERS). */
+    private record Entry(String name, int kind) {}
+
     /** What a folder ("" for images/) holds: its images and folders, sorted, hidden ones left out. */
     public List<String> list(String folder) throws FsException {
-        return entries(folder, IMAGES | FOLDERS);
+        return names(entries(folder), IMAGES | FOLDERS);
     }
 
-    /** The entries of a folder of the kinds {@code wanted} (IMAGES, HIDDEN, FOLDERS), sorted. */
-    private List<String> entries(String folder, int wanted) throws FsException {
+    /** The names of {@code entries} of the kinds {@code wanted}. */
+    private static List<String> names(List<Entry> entries, int wanted) {
+        List<String> out = new ArrayList<>();
+        for (Entry e : entries) {
+            if ((e.kind() & wanted) != 0) {
+                out.add(e.name());
+            }
+        }
+        return out;
+    }
+
+    /** The entries of a folder that are shown or hidden images or folders, sorted by name: one read of it. */
+    private List<Entry> entries(String folder) throws FsException {
         int fd = walk(folder, O_RDONLY);
         try {
-            return entries(fd, wanted);
+            return entries(fd);
         } finally {
             if (fd != dirFd) {
                 C.close(fd);
@@ -227,11 +242,11 @@ public final class ImagesDir implements AutoCloseable {
 
     /** What the open folder {@code fd} (see {@link #openFolder}) holds: its images and folders, sorted. */
     public List<String> list(int fd) throws FsException {
-        return entries(fd, IMAGES | FOLDERS);
+        return names(entries(fd), IMAGES | FOLDERS);
     }
 
-    private List<String> entries(int fd, int wanted) throws FsException {
-        List<String> names = new ArrayList<>();
+    private List<Entry> entries(int fd) throws FsException {
+        List<Entry> names = new ArrayList<>();
         try (DirectoryStream<Path> dir = Files.newDirectoryStream(Path.of("/proc/self/fd/" + fd))) {
             Pointer st = StructStat.allocate();
             for (Path p : dir) {
@@ -244,14 +259,14 @@ public final class ImagesDir implements AutoCloseable {
                     case S_IFDIR -> FOLDERS;
                     default -> 0; // symlinks, devices, sockets, fifos: not shown
                 };
-                if ((kind & wanted) != 0) {
-                    names.add(name);
+                if (kind != 0) {
+                    names.add(new Entry(name, kind));
                 }
             }
         } catch (IOException e) {
             throw new FsException(EIO, "cannot list a folder of " + imagesDir + ": " + e.getMessage());
         }
-        names.sort(null);
+        names.sort(Comparator.comparing(Entry::name));
         return names;
     }
 
@@ -271,21 +286,19 @@ public final class ImagesDir implements AutoCloseable {
     /** Adds the entries of kinds {@code wanted} at and below {@code folder}; a folder gone meanwhile holds none. */
     private void collect(String folder, int depth, int wanted, List<String> out) throws FsException {
         String prefix = folder.isEmpty() ? "" : folder + "/";
-        List<String> here;
-        List<String> folders;
+        List<Entry> entries;
         try {
-            here = entries(folder, wanted & ~FOLDERS);
-            folders = entries(folder, FOLDERS);
+            entries = entries(folder);
         } catch (FsException e) {
             if (!folder.isEmpty() && (e.errno() == ENOENT || e.errno() == ENOTDIR)) {
                 return; // removed or renamed since its parent was listed
             }
             throw e;
         }
-        for (String name : here) {
+        for (String name : names(entries, wanted & ~FOLDERS)) {
             out.add(prefix + name);
         }
-        for (String name : folders) {
+        for (String name : names(entries, FOLDERS)) {
             if ((wanted & FOLDERS) != 0) {
                 out.add(prefix + name);
             }
@@ -334,7 +347,8 @@ public final class ImagesDir implements AutoCloseable {
 
     /** Whether a folder holds nothing but libfuse's hidden names of images still open. */
     public boolean holdsOnlyHidden(String folder) throws FsException {
-        return entries(folder, IMAGES | FOLDERS).isEmpty() && !entries(folder, HIDDEN).isEmpty();
+        List<Entry> entries = entries(folder);
+        return names(entries, IMAGES | FOLDERS).isEmpty() && !names(entries, HIDDEN).isEmpty();
     }
 
     public void unlink(String name) throws FsException {
