@@ -4,6 +4,7 @@ import java.nio.ByteBuffer;
 import java.util.ArrayList;
 import java.util.BitSet;
 import java.util.List;
+import java.util.Map;
 import java.util.concurrent.atomic.AtomicInteger;
 
 /**
@@ -25,6 +26,22 @@ final class MemoryExport implements Export {
 
     MemoryExport(int size) {
         disk = new byte[size];
+    }
+
+    /** Exports of these memory disks by name, in the map's order (a LinkedHashMap keeps it). */
+    static Exports serving(Map<String, MemoryExport> byName) {
+        return new Exports() {
+            @Override
+            public List<String> names() {
+                return List.copyOf(byName.keySet());
+            }
+
+            @Override
+            public Export open(String name) {
+                MemoryExport e = byName.get(name);
+                return e == null ? null : e.open();
+            }
+        };
     }
 
     /** As an export a connection opens. */

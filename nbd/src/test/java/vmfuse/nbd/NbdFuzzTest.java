@@ -9,7 +9,7 @@ import java.net.UnixDomainSocketAddress;
 import java.nio.ByteBuffer;
 import java.nio.channels.SocketChannel;
 import java.nio.file.Path;
-import java.util.List;
+import java.util.Map;
 import java.util.Random;
 import java.util.concurrent.TimeUnit;
 
@@ -121,17 +121,8 @@ class NbdFuzzTest {
     @Timeout(value = 120, unit = TimeUnit.SECONDS, threadMode = Timeout.ThreadMode.SEPARATE_THREAD)
     void randomAndMutatedStreamsEndTheirConnectionsAndLeaveTheServerServing() throws Exception {
         MemoryExport disk = new MemoryExport(1 << 20);
-        try (NbdServer server = NbdServer.listen(dir.resolve("nbd.sock"), new Exports() {
-            @Override
-            public List<String> names() {
-                return List.of("disk");
-            }
-
-            @Override
-            public Export open(String name) {
-                return name.equals("disk") ? disk.open() : null;
-            }
-        }, 8)) {
+        try (NbdServer server = NbdServer.listen(dir.resolve("nbd.sock"), MemoryExport.serving(Map.of("disk", disk)),
+                8)) {
             byte[] valid = valid();
             session(server.socket(), valid); // the well-formed session itself runs to its end
             Random r = new Random(SEED);

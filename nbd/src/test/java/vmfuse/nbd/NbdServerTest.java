@@ -10,6 +10,7 @@ import java.nio.file.Files;
 import java.nio.file.Path;
 import java.util.ArrayList;
 import java.util.Arrays;
+import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
 import java.util.concurrent.TimeUnit;
@@ -33,19 +34,10 @@ class NbdServerTest {
 
     @BeforeEach
     void listen() throws Exception {
-        Map<String, MemoryExport> byName = Map.of("disk", disk, "other", other);
-        server = NbdServer.listen(dir.resolve("nbd.sock"), new Exports() {
-            @Override
-            public List<String> names() {
-                return List.of("disk", "other");
-            }
-
-            @Override
-            public Export open(String name) {
-                MemoryExport e = byName.get(name);
-                return e == null ? null : e.open();
-            }
-        }, 8);
+        Map<String, MemoryExport> byName = new LinkedHashMap<>();
+        byName.put("disk", disk);
+        byName.put("other", other);
+        server = NbdServer.listen(dir.resolve("nbd.sock"), MemoryExport.serving(byName), 8);
     }
 
     @AfterEach
@@ -233,32 +225,12 @@ class NbdServerTest {
         Path regular = dir.resolve("file");
         Files.writeString(regular, "mine");
         try {
-            NbdServer.listen(regular, new Exports() {
-                @Override
-                public List<String> names() {
-                    return List.of();
-                }
-
-                @Override
-                public Export open(String name) {
-                    return null;
-                }
-            }, 1).close();
+            NbdServer.listen(regular, MemoryExport.serving(Map.of()), 1).close();
             throw new AssertionError("listened over a regular file");
         } catch (IOException e) {
             assertEquals("mine", Files.readString(regular, StandardCharsets.UTF_8));
         }
-        server = NbdServer.listen(dir.resolve("nbd.sock"), new Exports() {
-            @Override
-            public List<String> names() {
-                return List.of("disk");
-            }
-
-            @Override
-            public Export open(String name) {
-                return name.equals("disk") ? disk.open() : null;
-            }
-        }, 8);
+        server = NbdServer.listen(dir.resolve("nbd.sock"), MemoryExport.serving(Map.of("disk", disk)), 8);
         run("qemu-io", "-f", "raw", "-c", "read -P 0 0 4k", uri("disk")).ok();
     }
 }
