@@ -5,18 +5,27 @@ import static vmfuse.nbd.Nbd.*;
 import java.io.EOFException;
 import java.io.IOException;
 import java.nio.ByteBuffer;
+import java.nio.channels.ClosedChannelException;
+import java.nio.channels.SelectionKey;
+import java.nio.channels.Selector;
 import java.nio.channels.SocketChannel;
 import java.nio.charset.StandardCharsets;
+import java.util.ArrayDeque;
 import java.util.ArrayList;
 import java.util.List;
+import java.util.concurrent.CompletableFuture;
+import java.util.concurrent.ExecutionException;
+import java.util.concurrent.locks.Condition;
+import java.util.concurrent.locks.ReentrantLock;
 
 import org.slf4j.Logger;
 import org.slf4j.LoggerFactory;
 
 /*
- * One client of the server, from the handshake to its disconnect, on one thread: the fixed
- * newstyle handshake (doc/proto.md), then its requests one at a time, each answered before the
- * next is read.
+ * One client of the server, from the handshake to its disconnect: the fixed newstyle handshake
+ * (doc/proto.md) on the connection's thread, then its requests, read on that thread, done by the
+ * server's {@link Scheduler} (many in flight: a client may send its next before the last is
+ * answered) and answered, in the order they are done, by a sender thread of the connection's own.
  *
  *   handshake     S: NBDMAGIC IHAVEOPT flags(FIXED_NEWSTYLE|NO_ZEROES)   C: flags
  *   options       C: IHAVEOPT option length data   S: replies (OPT_REPLY_MAGIC option type length data)
@@ -27,33 +36,57 @@ import org.slf4j.LoggerFactory;
  *
  * Bounds, whatever a client sends: an option's data at most MAX_OPTION bytes, a request's payload
  * at most MAX_PAYLOAD (INFO_BLOCK_SIZE says so); past either the connection is closed, with a log
- * line, without reading what was announced. Data moves through one buffer of at most CHUNK bytes
- * per connection (a read is sent, a write taken, a CHUNK at a time), so 64 clients hold at most
- * 64 MiB of direct memory, whatever they ask: the journal devices' blocks live there too.
+ * line, without reading what was announced. At most MAX_IN_FLIGHT requests and ACCOUNT bytes of
+ * their data wait per connection (past them, the client's next request is not read until one is
+ * done), and the server's {@link Buffers} bound all connections together. A client that takes
+ * too long over its handshake, or leaves a reply unread too long, is hung up on by the server's
+ * watchdog ({@link #handshakeSince}, {@link #sendingSince}).
  */
 final class Connection implements Runnable {
     private static final Logger log = LoggerFactory.getLogger(Connection.class);
     static final int MAX_OPTION = 64 * 1024;
     static final int MAX_PAYLOAD = 32 << 20;
-    static final int CHUNK = 1 << 20;
+    static final int MAX_IN_FLIGHT = 64;
+    static final long ACCOUNT = 8 << 20;
     private static final int PREFERRED_BLOCK = 4096;
+    private static final int IN_BUFFER = 64 * 1024;
     private static final int CONTEXT_ID = 1;
 
     private final SocketChannel ch;
     private final Exports exports;
     private final String peer;
+    private final Scheduler scheduler;
+    private final Buffers buffers;
+    /** What the client sent and was not yet taken: several requests' headers come in one read. */
+    private final ByteBuffer in = ByteBuffer.allocateDirect(IN_BUFFER).flip();
+    private volatile Selector readable;
+    private volatile Selector writable;
+    private final ReentrantLock out = new ReentrantLock();
+    private final Condition outPending = out.newCondition();
+    /** Replies the socket did not take at once, for the sender thread. Guarded by out. */
+    private final ArrayDeque<Reply> pending = new ArrayDeque<>();
+    private boolean ending; // guarded by out
     private boolean noZeroes;
     private boolean structured;
     private boolean allocationContext;
     private Export export;
     private String exportName;
-    private ByteBuffer payload = ByteBuffer.allocateDirect(PREFERRED_BLOCK * 16);
+    /** The export's size as the client was told it: requests are checked against it. */
+    private long exportSize;
+    private Scheduler.Share share;
+    private Buffers.Account account;
+    private int inFlight; // guarded by this
+    private volatile boolean dead;
+    private volatile long handshakeSince = System.nanoTime();
+    private volatile long sendingSince;
 
-    /** Closed by the server at its end: the connection stops at its next read. */
-    Connection(SocketChannel ch, Exports exports, String peer) {
+    /** Closed by the server at its end ({@link #closeChannel}): the connection stops at its next read. */
+    Connection(SocketChannel ch, Exports exports, String peer, Scheduler scheduler, Buffers buffers) {
         this.ch = ch;
         this.exports = exports;
         this.peer = peer;
+        this.scheduler = scheduler;
+        this.buffers = buffers;
     }
 
     /** A client that broke the protocol: the connection is closed, with the reason logged. */
@@ -66,6 +99,14 @@ final class Connection implements Runnable {
     @Override
     public void run() {
         try {
+            ch.configureBlocking(false);
+            readable = Selector.open();
+            ch.register(readable, SelectionKey.OP_READ);
+            writable = Selector.open();
+            ch.register(writable, SelectionKey.OP_WRITE);
+            if (dead) { // closed by the server before the selectors were there to wake
+                throw new ClosedChannelException();
+            }
             if (handshake()) {
                 transmission();
             }
@@ -75,16 +116,24 @@ final class Connection implements Runnable {
             log.debug("nbd client={} export={} hung up", peer, exportName);
         } catch (IOException e) {
             log.debug("nbd client={} export={} gone: {}", peer, exportName, e.toString());
+        } catch (InterruptedException e) {
+            log.debug("nbd client={} export={} interrupted", peer, exportName);
+            Thread.currentThread().interrupt();
         } catch (RuntimeException e) {
             log.error("nbd client={} export={} failed unexpectedly", peer, exportName, e);
         } finally {
             if (export != null) {
                 export.close();
             }
-            try {
-                ch.close();
-            } catch (IOException ignored) {
-                // closing a socket
+            closeChannel();
+            for (Selector sel : new Selector[] {readable, writable}) {
+                if (sel != null) {
+                    try {
+                        sel.close();
+                    } catch (IOException ignored) {
+                        // an epoll descriptor
+                    }
+                }
             }
         }
     }
@@ -131,7 +180,7 @@ final class Connection implements Runnable {
                     return true;
                 }
                 case OPT_ABORT -> {
-                    reply(option, REP_ACK, ByteBuffer.allocate(0));
+                    optionReply(option, REP_ACK, ByteBuffer.allocate(0));
                     return false;
                 }
                 case OPT_LIST -> list(option, data);
@@ -145,7 +194,7 @@ final class Connection implements Runnable {
                         error(option, REP_ERR_INVALID, "STRUCTURED_REPLY takes no data");
                     } else {
                         structured = true;
-                        reply(option, REP_ACK, ByteBuffer.allocate(0));
+                        optionReply(option, REP_ACK, ByteBuffer.allocate(0));
                     }
                 }
                 case OPT_LIST_META_CONTEXT, OPT_SET_META_CONTEXT -> metaContext(option, data);
@@ -161,9 +210,9 @@ final class Connection implements Runnable {
         }
         for (String name : exports.names()) {
             byte[] b = name.getBytes(StandardCharsets.UTF_8);
-            reply(option, REP_SERVER, ByteBuffer.allocate(4 + b.length).putInt(b.length).put(b).flip());
+            optionReply(option, REP_SERVER, ByteBuffer.allocate(4 + b.length).putInt(b.length).put(b).flip());
         }
-        reply(option, REP_ACK, ByteBuffer.allocate(0));
+        optionReply(option, REP_ACK, ByteBuffer.allocate(0));
     }
 
     /** INFO or GO: the export's size and flags, its block sizes if asked; true if it is open (GO). */
@@ -198,13 +247,13 @@ final class Connection implements Runnable {
             error(option, REP_ERR_POLICY, e.getMessage());
             return false;
         }
-        reply(option, REP_INFO, ByteBuffer.allocate(12).putShort((short) INFO_EXPORT).putLong(size())
+        optionReply(option, REP_INFO, ByteBuffer.allocate(12).putShort((short) INFO_EXPORT).putLong(size())
                 .putShort((short) transmissionFlags()).flip());
         if (blockSize) {
-            reply(option, REP_INFO, ByteBuffer.allocate(14).putShort((short) INFO_BLOCK_SIZE).putInt(1)
+            optionReply(option, REP_INFO, ByteBuffer.allocate(14).putShort((short) INFO_BLOCK_SIZE).putInt(1)
                     .putInt(PREFERRED_BLOCK).putInt(MAX_PAYLOAD).flip());
         }
-        reply(option, REP_ACK, ByteBuffer.allocate(0));
+        optionReply(option, REP_ACK, ByteBuffer.allocate(0));
         if (option == OPT_INFO) { // INFO opens nothing
             export.close();
             export = previous;
@@ -305,12 +354,12 @@ final class Connection implements Runnable {
         }
         if (allocation) {
             byte[] b = BASE_ALLOCATION.getBytes(StandardCharsets.US_ASCII);
-            reply(option, REP_META_CONTEXT, ByteBuffer.allocate(4 + b.length).putInt(CONTEXT_ID).put(b).flip());
+            optionReply(option, REP_META_CONTEXT, ByteBuffer.allocate(4 + b.length).putInt(CONTEXT_ID).put(b).flip());
         }
-        reply(option, REP_ACK, ByteBuffer.allocate(0));
+        optionReply(option, REP_ACK, ByteBuffer.allocate(0));
     }
 
-    private void reply(int option, int type, ByteBuffer data) throws IOException {
+    private void optionReply(int option, int type, ByteBuffer data) throws IOException {
         ByteBuffer h = ByteBuffer.allocate(20 + data.remaining());
         h.putLong(OPT_REPLY_MAGIC).putInt(option).putInt(type).putInt(data.remaining()).put(data);
         send(h.flip());
@@ -319,235 +368,538 @@ final class Connection implements Runnable {
     private void error(int option, int type, String message) throws IOException {
         log.info("nbd client={} option={} refused: {}", peer, option, message);
         byte[] b = message.getBytes(StandardCharsets.UTF_8);
-        reply(option, type, ByteBuffer.wrap(b));
+        optionReply(option, type, ByteBuffer.wrap(b));
     }
 
     // ---- transmission ------------------------------------------------------------------------
 
-    private void transmission() throws IOException, Broken {
+    /**
+     * Requests are read here, on the connection's thread, and done by the scheduler's workers in
+     * the order it decides; their replies go out in the order they are done, through the
+     * connection's sender thread, so a client that does not read its replies holds up no worker.
+     * A request of more than {@link Buffers#MAX} bytes is done here, a piece at a time (each piece
+     * still scheduled), so no more than one piece of it waits in memory.
+     */
+    private void transmission() throws IOException, Broken, InterruptedException {
         log.info("nbd client={} export={} open structured={} base_allocation={}", peer, exportName, structured,
                 allocationContext);
-        ByteBuffer header = ByteBuffer.allocate(28);
-        while (true) {
-            header.clear();
-            fill(header);
-            header.flip();
-            int magic = header.getInt();
-            if (magic != REQUEST_MAGIC) {
-                throw new Broken("a request without its magic (" + Integer.toHexString(magic) + ")");
-            }
-            int flags = Short.toUnsignedInt(header.getShort());
-            int type = Short.toUnsignedInt(header.getShort());
-            long cookie = header.getLong();
-            long offset = header.getLong();
-            long length = Integer.toUnsignedLong(header.getInt());
-            if (type == CMD_DISC) {
-                log.info("nbd client={} export={} disconnects", peer, exportName);
-                return;
-            }
-            if (type == CMD_WRITE && length > MAX_PAYLOAD) {
-                throw new Broken("a write of " + length + " bytes, at most " + MAX_PAYLOAD);
-            }
-            try {
-                if (type == CMD_WRITE) {
-                    write(flags, cookie, offset, length);
-                } else {
-                    serve(type, flags, cookie, offset, length);
-                }
-            } catch (ExportException e) {
-                int err = replyError(e.errno());
-                if (e.errno() == EINVAL) { // the client's own mistake: answered; logged where one looks for it
-                    log.debug("nbd client={} export={} command={} offset={} length={} errno={} {}", peer, exportName,
-                            type, offset, length, e.errno(), e.getMessage());
-                } else {
-                    log.warn("nbd client={} export={} command={} offset={} length={} errno={} {}", peer, exportName,
-                            type, offset, length, e.errno(), e.getMessage());
-                }
-                if (structured && (type == CMD_READ || type == CMD_BLOCK_STATUS)) {
-                    byte[] m = e.getMessage() == null ? new byte[0] : e.getMessage().getBytes(StandardCharsets.UTF_8);
-                    int n = Math.min(m.length, 4096);
-                    chunk(cookie, REPLY_FLAG_DONE, REPLY_TYPE_ERROR,
-                            ByteBuffer.allocate(6 + n).putInt(err).putShort((short) n).put(m, 0, n).flip());
-                } else {
-                    simple(cookie, err);
-                }
-            }
-        }
-    }
-
-    /** EINVAL (ENOSPC for what writes) unless {@code [offset, offset + length)} is inside the export. */
-    private void checkRange(int type, long offset, long length) throws ExportException {
-        long size = export.size();
-        if (offset < 0 || offset > size || length > size - offset) {
-            throw new ExportException(type == CMD_WRITE || type == CMD_WRITE_ZEROES ? ENOSPC : EINVAL,
-                    "past the export's end (" + size + " bytes)");
-        }
-    }
-
-    /**
-     * A write: its payload taken a CHUNK at a time and written as it comes; a failure (or a
-     * range past the end) still reads the payload to its end, so the next request is where the
-     * client put it, then answers the error.
-     */
-    private void write(int flags, long cookie, long offset, long length) throws IOException, ExportException {
-        ExportException failure = null;
+        handshakeSince = 0;
+        exportSize = size();
+        share = scheduler.share(exports.share(exportName));
+        account = buffers.account(ACCOUNT);
+        Thread sender = new Thread(this::sendReplies, Thread.currentThread().getName() + "-send");
+        sender.setDaemon(true);
+        sender.start();
         try {
-            checkRange(CMD_WRITE, offset, length);
-        } catch (ExportException e) {
-            failure = e;
-        }
-        long done = 0;
-        while (done < length) {
-            int n = (int) Math.min(CHUNK, length - done);
-            ByteBuffer b = buffer(n);
-            fill(b);
-            b.flip();
-            if (failure == null) {
-                try {
-                    export.write(offset + done, b);
-                } catch (ExportException e) {
-                    failure = e;
+            ByteBuffer header = ByteBuffer.allocate(28);
+            while (true) {
+                header.clear();
+                fill(header);
+                header.flip();
+                int magic = header.getInt();
+                if (magic != REQUEST_MAGIC) {
+                    throw new Broken("a request without its magic (" + Integer.toHexString(magic) + ")");
                 }
+                int flags = Short.toUnsignedInt(header.getShort());
+                int type = Short.toUnsignedInt(header.getShort());
+                long cookie = header.getLong();
+                long offset = header.getLong();
+                long length = Integer.toUnsignedLong(header.getInt());
+                if (type == CMD_DISC) {
+                    log.info("nbd client={} export={} disconnects", peer, exportName);
+                    return;
+                }
+                if (type == CMD_WRITE && length > MAX_PAYLOAD) {
+                    throw new Broken("a write of " + length + " bytes, at most " + MAX_PAYLOAD);
+                }
+                request(new Request(type, flags, cookie, offset, length));
             }
-            done += n;
+        } finally {
+            // what was read is done and answered (a client may shut down its side and read on),
+            // unless the connection was closed: then nothing queued is done, and nothing sent
+            awaitIdle();
+            endReplies();
+            sender.join(); // bounded: the watchdog hangs up on a client that does not read them
+            share.release();
         }
-        if (failure != null) {
-            throw failure;
+    }
+
+    /** A request as it came; {@code kind} is its class in the scheduler. */
+    private record Request(int type, int flags, long cookie, long offset, long length) {
+        Scheduler.Kind kind() {
+            return switch (type) {
+                case CMD_WRITE -> (flags & CMD_FLAG_FUA) != 0 ? Scheduler.Kind.FLUSH : Scheduler.Kind.WRITE;
+                case CMD_FLUSH -> Scheduler.Kind.FLUSH;
+                case CMD_TRIM, CMD_WRITE_ZEROES -> Scheduler.Kind.TRIM;
+                default -> Scheduler.Kind.READ;
+            };
         }
-        if ((flags & CMD_FLAG_FUA) != 0) {
-            export.flush();
+
+        /** What it moves: what the scheduler's weights count beyond the request itself. */
+        long bytes() {
+            return type == CMD_READ || type == CMD_WRITE ? length : 0;
         }
-        simple(cookie, 0);
+    }
+
+    private void request(Request r) throws IOException, Broken, InterruptedException {
+        if (r.type() == CMD_WRITE && r.length() > Buffers.MAX) {
+            largeWrite(r);
+            return;
+        }
+        if (r.type() == CMD_READ && r.length() > Buffers.MAX) {
+            largeRead(r);
+            return;
+        }
+        ByteBuffer b = null;
+        if (r.type() == CMD_WRITE) {
+            b = account.take((int) r.length());
+            try {
+                fill(b);
+            } catch (IOException e) {
+                account.give(b);
+                throw e;
+            }
+            b.flip();
+        } else if (r.type() == CMD_READ) {
+            b = account.take((int) r.length());
+        }
+        ByteBuffer data = b;
+        Runnable work = () -> {
+            try {
+                if (dead) { // hung up on: nothing queued is done
+                    if (data != null) {
+                        account.give(data);
+                    }
+                    return;
+                }
+                try {
+                    check(r);
+                    if (r.type() == CMD_WRITE) {
+                        export.write(r.offset(), data);
+                        if ((r.flags() & CMD_FLAG_FUA) != 0) {
+                            export.flush();
+                        }
+                        simple(r.cookie(), 0);
+                    } else if (r.type() == CMD_READ) {
+                        export.read(r.offset(), data);
+                        data.flip();
+                        ByteBuffer[] reply = structured
+                                ? new ByteBuffer[] {dataChunkHeader(r.cookie(), true, r.offset(), data.remaining()), data}
+                                : new ByteBuffer[] {simpleHeader(r.cookie(), 0), data};
+                        reply(new Reply(reply, () -> account.give(data)));
+                        return; // the buffer goes back once it is sent
+                    } else {
+                        serve(r);
+                    }
+                } catch (ExportException e) {
+                    failed(r, e);
+                }
+                if (data != null) {
+                    account.give(data);
+                }
+            } finally {
+                end();
+            }
+        };
+        // a request alone (none of this client's in flight, no other read and waiting) is done
+        // here if the scheduler has room: a client that waits for each answer pays no hand-over
+        if (!(begin() == 1 && !in.hasRemaining() && share.runNow(r.kind(), r.bytes(), work))) {
+            share.submit(r.kind(), r.bytes(), work);
+        }
     }
 
     /**
-     * A read, sent a CHUNK at a time: structured, as OFFSET_DATA chunks (a failure after the first
-     * is an ERROR chunk); simple, the reply's header goes with the first CHUNK, so a failure after
-     * it can only end the connection.
+     * EINVAL (ENOSPC for what writes) unless the request is inside the export as its size was
+     * told; EINVAL for 0 bytes. (An image truncated under its client reads as zeros past its new
+     * end, as a file does.)
      */
-    private void read(long cookie, long offset, long length) throws IOException, ExportException, Broken {
-        if (length > MAX_PAYLOAD) {
-            throw new ExportException(EINVAL, "a read of " + length + " bytes, at most " + MAX_PAYLOAD);
-        }
-        long done = 0;
-        do {
-            int n = (int) Math.min(CHUNK, length - done);
-            ByteBuffer b = buffer(n);
-            try {
-                export.read(offset + done, b);
-            } catch (ExportException e) {
-                if (done == 0) {
-                    throw e; // nothing sent: answered as any failure
-                }
-                if (!structured) {
-                    throw new Broken("a read failed after its first " + done + " bytes were sent: " + e.getMessage());
-                }
-                log.warn("nbd client={} export={} read offset={} failed after {} bytes: {}", peer, exportName, offset,
-                        done, e.getMessage());
-                byte[] m = String.valueOf(e.getMessage()).getBytes(StandardCharsets.UTF_8);
-                int k = Math.min(m.length, 4096);
-                chunk(cookie, REPLY_FLAG_DONE, REPLY_TYPE_ERROR,
-                        ByteBuffer.allocate(6 + k).putInt(replyError(e.errno())).putShort((short) k).put(m, 0, k).flip());
-                return;
-            }
-            b.flip();
-            boolean last = done + n == length;
-            if (structured) {
-                ByteBuffer h = ByteBuffer.allocate(28);
-                h.putInt(STRUCTURED_REPLY_MAGIC).putShort((short) (last ? REPLY_FLAG_DONE : 0))
-                        .putShort((short) REPLY_TYPE_OFFSET_DATA).putLong(cookie).putInt(8 + n).putLong(offset + done);
-                send(h.flip(), b);
-            } else if (done == 0) {
-                send(simpleHeader(cookie, 0), b);
-            } else {
-                send(b);
-            }
-            done += n;
-        } while (done < length);
-    }
-
-    private void serve(int type, int flags, long cookie, long offset, long length)
-            throws IOException, ExportException, Broken {
-        if (type == CMD_READ || type == CMD_TRIM || type == CMD_WRITE_ZEROES || type == CMD_CACHE
+    private void check(Request r) throws ExportException {
+        int type = r.type();
+        if (type == CMD_READ || type == CMD_WRITE || type == CMD_TRIM || type == CMD_WRITE_ZEROES || type == CMD_CACHE
                 || type == CMD_BLOCK_STATUS) {
-            checkRange(type, offset, length);
-            if (length == 0 && type != CMD_CACHE) {
+            long size = exportSize;
+            if (r.offset() < 0 || r.offset() > size || r.length() > size - r.offset()) {
+                throw new ExportException(type == CMD_WRITE || type == CMD_WRITE_ZEROES ? ENOSPC : EINVAL,
+                        "past the export's end (" + size + " bytes)");
+            }
+            if (r.length() == 0 && type != CMD_CACHE && type != CMD_WRITE) {
                 throw new ExportException(EINVAL, "a request of 0 bytes");
             }
         }
-        switch (type) {
-            case CMD_READ -> read(cookie, offset, length);
-            case CMD_FLUSH -> {
-                export.flush();
-                simple(cookie, 0);
-            }
-            case CMD_TRIM -> {
-                export.trim(offset, length);
-                if ((flags & CMD_FLAG_FUA) != 0) {
-                    export.flush();
-                }
-                simple(cookie, 0);
-            }
-            case CMD_WRITE_ZEROES -> {
-                export.zero(offset, length, (flags & CMD_FLAG_NO_HOLE) != 0);
-                if ((flags & CMD_FLAG_FUA) != 0) {
-                    export.flush();
-                }
-                simple(cookie, 0);
-            }
-            case CMD_CACHE -> simple(cookie, 0); // the page cache is the backing file's own
-            case CMD_BLOCK_STATUS -> blockStatus(flags, cookie, offset, length);
-            default -> throw new ExportException(EINVAL, "unknown command " + type);
+    }
+
+    /** Answers a failed request: the client's own mistakes (EINVAL) logged at debug, the disk's at warn. */
+    private void failed(Request r, ExportException e) {
+        int err = replyError(e.errno());
+        if (e.errno() == EINVAL) {
+            log.debug("nbd client={} export={} command={} offset={} length={} errno={} {}", peer, exportName, r.type(),
+                    r.offset(), r.length(), e.errno(), e.getMessage());
+        } else {
+            log.warn("nbd client={} export={} command={} offset={} length={} errno={} {}", peer, exportName, r.type(),
+                    r.offset(), r.length(), e.errno(), e.getMessage());
+        }
+        if (structured && (r.type() == CMD_READ || r.type() == CMD_BLOCK_STATUS)) {
+            errorChunk(r.cookie(), err, e.getMessage());
+        } else {
+            simple(r.cookie(), err);
         }
     }
 
-    private void blockStatus(int flags, long cookie, long offset, long length) throws IOException, ExportException {
+    /** The request done now, by the scheduler, from this thread: null if it succeeded, else why not. */
+    private ExportException call(Request r, long bytes, ExportOp op) throws InterruptedException {
+        CompletableFuture<ExportException> done = new CompletableFuture<>();
+        share.submit(r.kind(), bytes, () -> {
+            try {
+                op.run();
+                done.complete(null);
+            } catch (ExportException e) {
+                done.complete(e);
+            } catch (RuntimeException | Error e) {
+                done.completeExceptionally(e);
+                throw e;
+            }
+        });
+        try {
+            return done.get();
+        } catch (ExecutionException e) {
+            throw new IllegalStateException("a request failed unexpectedly", e.getCause());
+        }
+    }
+
+    @FunctionalInterface
+    private interface ExportOp {
+        void run() throws ExportException;
+    }
+
+    /**
+     * A write of more than one buffer: its payload taken a buffer at a time and written as it
+     * comes; a failure (or a range past the end) still reads the payload to its end, so the next
+     * request is where the client put it, then answers the error.
+     */
+    private void largeWrite(Request r) throws IOException, InterruptedException {
+        ExportException failure = null;
+        try {
+            check(r);
+        } catch (ExportException e) {
+            failure = e;
+        }
+        ByteBuffer b = account.take(Buffers.MAX);
+        try {
+            long done = 0;
+            while (done < r.length()) {
+                int n = (int) Math.min(Buffers.MAX, r.length() - done);
+                b.clear().limit(n);
+                fill(b);
+                b.flip();
+                if (failure == null) {
+                    long at = r.offset() + done;
+                    failure = call(r, n, () -> export.write(at, b));
+                }
+                done += n;
+            }
+            if (failure == null && (r.flags() & CMD_FLAG_FUA) != 0) {
+                failure = call(r, 0, export::flush);
+            }
+        } finally {
+            account.give(b);
+        }
+        if (failure != null) {
+            failed(r, failure);
+        } else {
+            simple(r.cookie(), 0);
+        }
+    }
+
+    /**
+     * A read of more than one buffer, read and sent a buffer at a time: structured, as
+     * OFFSET_DATA chunks (a failure after the first is an ERROR chunk); simple, as one reply whose
+     * header goes with the first piece, so nothing else may be sent between its pieces (the
+     * requests before it are answered first) and a failure after the first piece can only end the
+     * connection.
+     */
+    private void largeRead(Request r) throws IOException, Broken, InterruptedException {
+        try {
+            check(r);
+            if (r.length() > MAX_PAYLOAD) {
+                throw new ExportException(EINVAL, "a read of " + r.length() + " bytes, at most " + MAX_PAYLOAD);
+            }
+        } catch (ExportException e) {
+            failed(r, e);
+            return;
+        }
+        if (!structured) {
+            awaitIdle(); // this thread alone answers until the reply's last piece is queued
+        }
+        long done = 0;
+        while (done < r.length()) {
+            int n = (int) Math.min(Buffers.MAX, r.length() - done);
+            ByteBuffer b = account.take(n);
+            long at = r.offset() + done;
+            ExportException failure = call(r, n, () -> export.read(at, b));
+            if (failure != null) {
+                account.give(b);
+                if (done == 0) {
+                    failed(r, failure);
+                    return;
+                }
+                if (!structured) {
+                    throw new Broken("a read failed after its first " + done + " bytes were sent: "
+                            + failure.getMessage());
+                }
+                log.warn("nbd client={} export={} read offset={} failed after {} bytes: {}", peer, exportName,
+                        r.offset(), done, failure.getMessage());
+                errorChunk(r.cookie(), replyError(failure.errno()), failure.getMessage());
+                return;
+            }
+            b.flip();
+            boolean last = done + n == r.length();
+            ByteBuffer[] reply = structured ? new ByteBuffer[] {dataChunkHeader(r.cookie(), last, at, n), b}
+                    : done == 0 ? new ByteBuffer[] {simpleHeader(r.cookie(), 0), b} : new ByteBuffer[] {b};
+            reply(new Reply(reply, () -> account.give(b)));
+            done += n;
+        }
+    }
+
+    /** FLUSH, TRIM, WRITE_ZEROES, CACHE, BLOCK_STATUS and what is not a command. */
+    private void serve(Request r) throws ExportException {
+        switch (r.type()) {
+            case CMD_FLUSH -> export.flush();
+            case CMD_TRIM -> {
+                export.trim(r.offset(), r.length());
+                if ((r.flags() & CMD_FLAG_FUA) != 0) {
+                    export.flush();
+                }
+            }
+            case CMD_WRITE_ZEROES -> {
+                export.zero(r.offset(), r.length(), (r.flags() & CMD_FLAG_NO_HOLE) != 0);
+                if ((r.flags() & CMD_FLAG_FUA) != 0) {
+                    export.flush();
+                }
+            }
+            case CMD_CACHE -> {
+                // the page cache is the backing file's own
+            }
+            case CMD_BLOCK_STATUS -> {
+                blockStatus(r);
+                return;
+            }
+            default -> throw new ExportException(EINVAL, "unknown command " + r.type());
+        }
+        simple(r.cookie(), 0);
+    }
+
+    private void blockStatus(Request r) throws ExportException {
         if (!structured || !allocationContext) {
             throw new ExportException(EINVAL, "BLOCK_STATUS without base:allocation negotiated");
         }
-        if (length == 0) {
-            throw new ExportException(EINVAL, "BLOCK_STATUS of 0 bytes");
-        }
-        List<Export.Extent> extents = export.extents(offset, length);
+        List<Export.Extent> extents = export.extents(r.offset(), r.length());
         if (extents.isEmpty()) {
-            throw new ExportException(EIO, "the export described none of " + offset + "+" + length);
+            throw new ExportException(EIO, "the export described none of " + r.offset() + "+" + r.length());
         }
-        int n = (flags & CMD_FLAG_REQ_ONE) != 0 ? 1 : Math.min(extents.size(), 1024);
+        int n = (r.flags() & CMD_FLAG_REQ_ONE) != 0 ? 1 : Math.min(extents.size(), 1024);
         ByteBuffer b = ByteBuffer.allocate(4 + 8 * n).putInt(CONTEXT_ID);
-        long left = length;
+        long left = r.length();
         for (int i = 0; i < n && left > 0; i++) {
             Export.Extent e = extents.get(i);
             long len = Math.min(e.length(), left);
             b.putInt((int) len).putInt(e.hole() ? STATE_HOLE | STATE_ZERO : 0);
             left -= len;
         }
-        chunk(cookie, REPLY_FLAG_DONE, REPLY_TYPE_BLOCK_STATUS, b.flip());
+        chunk(r.cookie(), REPLY_FLAG_DONE, REPLY_TYPE_BLOCK_STATUS, b.flip());
     }
 
-    private ByteBuffer simpleHeader(long cookie, int error) {
+    private static ByteBuffer simpleHeader(long cookie, int error) {
         return ByteBuffer.allocate(16).putInt(SIMPLE_REPLY_MAGIC).putInt(error).putLong(cookie).flip();
     }
 
-    private void simple(long cookie, int error) throws IOException {
-        send(simpleHeader(cookie, error));
+    private static ByteBuffer dataChunkHeader(long cookie, boolean last, long offset, int n) {
+        return ByteBuffer.allocate(28).putInt(STRUCTURED_REPLY_MAGIC).putShort((short) (last ? REPLY_FLAG_DONE : 0))
+                .putShort((short) REPLY_TYPE_OFFSET_DATA).putLong(cookie).putInt(8 + n).putLong(offset).flip();
     }
 
-    private void chunk(long cookie, int flags, int type, ByteBuffer payload) throws IOException {
+    private void simple(long cookie, int error) {
+        reply(new Reply(new ByteBuffer[] {simpleHeader(cookie, error)}, null));
+    }
+
+    private void chunk(long cookie, int flags, int type, ByteBuffer payload) {
         ByteBuffer h = ByteBuffer.allocate(20);
         h.putInt(STRUCTURED_REPLY_MAGIC).putShort((short) flags).putShort((short) type).putLong(cookie)
                 .putInt(payload.remaining());
-        send(h.flip(), payload);
+        reply(new Reply(new ByteBuffer[] {h.flip(), payload}, null));
+    }
+
+    private void errorChunk(long cookie, int err, String message) {
+        byte[] m = String.valueOf(message).getBytes(StandardCharsets.UTF_8);
+        int k = Math.min(m.length, 4096);
+        chunk(cookie, REPLY_FLAG_DONE, REPLY_TYPE_ERROR,
+                ByteBuffer.allocate(6 + k).putInt(err).putShort((short) k).put(m, 0, k).flip());
+    }
+
+    // ---- requests in flight, and their replies --------------------------------------------------
+
+    /** Waits for room for one more request in flight (at most MAX_IN_FLIGHT); how many are, with it. */
+    private synchronized int begin() throws InterruptedException {
+        while (inFlight >= MAX_IN_FLIGHT) {
+            wait();
+        }
+        return ++inFlight;
+    }
+
+    private synchronized void end() {
+        inFlight--;
+        notifyAll();
+    }
+
+    /** Waits until every request handed to the scheduler is done and its reply queued. */
+    private synchronized void awaitIdle() throws InterruptedException {
+        while (inFlight > 0) {
+            wait();
+        }
+    }
+
+    /** What to send, in one write; {@code after} runs once it is sent (or dropped). */
+    private record Reply(ByteBuffer[] data, Runnable after) {
+        boolean sent() {
+            for (ByteBuffer b : data) {
+                if (b.hasRemaining()) {
+                    return false;
+                }
+            }
+            return true;
+        }
+
+        void done() {
+            if (after != null) {
+                after.run();
+            }
+        }
+    }
+
+    /**
+     * Sends {@code r} after the replies before it: at once, from the calling thread, if none waits
+     * and the socket takes it all without waiting; what it does not take waits for the sender
+     * thread. So no worker ever waits on a client that is slow to read.
+     */
+    private void reply(Reply r) {
+        out.lock();
+        try {
+            if (!dead && pending.isEmpty()) {
+                try {
+                    while (ch.write(r.data()) > 0 && !r.sent()) {
+                        // the socket takes more
+                    }
+                } catch (IOException e) {
+                    lost(e);
+                }
+            }
+            if (!dead && !r.sent()) {
+                pending.addLast(r);
+                outPending.signal();
+                return;
+            }
+        } finally {
+            out.unlock();
+        }
+        r.done();
+    }
+
+    /** The sender thread: the replies the socket did not take at once, in order, until the connection ends. */
+    private void sendReplies() {
+        while (true) {
+            Reply r;
+            out.lock();
+            try {
+                while (pending.isEmpty() && !ending) {
+                    outPending.awaitUninterruptibly();
+                }
+                if (pending.isEmpty()) {
+                    return;
+                }
+                r = pending.peekFirst();
+            } finally {
+                out.unlock();
+            }
+            try {
+                sendingSince = System.nanoTime();
+                while (!dead && !r.sent()) {
+                    if (ch.write(r.data()) == 0) {
+                        awaitWritable();
+                    }
+                }
+            } catch (IOException e) {
+                lost(e);
+            } finally {
+                sendingSince = 0;
+            }
+            List<Reply> dropped = new ArrayList<>();
+            out.lock();
+            try {
+                pending.pollFirst();
+                if (dead) {
+                    dropped.addAll(pending);
+                    pending.clear();
+                }
+            } finally {
+                out.unlock();
+            }
+            r.done();
+            dropped.forEach(Reply::done);
+        }
+    }
+
+    /** The sender ends once what is pending is sent (or the connection is closed). */
+    private void endReplies() {
+        out.lock();
+        try {
+            ending = true;
+            outPending.signal();
+        } finally {
+            out.unlock();
+        }
+    }
+
+    /** The socket failed: the client is gone; nothing more is sent or done. */
+    private void lost(IOException e) {
+        if (!dead) {
+            log.debug("nbd client={} export={} reply not sent: {}", peer, exportName, e.toString());
+        }
+        closeChannel();
+    }
+
+    /** Since when (System.nanoTime) the client has been in its handshake; 0 once it is done. */
+    long handshakeSince() {
+        return handshakeSince;
+    }
+
+    /** Since when (System.nanoTime) one reply has waited for the client to read it; 0 if none waits. */
+    long sendingSince() {
+        return sendingSince;
+    }
+
+    String peer() {
+        return peer;
+    }
+
+    /** Hangs up: the reader and the sender fail at their next call on the socket. */
+    void closeChannel() {
+        dead = true;
+        handshakeSince = 0;
+        try {
+            ch.close();
+        } catch (IOException ignored) {
+            // closing a socket
+        }
+        wake(readable);
+        wake(writable);
+    }
+
+    private static void wake(Selector s) {
+        if (s != null) {
+            s.wakeup();
+        }
     }
 
     // ---- bytes --------------------------------------------------------------------------------
-
-    /** The connection's buffer, grown (up to CHUNK) for {@code n} bytes, cleared and limited to them. */
-    private ByteBuffer buffer(int n) {
-        if (payload.capacity() < n) {
-            payload = ByteBuffer.allocateDirect(Math.max(n, Math.min(CHUNK, 2 * payload.capacity())));
-        }
-        return payload.clear().limit(n);
-    }
 
     /** {@code n} bytes (at most MAX_OPTION) of the handshake. */
     private ByteBuffer read(int n) throws IOException {
@@ -556,10 +908,36 @@ final class Connection implements Runnable {
         return b.flip();
     }
 
-    private void fill(ByteBuffer b) throws IOException {
-        while (b.hasRemaining()) {
-            if (ch.read(b) < 0) {
+    /**
+     * Fills {@code dst} from what the client sent: first what {@link #in} holds, then large
+     * payloads straight from the socket, anything else through {@code in}, so several requests'
+     * headers come in one call.
+     */
+    private void fill(ByteBuffer dst) throws IOException {
+        while (dst.hasRemaining()) {
+            if (in.hasRemaining()) {
+                int k = Math.min(in.remaining(), dst.remaining());
+                dst.put(in.slice(in.position(), k));
+                in.position(in.position() + k);
+                continue;
+            }
+            int n;
+            if (dst.remaining() >= in.capacity()) {
+                n = ch.read(dst);
+            } else {
+                in.clear();
+                n = ch.read(in);
+                in.flip();
+            }
+            if (n < 0) {
                 throw new EOFException();
+            }
+            if (n == 0) {
+                readable.select();
+                readable.selectedKeys().clear();
+                if (!ch.isOpen()) {
+                    throw new ClosedChannelException();
+                }
             }
         }
     }
@@ -572,13 +950,21 @@ final class Connection implements Runnable {
         return read(8).getLong();
     }
 
+    /** Sends all of {@code bs}, waiting for the socket as long as it takes (the watchdog bounds it). */
     private void send(ByteBuffer... bs) throws IOException {
-        long left = 0;
-        for (ByteBuffer b : bs) {
-            left += b.remaining();
+        Reply r = new Reply(bs, null);
+        while (!r.sent()) {
+            if (ch.write(bs) == 0) {
+                awaitWritable();
+            }
         }
-        while (left > 0) {
-            left -= ch.write(bs);
+    }
+
+    private void awaitWritable() throws IOException {
+        writable.select(1000);
+        writable.selectedKeys().clear();
+        if (!ch.isOpen()) {
+            throw new ClosedChannelException();
         }
     }
 

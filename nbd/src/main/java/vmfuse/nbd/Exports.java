@@ -10,4 +10,9 @@ public interface Exports {
 
     /** Opens export {@code name} for a connection; null if there is none of that name. */
     Export open(String name) throws ExportException;
+
+    /** The scheduler's share export {@code name}'s requests are counted in: by default its own. */
+    default String share(String name) {
+        return name;
+    }
 }

@@ -12,6 +12,7 @@ import java.nio.file.Path;
 import java.nio.file.StandardCopyOption;
 import java.nio.file.attribute.BasicFileAttributes;
 import java.nio.file.attribute.PosixFilePermissions;
+import java.time.Duration;
 import java.util.Set;
 import java.util.concurrent.ConcurrentHashMap;
 import java.util.concurrent.atomic.AtomicLong;
@@ -20,9 +21,11 @@ import org.slf4j.Logger;
 import org.slf4j.LoggerFactory;
 
 /**
- * An NBD server on a unix socket: each client on a thread of its own ({@link Connection}), at
- * most {@code maxClients} at once (one more is hung up on at once, with a log line), each with a
- * bounded buffer, so a client costs the others nothing but its share of the disk.
+ * An NBD server on a unix socket: each client read on a thread of its own ({@link Connection}),
+ * its requests done by the {@link Scheduler}'s workers, at most {@code maxClients} at once (one
+ * more is hung up on at once, with a log line), their data in {@link Buffers} of a bounded budget,
+ * so a client costs the others nothing but its share of the disk. A watchdog hangs up on clients
+ * stuck in their handshake or not reading their replies.
  */
 public final class NbdServer implements AutoCloseable {
     private static final Logger log = LoggerFactory.getLogger(NbdServer.class);
@@ -30,27 +33,56 @@ public final class NbdServer implements AutoCloseable {
     private final Path socket;
     private final ServerSocketChannel server;
     private final Exports exports;
-    private final int maxClients;
-    private final Set<SocketChannel> clients = ConcurrentHashMap.newKeySet();
+    private final Limits limits;
+    /** All clients' request data together, at most. */
+    static final long BUFFER_BUDGET = 64 << 20;
+
+    private final Scheduler scheduler;
+    private final Buffers buffers = new Buffers(BUFFER_BUDGET);
+    private final Set<Connection> clients = ConcurrentHashMap.newKeySet();
     private final Set<Thread> threads = ConcurrentHashMap.newKeySet();
     private final AtomicLong accepted = new AtomicLong();
     private final Thread acceptor;
+    private final Thread watchdog;
     private volatile boolean closed;
 
-    private NbdServer(Path socket, ServerSocketChannel server, Exports exports, int maxClients) {
+    /**
+     * What one client may take: {@code maxClients} connected at once; {@code handshake}, the time
+     * from connecting to choosing an export; {@code unreadReply}, how long one reply may wait for
+     * the client to read it.
+     */
+    public record Limits(int maxClients, Duration handshake, Duration unreadReply) {
+        public Limits {
+            if (maxClients < 1 || handshake.isNegative() || unreadReply.isNegative()) {
+                throw new IllegalArgumentException("limits " + maxClients + " " + handshake + " " + unreadReply);
+            }
+        }
+
+        /** {@code maxClients}, 30 s for a handshake, 60 s for a reply to be read. */
+        public static Limits of(int maxClients) {
+            return new Limits(maxClients, Duration.ofSeconds(30), Duration.ofSeconds(60));
+        }
+    }
+
+    private NbdServer(Path socket, ServerSocketChannel server, Exports exports, Limits limits, Scheduler scheduler) {
         this.socket = socket;
         this.server = server;
         this.exports = exports;
-        this.maxClients = maxClients;
+        this.limits = limits;
+        this.scheduler = scheduler;
         this.acceptor = new Thread(this::accept, "nbd-accept");
         this.acceptor.setDaemon(true);
+        this.watchdog = new Thread(this::watch, "nbd-watchdog");
+        this.watchdog.setDaemon(true);
     }
 
     /**
      * Listens on unix socket {@code socket} (a stale socket file there is replaced; mode 0600 until
-     * tenants come: root's clients only) and serves {@code exports}.
+     * tenants come: root's clients only) and serves {@code exports}, their requests done by
+     * {@code scheduler} (which the caller closes after this server).
      */
-    public static NbdServer listen(Path socket, Exports exports, int maxClients) throws IOException {
+    public static NbdServer listen(Path socket, Exports exports, Limits limits, Scheduler scheduler)
+            throws IOException {
         if (Files.exists(socket, LinkOption.NOFOLLOW_LINKS)) {
             BasicFileAttributes a = Files.readAttributes(socket, BasicFileAttributes.class, LinkOption.NOFOLLOW_LINKS);
             if (!a.isOther()) { // a socket is neither a regular file, a directory nor a link
@@ -70,9 +102,11 @@ public final class NbdServer implements AutoCloseable {
             Files.deleteIfExists(tmp);
             throw e;
         }
-        NbdServer s = new NbdServer(socket, server, exports, maxClients);
+        NbdServer s = new NbdServer(socket, server, exports, limits, scheduler);
         s.acceptor.start();
-        log.info("nbd listening socket={} max_clients={}", socket, maxClients);
+        s.watchdog.start();
+        log.info("nbd listening socket={} max_clients={} handshake_timeout={}s unread_reply_timeout={}s", socket,
+                limits.maxClients(), limits.handshake().toSeconds(), limits.unreadReply().toSeconds());
         return s;
     }
 
@@ -100,23 +134,54 @@ public final class NbdServer implements AutoCloseable {
             }
             long n = accepted.incrementAndGet();
             String peer = "unix#" + n;
-            if (clients.size() >= maxClients) {
-                log.warn("nbd client={} refused: {} clients already", peer, maxClients);
+            if (clients.size() >= limits.maxClients()) {
+                log.warn("nbd client={} refused: {} clients already", peer, limits.maxClients());
                 close(ch);
                 continue;
             }
-            clients.add(ch);
+            Connection c = new Connection(ch, exports, peer, scheduler, buffers);
+            clients.add(c);
             Thread t = new Thread(() -> {
                 try {
-                    new Connection(ch, exports, peer).run();
+                    c.run();
                 } finally {
-                    clients.remove(ch);
+                    clients.remove(c);
                     threads.remove(Thread.currentThread());
                 }
             }, "nbd-" + n);
             t.setDaemon(true);
             threads.add(t);
             t.start();
+        }
+    }
+
+    /**
+     * A few times a second: hangs up on the clients past a limit, one still in its handshake or
+     * one that has left a reply unread (it stopped reading, or sends without reading).
+     */
+    private void watch() {
+        long tick = Math.max(10, Math.min(1000, Math.min(limits.handshake().toMillis(),
+                limits.unreadReply().toMillis()) / 4));
+        while (!closed) {
+            try {
+                Thread.sleep(tick);
+            } catch (InterruptedException e) {
+                return;
+            }
+            long now = System.nanoTime();
+            for (Connection c : clients) {
+                long h = c.handshakeSince();
+                long s = c.sendingSince();
+                if (h != 0 && now - h > limits.handshake().toNanos()) {
+                    log.warn("nbd client={} hung up on: no export chosen within {} s of connecting", c.peer(),
+                            limits.handshake().toSeconds());
+                    c.closeChannel();
+                } else if (s != 0 && now - s > limits.unreadReply().toNanos()) {
+                    log.warn("nbd client={} hung up on: it left a reply unread for {} s", c.peer(),
+                            limits.unreadReply().toSeconds());
+                    c.closeChannel();
+                }
+            }
         }
     }
 
@@ -144,7 +209,8 @@ public final class NbdServer implements AutoCloseable {
         } catch (IOException e) {
             log.warn("nbd socket={} close: {}", socket, e.toString());
         }
-        clients.forEach(NbdServer::close);
+        clients.forEach(Connection::closeChannel);
+        watchdog.interrupt();
         try {
             acceptor.join(5000);
             long deadline = System.nanoTime() + 30_000_000_000L;

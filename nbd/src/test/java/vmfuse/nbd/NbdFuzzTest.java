@@ -121,8 +121,9 @@ class NbdFuzzTest {
     @Timeout(value = 120, unit = TimeUnit.SECONDS, threadMode = Timeout.ThreadMode.SEPARATE_THREAD)
     void randomAndMutatedStreamsEndTheirConnectionsAndLeaveTheServerServing() throws Exception {
         MemoryExport disk = new MemoryExport(1 << 20);
-        try (NbdServer server = NbdServer.listen(dir.resolve("nbd.sock"), MemoryExport.serving(Map.of("disk", disk)),
-                8)) {
+        try (Scheduler scheduler = new Scheduler(2);
+                NbdServer server = NbdServer.listen(dir.resolve("nbd.sock"),
+                        MemoryExport.serving(Map.of("disk", disk)), NbdServer.Limits.of(8), scheduler)) {
             byte[] valid = valid();
             session(server.socket(), valid); // the well-formed session itself runs to its end
             Random r = new Random(SEED);

@@ -8,6 +8,7 @@ import java.io.IOException;
 import java.nio.charset.StandardCharsets;
 import java.nio.file.Files;
 import java.nio.file.Path;
+import java.time.Duration;
 import java.util.ArrayList;
 import java.util.Arrays;
 import java.util.LinkedHashMap;
@@ -30,6 +31,10 @@ class NbdServerTest {
     Path dir;
     private final MemoryExport disk = new MemoryExport(64 * MIB);
     private final MemoryExport other = new MemoryExport(4 * MIB);
+    /** Short timeouts, so that the watchdog's hang-ups are seen in a test. */
+    private static final NbdServer.Limits LIMITS = new NbdServer.Limits(8, Duration.ofSeconds(2),
+            Duration.ofSeconds(2));
+    private final Scheduler scheduler = new Scheduler(4);
     private NbdServer server;
 
     @BeforeEach
@@ -37,12 +42,13 @@ class NbdServerTest {
         Map<String, MemoryExport> byName = new LinkedHashMap<>();
         byName.put("disk", disk);
         byName.put("other", other);
-        server = NbdServer.listen(dir.resolve("nbd.sock"), MemoryExport.serving(byName), 8);
+        server = NbdServer.listen(dir.resolve("nbd.sock"), MemoryExport.serving(byName), LIMITS, scheduler);
     }
 
     @AfterEach
     void close() {
         server.close();
+        scheduler.close();
     }
 
     private String uri(String export) {
@@ -87,6 +93,7 @@ class NbdServerTest {
         assertEquals(1, disk.trims.get());
         assertEquals(1, disk.zeroes.get());
         assertTrue(disk.flushes.get() >= 2, "flush, and the FUA write's: " + disk.flushes.get());
+        assertEquals(0, waitForNoClients(), "the connection ended");
         assertEquals(disk.opens.get(), disk.closes.get(), "every open closed at the disconnect");
     }
 
@@ -180,14 +187,14 @@ class NbdServerTest {
                 "s.sendall(struct.pack('>IHHQQI', 0x25609513, 0, 1, 4, 64 * 1024 * 1024 - 4096, 8192) + b'w' * 8192)",
                 "magic, err, cookie = struct.unpack('>IIQ', s.recv(16, socket.MSG_WAITALL))",
                 "print('write-past-end', err, cookie)  # its payload was read: the next request is where it should be",
-                "s.sendall(struct.pack('>IHHQQI', 0x25609513, 0, 1, 5, 0, 3 << 20) + b'\\x42' * (3 << 20))",
+                "s.sendall(struct.pack('>IHHQQI', 0x25609513, 0, 1, 5, 0, 6 << 20) + b'\\x42' * (6 << 20))",
                 "magic, err, cookie = struct.unpack('>IIQ', s.recv(16, socket.MSG_WAITALL))",
-                "s.sendall(struct.pack('>IHHQQI', 0x25609513, 0, 0, 6, 0, 3 << 20))",
+                "s.sendall(struct.pack('>IHHQQI', 0x25609513, 0, 0, 6, 0, 6 << 20))",
                 "magic, err, cookie = struct.unpack('>IIQ', s.recv(16, socket.MSG_WAITALL))",
                 "data = b''",
-                "while len(data) < 3 << 20:",
-                "    data += s.recv((3 << 20) - len(data))",
-                "print('big-read', err, cookie, len(data), data == b'\\x42' * (3 << 20))",
+                "while len(data) < 6 << 20:",
+                "    data += s.recv((6 << 20) - len(data))",
+                "print('big-read', err, cookie, len(data), data == b'\\x42' * (6 << 20))",
                 "s.sendall(struct.pack('>IHHQQI', 0x25609513, 0, 99, 2, 0, 0))",
                 "magic, err, cookie = struct.unpack('>IIQ', s.recv(16, socket.MSG_WAITALL))",
                 "print('unknown-command', err, cookie)",
@@ -205,11 +212,71 @@ class NbdServerTest {
         assertTrue(out.contains("read-past-end 22 1"), "EINVAL: " + out);
         assertTrue(out.contains("unknown-command 22 2"), out);
         assertTrue(out.contains("write-past-end 28 4"), "ENOSPC: " + out);
-        assertTrue(out.contains("big-read 0 6 3145728 True"), "a 3 MiB write and read in 1 MiB pieces: " + out);
+        assertTrue(out.contains("big-read 0 6 6291456 True"), "a 6 MiB write and read in 4 MiB pieces: " + out);
         assertTrue(out.contains("huge-write True"), out);
         assertTrue(out.contains("bad-magic True"), out);
         run("qemu-io", "-f", "raw", "-c", "write -P 9 0 4k", "-c", "read -P 9 0 4k", uri("disk")).ok();
         assertEquals(0, waitForNoClients(), "every broken connection was closed");
+    }
+
+    /**
+     * Requests in flight: 64 writes sent before any reply is read, then 64 reads, each answered
+     * once, by cookie. A client that sends reads and never reads the replies is hung up on once a
+     * reply has waited past the limit (2 s here), and one that never finishes its handshake too;
+     * meanwhile another client is served as if they were not there.
+     */
+    @Test
+    void requestsInFlightAreAllAnsweredAndClientsThatStallAreHungUpOn() throws Exception {
+        String script = String.join("\n",
+                "import socket, struct, sys, time",
+                "def go(name=b'disk'):",
+                "    s = socket.socket(socket.AF_UNIX); s.settimeout(30); s.connect(sys.argv[1])",
+                "    s.recv(18, socket.MSG_WAITALL); s.sendall(struct.pack('>I', 3))",
+                "    s.sendall(b'IHAVEOPT' + struct.pack('>III', 7, 4 + len(name) + 2, len(name)) + name + struct.pack('>H', 0))",
+                "    while True:",
+                "        magic, o, t, n = struct.unpack('>QIII', s.recv(20, socket.MSG_WAITALL))",
+                "        if n: s.recv(n, socket.MSG_WAITALL)",
+                "        if t == 1: return s",
+                "def req(s, typ, cookie, off, n, data=b''):",
+                "    s.sendall(struct.pack('>IHHQQI', 0x25609513, 0, typ, cookie, off, n) + data)",
+                "def simple(s):",
+                "    magic, err, cookie = struct.unpack('>IIQ', s.recv(16, socket.MSG_WAITALL))",
+                "    assert magic == 0x67446698, hex(magic)",
+                "    return err, cookie",
+                "s = go()",
+                "for i in range(64): req(s, 1, 1000 + i, i * 4096, 4096, bytes([i]) * 4096)",
+                "got = sorted(simple(s) for _ in range(64))",
+                "print('writes', got == [(0, 1000 + i) for i in range(64)])",
+                "for i in range(64): req(s, 0, 2000 + i, i * 4096, 4096)",
+                "ok = set()",
+                "for _ in range(64):",
+                "    err, cookie = simple(s); data = s.recv(4096, socket.MSG_WAITALL)",
+                "    if err == 0 and data == bytes([cookie - 2000]) * 4096: ok.add(cookie)",
+                "print('reads', len(ok))",
+                "hog = go()",
+                "hog.sendall(b''.join(struct.pack('>IHHQQI', 0x25609513, 0, 0, i, 0, 1 << 20) for i in range(200)))",
+                "t = time.time(); other = go(); req(other, 0, 7, 0, 4096); err, cookie = simple(other)",
+                "print('other-served', err, cookie, other.recv(4096, socket.MSG_WAITALL) == bytes([0]) * 4096)",
+                "mute = socket.socket(socket.AF_UNIX); mute.settimeout(30); mute.connect(sys.argv[1])",
+                "time.sleep(3)  # past the limit on an unread reply, while the hog reads nothing",
+                "n = 0",
+                "try:",
+                "    while True:",
+                "        b = hog.recv(1 << 20)",
+                "        if not b: break",
+                "        n += len(b)",
+                "except ConnectionResetError: pass",
+                "print('hog-hung-up', n < 200 << 20)",
+                "mute.recv(18, socket.MSG_WAITALL); t = time.time()",
+                "print('mute-hung-up', mute.recv(1) == b'', time.time() - t < 10)");
+        String out = run("python3", "-c", script, server.socket().toString()).ok().out();
+        assertTrue(out.contains("writes True"), "64 writes in flight, each answered once: " + out);
+        assertTrue(out.contains("reads 64"), "64 reads in flight, each with its own data: " + out);
+        assertTrue(out.contains("other-served 0 7 True"), out);
+        assertTrue(out.contains("hog-hung-up True"), "a client that does not read is hung up on: " + out);
+        assertTrue(out.contains("mute-hung-up True True"), "a client that sends no option is hung up on: " + out);
+        assertEquals(0, waitForNoClients(), "every connection ended");
+        assertEquals(disk.opens.get(), disk.closes.get(), "every export opened was closed");
     }
 
     private int waitForNoClients() throws InterruptedException {
@@ -225,12 +292,12 @@ class NbdServerTest {
         Path regular = dir.resolve("file");
         Files.writeString(regular, "mine");
         try {
-            NbdServer.listen(regular, MemoryExport.serving(Map.of()), 1).close();
+            NbdServer.listen(regular, MemoryExport.serving(Map.of()), LIMITS, scheduler).close();
             throw new AssertionError("listened over a regular file");
         } catch (IOException e) {
             assertEquals("mine", Files.readString(regular, StandardCharsets.UTF_8));
         }
-        server = NbdServer.listen(dir.resolve("nbd.sock"), MemoryExport.serving(Map.of("disk", disk)), 8);
+        server = NbdServer.listen(dir.resolve("nbd.sock"), MemoryExport.serving(Map.of("disk", disk)), LIMITS, scheduler);
         run("qemu-io", "-f", "raw", "-c", "read -P 0 0 4k", uri("disk")).ok();
     }
 }

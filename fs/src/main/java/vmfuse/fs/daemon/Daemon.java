@@ -35,6 +35,7 @@ import vmfuse.journal.Durability;
 import vmfuse.journal.JournalStore;
 import vmfuse.journal.StoreException;
 import vmfuse.nbd.NbdServer;
+import vmfuse.nbd.Scheduler;
 import vmfuse.reclaimer.WriteTracker;
 
 /**
@@ -69,8 +70,14 @@ public final class Daemon {
     public record Options(Path store, Path mountPoint, List<String> fuseOptions, boolean force, int threads,
             Durability journalDurability, long journalMemory, int reclaimMaxRanges, Path nbdSocket) {}
 
-    /** NBD clients at once (each a thread and a buffer of at most 32 MiB). */
+    /** NBD clients at once (each two threads, and at most 8 MiB of the NBD server's 64 MiB of buffers). */
     static final int NBD_MAX_CLIENTS = 64;
+
+    /**
+     * The scheduler's workers: the NBD door's requests in flight to the disk at once. Few, so that
+     * requests wait in the scheduler, where their order is decided, not in the disk's queue.
+     */
+    static final int IO_WORKERS = Math.max(4, 2 * Runtime.getRuntime().availableProcessors());
 
     /** Threads serving FUSE requests: enough for a few VMs' queues; each idle one costs a stack. */
     public static final int DEFAULT_THREADS = 16;
@@ -141,7 +148,8 @@ public final class Daemon {
         } catch (StoreException e) {
             throw new FsException(e.errno(), e.getMessage());
         }
-        try (ImagesDir backing = ImagesDir.open(store.images()); journals) {
+        try (ImagesDir backing = ImagesDir.open(store.images()); journals;
+                Scheduler scheduler = new Scheduler(IO_WORKERS)) {
             HolePuncher puncher = new HolePuncher(ledger);
             ImageFiles images = new ImageFiles(backing, puncher, ledger);
             JournalFiles devices = new JournalFiles(journals, o.journalDurability(), ledger);
@@ -150,7 +158,7 @@ public final class Daemon {
             VmRegistry vms = VmRegistry.open(store, mnt, backing, fs, WriteTracker.Limits.ofRanges(o.reclaimMaxRanges()));
             fs.writeTrackers(vms.trackers(), vms::holdsVmImage);
             // the NBD door listens before the mount is made: a socket path that cannot be taken fails the mount
-            NbdServer nbd = listenNbd(o.nbdSocket(), new VolumeExports(backing, images, devices));
+            NbdServer nbd = listenNbd(o.nbdSocket(), new VolumeExports(backing, images, devices), scheduler);
             try {
                 mountAndServe(store, mnt, o, options, threads, ledger, journals, backing, fs, vms, nbd);
             } finally {
@@ -162,12 +170,12 @@ public final class Daemon {
     }
 
     /** Listens on the NBD socket, or nothing without one; EIO with the reason if it cannot be taken. */
-    private static NbdServer listenNbd(Path socket, VolumeExports exports) throws FsException {
+    private static NbdServer listenNbd(Path socket, VolumeExports exports, Scheduler scheduler) throws FsException {
         if (socket == null) {
             return null;
         }
         try {
-            return NbdServer.listen(socket, exports, NBD_MAX_CLIENTS);
+            return NbdServer.listen(socket, exports, NbdServer.Limits.of(NBD_MAX_CLIENTS), scheduler);
         } catch (IOException e) {
             throw new FsException(Native.EIO, "cannot listen for NBD on " + socket + ": " + StoreDir.reason(e));
         }

@@ -1,0 +1,182 @@
+package vmfuse.nbd;
+
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+import java.util.ArrayList;
+import java.util.Collections;
+import java.util.List;
+import java.util.concurrent.CountDownLatch;
+import java.util.concurrent.TimeUnit;
+import java.util.concurrent.atomic.AtomicInteger;
+
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.Timeout;
+
+/**
+ * The scheduler's decisions. Order tests hold the one worker on a gate while requests queue, then
+ * read the order they were done in: no clock in them. The limit and the reservation are rates, so
+ * those two count what was done in a stretch of real time, with room for a slow machine on the
+ * side the property does not forbid.
+ */
+@Timeout(60)
+class SchedulerTest {
+    private final List<String> order = Collections.synchronizedList(new ArrayList<>());
+
+    /** Holds the worker until the returned latch is counted down. */
+    private static CountDownLatch gate(Scheduler s) {
+        CountDownLatch open = new CountDownLatch(1);
+        CountDownLatch holding = new CountDownLatch(1);
+        s.share("gate").submit(Scheduler.Kind.READ, 0, () -> {
+            holding.countDown();
+            try {
+                open.await();
+            } catch (InterruptedException e) {
+                Thread.currentThread().interrupt();
+            }
+        });
+        try {
+            assertTrue(holding.await(10, TimeUnit.SECONDS), "the worker took the gate");
+        } catch (InterruptedException e) {
+            throw new AssertionError(e);
+        }
+        return open;
+    }
+
+    private void submit(Scheduler.Share share, Scheduler.Kind kind, int n, CountDownLatch done) {
+        for (int i = 0; i < n; i++) {
+            share.submit(kind, 4096, () -> {
+                order.add(share.name() + ":" + kind.label());
+                done.countDown();
+            });
+        }
+    }
+
+    private long count(int first, String prefix) {
+        return order.subList(0, first).stream().filter(x -> x.startsWith(prefix)).count();
+    }
+
+    @Test
+    void weightsSplitTheServiceAmongTheSharesThatAsk() throws Exception {
+        try (Scheduler s = new Scheduler(1)) {
+            s.set("a", new Scheduler.Qos(3, 0, 0));
+            CountDownLatch open = gate(s);
+            CountDownLatch done = new CountDownLatch(800);
+            submit(s.share("a"), Scheduler.Kind.WRITE, 400, done);
+            submit(s.share("b"), Scheduler.Kind.WRITE, 400, done);
+            open.countDown();
+            assertTrue(done.await(20, TimeUnit.SECONDS));
+            long a = count(400, "a:");
+            assertTrue(a >= 290 && a <= 310, "3:1 of the first 400 while both asked: " + a + " to a");
+        }
+    }
+
+    @Test
+    void aShareThatAskedNothingGainsNoCreditForIt() throws Exception {
+        try (Scheduler s = new Scheduler(1)) {
+            CountDownLatch open = gate(s);
+            CountDownLatch done = new CountDownLatch(300);
+            submit(s.share("b"), Scheduler.Kind.WRITE, 300, done);
+            open.countDown();
+            assertTrue(done.await(20, TimeUnit.SECONDS), "b alone had all of it");
+            order.clear();
+            open = gate(s);
+            done = new CountDownLatch(200);
+            submit(s.share("a"), Scheduler.Kind.WRITE, 100, done);
+            submit(s.share("b"), Scheduler.Kind.WRITE, 100, done);
+            open.countDown();
+            assertTrue(done.await(20, TimeUnit.SECONDS));
+            long a = count(100, "a:");
+            assertTrue(a >= 45 && a <= 55, "equal weights alternate, whatever b was served before: " + a);
+        }
+    }
+
+    @Test
+    void eachKindOfRequestTakesItsTurnWithinAShare() throws Exception {
+        try (Scheduler s = new Scheduler(1)) {
+            CountDownLatch open = gate(s);
+            CountDownLatch done = new CountDownLatch(52);
+            Scheduler.Share a = s.share("a");
+            submit(a, Scheduler.Kind.TRIM, 50, done);
+            submit(a, Scheduler.Kind.READ, 1, done);
+            submit(a, Scheduler.Kind.FLUSH, 1, done);
+            open.countDown();
+            assertTrue(done.await(20, TimeUnit.SECONDS));
+            assertTrue(order.subList(0, 3).containsAll(List.of("a:read", "a:flush")),
+                    "a read and a flush are not held behind 50 trims: " + order.subList(0, 3));
+        }
+    }
+
+    @Test
+    void aLimitCapsAShareEvenWhenNothingElseAsks() throws Exception {
+        try (Scheduler s = new Scheduler(2)) {
+            s.set("capped", new Scheduler.Qos(1, 0, 200));
+            Scheduler.Share capped = s.share("capped");
+            AtomicInteger done = new AtomicInteger();
+            for (int i = 0; i < 2000; i++) {
+                capped.submit(Scheduler.Kind.READ, 4096, done::incrementAndGet);
+            }
+            Thread.sleep(2000);
+            int n = done.get();
+            // 200/s for 2 s, and at most 50 ms of catching up (10 requests) at the start
+            assertTrue(n >= 360 && n <= 410 + 10, "200 IOPS for 2 s: " + n);
+        }
+    }
+
+    @Test
+    void aReservationIsHonouredAgainstAFarHeavierWeight() throws Exception {
+        try (Scheduler s = new Scheduler(1)) {
+            s.set("reserved", new Scheduler.Qos(1, 200, 0));
+            s.set("heavy", new Scheduler.Qos(100, 0, 0));
+            AtomicInteger reserved = new AtomicInteger();
+            AtomicInteger heavy = new AtomicInteger();
+            Scheduler.Share r = s.share("reserved");
+            Scheduler.Share h = s.share("heavy");
+            for (int i = 0; i < 1500; i++) { // each request holds the one worker 1 ms: both always wait
+                r.submit(Scheduler.Kind.WRITE, 4096, () -> sleep(reserved));
+                h.submit(Scheduler.Kind.WRITE, 4096, () -> sleep(heavy));
+            }
+            Thread.sleep(2000);
+            int got = reserved.get();
+            int other = heavy.get();
+            assertTrue(got >= 340, "200 IOPS reserved for 2 s (by weight alone it would get 1%): " + got
+                    + ", the heavy share " + other);
+            assertTrue(other > got, "the rest went by weight: " + other + " against " + got);
+        }
+    }
+
+    private static void sleep(AtomicInteger count) {
+        try {
+            Thread.sleep(1);
+        } catch (InterruptedException e) {
+            Thread.currentThread().interrupt();
+        }
+        count.incrementAndGet();
+    }
+
+    @Test
+    void statsCountWhatEachShareWasServed() throws Exception {
+        try (Scheduler s = new Scheduler(2)) {
+            Scheduler.Share a = s.share("a");
+            CountDownLatch done = new CountDownLatch(10);
+            submit(a, Scheduler.Kind.WRITE, 6, done);
+            submit(a, Scheduler.Kind.READ, 4, done);
+            assertTrue(done.await(10, TimeUnit.SECONDS));
+            Scheduler.Stats st = null;
+            for (int i = 0; i < 100; i++) { // done() is counted just after the work returns
+                st = s.stats().stream().filter(x -> x.share().equals("a")).findFirst().orElseThrow();
+                if (st.requests()[Scheduler.Kind.WRITE.ordinal()] == 6 && st.requests()[0] == 4) {
+                    break;
+                }
+                Thread.sleep(10);
+            }
+            assertEquals(6, st.requests()[Scheduler.Kind.WRITE.ordinal()]);
+            assertEquals(4, st.requests()[Scheduler.Kind.READ.ordinal()]);
+            assertEquals(6 * 4096, st.bytes()[Scheduler.Kind.WRITE.ordinal()]);
+            assertEquals(1, st.users());
+            assertTrue(st.p99Micros() >= st.p50Micros() && st.p50Micros() > 0, st.toString());
+            a.release();
+            assertTrue(s.stats().stream().noneMatch(x -> x.share().equals("a")), "a share nobody uses is forgotten");
+        }
+    }
+}
