@@ -43,6 +43,7 @@ e2e: deps
 # Benchmarks print one table each; they are not tests.
 bench: build
 	./scripts/bench-mount.sh
+	./scripts/bench-nbd.sh
 	./scripts/bench-journal.sh
 	./scripts/bench-guest.sh
 	./scripts/bench-stall.sh

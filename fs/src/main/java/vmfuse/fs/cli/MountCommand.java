@@ -52,6 +52,12 @@ final class MountCommand implements Callable<Integer> {
             + Daemon.DEFAULT_THREADS + ").")
     int threads = Daemon.DEFAULT_THREADS;
 
+    @Option(names = "--io-workers", paramLabel = "N", description = {"Threads doing the NBD door's requests, "
+            + "in the order the scheduler decides: at most N requests at the disk at once (default: "
+            + Daemon.DEFAULT_IO_WORKERS + "). Fewer: the scheduler decides more of the order (weights, "
+            + "reservations); more: a disk with a deep queue is kept busier."})
+    int ioWorkers = Daemon.DEFAULT_IO_WORKERS;
+
     @Option(names = "--journal-durability", paramLabel = "MODE", defaultValue = "flush",
             description = "Durability of journal devices created through the file API: flush (default: data "
                     + "survive a crash once fsync returns) or close (memory speed; persisted on close, unmount "
@@ -102,6 +108,10 @@ final class MountCommand implements Callable<Integer> {
         if (threads < 1 || threads > 256) {
             throw new picocli.CommandLine.ParameterException(spec.commandLine(), "--threads must be 1..256, not " + threads);
         }
+        if (ioWorkers < 1 || ioWorkers > 256) {
+            throw new picocli.CommandLine.ParameterException(spec.commandLine(),
+                    "--io-workers must be 1..256, not " + ioWorkers);
+        }
         Path mnt = mountPoint.toAbsolutePath().normalize();
         long memory = journalMemory();
         if (reclaimMaxRanges < 16 || reclaimMaxRanges > 10_000_000) {
@@ -111,7 +121,7 @@ final class MountCommand implements Callable<Integer> {
         if (foreground) {
             try {
                 Daemon.run(new Daemon.Options(store, mnt, fuseOptions, force, threads, durability(), memory,
-                    reclaimMaxRanges, nbdSocket()));
+                    reclaimMaxRanges, nbdSocket(), ioWorkers));
             } catch (FsException e) {
                 throw new FsException(e.errno(), "cannot mount " + mnt + ": " + e.getMessage());
             }
@@ -120,7 +130,7 @@ final class MountCommand implements Callable<Integer> {
         StoreDir s;
         try {
             s = Daemon.preflight(new Daemon.Options(store, mnt, fuseOptions, force, threads, durability(), memory,
-                    reclaimMaxRanges, nbdSocket()));
+                    reclaimMaxRanges, nbdSocket(), ioWorkers));
         } catch (FsException e) {
             throw new FsException(e.errno(), "cannot mount " + mnt + ": " + e.getMessage());
         }
@@ -170,6 +180,7 @@ final class MountCommand implements Callable<Integer> {
             cmd.add("--debug");
         }
         cmd.addAll(List.of("mount", "--foreground", "--store", s.dir().toString(), "--threads", String.valueOf(threads),
+                "--io-workers", String.valueOf(ioWorkers),
                 "--journal-durability", journalDurability, "--journal-memory", journalMemory,
                 "--reclaim-max-ranges", String.valueOf(reclaimMaxRanges)));
         if (nbd != null) {

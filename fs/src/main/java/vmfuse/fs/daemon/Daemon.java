@@ -66,9 +66,9 @@ public final class Daemon {
     private static volatile boolean shuttingDown;
 
     /** What the operator asked for. */
-    /** How to mount; {@code nbdSocket} null for no NBD door. */
+    /** How to mount; {@code nbdSocket} null for no NBD door; {@code ioWorkers}: the scheduler's. */
     public record Options(Path store, Path mountPoint, List<String> fuseOptions, boolean force, int threads,
-            Durability journalDurability, long journalMemory, int reclaimMaxRanges, Path nbdSocket) {}
+            Durability journalDurability, long journalMemory, int reclaimMaxRanges, Path nbdSocket, int ioWorkers) {}
 
     /** NBD clients at once (each two threads, and at most 8 MiB of the NBD server's 64 MiB of buffers). */
     static final int NBD_MAX_CLIENTS = 64;
@@ -77,7 +77,7 @@ public final class Daemon {
      * The scheduler's workers: the NBD door's requests in flight to the disk at once. Few, so that
      * requests wait in the scheduler, where their order is decided, not in the disk's queue.
      */
-    static final int IO_WORKERS = Math.max(4, 2 * Runtime.getRuntime().availableProcessors());
+    public static final int DEFAULT_IO_WORKERS = 8;
 
     /** Threads serving FUSE requests: enough for a few VMs' queues; each idle one costs a stack. */
     public static final int DEFAULT_THREADS = 16;
@@ -149,7 +149,7 @@ public final class Daemon {
             throw new FsException(e.errno(), e.getMessage());
         }
         try (ImagesDir backing = ImagesDir.open(store.images()); journals;
-                Scheduler scheduler = new Scheduler(IO_WORKERS)) {
+                Scheduler scheduler = new Scheduler(o.ioWorkers())) {
             HolePuncher puncher = new HolePuncher(ledger);
             ImageFiles images = new ImageFiles(backing, puncher, ledger);
             JournalFiles devices = new JournalFiles(journals, o.journalDurability(), ledger);
