@@ -54,7 +54,7 @@ final class Connection implements Runnable {
 
     private final SocketChannel ch;
     private final Exports exports;
-    private final String peer;
+    private final Peer peer;
     private final Scheduler scheduler;
     private final Buffers buffers;
     /** What the client sent and was not yet taken: several requests' headers come in one read. */
@@ -81,7 +81,7 @@ final class Connection implements Runnable {
     private volatile long sendingSince;
 
     /** Closed by the server at its end ({@link #closeChannel}): the connection stops at its next read. */
-    Connection(SocketChannel ch, Exports exports, String peer, Scheduler scheduler, Buffers buffers) {
+    Connection(SocketChannel ch, Exports exports, Peer peer, Scheduler scheduler, Buffers buffers) {
         this.ch = ch;
         this.exports = exports;
         this.peer = peer;
@@ -208,7 +208,7 @@ final class Connection implements Runnable {
             error(option, REP_ERR_INVALID, "LIST takes no data");
             return;
         }
-        for (String name : exports.names()) {
+        for (String name : exports.names(peer)) {
             byte[] b = name.getBytes(StandardCharsets.UTF_8);
             optionReply(option, REP_SERVER, ByteBuffer.allocate(4 + b.length).putInt(b.length).put(b).flip());
         }
@@ -277,7 +277,7 @@ final class Connection implements Runnable {
     private boolean open(String name) throws ExportBusy {
         Export e;
         try {
-            e = exports.open(name);
+            e = exports.open(peer, name);
         } catch (ExportException ex) {
             throw new ExportBusy("export " + name + " cannot be opened: " + ex.getMessage());
         }
@@ -325,7 +325,7 @@ final class Connection implements Runnable {
             return;
         }
         String name = string(data, (int) nameLength);
-        if (!exports.names().contains(name)) {
+        if (!exports.visible(peer, name)) {
             error(option, REP_ERR_UNKNOWN, "no export " + name);
             return;
         }
@@ -876,7 +876,7 @@ final class Connection implements Runnable {
         return sendingSince;
     }
 
-    String peer() {
+    Peer peer() {
         return peer;
     }
 

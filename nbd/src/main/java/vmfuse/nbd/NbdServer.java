@@ -12,11 +12,14 @@ import java.nio.file.Path;
 import java.nio.file.StandardCopyOption;
 import java.nio.file.attribute.BasicFileAttributes;
 import java.nio.file.attribute.PosixFilePermissions;
+import java.nio.file.attribute.UserPrincipal;
 import java.time.Duration;
 import java.util.Set;
 import java.util.concurrent.ConcurrentHashMap;
 import java.util.concurrent.atomic.AtomicLong;
 
+import jdk.net.ExtendedSocketOptions;
+import jdk.net.UnixDomainPrincipal;
 import org.slf4j.Logger;
 import org.slf4j.LoggerFactory;
 
@@ -77,8 +80,9 @@ public final class NbdServer implements AutoCloseable {
     }
 
     /**
-     * Listens on unix socket {@code socket} (a stale socket file there is replaced; mode 0600 until
-     * tenants come: root's clients only) and serves {@code exports}, their requests done by
+     * Listens on unix socket {@code socket} (a stale socket file there is replaced; mode 0666: what
+     * a client may see is decided by its user, {@link Exports}) and serves {@code exports}, their
+     * requests done by
      * {@code scheduler} (which the caller closes after this server).
      */
     public static NbdServer listen(Path socket, Exports exports, Limits limits, Scheduler scheduler)
@@ -95,7 +99,7 @@ public final class NbdServer implements AutoCloseable {
         ServerSocketChannel server = ServerSocketChannel.open(StandardProtocolFamily.UNIX);
         try {
             server.bind(UnixDomainSocketAddress.of(tmp));
-            Files.setPosixFilePermissions(tmp, PosixFilePermissions.fromString("rw-------"));
+            Files.setPosixFilePermissions(tmp, PosixFilePermissions.fromString("rw-rw-rw-"));
             Files.move(tmp, socket, StandardCopyOption.ATOMIC_MOVE);
         } catch (IOException | RuntimeException e) {
             server.close();
@@ -133,7 +137,7 @@ public final class NbdServer implements AutoCloseable {
                 return;
             }
             long n = accepted.incrementAndGet();
-            String peer = "unix#" + n;
+            Peer peer = new Peer("unix#" + n, user(ch));
             if (clients.size() >= limits.maxClients()) {
                 log.warn("nbd client={} refused: {} clients already", peer, limits.maxClients());
                 close(ch);
@@ -152,6 +156,17 @@ public final class NbdServer implements AutoCloseable {
             t.setDaemon(true);
             threads.add(t);
             t.start();
+        }
+    }
+
+    /** The user the client's process runs as (SO_PEERCRED), or null (then it sees no export). */
+    private static UserPrincipal user(SocketChannel ch) {
+        try {
+            UnixDomainPrincipal p = ch.getOption(ExtendedSocketOptions.SO_PEERCRED);
+            return p == null ? null : p.user();
+        } catch (IOException | UnsupportedOperationException e) {
+            log.warn("nbd: a client's credentials cannot be read: {}", e.toString());
+            return null;
         }
     }
 

@@ -32,12 +32,12 @@ final class MemoryExport implements Export {
     static Exports serving(Map<String, MemoryExport> byName) {
         return new Exports() {
             @Override
-            public List<String> names() {
+            public List<String> names(Peer peer) {
                 return List.copyOf(byName.keySet());
             }
 
             @Override
-            public Export open(String name) {
+            public Export open(Peer peer, String name) {
                 MemoryExport e = byName.get(name);
                 return e == null ? null : e.open();
             }

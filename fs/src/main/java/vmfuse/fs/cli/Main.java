@@ -13,7 +13,7 @@ import vmfuse.fs.daemon.Daemon;
  */
 @Command(name = "vmfuse", mixinStandardHelpOptions = true, versionProvider = Main.Version.class,
         description = "A FUSE filesystem for hypervisor hosts: VM images and journal devices as files.",
-        subcommands = {MountCommand.class, UmountCommand.class, StatusCommand.class, JournalCommand.class, VmCommand.class,
+        subcommands = {MountCommand.class, UmountCommand.class, StatusCommand.class, JournalCommand.class, VmCommand.class, ExportCommand.class,
             CommandLine.HelpCommand.class},
         footer = {"", "See README.md for the full manual."})
 public final class Main {

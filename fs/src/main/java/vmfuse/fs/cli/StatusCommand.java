@@ -41,13 +41,20 @@ final class StatusCommand implements Callable<Integer> {
 
     /** What --json prints: the status answer's lines, grouped. */
     record Json(Answer.Mount mount, Answer.StoreSpace store, List<Answer.Image> images, Answer.Total total,
-            List<Answer.Vm> vms, List<Answer.VmFailed> failedVms) {
+            List<Answer.Vm> vms, List<Answer.VmFailed> failedVms, List<Answer.Export> exports,
+            List<Answer.NbdShare> nbd) {
         static Json of(List<Answer> answer) throws FsException {
             List<Answer.Image> images = new ArrayList<>();
             List<Answer.Vm> vms = new ArrayList<>();
             List<Answer.VmFailed> failed = new ArrayList<>();
+            List<Answer.Export> exports = new ArrayList<>();
+            List<Answer.NbdShare> nbd = new ArrayList<>();
             for (Answer a : answer) {
-                if (a instanceof Answer.Image i) {
+                if (a instanceof Answer.Export e) {
+                    exports.add(e);
+                } else if (a instanceof Answer.NbdShare n) {
+                    nbd.add(n);
+                } else if (a instanceof Answer.Image i) {
                     images.add(i);
                 } else if (a instanceof Answer.Vm v) {
                     vms.add(v);
@@ -56,7 +63,7 @@ final class StatusCommand implements Callable<Integer> {
                 }
             }
             return new Json(DaemonClient.one(answer, Answer.Mount.class), DaemonClient.one(answer, Answer.StoreSpace.class),
-                    images, DaemonClient.one(answer, Answer.Total.class), vms, failed);
+                    images, DaemonClient.one(answer, Answer.Total.class), vms, failed, exports, nbd);
         }
     }
 
@@ -79,8 +86,22 @@ final class StatusCommand implements Callable<Integer> {
         vms.add(new String[] {"VM", "IMAGE", "NOTICES", "REFUSED", "PENDING", "PUNCHED", "FREED", "SKIPPED PARTIAL",
             "SKIPPED WRITTEN", "SKIPPED NOT OWNED", "DROPPED", "THRESHOLD"});
         List<String> failed = new ArrayList<>();
+        List<String[]> exports = new ArrayList<>();
+        exports.add(new String[] {"EXPORT", "UID", "WEIGHT", "RESERVATION", "LIMIT", "VOLUMES"});
+        List<String[]> nbd = new ArrayList<>();
+        nbd.add(new String[] {"NBD SHARE", "CLIENTS", "QUEUED", "READS", "WRITES", "FLUSHES", "TRIMS", "READ",
+            "WRITTEN", "P50 US", "P99 US"});
         for (Answer a : answer) {
-            if (a instanceof Answer.Mount m) {
+            if (a instanceof Answer.Export e) {
+                exports.add(new String[] {TsvField.escape(e.name()), "" + e.uid(), "" + e.weight(),
+                    e.reservationIops() == 0 ? "-" : e.reservationIops() + " IOPS",
+                    e.limitIops() == 0 ? "-" : e.limitIops() + " IOPS",
+                    String.join(" ", e.volumes().stream().map(TsvField::escape).toList())});
+            } else if (a instanceof Answer.NbdShare n) {
+                nbd.add(new String[] {TsvField.escape(n.name()), "" + n.clients(), "" + n.queued(), "" + n.reads(),
+                    "" + n.writes(), "" + n.flushes(), "" + n.trims(), bytes(n.bytesRead()), bytes(n.bytesWritten()),
+                    "" + n.p50Micros(), "" + n.p99Micros()});
+            } else if (a instanceof Answer.Mount m) {
                 out.printf("mount %s  store %s  daemon pid %d%n", TsvField.escape(m.mountPoint()),
                         TsvField.escape(m.store()), m.pid());
             } else if (a instanceof Answer.StoreSpace s) {
@@ -111,6 +132,14 @@ final class StatusCommand implements Callable<Integer> {
         if (!failed.isEmpty()) {
             out.println();
             failed.forEach(out::println);
+        }
+        if (exports.size() > 1) {
+            out.println();
+            TextTable.print(out, exports, true);
+        }
+        if (nbd.size() > 1) {
+            out.println();
+            TextTable.print(out, nbd, true);
         }
     }
 

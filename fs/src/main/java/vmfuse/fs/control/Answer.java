@@ -14,7 +14,7 @@ import vmfuse.fs.nativeio.Native;
  * line turns back into the {@link FsException} the daemon met.
  *
  * <pre>
- *   status         mount, store, image..., total, vm-failed..., vm...
+ *   status         mount, store, image..., total, vm-failed..., vm..., export..., nbd...
  *   journals       journal..., journal-store
  *   vm-reclaim     reclaimed
  *   the others     ok
@@ -105,6 +105,37 @@ public sealed interface Answer {
         }
     }
 
+    /** An NBD export (vmfuse export add): its clients' uid, its scheduler controls, its volumes. */
+    record Export(String name, long uid, int weight, long reservationIops, long limitIops, List<String> volumes)
+            implements Answer {
+        public Export {
+            volumes = List.copyOf(volumes);
+        }
+
+        public List<String> fields() {
+            List<String> f = new ArrayList<>(List.of("export", TsvField.escape(name), "" + uid, "" + weight,
+                    "" + reservationIops, "" + limitIops));
+            volumes.forEach(v -> f.add(TsvField.escape(v)));
+            return f;
+        }
+    }
+
+    /**
+     * A share of the NBD door's scheduler (an export, or a volume root opened outside any): its
+     * controls, clients connected, requests waiting now, requests done and bytes moved by kind
+     * (read, write, flush, trim), and latency from arrival to done (p50, p99, microseconds, as the
+     * upper bound of a power-of-two bucket).
+     */
+    record NbdShare(String name, int weight, long reservationIops, long limitIops, int clients, int queued,
+            long reads, long writes, long flushes, long trims, long bytesRead, long bytesWritten, long p50Micros,
+            long p99Micros) implements Answer {
+        public List<String> fields() {
+            return List.of("nbd", TsvField.escape(name), "" + weight, "" + reservationIops, "" + limitIops,
+                    "" + clients, "" + queued, "" + reads, "" + writes, "" + flushes, "" + trims, "" + bytesRead,
+                    "" + bytesWritten, "" + p50Micros, "" + p99Micros);
+        }
+    }
+
     /** Done. */
     record Ok() implements Answer {
         public List<String> fields() {
@@ -163,6 +194,20 @@ public sealed interface Answer {
                 case "journal" -> new Journal(name(f, 1, 7), num(f[2]), num(f[3]), num(f[4]), f[5], num(f[6]));
                 case "journal-store" -> new JournalStore(num(f[1]), num(f[2]), num(f[3]), num(f[4]), num(f[5]));
                 case "reclaimed" -> new Reclaimed(num(f[1]), num(f[2]), num(f[3]), num(f[4]));
+                case "export" -> {
+                    if (f.length < 7) {
+                        throw new IllegalArgumentException("an export of no volume");
+                    }
+                    List<String> volumes = new ArrayList<>();
+                    for (int i = 6; i < f.length; i++) {
+                        volumes.add(TsvField.unescape(f[i]));
+                    }
+                    yield new Export(TsvField.unescape(f[1]), num(f[2]), (int) num(f[3]), num(f[4]), num(f[5]),
+                            volumes);
+                }
+                case "nbd" -> new NbdShare(name(f, 1, 15), (int) num(f[2]), num(f[3]), num(f[4]), (int) num(f[5]),
+                        (int) num(f[6]), num(f[7]), num(f[8]), num(f[9]), num(f[10]), num(f[11]), num(f[12]),
+                        num(f[13]), num(f[14]));
                 case "ok" -> legacy(line);
                 default -> throw new IllegalArgumentException("unknown line");
             };

@@ -20,6 +20,9 @@ import vmfuse.fs.nativeio.Native;
  *   vm-add NAME IMAGE AGENT-SOCKET QMP|- [ACCESS]   ok    (ACCESS: USER or USER:GROUP)
  *   vm-remove NAME                                  ok
  *   vm-reclaim NAME                                 reclaimed
+ *   export-add NAME UID WEIGHT RES LIMIT VOLUME...  ok    (VOLUME: images/PATH or journals/NAME)
+ *   export-set NAME WEIGHT|- RES|- LIMIT|-          export
+ *   export-remove NAME                              ok
  * </pre>
  * A field may not hold a tab, newline or carriage return (names given on the command line are
  * checked before they are sent): no escaping on the way in.
@@ -81,6 +84,35 @@ public sealed interface Request {
         }
     }
 
+    /** An NBD export: {@code uid} its clients run as; reservation and limit in IOPS, 0 for none. */
+    record ExportAdd(String name, long uid, int weight, long reservationIops, long limitIops, List<String> volumes)
+            implements Request {
+        public ExportAdd {
+            volumes = List.copyOf(volumes);
+        }
+
+        public List<String> fields() {
+            List<String> f = new ArrayList<>(List.of("export-add", name, "" + uid, "" + weight, "" + reservationIops,
+                    "" + limitIops));
+            f.addAll(volumes);
+            return f;
+        }
+    }
+
+    /** New controls for an export; a null one stays as it is. */
+    record ExportSet(String name, Integer weight, Long reservationIops, Long limitIops) implements Request {
+        public List<String> fields() {
+            return List.of("export-set", name, weight == null ? "-" : "" + weight,
+                    reservationIops == null ? "-" : "" + reservationIops, limitIops == null ? "-" : "" + limitIops);
+        }
+    }
+
+    record ExportRemove(String name) implements Request {
+        public List<String> fields() {
+            return List.of("export-remove", name);
+        }
+    }
+
     /** The request a line holds; EINVAL, naming what is wrong, if it holds none. */
     static Request decode(String line) throws FsException {
         String[] f = line.split("\t", -1);
@@ -110,8 +142,34 @@ public sealed interface Request {
                 arity(f[0], a, 1, 1, "NAME");
                 yield new VmReclaim(a[0]);
             }
+            case "export-add" -> {
+                arity(f[0], a, 6, 5 + 64, "NAME UID WEIGHT RESERVATION LIMIT VOLUME...");
+                yield new ExportAdd(a[0], number(a[1]), (int) number(a[2]), number(a[3]), number(a[4]),
+                        Arrays.asList(a).subList(5, a.length));
+            }
+            case "export-set" -> {
+                arity(f[0], a, 4, 4, "NAME WEIGHT|- RESERVATION|- LIMIT|-");
+                yield new ExportSet(a[0], a[1].equals("-") ? null : (int) number(a[1]),
+                        a[2].equals("-") ? null : number(a[2]), a[3].equals("-") ? null : number(a[3]));
+            }
+            case "export-remove" -> {
+                arity(f[0], a, 1, 1, "NAME");
+                yield new ExportRemove(a[0]);
+            }
             default -> throw new FsException(Native.EINVAL, "unknown request '" + TsvField.escape(f[0]) + "'");
         };
+    }
+
+    private static long number(String s) throws FsException {
+        try {
+            long n = Long.parseLong(s);
+            if (n < 0 || n > Integer.MAX_VALUE * 4L) {
+                throw new NumberFormatException();
+            }
+            return n;
+        } catch (NumberFormatException e) {
+            throw new FsException(Native.EINVAL, "'" + TsvField.escape(s) + "' is not a number");
+        }
     }
 
     private static void arity(String name, String[] args, int min, int max, String usage) throws FsException {

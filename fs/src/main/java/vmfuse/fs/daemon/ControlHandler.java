@@ -12,6 +12,7 @@ import vmfuse.fs.FsException;
 import vmfuse.fs.Node;
 import vmfuse.fs.control.Answer;
 import vmfuse.fs.control.Request;
+import vmfuse.fs.export.ExportRegistry;
 import vmfuse.fs.images.ImagesDir;
 import vmfuse.fs.mount.VmFuseFs;
 import vmfuse.fs.nativeio.Native;
@@ -22,6 +23,7 @@ import vmfuse.journal.Durability;
 import vmfuse.journal.JournalDevice;
 import vmfuse.journal.JournalStore;
 import vmfuse.journal.StoreException;
+import vmfuse.nbd.Scheduler;
 import vmfuse.reclaimer.AgentAccess;
 import vmfuse.reclaimer.VmReclaimer;
 
@@ -35,9 +37,13 @@ final class ControlHandler {
     private final VmFuseFs fs;
     private final JournalStore journals;
     private final VmRegistry vms;
+    private final ExportRegistry exports;
+    private final Scheduler scheduler;
 
     ControlHandler(StoreDir store, Path mnt, long pid, ImagesDir backing, ReleaseLedger ledger, VmFuseFs fs,
-            JournalStore journals, VmRegistry vms) {
+            JournalStore journals, VmRegistry vms, ExportRegistry exports, Scheduler scheduler) {
+        this.exports = exports;
+        this.scheduler = scheduler;
         this.store = store;
         this.mnt = mnt;
         this.pid = pid;
@@ -62,6 +68,7 @@ final class ControlHandler {
             if (request instanceof Request.Status) {
                 List<Answer> out = new ArrayList<>(status());
                 out.addAll(vms.status());
+                out.addAll(nbdStatus());
                 return out;
             }
             if (request instanceof Request.Journals) {
@@ -86,6 +93,29 @@ final class ControlHandler {
                 return List.of(new Answer.Reclaimed(after.bytesPunched() - before.bytesPunched(),
                         after.bytesFreed() - before.bytesFreed(), after.bytesPending(), after.dropped() - before.dropped()));
             }
+            if (request instanceof Request.ExportAdd r) {
+                for (String v : r.volumes()) {
+                    checkExists(v);
+                }
+                exports.add(new ExportRegistry.Grant(r.name(), r.uid(),
+                        new Scheduler.Qos(r.weight(), r.reservationIops(), r.limitIops()), r.volumes()));
+                return List.of(new Answer.Ok());
+            }
+            if (request instanceof Request.ExportSet r) {
+                ExportRegistry.Grant g = exports.get(r.name());
+                if (g == null) {
+                    throw new FsException(Native.ENOENT, "no export " + r.name());
+                }
+                Scheduler.Qos q = g.qos();
+                g = exports.set(r.name(), new Scheduler.Qos(r.weight() == null ? q.weight() : r.weight(),
+                        r.reservationIops() == null ? q.reservationIops() : r.reservationIops(),
+                        r.limitIops() == null ? q.limitIops() : r.limitIops()));
+                return List.of(export(g));
+            }
+            if (request instanceof Request.ExportRemove r) {
+                exports.remove(r.name());
+                return List.of(new Answer.Ok());
+            }
             throw new IllegalStateException("no answer for " + request);
         } catch (IOException e) {
             throw new FsException(Native.EIO, e.getMessage());
@@ -94,6 +124,42 @@ final class ControlHandler {
         } catch (IllegalArgumentException e) { // a user or group unknown, a size or durability not understood
             throw new FsException(Native.EINVAL, e.getMessage());
         }
+    }
+
+    /** ENOENT unless {@code volume} (images/PATH, journals/NAME) is an image or a journal device now. */
+    private void checkExists(String volume) throws FsException {
+        Node n = Node.resolve("/" + volume);
+        boolean there = switch (n.kind()) {
+            case IMAGE_ENTRY -> backing.exists(n.name());
+            case JOURNAL -> journals.list().stream().anyMatch(d -> d.name().equals(n.name()));
+            default -> throw new FsException(Native.EINVAL, "'" + volume + "' is neither images/PATH nor journals/NAME");
+        };
+        if (!there) {
+            throw new FsException(Native.ENOENT, "no " + (n.kind() == Node.Kind.JOURNAL ? "journal device " : "image ")
+                    + volume);
+        }
+    }
+
+    private static Answer.Export export(ExportRegistry.Grant g) {
+        return new Answer.Export(g.name(), g.uid(), g.qos().weight(), g.qos().reservationIops(),
+                g.qos().limitIops(), g.volumes());
+    }
+
+    /** The NBD door: its exports, then every share of the scheduler with what it was served. */
+    private List<Answer> nbdStatus() {
+        List<Answer> out = new ArrayList<>();
+        exports.grants().forEach(g -> out.add(export(g)));
+        for (Scheduler.Stats st : scheduler.stats()) {
+            long[] r = st.requests();
+            long[] b = st.bytes();
+            out.add(new Answer.NbdShare(st.share(), st.qos().weight(), st.qos().reservationIops(),
+                    st.qos().limitIops(), st.users(), st.queued(), r[Scheduler.Kind.READ.ordinal()],
+                    r[Scheduler.Kind.WRITE.ordinal()], r[Scheduler.Kind.FLUSH.ordinal()],
+                    r[Scheduler.Kind.TRIM.ordinal()], b[Scheduler.Kind.READ.ordinal()],
+                    b[Scheduler.Kind.WRITE.ordinal()] + b[Scheduler.Kind.FLUSH.ordinal()], st.p50Micros(),
+                    st.p99Micros()));
+        }
+        return out;
     }
 
     private void journalCreate(Request.JournalCreate r) throws FsException, StoreException {

@@ -21,6 +21,7 @@ import org.slf4j.Logger;
 import org.slf4j.LoggerFactory;
 import vmfuse.fs.FsException;
 import vmfuse.fs.TsvField;
+import vmfuse.fs.export.ExportRegistry;
 import vmfuse.fs.export.VolumeExports;
 import vmfuse.fs.images.ImageFiles;
 import vmfuse.fs.images.ImagesDir;
@@ -158,9 +159,11 @@ public final class Daemon {
             VmRegistry vms = VmRegistry.open(store, mnt, backing, fs, WriteTracker.Limits.ofRanges(o.reclaimMaxRanges()));
             fs.writeTrackers(vms.trackers(), vms::holdsVmImage);
             // the NBD door listens before the mount is made: a socket path that cannot be taken fails the mount
-            NbdServer nbd = listenNbd(o.nbdSocket(), new VolumeExports(backing, images, devices), scheduler);
+            ExportRegistry exports = ExportRegistry.load(store.disk(), store.exports(), scheduler);
+            NbdServer nbd = listenNbd(o.nbdSocket(), new VolumeExports(backing, images, devices, exports), scheduler);
             try {
-                mountAndServe(store, mnt, o, options, threads, ledger, journals, backing, fs, vms, nbd);
+                mountAndServe(store, mnt, o, options, threads, ledger, journals, backing, fs, vms, nbd, exports,
+                        scheduler);
             } finally {
                 if (nbd != null) {
                     nbd.close(); // idempotent: serving closed it before the store's last commit
@@ -183,8 +186,8 @@ public final class Daemon {
 
     /** Mounts, serves until the mount goes away, then closes the doors and the core in order. */
     private static void mountAndServe(StoreDir store, Path mnt, Options o, List<String> options, int threads,
-            ReleaseLedger ledger, JournalStore journals, ImagesDir backing, VmFuseFs fs, VmRegistry vms, NbdServer nbd)
-            throws FsException, IOException {
+            ReleaseLedger ledger, JournalStore journals, ImagesDir backing, VmFuseFs fs, VmRegistry vms, NbdServer nbd,
+            ExportRegistry exports, Scheduler scheduler) throws FsException, IOException {
         CompletableFuture<Integer> loop = new CompletableFuture<>();
         Thread loopThread = new Thread(() -> {
             try {
@@ -211,7 +214,7 @@ public final class Daemon {
                 TimeUnit.SECONDS);
         reclaimTimer.scheduleWithFixedDelay(vms::tick, 5, 5, TimeUnit.SECONDS);
         try (ControlServer control = new ControlServer(store.socket(),
-                new ControlHandler(store, mnt, pid, backing, ledger, fs, journals, vms)::answer)) {
+                new ControlHandler(store, mnt, pid, backing, ledger, fs, journals, vms, exports, scheduler)::answer)) {
             log.info("mounted store={} mountpoint={} pid={} threads={} options={}", store.dir(), mnt, pid, threads,
                     String.join(",", options));
             int rc = join(loop);

@@ -91,6 +91,11 @@ public record StoreDir(Path dir) {
         return dir.resolve("vms.tsv");
     }
 
+    /** The NBD door's exports (vmfuse export add). */
+    public Path exports() {
+        return dir.resolve("exports.tsv");
+    }
+
     public Path reclaimDir() {
         return dir.resolve("reclaim");
     }

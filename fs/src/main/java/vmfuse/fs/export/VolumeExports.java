@@ -16,13 +16,15 @@ import vmfuse.fs.journals.JournalFiles;
 import vmfuse.nbd.Export;
 import vmfuse.nbd.ExportException;
 import vmfuse.nbd.Exports;
+import vmfuse.nbd.Peer;
 
 /**
  * The NBD door's exports: every image and journal device of the store, named by its path in the
  * mount ("images/tenant1/vm7/disk.raw", "journals/vm7"), opened through the same core as the FUSE
  * door ({@link ImageFiles}, {@link JournalFiles}), so an NBD client's open is an open like any:
  * counted in status, held off while the reclaimer holds the image, its image kept from renames
- * while it is a VM's.
+ * while it is a VM's. Who sees what is the {@link ExportRegistry}'s: root every volume, any other
+ * user the volumes of its exports; a volume's requests go in its export's share of the scheduler.
  */
 public final class VolumeExports implements Exports {
     private static final Logger log = LoggerFactory.getLogger(VolumeExports.class);
@@ -30,15 +32,23 @@ public final class VolumeExports implements Exports {
     private final ImagesDir dir;
     private final ImageFiles images;
     private final JournalFiles journals;
+    private final ExportRegistry registry;
 
-    public VolumeExports(ImagesDir dir, ImageFiles images, JournalFiles journals) {
+    public VolumeExports(ImagesDir dir, ImageFiles images, JournalFiles journals, ExportRegistry registry) {
         this.dir = dir;
         this.images = images;
         this.journals = journals;
+        this.registry = registry;
     }
 
     @Override
-    public List<String> names() {
+    public List<String> names(Peer peer) {
+        if (peer.user() == null) {
+            return List.of();
+        }
+        if (!registry.isRoot(peer.user())) {
+            return registry.volumesOf(peer.user()).stream().filter(this::exists).toList();
+        }
         List<String> out = new ArrayList<>();
         try {
             for (String image : dir.images()) {
@@ -54,7 +64,35 @@ public final class VolumeExports implements Exports {
     }
 
     @Override
-    public Export open(String name) throws ExportException {
+    public boolean visible(Peer peer, String name) {
+        return registry.allows(peer.user(), name) && exists(name);
+    }
+
+    /** The export holding the volume, or the volume itself if none does (root's use of it). */
+    @Override
+    public String share(String name) {
+        String owner = registry.owner(name);
+        return owner == null ? name : owner;
+    }
+
+    private boolean exists(String name) {
+        try {
+            Node n = Node.resolve("/" + name);
+            return switch (n.kind()) {
+                case IMAGE_ENTRY -> dir.exists(n.name());
+                case JOURNAL -> journals.list().contains(n.name());
+                default -> false;
+            };
+        } catch (FsException e) {
+            return false;
+        }
+    }
+
+    @Override
+    public Export open(Peer peer, String name) throws ExportException {
+        if (!registry.allows(peer.user(), name)) {
+            return null; // to this client it does not exist
+        }
         Node n;
         try {
             n = Node.resolve("/" + name);

@@ -3,7 +3,9 @@ package vmfuse.fs.it;
 import java.io.IOException;
 import java.nio.file.Files;
 import java.nio.file.Path;
+import java.util.ArrayList;
 import java.util.Comparator;
+import java.util.List;
 import java.util.stream.Stream;
 
 /**
@@ -34,6 +36,8 @@ final class NbdDisk implements AutoCloseable {
     private Proc.Background nbdkit;
     private Proc.Background nbdfuse;
     private String loop;
+    /** nbdkit's delay filter on every read (e.g. "2ms"), or null: a disk slow to read. */
+    private String readDelay;
 
     private NbdDisk(Path work, Path mountPoint) {
         this.work = work;
@@ -46,7 +50,13 @@ final class NbdDisk implements AutoCloseable {
 
     /** A new disk of {@code size} (e.g. "256M"), ext4, mounted at {@code mountPoint}. */
     static NbdDisk create(Path mountPoint, String size) throws IOException {
+        return create(mountPoint, size, null);
+    }
+
+    /** As {@link #create(Path, String)}, every read of the disk taking {@code readDelay} (e.g. "2ms") more. */
+    static NbdDisk create(Path mountPoint, String size, String readDelay) throws IOException {
         NbdDisk d = new NbdDisk(Files.createTempDirectory(Path.of("/tmp"), "vmfuse-nbd-"), mountPoint);
+        d.readDelay = readDelay;
         try {
             Proc.ok("truncate", "-s", size, d.image.toString());
             d.attachThroughNbd();
@@ -61,8 +71,15 @@ final class NbdDisk implements AutoCloseable {
 
     private void attachThroughNbd() throws IOException {
         Files.createDirectories(fuseDir);
-        nbdkit = Proc.start("nbdkit", "-f", "-U", socket.toString(), "--filter=error", "file", image.toString(),
-                "error=EIO", "error-rate=100%", "error-file=" + trigger);
+        List<String> cmd = new ArrayList<>(List.of("nbdkit", "-f", "-U", socket.toString(), "--filter=error"));
+        if (readDelay != null) {
+            cmd.add("--filter=delay");
+        }
+        cmd.addAll(List.of("file", image.toString(), "error=EIO", "error-rate=100%", "error-file=" + trigger));
+        if (readDelay != null) {
+            cmd.add("delay-read=" + readDelay);
+        }
+        nbdkit = Proc.start(cmd.toArray(String[]::new));
         waitFor(socket, "nbdkit's socket");
         nbdfuse = Proc.start("nbdfuse", fuseDir.toString(), "--unix", socket.toString());
         waitFor(fuseDir.resolve("nbd"), "nbdfuse's file");
