@@ -55,8 +55,9 @@ final class Buffers {
                 dropKept(made + size - budget);
             }
             if (made + size <= budget) {
+                ByteBuffer fresh = ByteBuffer.allocateDirect(size); // counted once it is there
                 made += size;
-                return ByteBuffer.allocateDirect(size).limit(n);
+                return fresh.limit(n);
             }
             wait();
         }

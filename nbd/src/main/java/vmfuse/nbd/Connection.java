@@ -70,7 +70,7 @@ final class Connection implements Runnable {
     private boolean structured;
     private boolean allocationContext;
     private Export export;
-    private String exportName;
+    private volatile String exportName;
     /** The export's size as the client was told it: requests are checked against it. */
     private long exportSize;
     private Scheduler.Share share;
@@ -79,6 +79,7 @@ final class Connection implements Runnable {
     private volatile boolean dead;
     private volatile long handshakeSince = System.nanoTime();
     private volatile long sendingSince;
+    private volatile long payloadSince;
 
     /** Closed by the server at its end ({@link #closeChannel}): the connection stops at its next read. */
     Connection(SocketChannel ch, Exports exports, Peer peer, Scheduler scheduler, Buffers buffers) {
@@ -392,7 +393,7 @@ final class Connection implements Runnable {
         sender.start();
         try {
             ByteBuffer header = ByteBuffer.allocate(28);
-            while (true) {
+            while (!dead) {
                 header.clear();
                 fill(header);
                 header.flip();
@@ -435,9 +436,17 @@ final class Connection implements Runnable {
             };
         }
 
-        /** What it moves: what the scheduler's weights count beyond the request itself. */
+        /**
+         * What it moves, as the scheduler's weights count it beyond the request itself: a read's
+         * or a write's length, zeroes that keep their space written in full, a punch up to 1 MiB.
+         */
         long bytes() {
-            return type == CMD_READ || type == CMD_WRITE ? length : 0;
+            return switch (type) {
+                case CMD_READ, CMD_WRITE -> length;
+                case CMD_WRITE_ZEROES -> (flags & CMD_FLAG_NO_HOLE) != 0 ? length : Math.min(length, 1 << 20);
+                case CMD_TRIM -> Math.min(length, 1 << 20);
+                default -> 0;
+            };
         }
     }
 
@@ -454,57 +463,66 @@ final class Connection implements Runnable {
         if (r.type() == CMD_WRITE) {
             b = account.take((int) r.length());
             try {
+                payloadSince = System.nanoTime();
                 fill(b);
             } catch (IOException e) {
                 account.give(b);
                 throw e;
+            } finally {
+                payloadSince = 0;
             }
             b.flip();
         } else if (r.type() == CMD_READ) {
             b = account.take((int) r.length());
         }
         ByteBuffer data = b;
+        // a request is in flight until its reply is sent (or dropped): that bounds what waits for
+        // a client that does not read, whatever the replies hold
+        Runnable finish = () -> {
+            if (data != null) {
+                account.give(data);
+            }
+            end();
+        };
         Runnable work = () -> {
+            if (dead) { // hung up on: nothing queued is done
+                finish.run();
+                return;
+            }
             try {
-                if (dead) { // hung up on: nothing queued is done
-                    if (data != null) {
-                        account.give(data);
+                check(r);
+                if (r.type() == CMD_WRITE) {
+                    export.write(r.offset(), data);
+                    if ((r.flags() & CMD_FLAG_FUA) != 0) {
+                        export.flush();
                     }
-                    return;
+                    simple(r.cookie(), 0, finish);
+                } else if (r.type() == CMD_READ) {
+                    export.read(r.offset(), data);
+                    data.flip();
+                    ByteBuffer[] reply = structured
+                            ? new ByteBuffer[] {dataChunkHeader(r.cookie(), true, r.offset(), data.remaining()), data}
+                            : new ByteBuffer[] {simpleHeader(r.cookie(), 0), data};
+                    reply(new Reply(reply, finish));
+                } else {
+                    serve(r, finish);
                 }
-                try {
-                    check(r);
-                    if (r.type() == CMD_WRITE) {
-                        export.write(r.offset(), data);
-                        if ((r.flags() & CMD_FLAG_FUA) != 0) {
-                            export.flush();
-                        }
-                        simple(r.cookie(), 0);
-                    } else if (r.type() == CMD_READ) {
-                        export.read(r.offset(), data);
-                        data.flip();
-                        ByteBuffer[] reply = structured
-                                ? new ByteBuffer[] {dataChunkHeader(r.cookie(), true, r.offset(), data.remaining()), data}
-                                : new ByteBuffer[] {simpleHeader(r.cookie(), 0), data};
-                        reply(new Reply(reply, () -> account.give(data)));
-                        return; // the buffer goes back once it is sent
-                    } else {
-                        serve(r);
-                    }
-                } catch (ExportException e) {
-                    failed(r, e);
-                }
-                if (data != null) {
-                    account.give(data);
-                }
-            } finally {
-                end();
+            } catch (ExportException e) {
+                failed(r, e, finish);
+            } catch (RuntimeException | Error e) { // a bug below: the client still gets its answer
+                log.error("nbd client={} export={} command={} failed unexpectedly", peer, exportName, r.type(), e);
+                failed(r, new ExportException(EIO, "failed unexpectedly: " + e), finish);
             }
         };
         // a request alone (none of this client's in flight, no other read and waiting) is done
         // here if the scheduler has room: a client that waits for each answer pays no hand-over
         if (!(begin() == 1 && !in.hasRemaining() && share.runNow(r.kind(), r.bytes(), work))) {
-            share.submit(r.kind(), r.bytes(), work);
+            try {
+                share.submit(r.kind(), r.bytes(), work);
+            } catch (RuntimeException e) { // the scheduler closed under a connection the server missed
+                finish.run();
+                throw e;
+            }
         }
     }
 
@@ -530,6 +548,10 @@ final class Connection implements Runnable {
 
     /** Answers a failed request: the client's own mistakes (EINVAL) logged at debug, the disk's at warn. */
     private void failed(Request r, ExportException e) {
+        failed(r, e, null);
+    }
+
+    private void failed(Request r, ExportException e, Runnable after) {
         int err = replyError(e.errno());
         if (e.errno() == EINVAL) {
             log.debug("nbd client={} export={} command={} offset={} length={} errno={} {}", peer, exportName, r.type(),
@@ -539,9 +561,9 @@ final class Connection implements Runnable {
                     r.offset(), r.length(), e.errno(), e.getMessage());
         }
         if (structured && (r.type() == CMD_READ || r.type() == CMD_BLOCK_STATUS)) {
-            errorChunk(r.cookie(), err, e.getMessage());
+            errorChunk(r.cookie(), err, e.getMessage(), after);
         } else {
-            simple(r.cookie(), err);
+            simple(r.cookie(), err, after);
         }
     }
 
@@ -589,7 +611,9 @@ final class Connection implements Runnable {
             while (done < r.length()) {
                 int n = (int) Math.min(Buffers.MAX, r.length() - done);
                 b.clear().limit(n);
+                payloadSince = System.nanoTime();
                 fill(b);
+                payloadSince = 0;
                 b.flip();
                 if (failure == null) {
                     long at = r.offset() + done;
@@ -601,6 +625,7 @@ final class Connection implements Runnable {
                 failure = call(r, 0, export::flush);
             }
         } finally {
+            payloadSince = 0;
             account.give(b);
         }
         if (failure != null) {
@@ -623,6 +648,10 @@ final class Connection implements Runnable {
             if (r.length() > MAX_PAYLOAD) {
                 throw new ExportException(EINVAL, "a read of " + r.length() + " bytes, at most " + MAX_PAYLOAD);
             }
+            if (structured && (r.flags() & CMD_FLAG_DF) != 0) { // it would come in pieces
+                throw new ExportException(EOVERFLOW, "a read of " + r.length() + " bytes not in pieces, at most "
+                        + Buffers.MAX);
+            }
         } catch (ExportException e) {
             failed(r, e);
             return;
@@ -635,7 +664,13 @@ final class Connection implements Runnable {
             int n = (int) Math.min(Buffers.MAX, r.length() - done);
             ByteBuffer b = account.take(n);
             long at = r.offset() + done;
-            ExportException failure = call(r, n, () -> export.read(at, b));
+            ExportException failure;
+            try {
+                failure = call(r, n, () -> export.read(at, b));
+            } catch (RuntimeException | InterruptedException e) {
+                account.give(b);
+                throw e;
+            }
             if (failure != null) {
                 account.give(b);
                 if (done == 0) {
@@ -648,7 +683,7 @@ final class Connection implements Runnable {
                 }
                 log.warn("nbd client={} export={} read offset={} failed after {} bytes: {}", peer, exportName,
                         r.offset(), done, failure.getMessage());
-                errorChunk(r.cookie(), replyError(failure.errno()), failure.getMessage());
+                errorChunk(r.cookie(), replyError(failure.errno()), failure.getMessage(), null);
                 return;
             }
             b.flip();
@@ -660,8 +695,8 @@ final class Connection implements Runnable {
         }
     }
 
-    /** FLUSH, TRIM, WRITE_ZEROES, CACHE, BLOCK_STATUS and what is not a command. */
-    private void serve(Request r) throws ExportException {
+    /** FLUSH, TRIM, WRITE_ZEROES, CACHE, BLOCK_STATUS and what is not a command; {@code after} once answered. */
+    private void serve(Request r, Runnable after) throws ExportException {
         switch (r.type()) {
             case CMD_FLUSH -> export.flush();
             case CMD_TRIM -> {
@@ -680,15 +715,15 @@ final class Connection implements Runnable {
                 // the page cache is the backing file's own
             }
             case CMD_BLOCK_STATUS -> {
-                blockStatus(r);
+                blockStatus(r, after);
                 return;
             }
             default -> throw new ExportException(EINVAL, "unknown command " + r.type());
         }
-        simple(r.cookie(), 0);
+        simple(r.cookie(), 0, after);
     }
 
-    private void blockStatus(Request r) throws ExportException {
+    private void blockStatus(Request r, Runnable after) throws ExportException {
         if (!structured || !allocationContext) {
             throw new ExportException(EINVAL, "BLOCK_STATUS without base:allocation negotiated");
         }
@@ -705,7 +740,7 @@ final class Connection implements Runnable {
             b.putInt((int) len).putInt(e.hole() ? STATE_HOLE | STATE_ZERO : 0);
             left -= len;
         }
-        chunk(r.cookie(), REPLY_FLAG_DONE, REPLY_TYPE_BLOCK_STATUS, b.flip());
+        chunk(r.cookie(), REPLY_FLAG_DONE, REPLY_TYPE_BLOCK_STATUS, b.flip(), after);
     }
 
     private static ByteBuffer simpleHeader(long cookie, int error) {
@@ -718,21 +753,25 @@ final class Connection implements Runnable {
     }
 
     private void simple(long cookie, int error) {
-        reply(new Reply(new ByteBuffer[] {simpleHeader(cookie, error)}, null));
+        simple(cookie, error, null);
     }
 
-    private void chunk(long cookie, int flags, int type, ByteBuffer payload) {
+    private void simple(long cookie, int error, Runnable after) {
+        reply(new Reply(new ByteBuffer[] {simpleHeader(cookie, error)}, after));
+    }
+
+    private void chunk(long cookie, int flags, int type, ByteBuffer payload, Runnable after) {
         ByteBuffer h = ByteBuffer.allocate(20);
         h.putInt(STRUCTURED_REPLY_MAGIC).putShort((short) flags).putShort((short) type).putLong(cookie)
                 .putInt(payload.remaining());
-        reply(new Reply(new ByteBuffer[] {h.flip(), payload}, null));
+        reply(new Reply(new ByteBuffer[] {h.flip(), payload}, after));
     }
 
-    private void errorChunk(long cookie, int err, String message) {
+    private void errorChunk(long cookie, int err, String message, Runnable after) {
         byte[] m = String.valueOf(message).getBytes(StandardCharsets.UTF_8);
         int k = Math.min(m.length, 4096);
         chunk(cookie, REPLY_FLAG_DONE, REPLY_TYPE_ERROR,
-                ByteBuffer.allocate(6 + k).putInt(err).putShort((short) k).put(m, 0, k).flip());
+                ByteBuffer.allocate(6 + k).putInt(err).putShort((short) k).put(m, 0, k).flip(), after);
     }
 
     // ---- requests in flight, and their replies --------------------------------------------------
@@ -750,7 +789,7 @@ final class Connection implements Runnable {
         notifyAll();
     }
 
-    /** Waits until every request handed to the scheduler is done and its reply queued. */
+    /** Waits until every request handed to the scheduler is done and its reply sent (or dropped). */
     private synchronized void awaitIdle() throws InterruptedException {
         while (inFlight > 0) {
             wait();
@@ -871,6 +910,11 @@ final class Connection implements Runnable {
         return handshakeSince;
     }
 
+    /** Since when (System.nanoTime) the client has been sending one request's data; 0 if it is not. */
+    long payloadSince() {
+        return payloadSince;
+    }
+
     /** Since when (System.nanoTime) one reply has waited for the client to read it; 0 if none waits. */
     long sendingSince() {
         return sendingSince;
@@ -878,6 +922,11 @@ final class Connection implements Runnable {
 
     Peer peer() {
         return peer;
+    }
+
+    /** The export this client has open, once its handshake is done; null before. */
+    String exportName() {
+        return handshakeSince == 0 && !dead ? exportName : null;
     }
 
     /** Hangs up: the reader and the sender fail at their next call on the socket. */

@@ -4,9 +4,10 @@ import java.nio.ByteBuffer;
 import java.util.List;
 
 /**
- * What an NBD client has open: a disk of {@link #size} bytes. The server calls it from one
- * thread per connection; several connections may have the same disk open, each through its own
- * Export. Every failure is an {@link ExportException} carrying an errno, which the server maps to
+ * What an NBD client has open: a disk of {@link #size} bytes. The server calls it from several
+ * threads at once (the scheduler's workers, and the connection's own for a request alone), with
+ * requests of one connection in flight together; several connections may have the same disk
+ * open, each through its own Export. Every failure is an {@link ExportException} carrying an errno, which the server maps to
  * the protocol's errors.
  */
 public interface Export extends AutoCloseable {

@@ -8,6 +8,11 @@ import java.util.List;
  */
 public interface Exports {
 
+    /** Whether {@code peer} may connect at all: one that could see nothing is hung up on at once. */
+    default boolean admits(Peer peer) {
+        return true;
+    }
+
     /** The names {@code peer} may see (NBD_OPT_LIST). */
     List<String> names(Peer peer);
 

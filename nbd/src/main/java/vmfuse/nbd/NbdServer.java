@@ -54,16 +54,17 @@ public final class NbdServer implements AutoCloseable {
      * from connecting to choosing an export; {@code unreadReply}, how long one reply may wait for
      * the client to read it.
      */
-    public record Limits(int maxClients, Duration handshake, Duration unreadReply) {
+    public record Limits(int maxClients, int maxPerUser, Duration handshake, Duration unreadReply) {
         public Limits {
-            if (maxClients < 1 || handshake.isNegative() || unreadReply.isNegative()) {
-                throw new IllegalArgumentException("limits " + maxClients + " " + handshake + " " + unreadReply);
+            if (maxClients < 1 || maxPerUser < 1 || handshake.isNegative() || unreadReply.isNegative()) {
+                throw new IllegalArgumentException("limits " + maxClients + " " + maxPerUser + " " + handshake + " "
+                        + unreadReply);
             }
         }
 
-        /** {@code maxClients}, 30 s for a handshake, 60 s for a reply to be read. */
+        /** {@code maxClients}, a quarter of them per user, 30 s for a handshake, 60 s for a reply to be read. */
         public static Limits of(int maxClients) {
-            return new Limits(maxClients, Duration.ofSeconds(30), Duration.ofSeconds(60));
+            return new Limits(maxClients, Math.max(1, maxClients / 4), Duration.ofSeconds(30), Duration.ofSeconds(60));
         }
     }
 
@@ -143,8 +144,22 @@ public final class NbdServer implements AutoCloseable {
                 close(ch);
                 continue;
             }
+            if (peer.user() == null || !exports.admits(peer)) {
+                log.warn("nbd client={} refused: its user has no export here", peer);
+                close(ch);
+                continue;
+            }
+            long mine = clients.stream().filter(k -> peer.user().equals(k.peer().user())).count();
+            if (mine >= limits.maxPerUser()) {
+                log.warn("nbd client={} refused: its user has {} clients already", peer, mine);
+                close(ch);
+                continue;
+            }
             Connection c = new Connection(ch, exports, peer, scheduler, buffers);
             clients.add(c);
+            if (closed) { // close() hung up on the clients it saw; this one came after
+                c.closeChannel();
+            }
             Thread t = new Thread(() -> {
                 try {
                     c.run();
@@ -156,6 +171,20 @@ public final class NbdServer implements AutoCloseable {
             t.setDaemon(true);
             threads.add(t);
             t.start();
+        }
+    }
+
+    /**
+     * Hangs up on every client whose export it may no longer see (its tenant's export was
+     * removed, or the volume given to another): the exports changed.
+     */
+    public void revalidate() {
+        for (Connection c : clients) {
+            String name = c.exportName();
+            if (name != null && !exports.visible(c.peer(), name)) {
+                log.warn("nbd client={} export={} hung up on: it is no longer this client's", c.peer(), name);
+                c.closeChannel();
+            }
         }
     }
 
@@ -171,8 +200,9 @@ public final class NbdServer implements AutoCloseable {
     }
 
     /**
-     * A few times a second: hangs up on the clients past a limit, one still in its handshake or
-     * one that has left a reply unread (it stopped reading, or sends without reading).
+     * A few times a second: hangs up on the clients past a limit: one still in its handshake or
+     * stopped in the middle of a request's data (the handshake's limit), one that has left a reply
+     * unread (it stopped reading, or sends without reading).
      */
     private void watch() {
         long tick = Math.max(10, Math.min(1000, Math.min(limits.handshake().toMillis(),
@@ -187,7 +217,12 @@ public final class NbdServer implements AutoCloseable {
             for (Connection c : clients) {
                 long h = c.handshakeSince();
                 long s = c.sendingSince();
-                if (h != 0 && now - h > limits.handshake().toNanos()) {
+                long p = c.payloadSince();
+                if (p != 0 && now - p > limits.handshake().toNanos()) {
+                    log.warn("nbd client={} hung up on: it stopped for {} s in the middle of a request's data",
+                            c.peer(), limits.handshake().toSeconds());
+                    c.closeChannel();
+                } else if (h != 0 && now - h > limits.handshake().toNanos()) {
                     log.warn("nbd client={} hung up on: no export chosen within {} s of connecting", c.peer(),
                             limits.handshake().toSeconds());
                     c.closeChannel();

@@ -26,7 +26,8 @@ import org.slf4j.LoggerFactory;
  * Work-conserving: a share that asks for nothing leaves its part to the others, and gains no
  * credit for it (its weight tag starts at the current virtual time when it asks again). A share
  * that was served by weight at least at its reservation's rate is not owed a reservation turn, so a
- * reservation is a floor, not an addition. Within a share, requests wait in a queue per {@link
+ * reservation is a floor, not an addition (a turn owed to the reservation costs nothing of the
+ * weight, and a turn by weight counts toward the reservation). Within a share, requests wait in a queue per {@link
  * Kind}, taken in turn, so a backlog of trims does not hold up a read behind it.
  *
  * The workers are few on purpose: the disk's queue is where a flood from one share would make
@@ -81,7 +82,7 @@ public final class Scheduler implements AutoCloseable {
     private int running;
     /** Requests waiting, in all shares. */
     private int waiting;
-    /** The weight tag of the last request dispatched: where a share that starts asking begins. */
+    /** The highest weight tag dispatched by weight: where a share that starts asking begins. */
     private double virtualTime;
     private boolean closed;
 
@@ -261,10 +262,16 @@ public final class Scheduler implements AutoCloseable {
             return t;
         }
 
-        /** Advances the share's tags for {@code t}, dispatched now. */
+        /**
+         * Advances the share's tags for {@code t}, dispatched now. A turn owed to its reservation
+         * costs it nothing of its weight (as in mClock); a turn by weight counts toward its
+         * reservation. The virtual time only moves forward, with turns by weight.
+         */
         private void charge(Task t, long now, boolean byReservation) {
-            virtualTime = weightTag;
-            weightTag += t.cost() / qos.weight();
+            if (!byReservation) {
+                virtualTime = Math.max(virtualTime, weightTag);
+                weightTag += t.cost() / qos.weight();
+            }
             if (qos.reservationIops() > 0) {
                 long interval = 1_000_000_000L / qos.reservationIops();
                 long due = Math.max(reservationDue + interval, now);

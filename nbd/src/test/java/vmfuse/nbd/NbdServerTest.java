@@ -32,7 +32,7 @@ class NbdServerTest {
     private final MemoryExport disk = new MemoryExport(64 * MIB);
     private final MemoryExport other = new MemoryExport(4 * MIB);
     /** Short timeouts, so that the watchdog's hang-ups are seen in a test. */
-    private static final NbdServer.Limits LIMITS = new NbdServer.Limits(8, Duration.ofSeconds(2),
+    private static final NbdServer.Limits LIMITS = new NbdServer.Limits(8, 8, Duration.ofSeconds(2),
             Duration.ofSeconds(2));
     private final Scheduler scheduler = new Scheduler(4);
     private NbdServer server;

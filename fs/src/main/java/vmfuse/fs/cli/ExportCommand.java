@@ -106,8 +106,8 @@ final class ExportCommand {
     }
 
     @Command(name = "remove", mixinStandardHelpOptions = true,
-            description = {"Forget an export: its user no longer sees its volumes (clients connected now keep their",
-                "connection until they hang up). The volumes themselves stay."})
+            description = {"Forget an export: its user no longer sees its volumes, and its clients connected now are",
+                "hung up on. The volumes themselves stay."})
     static final class Remove implements Callable<Integer> {
         @Parameters(index = "0", paramLabel = "NAME")
         String name;

@@ -144,12 +144,12 @@ public sealed interface Request {
             }
             case "export-add" -> {
                 arity(f[0], a, 6, 5 + 64, "NAME UID WEIGHT RESERVATION LIMIT VOLUME...");
-                yield new ExportAdd(a[0], number(a[1]), (int) number(a[2]), number(a[3]), number(a[4]),
+                yield new ExportAdd(a[0], number(a[1]), weight(a[2]), number(a[3]), number(a[4]),
                         Arrays.asList(a).subList(5, a.length));
             }
             case "export-set" -> {
                 arity(f[0], a, 4, 4, "NAME WEIGHT|- RESERVATION|- LIMIT|-");
-                yield new ExportSet(a[0], a[1].equals("-") ? null : (int) number(a[1]),
+                yield new ExportSet(a[0], a[1].equals("-") ? null : weight(a[1]),
                         a[2].equals("-") ? null : number(a[2]), a[3].equals("-") ? null : number(a[3]));
             }
             case "export-remove" -> {
@@ -158,6 +158,14 @@ public sealed interface Request {
             }
             default -> throw new FsException(Native.EINVAL, "unknown request '" + TsvField.escape(f[0]) + "'");
         };
+    }
+
+    private static int weight(String s) throws FsException {
+        long n = number(s);
+        if (n > Integer.MAX_VALUE) {
+            throw new FsException(Native.EINVAL, "weight " + n + " is not in 1..1000");
+        }
+        return (int) n;
     }
 
     private static long number(String s) throws FsException {

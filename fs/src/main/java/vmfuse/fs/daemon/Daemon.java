@@ -161,6 +161,9 @@ public final class Daemon {
             // the NBD door listens before the mount is made: a socket path that cannot be taken fails the mount
             ExportRegistry exports = ExportRegistry.load(store.disk(), store.exports(), scheduler);
             NbdServer nbd = listenNbd(o.nbdSocket(), new VolumeExports(backing, images, devices, exports), scheduler);
+            if (nbd != null) {
+                exports.onChange(nbd::revalidate);
+            }
             try {
                 mountAndServe(store, mnt, o, options, threads, ledger, journals, backing, fs, vms, nbd, exports,
                         scheduler);

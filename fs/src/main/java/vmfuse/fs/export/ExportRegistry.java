@@ -19,6 +19,7 @@ import vmfuse.durable.Disk;
 import vmfuse.fs.FsException;
 import vmfuse.fs.Node;
 import vmfuse.fs.TsvField;
+import vmfuse.fs.nativeio.Native;
 import vmfuse.nbd.Scheduler;
 
 /*
@@ -51,6 +52,9 @@ public final class ExportRegistry {
     private final UserPrincipal root;
     private final Map<String, Grant> grants = new TreeMap<>(); // guarded by this
     private final Map<String, UserPrincipal> users = new TreeMap<>(); // by export name; guarded by this
+    /** Lines of exports.tsv not understood at load: written back as they were, never dropped. */
+    private final List<String> unread = new ArrayList<>();
+    private volatile Runnable onChange = () -> { };
 
     private ExportRegistry(Disk disk, Path file, Scheduler scheduler) throws IOException {
         this.disk = disk;
@@ -80,16 +84,23 @@ public final class ExportRegistry {
                 r.check(g);
                 r.put(g);
             } catch (FsException | RuntimeException e) {
-                // kept out, not dropped: the file is rewritten only by a change an operator makes
+                // kept out of force, not dropped: a change an operator makes writes it back as it is
                 log.error("exports.tsv: ignoring line '{}': {}", TsvField.escape(line), e.getMessage());
+                r.unread.add(line);
             }
         }
         return r;
     }
 
+    /**
+     * The user of {@code uid}, by its name if it has one (a number is looked up as a name first,
+     * so "1001" could be another user's name); a uid with no name is looked up as its number.
+     * Principals compare by uid.
+     */
     private static UserPrincipal principal(long uid) throws IOException {
-        // a number that names no user is looked up as that uid; principals compare by uid
-        return FileSystems.getDefault().getUserPrincipalLookupService().lookupPrincipalByName(String.valueOf(uid));
+        String name = Native.userName(uid);
+        return FileSystems.getDefault().getUserPrincipalLookupService()
+                .lookupPrincipalByName(name != null ? name : String.valueOf(uid));
     }
 
     /** Checks a grant's fields and that none of its volumes is another export's. */
@@ -118,13 +129,22 @@ public final class ExportRegistry {
     }
 
     private void put(Grant g) throws FsException {
-        try {
-            users.put(g.name(), principal(g.uid()));
-        } catch (IOException e) {
-            throw new FsException(EINVAL, "uid " + g.uid() + ": " + e.getMessage());
-        }
+        users.put(g.name(), user(g.uid()));
         grants.put(g.name(), g);
         scheduler.set(g.name(), g.qos());
+    }
+
+    private static UserPrincipal user(long uid) throws FsException {
+        try {
+            return principal(uid);
+        } catch (IOException e) {
+            throw new FsException(EINVAL, "uid " + uid + ": " + e.getMessage());
+        }
+    }
+
+    /** Runs {@code r} after each change (the NBD server hangs up on clients that lost their volume). */
+    public void onChange(Runnable r) {
+        onChange = r;
     }
 
     /** Adds an export; EEXIST if the name is taken, EBUSY if a volume is another export's. */
@@ -133,10 +153,16 @@ public final class ExportRegistry {
             throw new FsException(EEXIST, "export " + g.name() + " exists");
         }
         check(g);
-        put(g);
-        save();
+        UserPrincipal user = user(g.uid());
+        Map<String, Grant> next = new TreeMap<>(grants);
+        next.put(g.name(), g);
+        save(next); // written before it is in force: what is in force is what a restart finds
+        grants.put(g.name(), g);
+        users.put(g.name(), user);
+        scheduler.set(g.name(), g.qos());
         log.info("export add export={} uid={} weight={} reservation_iops={} limit_iops={} volumes={}", g.name(),
                 g.uid(), g.qos().weight(), g.qos().reservationIops(), g.qos().limitIops(), g.volumes());
+        onChange.run();
     }
 
     /** Sets an export's controls; they apply to its next requests. ENOENT if there is none. */
@@ -146,24 +172,30 @@ public final class ExportRegistry {
             throw new FsException(ENOENT, "no export " + name);
         }
         Grant changed = new Grant(name, g.uid(), qos, g.volumes());
+        Map<String, Grant> next = new TreeMap<>(grants);
+        next.put(name, changed);
+        save(next);
         grants.put(name, changed);
         scheduler.set(name, qos);
-        save();
         return changed;
     }
 
     /**
-     * Removes an export: its uid sees its volumes no more and their requests are no longer
-     * counted in its share. Clients connected now keep their connections until they hang up.
+     * Removes an export: its uid sees its volumes no more, and its clients connected now are hung
+     * up on (by the change listener); their requests are no longer counted in its share.
      */
     public synchronized void remove(String name) throws FsException, IOException {
-        if (grants.remove(name) == null) {
+        if (!grants.containsKey(name)) {
             throw new FsException(ENOENT, "no export " + name);
         }
+        Map<String, Grant> next = new TreeMap<>(grants);
+        next.remove(name);
+        save(next);
+        grants.remove(name);
         users.remove(name);
         scheduler.set(name, Scheduler.Qos.DEFAULT);
-        save();
         log.info("export remove export={}", name);
+        onChange.run();
     }
 
     public synchronized Grant get(String name) {
@@ -212,15 +244,18 @@ public final class ExportRegistry {
         return null;
     }
 
-    private void save() throws IOException {
+    private void save(Map<String, Grant> all) throws IOException {
         StringBuilder b = new StringBuilder();
-        for (Grant g : grants.values()) {
+        for (Grant g : all.values()) {
             b.append(TsvField.escape(g.name())).append('\t').append(g.uid()).append('\t').append(g.qos().weight())
                     .append('\t').append(g.qos().reservationIops()).append('\t').append(g.qos().limitIops());
             for (String v : g.volumes()) {
                 b.append('\t').append(TsvField.escape(v));
             }
             b.append('\n');
+        }
+        for (String line : unread) {
+            b.append(line).append('\n');
         }
         disk.replace(file, b.toString().getBytes(StandardCharsets.UTF_8));
     }

@@ -25,13 +25,23 @@ final class VolumeExport implements Export {
     private static final Runtime RUNTIME = Runtime.getSystemRuntime();
 
     private final Volume volume;
+    private final WriterClaim claim;
 
-    VolumeExport(Volume volume) {
-        this.volume = volume;
+    /** What must hold before a client changes the volume: for an image, that the mount does not write it. */
+    @FunctionalInterface
+    interface WriterClaim {
+        void claim() throws FsException;
     }
 
+    VolumeExport(Volume volume, WriterClaim claim) {
+        this.volume = volume;
+        this.claim = claim;
+    }
+
+    /** EBUSY (another door writes the image) goes to the client as EPERM, which the protocol has. */
     private static ExportException fail(FsException e) {
-        return new ExportException(e.errno(), e.getMessage());
+        return new ExportException(e.errno() == vmfuse.fs.nativeio.Native.EBUSY ? vmfuse.fs.nativeio.Native.EPERM
+                : e.errno(), e.getMessage());
     }
 
     /** A pointer to {@code b}'s remaining bytes (a direct buffer: the server's). */
@@ -76,6 +86,7 @@ final class VolumeExport implements Export {
     @Override
     public void write(long offset, ByteBuffer src) throws ExportException {
         try {
+            claim.claim();
             int done = 0;
             int want = src.remaining();
             while (done < want) {
@@ -100,6 +111,7 @@ final class VolumeExport implements Export {
     @Override
     public void trim(long offset, long length) throws ExportException {
         try {
+            claim.claim();
             volume.punch(offset, length);
         } catch (FsException e) {
             throw fail(e);
@@ -109,6 +121,7 @@ final class VolumeExport implements Export {
     @Override
     public void zero(long offset, long length, boolean noHole) throws ExportException {
         try {
+            claim.claim();
             if (noHole) { // zeros that keep their space: punched, then allocated again
                 volume.punch(offset, length);
                 volume.allocate(offset, length, true);

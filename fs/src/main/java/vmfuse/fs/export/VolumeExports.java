@@ -13,6 +13,8 @@ import vmfuse.fs.Node;
 import vmfuse.fs.images.ImageFiles;
 import vmfuse.fs.images.ImagesDir;
 import vmfuse.fs.journals.JournalFiles;
+import vmfuse.fs.volume.Door;
+import vmfuse.fs.volume.ImageVolume;
 import vmfuse.nbd.Export;
 import vmfuse.nbd.ExportException;
 import vmfuse.nbd.Exports;
@@ -39,6 +41,12 @@ public final class VolumeExports implements Exports {
         this.images = images;
         this.journals = journals;
         this.registry = registry;
+    }
+
+    /** Root, and users with an export; anyone else could see nothing. */
+    @Override
+    public boolean admits(Peer peer) {
+        return peer.user() != null && (registry.isRoot(peer.user()) || !registry.volumesOf(peer.user()).isEmpty());
     }
 
     @Override
@@ -101,8 +109,14 @@ public final class VolumeExports implements Exports {
         }
         try {
             return switch (n.kind()) {
-                case IMAGE_ENTRY -> dir.exists(n.name()) ? new VolumeExport(images.open(n.name(), O_RDWR)) : null;
-                case JOURNAL -> new VolumeExport(journals.open(n.name()));
+                case IMAGE_ENTRY -> {
+                    if (!dir.exists(n.name())) {
+                        yield null;
+                    }
+                    ImageVolume v = images.open(n.name(), O_RDWR, Door.NBD);
+                    yield new VolumeExport(v, () -> images.claimWriter(v, Door.NBD));
+                }
+                case JOURNAL -> new VolumeExport(journals.open(n.name()), () -> { });
                 default -> null;
             };
         } catch (FsException e) {

@@ -20,6 +20,7 @@ import vmfuse.fs.nativeio.LibC;
 import vmfuse.fs.nativeio.StructStat;
 import vmfuse.fs.space.HolePuncher;
 import vmfuse.fs.space.ReleaseLedger;
+import vmfuse.fs.volume.Door;
 import vmfuse.fs.volume.ImageVolume;
 import vmfuse.reclaimer.ImageHold;
 import vmfuse.reclaimer.WriteTracker;
@@ -102,11 +103,51 @@ public final class ImageFiles {
         log.info("rmdir folder={}", path);
     }
 
-    /** Opens an existing image, once the reclaimer does not hold it. */
-    public ImageVolume open(String name, int flags) throws FsException {
+    /**
+     * Opens an existing image, once the reclaimer does not hold it. Through the mount, an open for
+     * writing writes the image from here on ({@link #claimWriter}); through the NBD socket, an
+     * open writes from its first write, so clients that only read never hold off the mount's.
+     */
+    public ImageVolume open(String name, int flags, Door door) throws FsException {
         synchronized (held) {
             awaitRelease(name);
-            return volume(dir.openImage(name, flags), name);
+            ImageVolume v = volume(dir.openImage(name, flags), name);
+            if (door == Door.MOUNT && (flags & O_ACCMODE) != O_RDONLY) {
+                claimOrClose(v, door);
+            }
+            return v;
+        }
+    }
+
+    private void claimOrClose(ImageVolume v, Door door) throws FsException {
+        try {
+            claimWriter(v, door);
+        } catch (FsException e) {
+            v.close();
+            throw e;
+        }
+    }
+
+    /**
+     * One door writes an image at a time, as QEMU's image locking promises on a file: {@code v}
+     * may write through {@code door} unless an open of the other door writes the same image now
+     * (EBUSY, naming it). Opens of one door share it: the kernel's locks order the mount's
+     * writers, and one NBD client's connections are one writer.
+     */
+    public void claimWriter(ImageVolume v, Door door) throws FsException {
+        if (v.writer() == door) {
+            return;
+        }
+        synchronized (held) {
+            String name = v.name();
+            for (ImageVolume o : open) {
+                Door w = o.writer();
+                if (o != v && w != null && w != door && !o.unlinked() && !v.unlinked() && name.equals(o.name())) {
+                    throw new FsException(EBUSY, "image " + name + " is being written through the " + w.label()
+                            + "; one door writes an image at a time (it can be read through both)");
+                }
+            }
+            v.writer(door);
         }
     }
 
@@ -124,7 +165,11 @@ public final class ImageFiles {
                 }
             }
             log.info("create image={} mode={}", name, Integer.toOctalString(mode & 07777));
-            return volume(fd, name);
+            ImageVolume v = volume(fd, name);
+            if ((flags & O_ACCMODE) != O_RDONLY) {
+                claimOrClose(v, Door.MOUNT);
+            }
+            return v;
         }
     }
 

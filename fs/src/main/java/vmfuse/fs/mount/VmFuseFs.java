@@ -27,6 +27,7 @@ import vmfuse.fs.images.ImagesDir;
 import vmfuse.fs.journals.JournalFiles;
 import vmfuse.fs.nativeio.LibC;
 import vmfuse.fs.space.HolePuncher;
+import vmfuse.fs.volume.Door;
 import vmfuse.fs.volume.ImageVolume;
 import vmfuse.fs.volume.Volume;
 import vmfuse.reclaimer.ImageHold;
@@ -372,7 +373,7 @@ public final class VmFuseFs extends FuseStubFS {
         return call("open", path, () -> {
             Node n = fileNode(path);
             if (n.kind() == Node.Kind.IMAGE_ENTRY) {
-                return opened(images.open(n.name(), fi.flags.get()), fi);
+                return opened(images.open(n.name(), fi.flags.get(), Door.MOUNT), fi);
             }
             Volume v = journals.open(n.name());
             if ((fi.flags.get() & O_TRUNC) != 0) {

@@ -22,6 +22,9 @@ public interface LibC {
 
     void free(Pointer p);
 
+    /** The passwd entry of {@code uid} (its first field, char *pw_name), or null; not thread-safe: see Native. */
+    Pointer getpwuid(int uid);
+
     @SaveError int openat(int dirfd, String path, int flags, int mode);
     @SaveError int open(String path, int flags, int mode);
     @SaveError int close(int fd);

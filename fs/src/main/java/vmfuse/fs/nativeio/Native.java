@@ -85,4 +85,14 @@ public final class Native {
     public static String strerror(int errno) {
         return Errno.valueOf(errno).description();
     }
+
+    /** The user name of {@code uid}, or null if it has none (getpwuid, serialized: its result is static). */
+    public static synchronized String userName(long uid) {
+        jnr.ffi.Pointer pw = LibC.INSTANCE.getpwuid((int) uid);
+        if (pw == null) {
+            return null;
+        }
+        jnr.ffi.Pointer name = pw.getPointer(0);
+        return name == null ? null : name.getString(0);
+    }
 }

@@ -38,6 +38,8 @@ public final class ImageVolume implements Volume {
     private final OnClose<ImageVolume> onClose;
     private volatile String name;
     private volatile boolean unlinked;
+    /** The door this open writes the image through, once it may (ImageFiles#claimWriter); null: it reads. */
+    private volatile Door writer;
     private final AtomicBoolean closed = new AtomicBoolean();
 
     /**
@@ -71,6 +73,15 @@ public final class ImageVolume implements Volume {
 
     public void markUnlinked() {
         unlinked = true;
+    }
+
+    public Door writer() {
+        return writer;
+    }
+
+    /** Set by ImageFiles, which checks that no open of the other door writes the image. */
+    public void writer(Door door) {
+        writer = door;
     }
 
     /** The backing descriptor, for a door that can splice from it (FUSE's read_buf). */

@@ -17,6 +17,7 @@ import org.junit.jupiter.api.io.TempDir;
 import vmfuse.fs.FsException;
 import vmfuse.fs.space.HolePuncher;
 import vmfuse.fs.space.ReleaseLedger;
+import vmfuse.fs.volume.Door;
 import vmfuse.fs.volume.ImageVolume;
 
 /** The images' namespace below the doors: renames of folders with what is open and counted in them, and the limits. */
@@ -95,5 +96,32 @@ class ImageFilesTest {
         assertEquals(EBUSY, assertThrows(FsException.class, () -> files.rmdir("t")).errno());
         Files.writeString(images.resolve("t/other.raw"), "");
         assertEquals(ENOTEMPTY, assertThrows(FsException.class, () -> files.rmdir("t")).errno());
+    }
+
+    /** One door writes an image at a time; either reads it; a door's own opens share it. */
+    @Test
+    void oneDoorWritesAnImageAtATime() throws Exception {
+        files.create("vm.raw", O_RDWR, 0644, 0, 0).close();
+        ImageVolume mount = files.open("vm.raw", O_RDWR, Door.MOUNT);
+        ImageVolume mount2 = files.open("vm.raw", O_RDWR, Door.MOUNT); // QEMU and qemu-img: the kernel's locks decide
+        ImageVolume nbd = files.open("vm.raw", O_RDWR, Door.NBD); // opening is not writing
+        FsException busy = assertThrows(FsException.class, () -> files.claimWriter(nbd, Door.NBD));
+        assertEquals(EBUSY, busy.errno());
+        assertTrue(busy.getMessage().contains("being written through the mount"), busy.getMessage());
+        mount.close();
+        assertThrows(FsException.class, () -> files.claimWriter(nbd, Door.NBD), "one writer through the mount is left");
+        mount2.close();
+        files.claimWriter(nbd, Door.NBD);
+        ImageVolume nbd2 = files.open("vm.raw", O_RDWR, Door.NBD);
+        files.claimWriter(nbd2, Door.NBD); // another connection of the NBD door
+        FsException back = assertThrows(FsException.class, () -> files.open("vm.raw", O_WRONLY, Door.MOUNT));
+        assertEquals(EBUSY, back.errno());
+        assertTrue(back.getMessage().contains("through the NBD socket"), back.getMessage());
+        assertEquals(Map.of("vm.raw", 2), files.openCounts(), "the refused open was closed");
+        files.open("vm.raw", O_RDONLY, Door.MOUNT).close(); // reading through the mount goes on
+        nbd.close();
+        nbd2.close();
+        files.open("vm.raw", O_RDWR, Door.MOUNT).close();
+        files.create("other.raw", O_RDWR, 0644, 0, 0).close(); // another image is no one's business
     }
 }

@@ -173,4 +173,46 @@ class NbdExportTest {
             other.close();
         }
     }
+
+    /**
+     * One door writes an image at a time: while a process has it open for writing through the
+     * mount, NBD clients read it but their writes are refused (EPERM, the reason logged); while an
+     * NBD client writes it, an open for writing through the mount is refused (EBUSY).
+     */
+    @Test
+    void oneDoorWritesAnImageAtATimeAndBothRead() throws Exception {
+        Proc.ok("qemu-img", "create", "-q", "-f", "raw", m.image("one.raw").toString(), "8M");
+        Proc.ok("qemu-io", "-f", "raw", "-c", "write -P 0x11 0 1M", m.image("one.raw").toString());
+        try (java.nio.channels.FileChannel writer = java.nio.channels.FileChannel.open(m.image("one.raw"),
+                java.nio.file.StandardOpenOption.WRITE)) {
+            Proc.ok("qemu-io", "-f", "raw", "-c", "read -P 0x11 0 1M", uri("images/one.raw"));
+            Proc.Result w = Proc.run("qemu-io", "-f", "raw", "-c", "write -P 0x22 0 4k", uri("images/one.raw"));
+            assertTrue(w.exit() != 0 || w.out().contains("Operation not permitted"), w.describe());
+            Poll.until(() -> m.log().contains("image one.raw is being written through the mount"), m::log);
+        }
+        Proc.ok("qemu-io", "-f", "raw", "-c", "read -P 0x11 0 1M", m.image("one.raw").toString()); // nothing landed
+        // an NBD client that writes, then holds its connection 4 s
+        Proc.Background holder = Proc.start("python3", "-c", String.join("\n",
+                "import socket, struct, sys, time",
+                "s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); s.recv(18, socket.MSG_WAITALL)",
+                "s.sendall(struct.pack('>I', 3)); name = b'images/one.raw'",
+                "s.sendall(b'IHAVEOPT' + struct.pack('>III', 7, 4 + len(name) + 2, len(name)) + name + struct.pack('>H', 0))",
+                "while True:",
+                "    magic, o, t, n = struct.unpack('>QIII', s.recv(20, socket.MSG_WAITALL))",
+                "    if n: s.recv(n, socket.MSG_WAITALL)",
+                "    if t == 1: break",
+                "s.sendall(struct.pack('>IHHQQI', 0x25609513, 0, 1, 1, 0, 4096) + b'\\x33' * 4096)",
+                "print('written', struct.unpack('>IIQ', s.recv(16, socket.MSG_WAITALL))[1], flush=True)",
+                "time.sleep(4)"), socket.toString());
+        try {
+            Poll.until(() -> holder.output().contains("written 0"), holder::output);
+            Proc.Result fuse = Proc.run("qemu-io", "-f", "raw", "-c", "write -P 0x44 0 4k", m.image("one.raw").toString());
+            assertTrue(fuse.exit() != 0, "an open for writing through the mount is refused: " + fuse.describe());
+            Proc.ok("qemu-io", "-f", "raw", "-r", "-c", "read -P 0x33 0 4k", m.image("one.raw").toString());
+        } finally {
+            holder.close();
+        }
+        Poll.until(() -> Proc.run("qemu-io", "-f", "raw", "-c", "write -P 0x44 0 4k", m.image("one.raw").toString())
+                .ok(), () -> "the mount writes again once the NBD client is gone\n" + m.log());
+    }
 }

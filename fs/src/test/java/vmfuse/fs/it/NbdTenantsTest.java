@@ -92,7 +92,9 @@ class NbdTenantsTest {
 
         assertEquals(Set.of("images/t1/a.raw", "journals/j1"), listAs(NOBODY));
         assertEquals(Set.of("images/b.raw"), listAs(DAEMON));
-        assertEquals(Set.of(), listAs(BIN), "a user given nothing sees nothing");
+        Proc.Result none = as(BIN, "nbdinfo", "--list", uri(""));
+        assertTrue(none.exit() != 0, "a user given nothing is hung up on: " + none.describe());
+        Poll.until(() -> m.log().contains("(bin) refused: its user has no export here"), m::log);
         assertEquals(Set.of("images/t1/a.raw", "images/b.raw", "images/c.raw", "journals/j1"), listAs(null),
                 "root sees every volume");
 
@@ -106,8 +108,8 @@ class NbdTenantsTest {
             {DAEMON, "images/t1/a.raw"}, {BIN, "images/b.raw"}}) {
             Proc.Result r = as(refused[0], "qemu-io", "-f", "raw", "-c", "write -P 0x66 0 4k", uri(refused[1]));
             assertTrue(r.exit() != 0, refused[0] + " opened " + refused[1] + ": " + r.describe());
-            assertTrue(r.err().contains("not available") || r.err().contains("unknown") || r.err().contains("No such"),
-                    "refused as an export that is not there: " + r.describe());
+            assertTrue(refused[0].equals(BIN) || r.err().contains("not available") || r.err().contains("unknown")
+                    || r.err().contains("No such"), "refused as an export that is not there: " + r.describe());
         }
         Proc.ok("qemu-io", "-f", "raw", "-c", "read -P 0 0 16M", m.image("b.raw").toString()); // nothing written
         Proc.ok("qemu-io", "-f", "raw", "-c", "read -P 0 0 16M", m.image("c.raw").toString());
@@ -123,8 +125,26 @@ class NbdTenantsTest {
         m.umount().assertOk();
         m.mount("--nbd", "unix:" + socket);
         assertEquals(Set.of("images/t1/a.raw", "journals/j1"), listAs(NOBODY), "kept in the store across a remount");
-        m.vmfuse("export", "remove", "t1", m.mnt.toString()).assertOk();
-        assertEquals(Set.of(), listAs(NOBODY), "removed: its user sees nothing");
+        Proc.Background connected = Proc.start("runuser", "-u", NOBODY, "--", "python3", "-c", String.join("\n",
+                "import socket, struct, sys",
+                "s = socket.socket(socket.AF_UNIX); s.settimeout(60); s.connect(sys.argv[1]); s.recv(18, socket.MSG_WAITALL)",
+                "s.sendall(struct.pack('>I', 3)); name = b'images/t1/a.raw'",
+                "s.sendall(b'IHAVEOPT' + struct.pack('>III', 7, 4 + len(name) + 2, len(name)) + name + struct.pack('>H', 0))",
+                "while True:",
+                "    magic, o, t, n = struct.unpack('>QIII', s.recv(20, socket.MSG_WAITALL))",
+                "    if n: s.recv(n, socket.MSG_WAITALL)",
+                "    if t == 1: break",
+                "print('open', flush=True)",
+                "print('hung-up' if s.recv(1) == b'' else 'data', flush=True)"), socket.toString());
+        try {
+            Poll.until(() -> connected.output().contains("open"), connected::output);
+            m.vmfuse("export", "remove", "t1", m.mnt.toString()).assertOk();
+            Poll.until(() -> connected.output().contains("hung-up"), connected::output);
+        } finally {
+            connected.close();
+        }
+        Poll.until(() -> m.log().contains("export=images/t1/a.raw hung up on: it is no longer this client's"), m::log);
+        assertTrue(as(NOBODY, "nbdinfo", "--list", uri("")).exit() != 0, "removed: its user is hung up on");
         assertEquals(Set.of("images/b.raw"), listAs(DAEMON));
         Poll.until(() -> m.log().contains("export remove export=t1"), m::log);
     }
