@@ -21,6 +21,11 @@ fio --name=fill --filename="$img" --size=1G --rw=write --bs=1M --ioengine=psync 
     --output-format=terse >/dev/null # every target overwrites allocated blocks; none pays allocation
 "$repo/bin/vmfuse" mount --store "$W/store" --nbd "unix:$W/vmfuse.sock" ${BENCH_IO_WORKERS:+--io-workers $BENCH_IO_WORKERS} "$W/mnt"
 "$repo/bin/vmfuse" journal create --size 256M bench "$W/mnt" >/dev/null
+# two tenants for the isolation rows: a flusher on bench.raw, a streamer on stream.raw
+fio --name=fill --filename="$W/store/images/stream.raw" --size=1G --rw=write --bs=1M --ioengine=psync \
+    --end_fsync=1 --output-format=terse >/dev/null
+"$repo/bin/vmfuse" export add flusher --uid 0 --image images/bench.raw "$W/mnt"
+"$repo/bin/vmfuse" export add streamer --uid 0 --image images/stream.raw "$W/mnt"
 # the peers at their best settings here: qemu-nbd with its page cache and io_uring (faster than
 # --aio=threads in a run of fio at depth 16: 34.6k against 21.5k 4K writes/s); nbdkit's file
 # plugin with its default (parallel) thread model
@@ -44,4 +49,7 @@ python3 "$repo/scripts/bench/nbd_bench.py" "[
   [\"qemu-nbd\", \"nbd\", \"nbd+unix:///?socket=$W/qemu-nbd.sock\"],
   [\"nbdkit\", \"nbd\", \"nbd+unix:///?socket=$W/nbdkit.sock\"]]" "[
   [\"vmfuse-fuse\", \"file\", \"$W/mnt/journals/bench\"],
-  [\"vmfuse-nbd\", \"nbd\", \"nbd+unix:///journals/bench?socket=$W/vmfuse.sock\"]]"
+  [\"vmfuse-nbd\", \"nbd\", \"nbd+unix:///journals/bench?socket=$W/vmfuse.sock\"]]" "[
+  [[\"native\", \"file\", \"$img\"], [\"stream\", \"file\", \"$W/store/images/stream.raw\"]],
+  [[\"vmfuse-nbd\", \"nbd\", \"nbd+unix:///images/bench.raw?socket=$W/vmfuse.sock\"],
+   [\"streamer\", \"nbd\", \"nbd+unix:///images/stream.raw?socket=$W/vmfuse.sock\"]]]"

@@ -8,9 +8,10 @@ before every read row; write rows end with a flush. Every row runs BENCH_ROUNDS 
 3), the targets interleaved within each round; the table shows the median, then says which
 targets were met.
 
-Usage: nbd_bench.py TARGETS_JSON JOURNAL_JSON   (run by scripts/bench-nbd.sh as root)
-  TARGETS_JSON  [[name, "file"|"nbd", path or URI], ...], the first the native file
-  JOURNAL_JSON  [[name, "file"|"nbd", path or URI], ...], one journal device through each door
+Usage: nbd_bench.py TARGETS_JSON JOURNAL_JSON [ISOLATION_JSON]   (run by scripts/bench-nbd.sh as root)
+  TARGETS_JSON    [[name, "file"|"nbd", path or URI], ...], the first the native file
+  JOURNAL_JSON    [[name, "file"|"nbd", path or URI], ...], one journal device through each door
+  ISOLATION_JSON  [flusher, streamer]: two exports of two tenants of one vmfuse
 """
 import json
 import os
@@ -98,6 +99,26 @@ def flush_lat(target, count=2000):
 JOURNAL_ROW = ("journal 4K write+flush", "IOPS", flush_lat, False)
 
 
+def isolation(flusher, streamer):
+    """p99 of 4 KiB write+flush on one export alone, then beside 1 MiB writes at depth 8 on another."""
+    alone = flush_lat(flusher, 1500)[2]
+    fio_args = ["fio", "--name=stream", "--rw=write", "--bs=1M", "--iodepth=8", "--time_based", "--runtime=60",
+                "--output-format=terse"]
+    if streamer[1] == "nbd":
+        fio_args += ["--ioengine=nbd", f"--uri={streamer[2]}"]
+    else:
+        fio_args += ["--ioengine=io_uring", f"--filename={streamer[2]}"]
+    stream = subprocess.Popen(fio_args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        import time
+        time.sleep(2)  # the stream under way
+        beside = flush_lat(flusher, 1500)[2]
+    finally:
+        stream.kill()
+        stream.wait(timeout=60)
+    return alone, beside
+
+
 def median(xs):
     xs = sorted(xs)
     return xs[len(xs) // 2]
@@ -152,6 +173,26 @@ def main():
         verdicts.append(("journal device: 4K write+flush p99 through NBD below FUSE", nbd_p99 < fuse_p99,
                          f"{nbd_p99:.3f} vs {fuse_p99:.3f} ms"))
         print()
+    if ONLY in "isolation" and len(sys.argv) > 3:
+        pairs = json.loads(sys.argv[3])  # [[flusher, streamer], ...], the first on native files
+        print("isolation: 4K write+flush p99 on one image, alone and beside 1 MiB writes at depth 8 on another "
+              "(for vmfuse: two tenants, equal weights)")
+        ratios = {}
+        for flusher, streamer in pairs:
+            runs = []
+            for _ in range(ROUNDS):
+                runs.append(isolation(flusher, streamer))
+            alone = median([r[0] for r in runs])
+            beside = median([r[1] for r in runs])
+            ratios[flusher[0]] = (alone, beside)
+            print(f"{'p99 alone':24s} {flusher[0]:12s} {alone:10.3f} ms")
+            print(f"{'p99 beside the stream':24s} {flusher[0]:12s} {beside:10.3f} ms {beside / alone:8.2f}x")
+        print()
+        alone, beside = ratios["vmfuse-nbd"]
+        floor = ratios[pairs[0][0][0]]
+        verdicts.append(("isolation: a flushing tenant's p99 beside a streaming one within 2x of alone",
+                         beside <= 2 * alone, f"{beside / alone:.2f}x; the native files in the same run: "
+                         f"{floor[1] / floor[0]:.2f}x, the disk's own"))
     print("targets:")
     for what, met, detail in verdicts:
         print(f"  {'met    ' if met else 'NOT MET'}  {what} ({detail})")

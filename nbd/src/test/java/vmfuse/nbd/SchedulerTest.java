@@ -91,6 +91,44 @@ class SchedulerTest {
         }
     }
 
+    /**
+     * What keeps a flushing tenant's latency near its solo latency beside a streaming one: its
+     * request, arriving behind another share's backlog of 1 MiB writes, is the next one done.
+     */
+    @Test
+    void aShareThatAsksRarelyGoesNextPastAnotherSharesBacklog() throws Exception {
+        try (Scheduler s = new Scheduler(1)) {
+            Scheduler.Share stream = s.share("stream");
+            Scheduler.Share flusher = s.share("flusher");
+            CountDownLatch done = new CountDownLatch(201);
+            CountDownLatch open = gate(s);
+            for (int i = 0; i < 200; i++) {
+                stream.submit(Scheduler.Kind.WRITE, 1 << 20, () -> { // 1 ms each: the backlog lasts
+                    try {
+                        Thread.sleep(1);
+                    } catch (InterruptedException e) {
+                        Thread.currentThread().interrupt();
+                    }
+                    order.add("stream");
+                    done.countDown();
+                });
+            }
+            open.countDown();
+            while (order.size() < 50) { // the stream has been served a while
+                Thread.sleep(1);
+            }
+            int at = order.size();
+            flusher.submit(Scheduler.Kind.FLUSH, 0, () -> {
+                order.add("flusher");
+                done.countDown();
+            });
+            assertTrue(done.await(20, TimeUnit.SECONDS));
+            assertTrue(at < 150, "the stream still had a backlog: " + at);
+            int served = order.indexOf("flusher");
+            assertTrue(served <= at + 2, "the flush went at " + served + ", submitted when " + at + " were done");
+        }
+    }
+
     @Test
     void eachKindOfRequestTakesItsTurnWithinAShare() throws Exception {
         try (Scheduler s = new Scheduler(1)) {
