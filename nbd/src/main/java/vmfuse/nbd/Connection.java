@@ -18,6 +18,7 @@ import java.util.concurrent.ExecutionException;
 import java.util.concurrent.locks.Condition;
 import java.util.concurrent.locks.ReentrantLock;
 
+import org.bouncycastle.tls.TlsServerProtocol;
 import org.slf4j.Logger;
 import org.slf4j.LoggerFactory;
 
@@ -54,7 +55,11 @@ final class Connection implements Runnable {
 
     private final SocketChannel ch;
     private final Exports exports;
-    private final Peer peer;
+    private volatile Peer peer;
+    /** Keys for TLS, which this listener requires (TCP); null: no TLS here (the unix socket). */
+    private final TlsPsk tlsPsk;
+    /** The TLS session once STARTTLS is done; null before (and on the unix socket). */
+    private volatile Tls tls;
     private final Scheduler scheduler;
     private final Buffers buffers;
     /** What the client sent and was not yet taken: several requests' headers come in one read. */
@@ -82,7 +87,8 @@ final class Connection implements Runnable {
     private volatile long payloadSince;
 
     /** Closed by the server at its end ({@link #closeChannel}): the connection stops at its next read. */
-    Connection(SocketChannel ch, Exports exports, Peer peer, Scheduler scheduler, Buffers buffers) {
+    Connection(SocketChannel ch, Exports exports, Peer peer, Scheduler scheduler, Buffers buffers, TlsPsk tlsPsk) {
+        this.tlsPsk = tlsPsk;
         this.ch = ch;
         this.exports = exports;
         this.peer = peer;
@@ -165,7 +171,15 @@ final class Connection implements Runnable {
                 throw new Broken("option " + option + " of " + length + " bytes, at most " + MAX_OPTION);
             }
             ByteBuffer data = read((int) length);
+            if (tlsPsk != null && tls == null && option != OPT_STARTTLS && option != OPT_ABORT) {
+                if (option == OPT_EXPORT_NAME) { // it cannot be answered with an error: hung up on
+                    throw new Broken("EXPORT_NAME before STARTTLS, where TLS is required");
+                }
+                error(option, REP_ERR_TLS_REQD, "TLS is required here: NBD_OPT_STARTTLS first");
+                continue;
+            }
             switch (option) {
+                case OPT_STARTTLS -> startTls(option, data);
                 case OPT_EXPORT_NAME -> {
                     String name = string(data, data.remaining());
                     try {
@@ -822,16 +836,18 @@ final class Connection implements Runnable {
     private void reply(Reply r) {
         out.lock();
         try {
+            boolean sent = false;
             if (!dead && pending.isEmpty()) {
                 try {
-                    while (ch.write(r.data()) > 0 && !r.sent()) {
+                    while (writeSome(r.data()) > 0 && !r.sent()) {
                         // the socket takes more
                     }
+                    sent = r.sent() && flushed();
                 } catch (IOException e) {
                     lost(e);
                 }
             }
-            if (!dead && !r.sent()) {
+            if (!dead && !sent) {
                 pending.addLast(r);
                 outPending.signal();
                 return;
@@ -860,8 +876,8 @@ final class Connection implements Runnable {
             }
             try {
                 sendingSince = System.nanoTime();
-                while (!dead && !r.sent()) {
-                    if (ch.write(r.data()) == 0) {
+                while (!dead && !(r.sent() && flushed())) {
+                    if (writeSome(r.data()) == 0 && !(r.sent() && flushed())) {
                         awaitWritable();
                     }
                 }
@@ -972,10 +988,10 @@ final class Connection implements Runnable {
             }
             int n;
             if (dst.remaining() >= in.capacity()) {
-                n = ch.read(dst);
+                n = readSome(dst);
             } else {
                 in.clear();
-                n = ch.read(in);
+                n = readSome(in);
                 in.flip();
             }
             if (n < 0) {
@@ -1002,9 +1018,169 @@ final class Connection implements Runnable {
     /** Sends all of {@code bs}, waiting for the socket as long as it takes (the watchdog bounds it). */
     private void send(ByteBuffer... bs) throws IOException {
         Reply r = new Reply(bs, null);
-        while (!r.sent()) {
-            if (ch.write(bs) == 0) {
+        while (!(r.sent() && flushed())) {
+            if (writeSome(bs) == 0 && !(r.sent() && flushed())) {
                 awaitWritable();
+            }
+        }
+    }
+
+    /** What the client sent, into {@code dst}: through TLS once it is on. 0 if nothing now, -1 at its end. */
+    private int readSome(ByteBuffer dst) throws IOException {
+        Tls t = tls;
+        return t == null ? ch.read(dst) : t.read(dst);
+    }
+
+    /** Sends what of {@code src} the socket takes now (through TLS once it is on); the bytes of {@code src} taken. */
+    private long writeSome(ByteBuffer[] src) throws IOException {
+        Tls t = tls;
+        return t == null ? ch.write(src) : t.write(src);
+    }
+
+    /** Whether everything taken is on the socket (TLS may hold records it has not sent yet). */
+    private boolean flushed() throws IOException {
+        Tls t = tls;
+        return t == null || t.flush();
+    }
+
+    // ---- TLS ---------------------------------------------------------------------------------
+
+    /**
+     * STARTTLS: acknowledged in the clear, then the TLS handshake with the client's pre-shared
+     * key; from here on everything goes through TLS, and the client is the tenant of the identity
+     * it proved it holds the key of. ERR_UNSUP where no TLS is offered (the unix socket).
+     */
+    private void startTls(int option, ByteBuffer data) throws IOException, Broken {
+        if (tlsPsk == null) {
+            error(option, REP_ERR_UNSUP, "no TLS on this socket: its clients are told apart by their uid");
+            return;
+        }
+        if (tls != null || data.hasRemaining()) {
+            error(option, REP_ERR_INVALID, tls != null ? "TLS is on already" : "STARTTLS takes no data");
+            return;
+        }
+        optionReply(option, REP_ACK, ByteBuffer.allocate(0));
+        Tls t = new Tls();
+        byte[] early = new byte[in.remaining()]; // what the client sent past STARTTLS is its TLS already
+        in.get(early);
+        t.start(early);
+        tls = t;
+        try {
+            t.handshake();
+        } catch (IOException e) {
+            throw new Broken("TLS handshake failed: " + e.getMessage());
+        }
+        peer = peer.withTlsIdentity(t.identity[0]);
+        log.info("nbd client={} TLS on: identity {}", peer, t.identity[0]);
+    }
+
+    /** One connection's TLS session, in BouncyCastle's non-blocking mode over the channel. */
+    private final class Tls {
+        private final TlsServerProtocol protocol = new TlsServerProtocol();
+        private final String[] identity = new String[1];
+        private final ByteBuffer net = ByteBuffer.allocate(32 * 1024);
+        /** Records made and not yet on the socket. Guarded by this. */
+        private ByteBuffer records = ByteBuffer.allocate(0);
+
+        void start(byte[] early) throws IOException {
+            synchronized (this) {
+                protocol.accept(tlsPsk.server(identity));
+                if (early.length > 0) {
+                    protocol.offerInput(early);
+                }
+            }
+        }
+
+        /** Runs the handshake to its end (the watchdog bounds it: a stalled client is hung up on). */
+        void handshake() throws IOException {
+            while (true) {
+                while (!flush()) {
+                    awaitWritable();
+                }
+                synchronized (this) {
+                    if (!protocol.isHandshaking()) {
+                        break;
+                    }
+                }
+                net.clear();
+                int n = ch.read(net);
+                if (n < 0) {
+                    throw new EOFException("the client hung up in the TLS handshake");
+                }
+                if (n == 0) {
+                    readable.select();
+                    readable.selectedKeys().clear();
+                    if (!ch.isOpen()) {
+                        throw new ClosedChannelException();
+                    }
+                    continue;
+                }
+                synchronized (this) {
+                    protocol.offerInput(net.array(), 0, n);
+                }
+            }
+            if (identity[0] == null) {
+                throw new IOException("no identity");
+            }
+        }
+
+        int read(ByteBuffer dst) throws IOException {
+            synchronized (this) {
+                if (protocol.getAvailableInputBytes() > 0) {
+                    return protocol.readInput(dst, Math.min(dst.remaining(), protocol.getAvailableInputBytes()));
+                }
+            }
+            net.clear();
+            int n = ch.read(net);
+            if (n <= 0) {
+                return n;
+            }
+            synchronized (this) {
+                protocol.offerInput(net.array(), 0, n);
+                flush();
+                if (protocol.isClosed() && protocol.getAvailableInputBytes() == 0) {
+                    return -1; // close_notify
+                }
+                int avail = protocol.getAvailableInputBytes();
+                return avail == 0 ? 0 : protocol.readInput(dst, Math.min(dst.remaining(), avail));
+            }
+        }
+
+        /** Encrypts up to 64 KiB of {@code src} once what was encrypted before is on the socket; the bytes taken. */
+        synchronized long write(ByteBuffer[] src) throws IOException {
+            if (!flush()) {
+                return 0;
+            }
+            long taken = 0;
+            for (ByteBuffer b : src) {
+                while (b.hasRemaining() && taken < 64 * 1024) {
+                    int n = (int) Math.min(b.remaining(), 64 * 1024 - taken);
+                    byte[] plain = new byte[n];
+                    b.get(plain);
+                    protocol.writeApplicationData(plain, 0, n);
+                    taken += n;
+                }
+            }
+            flush();
+            return taken;
+        }
+
+        /** Puts what TLS made on the socket as far as it takes it; true if all of it is there. */
+        synchronized boolean flush() throws IOException {
+            while (true) {
+                if (!records.hasRemaining()) {
+                    int avail = protocol.getAvailableOutputBytes();
+                    if (avail == 0) {
+                        return true;
+                    }
+                    byte[] b = new byte[avail];
+                    protocol.readOutput(b, 0, avail);
+                    records = ByteBuffer.wrap(b);
+                }
+                ch.write(records);
+                if (records.hasRemaining()) {
+                    return false;
+                }
             }
         }
     }

@@ -1,6 +1,7 @@
 package vmfuse.nbd;
 
 import java.io.IOException;
+import java.net.InetSocketAddress;
 import java.net.StandardProtocolFamily;
 import java.net.UnixDomainSocketAddress;
 import java.nio.channels.ClosedChannelException;
@@ -14,6 +15,8 @@ import java.nio.file.attribute.BasicFileAttributes;
 import java.nio.file.attribute.PosixFilePermissions;
 import java.nio.file.attribute.UserPrincipal;
 import java.time.Duration;
+import java.util.ArrayList;
+import java.util.List;
 import java.util.Set;
 import java.util.concurrent.ConcurrentHashMap;
 import java.util.concurrent.atomic.AtomicLong;
@@ -33,8 +36,25 @@ import org.slf4j.LoggerFactory;
 public final class NbdServer implements AutoCloseable {
     private static final Logger log = LoggerFactory.getLogger(NbdServer.class);
 
-    private final Path socket;
-    private final ServerSocketChannel server;
+    /** Where the server listens: a unix socket (clients told apart by uid), or TCP with TLS required. */
+    public sealed interface Endpoint permits Unix, Tcp {}
+
+    /** A unix socket: a stale socket file there is replaced; mode 0666, what a client sees is its uid's. */
+    public record Unix(Path path) implements Endpoint {}
+
+    /** TCP, TLS with pre-shared keys required: what a client sees is its key identity's. */
+    public record Tcp(InetSocketAddress address, TlsPsk psk) implements Endpoint {
+        public Tcp {
+            if (psk == null) {
+                throw new IllegalArgumentException("TCP without TLS: never");
+            }
+        }
+    }
+
+    /** An endpoint, bound. */
+    private record Bound(Endpoint endpoint, ServerSocketChannel channel, String name) {}
+
+    private final List<Bound> bound;
     private final Exports exports;
     private final Limits limits;
     /** All clients' request data together, at most. */
@@ -45,7 +65,7 @@ public final class NbdServer implements AutoCloseable {
     private final Set<Connection> clients = ConcurrentHashMap.newKeySet();
     private final Set<Thread> threads = ConcurrentHashMap.newKeySet();
     private final AtomicLong accepted = new AtomicLong();
-    private final Thread acceptor;
+    private final List<Thread> acceptors = new ArrayList<>();
     private final Thread watchdog;
     private volatile boolean closed;
 
@@ -68,26 +88,69 @@ public final class NbdServer implements AutoCloseable {
         }
     }
 
-    private NbdServer(Path socket, ServerSocketChannel server, Exports exports, Limits limits, Scheduler scheduler) {
-        this.socket = socket;
-        this.server = server;
+    private NbdServer(List<Bound> bound, Exports exports, Limits limits, Scheduler scheduler) {
+        this.bound = bound;
         this.exports = exports;
         this.limits = limits;
         this.scheduler = scheduler;
-        this.acceptor = new Thread(this::accept, "nbd-accept");
-        this.acceptor.setDaemon(true);
         this.watchdog = new Thread(this::watch, "nbd-watchdog");
         this.watchdog.setDaemon(true);
     }
 
-    /**
-     * Listens on unix socket {@code socket} (a stale socket file there is replaced; mode 0666: what
-     * a client may see is decided by its user, {@link Exports}) and serves {@code exports}, their
-     * requests done by
-     * {@code scheduler} (which the caller closes after this server).
-     */
+    /** As {@link #listen(List, Exports, Limits, Scheduler)}, on one unix socket. */
     public static NbdServer listen(Path socket, Exports exports, Limits limits, Scheduler scheduler)
             throws IOException {
+        return listen(List.of(new Unix(socket)), exports, limits, scheduler);
+    }
+
+    /**
+     * Listens on {@code endpoints} and serves {@code exports}, their requests done by {@code
+     * scheduler} (which the caller closes after this server). Nothing is left listening if one
+     * endpoint cannot be taken.
+     */
+    public static NbdServer listen(List<Endpoint> endpoints, Exports exports, Limits limits, Scheduler scheduler)
+            throws IOException {
+        List<Bound> bound = new ArrayList<>();
+        try {
+            for (Endpoint e : endpoints) {
+                bound.add(bind(e));
+            }
+        } catch (IOException | RuntimeException e) {
+            for (Bound b : bound) {
+                b.channel().close();
+                if (b.endpoint() instanceof Unix u) {
+                    Files.deleteIfExists(u.path());
+                }
+            }
+            throw e;
+        }
+        NbdServer s = new NbdServer(bound, exports, limits, scheduler);
+        for (Bound b : bound) {
+            Thread t = new Thread(() -> s.accept(b), "nbd-accept-" + b.name());
+            t.setDaemon(true);
+            s.acceptors.add(t);
+            t.start();
+            log.info("nbd listening on {} max_clients={} handshake_timeout={}s unread_reply_timeout={}s", b.name(),
+                    limits.maxClients(), limits.handshake().toSeconds(), limits.unreadReply().toSeconds());
+        }
+        s.watchdog.start();
+        return s;
+    }
+
+    private static Bound bind(Endpoint e) throws IOException {
+        if (e instanceof Tcp t) {
+            ServerSocketChannel server = ServerSocketChannel.open();
+            try {
+                server.bind(t.address());
+            } catch (IOException | RuntimeException ex) {
+                server.close();
+                throw new IOException("cannot listen on " + t.address() + ": " + ex.getMessage(), ex);
+            }
+            InetSocketAddress at = (InetSocketAddress) server.getLocalAddress();
+            return new Bound(e, server, "tcp:" + at.getHostString() + ":" + at.getPort() + " (TLS-PSK, "
+                    + t.psk().identities().size() + " identities)");
+        }
+        Path socket = ((Unix) e).path();
         if (Files.exists(socket, LinkOption.NOFOLLOW_LINKS)) {
             BasicFileAttributes a = Files.readAttributes(socket, BasicFileAttributes.class, LinkOption.NOFOLLOW_LINKS);
             if (!a.isOther()) { // a socket is neither a regular file, a directory nor a link
@@ -102,21 +165,32 @@ public final class NbdServer implements AutoCloseable {
             server.bind(UnixDomainSocketAddress.of(tmp));
             Files.setPosixFilePermissions(tmp, PosixFilePermissions.fromString("rw-rw-rw-"));
             Files.move(tmp, socket, StandardCopyOption.ATOMIC_MOVE);
-        } catch (IOException | RuntimeException e) {
+        } catch (IOException | RuntimeException ex) {
             server.close();
             Files.deleteIfExists(tmp);
-            throw e;
+            throw ex;
         }
-        NbdServer s = new NbdServer(socket, server, exports, limits, scheduler);
-        s.acceptor.start();
-        s.watchdog.start();
-        log.info("nbd listening socket={} max_clients={} handshake_timeout={}s unread_reply_timeout={}s", socket,
-                limits.maxClients(), limits.handshake().toSeconds(), limits.unreadReply().toSeconds());
-        return s;
+        return new Bound(e, server, "unix:" + socket);
     }
 
+    /** The unix socket it listens on, or null. */
     public Path socket() {
-        return socket;
+        return bound.stream().filter(b -> b.endpoint() instanceof Unix).map(b -> ((Unix) b.endpoint()).path())
+                .findFirst().orElse(null);
+    }
+
+    /** The TCP address it listens on (its port bound, if 0 was asked), or null. */
+    public InetSocketAddress tcpAddress() {
+        for (Bound b : bound) {
+            if (b.endpoint() instanceof Tcp) {
+                try {
+                    return (InetSocketAddress) b.channel().getLocalAddress();
+                } catch (IOException e) {
+                    return null;
+                }
+            }
+        }
+        return null;
     }
 
     /** Clients connected now. */
@@ -124,38 +198,40 @@ public final class NbdServer implements AutoCloseable {
         return clients.size();
     }
 
-    private void accept() {
+    private void accept(Bound b) {
+        boolean tcp = b.endpoint() instanceof Tcp;
         while (!closed) {
             SocketChannel ch;
             try {
-                ch = server.accept();
+                ch = b.channel().accept();
             } catch (ClosedChannelException e) {
                 return;
             } catch (IOException e) {
                 if (!closed) {
-                    log.error("nbd socket={} accept failed: {}", socket, e.toString());
+                    log.error("nbd {} accept failed: {}", b.name(), e.toString());
                 }
                 return;
             }
             long n = accepted.incrementAndGet();
-            Peer peer = new Peer("unix#" + n, user(ch));
+            Peer peer = tcp ? new Peer("tcp#" + n + "[" + remote(ch) + "]", null) : new Peer("unix#" + n, user(ch));
             if (clients.size() >= limits.maxClients()) {
                 log.warn("nbd client={} refused: {} clients already", peer, limits.maxClients());
                 close(ch);
                 continue;
             }
-            if (peer.user() == null || !exports.admits(peer)) {
+            // on TCP, who it is is known once TLS is on; until then the handshake limit bounds it
+            if (!tcp && (peer.user() == null || !exports.admits(peer))) {
                 log.warn("nbd client={} refused: its user has no export here", peer);
                 close(ch);
                 continue;
             }
-            long mine = clients.stream().filter(k -> peer.user().equals(k.peer().user())).count();
+            long mine = tcp ? 0 : clients.stream().filter(k -> peer.user().equals(k.peer().user())).count();
             if (mine >= limits.maxPerUser()) {
                 log.warn("nbd client={} refused: its user has {} clients already", peer, mine);
                 close(ch);
                 continue;
             }
-            Connection c = new Connection(ch, exports, peer, scheduler, buffers);
+            Connection c = new Connection(ch, exports, peer, scheduler, buffers, tcp ? ((Tcp) b.endpoint()).psk() : null);
             clients.add(c);
             if (closed) { // close() hung up on the clients it saw; this one came after
                 c.closeChannel();
@@ -171,6 +247,14 @@ public final class NbdServer implements AutoCloseable {
             t.setDaemon(true);
             threads.add(t);
             t.start();
+        }
+    }
+
+    private static String remote(SocketChannel ch) {
+        try {
+            return String.valueOf(ch.getRemoteAddress());
+        } catch (IOException e) {
+            return "?";
         }
     }
 
@@ -254,15 +338,19 @@ public final class NbdServer implements AutoCloseable {
             return;
         }
         closed = true;
-        try {
-            server.close();
-        } catch (IOException e) {
-            log.warn("nbd socket={} close: {}", socket, e.toString());
+        for (Bound b : bound) {
+            try {
+                b.channel().close();
+            } catch (IOException e) {
+                log.warn("nbd {} close: {}", b.name(), e.toString());
+            }
         }
         clients.forEach(Connection::closeChannel);
         watchdog.interrupt();
         try {
-            acceptor.join(5000);
+            for (Thread a : acceptors) {
+                a.join(5000);
+            }
             long deadline = System.nanoTime() + 30_000_000_000L;
             for (Thread t : threads) {
                 t.join(Math.max(1, (deadline - System.nanoTime()) / 1_000_000));
@@ -270,12 +358,18 @@ public final class NbdServer implements AutoCloseable {
                     log.warn("nbd client thread {} still in a request after 30 s; unmounting without it", t.getName());
                 }
             }
-            Files.deleteIfExists(socket);
         } catch (InterruptedException e) {
             Thread.currentThread().interrupt();
-        } catch (IOException e) {
-            log.warn("nbd socket={} not removed: {}", socket, e.toString());
         }
-        log.info("nbd closed socket={}", socket);
+        for (Bound b : bound) {
+            if (b.endpoint() instanceof Unix u) {
+                try {
+                    Files.deleteIfExists(u.path());
+                } catch (IOException e) {
+                    log.warn("nbd socket={} not removed: {}", u.path(), e.toString());
+                }
+            }
+        }
+        log.info("nbd closed {}", String.join(" ", bound.stream().map(Bound::name).toList()));
     }
 }

@@ -3,13 +3,23 @@ package vmfuse.nbd;
 import java.nio.file.attribute.UserPrincipal;
 
 /**
- * Who is at the other end of a connection: {@code id} names it in the log ("unix#12");
- * {@code user} is the user its process runs as (SO_PEERCRED on a unix socket), which decides what
- * it may list and open; null if it could not be told.
+ * Who is at the other end of a connection: {@code id} names it in the log ("unix#12",
+ * "tcp#3"); {@code user} is the user its process runs as (SO_PEERCRED on a unix socket), null on
+ * TCP; {@code tlsIdentity} the pre-shared key's identity it proved over TLS (TCP), null before.
+ * The user or the identity decides what it may list and open.
  */
-public record Peer(String id, UserPrincipal user) {
+public record Peer(String id, UserPrincipal user, String tlsIdentity) {
+    public Peer(String id, UserPrincipal user) {
+        this(id, user, null);
+    }
+
+    Peer withTlsIdentity(String identity) {
+        return new Peer(id, user, identity);
+    }
+
     @Override
     public String toString() {
-        return user == null ? id : id + "(" + user.getName() + ")";
+        return id + (user != null ? "(" + user.getName() + ")" : "") + (tlsIdentity != null ? "(psk " + tlsIdentity
+                + ")" : "");
     }
 }

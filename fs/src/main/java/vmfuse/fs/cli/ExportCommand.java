@@ -41,11 +41,17 @@ final class ExportCommand {
                 "(nbd+unix:///images/PATH?socket=...); the requests of all of them are scheduled as one share."},
             footer = {"", "Example:",
                 "  vmfuse export add vm1 --uid 107 --image images/vm1.raw --journal journals/vm1 --weight 2 /srv/vmfuse",
-                "  qemu-system-x86_64 -drive file=nbd+unix:///images/vm1.raw?socket=/run/vmfuse/nbd.sock,format=raw ..."})
+                "  qemu-system-x86_64 -drive file=nbd+unix:///images/vm1.raw?socket=/run/vmfuse/nbd.sock,format=raw ...",
+                "  vmfuse export add t2 --psk-identity tenant2 --image images/t2/vm.raw /srv/vmfuse   # over TCP, TLS-PSK"})
     static final class Add implements Callable<Integer> {
-        @Option(names = "--uid", required = true, paramLabel = "UID",
-                description = "The user (a number) the clients run as: QEMU's, e.g. libvirt-qemu's.")
-        long uid;
+        @Option(names = "--uid", paramLabel = "UID",
+                description = "On the unix socket: the user (a number) the clients run as, QEMU's (e.g. libvirt-qemu's).")
+        Long uid;
+
+        @Option(names = "--psk-identity", paramLabel = "IDENTITY",
+                description = "Over TCP: the identity of the clients' pre-shared key (mount --tls-psk). An export is for "
+                        + "a --uid, a --psk-identity, or both.")
+        String pskIdentity;
 
         @Option(names = "--image", paramLabel = "images/PATH", description = "An image it holds (repeatable).")
         List<String> images = new ArrayList<>();
@@ -74,8 +80,12 @@ final class ExportCommand {
             if (volumes.isEmpty()) {
                 throw new FsException(Native.EINVAL, "an export holds at least one --image or --journal");
             }
+            if (uid == null && pskIdentity == null) {
+                throw new FsException(Native.EINVAL, "an export is for a --uid (the unix socket), a --psk-identity "
+                        + "(TCP with TLS), or both");
+            }
             Controls c = controls == null ? new Controls() : controls;
-            DaemonClient.request(mountPoint, new Request.ExportAdd(name, uid, c.weight == null ? 1 : c.weight,
+            DaemonClient.request(mountPoint, new Request.ExportAdd(name, uid, pskIdentity, c.weight == null ? 1 : c.weight,
                     c.reservation == null ? 0 : c.reservation, c.limit == null ? 0 : c.limit, volumes));
             return 0;
         }
@@ -99,8 +109,9 @@ final class ExportCommand {
             Answer.Export e = DaemonClient.one(DaemonClient.request(mountPoint,
                     new Request.ExportSet(name, controls.weight, controls.reservation, controls.limit)),
                     Answer.Export.class);
-            System.out.printf("export %s: uid %d, weight %d, reservation %d IOPS, limit %s%n", name, e.uid(),
-                    e.weight(), e.reservationIops(), e.limitIops() == 0 ? "none" : e.limitIops() + " IOPS");
+            System.out.printf("export %s: uid %s, psk identity %s, weight %d, reservation %d IOPS, limit %s%n", name,
+                    e.uid() < 0 ? "none" : "" + e.uid(), e.pskIdentity() == null ? "none" : e.pskIdentity(), e.weight(),
+                    e.reservationIops(), e.limitIops() == 0 ? "none" : e.limitIops() + " IOPS");
             return 0;
         }
     }

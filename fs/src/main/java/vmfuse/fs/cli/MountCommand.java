@@ -4,6 +4,7 @@ import java.io.File;
 import java.io.IOException;
 import java.io.RandomAccessFile;
 import java.nio.charset.StandardCharsets;
+import java.net.InetSocketAddress;
 import java.nio.file.Path;
 import java.util.ArrayList;
 import java.util.List;
@@ -81,26 +82,65 @@ final class MountCommand implements Callable<Integer> {
     @Option(names = "--force", description = "Clear a stale mount (left by a daemon that died) at MOUNTPOINT first.")
     boolean force;
 
-    @Option(names = "--nbd", paramLabel = "unix:PATH",
-            description = {"Also serve every image and journal device over NBD on the unix socket PATH (mode 0600:",
-                "root's clients), named by their path in the mount: nbd+unix:///images/vm1.raw?socket=PATH."})
-    String nbd;
+    @Option(names = "--nbd", paramLabel = "unix:PATH|tcp:HOST:PORT",
+            description = {"Also serve the images and journal devices over NBD, named by their path in the mount",
+                "(nbd+unix:///images/vm1.raw?socket=PATH): on a unix socket (mode 0666; root sees every volume,",
+                "another user its exports' volumes: vmfuse export), and/or on TCP, where TLS with a pre-shared",
+                "key is required (--tls-psk) and a client sees its key identity's exports. Given once or twice."})
+    List<String> nbd = new ArrayList<>();
 
-    /** The NBD socket of --nbd, or null. */
-    private Path nbdSocket() {
-        if (nbd == null) {
+    @Option(names = "--tls-psk", paramLabel = "FILE",
+            description = {"The pre-shared keys of NBD over TCP: IDENTITY:HEXKEY lines, as QEMU's tls-creds-psk",
+                "(keys.psk) and nbdkit's --tls-psk read them; mode 0600."})
+    Path tlsPsk;
+
+    /** The NBD door of --nbd and --tls-psk, or null for none. */
+    private Daemon.NbdOptions nbdOptions() {
+        Path socket = null;
+        InetSocketAddress tcp = null;
+        for (String n : nbd) {
+            if (n.startsWith("unix:") && n.length() > "unix:".length() && socket == null) {
+                Path p = Path.of(n.substring("unix:".length()));
+                if (!p.isAbsolute()) {
+                    throw new picocli.CommandLine.ParameterException(spec.commandLine(),
+                            "--nbd needs an absolute path, not " + p);
+                }
+                socket = p.normalize();
+            } else if (n.startsWith("tcp:") && tcp == null) {
+                String hp = n.substring("tcp:".length());
+                int colon = hp.lastIndexOf(':');
+                int port;
+                try {
+                    port = Integer.parseInt(hp.substring(colon + 1));
+                } catch (NumberFormatException | IndexOutOfBoundsException e) {
+                    port = -1;
+                }
+                if (colon <= 0 || port < 1 || port > 65535) {
+                    throw new picocli.CommandLine.ParameterException(spec.commandLine(),
+                            "--nbd takes tcp:HOST:PORT, not '" + n + "'");
+                }
+                tcp = new InetSocketAddress(hp.substring(0, colon), port);
+                if (tcp.isUnresolved()) {
+                    throw new picocli.CommandLine.ParameterException(spec.commandLine(),
+                            "--nbd " + n + ": no such host");
+                }
+            } else {
+                throw new picocli.CommandLine.ParameterException(spec.commandLine(), "--nbd takes unix:PATH or "
+                        + "tcp:HOST:PORT, each once, not '" + n + "'");
+            }
+        }
+        if (tcp != null && tlsPsk == null) {
+            throw new picocli.CommandLine.ParameterException(spec.commandLine(),
+                    "NBD over TCP requires TLS: give --tls-psk FILE (IDENTITY:HEXKEY lines)");
+        }
+        if (tlsPsk != null && tcp == null) {
+            throw new picocli.CommandLine.ParameterException(spec.commandLine(),
+                    "--tls-psk is for NBD over TCP: give --nbd tcp:HOST:PORT too");
+        }
+        if (socket == null && tcp == null) {
             return null;
         }
-        if (!nbd.startsWith("unix:") || nbd.length() == "unix:".length()) {
-            throw new picocli.CommandLine.ParameterException(spec.commandLine(), "--nbd takes unix:PATH, not '" + nbd
-                    + "' (NBD over TCP needs tenants and TLS, which are not there yet)");
-        }
-        Path p = Path.of(nbd.substring("unix:".length()));
-        if (!p.isAbsolute()) {
-            throw new picocli.CommandLine.ParameterException(spec.commandLine(), "--nbd needs an absolute path, not "
-                    + p);
-        }
-        return p.normalize();
+        return new Daemon.NbdOptions(socket, tcp, tlsPsk == null ? null : tlsPsk.toAbsolutePath().normalize());
     }
 
     @Override
@@ -121,7 +161,7 @@ final class MountCommand implements Callable<Integer> {
         if (foreground) {
             try {
                 Daemon.run(new Daemon.Options(store, mnt, fuseOptions, force, threads, durability(), memory,
-                    reclaimMaxRanges, nbdSocket(), ioWorkers));
+                    reclaimMaxRanges, nbdOptions(), ioWorkers));
             } catch (FsException e) {
                 throw new FsException(e.errno(), "cannot mount " + mnt + ": " + e.getMessage());
             }
@@ -130,7 +170,7 @@ final class MountCommand implements Callable<Integer> {
         StoreDir s;
         try {
             s = Daemon.preflight(new Daemon.Options(store, mnt, fuseOptions, force, threads, durability(), memory,
-                    reclaimMaxRanges, nbdSocket(), ioWorkers));
+                    reclaimMaxRanges, nbdOptions(), ioWorkers));
         } catch (FsException e) {
             throw new FsException(e.errno(), "cannot mount " + mnt + ": " + e.getMessage());
         }
@@ -183,8 +223,13 @@ final class MountCommand implements Callable<Integer> {
                 "--io-workers", String.valueOf(ioWorkers),
                 "--journal-durability", journalDurability, "--journal-memory", journalMemory,
                 "--reclaim-max-ranges", String.valueOf(reclaimMaxRanges)));
-        if (nbd != null) {
-            cmd.addAll(List.of("--nbd", "unix:" + nbdSocket()));
+        Daemon.NbdOptions door = nbdOptions();
+        if (door != null && door.socket() != null) {
+            cmd.addAll(List.of("--nbd", "unix:" + door.socket()));
+        }
+        if (door != null && door.tcp() != null) {
+            cmd.addAll(List.of("--nbd", "tcp:" + door.tcp().getHostString() + ":" + door.tcp().getPort(), "--tls-psk",
+                    door.tlsPsk().toString()));
         }
         for (String o : fuseOptions) {
             cmd.add("-o");

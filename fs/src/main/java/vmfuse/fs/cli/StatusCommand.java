@@ -87,13 +87,14 @@ final class StatusCommand implements Callable<Integer> {
             "SKIPPED WRITTEN", "SKIPPED NOT OWNED", "DROPPED", "THRESHOLD"});
         List<String> failed = new ArrayList<>();
         List<String[]> exports = new ArrayList<>();
-        exports.add(new String[] {"EXPORT", "UID", "WEIGHT", "RESERVATION", "LIMIT", "VOLUMES"});
+        exports.add(new String[] {"EXPORT", "UID", "PSK IDENTITY", "WEIGHT", "RESERVATION", "LIMIT", "VOLUMES"});
         List<String[]> nbd = new ArrayList<>();
         nbd.add(new String[] {"NBD SHARE", "CLIENTS", "QUEUED", "READS", "WRITES", "FLUSHES", "TRIMS", "READ",
             "WRITTEN", "P50 US", "P99 US"});
         for (Answer a : answer) {
             if (a instanceof Answer.Export e) {
-                exports.add(new String[] {TsvField.escape(e.name()), "" + e.uid(), "" + e.weight(),
+                exports.add(new String[] {TsvField.escape(e.name()), e.uid() < 0 ? "-" : "" + e.uid(),
+                    e.pskIdentity() == null ? "-" : TsvField.escape(e.pskIdentity()), "" + e.weight(),
                     e.reservationIops() == 0 ? "-" : e.reservationIops() + " IOPS",
                     e.limitIops() == 0 ? "-" : e.limitIops() + " IOPS",
                     String.join(" ", e.volumes().stream().map(TsvField::escape).toList())});

@@ -105,16 +105,20 @@ public sealed interface Answer {
         }
     }
 
-    /** An NBD export (vmfuse export add): its clients' uid, its scheduler controls, its volumes. */
-    record Export(String name, long uid, int weight, long reservationIops, long limitIops, List<String> volumes)
-            implements Answer {
+    /**
+     * An NBD export (vmfuse export add): its clients' uid (-1: none) and TLS key identity (null:
+     * none), its scheduler controls, its volumes.
+     */
+    record Export(String name, long uid, String pskIdentity, int weight, long reservationIops, long limitIops,
+            List<String> volumes) implements Answer {
         public Export {
             volumes = List.copyOf(volumes);
         }
 
         public List<String> fields() {
-            List<String> f = new ArrayList<>(List.of("export", TsvField.escape(name), "" + uid, "" + weight,
-                    "" + reservationIops, "" + limitIops));
+            List<String> f = new ArrayList<>(List.of("export", TsvField.escape(name), "" + uid,
+                    pskIdentity == null ? "-" : TsvField.escape(pskIdentity), "" + weight, "" + reservationIops,
+                    "" + limitIops));
             volumes.forEach(v -> f.add(TsvField.escape(v)));
             return f;
         }
@@ -195,15 +199,15 @@ public sealed interface Answer {
                 case "journal-store" -> new JournalStore(num(f[1]), num(f[2]), num(f[3]), num(f[4]), num(f[5]));
                 case "reclaimed" -> new Reclaimed(num(f[1]), num(f[2]), num(f[3]), num(f[4]));
                 case "export" -> {
-                    if (f.length < 7) {
+                    if (f.length < 8) {
                         throw new IllegalArgumentException("an export of no volume");
                     }
                     List<String> volumes = new ArrayList<>();
-                    for (int i = 6; i < f.length; i++) {
+                    for (int i = 7; i < f.length; i++) {
                         volumes.add(TsvField.unescape(f[i]));
                     }
-                    yield new Export(TsvField.unescape(f[1]), num(f[2]), (int) num(f[3]), num(f[4]), num(f[5]),
-                            volumes);
+                    yield new Export(TsvField.unescape(f[1]), num(f[2]), f[3].equals("-") ? null
+                            : TsvField.unescape(f[3]), (int) num(f[4]), num(f[5]), num(f[6]), volumes);
                 }
                 case "nbd" -> new NbdShare(name(f, 1, 15), (int) num(f[2]), num(f[3]), num(f[4]), (int) num(f[5]),
                         (int) num(f[6]), num(f[7]), num(f[8]), num(f[9]), num(f[10]), num(f[11]), num(f[12]),

@@ -20,7 +20,7 @@ import vmfuse.fs.nativeio.Native;
  *   vm-add NAME IMAGE AGENT-SOCKET QMP|- [ACCESS]   ok    (ACCESS: USER or USER:GROUP)
  *   vm-remove NAME                                  ok
  *   vm-reclaim NAME                                 reclaimed
- *   export-add NAME UID WEIGHT RES LIMIT VOLUME...  ok    (VOLUME: images/PATH or journals/NAME)
+ *   export-add NAME UID|- PSK|- WEIGHT RES LIMIT VOLUME...  ok    (VOLUME: images/PATH or journals/NAME)
  *   export-set NAME WEIGHT|- RES|- LIMIT|-          export
  *   export-remove NAME                              ok
  * </pre>
@@ -84,16 +84,19 @@ public sealed interface Request {
         }
     }
 
-    /** An NBD export: {@code uid} its clients run as; reservation and limit in IOPS, 0 for none. */
-    record ExportAdd(String name, long uid, int weight, long reservationIops, long limitIops, List<String> volumes)
-            implements Request {
+    /**
+     * An NBD export: {@code uid} its clients run as (null: none), {@code pskIdentity} of their TLS
+     * key (null: none); reservation and limit in IOPS, 0 for none.
+     */
+    record ExportAdd(String name, Long uid, String pskIdentity, int weight, long reservationIops, long limitIops,
+            List<String> volumes) implements Request {
         public ExportAdd {
             volumes = List.copyOf(volumes);
         }
 
         public List<String> fields() {
-            List<String> f = new ArrayList<>(List.of("export-add", name, "" + uid, "" + weight, "" + reservationIops,
-                    "" + limitIops));
+            List<String> f = new ArrayList<>(List.of("export-add", name, uid == null ? "-" : "" + uid,
+                    pskIdentity == null ? "-" : pskIdentity, "" + weight, "" + reservationIops, "" + limitIops));
             f.addAll(volumes);
             return f;
         }
@@ -143,9 +146,9 @@ public sealed interface Request {
                 yield new VmReclaim(a[0]);
             }
             case "export-add" -> {
-                arity(f[0], a, 6, 5 + 64, "NAME UID WEIGHT RESERVATION LIMIT VOLUME...");
-                yield new ExportAdd(a[0], number(a[1]), weight(a[2]), number(a[3]), number(a[4]),
-                        Arrays.asList(a).subList(5, a.length));
+                arity(f[0], a, 7, 6 + 64, "NAME UID|- PSK-IDENTITY|- WEIGHT RESERVATION LIMIT VOLUME...");
+                yield new ExportAdd(a[0], a[1].equals("-") ? null : number(a[1]), a[2].equals("-") ? null : a[2],
+                        weight(a[3]), number(a[4]), number(a[5]), Arrays.asList(a).subList(6, a.length));
             }
             case "export-set" -> {
                 arity(f[0], a, 4, 4, "NAME WEIGHT|- RESERVATION|- LIMIT|-");

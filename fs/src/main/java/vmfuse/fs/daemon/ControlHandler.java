@@ -97,7 +97,7 @@ final class ControlHandler {
                 for (String v : r.volumes()) {
                     checkExists(v);
                 }
-                exports.add(new ExportRegistry.Grant(r.name(), r.uid(),
+                exports.add(new ExportRegistry.Grant(r.name(), r.uid() == null ? -1 : r.uid(), r.pskIdentity(),
                         new Scheduler.Qos(r.weight(), r.reservationIops(), r.limitIops()), r.volumes()));
                 return List.of(new Answer.Ok());
             }
@@ -141,7 +141,7 @@ final class ControlHandler {
     }
 
     private static Answer.Export export(ExportRegistry.Grant g) {
-        return new Answer.Export(g.name(), g.uid(), g.qos().weight(), g.qos().reservationIops(),
+        return new Answer.Export(g.name(), g.uid(), g.pskIdentity(), g.qos().weight(), g.qos().reservationIops(),
                 g.qos().limitIops(), g.volumes());
     }
 

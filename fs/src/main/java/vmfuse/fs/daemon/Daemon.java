@@ -5,6 +5,7 @@ import java.nio.channels.FileChannel;
 import java.nio.channels.FileLock;
 import java.nio.charset.StandardCharsets;
 import java.nio.file.Files;
+import java.net.InetSocketAddress;
 import java.nio.file.Path;
 import java.nio.file.StandardOpenOption;
 import java.util.ArrayList;
@@ -37,6 +38,7 @@ import vmfuse.journal.JournalStore;
 import vmfuse.journal.StoreException;
 import vmfuse.nbd.NbdServer;
 import vmfuse.nbd.Scheduler;
+import vmfuse.nbd.TlsPsk;
 import vmfuse.reclaimer.WriteTracker;
 
 /**
@@ -67,9 +69,12 @@ public final class Daemon {
     private static volatile boolean shuttingDown;
 
     /** What the operator asked for. */
-    /** How to mount; {@code nbdSocket} null for no NBD door; {@code ioWorkers}: the scheduler's. */
+    /** How to mount; {@code nbd} null for no NBD door; {@code ioWorkers}: the scheduler's. */
     public record Options(Path store, Path mountPoint, List<String> fuseOptions, boolean force, int threads,
-            Durability journalDurability, long journalMemory, int reclaimMaxRanges, Path nbdSocket, int ioWorkers) {}
+            Durability journalDurability, long journalMemory, int reclaimMaxRanges, NbdOptions nbd, int ioWorkers) {}
+
+    /** The NBD door: a unix socket, TCP (with its TLS keys, required), or both. */
+    public record NbdOptions(Path socket, InetSocketAddress tcp, Path tlsPsk) {}
 
     /** NBD clients at once (each two threads, and at most 8 MiB of the NBD server's 64 MiB of buffers). */
     static final int NBD_MAX_CLIENTS = 64;
@@ -160,7 +165,7 @@ public final class Daemon {
             fs.writeTrackers(vms.trackers(), vms::holdsVmImage);
             // the NBD door listens before the mount is made: a socket path that cannot be taken fails the mount
             ExportRegistry exports = ExportRegistry.load(store.disk(), store.exports(), scheduler);
-            NbdServer nbd = listenNbd(o.nbdSocket(), new VolumeExports(backing, images, devices, exports), scheduler);
+            NbdServer nbd = listenNbd(o.nbd(), new VolumeExports(backing, images, devices, exports), scheduler);
             if (nbd != null) {
                 exports.onChange(nbd::revalidate);
             }
@@ -175,15 +180,28 @@ public final class Daemon {
         }
     }
 
-    /** Listens on the NBD socket, or nothing without one; EIO with the reason if it cannot be taken. */
-    private static NbdServer listenNbd(Path socket, VolumeExports exports, Scheduler scheduler) throws FsException {
-        if (socket == null) {
+    /** Listens for NBD, or nothing without a door; EIO (EINVAL for bad keys) with the reason if it cannot. */
+    private static NbdServer listenNbd(NbdOptions door, VolumeExports exports, Scheduler scheduler) throws FsException {
+        if (door == null) {
             return null;
         }
+        List<NbdServer.Endpoint> endpoints = new ArrayList<>();
+        if (door.socket() != null) {
+            endpoints.add(new NbdServer.Unix(door.socket()));
+        }
+        if (door.tcp() != null) {
+            TlsPsk psk;
+            try {
+                psk = TlsPsk.load(door.tlsPsk());
+            } catch (IOException e) {
+                throw new FsException(Native.EINVAL, "cannot use the TLS keys " + door.tlsPsk() + ": " + e.getMessage());
+            }
+            endpoints.add(new NbdServer.Tcp(door.tcp(), psk));
+        }
         try {
-            return NbdServer.listen(socket, exports, NbdServer.Limits.of(NBD_MAX_CLIENTS), scheduler);
+            return NbdServer.listen(endpoints, exports, NbdServer.Limits.of(NBD_MAX_CLIENTS), scheduler);
         } catch (IOException e) {
-            throw new FsException(Native.EIO, "cannot listen for NBD on " + socket + ": " + StoreDir.reason(e));
+            throw new FsException(Native.EIO, "cannot listen for NBD: " + StoreDir.reason(e));
         }
     }
 

@@ -23,15 +23,16 @@ import vmfuse.fs.nativeio.Native;
 import vmfuse.nbd.Scheduler;
 
 /*
- * The NBD door's tenants (vmfuse export add/set/remove): each export is a name, the uid its
- * clients run as, the scheduler's controls for its requests, and the volumes it holds (paths in
- * the mount: "images/tenant1/vm7/disk.raw", "journals/vm7"). A client of that uid sees and opens
- * those volumes and nothing else; root (the operator) sees them all; a volume belongs to one
- * export at most, and its requests are counted in that export's share of the scheduler.
+ * The NBD door's tenants (vmfuse export add/set/remove): each export is a name, who its clients
+ * are (the uid they run as on the unix socket, the identity of their pre-shared key over TCP with
+ * TLS, or both), the scheduler's controls for its requests, and the volumes it holds (paths in the
+ * mount: "images/tenant1/vm7/disk.raw", "journals/vm7"). Such a client sees and opens those
+ * volumes and nothing else; root on the unix socket (the operator) sees them all; a volume belongs
+ * to one export at most, and its requests are counted in that export's share of the scheduler.
  *
  * Kept in STORE/exports.tsv, replaced whole at each change, one line per export:
- *   NAME TAB UID TAB WEIGHT TAB RESERVATION-IOPS TAB LIMIT-IOPS TAB VOLUME [TAB VOLUME...]
- * names and volumes in their TsvField form.
+ *   NAME TAB UID|- TAB PSK-IDENTITY|- TAB WEIGHT TAB RESERVATION-IOPS TAB LIMIT-IOPS TAB VOLUME [TAB VOLUME...]
+ * names, identities and volumes in their TsvField form.
  */
 public final class ExportRegistry {
     private static final Logger log = LoggerFactory.getLogger(ExportRegistry.class);
@@ -39,8 +40,8 @@ public final class ExportRegistry {
     public static final int MAX_VOLUMES = 64;
     public static final long MAX_UID = 0xffff_fffeL;
 
-    /** An export: its clients' uid, its controls, its volumes. */
-    public record Grant(String name, long uid, Scheduler.Qos qos, List<String> volumes) {
+    /** An export: its clients' uid (-1: none) and key identity (null: none), its controls, its volumes. */
+    public record Grant(String name, long uid, String pskIdentity, Scheduler.Qos qos, List<String> volumes) {
         public Grant {
             volumes = List.copyOf(volumes);
         }
@@ -72,15 +73,16 @@ public final class ExportRegistry {
         for (String line : Files.readAllLines(file, StandardCharsets.UTF_8)) {
             String[] f = line.split("\t", -1);
             try {
-                if (f.length < 6) {
+                if (f.length < 7) {
                     throw new IllegalArgumentException(f.length + " fields");
                 }
                 List<String> volumes = new ArrayList<>();
-                for (int i = 5; i < f.length; i++) {
+                for (int i = 6; i < f.length; i++) {
                     volumes.add(TsvField.unescape(f[i]));
                 }
-                Grant g = new Grant(TsvField.unescape(f[0]), Long.parseLong(f[1]), new Scheduler.Qos(
-                        Integer.parseInt(f[2]), Long.parseLong(f[3]), Long.parseLong(f[4])), volumes);
+                Grant g = new Grant(TsvField.unescape(f[0]), f[1].equals("-") ? -1 : Long.parseLong(f[1]),
+                        f[2].equals("-") ? null : TsvField.unescape(f[2]), new Scheduler.Qos(Integer.parseInt(f[3]),
+                        Long.parseLong(f[4]), Long.parseLong(f[5])), volumes);
                 r.check(g);
                 r.put(g);
             } catch (FsException | RuntimeException e) {
@@ -106,8 +108,15 @@ public final class ExportRegistry {
     /** Checks a grant's fields and that none of its volumes is another export's. */
     private void check(Grant g) throws FsException {
         Node.checkTypedName(g.name());
-        if (g.uid() < 0 || g.uid() > MAX_UID) {
+        if (g.uid() < -1 || g.uid() > MAX_UID) {
             throw new FsException(EINVAL, "uid " + g.uid() + " is not a uid");
+        }
+        if (g.uid() == -1 && g.pskIdentity() == null) {
+            throw new FsException(EINVAL, "an export is for a uid (the unix socket), a TLS key identity (TCP), or both");
+        }
+        if (g.pskIdentity() != null && (g.pskIdentity().isEmpty() || g.pskIdentity().equals("-")
+                || g.pskIdentity().contains(":") || g.pskIdentity().chars().anyMatch(c -> c < 0x20 || c == 0x7f))) {
+            throw new FsException(EINVAL, "'" + TsvField.escape(g.pskIdentity()) + "' is not a key identity");
         }
         if (g.volumes().isEmpty() || g.volumes().size() > MAX_VOLUMES) {
             throw new FsException(EINVAL, "an export holds 1 to " + MAX_VOLUMES + " volumes, not "
@@ -129,7 +138,9 @@ public final class ExportRegistry {
     }
 
     private void put(Grant g) throws FsException {
-        users.put(g.name(), user(g.uid()));
+        if (g.uid() >= 0) {
+            users.put(g.name(), user(g.uid()));
+        }
         grants.put(g.name(), g);
         scheduler.set(g.name(), g.qos());
     }
@@ -153,15 +164,18 @@ public final class ExportRegistry {
             throw new FsException(EEXIST, "export " + g.name() + " exists");
         }
         check(g);
-        UserPrincipal user = user(g.uid());
+        UserPrincipal user = g.uid() >= 0 ? user(g.uid()) : null;
         Map<String, Grant> next = new TreeMap<>(grants);
         next.put(g.name(), g);
         save(next); // written before it is in force: what is in force is what a restart finds
         grants.put(g.name(), g);
-        users.put(g.name(), user);
+        if (user != null) {
+            users.put(g.name(), user);
+        }
         scheduler.set(g.name(), g.qos());
-        log.info("export add export={} uid={} weight={} reservation_iops={} limit_iops={} volumes={}", g.name(),
-                g.uid(), g.qos().weight(), g.qos().reservationIops(), g.qos().limitIops(), g.volumes());
+        log.info("export add export={} uid={} psk_identity={} weight={} reservation_iops={} limit_iops={} volumes={}",
+                g.name(), g.uid() < 0 ? "-" : g.uid(), g.pskIdentity() == null ? "-" : g.pskIdentity(),
+                g.qos().weight(), g.qos().reservationIops(), g.qos().limitIops(), g.volumes());
         onChange.run();
     }
 
@@ -171,7 +185,7 @@ public final class ExportRegistry {
         if (g == null) {
             throw new FsException(ENOENT, "no export " + name);
         }
-        Grant changed = new Grant(name, g.uid(), qos, g.volumes());
+        Grant changed = new Grant(name, g.uid(), g.pskIdentity(), qos, g.volumes());
         Map<String, Grant> next = new TreeMap<>(grants);
         next.put(name, changed);
         save(next);
@@ -211,27 +225,32 @@ public final class ExportRegistry {
         return root.equals(user);
     }
 
-    /** The volumes {@code user} may see (all of them is root's, not listed here). */
-    public synchronized List<String> volumesOf(UserPrincipal user) {
+    /**
+     * The volumes a client may see: of the exports of its {@code user} (unix socket) or of its key
+     * {@code identity} (TCP); null for what it does not have. All of them is root's, not listed here.
+     */
+    public synchronized List<String> volumesOf(UserPrincipal user, String identity) {
         List<String> out = new ArrayList<>();
-        for (Map.Entry<String, UserPrincipal> e : users.entrySet()) {
-            if (e.getValue().equals(user)) {
-                out.addAll(grants.get(e.getKey()).volumes());
+        for (Grant g : grants.values()) {
+            if (mine(g, user, identity)) {
+                out.addAll(g.volumes());
             }
         }
         return out;
     }
 
-    /** Whether {@code user} may see and open {@code volume}. */
-    public synchronized boolean allows(UserPrincipal user, String volume) {
-        if (user == null) {
-            return false;
-        }
-        if (isRoot(user)) {
+    private boolean mine(Grant g, UserPrincipal user, String identity) {
+        return user != null && user.equals(users.get(g.name()))
+                || identity != null && identity.equals(g.pskIdentity());
+    }
+
+    /** Whether a client of {@code user} (unix socket) or {@code identity} (TCP) may see and open {@code volume}. */
+    public synchronized boolean allows(UserPrincipal user, String identity, String volume) {
+        if (user != null && isRoot(user)) {
             return true;
         }
         String owner = owner(volume);
-        return owner != null && users.get(owner).equals(user);
+        return owner != null && mine(grants.get(owner), user, identity);
     }
 
     /** The export holding {@code volume}, or null. */
@@ -247,7 +266,9 @@ public final class ExportRegistry {
     private void save(Map<String, Grant> all) throws IOException {
         StringBuilder b = new StringBuilder();
         for (Grant g : all.values()) {
-            b.append(TsvField.escape(g.name())).append('\t').append(g.uid()).append('\t').append(g.qos().weight())
+            b.append(TsvField.escape(g.name())).append('\t').append(g.uid() < 0 ? "-" : "" + g.uid()).append('\t')
+                    .append(g.pskIdentity() == null ? "-" : TsvField.escape(g.pskIdentity())).append('\t')
+                    .append(g.qos().weight())
                     .append('\t').append(g.qos().reservationIops()).append('\t').append(g.qos().limitIops());
             for (String v : g.volumes()) {
                 b.append('\t').append(TsvField.escape(v));

@@ -46,16 +46,14 @@ public final class VolumeExports implements Exports {
     /** Root, and users with an export; anyone else could see nothing. */
     @Override
     public boolean admits(Peer peer) {
-        return peer.user() != null && (registry.isRoot(peer.user()) || !registry.volumesOf(peer.user()).isEmpty());
+        return peer.user() != null && registry.isRoot(peer.user())
+                || !registry.volumesOf(peer.user(), peer.tlsIdentity()).isEmpty();
     }
 
     @Override
     public List<String> names(Peer peer) {
-        if (peer.user() == null) {
-            return List.of();
-        }
-        if (!registry.isRoot(peer.user())) {
-            return registry.volumesOf(peer.user()).stream().filter(this::exists).toList();
+        if (peer.user() == null || !registry.isRoot(peer.user())) {
+            return registry.volumesOf(peer.user(), peer.tlsIdentity()).stream().filter(this::exists).toList();
         }
         List<String> out = new ArrayList<>();
         try {
@@ -73,7 +71,7 @@ public final class VolumeExports implements Exports {
 
     @Override
     public boolean visible(Peer peer, String name) {
-        return registry.allows(peer.user(), name) && exists(name);
+        return registry.allows(peer.user(), peer.tlsIdentity(), name) && exists(name);
     }
 
     /** The export holding the volume, or the volume itself if none does (root's use of it). */
@@ -98,7 +96,7 @@ public final class VolumeExports implements Exports {
 
     @Override
     public Export open(Peer peer, String name) throws ExportException {
-        if (!registry.allows(peer.user(), name)) {
+        if (!registry.allows(peer.user(), peer.tlsIdentity(), name)) {
             return null; // to this client it does not exist
         }
         Node n;

@@ -21,7 +21,8 @@ class ProtocolTest {
                 new Request.VmAdd("vm1", "vm1.raw", "/run/vm1.agent", null, null),
                 new Request.VmAdd("vm2", "vm2.qcow2", "/run/vm2.agent", "/run/vm2.qmp", "libvirt-qemu:kvm"),
                 new Request.VmRemove("vm1"), new Request.VmReclaim("vm 3 with spaces"),
-                new Request.ExportAdd("t1", 107, 2, 500, 5000, List.of("images/t1/vm1.raw", "journals/vm1")),
+                new Request.ExportAdd("t1", 107L, null, 2, 500, 5000, List.of("images/t1/vm1.raw", "journals/vm1")),
+                new Request.ExportAdd("t2", null, "tenant2", 1, 0, 0, List.of("images/t2.raw")),
                 new Request.ExportSet("t1", 3, null, 0L), new Request.ExportSet("t1", null, 10L, null),
                 new Request.ExportRemove("t1"))) {
             assertEquals(r, Request.decode(r.encode()), r.encode());
@@ -39,8 +40,8 @@ class ProtocolTest {
             {"journal-create\tj\t1M", "journal-create takes NAME SIZE DURABILITY"},
             {"vm-add\ta\tb\tc", "vm-add takes NAME IMAGE AGENT-SOCKET QMP-SOCKET|- [USER[:GROUP]]"},
             {"status\textra", "status takes nothing"},
-            {"export-add\tt1\t107\t1\t0\t0", "export-add takes NAME UID WEIGHT RESERVATION LIMIT VOLUME..."},
-            {"export-add\tt1\tqemu\t1\t0\t0\timages/a.raw", "'qemu' is not a number"},
+            {"export-add\tt1\t107\t-\t1\t0\t0", "export-add takes NAME UID|- PSK-IDENTITY|- WEIGHT"},
+            {"export-add\tt1\tqemu\t-\t1\t0\t0\timages/a.raw", "'qemu' is not a number"},
             {"export-set\tt1\t-\t-1\t-", "'-1' is not a number"},
         };
         for (String[] b : bad) {
@@ -69,7 +70,8 @@ class ProtocolTest {
                 new Answer.Journal("j\\1", 64 << 20, 4096, 4096, "flush", 1_700_000_000_000L),
                 new Answer.JournalStore(1, 2, 3, 4, 5),
                 new Answer.Reclaimed(1, 2, 3, 4),
-                new Answer.Export("t\t1", 107, 2, 500, 0, List.of("images/a\tb.raw", "journals/j1")),
+                new Answer.Export("t\t1", 107, null, 2, 500, 0, List.of("images/a\tb.raw", "journals/j1")),
+                new Answer.Export("t2", -1, "tenant\t2", 1, 0, 0, List.of("images/t2.raw")),
                 new Answer.NbdShare("images/x.raw", 1, 0, 200, 2, 5, 10, 20, 3, 4, 40960, 81920, 127, 2047),
                 new Answer.Ok());
         String wire = Answer.encode(lines);

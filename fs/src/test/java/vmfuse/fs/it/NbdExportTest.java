@@ -143,7 +143,7 @@ class NbdExportTest {
                 other.umount().assertOk();
                 Poll.until(() -> !client.process.isAlive(), client::output);
                 assertTrue(client.output().contains("open\nhung-up"), client.output());
-                assertTrue(other.log().contains("nbd closed socket=" + sock), other.log());
+                assertTrue(other.log().contains("nbd closed unix:" + sock), other.log());
                 assertTrue(Files.notExists(sock), "the socket is removed");
             }
             other.mount();
@@ -162,13 +162,21 @@ class NbdExportTest {
             Proc.Result r = other.vmfuse("mount", "--store", other.store.toString(), "--nbd", "unix:" + taken,
                     other.mnt.toString());
             assertEquals(1, r.exit(), r.describe());
-            assertTrue(r.err().contains("cannot listen for NBD on " + taken) && r.err().contains("not a socket"),
+            assertTrue(r.err().contains("cannot listen for NBD") && r.err().contains(taken + " exists and is not a socket"),
                     r.describe());
             assertEquals("keep", Files.readString(taken));
             assertTrue(Proc.run("mountpoint", "-q", other.mnt.toString()).exit() != 0, "nothing mounted");
             Proc.Result tcp = other.vmfuse("mount", "--store", other.store.toString(), "--nbd", "tcp:127.0.0.1:10809",
                     other.mnt.toString());
-            assertTrue(tcp.exit() != 0 && tcp.err().contains("--nbd takes unix:PATH"), tcp.describe());
+            assertTrue(tcp.exit() != 0 && tcp.err().contains("NBD over TCP requires TLS: give --tls-psk FILE"),
+                    tcp.describe());
+            Path keys = other.root.resolve("keys.psk");
+            Files.writeString(keys, "alice:0123456789abcdef0123456789abcdef\n"); // readable by all: refused
+            Proc.Result open = other.vmfuse("mount", "--store", other.store.toString(), "--nbd", "tcp:127.0.0.1:10809",
+                    "--tls-psk", keys.toString(), other.mnt.toString());
+            assertTrue(open.exit() != 0 && open.err().contains("cannot use the TLS keys " + keys)
+                    && open.err().contains("chmod 600"), open.describe());
+            assertTrue(Proc.run("mountpoint", "-q", other.mnt.toString()).exit() != 0, "nothing mounted");
         } finally {
             other.close();
         }

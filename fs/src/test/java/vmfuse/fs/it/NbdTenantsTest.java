@@ -224,4 +224,65 @@ class NbdTenantsTest {
             m.umount().assertOk();
         }
     }
+
+    private static Path keys(Path dir, String... lines) throws Exception {
+        Files.createDirectories(dir);
+        Path f = dir.resolve("keys.psk"); // QEMU's tls-creds-psk reads DIR/keys.psk
+        Files.write(f, List.of(lines));
+        Files.setPosixFilePermissions(f, PosixFilePermissions.fromString("rw-------"));
+        return f;
+    }
+
+    /**
+     * NBD over TCP: TLS with pre-shared keys required; a client sees the exports of the key
+     * identity it proved (QEMU's tls-creds-psk writing an image with qemu-img convert, libnbd's
+     * nbds:// listing); a wrong key and a client without TLS get nothing; an export for both a uid
+     * and an identity is reached both ways.
+     */
+    @Test
+    void overTcpTlsIsRequiredAndEachKeyIdentitySeesItsOwn() throws Exception {
+        String alice = "alice:00112233445566778899aabbccddeeff";
+        String bob = "bob:ffeeddccbbaa99887766554433221100";
+        Path serverKeys = keys(socketDir.resolve("server"), alice, bob);
+        Path aliceKeys = keys(socketDir.resolve("alice"), alice);
+        Path wrongKeys = keys(socketDir.resolve("wrong"), "alice:ffeeddccbbaa99887766554433221100");
+        int port;
+        try (java.net.ServerSocket free = new java.net.ServerSocket(0, 1, java.net.InetAddress.getLoopbackAddress())) {
+            port = free.getLocalPort();
+        }
+        m.umount().assertOk();
+        m.mount("--nbd", "unix:" + socket, "--nbd", "tcp:127.0.0.1:" + port, "--tls-psk", serverKeys.toString(),
+                "--io-workers", "2");
+        image("t1.raw", "16M");
+        image("t2.raw", "16M");
+        m.vmfuse("export", "add", "a", "--psk-identity", "alice", "--image", "t1.raw", m.mnt.toString()).assertOk();
+        m.vmfuse("export", "add", "b", "--psk-identity", "bob", "--uid", "65534", "--image", "t2.raw",
+                m.mnt.toString()).assertOk();
+
+        String nbds = "nbds://alice@127.0.0.1:" + port + "/?tls-psk-file=" + aliceKeys;
+        String list = Proc.ok("nbdinfo", "--list", "--json", nbds).out();
+        assertTrue(list.contains("\"export-name\": \"images/t1.raw\"") && !list.contains("t2.raw"), list);
+
+        Path src = m.root.resolve("src.raw");
+        Proc.ok("dd", "if=/dev/urandom", "of=" + src, "bs=1M", "count=8", "status=none");
+        Proc.ok("qemu-img", "convert", "-n", "-f", "raw", src.toString(), "--object",
+                "tls-creds-psk,id=tls0,endpoint=client,dir=" + aliceKeys.getParent() + ",username=alice",
+                "--target-image-opts", "driver=raw,file.driver=nbd,file.server.type=inet,file.server.host=127.0.0.1,"
+                        + "file.server.port=" + port + ",file.export=images/t1.raw,file.tls-creds=tls0");
+        Proc.ok("qemu-img", "compare", "-f", "raw", "-F", "raw", src.toString(), m.image("t1.raw").toString());
+
+        Proc.Result crossed = Proc.run("nbdinfo", "nbds://alice@127.0.0.1:" + port + "/images/t2.raw?tls-psk-file="
+                + aliceKeys);
+        assertTrue(crossed.exit() != 0, "alice opened bob's image: " + crossed.describe());
+        Proc.Result wrong = Proc.run("nbdinfo", "--list", "nbds://alice@127.0.0.1:" + port + "/?tls-psk-file="
+                + wrongKeys);
+        assertTrue(wrong.exit() != 0, "a wrong key got in: " + wrong.describe());
+        Proc.Result plain = Proc.run("nbdinfo", "nbd://127.0.0.1:" + port + "/images/t1.raw");
+        assertTrue(plain.exit() != 0, "a client without TLS got in: " + plain.describe());
+        assertEquals(Set.of("images/t2.raw"), listAs(NOBODY), "export b is reached over the unix socket by its uid");
+        Poll.until(() -> m.log().contains("TLS handshake failed: bad_record_mac"), m::log);
+        Poll.until(() -> m.log().contains("TLS is required here"), m::log);
+        String status = m.vmfuse("status", m.mnt.toString()).assertOk().out();
+        assertTrue(status.lines().anyMatch(l -> l.matches("a\\s+-\\s+alice\\s.*images/t1.raw")), status);
+    }
 }
