@@ -64,6 +64,8 @@ final class Connection implements Runnable {
     private final Buffers buffers;
     /** What the client sent and was not yet taken: several requests' headers come in one read. */
     private final ByteBuffer in = ByteBuffer.allocateDirect(IN_BUFFER).flip();
+    /** Whether the socket was left empty by the last read: the next waits for it before reading. */
+    private boolean drained;
     private volatile Selector readable;
     private volatile Selector writable;
     private final ReentrantLock out = new ReentrantLock();
@@ -986,11 +988,18 @@ final class Connection implements Runnable {
                 in.position(in.position() + k);
                 continue;
             }
+            if (drained && tls == null) { // the last read emptied the socket: wait for more before reading
+                awaitReadable();
+                drained = false;
+            }
             int n;
+            int room;
             if (dst.remaining() >= in.capacity()) {
+                room = dst.remaining();
                 n = readSome(dst);
             } else {
                 in.clear();
+                room = in.remaining();
                 n = readSome(in);
                 in.flip();
             }
@@ -998,12 +1007,18 @@ final class Connection implements Runnable {
                 throw new EOFException();
             }
             if (n == 0) {
-                readable.select();
-                readable.selectedKeys().clear();
-                if (!ch.isOpen()) {
-                    throw new ClosedChannelException();
-                }
+                awaitReadable();
+            } else {
+                drained = n < room; // a client that waits for its answers has sent nothing more
             }
+        }
+    }
+
+    private void awaitReadable() throws IOException {
+        readable.select();
+        readable.selectedKeys().clear();
+        if (!ch.isOpen()) {
+            throw new ClosedChannelException();
         }
     }
 
