@@ -76,6 +76,10 @@ public final class Scheduler implements AutoCloseable {
 
     private final ReentrantLock lock = new ReentrantLock();
     private final Condition ready = lock.newCondition();
+    /** Signalled when nothing waits any more: background work goes then. */
+    private final Condition idle = lock.newCondition();
+    private long background;
+    private long backgroundYields;
     private final Map<String, Share> shares = new LinkedHashMap<>();
     private final List<Thread> workers = new ArrayList<>();
     /** Requests being done now, by workers or by callers ({@link Share#runNow}): at most one per worker. */
@@ -131,6 +135,45 @@ public final class Scheduler implements AutoCloseable {
         }
         log.info("scheduler share={} weight={} reservation_iops={} limit_iops={}", name, qos.weight(),
                 qos.reservationIops(), qos.limitIops());
+    }
+
+    /**
+     * Background work (the reclaimer's punches) goes below the guests: this returns once no guest
+     * request waits in any share, or after {@code maxWaitNanos}, whichever comes first, and the
+     * caller then does its work on its own thread. It never takes a worker's place, so a guest
+     * request that itself waits on the background work (a write to a range being punched) cannot
+     * deadlock with it; the wait bounds how long it yields.
+     */
+    public void yieldToGuests(long maxWaitNanos) throws InterruptedException {
+        long deadline = System.nanoTime() + maxWaitNanos;
+        lock.lock();
+        try {
+            boolean yielded = false;
+            while (waiting > 0 && !closed) {
+                long left = deadline - System.nanoTime();
+                if (left <= 0) {
+                    break;
+                }
+                yielded = true;
+                idle.awaitNanos(Math.min(left, 1_000_000L)); // woken as the queues empty, or every ms
+            }
+            background++;
+            if (yielded) {
+                backgroundYields++;
+            }
+        } finally {
+            lock.unlock();
+        }
+    }
+
+    /** Background work done and, of it, how much first yielded to waiting guest requests. */
+    public long[] backgroundCounts() {
+        lock.lock();
+        try {
+            return new long[] {background, backgroundYields};
+        } finally {
+            lock.unlock();
+        }
     }
 
     /** Every share known now, in the order they were made. */
@@ -257,7 +300,9 @@ public final class Scheduler implements AutoCloseable {
                 }
             }
             queued--;
-            waiting--;
+            if (--waiting == 0) {
+                idle.signalAll();
+            }
             charge(t, now, byReservation);
             return t;
         }

@@ -217,4 +217,44 @@ class SchedulerTest {
             assertTrue(s.stats().stream().noneMatch(x -> x.share().equals("a")), "a share nobody uses is forgotten");
         }
     }
+
+    /** Background work waits while guest requests wait, and goes once they are done, or after its bound. */
+    @Test
+    void backgroundWorkGoesBelowTheGuests() throws Exception {
+        try (Scheduler s = new Scheduler(1)) {
+            long start = System.nanoTime();
+            s.yieldToGuests(5_000_000_000L);
+            assertTrue(System.nanoTime() - start < 1_000_000_000L, "nothing waits: it goes at once");
+
+            CountDownLatch open = gate(s);
+            CountDownLatch done = new CountDownLatch(20);
+            submit(s.share("guest"), Scheduler.Kind.WRITE, 20, done);
+            java.util.concurrent.CompletableFuture<Long> bg = java.util.concurrent.CompletableFuture.supplyAsync(() -> {
+                try {
+                    s.yieldToGuests(20_000_000_000L);
+                } catch (InterruptedException e) {
+                    throw new IllegalStateException(e);
+                }
+                return done.getCount();
+            });
+            Thread.sleep(200);
+            assertTrue(!bg.isDone(), "it waits while 20 guest requests wait");
+            open.countDown();
+            long left = bg.get(10, TimeUnit.SECONDS);
+            assertTrue(left <= 1, "it went once the guests' requests were all taken (the last one may be running): "
+                    + left);
+
+            open = gate(s);
+            CountDownLatch more = new CountDownLatch(5);
+            submit(s.share("guest"), Scheduler.Kind.WRITE, 5, more);
+            start = System.nanoTime();
+            s.yieldToGuests(100_000_000L);
+            long waited = System.nanoTime() - start;
+            assertTrue(waited >= 90_000_000L && waited < 5_000_000_000L, "it yields at most its bound: " + waited);
+            open.countDown();
+            assertTrue(more.await(10, TimeUnit.SECONDS));
+            assertEquals(3, s.backgroundCounts()[0]);
+            assertEquals(2, s.backgroundCounts()[1]);
+        }
+    }
 }

@@ -161,7 +161,8 @@ public final class Daemon {
             JournalFiles devices = new JournalFiles(journals, o.journalDurability(), ledger);
             VmFuseFs fs = new VmFuseFs(backing, images, devices, puncher);
             fs.dropHidden();
-            VmRegistry vms = VmRegistry.open(store, mnt, backing, fs, WriteTracker.Limits.ofRanges(o.reclaimMaxRanges()));
+            VmRegistry vms = VmRegistry.open(store, mnt, backing, fs, WriteTracker.Limits.ofRanges(o.reclaimMaxRanges()),
+                    scheduler);
             fs.writeTrackers(vms.trackers(), vms::holdsVmImage);
             // the NBD door listens before the mount is made: a socket path that cannot be taken fails the mount
             ExportRegistry exports = ExportRegistry.load(store.disk(), store.exports(), scheduler);

@@ -24,6 +24,7 @@ import vmfuse.fs.mount.VmFuseFs;
 import vmfuse.fs.nativeio.LibC;
 import vmfuse.fs.nativeio.StructStat;
 import vmfuse.fs.space.ReleaseLedger;
+import vmfuse.nbd.Scheduler;
 import vmfuse.reclaimer.AgentAccess;
 import vmfuse.reclaimer.AgentListener;
 import vmfuse.reclaimer.ImageFence;
@@ -65,9 +66,13 @@ public final class VmRegistry implements AutoCloseable {
 
     private record Failed(Vm vm, String reason) {}
     private final Map<String, WriteTracker> trackers = new ConcurrentHashMap<>();
+    /** How long one punch yields to waiting guest requests, at most: a write to its range waits on it. */
+    private static final long PUNCH_YIELD_NANOS = 20_000_000L;
+    private final Scheduler scheduler;
 
     private VmRegistry(StoreDir store, Path mnt, ImagesDir backing, VmFuseFs fs, ThresholdPolicy policy,
-            WriteTracker.Limits limits) {
+            WriteTracker.Limits limits, Scheduler scheduler) {
+        this.scheduler = scheduler;
         this.limits = limits;
         this.store = store;
         this.mnt = mnt;
@@ -77,11 +82,11 @@ public final class VmRegistry implements AutoCloseable {
     }
 
     /** Starts every VM of the registry; one that cannot start is logged and left out. */
-    public static VmRegistry open(StoreDir store, Path mnt, ImagesDir backing, VmFuseFs fs, WriteTracker.Limits limits)
-            throws IOException {
+    public static VmRegistry open(StoreDir store, Path mnt, ImagesDir backing, VmFuseFs fs, WriteTracker.Limits limits,
+            Scheduler scheduler) throws IOException {
         FileStore disk = Files.getFileStore(store.images());
         VmRegistry v = new VmRegistry(store, mnt, backing, fs, new ThresholdPolicy(disk.getUsableSpace(), disk.getTotalSpace()),
-                limits);
+                limits, scheduler);
         if (Files.exists(store.vms())) {
             for (String line : Files.readAllLines(store.vms(), StandardCharsets.UTF_8)) {
                 String[] f = line.split("\t");
@@ -234,7 +239,14 @@ public final class VmRegistry implements AutoCloseable {
         return now == null ? 0 : allocated ? now.allocated() : now.size();
     }
 
+    /** A reclaimer's punch: below the guests' NBD requests (it yields to them up to 20 ms), then done here. */
     private long punch(String image, long offset, long length) throws IOException {
+        try {
+            scheduler.yieldToGuests(PUNCH_YIELD_NANOS);
+        } catch (InterruptedException e) {
+            Thread.currentThread().interrupt();
+            throw new IOException("interrupted");
+        }
         try {
             int fd = backing.openImage(image, O_WRONLY);
             try {
