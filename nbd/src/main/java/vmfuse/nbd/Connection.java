@@ -51,6 +51,8 @@ final class Connection implements Runnable {
     static final long ACCOUNT = 8 << 20;
     private static final int PREFERRED_BLOCK = 4096;
     private static final int IN_BUFFER = 64 * 1024;
+    /** Options answered ERR_TLS_REQD before a client that must use TLS is hung up on. */
+    static final int MAX_OPTIONS_BEFORE_TLS = 4;
     private static final int CONTEXT_ID = 1;
 
     private final SocketChannel ch;
@@ -60,6 +62,8 @@ final class Connection implements Runnable {
     private final TlsPsk tlsPsk;
     /** The TLS session once STARTTLS is done; null before (and on the unix socket). */
     private volatile Tls tls;
+    /** Once TLS is on: why the server will not take this identity's client (its clients are many), or null. */
+    private final java.util.function.Function<Connection, String> admitTls;
     private final Scheduler scheduler;
     private final Buffers buffers;
     /** What the client sent and was not yet taken: several requests' headers come in one read. */
@@ -74,6 +78,7 @@ final class Connection implements Runnable {
     private final ArrayDeque<Reply> pending = new ArrayDeque<>();
     private boolean ending; // guarded by out
     private boolean noZeroes;
+    private int beforeTls;
     private boolean structured;
     private boolean allocationContext;
     private Export export;
@@ -89,8 +94,10 @@ final class Connection implements Runnable {
     private volatile long payloadSince;
 
     /** Closed by the server at its end ({@link #closeChannel}): the connection stops at its next read. */
-    Connection(SocketChannel ch, Exports exports, Peer peer, Scheduler scheduler, Buffers buffers, TlsPsk tlsPsk) {
+    Connection(SocketChannel ch, Exports exports, Peer peer, Scheduler scheduler, Buffers buffers, TlsPsk tlsPsk,
+            java.util.function.Function<Connection, String> admitTls) {
         this.tlsPsk = tlsPsk;
+        this.admitTls = admitTls;
         this.ch = ch;
         this.exports = exports;
         this.peer = peer;
@@ -134,6 +141,10 @@ final class Connection implements Runnable {
             if (export != null) {
                 export.close();
             }
+            Tls t = tls;
+            if (t != null && !dead) { // close_notify, as far as the socket takes it now
+                t.close();
+            }
             closeChannel();
             for (Selector sel : new Selector[] {readable, writable}) {
                 if (sel != null) {
@@ -176,6 +187,9 @@ final class Connection implements Runnable {
             if (tlsPsk != null && tls == null && option != OPT_STARTTLS && option != OPT_ABORT) {
                 if (option == OPT_EXPORT_NAME) { // it cannot be answered with an error: hung up on
                     throw new Broken("EXPORT_NAME before STARTTLS, where TLS is required");
+                }
+                if (++beforeTls > MAX_OPTIONS_BEFORE_TLS) {
+                    throw new Broken(MAX_OPTIONS_BEFORE_TLS + " options without STARTTLS, where TLS is required");
                 }
                 error(option, REP_ERR_TLS_REQD, "TLS is required here: NBD_OPT_STARTTLS first");
                 continue;
@@ -383,7 +397,11 @@ final class Connection implements Runnable {
     }
 
     private void error(int option, int type, String message) throws IOException {
-        log.info("nbd client={} option={} refused: {}", peer, option, message);
+        if (type == REP_ERR_TLS_REQD) { // anyone may ask before TLS: not for the log's default level
+            log.debug("nbd client={} option={} refused: {}", peer, option, message);
+        } else {
+            log.info("nbd client={} option={} refused: {}", peer, option, message);
+        }
         byte[] b = message.getBytes(StandardCharsets.UTF_8);
         optionReply(option, type, ByteBuffer.wrap(b));
     }
@@ -401,6 +419,9 @@ final class Connection implements Runnable {
         log.info("nbd client={} export={} open structured={} base_allocation={}", peer, exportName, structured,
                 allocationContext);
         handshakeSince = 0;
+        if (!exports.visible(peer, exportName)) { // its export went while it was in its handshake
+            throw new Broken("export " + exportName + " is no longer this client's");
+        }
         exportSize = size();
         share = scheduler.share(exports.share(exportName));
         account = buffers.account(ACCOUNT);
@@ -942,6 +963,15 @@ final class Connection implements Runnable {
         return peer;
     }
 
+    /** The host a TCP client connects from; "" on a unix socket. */
+    String remoteHost() {
+        try {
+            return ch.getRemoteAddress() instanceof java.net.InetSocketAddress a ? a.getAddress().getHostAddress() : "";
+        } catch (IOException e) {
+            return "";
+        }
+    }
+
     /** The export this client has open, once its handshake is done; null before. */
     String exportName() {
         return handshakeSince == 0 && !dead ? exportName : null;
@@ -1087,6 +1117,10 @@ final class Connection implements Runnable {
         }
         peer = peer.withTlsIdentity(t.identity[0]);
         log.info("nbd client={} TLS on: identity {}", peer, t.identity[0]);
+        String refused = admitTls.apply(this);
+        if (refused != null) {
+            throw new Broken(refused);
+        }
     }
 
     /** One connection's TLS session, in BouncyCastle's non-blocking mode over the channel. */
@@ -1178,6 +1212,16 @@ final class Connection implements Runnable {
             }
             flush();
             return taken;
+        }
+
+        /** Sends close_notify, if the socket takes it now. */
+        synchronized void close() {
+            try {
+                protocol.close();
+                flush();
+            } catch (IOException e) {
+                log.debug("nbd client={} TLS close: {}", peer, e.toString());
+            }
         }
 
         /** Puts what TLS made on the socket as far as it takes it; true if all of it is there. */

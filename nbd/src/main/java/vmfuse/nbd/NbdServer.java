@@ -57,6 +57,8 @@ public final class NbdServer implements AutoCloseable {
     private final List<Bound> bound;
     private final Exports exports;
     private final Limits limits;
+    /** TCP connections from one host that have not proven a key yet, at most: the others wait their turn. */
+    static final int MAX_UNPROVEN_PER_HOST = 4;
     /** All clients' request data together, at most. */
     static final long BUFFER_BUDGET = 64 << 20;
 
@@ -231,7 +233,20 @@ public final class NbdServer implements AutoCloseable {
                 close(ch);
                 continue;
             }
-            Connection c = new Connection(ch, exports, peer, scheduler, buffers, tcp ? ((Tcp) b.endpoint()).psk() : null);
+            if (tcp) {
+                String remote = remoteHost(ch);
+                long unproven = clients.stream().filter(k -> k.peer().user() == null && k.peer().tlsIdentity() == null
+                        && remote.equals(k.remoteHost())).count();
+                if (unproven >= MAX_UNPROVEN_PER_HOST) {
+                    log.debug("nbd client={} refused: {} connections from {} have not proven a key yet", peer,
+                            unproven, remote);
+                    close(ch);
+                    continue;
+                }
+                tune(ch);
+            }
+            Connection c = new Connection(ch, exports, peer, scheduler, buffers, tcp ? ((Tcp) b.endpoint()).psk() : null,
+                    this::admitIdentity);
             clients.add(c);
             if (closed) { // close() hung up on the clients it saw; this one came after
                 c.closeChannel();
@@ -247,6 +262,37 @@ public final class NbdServer implements AutoCloseable {
             t.setDaemon(true);
             threads.add(t);
             t.start();
+        }
+    }
+
+    /**
+     * Once a TCP client has proven its key: null if its identity may have one more client, else
+     * why not (an identity holds at most maxPerUser connections, as a uid does).
+     */
+    private String admitIdentity(Connection c) {
+        String id = c.peer().tlsIdentity();
+        long mine = clients.stream().filter(k -> k != c && id.equals(k.peer().tlsIdentity())).count();
+        return mine >= limits.maxPerUser() ? "its key identity has " + mine + " clients already" : null;
+    }
+
+    /** A TCP client's socket: replies go at once (no Nagle), and a peer that vanished is found (keepalive). */
+    private static void tune(SocketChannel ch) {
+        try {
+            ch.setOption(java.net.StandardSocketOptions.TCP_NODELAY, true);
+            ch.setOption(java.net.StandardSocketOptions.SO_KEEPALIVE, true);
+            ch.setOption(jdk.net.ExtendedSocketOptions.TCP_KEEPIDLE, 60);
+            ch.setOption(jdk.net.ExtendedSocketOptions.TCP_KEEPINTERVAL, 10);
+            ch.setOption(jdk.net.ExtendedSocketOptions.TCP_KEEPCOUNT, 6);
+        } catch (IOException | UnsupportedOperationException e) {
+            log.warn("nbd: a TCP client's socket options: {}", e.toString());
+        }
+    }
+
+    private static String remoteHost(SocketChannel ch) {
+        try {
+            return ((InetSocketAddress) ch.getRemoteAddress()).getAddress().getHostAddress();
+        } catch (IOException | RuntimeException e) {
+            return "?";
         }
     }
 

@@ -139,7 +139,8 @@ public final class Scheduler implements AutoCloseable {
 
     /**
      * Background work (the reclaimer's punches) goes below the guests: this returns once no guest
-     * request waits in any share, or after {@code maxWaitNanos}, whichever comes first, and the
+     * request waits that could go now (one held back by its share's limit does not count), or
+     * after {@code maxWaitNanos}, whichever comes first, and the
      * caller then does its work on its own thread. It never takes a worker's place, so a guest
      * request that itself waits on the background work (a write to a range being punched) cannot
      * deadlock with it; the wait bounds how long it yields.
@@ -149,7 +150,7 @@ public final class Scheduler implements AutoCloseable {
         lock.lock();
         try {
             boolean yielded = false;
-            while (waiting > 0 && !closed) {
+            while (dispatchableWaiting(System.nanoTime()) && !closed) {
                 long left = deadline - System.nanoTime();
                 if (left <= 0) {
                     break;
@@ -164,6 +165,19 @@ public final class Scheduler implements AutoCloseable {
         } finally {
             lock.unlock();
         }
+    }
+
+    /** Whether a guest request waits that could go now (one held back by its share's limit could not). */
+    private boolean dispatchableWaiting(long now) {
+        if (waiting == 0) {
+            return false;
+        }
+        for (Share s : shares.values()) {
+            if (s.queued > 0 && (s.qos.limitIops() == 0 || s.limitDue <= now)) {
+                return true;
+            }
+        }
+        return false;
     }
 
     /** Background work done and, of it, how much first yielded to waiting guest requests. */

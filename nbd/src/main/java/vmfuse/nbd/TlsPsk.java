@@ -11,16 +11,18 @@ import java.util.Map;
 import java.util.Set;
 import java.util.TreeMap;
 
+import org.bouncycastle.tls.CipherSuite;
 import org.bouncycastle.tls.PSKTlsServer;
 import org.bouncycastle.tls.TlsPSKIdentityManager;
+import org.bouncycastle.tls.TlsUtils;
 import org.bouncycastle.tls.crypto.impl.bc.BcTlsCrypto;
 
 /**
  * TLS with pre-shared keys, required on TCP: the keys of a file in the format QEMU's
  * tls-creds-psk ("keys.psk"), nbdkit's --tls-psk and libnbd's tls-psk-file read, one
  * {@code IDENTITY:HEXKEY} per line. An identity is a tenant: what a client may see is decided by
- * the identity it proved it holds the key of (BouncyCastle's TLS API: TLS 1.2, ECDHE-PSK and
- * DHE-PSK suites, its own crypto, no JCE provider).
+ * the identity it proved it holds the key of (BouncyCastle's TLS API: TLS 1.2, ECDHE-PSK suites
+ * only, its own crypto, no JCE provider).
  */
 public final class TlsPsk {
     private static final SecureRandom RANDOM = new SecureRandom();
@@ -97,6 +99,20 @@ public final class TlsPsk {
                 }
                 return null;
             }
-        });
+        }) {
+            /**
+             * ECDHE-PSK only: forward secrecy, and no finite-field Diffie-Hellman of a size an
+             * unauthenticated client could make the server compute.
+             */
+            @Override
+            protected int[] getSupportedCipherSuites() {
+                return TlsUtils.getSupportedCipherSuites(getCrypto(), new int[] {
+                    CipherSuite.TLS_ECDHE_PSK_WITH_CHACHA20_POLY1305_SHA256,
+                    CipherSuite.TLS_ECDHE_PSK_WITH_AES_128_GCM_SHA256,
+                    CipherSuite.TLS_ECDHE_PSK_WITH_AES_256_GCM_SHA384,
+                    CipherSuite.TLS_ECDHE_PSK_WITH_AES_128_CBC_SHA256,
+                    CipherSuite.TLS_ECDHE_PSK_WITH_AES_256_CBC_SHA384});
+            }
+        };
     }
 }

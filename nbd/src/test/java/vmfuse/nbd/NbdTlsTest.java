@@ -140,4 +140,47 @@ class NbdTlsTest {
         assertEquals(0, server.clients(), "every refused client was hung up on");
         assertEquals(0, disk.opens.get(), "nothing was opened");
     }
+
+    /**
+     * Before TLS a client is nobody: after 4 options without STARTTLS it is hung up on, and one
+     * host holds at most 4 connections that have not proven a key (a fifth is closed at once);
+     * once they go, a client with a key gets in.
+     */
+    @Test
+    void clientsWithoutAKeyAreBoundedBeforeTheyProveOne() throws Exception {
+        String script = String.join("\n",
+                "import socket, struct, sys, time",
+                "def conn():",
+                "    s = socket.create_connection(('127.0.0.1', int(sys.argv[1])), timeout=20)",
+                "    s.recv(18, socket.MSG_WAITALL); s.sendall(struct.pack('>I', 3)); return s",
+                "def closed(s):",
+                "    try:",
+                "        return s.recv(1) == b''",
+                "    except (ConnectionResetError, socket.timeout):",
+                "        return False",
+                "s = conn()",
+                "for i in range(5):",
+                "    s.sendall(b'IHAVEOPT' + struct.pack('>II', 3, 0))",
+                "replies = 0",
+                "try:",
+                "    while True:",
+                "        h = s.recv(20, socket.MSG_WAITALL)",
+                "        if len(h) < 20: break",
+                "        magic, o, t, n = struct.unpack('>QIII', h); s.recv(n, socket.MSG_WAITALL); replies += 1",
+                "except ConnectionResetError: pass",
+                "print('tls-reqd', replies)",
+                "idle = [conn() for _ in range(4)]",
+                "time.sleep(0.5)",
+                "fifth = socket.create_connection(('127.0.0.1', int(sys.argv[1])), timeout=20)",
+                "print('fifth-closed', fifth.recv(18) == b'')",
+                "for c in idle: c.close()");
+        String out = NbdServerTest.run("python3", "-c", script, String.valueOf(port)).ok().out();
+        assertTrue(out.contains("tls-reqd 4"), "4 options answered ERR_TLS_REQD, then hung up: " + out);
+        assertTrue(out.contains("fifth-closed True"), out);
+        for (int i = 0; i < 100 && server.clients() > 0; i++) {
+            Thread.sleep(50);
+        }
+        Path alice = keys("alice2", "alice:" + ALICE_KEY);
+        NbdServerTest.run("nbdinfo", "--list", nbds("alice", alice, "")).ok();
+    }
 }

@@ -80,6 +80,9 @@ final class ExportCommand {
             if (volumes.isEmpty()) {
                 throw new FsException(Native.EINVAL, "an export holds at least one --image or --journal");
             }
+            if ("-".equals(pskIdentity)) {
+                throw new FsException(Native.EINVAL, "'-' is not a key identity");
+            }
             if (uid == null && pskIdentity == null) {
                 throw new FsException(Native.EINVAL, "an export is for a --uid (the unix socket), a --psk-identity "
                         + "(TCP with TLS), or both");

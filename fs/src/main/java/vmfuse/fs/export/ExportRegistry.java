@@ -83,6 +83,9 @@ public final class ExportRegistry {
                 Grant g = new Grant(TsvField.unescape(f[0]), f[1].equals("-") ? -1 : Long.parseLong(f[1]),
                         f[2].equals("-") ? null : TsvField.unescape(f[2]), new Scheduler.Qos(Integer.parseInt(f[3]),
                         Long.parseLong(f[4]), Long.parseLong(f[5])), volumes);
+                if (r.grants.containsKey(g.name())) {
+                    throw new IllegalArgumentException("export " + g.name() + " twice");
+                }
                 r.check(g);
                 r.put(g);
             } catch (FsException | RuntimeException e) {
@@ -138,6 +141,7 @@ public final class ExportRegistry {
     }
 
     private void put(Grant g) throws FsException {
+        users.remove(g.name());
         if (g.uid() >= 0) {
             users.put(g.name(), user(g.uid()));
         }

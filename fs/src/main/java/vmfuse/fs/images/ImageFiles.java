@@ -139,11 +139,12 @@ public final class ImageFiles {
             return;
         }
         synchronized (held) {
-            String name = v.name();
+            // by the file, not its name: a rename or an unlink between two opens changes no writer
+            StructStat.FileId mine = v.fileId();
             for (ImageVolume o : open) {
                 Door w = o.writer();
-                if (o != v && w != null && w != door && !o.unlinked() && !v.unlinked() && name.equals(o.name())) {
-                    throw new FsException(EBUSY, "image " + name + " is being written through the " + w.label()
+                if (o != v && w != null && w != door && mine.equals(o.fileId())) {
+                    throw new FsException(EBUSY, "image " + v.name() + " is being written through the " + w.label()
                             + "; one door writes an image at a time (it can be read through both)");
                 }
             }
@@ -179,13 +180,16 @@ public final class ImageFiles {
         return v;
     }
 
-    /** Sets an image's size by name (truncate(2) without an open); a shrink is counted. */
+    /**
+     * Sets an image's size by name (truncate(2) without an open); a shrink is counted. It writes
+     * the image through the mount: EBUSY while the NBD socket writes it.
+     */
     public void truncate(String name, long size) throws FsException {
-        int fd = dir.openImage(name, O_WRONLY);
+        ImageVolume v = open(name, O_WRONLY, Door.MOUNT);
         try {
-            puncher.truncate(fd, name, size);
+            v.truncate(size);
         } finally {
-            LibC.INSTANCE.close(fd);
+            v.close();
         }
     }
 

@@ -13,6 +13,8 @@ public final class StructStat {
 
     /** sizeof(struct stat) is 144; a little headroom. */
     public static final int SIZE = 256;
+    public static final int DEV = 0;
+    public static final int INO = 8;
     public static final int NLINK = 16;
     public static final int MODE = 24;
     public static final int UID = 28;
@@ -33,6 +35,13 @@ public final class StructStat {
 
     public static int type(Pointer st) {
         return st.getInt(MODE) & Native.S_IFMT;
+    }
+
+    /** Which file it is: st_dev and st_ino, whatever names it has now. */
+    public record FileId(long dev, long ino) {}
+
+    public static FileId fileId(Pointer st) {
+        return new FileId(st.getLong(DEV), st.getLong(INO));
     }
 
     public static Usage usage(Pointer st) {

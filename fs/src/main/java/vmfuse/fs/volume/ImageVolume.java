@@ -79,6 +79,13 @@ public final class ImageVolume implements Volume {
         return writer;
     }
 
+    /** The backing file this open is of (st_dev, st_ino): the same across renames, and after an unlink. */
+    public StructStat.FileId fileId() throws FsException {
+        Pointer st = StructStat.allocate();
+        stat(st);
+        return StructStat.fileId(st);
+    }
+
     /** Set by ImageFiles, which checks that no open of the other door writes the image. */
     public void writer(Door door) {
         writer = door;

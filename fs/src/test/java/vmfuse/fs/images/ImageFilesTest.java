@@ -123,5 +123,14 @@ class ImageFilesTest {
         nbd2.close();
         files.open("vm.raw", O_RDWR, Door.MOUNT).close();
         files.create("other.raw", O_RDWR, 0644, 0, 0).close(); // another image is no one's business
+
+        ImageVolume writer = files.open("vm.raw", O_RDWR, Door.NBD);
+        files.claimWriter(writer, Door.NBD);
+        files.rename("vm.raw", "moved.raw"); // the file keeps its writer under its new name
+        assertEquals(EBUSY, assertThrows(FsException.class, () -> files.open("moved.raw", O_RDWR, Door.MOUNT)).errno());
+        assertEquals(EBUSY, assertThrows(FsException.class, () -> files.truncate("moved.raw", 0)).errno(),
+                "a truncate by name writes through the mount too");
+        writer.close();
+        files.truncate("moved.raw", 4096);
     }
 }
