@@ -101,6 +101,7 @@ JOURNAL_ROW = ("journal 4K write+flush", "IOPS", flush_lat, False)
 
 def isolation(flusher, streamer):
     """p99 of 4 KiB write+flush on one export alone, then beside 1 MiB writes at depth 8 on another."""
+    os.sync()  # what an earlier round's stream left dirty is on the disk before "alone" is timed
     alone = flush_lat(flusher, 1500)[2]
     fio_args = ["fio", "--name=stream", "--rw=write", "--bs=1M", "--iodepth=8", "--time_based", "--runtime=60",
                 "--output-format=terse"]

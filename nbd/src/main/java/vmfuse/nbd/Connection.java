@@ -6,8 +6,6 @@ import java.io.EOFException;
 import java.io.IOException;
 import java.nio.ByteBuffer;
 import java.nio.channels.ClosedChannelException;
-import java.nio.channels.SelectionKey;
-import java.nio.channels.Selector;
 import java.nio.channels.SocketChannel;
 import java.nio.charset.StandardCharsets;
 import java.util.ArrayDeque;
@@ -18,7 +16,6 @@ import java.util.concurrent.ExecutionException;
 import java.util.concurrent.locks.Condition;
 import java.util.concurrent.locks.ReentrantLock;
 
-import org.bouncycastle.tls.TlsServerProtocol;
 import org.slf4j.Logger;
 import org.slf4j.LoggerFactory;
 
@@ -60,8 +57,8 @@ final class Connection implements Runnable {
     private volatile Peer peer;
     /** Keys for TLS, which this listener requires (TCP); null: no TLS here (the unix socket). */
     private final TlsPsk tlsPsk;
-    /** The TLS session once STARTTLS is done; null before (and on the unix socket). */
-    private volatile Tls tls;
+    /** The socket, non-blocking, with TLS once STARTTLS is done; null until run() makes it. */
+    private volatile Transport transport;
     /** Once TLS is on: why the server will not take this identity's client (its clients are many), or null. */
     private final java.util.function.Function<Connection, String> admitTls;
     private final Scheduler scheduler;
@@ -70,8 +67,6 @@ final class Connection implements Runnable {
     private final ByteBuffer in = ByteBuffer.allocateDirect(IN_BUFFER).flip();
     /** Whether the socket was left empty by the last read: the next waits for it before reading. */
     private boolean drained;
-    private volatile Selector readable;
-    private volatile Selector writable;
     private final ReentrantLock out = new ReentrantLock();
     private final Condition outPending = out.newCondition();
     /** Replies the socket did not take at once, for the sender thread. Guarded by out. */
@@ -115,11 +110,7 @@ final class Connection implements Runnable {
     @Override
     public void run() {
         try {
-            ch.configureBlocking(false);
-            readable = Selector.open();
-            ch.register(readable, SelectionKey.OP_READ);
-            writable = Selector.open();
-            ch.register(writable, SelectionKey.OP_WRITE);
+            transport = Transport.open(ch);
             if (dead) { // closed by the server before the selectors were there to wake
                 throw new ClosedChannelException();
             }
@@ -141,19 +132,13 @@ final class Connection implements Runnable {
             if (export != null) {
                 export.close();
             }
-            Tls t = tls;
-            if (t != null && !dead) { // close_notify, as far as the socket takes it now
-                t.close();
+            Transport t = transport;
+            if (t != null && !dead) {
+                t.closeTls(peer.toString()); // close_notify, as far as the socket takes it now
             }
             closeChannel();
-            for (Selector sel : new Selector[] {readable, writable}) {
-                if (sel != null) {
-                    try {
-                        sel.close();
-                    } catch (IOException ignored) {
-                        // an epoll descriptor
-                    }
-                }
+            if (t != null) {
+                t.release();
             }
         }
     }
@@ -184,7 +169,7 @@ final class Connection implements Runnable {
                 throw new Broken("option " + option + " of " + length + " bytes, at most " + MAX_OPTION);
             }
             ByteBuffer data = read((int) length);
-            if (tlsPsk != null && tls == null && option != OPT_STARTTLS && option != OPT_ABORT) {
+            if (tlsPsk != null && !transport.tls() && option != OPT_STARTTLS && option != OPT_ABORT) {
                 if (option == OPT_EXPORT_NAME) { // it cannot be answered with an error: hung up on
                     throw new Broken("EXPORT_NAME before STARTTLS, where TLS is required");
                 }
@@ -965,11 +950,7 @@ final class Connection implements Runnable {
 
     /** The host a TCP client connects from; "" on a unix socket. */
     String remoteHost() {
-        try {
-            return ch.getRemoteAddress() instanceof java.net.InetSocketAddress a ? a.getAddress().getHostAddress() : "";
-        } catch (IOException e) {
-            return "";
-        }
+        return Transport.remoteHost(ch);
     }
 
     /** The export this client has open, once its handshake is done; null before. */
@@ -981,18 +962,11 @@ final class Connection implements Runnable {
     void closeChannel() {
         dead = true;
         handshakeSince = 0;
-        try {
-            ch.close();
-        } catch (IOException ignored) {
-            // closing a socket
-        }
-        wake(readable);
-        wake(writable);
-    }
-
-    private static void wake(Selector s) {
-        if (s != null) {
-            s.wakeup();
+        Transport t = transport;
+        if (t != null) {
+            t.hangUp();
+        } else {
+            Transport.hangUp(ch);
         }
     }
 
@@ -1018,8 +992,8 @@ final class Connection implements Runnable {
                 in.position(in.position() + k);
                 continue;
             }
-            if (drained && tls == null) { // the last read emptied the socket: wait for more before reading
-                awaitReadable();
+            if (drained && !transport.tls()) { // the last read emptied the socket: wait for more before reading
+                transport.awaitReadable();
                 drained = false;
             }
             int n;
@@ -1037,20 +1011,13 @@ final class Connection implements Runnable {
                 throw new EOFException();
             }
             if (n == 0) {
-                awaitReadable();
+                transport.awaitReadable();
             } else {
                 drained = n < room; // a client that waits for its answers has sent nothing more
             }
         }
     }
 
-    private void awaitReadable() throws IOException {
-        readable.select();
-        readable.selectedKeys().clear();
-        if (!ch.isOpen()) {
-            throw new ClosedChannelException();
-        }
-    }
 
     private int readInt() throws IOException {
         return read(4).getInt();
@@ -1070,22 +1037,20 @@ final class Connection implements Runnable {
         }
     }
 
-    /** What the client sent, into {@code dst}: through TLS once it is on. 0 if nothing now, -1 at its end. */
     private int readSome(ByteBuffer dst) throws IOException {
-        Tls t = tls;
-        return t == null ? ch.read(dst) : t.read(dst);
+        return transport.read(dst);
     }
 
-    /** Sends what of {@code src} the socket takes now (through TLS once it is on); the bytes of {@code src} taken. */
     private long writeSome(ByteBuffer[] src) throws IOException {
-        Tls t = tls;
-        return t == null ? ch.write(src) : t.write(src);
+        return transport.write(src);
     }
 
-    /** Whether everything taken is on the socket (TLS may hold records it has not sent yet). */
     private boolean flushed() throws IOException {
-        Tls t = tls;
-        return t == null || t.flush();
+        return transport.flushed();
+    }
+
+    private void awaitWritable() throws IOException {
+        transport.awaitWritable();
     }
 
     // ---- TLS ---------------------------------------------------------------------------------
@@ -1100,157 +1065,27 @@ final class Connection implements Runnable {
             error(option, REP_ERR_UNSUP, "no TLS on this socket: its clients are told apart by their uid");
             return;
         }
-        if (tls != null || data.hasRemaining()) {
-            error(option, REP_ERR_INVALID, tls != null ? "TLS is on already" : "STARTTLS takes no data");
+        if (transport.tls() || data.hasRemaining()) {
+            error(option, REP_ERR_INVALID, transport.tls() ? "TLS is on already" : "STARTTLS takes no data");
             return;
         }
         optionReply(option, REP_ACK, ByteBuffer.allocate(0));
-        Tls t = new Tls();
         byte[] early = new byte[in.remaining()]; // what the client sent past STARTTLS is its TLS already
         in.get(early);
-        t.start(early);
-        tls = t;
+        String identity;
         try {
-            t.handshake();
+            identity = transport.startTls(tlsPsk, early);
         } catch (IOException e) {
             throw new Broken("TLS handshake failed: " + e.getMessage());
         }
-        peer = peer.withTlsIdentity(t.identity[0]);
-        log.info("nbd client={} TLS on: identity {}", peer, t.identity[0]);
+        peer = peer.withTlsIdentity(identity);
+        log.info("nbd client={} TLS on: identity {}", peer, identity);
         String refused = admitTls.apply(this);
         if (refused != null) {
             throw new Broken(refused);
         }
     }
 
-    /** One connection's TLS session, in BouncyCastle's non-blocking mode over the channel. */
-    private final class Tls {
-        private final TlsServerProtocol protocol = new TlsServerProtocol();
-        private final String[] identity = new String[1];
-        private final ByteBuffer net = ByteBuffer.allocate(32 * 1024);
-        /** Records made and not yet on the socket. Guarded by this. */
-        private ByteBuffer records = ByteBuffer.allocate(0);
-
-        void start(byte[] early) throws IOException {
-            synchronized (this) {
-                protocol.accept(tlsPsk.server(identity));
-                if (early.length > 0) {
-                    protocol.offerInput(early);
-                }
-            }
-        }
-
-        /** Runs the handshake to its end (the watchdog bounds it: a stalled client is hung up on). */
-        void handshake() throws IOException {
-            while (true) {
-                while (!flush()) {
-                    awaitWritable();
-                }
-                synchronized (this) {
-                    if (!protocol.isHandshaking()) {
-                        break;
-                    }
-                }
-                net.clear();
-                int n = ch.read(net);
-                if (n < 0) {
-                    throw new EOFException("the client hung up in the TLS handshake");
-                }
-                if (n == 0) {
-                    readable.select();
-                    readable.selectedKeys().clear();
-                    if (!ch.isOpen()) {
-                        throw new ClosedChannelException();
-                    }
-                    continue;
-                }
-                synchronized (this) {
-                    protocol.offerInput(net.array(), 0, n);
-                }
-            }
-            if (identity[0] == null) {
-                throw new IOException("no identity");
-            }
-        }
-
-        int read(ByteBuffer dst) throws IOException {
-            synchronized (this) {
-                if (protocol.getAvailableInputBytes() > 0) {
-                    return protocol.readInput(dst, Math.min(dst.remaining(), protocol.getAvailableInputBytes()));
-                }
-            }
-            net.clear();
-            int n = ch.read(net);
-            if (n <= 0) {
-                return n;
-            }
-            synchronized (this) {
-                protocol.offerInput(net.array(), 0, n);
-                flush();
-                if (protocol.isClosed() && protocol.getAvailableInputBytes() == 0) {
-                    return -1; // close_notify
-                }
-                int avail = protocol.getAvailableInputBytes();
-                return avail == 0 ? 0 : protocol.readInput(dst, Math.min(dst.remaining(), avail));
-            }
-        }
-
-        /** Encrypts up to 64 KiB of {@code src} once what was encrypted before is on the socket; the bytes taken. */
-        synchronized long write(ByteBuffer[] src) throws IOException {
-            if (!flush()) {
-                return 0;
-            }
-            long taken = 0;
-            for (ByteBuffer b : src) {
-                while (b.hasRemaining() && taken < 64 * 1024) {
-                    int n = (int) Math.min(b.remaining(), 64 * 1024 - taken);
-                    byte[] plain = new byte[n];
-                    b.get(plain);
-                    protocol.writeApplicationData(plain, 0, n);
-                    taken += n;
-                }
-            }
-            flush();
-            return taken;
-        }
-
-        /** Sends close_notify, if the socket takes it now. */
-        synchronized void close() {
-            try {
-                protocol.close();
-                flush();
-            } catch (IOException e) {
-                log.debug("nbd client={} TLS close: {}", peer, e.toString());
-            }
-        }
-
-        /** Puts what TLS made on the socket as far as it takes it; true if all of it is there. */
-        synchronized boolean flush() throws IOException {
-            while (true) {
-                if (!records.hasRemaining()) {
-                    int avail = protocol.getAvailableOutputBytes();
-                    if (avail == 0) {
-                        return true;
-                    }
-                    byte[] b = new byte[avail];
-                    protocol.readOutput(b, 0, avail);
-                    records = ByteBuffer.wrap(b);
-                }
-                ch.write(records);
-                if (records.hasRemaining()) {
-                    return false;
-                }
-            }
-        }
-    }
-
-    private void awaitWritable() throws IOException {
-        writable.select(1000);
-        writable.selectedKeys().clear();
-        if (!ch.isOpen()) {
-            throw new ClosedChannelException();
-        }
-    }
 
     private static String string(ByteBuffer data, int n) {
         byte[] b = new byte[n];

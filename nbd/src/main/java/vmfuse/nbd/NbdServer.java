@@ -234,7 +234,7 @@ public final class NbdServer implements AutoCloseable {
                 continue;
             }
             if (tcp) {
-                String remote = remoteHost(ch);
+                String remote = Transport.remoteHost(ch);
                 long unproven = clients.stream().filter(k -> k.peer().user() == null && k.peer().tlsIdentity() == null
                         && remote.equals(k.remoteHost())).count();
                 if (unproven >= MAX_UNPROVEN_PER_HOST) {
@@ -285,14 +285,6 @@ public final class NbdServer implements AutoCloseable {
             ch.setOption(jdk.net.ExtendedSocketOptions.TCP_KEEPCOUNT, 6);
         } catch (IOException | UnsupportedOperationException e) {
             log.warn("nbd: a TCP client's socket options: {}", e.toString());
-        }
-    }
-
-    private static String remoteHost(SocketChannel ch) {
-        try {
-            return ((InetSocketAddress) ch.getRemoteAddress()).getAddress().getHostAddress();
-        } catch (IOException | RuntimeException e) {
-            return "?";
         }
     }
 

@@ -83,4 +83,21 @@ final class Disk {
     static void umount(Path dir) {
         Proc.run("umount", "-l", dir.toString());
     }
+
+    /**
+     * e2fsck -fn on the host of ext4 on {@code data} with its external journal on {@code journal}
+     * (files, through loop devices, let go after); fails with e2fsck's output unless clean.
+     */
+    static void fsckExternal(Path journal, Path data) {
+        java.util.List<String> loops = new java.util.ArrayList<>();
+        try {
+            String jl = Proc.ok("losetup", "-f", "--show", journal.toString()).out().trim();
+            loops.add(jl);
+            String dl = Proc.ok("losetup", "-f", "--show", data.toString()).out().trim();
+            loops.add(dl);
+            Proc.ok("e2fsck", "-fn", "-j", jl, dl);
+        } finally {
+            loops.forEach(l -> Proc.run("losetup", "-d", l));
+        }
+    }
 }

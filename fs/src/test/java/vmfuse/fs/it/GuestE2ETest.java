@@ -5,8 +5,6 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import java.nio.file.Path;
 import java.time.Duration;
-import java.util.ArrayList;
-import java.util.List;
 
 import org.junit.jupiter.api.BeforeAll;
 import org.junit.jupiter.api.Tag;
@@ -47,16 +45,7 @@ class GuestE2ETest {
             assertTrue(first.contains("files=152"), first); // 150, SUMS and lost+found
 
             if (format.equals("raw")) {
-                List<String> loops = new ArrayList<>();
-                try {
-                    String jl = Proc.ok("losetup", "-f", "--show", journal.toString()).out().trim();
-                    loops.add(jl);
-                    String dl = Proc.ok("losetup", "-f", "--show", data.toString()).out().trim();
-                    loops.add(dl);
-                    Proc.ok("e2fsck", "-fn", "-j", jl, dl);
-                } finally {
-                    loops.forEach(l -> Proc.run("losetup", "-d", l));
-                }
+                Disk.fsckExternal(journal, data);
             }
 
             String second = Guest.run(m.root, String.join("\n",

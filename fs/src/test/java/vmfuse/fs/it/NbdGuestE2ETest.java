@@ -7,8 +7,6 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.time.Duration;
-import java.util.ArrayList;
-import java.util.List;
 import java.util.Map;
 import java.util.TreeMap;
 
@@ -80,16 +78,8 @@ class NbdGuestE2ETest {
         long written = Disk.allocated(m.backing("g.raw"));
         assertTrue(written >= 48 * MiB, "the guest's data reached the image: " + written);
 
-        List<String> loops = new ArrayList<>();
-        try { // fsck on the host, through the mount: what NBD wrote is what the files hold
-            String jl = Proc.ok("losetup", "-f", "--show", m.mnt.resolve("journals/g").toString()).out().trim();
-            loops.add(jl);
-            String dl = Proc.ok("losetup", "-f", "--show", m.image("g.raw").toString()).out().trim();
-            loops.add(dl);
-            Proc.ok("e2fsck", "-fn", "-j", jl, dl);
-        } finally {
-            loops.forEach(l -> Proc.run("losetup", "-d", l));
-        }
+        // fsck on the host, through the mount: what NBD wrote is what the files hold
+        Disk.fsckExternal(m.mnt.resolve("journals/g"), m.image("g.raw"));
 
         String second = Guest.run(m.root, String.join("\n",
                 "/usr/sbin/e2fsck -fn -j /dev/vdb /dev/vda && echo fsck-clean",
