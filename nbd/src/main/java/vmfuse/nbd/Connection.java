@@ -23,12 +23,15 @@ import org.slf4j.LoggerFactory;
  * One client of the server, from the handshake to its disconnect: the fixed newstyle handshake
  * (doc/proto.md) on the connection's thread, then its requests, read on that thread, done by the
  * server's {@link Scheduler} (many in flight: a client may send its next before the last is
- * answered) and answered, in the order they are done, by a sender thread of the connection's own.
+ * answered) and answered in the order they are done: at once by the thread that did the work if
+ * the socket takes the reply, else by a sender thread of the connection's own. The socket, and TLS
+ * on it, are its {@link Transport}'s.
  *
  *   handshake     S: NBDMAGIC IHAVEOPT flags(FIXED_NEWSTYLE|NO_ZEROES)   C: flags
  *   options       C: IHAVEOPT option length data   S: replies (OPT_REPLY_MAGIC option type length data)
- *                 LIST, INFO, GO, EXPORT_NAME, ABORT, STRUCTURED_REPLY, LIST/SET_META_CONTEXT
- *                 (base:allocation); any other: ERR_UNSUP, and the next option is read
+ *                 STARTTLS (on TCP: required first, else ERR_TLS_REQD), LIST, INFO, GO, EXPORT_NAME,
+ *                 ABORT, STRUCTURED_REPLY, LIST/SET_META_CONTEXT (base:allocation); any other:
+ *                 ERR_UNSUP, and the next option is read
  *   transmission  C: REQUEST_MAGIC flags type cookie offset length [data]
  *                 S: a simple reply (and data), or structured chunks (READ, BLOCK_STATUS, errors)
  *
