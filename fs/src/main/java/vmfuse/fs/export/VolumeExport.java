@@ -122,9 +122,8 @@ final class VolumeExport implements Export {
     public void zero(long offset, long length, boolean noHole) throws ExportException {
         try {
             claim.claim();
-            if (noHole) { // zeros that keep their space: punched, then allocated again
-                volume.punch(offset, length);
-                volume.allocate(offset, length, true);
+            if (noHole) { // zeros that keep their space: nothing released, nothing counted
+                volume.zeroKeepingSpace(offset, length);
             } else {
                 volume.zero(offset, length, true);
             }

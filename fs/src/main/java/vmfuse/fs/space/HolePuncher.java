@@ -62,6 +62,27 @@ public final class HolePuncher {
     }
 
     /**
+     * Zeros that keep their space (NBD's WRITE_ZEROES with NO_HOLE): ZERO_RANGE with KEEP_SIZE,
+     * which leaves the blocks allocated; where the filesystem has no ZERO_RANGE (tmpfs), a punch
+     * and an allocation of the range again. Nothing is released, so nothing is counted.
+     */
+    public void zeroKeepingSpace(int fd, String image, long offset, long length) throws FsException {
+        if (C.fallocate(fd, FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE, offset, length) == 0) {
+            return;
+        }
+        int err = Native.errno();
+        if (err != EOPNOTSUPP) {
+            throw FsException.fromErrno(err, "zero range in", image);
+        }
+        if (C.fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length) != 0) {
+            throw FsException.fromErrno(Native.errno(), "punch hole in", image);
+        }
+        if (C.fallocate(fd, FALLOC_FL_KEEP_SIZE, offset, length) != 0) {
+            throw FsException.fromErrno(Native.errno(), "allocate in", image);
+        }
+    }
+
+    /**
      * Punches a range of a file of the store itself (the journal store's freed pages): false if
      * its filesystem cannot punch.
      */

@@ -191,6 +191,12 @@ public final class ImageVolume implements Volume {
     }
 
     @Override
+    public void zeroKeepingSpace(long offset, long length) throws FsException {
+        Volume.checkRange(offset, length);
+        puncher.zeroKeepingSpace(fd, name, offset, length);
+    }
+
+    @Override
     public void allocate(long offset, long length, boolean keepSize) throws FsException {
         Volume.checkRange(offset, length);
         if (C.fallocate(fd, keepSize ? FALLOC_FL_KEEP_SIZE : 0, offset, length) != 0) {

@@ -155,6 +155,12 @@ public final class JournalVolume implements Volume {
         ledger.record(ReleaseLedger.device(device.name()), offset, length, before - device.bytesStored(), reason);
     }
 
+    /** A device's blocks are its data: zeros kept are zeros stored, which the store keeps as none. */
+    @Override
+    public void zeroKeepingSpace(long offset, long length) throws FsException {
+        zero(offset, length, true);
+    }
+
     /** A device has no allocation to make: only the size, unless {@code keepSize}. */
     @Override
     public void allocate(long offset, long length, boolean keepSize) throws FsException {

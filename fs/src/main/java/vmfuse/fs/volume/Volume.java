@@ -50,6 +50,12 @@ public sealed interface Volume permits ImageVolume, JournalVolume {
     /** The range reads as zeros, holding no space where it can; grows the volume unless {@code keepSize}. */
     void zero(long offset, long length, boolean keepSize) throws FsException;
 
+    /**
+     * The range reads as zeros and keeps (or gets) its space, as NBD's WRITE_ZEROES with NO_HOLE
+     * asks: zeros written, nothing released or counted.
+     */
+    void zeroKeepingSpace(long offset, long length) throws FsException;
+
     /** Allocates the range (fallocate mode 0 or KEEP_SIZE); grows the volume unless {@code keepSize}. */
     void allocate(long offset, long length, boolean keepSize) throws FsException;
 

@@ -54,6 +54,9 @@ class NbdExportTest {
         assertEquals(8 * MiB, Disk.allocated(m.backing("t1/vm.raw")), "the discard and the zeroes were punched");
         Proc.ok("qemu-io", "-f", "raw", "-c", "write -z 32M 1M", "-c", "read -P 0 32M 1M", uri("images/t1/vm.raw"));
         assertEquals(9 * MiB, Disk.allocated(m.backing("t1/vm.raw")), "zeroes that may not unmap (NO_HOLE) hold space");
+        Proc.ok("qemu-io", "-f", "raw", "-c", "write -P 0x6b 40M 1M", "-c", "write -z 40M 1M", "-c", "read -P 0 40M 1M",
+                uri("images/t1/vm.raw"));
+        assertEquals(10 * MiB, Disk.allocated(m.backing("t1/vm.raw")), "NO_HOLE zeroes over data keep its space");
         String status = m.vmfuse("status", m.mnt.toString()).assertOk().out();
         assertTrue(status.lines().anyMatch(l -> l.startsWith("t1/vm.raw") && l.contains(" " + 8 * MiB + " ")),
                 "status counts what NBD released under the image's path:\n" + status);
