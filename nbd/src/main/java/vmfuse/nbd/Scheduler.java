@@ -72,7 +72,12 @@ public final class Scheduler implements AutoCloseable {
     public record Stats(String share, Qos qos, int users, int queued, long[] requests, long[] bytes, long p50Micros,
             long p99Micros) {}
 
-    private record Task(Kind kind, long bytes, double cost, long arrived, Runnable work) {}
+    private record Task(Kind kind, long bytes, double cost, long arrived, Runnable work) {
+        /** Arrived now; its cost one unit for the request and one per COST_UNIT it moves. */
+        static Task now(Kind kind, long bytes, Runnable work) {
+            return new Task(kind, bytes, 1 + (double) bytes / COST_UNIT, System.nanoTime(), work);
+        }
+    }
 
     private final ReentrantLock lock = new ReentrantLock();
     private final Condition ready = lock.newCondition();
@@ -237,7 +242,7 @@ public final class Scheduler implements AutoCloseable {
          * on a worker when this share's turn comes. {@code bytes}: what it moves (0 for a flush).
          */
         public void submit(Kind kind, long bytes, Runnable work) {
-            Task t = new Task(kind, bytes, 1 + (double) bytes / COST_UNIT, System.nanoTime(), work);
+            Task t = Task.now(kind, bytes, work);
             lock.lock();
             try {
                 if (closed) {
@@ -261,7 +266,7 @@ public final class Scheduler implements AutoCloseable {
          * hand-over. False (and nothing done) if it must be {@link #submit}ted.
          */
         public boolean runNow(Kind kind, long bytes, Runnable work) {
-            Task t = new Task(kind, bytes, 1 + (double) bytes / COST_UNIT, System.nanoTime(), work);
+            Task t = Task.now(kind, bytes, work);
             lock.lock();
             try {
                 if (closed || waiting > 0 || running >= workers.size()

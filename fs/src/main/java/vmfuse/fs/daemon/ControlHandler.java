@@ -13,6 +13,7 @@ import vmfuse.fs.Node;
 import vmfuse.fs.control.Answer;
 import vmfuse.fs.control.Request;
 import vmfuse.fs.export.ExportRegistry;
+import vmfuse.fs.export.VolumeExports;
 import vmfuse.fs.images.ImagesDir;
 import vmfuse.fs.mount.VmFuseFs;
 import vmfuse.fs.nativeio.Native;
@@ -38,11 +39,13 @@ final class ControlHandler {
     private final JournalStore journals;
     private final VmRegistry vms;
     private final ExportRegistry exports;
+    private final VolumeExports volumes;
     private final Scheduler scheduler;
 
     ControlHandler(StoreDir store, Path mnt, long pid, ImagesDir backing, ReleaseLedger ledger, VmFuseFs fs,
-            JournalStore journals, VmRegistry vms, ExportRegistry exports, Scheduler scheduler) {
+            JournalStore journals, VmRegistry vms, ExportRegistry exports, VolumeExports volumes, Scheduler scheduler) {
         this.exports = exports;
+        this.volumes = volumes;
         this.scheduler = scheduler;
         this.store = store;
         this.mnt = mnt;
@@ -95,7 +98,7 @@ final class ControlHandler {
             }
             if (request instanceof Request.ExportAdd r) {
                 for (String v : r.volumes()) {
-                    checkExists(v);
+                    volumes.checkExists(v);
                 }
                 exports.add(new ExportRegistry.Grant(r.name(), r.uid() == null ? -1 : r.uid(), r.pskIdentity(),
                         new Scheduler.Qos(r.weight(), r.reservationIops(), r.limitIops()), r.volumes()));
@@ -123,20 +126,6 @@ final class ControlHandler {
             throw new FsException(e.errno(), e.getMessage());
         } catch (IllegalArgumentException e) { // a user or group unknown, a size or durability not understood
             throw new FsException(Native.EINVAL, e.getMessage());
-        }
-    }
-
-    /** ENOENT unless {@code volume} (images/PATH, journals/NAME) is an image or a journal device now. */
-    private void checkExists(String volume) throws FsException {
-        Node n = Node.resolve("/" + volume);
-        boolean there = switch (n.kind()) {
-            case IMAGE_ENTRY -> backing.exists(n.name());
-            case JOURNAL -> journals.list().stream().anyMatch(d -> d.name().equals(n.name()));
-            default -> throw new FsException(Native.EINVAL, "'" + volume + "' is neither images/PATH nor journals/NAME");
-        };
-        if (!there) {
-            throw new FsException(Native.ENOENT, "no " + (n.kind() == Node.Kind.JOURNAL ? "journal device " : "image ")
-                    + volume);
         }
     }
 

@@ -166,13 +166,14 @@ public final class Daemon {
             fs.writeTrackers(vms.trackers(), vms::holdsVmImage);
             // the NBD door listens before the mount is made: a socket path that cannot be taken fails the mount
             ExportRegistry exports = ExportRegistry.load(store.disk(), store.exports(), scheduler);
-            NbdServer nbd = listenNbd(o.nbd(), new VolumeExports(backing, images, devices, exports), scheduler);
+            VolumeExports volumes = new VolumeExports(backing, images, devices, exports);
+            NbdServer nbd = listenNbd(o.nbd(), volumes, scheduler);
             if (nbd != null) {
                 exports.onChange(nbd::revalidate);
             }
             try {
                 mountAndServe(store, mnt, o, options, threads, ledger, journals, backing, fs, vms, nbd, exports,
-                        scheduler);
+                        volumes, scheduler);
             } finally {
                 if (nbd != null) {
                     nbd.close(); // idempotent: serving closed it before the store's last commit
@@ -209,7 +210,7 @@ public final class Daemon {
     /** Mounts, serves until the mount goes away, then closes the doors and the core in order. */
     private static void mountAndServe(StoreDir store, Path mnt, Options o, List<String> options, int threads,
             ReleaseLedger ledger, JournalStore journals, ImagesDir backing, VmFuseFs fs, VmRegistry vms, NbdServer nbd,
-            ExportRegistry exports, Scheduler scheduler) throws FsException, IOException {
+            ExportRegistry exports, VolumeExports volumes, Scheduler scheduler) throws FsException, IOException {
         CompletableFuture<Integer> loop = new CompletableFuture<>();
         Thread loopThread = new Thread(() -> {
             try {
@@ -236,7 +237,8 @@ public final class Daemon {
                 TimeUnit.SECONDS);
         reclaimTimer.scheduleWithFixedDelay(vms::tick, 5, 5, TimeUnit.SECONDS);
         try (ControlServer control = new ControlServer(store.socket(),
-                new ControlHandler(store, mnt, pid, backing, ledger, fs, journals, vms, exports, scheduler)::answer)) {
+                new ControlHandler(store, mnt, pid, backing, ledger, fs, journals, vms, exports, volumes,
+                        scheduler)::answer)) {
             log.info("mounted store={} mountpoint={} pid={} threads={} options={}", store.dir(), mnt, pid, threads,
                     String.join(",", options));
             int rc = join(loop);

@@ -1,5 +1,6 @@
 package vmfuse.fs.export;
 
+import static vmfuse.fs.nativeio.Native.EINVAL;
 import static vmfuse.fs.nativeio.Native.ENOENT;
 import static vmfuse.fs.nativeio.Native.O_RDWR;
 
@@ -83,14 +84,27 @@ public final class VolumeExports implements Exports {
 
     private boolean exists(String name) {
         try {
-            Node n = Node.resolve("/" + name);
-            return switch (n.kind()) {
-                case IMAGE_ENTRY -> dir.exists(n.name());
-                case JOURNAL -> journals.list().contains(n.name());
-                default -> false;
-            };
+            checkExists(name);
+            return true;
         } catch (FsException e) {
             return false;
+        }
+    }
+
+    /**
+     * Checks that {@code volume} (images/PATH, journals/NAME) is an image or a journal device now:
+     * EINVAL naming it if it is neither kind of name, ENOENT if there is none.
+     */
+    public void checkExists(String volume) throws FsException {
+        Node n = Node.resolve("/" + volume);
+        boolean there = switch (n.kind()) {
+            case IMAGE_ENTRY -> dir.exists(n.name());
+            case JOURNAL -> journals.list().contains(n.name());
+            default -> throw new FsException(EINVAL, "'" + volume + "' is neither images/PATH nor journals/NAME");
+        };
+        if (!there) {
+            throw new FsException(ENOENT, "no " + (n.kind() == Node.Kind.JOURNAL ? "journal device " : "image ")
+                    + volume);
         }
     }
 
