@@ -11,7 +11,9 @@ PACKAGES="
   e2fsprogs xfsprogs util-linux
   fio bindfs strace python3 nbdkit libnbd-bin
   busybox-static linux-image-amd64 cpio kmod inotify-tools
+  prometheus
 "
+# prometheus: for promtool, which checks the metrics' exposition in the tests (its server is not used)
 
 missing=""
 for p in $PACKAGES; do

@@ -3,6 +3,8 @@ package vmfuse.journal;
 import java.util.Arrays;
 import java.util.Map;
 import java.util.TreeMap;
+import java.util.concurrent.atomic.AtomicLongArray;
+import java.util.concurrent.atomic.LongAdder;
 
 import vmfuse.durable.Parking;
 
@@ -516,8 +518,34 @@ public final class JournalDevice {
      */
     public void flush() throws StoreException {
         lastFlush = System.currentTimeMillis();
+        long start = System.nanoTime();
         if (durability == Durability.FLUSH) {
             store.awaitLogSync();
         }
+        long nanos = System.nanoTime() - start;
+        flushLatency.incrementAndGet(Math.min(FLUSH_BUCKETS - 1, 63 - Long.numberOfLeadingZeros(Math.max(1, nanos / 1000))));
+        flushNanos.add(nanos);
+    }
+
+    /** Buckets of {@link #flushLatency()}: the last holds every flush of 2^39 µs or longer. */
+    public static final int FLUSH_BUCKETS = 40;
+    private final AtomicLongArray flushLatency = new AtomicLongArray(FLUSH_BUCKETS);
+    private final LongAdder flushNanos = new LongAdder();
+
+    /**
+     * Flushes since the store was opened, by how long each waited: element i counts those of 2^i
+     * to 2^(i+1) - 1 microseconds (a close-mode flush returns at once, in the first buckets).
+     */
+    public long[] flushLatency() {
+        long[] out = new long[FLUSH_BUCKETS];
+        for (int i = 0; i < out.length; i++) {
+            out[i] = flushLatency.get(i);
+        }
+        return out;
+    }
+
+    /** The time every flush of {@link #flushLatency()} took, in all. */
+    public long flushNanos() {
+        return flushNanos.sum();
     }
 }

@@ -148,6 +148,7 @@ public final class JournalStore implements AutoCloseable {
     /** Something changed since the last checkpoint froze the devices (an idle store commits nothing). */
     private volatile boolean touched = true;
     private final AtomicLong checkpoints = new AtomicLong();
+    private final AtomicLong checkpointNanos = new AtomicLong();
 
     private JournalStore(Disk disk, Path file, AtomicVolume volume, DB db, HTreeMap<String, long[]> catalog,
             MemoryBudget budget) {
@@ -548,6 +549,7 @@ public final class JournalStore implements AutoCloseable {
 
     private synchronized void checkpointLocked() throws StoreException {
         checkOpen();
+        long start = System.nanoTime();
         try {
             checkRoom();
             opLock.writeLock().lock();
@@ -581,6 +583,7 @@ public final class JournalStore implements AutoCloseable {
             committedGeneration = committing;
             redo.shrinkInactive(); // the commit holds what the other segment logged
             budget.blockMemory().trim(KEEP_CHUNKS); // if no writer came meanwhile, memory is empty: give most of it back
+            checkpointNanos.addAndGet(System.nanoTime() - start);
             checkpoints.incrementAndGet();
             budget.checkpointSucceeded();
         } catch (StoreException e) {
@@ -637,6 +640,11 @@ public final class JournalStore implements AutoCloseable {
     /** Checkpoints committed since the store was opened. */
     public long checkpoints() {
         return checkpoints.get();
+    }
+
+    /** The time the {@link #checkpoints()} took, in all (a checkpoint that found nothing to commit is neither). */
+    public long checkpointNanos() {
+        return checkpointNanos.get();
     }
 
     /** fdatasyncs of the redo log since the store was opened; each served every flush waiting. */

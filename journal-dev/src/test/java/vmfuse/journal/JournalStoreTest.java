@@ -64,6 +64,28 @@ class JournalStoreTest {
         }
     }
 
+    /** What metrics read: each flush timed in its bucket, each committed checkpoint timed; an idle one is not. */
+    @Test
+    void flushesAndCheckpointsAreTimed() throws Exception {
+        try (JournalStore s = JournalStore.open(dir.resolve("j.db"))) {
+            JournalDevice d = s.create("vm1", 16L * MiB, Durability.FLUSH);
+            for (int i = 0; i < 3; i++) {
+                d.write(i * 4096L, random(4096, i), 0, 4096);
+                d.flush();
+            }
+            assertEquals(3, Arrays.stream(d.flushLatency()).sum());
+            assertTrue(d.flushNanos() > 0);
+            long before = s.checkpoints();
+            s.checkpoint();
+            assertEquals(before + 1, s.checkpoints());
+            long nanos = s.checkpointNanos();
+            assertTrue(nanos > 0);
+            s.checkpoint(); // nothing changed: no commit, not counted
+            assertEquals(before + 1, s.checkpoints());
+            assertEquals(nanos, s.checkpointNanos());
+        }
+    }
+
     @Test
     void truncateShrinksAndFreesAndDeleteFreesEverything() throws Exception {
         try (JournalStore s = JournalStore.open(dir.resolve("j.db"))) {

@@ -68,9 +68,18 @@ public final class Scheduler implements AutoCloseable {
         }
     }
 
-    /** What a share has been served, for status. Latency is from arrival to the end of the work. */
-    public record Stats(String share, Qos qos, int users, int queued, long[] requests, long[] bytes, long p50Micros,
-            long p99Micros) {}
+    /**
+     * What a share has been served, for status and metrics, by {@link Kind} (the arrays' index).
+     * Latency is from arrival to the end of the work: {@code latency[kind][i]} counts requests
+     * that took 2^i to 2^(i+1) - 1 microseconds (the last bucket: that or longer), {@code
+     * latencyNanos[kind]} their sum; p50 and p99 are over every kind, the upper bound of the bucket
+     * that holds them.
+     */
+    public record Stats(String share, Qos qos, int users, int queued, long[] requests, long[] bytes,
+            long[][] latency, long[] latencyNanos, long p50Micros, long p99Micros) {}
+
+    /** Buckets of a {@link Stats#latency()} row: the last holds every request of 2^39 µs (6 days) or longer. */
+    public static final int LATENCY_BUCKETS = 40;
 
     private record Task(Kind kind, long bytes, double cost, long arrived, Runnable work) {
         /** Arrived now; its cost one unit for the request and one per COST_UNIT it moves. */
@@ -224,7 +233,8 @@ public final class Scheduler implements AutoCloseable {
         private long limitDue = Long.MIN_VALUE;
         private final long[] requests = new long[Kind.values().length];
         private final long[] bytes = new long[Kind.values().length];
-        private final long[] latency = new long[40]; // log2 buckets of microseconds
+        private final long[][] latency = new long[Kind.values().length][LATENCY_BUCKETS];
+        private final long[] latencyNanos = new long[Kind.values().length];
 
         private Share(String name) {
             this.name = name;
@@ -350,8 +360,9 @@ public final class Scheduler implements AutoCloseable {
         private void done(Task t, long now) {
             requests[t.kind().ordinal()]++;
             bytes[t.kind().ordinal()] += t.bytes();
-            long micros = Math.max(1, (now - t.arrived()) / 1000);
-            latency[Math.min(latency.length - 1, 63 - Long.numberOfLeadingZeros(micros))]++;
+            long nanos = Math.max(0, now - t.arrived());
+            latency[t.kind().ordinal()][Math.min(LATENCY_BUCKETS - 1, 63 - Long.numberOfLeadingZeros(Math.max(1, nanos / 1000)))]++;
+            latencyNanos[t.kind().ordinal()] += nanos;
             if (users <= 0 && queued == 0 && !pinned) {
                 shares.remove(name, this);
             }
@@ -359,16 +370,20 @@ public final class Scheduler implements AutoCloseable {
 
         /** The upper bound of the bucket holding the {@code q} quantile of latencies, in microseconds. */
         private long quantile(double q) {
+            long[] all = new long[LATENCY_BUCKETS];
             long total = 0;
-            for (long n : latency) {
-                total += n;
+            for (long[] kind : latency) {
+                for (int i = 0; i < LATENCY_BUCKETS; i++) {
+                    all[i] += kind[i];
+                    total += kind[i];
+                }
             }
             if (total == 0) {
                 return 0;
             }
             long seen = 0;
-            for (int i = 0; i < latency.length; i++) {
-                seen += latency[i];
+            for (int i = 0; i < LATENCY_BUCKETS; i++) {
+                seen += all[i];
                 if (seen >= Math.ceil(q * total)) {
                     return (1L << (i + 1)) - 1;
                 }
@@ -377,7 +392,12 @@ public final class Scheduler implements AutoCloseable {
         }
 
         private Stats stats() {
-            return new Stats(name, qos, users, queued, requests.clone(), bytes.clone(), quantile(0.5), quantile(0.99));
+            long[][] lat = new long[latency.length][];
+            for (int k = 0; k < lat.length; k++) {
+                lat[k] = latency[k].clone();
+            }
+            return new Stats(name, qos, users, queued, requests.clone(), bytes.clone(), lat, latencyNanos.clone(),
+                    quantile(0.5), quantile(0.99));
         }
     }
 

@@ -213,6 +213,11 @@ class SchedulerTest {
             assertEquals(6 * 4096, st.bytes()[Scheduler.Kind.WRITE.ordinal()]);
             assertEquals(1, st.users());
             assertTrue(st.p99Micros() >= st.p50Micros() && st.p50Micros() > 0, st.toString());
+            // latency by kind: every request in one bucket of its kind's row, their sum at least the work's
+            assertEquals(6, java.util.Arrays.stream(st.latency()[Scheduler.Kind.WRITE.ordinal()]).sum());
+            assertEquals(4, java.util.Arrays.stream(st.latency()[Scheduler.Kind.READ.ordinal()]).sum());
+            assertEquals(0, java.util.Arrays.stream(st.latency()[Scheduler.Kind.FLUSH.ordinal()]).sum());
+            assertTrue(st.latencyNanos()[Scheduler.Kind.WRITE.ordinal()] > 0, st.toString());
             a.release();
             assertTrue(s.stats().stream().noneMatch(x -> x.share().equals("a")), "a share nobody uses is forgotten");
         }

@@ -94,6 +94,43 @@ final class MountCommand implements Callable<Integer> {
                 "(keys.psk) and nbdkit's --tls-psk read them; mode 0600."})
     Path tlsPsk;
 
+    @Option(names = "--metrics", paramLabel = "HOST:PORT",
+            description = {"Serve Prometheus metrics at http://HOST:PORT/metrics (releases, images, journal",
+                "devices' flushes and memory, checkpoints, the reclaimer's VMs, NBD requests by export and class,",
+                "the JVM's), e.g. 127.0.0.1:9577. They name images, devices, VMs and exports, and need no",
+                "password: listen where only the host's monitoring can reach. Port 0: any free port (logged)."})
+    String metrics;
+
+    /** HOST:PORT (an IPv6 host in brackets) of {@code option}, its port at least {@code minPort}. */
+    private InetSocketAddress hostPort(String option, String prefix, String hp, int minPort) {
+        int colon = hp.lastIndexOf(':');
+        int port;
+        try {
+            port = Integer.parseInt(hp.substring(colon + 1));
+        } catch (NumberFormatException | IndexOutOfBoundsException e) {
+            port = -1;
+        }
+        if (colon <= 0 || port < minPort || port > 65535) {
+            throw new picocli.CommandLine.ParameterException(spec.commandLine(),
+                    option + " takes " + prefix + "HOST:PORT, not '" + prefix + hp + "'");
+        }
+        String host = hp.substring(0, colon);
+        if (host.startsWith("[") && host.endsWith("]")) {
+            host = host.substring(1, host.length() - 1);
+        }
+        InetSocketAddress a = new InetSocketAddress(host, port);
+        if (a.isUnresolved()) {
+            throw new picocli.CommandLine.ParameterException(spec.commandLine(),
+                    option + " " + prefix + hp + ": no such host");
+        }
+        return a;
+    }
+
+    /** --metrics, or null. */
+    private InetSocketAddress metricsAddress() {
+        return metrics == null ? null : hostPort("--metrics", "", metrics, 0);
+    }
+
     /** The NBD door of --nbd and --tls-psk, or null for none. */
     private Daemon.NbdOptions nbdOptions() {
         Path socket = null;
@@ -107,23 +144,7 @@ final class MountCommand implements Callable<Integer> {
                 }
                 socket = p.normalize();
             } else if (n.startsWith("tcp:") && tcp == null) {
-                String hp = n.substring("tcp:".length());
-                int colon = hp.lastIndexOf(':');
-                int port;
-                try {
-                    port = Integer.parseInt(hp.substring(colon + 1));
-                } catch (NumberFormatException | IndexOutOfBoundsException e) {
-                    port = -1;
-                }
-                if (colon <= 0 || port < 1 || port > 65535) {
-                    throw new picocli.CommandLine.ParameterException(spec.commandLine(),
-                            "--nbd takes tcp:HOST:PORT, not '" + n + "'");
-                }
-                tcp = new InetSocketAddress(hp.substring(0, colon), port);
-                if (tcp.isUnresolved()) {
-                    throw new picocli.CommandLine.ParameterException(spec.commandLine(),
-                            "--nbd " + n + ": no such host");
-                }
+                tcp = hostPort("--nbd", "tcp:", n.substring("tcp:".length()), 1);
             } else {
                 throw new picocli.CommandLine.ParameterException(spec.commandLine(), "--nbd takes unix:PATH or "
                         + "tcp:HOST:PORT, each once, not '" + n + "'");
@@ -161,7 +182,7 @@ final class MountCommand implements Callable<Integer> {
         if (foreground) {
             try {
                 Daemon.run(new Daemon.Options(store, mnt, fuseOptions, force, threads, durability(), memory,
-                    reclaimMaxRanges, nbdOptions(), ioWorkers));
+                    reclaimMaxRanges, nbdOptions(), ioWorkers, metricsAddress()));
             } catch (FsException e) {
                 throw new FsException(e.errno(), "cannot mount " + mnt + ": " + e.getMessage());
             }
@@ -170,7 +191,7 @@ final class MountCommand implements Callable<Integer> {
         StoreDir s;
         try {
             s = Daemon.preflight(new Daemon.Options(store, mnt, fuseOptions, force, threads, durability(), memory,
-                    reclaimMaxRanges, nbdOptions(), ioWorkers));
+                    reclaimMaxRanges, nbdOptions(), ioWorkers, metricsAddress()));
         } catch (FsException e) {
             throw new FsException(e.errno(), "cannot mount " + mnt + ": " + e.getMessage());
         }
@@ -223,6 +244,9 @@ final class MountCommand implements Callable<Integer> {
                 "--io-workers", String.valueOf(ioWorkers),
                 "--journal-durability", journalDurability, "--journal-memory", journalMemory,
                 "--reclaim-max-ranges", String.valueOf(reclaimMaxRanges)));
+        if (metrics != null) {
+            cmd.addAll(List.of("--metrics", metrics));
+        }
         Daemon.NbdOptions door = nbdOptions();
         if (door != null && door.socket() != null) {
             cmd.addAll(List.of("--nbd", "unix:" + door.socket()));

@@ -18,6 +18,7 @@ import java.util.concurrent.ScheduledExecutorService;
 import java.util.concurrent.TimeUnit;
 import java.util.concurrent.TimeoutException;
 
+import io.prometheus.metrics.exporter.httpserver.HTTPServer;
 import org.slf4j.Logger;
 import org.slf4j.LoggerFactory;
 import vmfuse.fs.FsException;
@@ -27,6 +28,7 @@ import vmfuse.fs.export.VolumeExports;
 import vmfuse.fs.images.ImageFiles;
 import vmfuse.fs.images.ImagesDir;
 import vmfuse.fs.journals.JournalFiles;
+import vmfuse.fs.metrics.Metrics;
 import vmfuse.fs.mount.Fusermount;
 import vmfuse.fs.mount.MountPoints;
 import vmfuse.fs.mount.VmFuseFs;
@@ -68,10 +70,13 @@ public final class Daemon {
 
     private static volatile boolean shuttingDown;
 
-    /** What the operator asked for. */
-    /** How to mount; {@code nbd} null for no NBD door; {@code ioWorkers}: the scheduler's. */
+    /**
+     * What the operator asked for: {@code nbd} null for no NBD door; {@code ioWorkers}: the
+     * scheduler's; {@code metrics} where to serve Prometheus metrics, null for nowhere.
+     */
     public record Options(Path store, Path mountPoint, List<String> fuseOptions, boolean force, int threads,
-            Durability journalDurability, long journalMemory, int reclaimMaxRanges, NbdOptions nbd, int ioWorkers) {}
+            Durability journalDurability, long journalMemory, int reclaimMaxRanges, NbdOptions nbd, int ioWorkers,
+            InetSocketAddress metrics) {}
 
     /** The NBD door: a unix socket, TCP (with its TLS keys, required), or both. */
     public record NbdOptions(Path socket, InetSocketAddress tcp, Path tlsPsk) {}
@@ -171,14 +176,35 @@ public final class Daemon {
             if (nbd != null) {
                 exports.onChange(nbd::revalidate);
             }
+            HTTPServer metrics = null;
             try {
+                metrics = serveMetrics(o.metrics(), new Metrics.Sources(store.images(), backing, fs::openCounts,
+                        ledger, journals, vms::statsByVm, vms::failedNames, scheduler));
                 mountAndServe(store, mnt, o, options, threads, ledger, journals, backing, fs, vms, nbd, exports,
                         volumes, scheduler);
             } finally {
+                if (metrics != null) {
+                    metrics.close();
+                }
                 if (nbd != null) {
                     nbd.close(); // idempotent: serving closed it before the store's last commit
                 }
             }
+        }
+    }
+
+    /** Serves metrics at {@code address}, or nothing without one; EIO with the reason if it cannot listen. */
+    private static HTTPServer serveMetrics(InetSocketAddress address, Metrics.Sources sources) throws FsException {
+        if (address == null) {
+            return null;
+        }
+        try {
+            HTTPServer server = Metrics.serve(address, new Metrics(sources));
+            log.info("metrics at http://{}:{}/metrics", address.getHostString(), server.getPort());
+            return server;
+        } catch (IOException e) {
+            throw new FsException(Native.EIO, "cannot serve metrics at " + address.getHostString() + ":"
+                    + address.getPort() + ": " + StoreDir.reason(e));
         }
     }
 

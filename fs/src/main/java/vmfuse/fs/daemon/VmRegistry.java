@@ -330,6 +330,18 @@ public final class VmRegistry implements AutoCloseable {
         return r.reclaimNow();
     }
 
+    /** The counts of every VM served, by name (metrics). */
+    public synchronized Map<String, VmReclaimer.Stats> statsByVm() {
+        Map<String, VmReclaimer.Stats> out = new TreeMap<>();
+        running.forEach((name, r) -> out.put(name, r.reclaimer().stats()));
+        return out;
+    }
+
+    /** The VMs registered that could not start (metrics; status says why). */
+    public synchronized List<String> failedNames() {
+        return List.copyOf(failed.keySet());
+    }
+
     /**
      * One line per VM for `vmfuse status`: vm NAME IMAGE SOCKET notices refused pending punched freed
      * skipped-partial skipped-after-fence skipped-written-while-pending threshold skipped-not-owned

@@ -65,6 +65,11 @@ public final class ReleaseLedger {
         Reason(String label) {
             this.label = label;
         }
+
+        /** As the log line and the metrics name it. */
+        public String label() {
+            return label;
+        }
     }
 
     /** Bytes released and the number of release events, for one image or in total. */
@@ -80,6 +85,9 @@ public final class ReleaseLedger {
     private final Map<String, Count> perImage = new TreeMap<>();
     private Count total = new Count(0, 0);
     private boolean dirty;
+    /** Since this process started, by reason (not saved; metrics read them): per name, and in all. */
+    private final Map<String, Count[]> sinceStart = new TreeMap<>();
+    private final Count[] totalSinceStart = zeros();
 
     private ReleaseLedger(Disk disk, Path file) {
         this.disk = disk;
@@ -152,6 +160,9 @@ public final class ReleaseLedger {
             perImage.merge(image, new Count(freed, 1), (a, b) -> a.plus(b.bytes()));
             total = total.plus(freed);
             dirty = true;
+            Count[] mine = sinceStart.computeIfAbsent(image, n -> zeros());
+            mine[reason.ordinal()] = mine[reason.ordinal()].plus(freed);
+            totalSinceStart[reason.ordinal()] = totalSinceStart[reason.ordinal()].plus(freed);
         }
         log.info("release image={} offset={} length={} freed={} reason={}", TsvField.escape(image), offset, length,
                 freed, reason.label);
@@ -162,9 +173,19 @@ public final class ReleaseLedger {
         for (String name : List.copyOf(perImage.keySet())) {
             if (name.equals(from) || name.startsWith(from + "/")) { // an image, or a folder and what it holds
                 Count c = perImage.remove(name);
-                perImage.merge(to + name.substring(from.length()), c,
-                        (a, b) -> new Count(a.bytes() + b.bytes(), a.events() + b.events()));
+                perImage.merge(to + name.substring(from.length()), c, ReleaseLedger::sum);
                 dirty = true;
+            }
+        }
+        for (String name : List.copyOf(sinceStart.keySet())) {
+            if (name.equals(from) || name.startsWith(from + "/")) {
+                Count[] moved = sinceStart.remove(name);
+                sinceStart.merge(to + name.substring(from.length()), moved, (a, b) -> {
+                    for (int i = 0; i < a.length; i++) {
+                        a[i] = sum(a[i], b[i]);
+                    }
+                    return a;
+                });
             }
         }
     }
@@ -174,6 +195,32 @@ public final class ReleaseLedger {
         if (perImage.remove(image) != null) {
             dirty = true;
         }
+        sinceStart.remove(image);
+    }
+
+    /**
+     * What each image and device (still there) released since this process started, by reason
+     * (the array's index is the {@link Reason}'s ordinal), by its name in the mount.
+     */
+    public synchronized Map<String, Count[]> sinceStartByName() {
+        Map<String, Count[]> out = new TreeMap<>();
+        sinceStart.forEach((name, counts) -> out.put(name, counts.clone()));
+        return out;
+    }
+
+    /** What every image and device (gone ones too) released since this process started, by reason. */
+    public synchronized Count[] totalSinceStart() {
+        return totalSinceStart.clone();
+    }
+
+    private static Count[] zeros() {
+        Count[] c = new Count[Reason.values().length];
+        java.util.Arrays.fill(c, new Count(0, 0));
+        return c;
+    }
+
+    private static Count sum(Count a, Count b) {
+        return new Count(a.bytes() + b.bytes(), a.events() + b.events());
     }
 
     public synchronized Count of(String image) {

@@ -36,6 +36,31 @@ class ReleaseLedgerTest {
         assertTrue(!Files.exists(dir.resolve("releases.tsv.tmp")));
     }
 
+    /** What metrics read: since start, by reason, following renames; a gone image's only in the total. */
+    @Test
+    void countsByReasonSinceStartFollowRenamesAndForgetTheGone() throws Exception {
+        ReleaseLedger l = ReleaseLedger.load(dir.resolve("releases.tsv"));
+        l.record("images/t/a.raw", 0, 4096, 4096, ReleaseLedger.Reason.PUNCH_HOLE);
+        l.record("images/t/a.raw", 0, 4096, 4096, ReleaseLedger.Reason.PUNCH_HOLE);
+        l.record("images/t/a.raw", 0, 8192, 8192, ReleaseLedger.Reason.RECLAIM);
+        l.record("images/u.raw", 0, 65536, 65536, ReleaseLedger.Reason.UNLINK);
+        l.forget("images/u.raw");
+        l.renamed("images/t", "images/v");
+        var byName = l.sinceStartByName();
+        assertEquals(java.util.Set.of("images/v/a.raw"), byName.keySet());
+        ReleaseLedger.Count[] a = byName.get("images/v/a.raw");
+        assertEquals(new ReleaseLedger.Count(8192, 2), a[ReleaseLedger.Reason.PUNCH_HOLE.ordinal()]);
+        assertEquals(new ReleaseLedger.Count(8192, 1), a[ReleaseLedger.Reason.RECLAIM.ordinal()]);
+        assertEquals(new ReleaseLedger.Count(0, 0), a[ReleaseLedger.Reason.UNLINK.ordinal()]);
+        ReleaseLedger.Count[] total = l.totalSinceStart();
+        assertEquals(new ReleaseLedger.Count(65536, 1), total[ReleaseLedger.Reason.UNLINK.ordinal()]);
+        assertEquals(new ReleaseLedger.Count(8192, 2), total[ReleaseLedger.Reason.PUNCH_HOLE.ordinal()]);
+        l.save(true);
+        ReleaseLedger again = ReleaseLedger.load(dir.resolve("releases.tsv"));
+        assertTrue(again.sinceStartByName().isEmpty(), "not saved: a new process starts from zero");
+        assertEquals(new ReleaseLedger.Count(16384, 3), again.of("images/v/a.raw"), "the saved counts are whole");
+    }
+
     @Test
     void namesWithTabsNewlinesAndBackslashesSurviveAReload() throws Exception {
         Path file = dir.resolve("releases.tsv");
