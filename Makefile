@@ -5,7 +5,7 @@ STORE ?= $(CURDIR)/var/store
 MNT   ?= $(CURDIR)/var/mnt
 MVN   ?= mvn -B -q
 
-.PHONY: deps build run stop test soak e2e bench clean
+.PHONY: deps build run stop test soak e2e bench install docs clean
 
 deps:
 	./scripts/install-deps.sh
@@ -47,6 +47,31 @@ bench: build
 	./scripts/bench-journal.sh
 	./scripts/bench-guest.sh
 	./scripts/bench-stall.sh
+
+# Installs the command, its manual pages, bash completion and systemd unit: $(DESTDIR)$(PREFIX)/bin/vmfuse
+# (a launcher of $(PREFIX)/lib/vmfuse/vmfuse.jar), share/man/man1/vmfuse*.1,
+# share/bash-completion/completions/vmfuse, and vmfuse@.service in $(SYSTEMDUNITDIR). DESTDIR stages a
+# package: the files name $(PREFIX), not $(DESTDIR). Builds the jar first if there is none.
+PREFIX        ?= /usr/local
+SYSTEMDUNITDIR ?= $(PREFIX)/lib/systemd/system
+JAR            = fs/target/vmfuse.jar
+DOCS           = fs/target/docs
+
+docs:
+	test -f $(JAR) || $(MAKE) build
+	rm -rf $(DOCS)
+	java -cp $(JAR) vmfuse.fs.cli.Docs $(DOCS)/man1 $(DOCS)/vmfuse.bash
+
+install: docs
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib/vmfuse $(DESTDIR)$(PREFIX)/share/man/man1 \
+		$(DESTDIR)$(PREFIX)/share/bash-completion/completions $(DESTDIR)$(SYSTEMDUNITDIR)
+	install -m 0644 $(JAR) $(DESTDIR)$(PREFIX)/lib/vmfuse/vmfuse.jar
+	install -m 0755 bin/vmfuse $(DESTDIR)$(PREFIX)/bin/vmfuse
+	install -m 0644 $(DOCS)/man1/*.1 $(DESTDIR)$(PREFIX)/share/man/man1/
+	install -m 0644 $(DOCS)/vmfuse.bash $(DESTDIR)$(PREFIX)/share/bash-completion/completions/vmfuse
+	sed 's|@BINDIR@|$(PREFIX)/bin|g' dist/systemd/vmfuse@.service.in > $(DESTDIR)$(SYSTEMDUNITDIR)/vmfuse@.service
+	chmod 0644 $(DESTDIR)$(SYSTEMDUNITDIR)/vmfuse@.service
+	@echo "vmfuse: installed in $(DESTDIR)$(PREFIX); start a store with: systemctl enable --now \"vmfuse@\$$(systemd-escape --path /var/lib/vmfuse).service\""
 
 clean:
 	$(MVN) clean

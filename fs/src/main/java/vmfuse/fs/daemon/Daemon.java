@@ -267,8 +267,10 @@ public final class Daemon {
                         scheduler)::answer)) {
             log.info("mounted store={} mountpoint={} pid={} threads={} options={}", store.dir(), mnt, pid, threads,
                     String.join(",", options));
+            SystemdNotify.send("READY=1\nSTATUS=serving " + store.dir() + " at " + mnt);
             int rc = join(loop);
             log.info("fuse loop ended rc={}", rc);
+            SystemdNotify.send("STOPPING=1\nSTATUS=unmounted; closing the store");
         } finally {
             timers.forEach(ScheduledExecutorService::shutdownNow);
             if (nbd != null) {

@@ -50,4 +50,7 @@ public interface LibC {
     @SaveError int utimensat(int dirfd, String path, Pointer times, int flags);
     @SaveError long lseek(int fd, long offset, int whence);
     @SaveError int mkdirat(int dirfd, String path, int mode);
+    /** For systemd's notification socket (a unix datagram socket, which Java's channels cannot send to). */
+    @SaveError int socket(int domain, int type, int protocol);
+    @SaveError long sendto(int fd, Pointer buf, long len, int flags, Pointer addr, int addrlen);
 }
