@@ -10,8 +10,9 @@ import org.mapdb.Store;
 
 /**
  * A journal store's devices by name: the live ones, and their catalog in MapDB, the "devices"
- * map of name -> long[5] {root record id of the device's RadixBlockStore, size in bytes (as the
- * last checkpoint froze it), durability (ordinal), created, last flush (ms since the epoch)}.
+ * map of name -> long[8] {root record id of the device's RadixBlockStore, size in bytes (as the
+ * last checkpoint froze it), durability (ordinal), created, last flush (ms since the epoch), uid,
+ * gid, permission bits}. An entry of 5 (written before devices had owners) is root's, 0600.
  *
  * <p>The live map is changed under the store's monitor and read without it (a lookup never
  * waits on a checkpoint); the catalog is written by checkpoints ({@link #record}) and by the
@@ -23,6 +24,9 @@ final class DeviceCatalog {
     private static final int MODE = 2;
     private static final int CREATED = 3;
     private static final int FLUSHED = 4;
+    private static final int UID = 5;
+    private static final int GID = 6;
+    private static final int PERM = 7;
 
     private final HTreeMap<String, long[]> stored;
     private final Map<String, JournalDevice> live = new ConcurrentSkipListMap<>();
@@ -40,8 +44,10 @@ final class DeviceCatalog {
         for (Map.Entry<String, long[]> e : stored.entrySet()) {
             long[] v = e.getValue();
             RadixBlockStore blocks = RadixBlockStore.open(mapdb, v[ROOT]);
+            JournalDevice.Owner owner = v.length > PERM ? new JournalDevice.Owner((int) v[UID], (int) v[GID], (int) v[PERM])
+                    : JournalDevice.Owner.ROOT;
             JournalDevice d = new JournalDevice(view, e.getKey(), blocks, v[SIZE], Durability.values()[(int) v[MODE]],
-                    v[CREATED], v[FLUSHED]);
+                    v[CREATED], v[FLUSHED], owner);
             live.put(e.getKey(), d);
             byRoot.put(v[ROOT], d);
         }
@@ -75,9 +81,10 @@ final class DeviceCatalog {
         stored.remove(name);
     }
 
-    /** Writes a device's size (as frozen), mode and times to the catalog (a checkpoint, which commits it). */
+    /** Writes a device's size (as frozen), mode, times and owner to the catalog (a checkpoint, which commits it). */
     void record(JournalDevice d) {
+        JournalDevice.Owner o = d.owner();
         stored.put(d.name(), new long[] {d.rootRecid(), d.frozenSize(), d.durability().ordinal(), d.created(),
-                d.lastFlush()});
+                d.lastFlush(), o.uid(), o.gid(), o.mode()});
     }
 }

@@ -52,8 +52,24 @@ public final class JournalDevice {
     private int[] reserved = new int[0];
     private int reservedCount;
 
+    /**
+     * Who may open the device, as its file in the mount shows it: the owner, the group, the
+     * permission bits (07777). A device is made root's, 0600; libvirt gives it to the user QEMU
+     * runs as (its dynamic ownership), an operator with chown.
+     */
+    public record Owner(int uid, int gid, int mode) {
+        public static final Owner ROOT = new Owner(0, 0, 0600);
+
+        public Owner {
+            mode &= 07777;
+        }
+    }
+
+    private volatile Owner owner;
+
     JournalDevice(DeviceStore store, String name, RadixBlockStore blocks, long size, Durability durability,
-            long created, long lastFlush) {
+            long created, long lastFlush, Owner owner) {
+        this.owner = owner;
         this.store = store;
         this.memory = store.blockMemory();
         this.name = name;
@@ -79,6 +95,15 @@ public final class JournalDevice {
 
     public long created() {
         return created;
+    }
+
+    public Owner owner() {
+        return owner;
+    }
+
+    /** Under the store's opLock, exclusive: the next checkpoint records it (JournalStore.setOwner). */
+    void owner(Owner o) {
+        owner = o;
     }
 
     /** When the last flush returned (ms since the epoch), 0 if never. */

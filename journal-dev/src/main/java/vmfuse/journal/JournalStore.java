@@ -29,9 +29,10 @@ import vmfuse.durable.RealDisk;
  *     after a crash the file opens at the last commit (AtomicVolume says why not MapDB's own
  *     transactions: they do not survive a crash during a commit).
  *   - "vmfuse.format"  (atomic string): "vmfuse-journal-store 2". Anything else is refused.
- *   - "devices"        (hash map, name -> long[5]): root record id of the device's
+ *   - "devices"        (hash map, name -> long[8]): root record id of the device's
  *                      RadixBlockStore, size in bytes, durability (ordinal), created and last
- *                      flush (ms since the epoch); written by each checkpoint (DeviceCatalog).
+ *                      flush (ms since the epoch), uid, gid, permission bits; written by each
+ *                      checkpoint (DeviceCatalog). An entry of 5 (no owner yet) is root's, 0600.
  *   - "vmfuse.generation" (atomic long): the number of the last checkpoint.
  *   - the RadixBlockStore records of every device.
  *
@@ -324,7 +325,7 @@ public final class JournalStore implements AutoCloseable {
         }
         RadixBlockStore blocks = RadixBlockStore.create(db.getStore());
         long now = System.currentTimeMillis();
-        JournalDevice d = new JournalDevice(devicesView, name, blocks, size, durability, now, 0);
+        JournalDevice d = new JournalDevice(devicesView, name, blocks, size, durability, now, 0, JournalDevice.Owner.ROOT);
         devices.put(d);
         touched = true;
         try {
@@ -417,6 +418,51 @@ public final class JournalStore implements AutoCloseable {
             log.warn("journal device {} is deleted; its blocks are freed at the next checkpoint: {}", d.name(),
                     e.getMessage());
         }
+    }
+
+    /**
+     * Gives a device to {@code owner} (chown, chmod through the mount), in a commit: once this
+     * returns, a crash keeps it. If that commit fails, the device keeps its owner and the error is
+     * thrown.
+     */
+    public void setOwner(String name, JournalDevice.Owner owner) throws StoreException {
+        Parking.parked(() -> {
+            setOwnerLocked(name, owner);
+            return null;
+        }, () -> busy("chown"));
+    }
+
+    private synchronized void setOwnerLocked(String name, JournalDevice.Owner owner) throws StoreException {
+        checkOpen();
+        JournalDevice d = devices.get(name);
+        if (d == null) {
+            throw new StoreException(StoreException.ENOENT, "no journal device " + name);
+        }
+        JournalDevice.Owner was = d.owner();
+        if (was.equals(owner)) {
+            return;
+        }
+        opLock.writeLock().lock();
+        try {
+            d.owner(owner);
+            touched = true;
+        } finally {
+            opLock.writeLock().unlock();
+        }
+        try {
+            checkpoint();
+        } catch (StoreException e) {
+            opLock.writeLock().lock();
+            try {
+                d.owner(was);
+                touched = true;
+            } finally {
+                opLock.writeLock().unlock();
+            }
+            throw e;
+        }
+        log.info("journal owner device={} uid={} gid={} mode={}", name, owner.uid(), owner.gid(),
+                Integer.toOctalString(owner.mode()));
     }
 
     /**

@@ -159,6 +159,26 @@ class JournalStoreFaultTest {
         }
     }
 
+    /** chown and chmod of a device: committed when they return; a commit that fails changes nothing. */
+    @Test
+    void anOwnerIsCommittedOrNotChangedAtAll() throws Exception {
+        FaultyDisk disk = disk(7);
+        JournalStore s = open(disk);
+        JournalDevice d = s.create("d", 1 << 20, Durability.FLUSH);
+        assertEquals(JournalDevice.Owner.ROOT, d.owner());
+        JournalDevice.Owner qemu = new JournalDevice.Owner(64055, 64055, 0660);
+        s.setOwner("d", qemu);
+        disk.failAt(disk.calls() + 4, Fault.EIO);
+        assertThrows(StoreException.class, () -> s.setOwner("d", new JournalDevice.Owner(1, 1, 0600)));
+        assertEquals(qemu, d.owner(), "the failed chown is undone");
+        disk = crash(s, disk);
+        try (JournalStore again = open(disk)) {
+            assertEquals(qemu, again.device("d").owner(), "the chown that returned survives the power cut");
+            assertEquals(StoreException.ENOENT, assertThrows(StoreException.class,
+                    () -> again.setOwner("nope", qemu)).errno());
+        }
+    }
+
     @Test
     void aDeleteWhoseCommitFailsLeavesTheDeviceWhole() throws Exception {
         FaultyDisk disk = disk(5);

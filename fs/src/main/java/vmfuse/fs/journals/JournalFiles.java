@@ -59,9 +59,32 @@ public final class JournalFiles {
         device(name);
     }
 
-    /** A regular file, mode 0600, owned by root: the device's size, its stored blocks, its times. */
+    /** A regular file, of its owner and mode (root's, 0600, when made): its size, its stored blocks, its times. */
     public void stat(String name, Pointer statbuf) throws FsException {
         JournalVolume.stat(device(name), statbuf);
+    }
+
+    /**
+     * chown of a device (the kernel lets only root do it): -1 keeps that id, as chown(2) takes it.
+     * Committed to the store before it returns.
+     */
+    public void chown(String name, int uid, int gid) throws FsException {
+        JournalDevice.Owner o = device(name).owner();
+        setOwner(name, new JournalDevice.Owner(uid == -1 ? o.uid() : uid, gid == -1 ? o.gid() : gid, o.mode()));
+    }
+
+    /** chmod of a device (its owner or root): the permission bits. Committed before it returns. */
+    public void chmod(String name, int mode) throws FsException {
+        JournalDevice.Owner o = device(name).owner();
+        setOwner(name, new JournalDevice.Owner(o.uid(), o.gid(), mode));
+    }
+
+    private void setOwner(String name, JournalDevice.Owner owner) throws FsException {
+        try {
+            store.setOwner(name, owner);
+        } catch (StoreException e) {
+            throw fail(e);
+        }
     }
 
     /** Device names, hidden ones (libfuse's .fuse_hidden for unlinked open files) left out. */

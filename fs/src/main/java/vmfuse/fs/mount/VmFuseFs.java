@@ -647,19 +647,30 @@ public final class VmFuseFs extends FuseStubFS {
         log.info("rename image={} to={}", from.name(), to.name());
     }
 
-    /** chmod of an image, a folder, or images/ (who may create images there). */
+    /** chmod of an image, a folder, images/ (who may create images there), or a journal device. */
     @Override
     public int chmod(String path, long mode) {
         return call("chmod", path, () -> {
-            dir.chmod(imagesPath(path), (int) mode);
+            Node n = node(path);
+            if (n.kind() == Node.Kind.JOURNAL) {
+                journals.chmod(n.name(), (int) mode);
+            } else {
+                dir.chmod(imagesPath(path), (int) mode);
+            }
             return 0;
         });
     }
 
+    /** chown of the same (libvirt gives a VM's disks, journal devices too, to the user QEMU runs as). */
     @Override
     public int chown(String path, long uid, long gid) {
         return call("chown", path, () -> {
-            dir.chown(imagesPath(path), (int) uid, (int) gid);
+            Node n = node(path);
+            if (n.kind() == Node.Kind.JOURNAL) {
+                journals.chown(n.name(), (int) uid, (int) gid);
+            } else {
+                dir.chown(imagesPath(path), (int) uid, (int) gid);
+            }
             return 0;
         });
     }

@@ -17,8 +17,8 @@ import vmfuse.journal.StoreException;
  * An open journal device: reads and writes go through the device (its blocks in memory until a
  * checkpoint, its redo log for a FLUSH device), sync is the device's flush, punch and zero free
  * its blocks and are counted in the {@link ReleaseLedger} under its name there. Its stat is a
- * regular file, mode 0600, owned by root, whose size is the device's and whose st_blocks counts
- * the blocks it really holds.
+ * regular file (root's, 0600, when made; chown and chmod change that), whose size is the device's
+ * and whose st_blocks counts the blocks it really holds.
  */
 public final class JournalVolume implements Volume {
     private static final int BLOCK = 4096;
@@ -187,7 +187,9 @@ public final class JournalVolume implements Volume {
 
     /** Fills a struct stat for a device (also by path, without an open). */
     public static void stat(JournalDevice d, Pointer statbuf) {
-        StructStat.fillRegular(statbuf, 0600, d.size(), d.bytesStored(), Math.max(d.created(), d.lastFlush()));
+        JournalDevice.Owner o = d.owner();
+        StructStat.fillRegular(statbuf, o.mode(), d.size(), d.bytesStored(), Math.max(d.created(), d.lastFlush()));
+        StructStat.owner(statbuf, o.uid(), o.gid());
     }
 
     @Override

@@ -67,6 +67,33 @@ class MetadataOpsTest extends OnOneMount {
         assertEquals(FileTime.from(java.time.Instant.parse("2001-02-03T04:05:06Z")), Files.getLastModifiedTime(m.image("attr.raw")));
     }
 
+    /**
+     * A journal device's owner and mode, as libvirt's dynamic ownership sets them for the user QEMU
+     * runs as: enforced by the kernel, committed at once, kept across a remount.
+     */
+    @Test
+    void journalDevicesTakeAnOwnerAndAModeThatAreEnforcedAndKept() throws Exception {
+        try (Mounted own = Mounted.create()) {
+            Files.setPosixFilePermissions(own.root, PosixFilePermissions.fromString("rwxr-xr-x"));
+            own.vmfuse("journal", "create", "--size", "4M", "jo", own.mnt.toString()).assertOk();
+            String dev = own.mnt.resolve("journals/jo").toString();
+            assertEquals("600 0 0", Proc.ok("stat", "-c", "%a %u %g", dev).out().trim());
+            String[] write = {"runuser", "-u", "nobody", "--", "dd", "if=/dev/zero", "of=" + dev, "bs=4k", "count=1",
+                    "conv=notrunc,fsync", "status=none"};
+            assertFalse(Proc.run(write).ok(), "root's device, 0600: nobody may not write");
+            Proc.ok("chown", "65534:65534", dev);
+            Proc.ok("chmod", "640", dev);
+            assertEquals("640 65534 65534", Proc.ok("stat", "-c", "%a %u %g", dev).out().trim());
+            Proc.ok(write);
+            assertFalse(Proc.run("runuser", "-u", "daemon", "--", "chmod", "666", dev).ok(), "only its owner or root");
+            assertFalse(Proc.run("runuser", "-u", "nobody", "--", "chown", "daemon", dev).ok(), "only root gives it away");
+            own.umount().assertOk();
+            own.mount();
+            assertEquals("640 65534 65534", Proc.ok("stat", "-c", "%a %u %g", dev).out().trim());
+            assertTrue(own.log().contains("journal owner device=jo uid=65534 gid=65534 mode=640"), own.log());
+        }
+    }
+
     @Test
     void createdImagesBelongToTheirCreator() throws Exception {
         Files.setPosixFilePermissions(m.root, PosixFilePermissions.fromString("rwxr-xr-x")); // a temp dir is 0700
