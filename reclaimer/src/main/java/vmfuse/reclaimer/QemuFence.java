@@ -76,7 +76,8 @@ public final class QemuFence implements Fence {
      * The fence of the image QEMU opens as {@code imageFile}, over the QMP socket {@code qmpSocket};
      * {@code backingFile} is the same image's file as the daemon reaches it with no QEMU running,
      * {@code hold} keeps processes off it then, and {@code puncher} punches it. {@code nbdSocket}
-     * is where a carry-out exports the image; {@code allocated} gives the image file's allocated
+     * is where a carry-out with no QEMU exports the image (and where one with QEMU does, if the
+     * place beside the QMP socket is too long a path); {@code allocated} gives the image file's allocated
      * bytes (to count what a discard through QEMU freed).
      */
     public QemuFence(Path qmpSocket, Path imageFile, Path backingFile, Path nbdSocket, LongSupplier allocated,
@@ -88,6 +89,17 @@ public final class QemuFence implements Fence {
         this.allocated = allocated;
         this.hold = hold;
         this.puncher = puncher;
+    }
+
+    /**
+     * Where QEMU's own NBD server exports the image to a carry-out while it runs: beside its QMP
+     * socket, in a directory QEMU can write (it made that socket there), since QEMU binds it as the
+     * user it runs as (libvirt's libvirt-qemu), who may not write in the store. {@code nbdSocket}
+     * if that path would be too long for a unix socket.
+     */
+    private Path onlineNbdSocket() {
+        Path p = qmpSocket.resolveSibling(qmpSocket.getFileName() + ".nbd");
+        return p.toString().getBytes(java.nio.charset.StandardCharsets.UTF_8).length < 108 ? p : nbdSocket;
     }
 
     /** Exists while a carry-out has the VM stopped. */
@@ -129,10 +141,31 @@ public final class QemuFence implements Fence {
     }
 
     /**
-     * The QEMU drive that has {@code imageFile} open: its device (drive id), its node, and its
-     * dirty bitmaps (query-block's BlockDirtyInfo objects).
+     * The QEMU drive that has {@code imageFile} open: its device (the drive's BlockBackend name,
+     * empty where the disk was set up with -blockdev, as libvirt does), its top node, the guest
+     * device's qdev id or QOM path, and its dirty bitmaps (query-block's BlockDirtyInfo objects).
      */
-    private record Drive(String device, String node, List<JsonNode> bitmaps) {}
+    private record Drive(String device, String node, String qdev, List<JsonNode> bitmaps) {
+        /** What block-dirty-bitmap-* name it by: the drive, or (-blockdev) its top node, which holds the bitmaps. */
+        String bitmapNode() {
+            return device.isEmpty() ? node : device;
+        }
+
+        /**
+         * What HMP qemu-io names it by: the drive, or (-blockdev) the guest device's own block
+         * backend, -d QDEV. (qemu-io on the node itself would open a second backend, which the
+         * guest's device does not share writes with: refused.)
+         */
+        String qemuIoTarget() throws IOException {
+            if (!device.isEmpty()) {
+                return device;
+            }
+            if (qdev == null || qdev.isEmpty()) {
+                throw new IOException("QMP query-block: the drive of node " + node + " has neither a name nor a device");
+            }
+            return "-d " + qdev;
+        }
+    }
 
     /** The drive of the QEMU on {@code q} that has the image open, or null if none has. */
     private Drive drive(Qmp q) throws IOException {
@@ -159,8 +192,9 @@ public final class QemuFence implements Fence {
                     list.forEach(bitmaps::add);
                 }
             }
+            JsonNode qdev = b.get("qdev");
             return new Drive(Qmp.text(b, "device", "QMP query-block"), Qmp.text(inserted, "node-name",
-                    "QMP query-block"), bitmaps);
+                    "QMP query-block"), qdev == null || !qdev.isTextual() ? null : qdev.asText(), bitmaps);
         }
         return null;
     }
@@ -187,12 +221,12 @@ public final class QemuFence implements Fence {
             Drive d = requireDrive(q);
             removeForgotten(q, d);
             try {
-                q.execute("block-dirty-bitmap-add", Qmp.args("node", d.device(), "name", PREFIX + t,
+                q.execute("block-dirty-bitmap-add", Qmp.args("node", d.bitmapNode(), "name", PREFIX + t,
                         "persistent", true));
             } catch (IOException e) { // a qcow2 v2 image cannot store bitmaps: the fence lasts as long as this QEMU
                 log.warn("reclaim image={}: a persistent bitmap was refused ({}); the fence of token {} lives only "
                         + "while this QEMU runs", imageFile, e.getMessage(), t);
-                q.execute("block-dirty-bitmap-add", Qmp.args("node", d.device(), "name", PREFIX + t));
+                q.execute("block-dirty-bitmap-add", Qmp.args("node", d.bitmapNode(), "name", PREFIX + t));
             }
         }
         synchronized (this) {
@@ -215,7 +249,7 @@ public final class QemuFence implements Fence {
             }
             if (forgotten) {
                 try {
-                    removeBitmap(q, d.device(), PREFIX + t);
+                    removeBitmap(q, d.bitmapNode(), PREFIX + t);
                     log.info("reclaim image={} removed the bitmap {}{} nothing waits on", imageFile, PREFIX, t);
                 } catch (IOException e) {
                     log.debug("removing bitmap {}{}: {}", PREFIX, t, e.getMessage());
@@ -242,7 +276,7 @@ public final class QemuFence implements Fence {
         }
         for (long t : old) {
             try (Qmp q = Qmp.connect(qmpSocket)) {
-                removeBitmap(q, requireDrive(q).device(), PREFIX + t);
+                removeBitmap(q, requireDrive(q).bitmapNode(), PREFIX + t);
             } catch (IOException e) { // QEMU gone: the next token() under a QEMU removes it
                 log.debug("removing bitmap {}{}: {}", PREFIX, t, e.getMessage());
             }
@@ -313,15 +347,18 @@ public final class QemuFence implements Fence {
             Files.write(pausedMarker(), new byte[0]); // if this daemon dies before cont, the next one resumes the VM
             q.execute("stop", null);
         }
+        boolean disabled = false;
+        Path socket = onlineNbdSocket();
         try {
-            q.execute("block-dirty-bitmap-disable", Qmp.args("node", dev.device(), "name", bitmap));
-            Files.deleteIfExists(nbdSocket);
+            q.execute("block-dirty-bitmap-disable", Qmp.args("node", dev.bitmapNode(), "name", bitmap));
+            disabled = true;
+            Files.deleteIfExists(socket);
             q.execute("nbd-server-start", Qmp.args("addr", Qmp.args("type", "unix", "data",
-                    Qmp.args("path", nbdSocket.toString()))));
+                    Qmp.args("path", socket.toString()))));
             try {
                 q.execute("block-export-add", Qmp.args("type", "nbd", "id", EXPORT, "node-name", dev.node(),
                         "name", EXPORT, "writable", false, "bitmaps", Qmp.array(bitmap)));
-                try (NbdClient c = NbdClient.connect(nbdSocket, EXPORT, DIRTY_BITMAP + bitmap)) {
+                try (NbdClient c = NbdClient.connect(socket, EXPORT, DIRTY_BITMAP + bitmap)) {
                     clean = clean(c, ranges);
                 } finally {
                     q.execute("block-export-del", Qmp.args("id", EXPORT));
@@ -330,7 +367,7 @@ public final class QemuFence implements Fence {
                 q.execute("nbd-server-stop", null);
             }
             for (Range r : clean) {
-                String out = q.hmp("qemu-io " + dev.device() + " \"discard " + r.offset() + " " + r.length() + "\"").strip();
+                String out = q.hmp("qemu-io " + dev.qemuIoTarget() + " \"discard " + r.offset() + " " + r.length() + "\"").strip();
                 // QEMU 7.2's HMP qemu-io prints its report, success or "discard failed", on QEMU's own
                 // stdout and answers nothing (measured); only errors of the monitor command itself
                 // (no such device) come back. So: nothing, or qemu-io's report of the whole discard
@@ -346,8 +383,20 @@ public final class QemuFence implements Fence {
             if (stillWaits(token, ranges)) {
                 // notices of this token came during the carry-out: its bitmap records again before
                 // the guest runs (nothing wrote meanwhile: the VM is stopped; the discards are not the guest's)
-                q.execute("block-dirty-bitmap-enable", Qmp.args("node", dev.device(), "name", bitmap));
+                q.execute("block-dirty-bitmap-enable", Qmp.args("node", dev.bitmapNode(), "name", bitmap));
             }
+        } catch (IOException | RuntimeException e) {
+            if (disabled) {
+                // the notice waits for the next try: its fence records again before the guest runs.
+                // Left disabled, the next try finds a bitmap that no longer records and drops the notice.
+                try {
+                    q.execute("block-dirty-bitmap-enable", Qmp.args("node", dev.bitmapNode(), "name", bitmap));
+                } catch (IOException again) {
+                    log.warn("reclaim image={}: bitmap {} could not record again ({}): its notices will be dropped",
+                            imageFile, bitmap, again.getMessage());
+                }
+            }
+            throw e;
         } finally {
             if (running) {
                 q.execute("cont", null);
@@ -356,7 +405,7 @@ public final class QemuFence implements Fence {
         }
         if (forget(token, ranges)) {
             try {
-                removeBitmap(q, dev.device(), bitmap);
+                removeBitmap(q, dev.bitmapNode(), bitmap);
             } catch (IOException e) {
                 log.warn("reclaim image={}: removing bitmap {}: {}", imageFile, bitmap, e.getMessage());
             }

@@ -251,6 +251,53 @@ class ReclaimerTest {
     }
 
     /**
+     * A qcow2 disk set up as libvirt does (-blockdev nodes, a device with an id, no drive name):
+     * the fence is a bitmap on the format node, the discards go through the guest device's own
+     * backend (qemu-io -d QDEV). A carry-out that fails after it stopped the bitmap (here: its NBD
+     * socket's place, beside the QMP socket where QEMU may write, taken by a directory) lets the
+     * bitmap record again, so the next try punches; before, the notice was then dropped as
+     * unfenced.
+     */
+    @Test
+    void aQcow2CarryOutOnABlockdevDiskThatFailsKeepsItsFenceAndPunchesLater() throws Exception {
+        try (Mounted m = Mounted.create()) {
+            Path img = qcow2Vm(m, "vm7", "4G");
+            Path sock = m.root.resolve("vm7.agent");
+            Path qmp = m.root.resolve("vm7.qmp");
+            try (Proc.Background qemu = Proc.start("qemu-system-x86_64", "-S", "-accel", "tcg", "-nodefaults",
+                    "-display", "none", "-qmp", "unix:" + qmp + ",server=on,wait=off",
+                    "-blockdev", "{\"driver\":\"file\",\"filename\":\"" + img + "\",\"node-name\":\"libvirt-1-storage\"}",
+                    "-blockdev", "{\"node-name\":\"libvirt-1-format\",\"driver\":\"qcow2\",\"file\":\"libvirt-1-storage\","
+                            + "\"discard\":\"unmap\"}",
+                    "-device", "virtio-blk-pci,drive=libvirt-1-format,id=virtio-disk0")) {
+                Poll.until(() -> Files.exists(qmp), () -> "QEMU's QMP socket\n" + qemu.output());
+                Path taken = qmp.resolveSibling("vm7.qmp.nbd");
+                Files.createDirectories(taken.resolve("x"));
+                try (Agent a = new Agent(sock)) {
+                    long token = a.fence();
+                    assertEquals("ACK 1", a.ask("NOTICE 1 " + token + " " + 8 * M + " 0:" + 8 * M));
+                }
+                Proc.Result failed = m.vmfuse("vm", "reclaim", "vm7", m.mnt.toString());
+                assertEquals(1, failed.exit(), failed.describe());
+                Files.delete(taken.resolve("x"));
+                Files.delete(taken);
+                String done = m.vmfuse("vm", "reclaim", "vm7", m.mnt.toString()).assertOk().out();
+                assertTrue(done.contains("punched " + 8 * M + " bytes"), done + m.log());
+                assertTrue(!m.log().contains("no longer records writes"), m.log());
+                try (Qmp q = Qmp.connect(qmp)) {
+                    q.execute("quit", null);
+                }
+                assertTrue(qemu.process.waitFor(30, java.util.concurrent.TimeUnit.SECONDS), qemu.output());
+            }
+            Proc.Result check = Proc.run("qemu-img", "check", img.toString());
+            assertEquals(0, check.exit(), check.describe());
+            Proc.Result read = Proc.ok("qemu-io", "-f", "qcow2", "-c", "read -P 0 0 8m", "-c", "read -P 0x11 8m 8m",
+                    img.toString());
+            assertTrue(!read.out().contains("failed"), read.out());
+        }
+    }
+
+    /**
      * FAULTS.md R3 through the daemon: a qcow2 VM's notice waits, its QEMU quits, and the image is
      * then edited so that the guest's first cluster points at the image's own L2 table. `vmfuse
      * vm reclaim` punches nothing, says the notice was dropped, and the log names the overlap:
