@@ -11,9 +11,11 @@ PACKAGES="
   e2fsprogs xfsprogs util-linux
   fio bindfs strace python3 nbdkit libnbd-bin
   busybox-static linux-image-amd64 cpio kmod inotify-tools
-  prometheus
+  prometheus libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libxml2-utils
 "
-# prometheus: for promtool, which checks the metrics' exposition in the tests (its server is not used)
+# prometheus: for promtool, which checks the metrics' exposition in the tests (its server is not used).
+# libvirt: its daemon and virsh, for the tests that run examples/libvirt (as a session daemon of their
+# own: the system daemon, its user and its services, libvirt-daemon-system's, are not installed).
 
 missing=""
 for p in $PACKAGES; do
