@@ -101,8 +101,10 @@ final class VmCommand {
 
         @Override
         public Integer call() throws Exception {
-            Answer.Reclaimed r = DaemonClient.one(DaemonClient.request(mountPoint, new Request.VmReclaim(name)),
-                    Answer.Reclaimed.class);
+            Answer.Reclaimed r;
+            try (TerminalProgress progress = new TerminalProgress()) {
+                r = progress.on() ? reclaimShowingProgress(progress) : reclaim();
+            }
             System.out.printf("vm %s: punched %d bytes, freed %d bytes, %d bytes still waiting%n", name, r.punched(),
                     r.freed(), r.pending());
             if (r.dropped() != 0) {
@@ -111,6 +113,50 @@ final class VmCommand {
                         + "log says which)%n", name, r.dropped());
             }
             return 0;
+        }
+
+        private Answer.Reclaimed reclaim() throws Exception {
+            return DaemonClient.one(DaemonClient.request(mountPoint, new Request.VmReclaim(name)), Answer.Reclaimed.class);
+        }
+
+        /** On a terminal: the bytes carried out of those waiting, from the VM's status, while the request runs. */
+        private Answer.Reclaimed reclaimShowingProgress(TerminalProgress progress) throws Exception {
+            long waiting = pending();
+            java.util.concurrent.FutureTask<Answer.Reclaimed> run = new java.util.concurrent.FutureTask<>(this::reclaim);
+            Thread t = new Thread(run, "vm-reclaim");
+            t.setDaemon(true);
+            t.start();
+            while (waiting > 0 && !run.isDone()) {
+                long left = pending();
+                progress.show("vm " + name + ": carried out " + TerminalProgress.mib(Math.max(0, waiting - Math.max(0, left)),
+                        waiting));
+                t.join(200);
+            }
+            Answer.Reclaimed r;
+            try {
+                r = run.get();
+            } catch (java.util.concurrent.ExecutionException e) {
+                throw e.getCause() instanceof Exception x ? x : e;
+            }
+            if (waiting > 0) {
+                progress.show("vm " + name + ": carried out " + TerminalProgress.mib(Math.max(0, waiting - r.pending()),
+                        waiting));
+            }
+            return r;
+        }
+
+        /** The VM's bytes waiting, as status has them; -1 if it has none for the VM. */
+        private long pending() {
+            try {
+                for (Answer a : DaemonClient.request(mountPoint, new Request.Status())) {
+                    if (a instanceof Answer.Vm v && v.name().equals(name)) {
+                        return v.pending();
+                    }
+                }
+            } catch (Exception e) {
+                // the reclaim's own answer says what went wrong
+            }
+            return -1;
         }
     }
 }

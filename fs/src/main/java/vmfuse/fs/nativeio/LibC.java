@@ -50,6 +50,8 @@ public interface LibC {
     @SaveError int utimensat(int dirfd, String path, Pointer times, int flags);
     @SaveError long lseek(int fd, long offset, int whence);
     @SaveError int mkdirat(int dirfd, String path, int mode);
+    /** 1 if {@code fd} is a terminal (progress is shown only there). */
+    int isatty(int fd);
     /** For systemd's notification socket (a unix datagram socket, which Java's channels cannot send to). */
     @SaveError int socket(int domain, int type, int protocol);
     @SaveError long sendto(int fd, Pointer buf, long len, int flags, Pointer addr, int addrlen);

@@ -12,6 +12,7 @@ import java.nio.channels.Channels;
 import java.nio.channels.SocketChannel;
 import java.nio.file.Files;
 import java.nio.file.Path;
+import java.time.Duration;
 
 import org.junit.jupiter.api.Tag;
 import org.junit.jupiter.api.Test;
@@ -247,6 +248,42 @@ class ReclaimerTest {
             assertTrue(m.log().contains("offline"), m.log());
             String status = m.vmfuse("status", m.mnt.toString()).assertOk().out();
             assertTrue(status.lines().anyMatch(l -> l.matches("vm5 +vm5\\.qcow2 +1 +0 +0 +" + 7 * M + " +\\d+ +0 +" + M + " +0 +0 +.*")), status);
+        }
+    }
+
+    /**
+     * vm reclaim shows how much it carried out on a terminal (a pty, as script(1) gives one), and
+     * nothing when its stderr is a pipe: a script reads only its result.
+     */
+    @Test
+    void vmReclaimShowsProgressOnATerminalOnly() throws Exception {
+        try (Mounted m = Mounted.onTmpfs("200m")) {
+            Path img = m.image("vp.raw");
+            Proc.ok("truncate", "-s", "8G", img.toString()); // 16 MiB waiting of 8 GiB: below the threshold
+            dd(img, 0, 32, "/dev/urandom");
+            Path sock = m.root.resolve("vp.agent");
+            m.vmfuse("vm", "add", "vp", "--image", "vp.raw", "--agent-socket", sock.toString(), m.mnt.toString())
+                    .assertOk();
+            try (Agent a = new Agent(sock)) {
+                long token = a.fence();
+                for (int i = 0; i < 16; i++) {
+                    assertEquals("ACK " + (i + 1), a.ask("NOTICE " + (i + 1) + " " + token + " " + M + " " + i * M + ":" + M));
+                }
+            }
+            Proc.Result piped = m.vmfuse("vm", "reclaim", "vp", m.mnt.toString()).assertOk();
+            assertTrue(piped.out().contains("punched " + 16 * M + " bytes"), piped.describe());
+            assertEquals("", piped.err(), "no progress in a pipe");
+            try (Agent a = new Agent(sock)) {
+                long token = a.fence();
+                for (int i = 16; i < 32; i++) {
+                    assertEquals("ACK " + (i + 1), a.ask("NOTICE " + (i + 1) + " " + token + " " + M + " " + i * M + ":" + M));
+                }
+            }
+            Proc.Result tty = Proc.run(Duration.ofSeconds(60), "script", "-qec",
+                    Mounted.VMFUSE + " vm reclaim vp " + m.mnt, "/dev/null");
+            assertEquals(0, tty.exit(), tty.describe());
+            assertTrue(tty.out().contains("vm vp: carried out 16.0 of 16.0 MiB"), tty.describe());
+            assertTrue(tty.out().contains("punched " + 16 * M + " bytes"), tty.describe());
         }
     }
 
