@@ -15,7 +15,8 @@ import vmfuse.durable.Parking;
  * began; flushes that come meanwhile wait, and the first of them then serves them all with one
  * fdatasync. No thread hand-off for a lone flush. A failed fdatasync fails the tickets it was
  * for, and only those. (A record appended before a rotation is in the segment the rotation
- * forced; forcing the active segment covers the rest.)
+ * forced; forcing the active segment covers the rest.) A flush that finds every record appended
+ * so far on disk already returns at once, forcing nothing.
  */
 final class GroupCommit {
     private static final Logger log = LoggerFactory.getLogger(GroupCommit.class);
@@ -25,6 +26,7 @@ final class GroupCommit {
     /** Flushes, numbered in the order they asked. */
     private final AtomicLong tickets = new AtomicLong();
     private final AtomicLong syncs = new AtomicLong();
+    private final AtomicLong skipped = new AtomicLong();
     /** Guards the state below; flushes wait on it. */
     private final Object lock = new Object();
     private long synced; // every ticket up to this is on disk
@@ -52,6 +54,12 @@ final class GroupCommit {
     }
 
     private void awaitParked() throws StoreException {
+        if (redo.allDurable()) {
+            // nothing appended since the last fdatasync that returned: a second flush of the same
+            // state (a flush after a FUA write, a guest's fsync with nothing new) forces nothing
+            skipped.incrementAndGet();
+            return;
+        }
         long ticket = tickets.incrementAndGet();
         synchronized (lock) {
             while (true) {
@@ -107,6 +115,11 @@ final class GroupCommit {
     /** fdatasyncs of the redo log so far; each served every flush waiting. */
     long syncs() {
         return syncs.get();
+    }
+
+    /** Flushes that found everything on disk already, and forced nothing. */
+    long skipped() {
+        return skipped.get();
     }
 
     /** Flushes waiting, and later ones, fail: the store is closed. */

@@ -698,6 +698,11 @@ public final class JournalStore implements AutoCloseable {
         return commits.syncs();
     }
 
+    /** Flushes of flush-mode devices that found nothing new to force since the last fdatasync. */
+    public long flushesWithNothingToForce() {
+        return commits.skipped();
+    }
+
     private void checkOpen() throws StoreException {
         if (closed) {
             throw new StoreException(StoreException.EIO, "journal store " + file + " is closed");

@@ -84,6 +84,10 @@ final class RedoLog implements AutoCloseable {
      * it by writers deciding on a checkpoint, which must not wait on a rotation's fdatasync.
      */
     private volatile long position;
+    /** Records appended since the log was opened. Guarded by this. */
+    private long appended;
+    /** Of them, those an fdatasync that returned had on disk (a force, or a rotation's). Guarded by this. */
+    private long durable;
     /** Whether each segment was zero-filled to the preallocated size (at its first append). Guarded by this. */
     private final boolean[] preallocated = new boolean[2];
     /**
@@ -324,6 +328,7 @@ final class RedoLog implements AutoCloseable {
                     + segmentFile(base, (int) (generation % 2)) + ": " + e.getMessage(), e);
         }
         position = tailStart + end; // only a whole record moves the end
+        appended++;
         int keep = end & -PAGE; // the new tail page moves to the buffer's start
         if (keep > 0) { // from [keep, end) to [0, end - keep): they do not overlap, as end - keep < PAGE <= keep
             t.limit(end).position(keep);
@@ -371,8 +376,10 @@ final class RedoLog implements AutoCloseable {
      */
     void force() throws StoreException {
         DiskFile ch;
+        long upTo;
         synchronized (this) {
             ch = active();
+            upTo = appended;
         }
         StoreException b = broken;
         if (b != null) {
@@ -383,6 +390,18 @@ final class RedoLog implements AutoCloseable {
         } catch (IOException e) {
             throw markBroken(e);
         }
+        synchronized (this) {
+            durable = Math.max(durable, upTo);
+        }
+    }
+
+    /**
+     * True if every record appended so far is on disk, by an fdatasync that returned, and none
+     * failed: a flush then has nothing to force. False after a failed one, whose error a flush
+     * must report.
+     */
+    synchronized boolean allDurable() {
+        return broken == null && durable == appended;
     }
 
     /** Records the first failed fdatasync; the error every force returns from now on. */
@@ -409,6 +428,7 @@ final class RedoLog implements AutoCloseable {
         if (broken == null) {
             try {
                 active().force(false);
+                durable = appended; // the old segment holds every record appended so far
             } catch (IOException e) {
                 // the rotation goes on: the checkpoint that follows puts the records in the store,
                 // the only way they can still reach the disk; flushes fail from now on

@@ -86,6 +86,26 @@ class JournalStoreTest {
         }
     }
 
+    /** A flush with nothing new since the last fdatasync forces nothing; one after a write does. */
+    @Test
+    void aFlushWithNothingNewForcesNothing() throws Exception {
+        try (JournalStore s = JournalStore.open(dir.resolve("j.db"))) {
+            JournalDevice a = s.create("a", 16L * MiB, Durability.FLUSH);
+            JournalDevice b = s.create("b", 16L * MiB, Durability.FLUSH);
+            a.write(0, random(4096, 1), 0, 4096);
+            long syncs = s.syncs();
+            a.flush();
+            assertEquals(syncs + 1, s.syncs());
+            a.flush(); // the FUA after the preflush, a second fsync: nothing new
+            b.flush(); // any device's: the log holds all of them
+            assertEquals(syncs + 1, s.syncs(), "nothing appended since: no fdatasync");
+            assertEquals(2, s.flushesWithNothingToForce());
+            b.write(0, random(4096, 2), 0, 4096);
+            a.flush(); // b's record is in the log: whoever flushes forces it
+            assertEquals(syncs + 2, s.syncs());
+        }
+    }
+
     @Test
     void truncateShrinksAndFreesAndDeleteFreesEverything() throws Exception {
         try (JournalStore s = JournalStore.open(dir.resolve("j.db"))) {

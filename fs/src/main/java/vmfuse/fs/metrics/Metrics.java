@@ -52,7 +52,8 @@ import vmfuse.reclaimer.VmReclaimer;
  *                                                           per image or device still there (images/..., journals/...)
  *   vmfuse_journal_{size,stored,memory}_bytes{device}, vmfuse_journal_flush_seconds{device} (histogram)
  *   vmfuse_journal_store_memory_{held,limit,allocated}_bytes, vmfuse_journal_store_disk_bytes,
- *   vmfuse_journal_checkpoint_seconds (count and sum), vmfuse_journal_log_syncs_total
+ *   vmfuse_journal_checkpoint_seconds (count and sum), vmfuse_journal_log_syncs_total,
+ *   vmfuse_journal_flushes_unforced_total
  *   vmfuse_reclaim_{notices,refused}_total{vm}, vmfuse_reclaim_pending_bytes{vm},
  *   vmfuse_reclaim_{punched,freed}_bytes_total{vm}, vmfuse_reclaim_skipped_bytes_total{vm,reason},
  *   vmfuse_vm_failed{vm}                                    1 per VM registered that could not start
@@ -211,6 +212,9 @@ public final class Metrics implements MultiCollector {
                         .sum(j.checkpointNanos() / 1e9).build()).build());
         out.add(counter("vmfuse_journal_log_syncs", "fdatasyncs of the journal store's redo log (each serves every "
                 + "flush waiting for it).", List.of(count(j.syncs(), Labels.EMPTY))));
+        out.add(counter("vmfuse_journal_flushes_unforced", "Flushes of flush-mode devices that found the redo log "
+                + "on disk already (nothing appended since the last fdatasync) and forced nothing.",
+                List.of(count(j.flushesWithNothingToForce(), Labels.EMPTY))));
     }
 
     private void reclaimer(List<MetricSnapshot> out) {
