@@ -54,7 +54,7 @@ final class GroupCommit {
     }
 
     private void awaitParked() throws StoreException {
-        if (redo.allDurable()) {
+        if (redo.allDurable() && !closed()) {
             // nothing appended since the last fdatasync that returned: a second flush of the same
             // state (a flush after a FUA write, a guest's fsync with nothing new) forces nothing
             skipped.incrementAndGet();
@@ -120,6 +120,12 @@ final class GroupCommit {
     /** Flushes that found everything on disk already, and forced nothing. */
     long skipped() {
         return skipped.get();
+    }
+
+    private boolean closed() {
+        synchronized (lock) {
+            return closed;
+        }
     }
 
     /** Flushes waiting, and later ones, fail: the store is closed. */

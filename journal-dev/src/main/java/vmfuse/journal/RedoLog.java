@@ -88,6 +88,12 @@ final class RedoLog implements AutoCloseable {
     private long appended;
     /** Of them, those an fdatasync that returned had on disk (a force, or a rotation's). Guarded by this. */
     private long durable;
+    /**
+     * Forces running outside the monitor. Two fdatasyncs of one file at once (a flush's and a
+     * rotation's) may split a writeback error between them: Linux reports it to one, the other
+     * returns 0. While one runs, what the other returned proves nothing. Guarded by this.
+     */
+    private int forcing;
     /** Whether each segment was zero-filled to the preallocated size (at its first append). Guarded by this. */
     private final boolean[] preallocated = new boolean[2];
     /**
@@ -378,19 +384,29 @@ final class RedoLog implements AutoCloseable {
         DiskFile ch;
         long upTo;
         synchronized (this) {
+            if (broken != null) {
+                throw broken;
+            }
             ch = active();
             upTo = appended;
+            forcing++;
         }
-        StoreException b = broken;
-        if (b != null) {
-            throw b;
-        }
+        IOException failed = null;
         try {
             ch.force(false);
         } catch (IOException e) {
-            throw markBroken(e);
+            failed = e;
         }
         synchronized (this) {
+            forcing--;
+            if (failed != null) {
+                throw markBroken(failed);
+            }
+            if (broken != null) {
+                // a rotation's fdatasync of the same file failed meanwhile: the error may have been
+                // its to report, and this one's 0 proves nothing
+                throw broken;
+            }
             durable = Math.max(durable, upTo);
         }
     }
@@ -401,7 +417,7 @@ final class RedoLog implements AutoCloseable {
      * must report.
      */
     synchronized boolean allDurable() {
-        return broken == null && durable == appended;
+        return broken == null && forcing == 0 && durable == appended;
     }
 
     /** Records the first failed fdatasync; the error every force returns from now on. */
