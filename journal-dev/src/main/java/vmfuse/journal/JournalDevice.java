@@ -558,8 +558,9 @@ public final class JournalDevice {
     private final LongAdder flushNanos = new LongAdder();
 
     /**
-     * Flushes since the store was opened, by how long each waited: element i counts those of 2^i
-     * to 2^(i+1) - 1 microseconds (a close-mode flush returns at once, in the first buckets).
+     * Flushes that returned since the store was opened (a failed one is not counted), by how long
+     * each waited: element i counts those of 2^i to 2^(i+1) - 1 microseconds (a close-mode flush,
+     * or one with nothing new to force, returns at once, in the first buckets).
      */
     public long[] flushLatency() {
         long[] out = new long[FLUSH_BUCKETS];

@@ -8,6 +8,7 @@ import java.util.List;
 import java.util.Map;
 import java.util.concurrent.atomic.AtomicLong;
 import java.util.concurrent.locks.ReentrantReadWriteLock;
+import java.util.function.UnaryOperator;
 
 import org.mapdb.Atomic;
 import org.mapdb.DB;
@@ -421,24 +422,26 @@ public final class JournalStore implements AutoCloseable {
     }
 
     /**
-     * Gives a device to {@code owner} (chown, chmod through the mount), in a commit: once this
-     * returns, a crash keeps it. If that commit fails, the device keeps its owner and the error is
-     * thrown.
+     * Gives a device the owner {@code change} makes of its own (chown, chmod through the mount:
+     * one at a time, so neither undoes the other), in a commit: once this returns, a crash keeps
+     * it. If that commit fails, the device keeps its owner and the error is thrown.
      */
-    public void setOwner(String name, JournalDevice.Owner owner) throws StoreException {
+    public void setOwner(String name, UnaryOperator<JournalDevice.Owner> change) throws StoreException {
         Parking.parked(() -> {
-            setOwnerLocked(name, owner);
+            setOwnerLocked(name, change);
             return null;
         }, () -> busy("chown"));
     }
 
-    private synchronized void setOwnerLocked(String name, JournalDevice.Owner owner) throws StoreException {
+    private synchronized void setOwnerLocked(String name, UnaryOperator<JournalDevice.Owner> change)
+            throws StoreException {
         checkOpen();
         JournalDevice d = devices.get(name);
         if (d == null) {
             throw new StoreException(StoreException.ENOENT, "no journal device " + name);
         }
         JournalDevice.Owner was = d.owner();
+        JournalDevice.Owner owner = change.apply(was);
         if (was.equals(owner)) {
             return;
         }

@@ -167,15 +167,15 @@ class JournalStoreFaultTest {
         JournalDevice d = s.create("d", 1 << 20, Durability.FLUSH);
         assertEquals(JournalDevice.Owner.ROOT, d.owner());
         JournalDevice.Owner qemu = new JournalDevice.Owner(64055, 64055, 0660);
-        s.setOwner("d", qemu);
+        s.setOwner("d", o -> qemu);
         disk.failAt(disk.calls() + 4, Fault.EIO);
-        assertThrows(StoreException.class, () -> s.setOwner("d", new JournalDevice.Owner(1, 1, 0600)));
+        assertThrows(StoreException.class, () -> s.setOwner("d", o -> new JournalDevice.Owner(1, 1, 0600)));
         assertEquals(qemu, d.owner(), "the failed chown is undone");
         disk = crash(s, disk);
         try (JournalStore again = open(disk)) {
             assertEquals(qemu, again.device("d").owner(), "the chown that returned survives the power cut");
             assertEquals(StoreException.ENOENT, assertThrows(StoreException.class,
-                    () -> again.setOwner("nope", qemu)).errno());
+                    () -> again.setOwner("nope", o -> qemu)).errno());
         }
     }
 

@@ -69,19 +69,17 @@ public final class JournalFiles {
      * Committed to the store before it returns.
      */
     public void chown(String name, int uid, int gid) throws FsException {
-        JournalDevice.Owner o = device(name).owner();
-        setOwner(name, new JournalDevice.Owner(uid == -1 ? o.uid() : uid, gid == -1 ? o.gid() : gid, o.mode()));
+        setOwner(name, o -> new JournalDevice.Owner(uid == -1 ? o.uid() : uid, gid == -1 ? o.gid() : gid, o.mode()));
     }
 
     /** chmod of a device (its owner or root): the permission bits. Committed before it returns. */
     public void chmod(String name, int mode) throws FsException {
-        JournalDevice.Owner o = device(name).owner();
-        setOwner(name, new JournalDevice.Owner(o.uid(), o.gid(), mode));
+        setOwner(name, o -> new JournalDevice.Owner(o.uid(), o.gid(), mode));
     }
 
-    private void setOwner(String name, JournalDevice.Owner owner) throws FsException {
+    private void setOwner(String name, java.util.function.UnaryOperator<JournalDevice.Owner> change) throws FsException {
         try {
-            store.setOwner(name, owner);
+            store.setOwner(name, change);
         } catch (StoreException e) {
             throw fail(e);
         }
@@ -179,6 +177,7 @@ public final class JournalFiles {
         } catch (StoreException e) {
             throw fail(e);
         }
+        ledger.renamed(ReleaseLedger.device(from), ReleaseLedger.device(to)); // its counts go with it, as an image's
         log.info("journal rename device={} to={}", from, to);
     }
 

@@ -53,16 +53,17 @@ public final class StructStat {
         return LibC.INSTANCE.fstat(fd, st) == 0 ? 0 : -Native.errno();
     }
 
-    /**
-     * Fills {@code st} for a regular file that is not a file of a filesystem (a journal device):
-     * mode, one link, owner root, size, blocks, and all three times set to {@code mtimeMillis}.
-     */
     /** Sets st_uid and st_gid of a filled struct stat. */
     public static void owner(Pointer st, int uid, int gid) {
         st.putInt(UID, uid);
         st.putInt(GID, gid);
     }
 
+    /**
+     * Fills {@code st} for a regular file that is not a file of a filesystem (a journal device):
+     * mode, one link, owner root ({@link #owner} sets another), size, blocks, and all three times
+     * set to {@code mtimeMillis}.
+     */
     public static void fillRegular(Pointer st, int perm, long size, long allocated, long mtimeMillis) {
         st.setMemory(0, 144, (byte) 0);
         st.putLong(NLINK, 1);

@@ -156,6 +156,9 @@ public final class ReleaseLedger {
 
     /** Records one release and logs it: image, offset, length asked, bytes really freed, reason. */
     public void record(String image, long offset, long length, long freed, Reason reason) {
+        // a device's freed bytes are a drop of what it stores, which another handle's writes can
+        // outrun: never a negative release (the counts, and the metrics' counters, only grow)
+        freed = Math.max(0, freed);
         synchronized (this) {
             perImage.merge(image, new Count(freed, 1), (a, b) -> a.plus(b.bytes()));
             total = total.plus(freed);

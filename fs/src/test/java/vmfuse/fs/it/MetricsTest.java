@@ -121,6 +121,14 @@ class MetricsTest {
         assertEquals(count + 7, value(after, "vmfuse_journal_flush_seconds_bucket{device=\"jm\",le=\"+Inf\"}"), after);
         assertTrue(value(after, "vmfuse_journal_flush_seconds_sum{device=\"jm\"}") > 0, after);
         assertEquals(7 * 4096, value(after, "vmfuse_journal_stored_bytes{device=\"jm\"}"), after);
+
+        // a punch of the device is counted under its path; a rename takes its counts along
+        Proc.ok("fallocate", "-p", "-o", "0", "-l", "8192", m.mnt.resolve("journals/jm").toString());
+        Proc.ok("mv", m.mnt.resolve("journals/jm").toString(), m.mnt.resolve("journals/jn").toString());
+        String moved = scrape();
+        assertEquals(8192, value(moved, "vmfuse_volume_released_bytes_total{reason=\"punch-hole\",volume=\"journals/jn\"}"),
+                moved);
+        assertFalse(moved.contains("volume=\"journals/jm\""), moved);
     }
 
     @Test
