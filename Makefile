@@ -45,6 +45,7 @@ bench: build
 	./scripts/bench-mount.sh
 	./scripts/bench-nbd.sh
 	./scripts/bench-journal.sh
+	./scripts/bench-journal-slow.sh
 	./scripts/bench-guest.sh
 	./scripts/bench-stall.sh
 

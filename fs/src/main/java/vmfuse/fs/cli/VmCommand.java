@@ -128,9 +128,11 @@ final class VmCommand {
             t.start();
             while (waiting > 0 && !run.isDone()) {
                 long left = pending();
-                progress.show("vm " + name + ": carried out " + TerminalProgress.mib(Math.max(0, waiting - Math.max(0, left)),
-                        waiting));
-                t.join(200);
+                if (left >= 0) { // -1: status did not answer this time; the line stays as it was
+                    progress.show("vm " + name + ": carried out " + TerminalProgress.mib(Math.max(0, waiting - left),
+                            waiting));
+                }
+                t.join(250);
             }
             Answer.Reclaimed r;
             try {

@@ -104,7 +104,7 @@ class LibvirtTest {
         Files.writeString(scriptDisk, "#vmfuse-script\n" + SCRIPT + "\n", StandardCharsets.UTF_8);
         Proc.ok("truncate", "-s", "64k", scriptDisk.toString());
         Proc.ok("chmod", "-R", "a+rX", work.toString());
-        Proc.ok("chown", "-R", "nobody:nogroup", run.toString(), lv.toString());
+        Proc.ok("chown", "-R", "nobody:nogroup", lv.toString()); // run/ stays root's, as /run/vmfuse
         String env = "HOME=" + lv.resolve("home") + " XDG_CONFIG_HOME=" + lv.resolve("config") + " XDG_CACHE_HOME="
                 + lv.resolve("cache") + " XDG_RUNTIME_DIR=" + lv.resolve("run");
         try (Mounted m = Mounted.onTmpfs("700m", "--nbd", "unix:" + run.resolve("nbd.sock"));
@@ -117,13 +117,13 @@ class LibvirtTest {
             Proc.ok("chown", "nobody:nogroup", m.image("vm1.qcow2").toString(), m.mnt.resolve("journals/vm1").toString());
 
             Path xml = work.resolve("vm1.xml");
-            Files.writeString(xml, domain(Files.readString(EXAMPLES.resolve("vm1.xml")), m, run));
+            Path console = lv.resolve("console.log"); // QEMU's, as nobody
+            Files.writeString(xml, domain(Files.readString(EXAMPLES.resolve("vm1.xml")), m, run, console));
             Proc.ok("chmod", "a+r", xml.toString());
             Poll.until(() -> virsh(env, "version").ok(), libvirtd::output, 30);
             virsh(env, "define", xml.toString()).assertOk();
             try {
                 virsh(env, "start", "vm1").assertOk();
-                Path console = run.resolve("console.log");
                 long before = -1;
                 long reclaimed = -1;
                 long deadline = System.nanoTime() + TimeUnit.SECONDS.toNanos(420);
@@ -167,7 +167,7 @@ class LibvirtTest {
     }
 
     /** The example, but for how it boots, its console, the script disk and its paths (the test's). */
-    private static String domain(String example, Mounted m, Path run) {
+    private static String domain(String example, Mounted m, Path run, Path console) {
         String xml = example;
         xml = replace(xml, "<domain type='kvm'", "<domain type='qemu'");
         xml = replace(xml, "<memory unit='MiB'>1024</memory>", "<memory unit='MiB'>384</memory>");
@@ -175,7 +175,7 @@ class LibvirtTest {
                 + "    <initrd>" + run.resolve("initramfs.gz") + "</initrd>\n"
                 + "    <cmdline>console=ttyS0 quiet panic=-1</cmdline>\n");
         xml = replace(xml, "    <serial type='pty'/>\n    <console type='pty'/>\n",
-                "    <serial type='file'><source path='" + run.resolve("console.log") + "'/></serial>\n"
+                "    <serial type='file'><source path='" + console + "'/></serial>\n"
                         + "    <disk type='file' device='disk'><driver name='qemu' type='raw'/>"
                         + "<source file='" + run.resolve("script.img") + "'/><target dev='vdd' bus='virtio'/>"
                         + "<readonly/></disk>\n");

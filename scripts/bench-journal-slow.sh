@@ -1,0 +1,24 @@
+#!/bin/sh
+# Journal devices on a slow data disk (make bench): see scripts/bench/journal_slow_bench.py. Prints one table.
+# BENCH_DIR (default /var/tmp/vmfuse-jslow) holds the store; BENCH_WDELAY (default 2ms) is the data disk's delay.
+set -eu
+repo=$(cd "$(dirname "$0")/.." && pwd)
+W=${BENCH_DIR:-/var/tmp/vmfuse-jslow}
+cleanup() {
+    set +e
+    umount -l "$W/fsmnt" 2>/dev/null
+    losetup -a | grep "$W" | cut -d: -f1 | xargs -r -n1 losetup -d
+    fusermount3 -u -z "$W/slow" 2>/dev/null
+    pkill -f "nbdkit -f -U $W/slow.sock" 2>/dev/null
+    "$repo/bin/vmfuse" umount "$W/mnt" >/dev/null 2>&1 || fusermount -u -z "$W/mnt" 2>/dev/null
+    umount -l "$W/tmpfs" 2>/dev/null
+    rm -rf "$W"
+}
+trap cleanup EXIT INT TERM
+rm -rf "$W"
+mkdir -p "$W/store" "$W/mnt" "$W/tmpfs"
+mount -t tmpfs -o size=256m vmfuse-jslow "$W/tmpfs"
+cd "$repo"
+bin/vmfuse mount --store "$W/store" "$W/mnt"
+echo "vmfuse journal-on-a-slow-disk benchmark: $(nproc) cores, store on $(df -h --output=source,fstype "$W" | tail -1 | tr -s ' ')" >&2
+python3 "$repo/scripts/bench/journal_slow_bench.py" "$W" "$W/mnt" "$W/tmpfs"
