@@ -7,6 +7,7 @@ import java.util.List;
 import java.util.Map;
 import java.util.concurrent.ConcurrentHashMap;
 import java.util.concurrent.CountDownLatch;
+import java.util.concurrent.TimeUnit;
 import java.util.concurrent.atomic.AtomicLong;
 import java.util.function.Predicate;
 
@@ -29,6 +30,7 @@ import vmfuse.fs.nativeio.LibC;
 import vmfuse.fs.space.HolePuncher;
 import vmfuse.fs.volume.Door;
 import vmfuse.fs.volume.ImageVolume;
+import vmfuse.fs.volume.JournalVolume;
 import vmfuse.fs.volume.Volume;
 import vmfuse.reclaimer.ImageHold;
 import vmfuse.reclaimer.WriteTracker;
@@ -496,8 +498,43 @@ public final class VmFuseFs extends FuseStubFS {
                 throw new FsException(EBADF, "no open file for fh " + fi.fh.get());
             }
             v.close();
+            released(v);
+            if (RELEASE_DELAY_MILLIS > 0) { // tests: widens the moment libfuse still counts it open
+                try {
+                    Thread.sleep(RELEASE_DELAY_MILLIS);
+                } catch (InterruptedException e) {
+                    Thread.currentThread().interrupt();
+                }
+            }
             return 0;
         });
+    }
+
+    /** For tests only (-Dvmfuse.test.releaseDelayMillis=N): each release returns N ms late. */
+    private static final long RELEASE_DELAY_MILLIS = Long.getLong("vmfuse.test.releaseDelayMillis", 0);
+
+    /**
+     * Files a release closed lately (journals/NAME or images/PATH -> nanoTime). libfuse counts a file open
+     * until just after our release returns: an unlink in that moment (rm right after a losetup
+     * -d, whose close comes late) is made a hide of a file we have closed already. See {@link #hide}.
+     */
+    private final Map<String, Long> lastReleases = new ConcurrentHashMap<>();
+    private static final long RELEASE_GRACE_NANOS = TimeUnit.SECONDS.toNanos(5);
+
+    private void released(Volume v) {
+        long now = System.nanoTime();
+        lastReleases.values().removeIf(t -> now - t > RELEASE_GRACE_NANOS);
+        lastReleases.put(releaseKey(v instanceof JournalVolume ? Node.Kind.JOURNAL : Node.Kind.IMAGE_ENTRY, v.name()), now);
+    }
+
+    private boolean releasedLately(Node n) {
+        Long t = lastReleases.get(releaseKey(n.kind(), n.name()));
+        return t != null && System.nanoTime() - t <= RELEASE_GRACE_NANOS;
+    }
+
+    /** A file by its kind and name (libfuse may give a release no path). */
+    private static String releaseKey(Node.Kind kind, String name) {
+        return (kind == Node.Kind.JOURNAL ? "journals/" : "images/") + name;
     }
 
     /** truncate by path: shrinking releases the blocks past the new end. */
@@ -598,7 +635,12 @@ public final class VmFuseFs extends FuseStubFS {
      */
     private void hide(Node from, Node hidden) throws FsException {
         boolean open = from.kind() == Node.Kind.JOURNAL ? journals.isOpen(from.name()) : images.isOpen(from.name());
-        if (!open) { // libfuse hides only what is open: this is someone's rename to a name that is libfuse's
+        // libfuse hides only what it counts open: ours closed a moment ago, or this is someone's
+        // rename to a name that is libfuse's (refused: the file would vanish from listings, then
+        // from the store at the next mount). Lately released, it is libfuse's hide of a file whose
+        // close and unlink crossed: it unlinks the hidden name once its count drops.
+        open = open || releasedLately(from);
+        if (!open) {
             throw new FsException(EPERM, "names beginning " + Node.HIDDEN_PREFIX + " are libfuse's, for files "
                     + "unlinked while open: " + hidden.name());
         }

@@ -8,6 +8,7 @@ import java.nio.file.Files;
 import java.nio.file.Path;
 import java.nio.file.attribute.FileTime;
 import java.nio.file.attribute.PosixFilePermissions;
+import java.time.Duration;
 import java.util.List;
 import java.util.stream.Stream;
 
@@ -91,6 +92,35 @@ class MetadataOpsTest extends OnOneMount {
             own.mount();
             assertEquals("640 65534 65534", Proc.ok("stat", "-c", "%a %u %g", dev).out().trim());
             assertTrue(own.log().contains("journal owner device=jo uid=65534 gid=65534 mode=640"), own.log());
+        }
+    }
+
+    /**
+     * An unlink that crosses the last close: libfuse counts a file open until just after our
+     * release returns, and an unlink in that moment (rm right after losetup -d, whose close comes
+     * late) becomes a hide of a file we have closed already. That hide is let through (it was
+     * refused, EPERM, as someone's rename to libfuse's name), and libfuse then unlinks it. The
+     * moment is widened here (each release returns 400 ms late) so that every unlink falls in it.
+     */
+    @Test
+    void anUnlinkThatCrossesTheLastCloseDeletesTheFile() throws Exception {
+        try (Mounted own = Mounted.prepare()) {
+            Proc.run(Duration.ofSeconds(90), "env", "JAVA_OPTS=-Xms64m -Xmx512m -XX:+UseSerialGC "
+                    + "-Dvmfuse.test.releaseDelayMillis=400", Mounted.VMFUSE.toString(), "mount", "--store",
+                    own.store.toString(), own.mnt.toString()).assertOk();
+            own.mounted = true;
+            for (String f : new String[] {"journals/lj", "images/li.raw"}) {
+                Path p = own.mnt.resolve(f);
+                Proc.ok("truncate", "-s", "4M", p.toString());
+                // the close's release runs (and sleeps) while the rm comes
+                Proc.Result r = Proc.run(Duration.ofSeconds(30), "bash", "-c",
+                        "(exec 3<>\"$1\"; exec 3>&-) & sleep 0.2; rm \"$1\"; rc=$?; wait; exit $rc", "-", p.toString());
+                assertEquals(0, r.exit(), f + ": " + r.describe() + "\n" + own.log());
+                Poll.until(() -> !Files.exists(p), () -> f + " still there");
+            }
+            Poll.until(() -> Proc.ok("ls", "-a", own.mnt.resolve("journals").toString(), own.store.resolve("images").toString())
+                    .out().lines().noneMatch(l -> l.startsWith("l") || l.startsWith(".fuse_hidden")),
+                    () -> Proc.ok("ls", "-a", own.mnt.resolve("journals").toString(), own.store.resolve("images").toString()).out());
         }
     }
 

@@ -25,7 +25,7 @@ final class Mounted implements AutoCloseable {
     final Path store;
     final Path mnt;
     private final List<Path> tmpfsMounts = new ArrayList<>();
-    private boolean mounted;
+    boolean mounted; // set by a test that mounts by hand (with its own JAVA_OPTS), so that close unmounts
 
     private Mounted(Path root, Path store, Path mnt) {
         this.root = root;
