@@ -10,6 +10,7 @@ cleanup() {
     losetup -a | grep "$W" | cut -d: -f1 | xargs -r -n1 losetup -d
     fusermount3 -u -z "$W/slow" 2>/dev/null
     pkill -f "nbdkit -f -U $W/slow.sock" 2>/dev/null
+    cp "$W/store/vmfuse.log" "${TMPDIR:-/tmp}/vmfuse-jslow.log" 2>/dev/null # the daemon's log, after the run
     "$repo/bin/vmfuse" umount "$W/mnt" >/dev/null 2>&1 || fusermount -u -z "$W/mnt" 2>/dev/null
     umount -l "$W/tmpfs" 2>/dev/null
     rm -rf "$W"

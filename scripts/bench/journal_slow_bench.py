@@ -132,7 +132,7 @@ def main():
     finally:
         disk.close()
     print()
-    print(f"ext4 on a slow disk (nbdkit delay filter, wdelay={DELAY}: a 4 KiB O_DSYNC write took "
+    print(f"ext4 on a slow disk (nbdkit delay filter, wdelay={DELAY}: a 4 KiB O_DSYNC write to the disk's file took "
           f"{per_write:.1f} ms), {FILES} files of 200 bytes, an fsync every 100; median of {ROUNDS} interleaved rounds")
     print(f"{'mode':14s} {'journal':16s} {'median s':>9s} {'runs':>24s} {'speed-up':>9s}")
     med = {k: sorted(v)[len(v) // 2] for k, v in times.items()}

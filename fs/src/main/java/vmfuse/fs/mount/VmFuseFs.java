@@ -497,6 +497,7 @@ public final class VmFuseFs extends FuseStubFS {
             if (v == null) {
                 throw new FsException(EBADF, "no open file for fh " + fi.fh.get());
             }
+            released(v); // from now: a close-mode device's last close commits it, which takes a while
             v.close();
             released(v);
             if (RELEASE_DELAY_MILLIS > 0) { // tests: widens the moment libfuse still counts it open
@@ -514,9 +515,10 @@ public final class VmFuseFs extends FuseStubFS {
     private static final long RELEASE_DELAY_MILLIS = Long.getLong("vmfuse.test.releaseDelayMillis", 0);
 
     /**
-     * Files a release closed lately (journals/NAME or images/PATH -> nanoTime). libfuse counts a file open
-     * until just after our release returns: an unlink in that moment (rm right after a losetup
-     * -d, whose close comes late) is made a hide of a file we have closed already. See {@link #hide}.
+     * Files a release is closing or closed lately (journals/NAME or images/PATH -> nanoTime).
+     * libfuse counts a file open until just after our release returns: an unlink meanwhile (rm
+     * right after a losetup -d, whose close comes late; the last close of a close-mode device,
+     * which commits it) is made a hide of a file we closed, or are closing. See {@link #hide}.
      */
     private final Map<String, Long> lastReleases = new ConcurrentHashMap<>();
     private static final long RELEASE_GRACE_NANOS = TimeUnit.SECONDS.toNanos(5);
