@@ -166,6 +166,23 @@ def print_targets(rows, scale, overhead, memory):
     print(f"{'store overhead in memory under 10%':44s} {memory:9.1f}% {'yes' if memory < 10 else 'no':>4s}")
 
 
+def small_files(d, n):
+    """n files of 200 bytes in directory d, an fsync every 100: an ext4 journal's work."""
+    sh("python3", "-c", "import os, sys\n"
+       "d, n = sys.argv[1], int(sys.argv[2])\n"
+       "for i in range(n):\n"
+       "    fd = os.open(f'{d}/f{i}', os.O_CREAT | os.O_WRONLY, 0o644)\n"
+       "    os.write(fd, b'x' * 200)\n"
+       "    if i % 100 == 99: os.fsync(fd)\n"
+       "    os.close(fd)\n", d, str(n), timeout=1200)
+
+
+def mkfs_external(dloop, jloop, *extra):
+    """ext4 on dloop with its journal on jloop (made a journal device first)."""
+    sh("mke2fs", "-q", "-O", "journal_dev", "-b", "4096", jloop)
+    sh("mkfs.ext4", "-q", "-F", "-b", "4096", *extra, "-J", f"device={jloop}", dloop)
+
+
 def ext4_run(work, mnt, mode, where):
     """20,000 small files with an fsync every 100, then extracting a tar of a source tree."""
     data = os.path.join(work, f"ext4-{mode}-{where.split()[0]}.img")
@@ -183,20 +200,13 @@ def ext4_run(work, mnt, mode, where):
             sh("bin/vmfuse", "journal", "create", "--size", "64M", f"ext4-{mode}", mnt)
             jloop = sh("losetup", "-f", "--show", jdev).stdout.strip()
             loops.append(jloop)
-            sh("mke2fs", "-q", "-O", "journal_dev", "-b", "4096", jloop)
-            sh("mkfs.ext4", "-q", "-F", "-b", "4096", "-J", f"device={jloop}", dloop)
+            mkfs_external(dloop, jloop)
             opts = f"data={mode},journal_path={jloop}"
         sh("mount", "-o", opts, dloop, fsmnt)
         try:
             drop_caches()
             t0 = time.perf_counter()
-            sh("python3", "-c", "import os, sys\n"
-               "d = sys.argv[1]\n"
-               "for i in range(20000):\n"
-               "    fd = os.open(f'{d}/f{i}', os.O_CREAT | os.O_WRONLY, 0o644)\n"
-               "    os.write(fd, b'x' * 200)\n"
-               "    if i % 100 == 99: os.fsync(fd)\n"
-               "    os.close(fd)\n", fsmnt, timeout=1200)
+            small_files(fsmnt, 20000)
             sh("sh", "-c", f"mkdir {fsmnt}/src && tar -C {fsmnt}/src -xf {work}/tree.tar && sync", timeout=1200)
             secs = time.perf_counter() - t0
         finally:

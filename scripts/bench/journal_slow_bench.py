@@ -23,6 +23,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(__file__))
 from mount_bench import sh, drop_caches  # noqa: E402
+from journal_bench import small_files, mkfs_external  # noqa: E402
 
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3")) | 1  # odd: the median is a run
 DELAY = os.environ.get("BENCH_WDELAY", "2ms")
@@ -86,21 +87,13 @@ def run(work, mnt, disk, tmpfs, mode, place, n):
                 jfile = os.path.join(mnt, "journals", name)
             jloop = sh("losetup", "-f", "--show", jfile).stdout.strip()
             loops.append(jloop)
-            sh("mke2fs", "-q", "-O", "journal_dev", "-b", "4096", jloop)
-            sh("mkfs.ext4", "-q", "-F", "-b", "4096", "-E", "lazy_itable_init=1,nodiscard", "-J", f"device={jloop}",
-               dloop)
+            mkfs_external(dloop, jloop, "-E", "lazy_itable_init=1,nodiscard")
             opts = f"data={mode},journal_path={jloop}"
         sh("mount", "-o", opts, dloop, fsmnt)
         try:
             drop_caches()
             t0 = time.perf_counter()
-            sh("python3", "-c", "import os, sys\n"
-               "d = sys.argv[1]\n"
-               f"for i in range({FILES}):\n"
-               "    fd = os.open(f'{d}/f{i}', os.O_CREAT | os.O_WRONLY, 0o644)\n"
-               "    os.write(fd, b'x' * 200)\n"
-               "    if i % 100 == 99: os.fsync(fd)\n"
-               "    os.close(fd)\n", fsmnt, timeout=1200)
+            small_files(fsmnt, FILES)
             secs = time.perf_counter() - t0
         finally:
             sh("umount", fsmnt)

@@ -378,28 +378,14 @@ public final class JournalStore implements AutoCloseable {
             throw new StoreException(StoreException.ENOENT, "no journal device " + name);
         }
         long blocks = d.blocksStored();
-        opLock.writeLock().lock();
-        try {
+        commitOrUndo(() -> {
             d.hide();
             devices.drop(name);
             devices.unrecord(name);
-            touched = true;
-        } finally {
-            opLock.writeLock().unlock();
-        }
-        try {
-            checkpoint();
-        } catch (StoreException e) {
-            opLock.writeLock().lock();
-            try {
-                devices.put(d); // the next checkpoint records it in the catalog again
-                d.unhide();
-                touched = true;
-            } finally {
-                opLock.writeLock().unlock();
-            }
-            throw e;
-        }
+        }, () -> {
+            devices.put(d); // the next checkpoint records it in the catalog again
+            d.unhide();
+        });
         free(d);
         log.info("journal delete device={} blocks={}", name, blocks);
     }
@@ -445,25 +431,7 @@ public final class JournalStore implements AutoCloseable {
         if (was.equals(owner)) {
             return;
         }
-        opLock.writeLock().lock();
-        try {
-            d.owner(owner);
-            touched = true;
-        } finally {
-            opLock.writeLock().unlock();
-        }
-        try {
-            checkpoint();
-        } catch (StoreException e) {
-            opLock.writeLock().lock();
-            try {
-                d.owner(was);
-                touched = true;
-            } finally {
-                opLock.writeLock().unlock();
-            }
-            throw e;
-        }
+        commitOrUndo(() -> d.owner(owner), () -> d.owner(was));
         log.info("journal owner device={} uid={} gid={} mode={}", name, owner.uid(), owner.gid(),
                 Integer.toOctalString(owner.mode()));
     }
@@ -490,8 +458,7 @@ public final class JournalStore implements AutoCloseable {
         }
         JournalDevice replaced = devices.get(to);
         // one hold of opLock for the whole move: a writer of d never finds it missing
-        opLock.writeLock().lock();
-        try {
+        commitOrUndo(() -> {
             if (replaced != null) {
                 replaced.hide();
             }
@@ -500,6 +467,31 @@ public final class JournalStore implements AutoCloseable {
             devices.unrecord(to);
             d.renamed(to);
             devices.put(d);
+        }, () -> { // the next checkpoint records both in the catalog again
+            devices.unrecord(to);
+            d.renamed(from);
+            devices.put(d);
+            if (replaced != null) {
+                devices.put(replaced);
+                replaced.unhide();
+            } else {
+                devices.drop(to);
+            }
+        });
+        if (replaced != null) {
+            free(replaced);
+        }
+    }
+
+    /**
+     * Makes {@code change} (under opLock exclusive: no writer sees half of it) and commits it; if
+     * that commit fails, {@code undo} puts everything back (under opLock again) and the error is
+     * thrown. Under this store's monitor.
+     */
+    private void commitOrUndo(Runnable change, Runnable undo) throws StoreException {
+        opLock.writeLock().lock();
+        try {
+            change.run();
             touched = true;
         } finally {
             opLock.writeLock().unlock();
@@ -508,24 +500,13 @@ public final class JournalStore implements AutoCloseable {
             checkpoint();
         } catch (StoreException e) {
             opLock.writeLock().lock();
-            try { // the next checkpoint records both in the catalog again
-                devices.unrecord(to);
-                d.renamed(from);
-                devices.put(d);
-                if (replaced != null) {
-                    devices.put(replaced);
-                    replaced.unhide();
-                } else {
-                    devices.drop(to);
-                }
+            try {
+                undo.run();
                 touched = true;
             } finally {
                 opLock.writeLock().unlock();
             }
             throw e;
-        }
-        if (replaced != null) {
-            free(replaced);
         }
     }
 
