@@ -47,8 +47,8 @@ public final class SystemdNotify {
         if (name[0] != '/' && !abstractName) {
             return "not a unix socket's path or abstract name";
         }
-        if (name.length >= SUN_PATH) {
-            return "a socket name longer than " + (SUN_PATH - 1) + " bytes";
+        if (name.length > SUN_PATH || (!abstractName && name.length == SUN_PATH)) { // a path needs its NUL
+            return "a socket name longer than sun_path's " + SUN_PATH + " bytes";
         }
         Runtime rt = Runtime.getRuntime(LibC.INSTANCE);
         Pointer addr = Memory.allocateDirect(rt, 2 + SUN_PATH, true);
