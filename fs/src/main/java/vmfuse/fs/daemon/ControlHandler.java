@@ -177,19 +177,17 @@ final class ControlHandler {
         Map<String, Integer> openCounts = fs.openCounts();
         long size = 0;
         long allocated = 0;
-        List<String> names = backing.images();
-        for (String name : names) {
-            StructStat.Usage u = backing.usage(name);
-            if (u == null) {
-                continue;
-            }
+        Map<String, StructStat.Usage> images = backing.usages();
+        for (Map.Entry<String, StructStat.Usage> e : images.entrySet()) {
+            String name = e.getKey();
+            StructStat.Usage u = e.getValue();
             ReleaseLedger.Count c = ledger.of(ReleaseLedger.image(name));
             out.add(new Answer.Image(name, u.size(), u.allocated(), c.bytes(), c.events(), openCounts.getOrDefault(name, 0)));
             size += u.size();
             allocated += u.allocated();
         }
         ReleaseLedger.Count t = ledger.total();
-        out.add(new Answer.Total(names.size(), size, allocated, t.bytes(), t.events()));
+        out.add(new Answer.Total(images.size(), size, allocated, t.bytes(), t.events()));
         return out;
     }
 }

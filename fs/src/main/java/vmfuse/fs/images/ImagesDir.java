@@ -9,6 +9,8 @@ import java.nio.file.Path;
 import java.util.ArrayList;
 import java.util.Comparator;
 import java.util.List;
+import java.util.SortedMap;
+import java.util.TreeMap;
 
 import jnr.ffi.Pointer;
 import vmfuse.fs.FsException;
@@ -281,6 +283,21 @@ public final class ImagesDir implements AutoCloseable {
     /** Every image at any depth, hidden ones left out. */
     public List<String> images() throws FsException {
         return images(false);
+    }
+
+    /**
+     * Every image at any depth with its size and allocated bytes, by name in order (status and
+     * metrics); one gone between the listing and its stat is left out.
+     */
+    public SortedMap<String, StructStat.Usage> usages() throws FsException {
+        SortedMap<String, StructStat.Usage> out = new TreeMap<>();
+        for (String name : images()) {
+            StructStat.Usage u = usage(name);
+            if (u != null) {
+                out.put(name, u);
+            }
+        }
+        return out;
     }
 
     /** Adds the entries of kinds {@code wanted} at and below {@code folder}; a folder gone meanwhile holds none. */

@@ -124,17 +124,15 @@ public final class Metrics implements MultiCollector {
         List<GaugeDataPointSnapshot> allocated = new ArrayList<>();
         List<GaugeDataPointSnapshot> open = new ArrayList<>();
         Map<String, Integer> openCounts = s.openCounts().get();
-        List<String> names;
+        Map<String, StructStat.Usage> images;
         try {
-            names = s.backing().images();
+            images = s.backing().usages();
         } catch (FsException e) {
-            names = List.of();
+            images = Map.of(); // images/ cannot be listed: no image series in this scrape
         }
-        for (String name : names) {
-            StructStat.Usage u = s.backing().usage(name);
-            if (u == null) {
-                continue; // gone since the listing
-            }
+        for (Map.Entry<String, StructStat.Usage> e : images.entrySet()) {
+            String name = e.getKey();
+            StructStat.Usage u = e.getValue();
             Labels l = Labels.of("image", name);
             size.add(point(u.size(), l));
             allocated.add(point(u.allocated(), l));
