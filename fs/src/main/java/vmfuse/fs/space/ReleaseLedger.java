@@ -8,6 +8,7 @@ import java.nio.file.Path;
 import java.util.List;
 import java.util.Map;
 import java.util.TreeMap;
+import java.util.function.BinaryOperator;
 
 import org.slf4j.Logger;
 import org.slf4j.LoggerFactory;
@@ -173,24 +174,31 @@ public final class ReleaseLedger {
 
     /** Carries an image's counts over to its new name, or a folder's images' to the folder's new name. */
     public synchronized void renamed(String from, String to) {
-        for (String name : List.copyOf(perImage.keySet())) {
-            if (name.equals(from) || name.startsWith(from + "/")) { // an image, or a folder and what it holds
-                Count c = perImage.remove(name);
-                perImage.merge(to + name.substring(from.length()), c, ReleaseLedger::sum);
-                dirty = true;
-            }
+        if (move(perImage, from, to, ReleaseLedger::sum)) {
+            dirty = true;
         }
-        for (String name : List.copyOf(sinceStart.keySet())) {
+        move(sinceStart, from, to, (a, b) -> {
+            for (int i = 0; i < a.length; i++) {
+                a[i] = sum(a[i], b[i]);
+            }
+            return a;
+        });
+    }
+
+    /**
+     * Moves the entries of {@code from} (an image, or a folder and what it holds) under {@code to},
+     * merged with what is there already; whether any moved.
+     */
+    private static <V> boolean move(Map<String, V> counts, String from, String to, BinaryOperator<V> merge) {
+        boolean moved = false;
+        for (String name : List.copyOf(counts.keySet())) {
             if (name.equals(from) || name.startsWith(from + "/")) {
-                Count[] moved = sinceStart.remove(name);
-                sinceStart.merge(to + name.substring(from.length()), moved, (a, b) -> {
-                    for (int i = 0; i < a.length; i++) {
-                        a[i] = sum(a[i], b[i]);
-                    }
-                    return a;
-                });
+                V c = counts.remove(name);
+                counts.merge(to + name.substring(from.length()), c, merge);
+                moved = true;
             }
         }
+        return moved;
     }
 
     /** Forgets an image's own line once it is gone; its releases stay in the total. */
