@@ -17,7 +17,7 @@ import vmfuse.fs.control.Request;
 
 @Command(name = "journal", mixinStandardHelpOptions = true,
         description = "Journal devices: sparse block devices under MOUNTPOINT/journals, for ext4 external journals.",
-        subcommands = {JournalCommand.Create.class, JournalCommand.ListDevices.class})
+        subcommands = {JournalCommand.Create.class, JournalCommand.ListDevices.class, JournalCommand.Checkpoint.class})
 final class JournalCommand {
 
     @Command(name = "create", mixinStandardHelpOptions = true,
@@ -44,6 +44,62 @@ final class JournalCommand {
             DaemonClient.request(mountPoint, new Request.JournalCreate(name, size, durability));
             return 0;
         }
+    }
+
+    @Command(name = "checkpoint", mixinStandardHelpOptions = true,
+            description = {"Commit every journal device's blocks held in memory to the store now, as the daemon does "
+                + "every " + vmfuse.fs.daemon.Daemon.CHECKPOINT_SECONDS + " s and at unmount: e.g. before a copy of the "
+                + "store. On a terminal, shows how much it has written."})
+    static final class Checkpoint implements Callable<Integer> {
+        @Parameters(index = "0", paramLabel = "MOUNTPOINT")
+        Path mountPoint;
+
+        @Override
+        public Integer call() throws Exception {
+            try (TerminalProgress progress = new TerminalProgress()) {
+                checkpoint(mountPoint, progress);
+            }
+            return 0;
+        }
+    }
+
+    /**
+     * A checkpoint of the journal store of the mount at {@code mnt}. On a terminal, it shows the
+     * blocks it wrote of those in memory when it began, as the store's memory drains (writers
+     * that come meanwhile add to it: what they add is not counted).
+     */
+    static void checkpoint(Path mnt, TerminalProgress progress) throws Exception {
+        Request checkpoint = new Request.JournalCheckpoint();
+        if (!progress.on()) {
+            DaemonClient.request(mnt, checkpoint);
+            return;
+        }
+        long held = memoryHeld(mnt);
+        if (held <= 0) {
+            DaemonClient.request(mnt, checkpoint);
+            return;
+        }
+        TerminalProgress.during(() -> DaemonClient.request(mnt, checkpoint), () -> {
+            long now = memoryHeld(mnt);
+            if (now >= 0) {
+                progress.show("journal checkpoint: wrote " + TerminalProgress.mib(Math.max(0, held - now), held));
+            }
+        });
+        progress.show("journal checkpoint: wrote " + TerminalProgress.mib(held, held));
+    }
+
+    /** Journal blocks the daemon holds in memory; -1 if it did not say. */
+    private static long memoryHeld(Path mnt) {
+        try {
+            for (Answer a : DaemonClient.request(mnt, new Request.Journals())) {
+                if (a instanceof Answer.JournalStore s) {
+                    return s.memoryHeld();
+                }
+            }
+        } catch (Exception e) {
+            // the checkpoint's own answer says what went wrong
+        }
+        return -1;
     }
 
     @Command(name = "list", mixinStandardHelpOptions = true,

@@ -2,6 +2,9 @@ package vmfuse.fs.cli;
 
 import java.io.PrintStream;
 import java.util.Locale;
+import java.util.concurrent.Callable;
+import java.util.concurrent.ExecutionException;
+import java.util.concurrent.FutureTask;
 
 import vmfuse.fs.nativeio.LibC;
 
@@ -34,6 +37,27 @@ final class TerminalProgress implements AutoCloseable {
             err.print("\r\033[K" + line);
             err.flush();
             shown = true;
+        }
+    }
+
+    /**
+     * Runs {@code work} (a request to the daemon) in a thread of its own and calls {@code tick}
+     * every 250 ms while it runs, so that tick can show how far it got (asking the daemon on
+     * another connection); returns what work returned, or throws what it threw.
+     */
+    static <T> T during(Callable<T> work, Runnable tick) throws Exception {
+        FutureTask<T> run = new FutureTask<>(work);
+        Thread t = new Thread(run, "vmfuse-request");
+        t.setDaemon(true);
+        t.start();
+        while (!run.isDone()) {
+            tick.run();
+            t.join(250);
+        }
+        try {
+            return run.get();
+        } catch (ExecutionException e) {
+            throw e.getCause() instanceof Exception x ? x : e;
         }
     }
 

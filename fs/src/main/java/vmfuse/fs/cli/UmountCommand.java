@@ -20,7 +20,10 @@ import vmfuse.fs.nativeio.Native;
         description = {"Unmount a vmfuse mount and wait for its daemon to exit.",
             "The daemon syncs the backing filesystem before it exits, so once this returns,",
             "everything written through the mount is on stable storage. A busy mount (QEMU still",
-            "has an image open) is left mounted and the command fails."})
+            "has an image open) is left mounted and the command fails.",
+            "On a terminal, it first has the daemon checkpoint its journal devices' blocks in memory",
+            "(as 'vmfuse journal checkpoint' does), showing how much it wrote, so that what is left for",
+            "the daemon after the unmount is short; in a pipe or a script, the daemon does it all after."})
 final class UmountCommand implements Callable<Integer> {
 
     @Parameters(index = "0", paramLabel = "MOUNTPOINT")
@@ -39,6 +42,16 @@ final class UmountCommand implements Callable<Integer> {
         }
         StoreDir store = new StoreDir(Path.of(entry.get().source()));
         Optional<ProcessHandle> daemon = daemonOf(store, mnt);
+        try (TerminalProgress progress = new TerminalProgress()) {
+            if (progress.on() && daemon.isPresent()) {
+                try {
+                    JournalCommand.checkpoint(mnt, progress);
+                } catch (FsException | java.io.IOException e) {
+                    progress.show("journal checkpoint before the unmount failed (" + e.getMessage()
+                            + "); the daemon tries again after it");
+                }
+            }
+        }
         try {
             Fusermount.unmount(mnt, false);
         } catch (FsException e) {

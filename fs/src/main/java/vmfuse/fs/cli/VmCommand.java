@@ -122,28 +122,18 @@ final class VmCommand {
         /** On a terminal: the bytes carried out of those waiting, from the VM's status, while the request runs. */
         private Answer.Reclaimed reclaimShowingProgress(TerminalProgress progress) throws Exception {
             long waiting = pending();
-            java.util.concurrent.FutureTask<Answer.Reclaimed> run = new java.util.concurrent.FutureTask<>(this::reclaim);
-            Thread t = new Thread(run, "vm-reclaim");
-            t.setDaemon(true);
-            t.start();
-            while (waiting > 0 && !run.isDone()) {
+            if (waiting <= 0) {
+                return reclaim();
+            }
+            Answer.Reclaimed r = TerminalProgress.during(this::reclaim, () -> {
                 long left = pending();
                 if (left >= 0) { // -1: status did not answer this time; the line stays as it was
                     progress.show("vm " + name + ": carried out " + TerminalProgress.mib(Math.max(0, waiting - left),
                             waiting));
                 }
-                t.join(250);
-            }
-            Answer.Reclaimed r;
-            try {
-                r = run.get();
-            } catch (java.util.concurrent.ExecutionException e) {
-                throw e.getCause() instanceof Exception x ? x : e;
-            }
-            if (waiting > 0) {
-                progress.show("vm " + name + ": carried out " + TerminalProgress.mib(Math.max(0, waiting - r.pending()),
-                        waiting));
-            }
+            });
+            progress.show("vm " + name + ": carried out " + TerminalProgress.mib(Math.max(0, waiting - r.pending()),
+                    waiting));
             return r;
         }
 

@@ -17,6 +17,7 @@ import vmfuse.fs.nativeio.Native;
  *   status                                          the mount, the store's space, images, VMs
  *   journals                                        journal devices and the journal store
  *   journal-create NAME SIZE DURABILITY             ok
+ *   journal-checkpoint                              journal-store (after it)
  *   vm-add NAME IMAGE AGENT-SOCKET QMP|- [ACCESS]   ok    (ACCESS: USER or USER:GROUP)
  *   vm-remove NAME                                  ok
  *   vm-reclaim NAME                                 reclaimed
@@ -51,6 +52,13 @@ public sealed interface Request {
     record Journals() implements Request {
         public List<String> fields() {
             return List.of("journals");
+        }
+    }
+
+    /** Commit every journal device's blocks in memory to the store now. */
+    record JournalCheckpoint() implements Request {
+        public List<String> fields() {
+            return List.of("journal-checkpoint");
         }
     }
 
@@ -128,6 +136,10 @@ public sealed interface Request {
             case "journals" -> {
                 arity(f[0], a, 0, 0, "");
                 yield new Journals();
+            }
+            case "journal-checkpoint" -> {
+                arity(f[0], a, 0, 0, "");
+                yield new JournalCheckpoint();
             }
             case "journal-create" -> {
                 arity(f[0], a, 3, 3, "NAME SIZE DURABILITY");

@@ -77,6 +77,10 @@ final class ControlHandler {
             if (request instanceof Request.Journals) {
                 return journals();
             }
+            if (request instanceof Request.JournalCheckpoint) {
+                fs.checkpointJournals();
+                return List.of(journalStore());
+            }
             if (request instanceof Request.JournalCreate r) {
                 journalCreate(r);
                 return List.of(new Answer.Ok());
@@ -164,9 +168,13 @@ final class ControlHandler {
                         d.lastFlush()));
             }
         }
-        out.add(new Answer.JournalStore(journals.memoryHeld(), journals.memoryLimit(), journals.bytesOnDisk(),
-                journals.checkpoints(), journals.memoryAllocated()));
+        out.add(journalStore());
         return out;
+    }
+
+    private Answer.JournalStore journalStore() {
+        return new Answer.JournalStore(journals.memoryHeld(), journals.memoryLimit(), journals.bytesOnDisk(),
+                journals.checkpoints(), journals.memoryAllocated());
     }
 
     private List<Answer> status() throws FsException, IOException {

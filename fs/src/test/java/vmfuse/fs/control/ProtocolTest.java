@@ -16,7 +16,7 @@ import vmfuse.fs.nativeio.Native;
 class ProtocolTest {
     @Test
     void everyRequestSurvivesTheWire() throws Exception {
-        for (Request r : List.of(new Request.Status(), new Request.Journals(),
+        for (Request r : List.of(new Request.Status(), new Request.Journals(), new Request.JournalCheckpoint(),
                 new Request.JournalCreate("j1", "64M", "close"),
                 new Request.VmAdd("vm1", "vm1.raw", "/run/vm1.agent", null, null),
                 new Request.VmAdd("vm2", "vm2.qcow2", "/run/vm2.agent", "/run/vm2.qmp", "libvirt-qemu:kvm"),
@@ -38,6 +38,7 @@ class ProtocolTest {
             {"vm-remove\ta\tb", "vm-remove takes NAME"},
             {"vm-reclaim\t", "vm-reclaim takes NAME: a field is empty"},
             {"journal-create\tj\t1M", "journal-create takes NAME SIZE DURABILITY"},
+            {"journal-checkpoint\tnow", "journal-checkpoint takes nothing"},
             {"vm-add\ta\tb\tc", "vm-add takes NAME IMAGE AGENT-SOCKET QMP-SOCKET|- [USER[:GROUP]]"},
             {"status\textra", "status takes nothing"},
             {"export-add\tt1\t107\t-\t1\t0\t0", "export-add takes NAME UID|- PSK-IDENTITY|- WEIGHT"},

@@ -173,6 +173,58 @@ class JournalDeviceTest {
         }
     }
 
+    /**
+     * journal checkpoint and umount show what the checkpoint wrote on a terminal (a pty, as
+     * script(1) gives one) and nothing in a pipe; umount on a terminal has the daemon checkpoint
+     * first. The daemon's timer is held off (a test's interval of an hour), so the blocks written
+     * are still in memory when each command comes: a device in flush mode keeps them there (and
+     * in its redo log) until a checkpoint, when closed too, up to a redo log segment's worth.
+     */
+    @Test
+    void aCheckpointShowsWhatItWroteOnATerminalOnlyAndUmountCheckpointsFirst() throws Exception {
+        try (Mounted m = Mounted.prepare()) {
+            Proc.run(Duration.ofSeconds(90), "env", "JAVA_OPTS=-Xms64m -Xmx512m -XX:+UseSerialGC "
+                    + "-Dvmfuse.test.checkpointSeconds=3600", Mounted.VMFUSE.toString(), "mount", "--store",
+                    m.store.toString(), m.mnt.toString()).assertOk();
+            m.mounted = true;
+            Path j = m.mnt.resolve("journals/big");
+            Proc.ok("truncate", "-s", "256M", j.toString());
+            Proc.ok("dd", "if=/dev/urandom", "of=" + j, "bs=1M", "count=16", "conv=notrunc", "status=none");
+            String held = m.vmfuse("journal", "list", m.mnt.toString()).assertOk().out();
+            assertTrue(held.contains("blocks in memory: 16.0 MiB"), held);
+
+            Proc.Result piped = m.vmfuse("journal", "checkpoint", m.mnt.toString()).assertOk();
+            assertEquals("", piped.out() + piped.err(), "nothing in a pipe");
+            String list = m.vmfuse("journal", "list", m.mnt.toString()).assertOk().out();
+            assertTrue(list.contains("blocks in memory: 0.0 MiB") && list.contains("; " + (checkpoints(held) + 1)
+                    + " checkpoints since mount"), held + list);
+
+            Proc.ok("dd", "if=/dev/urandom", "of=" + j, "bs=1M", "count=20", "seek=64", "conv=notrunc", "status=none");
+            String sum = Disk.readSha(j, 0, 84 << 20);
+            Proc.Result tty = Proc.run(Duration.ofSeconds(90), "script", "-qec",
+                    Mounted.VMFUSE + " journal checkpoint " + m.mnt, "/dev/null");
+            assertEquals(0, tty.exit(), tty.describe());
+            assertTrue(tty.out().contains("journal checkpoint: wrote 20.0 of 20.0 MiB"), tty.describe());
+
+            Proc.ok("dd", "if=/dev/urandom", "of=" + j, "bs=1M", "count=12", "seek=160", "conv=notrunc", "status=none");
+            String sum2 = Disk.readSha(j, 160L << 20, 12 << 20);
+            tty = Proc.run(Duration.ofSeconds(90), "script", "-qec", Mounted.VMFUSE + " umount " + m.mnt, "/dev/null");
+            assertEquals(0, tty.exit(), tty.describe() + m.log());
+            m.mounted = false;
+            assertTrue(tty.out().contains("journal checkpoint: wrote 12.0 of 12.0 MiB"), tty.describe());
+            m.mount();
+            assertEquals(sum, Disk.readSha(j, 0, 84 << 20));
+            assertEquals(sum2, Disk.readSha(j, 160L << 20, 12 << 20));
+        }
+    }
+
+    /** The checkpoints since mount that journal list's footer says. */
+    private static long checkpoints(String list) {
+        java.util.regex.Matcher m = java.util.regex.Pattern.compile("; (\\d+) checkpoints since mount").matcher(list);
+        assertTrue(m.find(), list);
+        return Long.parseLong(m.group(1));
+    }
+
     @Test
     void journalCreateAndListFromTheCommandLine() throws Exception {
         try (Mounted m = Mounted.create()) {
