@@ -28,6 +28,9 @@ interface DeviceStore {
     /** The redo log a FLUSH device's changes are appended to. */
     RedoLog redo();
 
+    /** A FLUSH device appended a change to the redo log: its force may begin (see {@link GroupCommit}). */
+    void logAppended();
+
     /** Until everything appended to the redo log so far is on disk (a flush: group commit). */
     void awaitLogSync() throws StoreException;
 }

@@ -520,6 +520,7 @@ public final class JournalDevice {
     private void log(byte type, long a, long b, byte[] data, int off, int len) throws StoreException {
         if (durability == Durability.FLUSH) {
             store.redo().append(type, blocks.rootRecid(), a, b, data, off, len);
+            store.logAppended();
         }
     }
 

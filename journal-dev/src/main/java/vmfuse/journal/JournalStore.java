@@ -118,6 +118,11 @@ public final class JournalStore implements AutoCloseable {
         }
 
         @Override
+        public void logAppended() {
+            commits.appended();
+        }
+
+        @Override
         public void awaitLogSync() throws StoreException {
             commits.await();
         }
@@ -241,6 +246,7 @@ public final class JournalStore implements AutoCloseable {
                 store.checkpoint();
                 store.redo.shrink();
             } catch (StoreException | RuntimeException e) {
+                store.commits.close(); // its forcer thread ends
                 store.redo.close();
                 throw e;
             }

@@ -379,8 +379,9 @@ final class RedoLog implements AutoCloseable {
     /**
      * fdatasync of the active segment: every record appended to it so far is on disk. Fails at
      * once, and for good, if an fdatasync of this log failed before (see {@link #broken}).
+     * Returns how many records were appended when it began ({@link #appended()}): those are on disk.
      */
-    void force() throws StoreException {
+    long force() throws StoreException {
         DiskFile ch;
         long upTo;
         synchronized (this) {
@@ -408,7 +409,13 @@ final class RedoLog implements AutoCloseable {
                 throw broken;
             }
             durable = Math.max(durable, upTo);
+            return upTo;
         }
+    }
+
+    /** Records appended since the log was opened (a flush needs as many on disk as there were when it came). */
+    synchronized long appended() {
+        return appended;
     }
 
     /**
