@@ -20,6 +20,13 @@ rm -rf "$W"
 mkdir -p "$W/store" "$W/mnt" "$W/tmpfs"
 mount -t tmpfs -o size=256m vmfuse-jslow "$W/tmpfs"
 cd "$repo"
-bin/vmfuse mount --store "$W/store" "$W/mnt"
+bin/vmfuse mount --store "$W/store" --metrics 127.0.0.1:0 "$W/mnt" # the log's forces, counted
+metrics=""
+i=0
+while [ -z "$metrics" ] && [ $i -lt 100 ]; do # the daemon's log says where (its lines may come a little late)
+    metrics=$(sed -n 's/.*metrics at \(http:[^ ]*\).*/\1/p' "$W/store/vmfuse.log" | tail -1)
+    i=$((i + 1)); [ -n "$metrics" ] || sleep 0.1
+done
+[ -n "$metrics" ] || { echo "bench-journal-slow: the daemon did not say where its metrics are" >&2; exit 1; }
 echo "vmfuse journal-on-a-slow-disk benchmark: $(nproc) cores, store on $(df -h --output=source,fstype "$W" | tail -1 | tr -s ' ')" >&2
-python3 "$repo/scripts/bench/journal_slow_bench.py" "$W" "$W/mnt" "$W/tmpfs"
+python3 "$repo/scripts/bench/journal_slow_bench.py" "$W" "$W/mnt" "$W/tmpfs" "$metrics"
