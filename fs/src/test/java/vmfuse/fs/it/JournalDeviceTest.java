@@ -183,10 +183,7 @@ class JournalDeviceTest {
     @Test
     void aCheckpointShowsWhatItWroteOnATerminalOnlyAndUmountCheckpointsFirst() throws Exception {
         try (Mounted m = Mounted.prepare()) {
-            Proc.run(Duration.ofSeconds(90), "env", "JAVA_OPTS=-Xms64m -Xmx512m -XX:+UseSerialGC "
-                    + "-Dvmfuse.test.checkpointSeconds=3600", Mounted.VMFUSE.toString(), "mount", "--store",
-                    m.store.toString(), m.mnt.toString()).assertOk();
-            m.mounted = true;
+            m.mountWithProperty("vmfuse.test.checkpointSeconds=3600");
             Path j = m.mnt.resolve("journals/big");
             Proc.ok("truncate", "-s", "256M", j.toString());
             Proc.ok("dd", "if=/dev/urandom", "of=" + j, "bs=1M", "count=16", "conv=notrunc", "status=none");

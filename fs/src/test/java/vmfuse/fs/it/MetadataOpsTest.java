@@ -105,10 +105,7 @@ class MetadataOpsTest extends OnOneMount {
     @Test
     void anUnlinkThatCrossesTheLastCloseDeletesTheFile() throws Exception {
         try (Mounted own = Mounted.prepare()) {
-            Proc.run(Duration.ofSeconds(90), "env", "JAVA_OPTS=-Xms64m -Xmx512m -XX:+UseSerialGC "
-                    + "-Dvmfuse.test.releaseDelayMillis=400", Mounted.VMFUSE.toString(), "mount", "--store",
-                    own.store.toString(), own.mnt.toString()).assertOk();
-            own.mounted = true;
+            own.mountWithProperty("vmfuse.test.releaseDelayMillis=400");
             for (String f : new String[] {"journals/lj", "images/li.raw"}) {
                 Path p = own.mnt.resolve(f);
                 Proc.ok("truncate", "-s", "4M", p.toString());

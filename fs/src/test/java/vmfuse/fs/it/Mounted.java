@@ -66,6 +66,19 @@ final class Mounted implements AutoCloseable {
         mounted = true;
     }
 
+    /**
+     * Mounts with a test-only system property of the daemon ({@code -Dvmfuse.test.NAME=VALUE}), on
+     * top of bin/vmfuse's own JVM options.
+     */
+    void mountWithProperty(String property, String... extra) {
+        List<String> cmd = new ArrayList<>(List.of("env", "JAVA_OPTS=-Xms64m -Xmx512m -XX:+UseSerialGC -D" + property,
+                VMFUSE.toString(), "mount", "--store", store.toString()));
+        cmd.addAll(List.of(extra));
+        cmd.add(mnt.toString());
+        Proc.run(Duration.ofSeconds(90), cmd).assertOk();
+        mounted = true;
+    }
+
     Proc.Result vmfuse(String... args) {
         List<String> cmd = new ArrayList<>();
         cmd.add(VMFUSE.toString());
