@@ -65,8 +65,7 @@ class AgentSocketTest {
             for (int i = 0; i < 50 && !m.log().contains("refused: the peer runs as nobody"); i++) {
                 Thread.sleep(100);
             }
-            assertTrue(m.log().contains("agent connection vm=vm1 socket=" + s1 + " refused: the peer runs as nobody"),
-                    m.log());
+            m.awaitLog("agent connection vm=vm1 socket=" + s1 + " refused: the peer runs as nobody");
 
             Path s2 = agents.resolve("vm2.agent");
             m.vmfuse("vm", "add", "vm2", "--image", "images/vm2.raw", "--agent-socket", s2.toString(),

@@ -133,7 +133,7 @@ class FoldersTest {
             Files.delete(m.image("archive/t1/vm3/disk.raw")); // unlinked while open: libfuse hides it in its folder
             assertEquals(List.of(), Proc.ok("ls", "-A", m.image("archive/t1/vm3").toString()).out().lines().toList());
             assertEquals("EBUSY", errnoOf("os.rmdir('archive/t1/vm3')"));
-            assertTrue(m.log().contains("folder archive/t1/vm3 holds images unlinked while still open"), m.log());
+            m.awaitLog("folder archive/t1/vm3 holds images unlinked while still open");
         }
         Poll.until(() -> errnoOf("os.rmdir('archive/t1/vm3')").equals("ok"), m::log);
         assertEquals("ENOTEMPTY", errnoOf("os.rmdir('archive')"));
@@ -231,7 +231,7 @@ class FoldersTest {
 
             assertEquals("EBUSY", errnoOf("os.rename('tenant2', 'tenant3')"), "the VM's disk keeps its path");
             assertEquals("EBUSY", errnoOf("os.rename('tenant2/vm9/disk.raw', 'tenant2/vm9/old.raw')"));
-            assertTrue(m.log().contains("tenant2 holds a running VM's image for the reclaimer"), m.log());
+            m.awaitLog("tenant2 holds a running VM's image for the reclaimer");
             m.vmfuse("vm", "remove", "vm9", m.mnt.toString()).assertOk();
             assertEquals("ok", errnoOf("os.rename('tenant2', 'tenant3')"));
             String status = m.vmfuse("status", m.mnt.toString()).assertOk().out();

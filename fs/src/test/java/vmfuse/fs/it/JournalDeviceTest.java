@@ -61,7 +61,7 @@ class JournalDeviceTest {
             assertFalse(Files.exists(j1));
             assertEquals(256 * 1024, blocks(j2), "the other device keeps its blocks");
             assertTrue(blocks(db) < 4 * MiB, "store file after the unlink: " + full + " -> " + blocks(db));
-            assertTrue(m.log().contains("release image=journals/j1"), m.log());
+            m.awaitLog("release image=journals/j1");
         }
     }
 
@@ -146,7 +146,7 @@ class JournalDeviceTest {
                     "print('no error after 512 MiB')"), j.toString());
             assertTrue(w.out().startsWith("ENOSPC "), w.describe());
             assertEquals(before, Disk.readSha(j, 0, 1 << 20), "what was flushed before the disk filled");
-            assertTrue(m.log().contains("errno=28"), m.log()); // the redo log or a checkpoint found the disk full
+            m.awaitLog("errno=28"); // the redo log or a checkpoint found the disk full
 
             Files.delete(filler);
             String after = writeAndSync(j, 2 << 20, 1 << 20, 8);

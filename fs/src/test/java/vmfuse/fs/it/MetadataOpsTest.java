@@ -91,7 +91,7 @@ class MetadataOpsTest extends OnOneMount {
             own.umount().assertOk();
             own.mount();
             assertEquals("640 65534 65534", Proc.ok("stat", "-c", "%a %u %g", dev).out().trim());
-            assertTrue(own.log().contains("journal owner device=jo uid=65534 gid=65534 mode=640"), own.log());
+            own.awaitLog("journal owner device=jo uid=65534 gid=65534 mode=640");
         }
     }
 

@@ -46,13 +46,13 @@ class MountLifecycleTest {
             assertTrue(Files.isDirectory(m.mnt.resolve("images")));
             assertTrue(Files.isDirectory(m.mnt.resolve("journals")));
             long pid = m.daemonPid().orElseThrow();
-            assertTrue(m.log().contains("mounted store=" + m.store), m.log());
+            m.awaitLog("mounted store=" + m.store);
             Proc.ok("qemu-img", "create", "-f", "qcow2", m.image("a.qcow2").toString(), "1G");
 
             m.umount().assertOk();
             assertFalse(isMounted(m));
             assertFalse(ProcessHandle.of(pid).map(ProcessHandle::isAlive).orElse(false), "daemon still running");
-            assertTrue(m.log().contains("unmounted store="), m.log());
+            m.awaitLog("unmounted store=");
             assertTrue(Files.exists(m.backing("a.qcow2")));
             assertFalse(Files.exists(m.store.resolve("vmfuse.pid")));
         }
@@ -90,7 +90,7 @@ class MountLifecycleTest {
                     }
                 });
                 assertFalse(isMounted(m), "still mounted after SIG" + signal);
-                assertTrue(m.log().contains("unmounted store="), m.log());
+                m.awaitLog("unmounted store=");
                 assertTrue(Files.exists(m.backing("s.raw")));
             }
         }

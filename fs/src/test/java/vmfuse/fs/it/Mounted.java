@@ -113,6 +113,15 @@ final class Mounted implements AutoCloseable {
         }
     }
 
+    /**
+     * Waits (Poll's default time) until the daemon's log holds {@code text}: its lines reach the
+     * file a little after they are logged (BatchingStderrAppender), so a test reading it right
+     * after an action may not find them yet.
+     */
+    void awaitLog(String text) {
+        Poll.until(() -> log().contains(text), () -> "the daemon's log never said '" + text + "':\n" + log());
+    }
+
     String log() {
         try {
             return Files.readString(store.resolve("vmfuse.log"));

@@ -146,7 +146,7 @@ class NbdExportTest {
                 other.umount().assertOk();
                 Poll.until(() -> !client.process.isAlive(), client::output);
                 assertTrue(client.output().contains("open\nhung-up"), client.output());
-                assertTrue(other.log().contains("nbd closed unix:" + sock), other.log());
+                other.awaitLog("nbd closed unix:" + sock);
                 assertTrue(Files.notExists(sock), "the socket is removed");
             }
             other.mount();

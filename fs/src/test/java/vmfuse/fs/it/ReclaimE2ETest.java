@@ -110,7 +110,7 @@ class ReclaimE2ETest {
                 now = Disk.allocated(m.backing(name));
             }
             assertTrue(before - now >= 0.9 * 64 * MiB, "allocation " + before + " -> " + now + "\n" + m.log());
-            assertTrue(m.log().contains("reclaim vm=vm image=" + name + " punched seq=1"), m.log());
+            m.awaitLog("reclaim vm=vm image=" + name + " punched seq=1");
             if (format.equals("qcow2")) {
                 Proc.Result check = Proc.run("qemu-img", "check", img.toString());
                 assertTrue(check.ok() && check.out().contains("No errors were found"), check.describe());

@@ -103,8 +103,8 @@ class ReclaimerTest {
             }
             String status = m.vmfuse("status", m.mnt.toString()).assertOk().out();
             assertTrue(status.lines().anyMatch(l -> l.matches("vm1 +vm1\\.raw +1 +[3-9] +0 +6\\d{7} +6\\d{7} +.*")), status);
-            assertTrue(m.log().contains("reclaim vm=vm1 image=vm1.raw punched seq=1"), m.log());
-            assertTrue(m.log().contains("reason=out-of-range"), m.log());
+            m.awaitLog("reclaim vm=vm1 image=vm1.raw punched seq=1");
+            m.awaitLog("reason=out-of-range");
 
             Proc.Result mv = Proc.run("mv", img.toString(), m.image("other.raw").toString());
             assertTrue(!mv.ok() && mv.err().contains("busy"), mv.describe());
@@ -165,7 +165,7 @@ class ReclaimerTest {
             Poll.until(() -> m.log().contains("reclaim vm=vm2 image=vm2.raw restored pending=" + 7 * M), m::log);
             assertEquals(reused, sha(img, 2 * M, M));
             m.vmfuse("vm", "remove", "vm2", m.mnt.toString()).assertOk();
-            assertTrue(m.log().contains("vm remove vm=vm2 dropped_pending=" + 7 * M), m.log());
+            m.awaitLog("vm remove vm=vm2 dropped_pending=" + 7 * M);
             assertTrue(!Files.exists(m.store.resolve("reclaim/vm2.notices")), "unwatched, its notices are dropped");
             Proc.Result bad = m.vmfuse("vm", "add", "vm3", "--image", "nothere.raw", "--agent-socket",
                     m.root.resolve("x.agent").toString(), m.mnt.toString());
@@ -245,7 +245,7 @@ class ReclaimerTest {
                     "-c", "read -P 0 2m 6m", "-c", "read -P 0x11 8m 8m", img.toString());
             assertTrue(!read.out().contains("failed"), read.out());
             assertTrue(!Proc.ok("qemu-img", "info", img.toString()).out().contains("vmfuse-fence-"), "bitmap removed");
-            assertTrue(m.log().contains("offline"), m.log());
+            m.awaitLog("offline");
             String status = m.vmfuse("status", m.mnt.toString()).assertOk().out();
             assertTrue(status.lines().anyMatch(l -> l.matches("vm5 +vm5\\.qcow2 +1 +0 +0 +" + 7 * M + " +\\d+ +0 +" + M + " +0 +0 +.*")), status);
         }
