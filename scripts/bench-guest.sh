@@ -1,9 +1,9 @@
 #!/bin/sh
 # Benchmark inside the test guest (make bench): a metadata-heavy job on ext4 on an image in the
 # vmfuse mount, with the filesystem's internal journal against its journal on a vmfuse journal
-# device, in data=ordered and data=journal; then the same on a slow data disk (network storage:
-# nbdkit's delay filter, every write BENCH_WDELAY late, through QEMU's own NBD client), where the
-# journal's place pays most. Prints two tables. Guest under TCG: times are long, the ratio is what
+# device, in data=ordered and data=journal; then, on a slow data disk (network storage: nbdkit's
+# delay filter, every write BENCH_WDELAY late, through QEMU's own NBD client), where the journal's
+# place pays most, a job of small files and fsyncs. Prints two tables. Guest under TCG: times are long, the ratio is what
 # counts. BENCH_DIR (default /var/tmp/vmfuse-gbench) must be on a real disk; BENCH_GUEST_DISKS
 # (default "fast slow") picks the tables.
 set -eu
@@ -108,10 +108,6 @@ run() { # disk(fast|slow) mode journal(internal|flush|close|nbd|nodisk|ram) run-
         ram) rm -f "$journal" ;;
     esac
     echo "$ms"
-}
-
-median() { # numbers as arguments
-    printf '%s\n' "$@" | sort -n | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
 }
 
 # Each configuration runs BENCH_RUNS times (default 3), all alternating so that the host's noise

@@ -48,8 +48,8 @@ final class JournalCommand {
 
     @Command(name = "checkpoint", mixinStandardHelpOptions = true,
             description = {"Commit every journal device's blocks held in memory to the store now, as the daemon does "
-                + "every " + vmfuse.fs.daemon.Daemon.CHECKPOINT_SECONDS + " s and at unmount: e.g. before a copy of the "
-                + "store. On a terminal, shows how much it has written."})
+                + "every " + vmfuse.fs.daemon.Daemon.CHECKPOINT_SECONDS + " s, when a redo log segment fills and at "
+                + "unmount. On a terminal, shows how much it has written."})
     static final class Checkpoint implements Callable<Integer> {
         @Parameters(index = "0", paramLabel = "MOUNTPOINT")
         Path mountPoint;
