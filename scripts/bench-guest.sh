@@ -59,7 +59,7 @@ slow_disk() {
 slowjob=$(printf '%s\n' "$job" | sed -e 's/-lt 5000/-lt 2000/' -e 's/% 50)) -eq 49/% 10)) -eq 9/' \
     -e 's|^mkdir /mnt/tree .*|sync|')
 
-run() { # disk(fast|slow) mode journal(internal|flush|close|nbd|nodisk|ram) run-number
+run() { # disk(fast|slow) mode journal(internal|flush|close|nbd|nbdclose|nodisk|ram) run-number
     disk=$1; mode=$2; where=$3; n=$4
     thejob=$job
     [ "$disk" = fast ] || thejob=$slowjob
@@ -79,8 +79,9 @@ run() { # disk(fast|slow) mode journal(internal|flush|close|nbd|nodisk|ram) run-
         flush|close)
             "$repo/bin/vmfuse" journal create --size 64M --durability "$where" "g-$mode-$n" "$W/mnt" >/dev/null
             journal="$W/mnt/journals/g-$mode-$n"; jcache=none ;;
-        nbd) # a flush-mode device through the NBD door, by QEMU's own client: no FUSE on the way
-            "$repo/bin/vmfuse" journal create --size 64M --durability flush "g-$mode-$n" "$W/mnt" >/dev/null
+        nbd|nbdclose) # a device through the NBD door, by QEMU's own client: no FUSE on the way
+            durability=flush; [ "$where" = nbd ] || durability=close
+            "$repo/bin/vmfuse" journal create --size 64M --durability $durability "g-$mode-$n" "$W/mnt" >/dev/null
             journal="nbd+unix:///journals/g-$mode-$n?socket=$W/nbd.sock"; jcache=none ;;
         ram) # the ceiling on a slow disk: the journal in the host's RAM (tmpfs has no O_DIRECT)
             journal="$W/tmpfs/journal.raw"; jcache=writeback; truncate -s 64M "$journal" ;;
@@ -104,7 +105,7 @@ run() { # disk(fast|slow) mode journal(internal|flush|close|nbd|nodisk|ram) run-
     [ -n "$ms" ] || { echo "bench-guest: the guest did not finish ($disk, $mode, $where):" >&2; tail -20 "$W/console.log" >&2; exit 1; }
     [ "$disk" = slow ] || rm -f "$img"
     case $where in
-        flush|close|nbd) rm -f "$W/mnt/journals/g-$mode-$n" ;;
+        flush|close|nbd|nbdclose) rm -f "$W/mnt/journals/g-$mode-$n" ;;
         ram) rm -f "$journal" ;;
     esac
     echo "$ms"
@@ -114,16 +115,18 @@ run() { # disk(fast|slow) mode journal(internal|flush|close|nbd|nodisk|ram) run-
 # falls on each; the tables show medians and every run. The vmfuse journal device in both
 # durability modes: flush (the default: a guest flush is an fdatasync of the redo log) and close
 # (memory speed; a host crash loses what was not checkpointed, see README), through FUSE; on the
-# slow disk also a flush-mode device through the NBD door. On the fast disk, "no disk" is the
-# floor: the internal-journal job with its image in RAM and flushes ignored (cache=unsafe), the
-# time no journal placement can go below. On the slow disk, "RAM journal" is the ceiling: the
-# journal on a file in the host's tmpfs, which no placement of it can beat; the target (issue 17)
-# is that a flush-mode device gets 0.9 of its gain: of the time it saves over the internal journal.
+# slow disk also both through the NBD door (close mode there: the path's own cost, no force). On
+# the fast disk, "no disk" is the floor: the internal-journal job with its image in RAM and
+# flushes ignored (cache=unsafe), the time no journal placement can go below. On the slow disk,
+# "RAM journal" is the ceiling of the issue's target: the journal on a file in the host's tmpfs,
+# no disk at all; the target (issue 17) is that a flush-mode device gets 0.9 of its gain: of the
+# time it saves over the internal journal. (QEMU reaches a tmpfs file through its thread pool;
+# the NBD door may answer faster than that, so a close-mode device there can pass 1.)
 runs=${BENCH_RUNS:-3}
 echo "vmfuse guest benchmark: $(nproc) cores, QEMU TCG, backing $(df -h --output=source,fstype "$W" | tail -1 | tr -s ' '), median of $runs runs" >&2
 for disk in ${BENCH_GUEST_DISKS:-fast slow}; do
     if [ "$disk" = slow ]; then
-        places="internal ram flush nbd close"
+        places="internal ram flush nbd close nbdclose"
         slow_disk
     else
         places="internal flush close nodisk"
