@@ -107,8 +107,8 @@ class FoldersTest {
         // the store's own files share this tmpfs: the log may take a page, the ledger's 2 s save a page
         // for its new copy (seen in CI: 5 MiB + 4096); the exact count is the log's freed= below
         assertTrue(Math.abs(gave - 5 * MiB) <= 16 * 1024, "the unlink gave the rest back: " + gave);
-        Poll.until(() -> m.log().contains("release image=images/a/b/c/d.raw offset=0 length=" + 8 * MiB + " freed="
-                + 5 * MiB + " reason=unlink"), m::log);
+        m.awaitLog("release image=images/a/b/c/d.raw offset=0 length=" + 8 * MiB + " freed="
+                + 5 * MiB + " reason=unlink");
         Proc.ok("rmdir", m.image("a/b/c").toString(), m.image("a/b").toString(), m.image("a").toString());
         assertFalse(Files.exists(m.backing("a")));
     }

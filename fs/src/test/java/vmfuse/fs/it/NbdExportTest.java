@@ -114,8 +114,7 @@ class NbdExportTest {
         Proc.ok("qemu-io", "-f", "raw", "-c", "read -P 0x33 1M 2M", "-c", "read -P 0 0 1M",
                 m.mnt.resolve("journals/j2").toString());
         Proc.ok("qemu-io", "-f", "raw", "-c", "discard 1M 1M", "-c", "read -P 0 1M 1M", uri("journals/j2"));
-        Poll.until(() -> m.log().contains("release image=journals/j2 offset=1048576 length=1048576 freed=1048576"),
-                m::log);
+        m.awaitLog("release image=journals/j2 offset=1048576 length=1048576 freed=1048576");
     }
 
     /** An unmount with an NBD client connected hangs up on it, closes what it had open, and completes. */
@@ -199,7 +198,7 @@ class NbdExportTest {
             Proc.ok("qemu-io", "-f", "raw", "-c", "read -P 0x11 0 1M", uri("images/one.raw"));
             Proc.Result w = Proc.run("qemu-io", "-f", "raw", "-c", "write -P 0x22 0 4k", uri("images/one.raw"));
             assertTrue(w.exit() != 0 || w.out().contains("Operation not permitted"), w.describe());
-            Poll.until(() -> m.log().contains("image one.raw is being written through the mount"), m::log);
+            m.awaitLog("image one.raw is being written through the mount");
         }
         Proc.ok("qemu-io", "-f", "raw", "-c", "read -P 0x11 0 1M", m.image("one.raw").toString()); // nothing landed
         // an NBD client that writes, then holds its connection 4 s

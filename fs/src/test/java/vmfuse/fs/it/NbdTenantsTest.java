@@ -94,7 +94,7 @@ class NbdTenantsTest {
         assertEquals(Set.of("images/b.raw"), listAs(DAEMON));
         Proc.Result none = as(BIN, "nbdinfo", "--list", uri(""));
         assertTrue(none.exit() != 0, "a user given nothing is hung up on: " + none.describe());
-        Poll.until(() -> m.log().contains("(bin) refused: its user has no export here"), m::log);
+        m.awaitLog("(bin) refused: its user has no export here");
         assertEquals(Set.of("images/t1/a.raw", "images/b.raw", "images/c.raw", "journals/j1"), listAs(null),
                 "root sees every volume");
 
@@ -143,10 +143,10 @@ class NbdTenantsTest {
         } finally {
             connected.close();
         }
-        Poll.until(() -> m.log().contains("export=images/t1/a.raw hung up on: it is no longer this client's"), m::log);
+        m.awaitLog("export=images/t1/a.raw hung up on: it is no longer this client's");
         assertTrue(as(NOBODY, "nbdinfo", "--list", uri("")).exit() != 0, "removed: its user is hung up on");
         assertEquals(Set.of("images/b.raw"), listAs(DAEMON));
-        Poll.until(() -> m.log().contains("export remove export=t1"), m::log);
+        m.awaitLog("export remove export=t1");
     }
 
     /** fio's nbd engine as a user: {"iops": ..., "bw_bytes": ...} of its one job's reads or writes. */
@@ -280,7 +280,7 @@ class NbdTenantsTest {
         Proc.Result plain = Proc.run("nbdinfo", "nbd://127.0.0.1:" + port + "/images/t1.raw");
         assertTrue(plain.exit() != 0, "a client without TLS got in: " + plain.describe());
         assertEquals(Set.of("images/t2.raw"), listAs(NOBODY), "export b is reached over the unix socket by its uid");
-        Poll.until(() -> m.log().contains("TLS handshake failed: bad_record_mac"), m::log);
+        m.awaitLog("TLS handshake failed: bad_record_mac");
         String status = m.vmfuse("status", m.mnt.toString()).assertOk().out();
         assertTrue(status.lines().anyMatch(l -> l.matches("a\\s+-\\s+alice\\s.*images/t1.raw")), status);
     }

@@ -162,7 +162,7 @@ class ReclaimerTest {
             String reused = sha(img, 2 * M, M);
             m.umount().assertOk(); // records that the image was watched up to here, as it is now
             m.mount();
-            Poll.until(() -> m.log().contains("reclaim vm=vm2 image=vm2.raw restored pending=" + 7 * M), m::log);
+            m.awaitLog("reclaim vm=vm2 image=vm2.raw restored pending=" + 7 * M);
             assertEquals(reused, sha(img, 2 * M, M));
             m.vmfuse("vm", "remove", "vm2", m.mnt.toString()).assertOk();
             m.awaitLog("vm remove vm=vm2 dropped_pending=" + 7 * M);
@@ -375,7 +375,7 @@ class ReclaimerTest {
             assertEquals(before, Disk.sha256(m.backing("vm6.qcow2")), "nothing punched or written");
             assertEquals(allocated, Disk.allocated(m.backing("vm6.qcow2")));
             // the daemon's log is written in batches: the line may come a moment after the answer
-            Poll.until(() -> m.log().contains("overlaps the L2 table of L1 entry 0; the image is corrupt"), m::log);
+            m.awaitLog("overlaps the L2 table of L1 entry 0; the image is corrupt");
         }
     }
 
@@ -407,7 +407,7 @@ class ReclaimerTest {
             dd(m.backing("vm.raw"), 0, 8, "/dev/urandom"); // meanwhile, on the store: nobody watches
             String live = sha(m.backing("vm.raw"), 0, 8 * M);
             m.mount("--force");
-            Poll.until(() -> m.log().contains("reclaim vm=vm image=vm.raw dropped 1 notice(s) of " + 8 * M), m::log);
+            m.awaitLog("reclaim vm=vm image=vm.raw dropped 1 notice(s) of " + 8 * M);
             reclaimPunchesNothing(m);
             assertEquals(live, sha(img, 0, 8 * M), "what was written while nobody watched is there");
             String status = m.vmfuse("status", m.mnt.toString()).assertOk().out();
@@ -427,7 +427,7 @@ class ReclaimerTest {
             Proc.ok("cp", "--sparse=always", backup.toString(), m.backing("vm.raw").toString()); // restored in the store
             String restored = sha(backup, 0, 8 * M);
             m.mount();
-            Poll.until(() -> m.log().contains("reclaim vm=vm image=vm.raw dropped 1 notice(s)"), m::log);
+            m.awaitLog("reclaim vm=vm image=vm.raw dropped 1 notice(s)");
             reclaimPunchesNothing(m);
             assertEquals(restored, sha(img, 0, 8 * M), "the restored image is whole");
         }
@@ -456,7 +456,7 @@ class ReclaimerTest {
             m.umount().assertOk();
             Files.delete(sockDir);
             m.mount();
-            Poll.until(() -> m.log().contains("reclaim vm=vm image=vm.raw dropped 1 notice(s)"), m::log);
+            m.awaitLog("reclaim vm=vm image=vm.raw dropped 1 notice(s)");
             reclaimPunchesNothing(m);
             assertEquals(live, sha(img, 0, 8 * M), "what it wrote unwatched is there");
         }

@@ -49,14 +49,6 @@ class RenameUnlinkTest {
         return Proc.ok(cmd).out().trim();
     }
 
-    /** The daemon's log says {@code text} (within 5 s: it is written in batches). */
-    private static void assertLogSays(Mounted m, String text) throws InterruptedException {
-        for (int i = 0; i < 50 && !m.log().contains(text); i++) {
-            Thread.sleep(100);
-        }
-        assertTrue(m.log().contains(text), "the log does not say '" + text + "':\n" + m.log());
-    }
-
     /** The file's sha256 once an open of it by name succeeds (within 3 s). */
     private static String shaOnceItOpens(Path file) throws Exception {
         for (int i = 0; ; i++) {
@@ -120,7 +112,7 @@ class RenameUnlinkTest {
             Thread.sleep(300);
             assertEquals(List.of("vm1.raw", "x.raw"), ls(m.store.resolve("images")));
             assertEquals(sum, Disk.sha256(m.backing("vm1.raw")));
-            assertLogSays(m, "vm1.raw is a running VM's image");
+            m.awaitLog("vm1.raw is a running VM's image");
         }
     }
 
@@ -142,7 +134,7 @@ class RenameUnlinkTest {
                 Thread.sleep(100);
             }
             assertEquals(List.of("b.raw"), ls(m.store.resolve("images")), "released after the last close");
-            assertLogSays(m, "reason=unlink");
+            m.awaitLog("reason=unlink");
         }
     }
 
@@ -162,8 +154,8 @@ class RenameUnlinkTest {
             m.mount();
             assertEquals(List.of(), ls(m.store.resolve("images")), "the hidden image is gone");
             assertEquals(List.of(), ls(m.mnt.resolve("journals")));
-            assertLogSays(m, "left hidden by a daemon");
-            assertLogSays(m, "removed 1 journal device(s) left hidden");
+            m.awaitLog("left hidden by a daemon");
+            m.awaitLog("removed 1 journal device(s) left hidden");
         }
     }
 }

@@ -46,7 +46,7 @@ class StoreDiskFaultTest {
             assertFalse(second, "a flush while the disk fails every write");
             assertFalse(third, "a flush after one failed: the kernel reported the error once, a later fdatasync "
                     + "would return 0 without the data on disk");
-            assertTrue(m.log().contains("fdatasync failed"), "the daemon says what happened:\n" + m.log());
+            m.awaitLog("fdatasync failed"); // the daemon says what happened
 
             Proc.Result umount = m.umount();
             // the journal store commits at unmount (the disk works again); the final sync of the store's
