@@ -70,12 +70,8 @@ final class JournalCommand {
      */
     static void checkpoint(Path mnt, TerminalProgress progress) throws Exception {
         Request checkpoint = new Request.JournalCheckpoint();
-        if (!progress.on()) {
-            DaemonClient.request(mnt, checkpoint);
-            return;
-        }
-        long held = memoryHeld(mnt);
-        if (held <= 0) {
+        long held = progress.on() ? memoryHeld(mnt) : -1;
+        if (held <= 0) { // nothing to show
             DaemonClient.request(mnt, checkpoint);
             return;
         }
