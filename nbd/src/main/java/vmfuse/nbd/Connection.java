@@ -13,6 +13,7 @@ import java.util.ArrayList;
 import java.util.List;
 import java.util.concurrent.CompletableFuture;
 import java.util.concurrent.ExecutionException;
+import java.util.concurrent.atomic.AtomicLongArray;
 import java.util.concurrent.locks.Condition;
 import java.util.concurrent.locks.ReentrantLock;
 
@@ -54,6 +55,15 @@ final class Connection implements Runnable {
     /** Options answered ERR_TLS_REQD before a client that must use TLS is hung up on. */
     static final int MAX_OPTIONS_BEFORE_TLS = 4;
     private static final int CONTEXT_ID = 1;
+    /**
+     * A request of a kind this client's requests of lately took less than this to be done (a
+     * write or read in the page cache, a journal device's write in memory) is done on the
+     * reading thread even with others in flight, when the scheduler has room: handing it to a
+     * worker (a wake-up, and the worker's sleep after) would cost more than the request. A slower
+     * kind (a read from the disk, a flush) goes to a worker, so the requests behind it are read
+     * and go to the disk beside it.
+     */
+    static final long QUICK_NANOS = 20_000;
 
     private final SocketChannel ch;
     private final Exports exports;
@@ -66,6 +76,14 @@ final class Connection implements Runnable {
     private final java.util.function.Function<Connection, String> admitTls;
     private final Scheduler scheduler;
     private final Buffers buffers;
+    /** How long this reading thread busy-polls the socket before it sleeps on it. */
+    private final Polling.Window window;
+    /**
+     * How long this client's requests of each {@link Scheduler.Kind} took to be done, lately, in
+     * nanoseconds (each new one weighs an eighth; updated by whichever thread did it, so an
+     * update may be lost, which only delays the average): see {@link #QUICK_NANOS}.
+     */
+    private final AtomicLongArray serviceNanos = notQuickUntilSeen();
     /** What the client sent and was not yet taken: several requests' headers come in one read. */
     private final ByteBuffer in = ByteBuffer.allocateDirect(IN_BUFFER).flip();
     /** Whether the socket was left empty by the last read: the next waits for it before reading. */
@@ -92,8 +110,9 @@ final class Connection implements Runnable {
     private volatile long payloadSince;
 
     /** Closed by the server at its end ({@link #closeChannel}): the connection stops at its next read. */
-    Connection(SocketChannel ch, Exports exports, Peer peer, Scheduler scheduler, Buffers buffers, TlsPsk tlsPsk,
-            java.util.function.Function<Connection, String> admitTls) {
+    Connection(SocketChannel ch, Exports exports, Peer peer, Scheduler scheduler, Buffers buffers, Polling polling,
+            TlsPsk tlsPsk, java.util.function.Function<Connection, String> admitTls) {
+        this.window = polling.window();
         this.tlsPsk = tlsPsk;
         this.admitTls = admitTls;
         this.ch = ch;
@@ -420,7 +439,7 @@ final class Connection implements Runnable {
             ByteBuffer header = ByteBuffer.allocate(28);
             while (!dead) {
                 header.clear();
-                fill(header);
+                fill(header, true);
                 header.flip();
                 int magic = header.getInt();
                 if (magic != REQUEST_MAGIC) {
@@ -489,7 +508,7 @@ final class Connection implements Runnable {
             b = account.take((int) r.length());
             try {
                 payloadSince = System.nanoTime();
-                fill(b);
+                fill(b, false);
             } catch (IOException e) {
                 account.give(b);
                 throw e;
@@ -514,6 +533,7 @@ final class Connection implements Runnable {
                 finish.run();
                 return;
             }
+            long began = System.nanoTime();
             try {
                 check(r);
                 if (r.type() == CMD_WRITE) {
@@ -521,9 +541,11 @@ final class Connection implements Runnable {
                     if ((r.flags() & CMD_FLAG_FUA) != 0) {
                         export.flush();
                     }
+                    took(r.kind(), began);
                     simple(r.cookie(), 0, finish);
                 } else if (r.type() == CMD_READ) {
                     export.read(r.offset(), data);
+                    took(r.kind(), began);
                     data.flip();
                     ByteBuffer[] reply = structured
                             ? new ByteBuffer[] {dataChunkHeader(r.cookie(), true, r.offset(), data.remaining()), data}
@@ -531,6 +553,7 @@ final class Connection implements Runnable {
                     reply(new Reply(reply, finish));
                 } else {
                     serve(r, finish);
+                    took(r.kind(), began);
                 }
             } catch (ExportException e) {
                 failed(r, e, finish);
@@ -539,9 +562,11 @@ final class Connection implements Runnable {
                 failed(r, new ExportException(EIO, "failed unexpectedly: " + e), finish);
             }
         };
-        // a request alone (none of this client's in flight, no other read and waiting) is done
-        // here if the scheduler has room: a client that waits for each answer pays no hand-over
-        if (!(begin() == 1 && !in.hasRemaining() && share.runNow(r.kind(), r.bytes(), work))) {
+        // a request alone (none of this client's in flight, no other read and waiting), or one of
+        // a quick kind, is done here if the scheduler has room: no hand-over to pay for
+        boolean alone = begin() == 1 && !in.hasRemaining();
+        boolean here = alone || serviceNanos.get(r.kind().ordinal()) < QUICK_NANOS;
+        if (!(here && share.runNow(r.kind(), r.bytes(), work))) {
             try {
                 share.submit(r.kind(), r.bytes(), work);
             } catch (RuntimeException e) { // the scheduler closed under a connection the server missed
@@ -549,6 +574,22 @@ final class Connection implements Runnable {
                 throw e;
             }
         }
+    }
+
+    /** No kind is quick until a request of it was seen to be: the first go to workers, side by side. */
+    private static AtomicLongArray notQuickUntilSeen() {
+        AtomicLongArray a = new AtomicLongArray(Scheduler.Kind.values().length);
+        for (int i = 0; i < a.length(); i++) {
+            a.set(i, QUICK_NANOS);
+        }
+        return a;
+    }
+
+    /** A request of {@code kind} begun at {@code began} (System.nanoTime) is done: into its kind's average. */
+    private void took(Scheduler.Kind kind, long began) {
+        int k = kind.ordinal();
+        long last = serviceNanos.get(k);
+        serviceNanos.set(k, last + (System.nanoTime() - began - last) / 8);
     }
 
     /**
@@ -637,7 +678,7 @@ final class Connection implements Runnable {
                 int n = (int) Math.min(Buffers.MAX, r.length() - done);
                 b.clear().limit(n);
                 payloadSince = System.nanoTime();
-                fill(b);
+                fill(b, false);
                 payloadSince = 0;
                 b.flip();
                 if (failure == null) {
@@ -978,16 +1019,17 @@ final class Connection implements Runnable {
     /** {@code n} bytes (at most MAX_OPTION) of the handshake. */
     private ByteBuffer read(int n) throws IOException {
         ByteBuffer b = ByteBuffer.allocate(n);
-        fill(b);
+        fill(b, false);
         return b.flip();
     }
 
     /**
      * Fills {@code dst} from what the client sent: first what {@link #in} holds, then large
      * payloads straight from the socket, anything else through {@code in}, so several requests'
-     * headers come in one call.
+     * headers come in one call. {@code next}: {@code dst} is for the client's next request, so a
+     * wait before any of it came is a wait between requests (see {@link Polling}).
      */
-    private void fill(ByteBuffer dst) throws IOException {
+    private void fill(ByteBuffer dst, boolean next) throws IOException {
         while (dst.hasRemaining()) {
             if (in.hasRemaining()) {
                 int k = Math.min(in.remaining(), dst.remaining());
@@ -996,7 +1038,7 @@ final class Connection implements Runnable {
                 continue;
             }
             if (drained && !transport.tls()) { // the last read emptied the socket: wait for more before reading
-                transport.awaitReadable();
+                awaitReadable(next && dst.position() == 0);
                 drained = false;
             }
             int n;
@@ -1014,7 +1056,7 @@ final class Connection implements Runnable {
                 throw new EOFException();
             }
             if (n == 0) {
-                transport.awaitReadable();
+                awaitReadable(next && dst.position() == 0);
             } else {
                 drained = n < room; // a client that waits for its answers has sent nothing more
             }
@@ -1038,6 +1080,11 @@ final class Connection implements Runnable {
                 awaitWritable();
             }
         }
+    }
+
+    /** Waits for the client to send more ({@code between}: its next request), polling first. */
+    private void awaitReadable(boolean between) throws IOException {
+        window.await(transport::readableNow, transport::awaitReadable, between);
     }
 
     private int readSome(ByteBuffer dst) throws IOException {

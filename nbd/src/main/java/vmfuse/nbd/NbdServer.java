@@ -64,6 +64,7 @@ public final class NbdServer implements AutoCloseable {
 
     private final Scheduler scheduler;
     private final Buffers buffers = new Buffers(BUFFER_BUDGET);
+    private final Polling polling;
     private final Set<Connection> clients = ConcurrentHashMap.newKeySet();
     private final Set<Thread> threads = ConcurrentHashMap.newKeySet();
     private final AtomicLong accepted = new AtomicLong();
@@ -74,19 +75,35 @@ public final class NbdServer implements AutoCloseable {
     /**
      * What one client may take: {@code maxClients} connected at once; {@code handshake}, the time
      * from connecting to choosing an export; {@code unreadReply}, how long one reply may wait for
-     * the client to read it.
+     * the client to read it; {@code poll}, how long its thread may busy-poll its socket for its
+     * next request before sleeping (0: never; see {@link Polling}).
      */
-    public record Limits(int maxClients, int maxPerUser, Duration handshake, Duration unreadReply) {
+    public record Limits(int maxClients, int maxPerUser, Duration handshake, Duration unreadReply, Duration poll) {
+        /** The busy-poll window by default: a client's next request within it costs no wake-up. */
+        public static final Duration DEFAULT_POLL = Duration.ofNanos(50_000);
+        /** The longest busy-poll window: past it a wake-up costs little beside the wait. */
+        public static final Duration MAX_POLL = Duration.ofMillis(1);
+
         public Limits {
-            if (maxClients < 1 || maxPerUser < 1 || handshake.isNegative() || unreadReply.isNegative()) {
+            if (maxClients < 1 || maxPerUser < 1 || handshake.isNegative() || unreadReply.isNegative()
+                    || poll.isNegative() || poll.compareTo(MAX_POLL) > 0) {
                 throw new IllegalArgumentException("limits " + maxClients + " " + maxPerUser + " " + handshake + " "
-                        + unreadReply);
+                        + unreadReply + " " + poll);
             }
+        }
+
+        public Limits(int maxClients, int maxPerUser, Duration handshake, Duration unreadReply) {
+            this(maxClients, maxPerUser, handshake, unreadReply, DEFAULT_POLL);
         }
 
         /** {@code maxClients}, a quarter of them per user, 30 s for a handshake, 60 s for a reply to be read. */
         public static Limits of(int maxClients) {
             return new Limits(maxClients, Math.max(1, maxClients / 4), Duration.ofSeconds(30), Duration.ofSeconds(60));
+        }
+
+        /** These limits with a busy-poll window of {@code poll}. */
+        public Limits withPoll(Duration poll) {
+            return new Limits(maxClients, maxPerUser, handshake, unreadReply, poll);
         }
     }
 
@@ -95,6 +112,7 @@ public final class NbdServer implements AutoCloseable {
         this.exports = exports;
         this.limits = limits;
         this.scheduler = scheduler;
+        this.polling = new Polling(limits.poll().toNanos(), Polling.defaultPollers());
         this.watchdog = new Thread(this::watch, "nbd-watchdog");
         this.watchdog.setDaemon(true);
     }
@@ -132,8 +150,9 @@ public final class NbdServer implements AutoCloseable {
             t.setDaemon(true);
             s.acceptors.add(t);
             t.start();
-            log.info("nbd listening on {} max_clients={} handshake_timeout={}s unread_reply_timeout={}s", b.name(),
-                    limits.maxClients(), limits.handshake().toSeconds(), limits.unreadReply().toSeconds());
+            log.info("nbd listening on {} max_clients={} handshake_timeout={}s unread_reply_timeout={}s poll_us={}"
+                    + " pollers={}", b.name(), limits.maxClients(), limits.handshake().toSeconds(),
+                    limits.unreadReply().toSeconds(), limits.poll().toNanos() / 1000, Polling.defaultPollers());
         }
         s.watchdog.start();
         return s;
@@ -245,7 +264,8 @@ public final class NbdServer implements AutoCloseable {
                 }
                 tune(ch);
             }
-            Connection c = new Connection(ch, exports, peer, scheduler, buffers, tcp ? ((Tcp) b.endpoint()).psk() : null,
+            Connection c = new Connection(ch, exports, peer, scheduler, buffers, polling,
+                    tcp ? ((Tcp) b.endpoint()).psk() : null,
                     this::admitIdentity);
             clients.add(c);
             if (closed) { // close() hung up on the clients it saw; this one came after

@@ -100,6 +100,9 @@ public final class Scheduler implements AutoCloseable {
     private int running;
     /** Requests waiting, in all shares. */
     private int waiting;
+    /** Workers asleep on {@link #ready}, and of them how many were signalled and are not yet awake. */
+    private int sleeping;
+    private int woken;
     /** The highest weight tag dispatched by weight: where a share that starts asking begins. */
     private double virtualTime;
     private boolean closed;
@@ -264,7 +267,7 @@ public final class Scheduler implements AutoCloseable {
                 queues[kind.ordinal()].addLast(t);
                 queued++;
                 waiting++;
-                ready.signal();
+                wakeOne();
             } finally {
                 lock.unlock();
             }
@@ -296,9 +299,7 @@ public final class Scheduler implements AutoCloseable {
                 try {
                     running--;
                     done(t, System.nanoTime());
-                    if (waiting > 0) {
-                        ready.signal();
-                    }
+                    wakeOne(); // a worker's place is free again
                 } finally {
                     lock.unlock();
                 }
@@ -455,10 +456,18 @@ public final class Scheduler implements AutoCloseable {
                         running++;
                         break;
                     }
-                    if (wait[0] > 0) {
-                        ready.awaitNanos(wait[0]);
-                    } else {
-                        ready.await();
+                    sleeping++;
+                    try {
+                        if (wait[0] > 0) {
+                            ready.awaitNanos(wait[0]);
+                        } else {
+                            ready.await();
+                        }
+                    } finally {
+                        sleeping--;
+                        if (woken > 0) {
+                            woken--;
+                        }
                     }
                 }
             } catch (InterruptedException e) {
@@ -474,13 +483,22 @@ public final class Scheduler implements AutoCloseable {
             lock.lock();
             try {
                 running--;
-                from[0].done(t, System.nanoTime());
-                if (waiting > 0) {
-                    ready.signal();
-                }
+                from[0].done(t, System.nanoTime()); // and this worker looks for the next itself
             } finally {
                 lock.unlock();
             }
+        }
+    }
+
+    /**
+     * Wakes a sleeping worker for a request that no awake worker is on its way to: one wake-up
+     * per request that waits, none while the workers are busy (a worker done with one looks for
+     * the next before it sleeps), so a request does not cost a worker's sleep and wake each.
+     */
+    private void wakeOne() {
+        if (waiting > woken && sleeping > woken) {
+            woken++;
+            ready.signal();
         }
     }
 

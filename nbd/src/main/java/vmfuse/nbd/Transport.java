@@ -79,6 +79,15 @@ final class Transport {
         return tls != null;
     }
 
+    /** Whether the socket has something to read now (or is closed), without waiting. */
+    boolean readableNow() throws IOException {
+        if (readable.selectNow() == 0) {
+            return !ch.isOpen();
+        }
+        readable.selectedKeys().clear();
+        return true;
+    }
+
     void awaitReadable() throws IOException {
         readable.select();
         readable.selectedKeys().clear();

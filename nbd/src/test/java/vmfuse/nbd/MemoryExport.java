@@ -5,6 +5,8 @@ import java.util.ArrayList;
 import java.util.BitSet;
 import java.util.List;
 import java.util.Map;
+import java.util.Queue;
+import java.util.concurrent.ConcurrentLinkedQueue;
 import java.util.concurrent.atomic.AtomicInteger;
 
 /**
@@ -23,6 +25,10 @@ final class MemoryExport implements Export {
     final AtomicInteger zeroes = new AtomicInteger();
     final AtomicInteger opens = new AtomicInteger();
     final AtomicInteger closes = new AtomicInteger();
+    /** The threads that did the writes, in order. */
+    final Queue<String> writeThreads = new ConcurrentLinkedQueue<>();
+    /** How long a read takes, as a disk's would (0: at once). */
+    volatile long readMillis;
 
     MemoryExport(int size) {
         disk = new byte[size];
@@ -61,12 +67,23 @@ final class MemoryExport implements Export {
     }
 
     @Override
-    public synchronized void read(long offset, ByteBuffer dst) {
-        dst.put(disk, (int) offset, dst.remaining());
+    public void read(long offset, ByteBuffer dst) {
+        long ms = readMillis;
+        if (ms > 0) {
+            try {
+                Thread.sleep(ms); // outside the lock, as reads from a disk go side by side
+            } catch (InterruptedException e) {
+                Thread.currentThread().interrupt();
+            }
+        }
+        synchronized (this) {
+            dst.put(disk, (int) offset, dst.remaining());
+        }
     }
 
     @Override
     public synchronized void write(long offset, ByteBuffer src) {
+        writeThreads.add(Thread.currentThread().getName());
         int n = src.remaining();
         src.get(disk, (int) offset, n);
         data.set((int) (offset / BLOCK), (int) ((offset + n + BLOCK - 1) / BLOCK));

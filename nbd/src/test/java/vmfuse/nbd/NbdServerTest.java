@@ -279,6 +279,61 @@ class NbdServerTest {
         assertEquals(disk.opens.get(), disk.closes.get(), "every export opened was closed");
     }
 
+    @Test
+    void quickRequestsAreDoneOnTheReadingThreadAndSlowOnesSideBySideOnWorkers() throws Exception {
+        String script = String.join("\n",
+                "import socket, struct, sys, time",
+                "s = socket.socket(socket.AF_UNIX); s.settimeout(30); s.connect(sys.argv[1])",
+                "s.recv(18, socket.MSG_WAITALL); s.sendall(struct.pack('>I', 3))",
+                "s.sendall(b'IHAVEOPT' + struct.pack('>III', 7, 4 + 4 + 2, 4) + b'disk' + struct.pack('>H', 0))",
+                "while True:",
+                "    magic, o, t, n = struct.unpack('>QIII', s.recv(20, socket.MSG_WAITALL))",
+                "    if n: s.recv(n, socket.MSG_WAITALL)",
+                "    if t == 1: break",
+                "def req(typ, cookie, off, n, data=b''):",
+                "    return struct.pack('>IHHQQI', 0x25609513, 0, typ, cookie, off, n) + data",
+                "def answers(k, n):",
+                "    for _ in range(k):",
+                "        magic, err, cookie = struct.unpack('>IIQ', s.recv(16, socket.MSG_WAITALL))",
+                "        assert magic == 0x67446698 and err == 0, (hex(magic), err)",
+                "        if n: s.recv(n, socket.MSG_WAITALL)",
+                "for r in range(8):  # 64 writes in flight, 8 times",
+                "    s.sendall(b''.join(req(1, i, i * 4096, 4096, bytes([i]) * 4096) for i in range(64)))",
+                "    answers(64, 0)",
+                "print('writes-done', flush=True)",
+                "sys.stdin.readline()  # the test makes reads slow",
+                "t = time.time()",
+                "s.sendall(b''.join(req(0, i, i * 4096, 4096) for i in range(4)))",
+                "answers(4, 4096)",
+                "print('slow-reads %.3f' % (time.time() - t), flush=True)");
+        Process p = new ProcessBuilder("python3", "-c", script, server.socket().toString()).redirectErrorStream(true)
+                .start();
+        try {
+            var out = new java.io.BufferedReader(new java.io.InputStreamReader(p.getInputStream(), StandardCharsets.UTF_8));
+            assertEquals("writes-done", out.readLine());
+            List<String> threads = new ArrayList<>(disk.writeThreads);
+            assertEquals(512, threads.size());
+            // the first 64 go to workers, read before one of them was seen to be quick; then the reading thread does them
+            long first = threads.subList(0, 64).stream().filter(t -> t.startsWith("io-")).count();
+            long onReader = threads.subList(64, 512).stream().filter(t -> t.startsWith("nbd-")).count();
+            assertTrue(first > 0, "before any was seen to be quick, writes went to workers");
+            assertTrue(onReader >= 440, "writes done on the reading thread, once seen to be quick: " + onReader
+                    + " of 448");
+            disk.readMillis = 300;
+            p.getOutputStream().write('\n');
+            p.getOutputStream().flush();
+            String line = out.readLine();
+            assertTrue(line != null && line.startsWith("slow-reads "), line);
+            double seconds = Double.parseDouble(line.substring("slow-reads ".length()));
+            // on the reading thread, one after the other, they would take 1.2 s
+            assertTrue(seconds < 0.9, "4 reads of 300 ms each in flight took " + seconds + " s");
+            assertTrue(p.waitFor(30, TimeUnit.SECONDS));
+            assertEquals(0, p.exitValue());
+        } finally {
+            p.destroyForcibly();
+        }
+    }
+
     private int waitForNoClients() throws InterruptedException {
         for (int i = 0; i < 100 && server.clients() > 0; i++) {
             Thread.sleep(50);

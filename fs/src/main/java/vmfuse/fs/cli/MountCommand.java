@@ -6,6 +6,7 @@ import java.io.RandomAccessFile;
 import java.nio.charset.StandardCharsets;
 import java.net.InetSocketAddress;
 import java.nio.file.Path;
+import java.time.Duration;
 import java.util.ArrayList;
 import java.util.List;
 import java.util.Optional;
@@ -20,6 +21,7 @@ import vmfuse.fs.daemon.Daemon;
 import vmfuse.fs.daemon.StoreDir;
 import vmfuse.fs.mount.MountTable;
 import vmfuse.fs.nativeio.Native;
+import vmfuse.nbd.NbdServer;
 
 @Command(name = "mount", mixinStandardHelpOptions = true,
         description = {
@@ -88,6 +90,12 @@ final class MountCommand implements Callable<Integer> {
                 "another user its exports' volumes: vmfuse export), and/or on TCP, where TLS with a pre-shared",
                 "key is required (--tls-psk) and a client sees its key identity's exports. Given once or twice."})
     List<String> nbd = new ArrayList<>();
+
+    @Option(names = "--nbd-poll", paramLabel = "MICROS",
+            description = {"How long an NBD client's thread busy-polls its socket for the next request before it",
+                "sleeps (default: 50; 0: never; at most 1000). A client that sends its next request at once then",
+                "pays no wake-up; the window shrinks for a client that does not, and at most half the CPUs poll."})
+    int nbdPollMicros = (int) (NbdServer.Limits.DEFAULT_POLL.toNanos() / 1000);
 
     @Option(names = "--tls-psk", paramLabel = "FILE",
             description = {"The pre-shared keys of NBD over TCP: IDENTITY:HEXKEY lines, as QEMU's tls-creds-psk",
@@ -158,10 +166,16 @@ final class MountCommand implements Callable<Integer> {
             throw new picocli.CommandLine.ParameterException(spec.commandLine(),
                     "--tls-psk is for NBD over TCP: give --nbd tcp:HOST:PORT too");
         }
+        long maxPoll = NbdServer.Limits.MAX_POLL.toNanos() / 1000;
+        if (nbdPollMicros < 0 || nbdPollMicros > maxPoll) {
+            throw new picocli.CommandLine.ParameterException(spec.commandLine(),
+                    "--nbd-poll must be 0.." + maxPoll + " microseconds, not " + nbdPollMicros);
+        }
         if (socket == null && tcp == null) {
             return null;
         }
-        return new Daemon.NbdOptions(socket, tcp, tlsPsk == null ? null : tlsPsk.toAbsolutePath().normalize());
+        return new Daemon.NbdOptions(socket, tcp, tlsPsk == null ? null : tlsPsk.toAbsolutePath().normalize(),
+                Duration.ofNanos(nbdPollMicros * 1000L));
     }
 
     @Override
@@ -254,6 +268,9 @@ final class MountCommand implements Callable<Integer> {
         if (door != null && door.tcp() != null) {
             cmd.addAll(List.of("--nbd", "tcp:" + door.tcp().getHostString() + ":" + door.tcp().getPort(), "--tls-psk",
                     door.tlsPsk().toString()));
+        }
+        if (door != null) {
+            cmd.addAll(List.of("--nbd-poll", String.valueOf(nbdPollMicros)));
         }
         for (String o : fuseOptions) {
             cmd.add("-o");

@@ -8,6 +8,7 @@ import java.nio.file.Files;
 import java.net.InetSocketAddress;
 import java.nio.file.Path;
 import java.nio.file.StandardOpenOption;
+import java.time.Duration;
 import java.util.ArrayList;
 import java.util.List;
 import java.util.concurrent.CompletableFuture;
@@ -79,7 +80,7 @@ public final class Daemon {
             InetSocketAddress metrics) {}
 
     /** The NBD door: a unix socket, TCP (with its TLS keys, required), or both. */
-    public record NbdOptions(Path socket, InetSocketAddress tcp, Path tlsPsk) {}
+    public record NbdOptions(Path socket, InetSocketAddress tcp, Path tlsPsk, Duration poll) {}
 
     /** NBD clients at once (each two threads, and at most 8 MiB of the NBD server's 64 MiB of buffers). */
     static final int NBD_MAX_CLIENTS = 64;
@@ -227,7 +228,8 @@ public final class Daemon {
             endpoints.add(new NbdServer.Tcp(door.tcp(), psk));
         }
         try {
-            return NbdServer.listen(endpoints, exports, NbdServer.Limits.of(NBD_MAX_CLIENTS), scheduler);
+            return NbdServer.listen(endpoints, exports, NbdServer.Limits.of(NBD_MAX_CLIENTS).withPoll(door.poll()),
+                    scheduler);
         } catch (IOException e) {
             throw new FsException(Native.EIO, "cannot listen for NBD: " + StoreDir.reason(e));
         }

@@ -1,0 +1,113 @@
+package vmfuse.nbd;
+
+import java.io.IOException;
+import java.util.concurrent.atomic.AtomicInteger;
+
+/**
+ * Busy-polling a client's socket for a moment before sleeping on it, as Linux's busy_poll and
+ * KVM's halt-polling do: the next request of a client that waits for each answer comes a few
+ * microseconds after the answer, and a thread that slept in the meantime pays a wake-up (on a
+ * virtual machine's halted CPU, tens of microseconds: more than a request in the page cache).
+ *
+ * <p>Two waits are told apart. Between requests, the window adapts per connection, much as
+ * halt-polling's does: it shrinks by half when a poll ran out without a request (to none below
+ * {@link #MIN_NANOS}), and is whole again when a wait that slept turned out shorter than the whole
+ * window; so a client that sends rarely is soon not polled for, and one that sends at once again
+ * is polled for at once. (Growing back by doubling, as halt-polling does, never got back here: a
+ * window too short for the client's next request misses, and shrinks again.) Within a request
+ * (the rest of a header or payload the client is sending now) the whole window is polled and
+ * nothing learnt: such a wait says nothing of the client's pace.
+ *
+ * <p>At most {@code maxPollers} threads poll at once, across all connections, so polling never
+ * takes more than that many CPUs from the guests; a connection that finds them all polling sleeps.
+ */
+final class Polling {
+    /** A window that shrinks below this is none: such a poll would hardly ever catch a request. */
+    static final long MIN_NANOS = 10_000;
+
+    private final long maxNanos;
+    private final AtomicInteger free;
+
+    /** Polls up to {@code maxNanos} per wait (0: never), on at most {@code maxPollers} threads at once. */
+    Polling(long maxNanos, int maxPollers) {
+        if (maxNanos < 0 || maxPollers < 1) {
+            throw new IllegalArgumentException("polling " + maxNanos + " ns on " + maxPollers + " threads");
+        }
+        this.maxNanos = maxNanos;
+        this.free = new AtomicInteger(maxPollers);
+    }
+
+    /** Half the CPUs, at least one: what polling may take at most. */
+    static int defaultPollers() {
+        return Math.max(1, Runtime.getRuntime().availableProcessors() / 2);
+    }
+
+    /** One connection's window: used by the connection's reading thread only. */
+    Window window() {
+        return new Window();
+    }
+
+    /** Something to wait for: true once it is there. */
+    @FunctionalInterface
+    interface Ready {
+        boolean now() throws IOException;
+    }
+
+    /** What a connection waits for, and how: a wait that polls in vain ends in {@code sleep}. */
+    @FunctionalInterface
+    interface Sleep {
+        void until() throws IOException;
+    }
+
+    final class Window {
+        private long nanos = maxNanos;
+
+        private Window() {}
+
+        /**
+         * Waits for {@code ready}: polling first, then in {@code sleep}. {@code between}: the wait
+         * is for the client's next request (the window learns from it), not for the rest of one.
+         */
+        void await(Ready ready, Sleep sleep, boolean between) throws IOException {
+            long began = System.nanoTime();
+            long window = between ? nanos : maxNanos;
+            if (window > 0 && take()) {
+                try {
+                    long end = began + window;
+                    do {
+                        if (ready.now()) {
+                            return;
+                        }
+                        Thread.onSpinWait();
+                    } while (System.nanoTime() - end < 0);
+                } finally {
+                    free.incrementAndGet();
+                }
+                if (between) {
+                    nanos = nanos / 2 < MIN_NANOS ? 0 : nanos / 2;
+                }
+            }
+            sleep.until();
+            if (between && System.nanoTime() - began < maxNanos) {
+                nanos = maxNanos;
+            }
+        }
+
+        /** The window now, in nanoseconds. */
+        long nanos() {
+            return nanos;
+        }
+
+        private boolean take() {
+            while (true) {
+                int f = free.get();
+                if (f == 0) {
+                    return false;
+                }
+                if (free.compareAndSet(f, f - 1)) {
+                    return true;
+                }
+            }
+        }
+    }
+}
