@@ -491,9 +491,10 @@ public final class Scheduler implements AutoCloseable {
     }
 
     /**
-     * Wakes a sleeping worker for a request that no awake worker is on its way to: one wake-up
-     * per request that waits, none while the workers are busy (a worker done with one looks for
-     * the next before it sleeps), so a request does not cost a worker's sleep and wake each.
+     * Wakes a sleeping worker for a waiting request that no worker woken before is on its way
+     * to: one wake-up per such request, and none once a worker is done with a request (it looks
+     * for the next itself before it sleeps). It used to signal at every submit and every end, and
+     * each woken worker that found nothing went back to sleep: a wake-up and a sleep per request.
      */
     private void wakeOne() {
         if (waiting > woken && sleeping > woken) {

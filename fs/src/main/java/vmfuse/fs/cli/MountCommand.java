@@ -172,6 +172,10 @@ final class MountCommand implements Callable<Integer> {
                     "--nbd-poll must be 0.." + maxPoll + " microseconds, not " + nbdPollMicros);
         }
         if (socket == null && tcp == null) {
+            if (spec.commandLine().getParseResult().hasMatchedOption("--nbd-poll")) {
+                throw new picocli.CommandLine.ParameterException(spec.commandLine(),
+                        "--nbd-poll is for the NBD door: give --nbd unix:PATH or tcp:HOST:PORT too");
+            }
             return null;
         }
         return new Daemon.NbdOptions(socket, tcp, tlsPsk == null ? null : tlsPsk.toAbsolutePath().normalize(),

@@ -172,6 +172,15 @@ class NbdExportTest {
                     other.mnt.toString());
             assertTrue(tcp.exit() != 0 && tcp.err().contains("NBD over TCP requires TLS: give --tls-psk FILE"),
                     tcp.describe());
+            Proc.Result poll = other.vmfuse("mount", "--store", other.store.toString(), "--nbd",
+                    "unix:" + other.root.resolve("p.sock"), "--nbd-poll", "1001", other.mnt.toString());
+            assertTrue(poll.exit() != 0 && poll.err().contains("--nbd-poll must be 0..1000 microseconds, not 1001"),
+                    poll.describe());
+            Proc.Result pollAlone = other.vmfuse("mount", "--store", other.store.toString(), "--nbd-poll", "0",
+                    other.mnt.toString());
+            assertTrue(pollAlone.exit() != 0 && pollAlone.err().contains("--nbd-poll is for the NBD door"),
+                    pollAlone.describe());
+            assertTrue(Proc.run("mountpoint", "-q", other.mnt.toString()).exit() != 0, "nothing mounted");
             Path keys = other.root.resolve("keys.psk");
             Files.writeString(keys, "alice:0123456789abcdef0123456789abcdef\n"); // readable by all: refused
             Proc.Result open = other.vmfuse("mount", "--store", other.store.toString(), "--nbd", "tcp:127.0.0.1:10809",
