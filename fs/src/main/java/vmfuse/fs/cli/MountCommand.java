@@ -92,9 +92,9 @@ final class MountCommand implements Callable<Integer> {
     List<String> nbd = new ArrayList<>();
 
     @Option(names = "--nbd-poll", paramLabel = "MICROS",
-            description = {"How long an NBD client's thread busy-polls its socket for the next request before it",
-                "sleeps (default: 50; 0: never; at most 1000). A client that sends its next request at once then",
-                "pays no wake-up; the window shrinks for a client that does not, and at most half the CPUs poll."})
+            description = "How long an NBD client's thread busy-polls its socket for the next request before it "
+                    + "sleeps (default: 50; 0: never; at most 1000). A client that sends its next request at once then "
+                    + "pays no wake-up; the window shrinks for a client that does not, and at most half the CPUs poll.")
     int nbdPollMicros = (int) (NbdServer.Limits.DEFAULT_POLL.toNanos() / 1000);
 
     @Option(names = "--tls-psk", paramLabel = "FILE",
