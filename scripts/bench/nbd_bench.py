@@ -18,6 +18,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 
 MiB = 1 << 20
 SIZE = 1024 * MiB
@@ -103,15 +104,17 @@ def isolation(flusher, streamer):
     """p99 of 4 KiB write+flush on one export alone, then beside 1 MiB writes at depth 8 on another."""
     os.sync()  # what an earlier round's stream left dirty is on the disk before "alone" is timed
     alone = flush_lat(flusher, 1500)[2]
-    fio_args = ["fio", "--name=stream", "--rw=write", "--bs=1M", "--iodepth=8", "--time_based", "--runtime=60",
-                "--output-format=terse"]
+    # --thread: the job in fio's own process, so that killing it stops the stream (a job process
+    # of its own is a session of its own: it outlived the kill, writing for its 60 s into the
+    # next rounds' "alone" timings)
+    fio_args = ["fio", "--name=stream", "--thread", "--rw=write", "--bs=1M", "--iodepth=8", "--time_based",
+                "--runtime=60", "--output-format=terse"]
     if streamer[1] == "nbd":
         fio_args += ["--ioengine=nbd", f"--uri={streamer[2]}"]
     else:
         fio_args += ["--ioengine=io_uring", f"--filename={streamer[2]}"]
     stream = subprocess.Popen(fio_args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        import time
         time.sleep(2)  # the stream under way
         beside = flush_lat(flusher, 1500)[2]
     finally:
