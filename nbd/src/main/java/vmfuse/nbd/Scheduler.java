@@ -230,8 +230,6 @@ public final class Scheduler implements AutoCloseable {
         private boolean pinned;
         private int users;
         private int queued;
-        /** Its requests being done now, by workers or callers. */
-        private int doing;
         private int nextKind;
         private double weightTag;
         private long reservationDue;
@@ -284,14 +282,13 @@ public final class Scheduler implements AutoCloseable {
             Task t = Task.now(kind, bytes, work);
             lock.lock();
             try {
-                if (closed || waiting > 0 || running >= workers.size() || full(this)
+                if (closed || waiting > 0 || running >= workers.size()
                         || qos.limitIops() > 0 && limitDue > t.arrived()) {
                     return false;
                 }
                 weightTag = Math.max(weightTag, virtualTime);
                 charge(t, t.arrived(), false);
                 running++;
-                doing++;
             } finally {
                 lock.unlock();
             }
@@ -301,7 +298,6 @@ public final class Scheduler implements AutoCloseable {
                 lock.lock();
                 try {
                     running--;
-                    doing--;
                     done(t, System.nanoTime());
                     wakeOne(); // a worker's place is free again
                 } finally {
@@ -319,7 +315,6 @@ public final class Scheduler implements AutoCloseable {
                 if (users <= 0 && queued == 0 && !pinned) {
                     shares.remove(name, this);
                 }
-                wakeOne(); // another share may now take every worker's place
             } finally {
                 lock.unlock();
             }
@@ -414,7 +409,7 @@ public final class Scheduler implements AutoCloseable {
     private Task pick(long now, long[] wait, Share[] from) {
         Share best = null;
         for (Share s : shares.values()) { // reservations first: a share owed a turn, most overdue first
-            if (s.queued > 0 && !full(s) && s.qos.reservationIops() > 0 && s.reservationDue <= now
+            if (s.queued > 0 && s.qos.reservationIops() > 0 && s.reservationDue <= now
                     && (best == null || s.reservationDue < best.reservationDue)) {
                 best = s;
             }
@@ -425,7 +420,7 @@ public final class Scheduler implements AutoCloseable {
         }
         wait[0] = 0;
         for (Share s : shares.values()) { // then by weight, among the shares under their limits
-            if (s.queued == 0 || full(s)) {
+            if (s.queued == 0) {
                 continue;
             }
             if (s.qos.limitIops() > 0 && s.limitDue > now && !closed) { // closing: what is left goes at once
@@ -459,7 +454,6 @@ public final class Scheduler implements AutoCloseable {
                     t = running < workers.size() ? pick(System.nanoTime(), wait, from) : null;
                     if (t != null) {
                         running++;
-                        from[0].doing++;
                         break;
                     }
                     sleeping++;
@@ -489,30 +483,11 @@ public final class Scheduler implements AutoCloseable {
             lock.lock();
             try {
                 running--;
-                from[0].doing--;
                 from[0].done(t, System.nanoTime()); // and this worker looks for the next itself
             } finally {
                 lock.unlock();
             }
         }
-    }
-
-    /**
-     * Whether {@code s} holds all the workers' places but one while another share has a client
-     * (or requests): then it may take no more, so that another share's request never waits for
-     * one of its requests to end (a flush behind 1 MiB writes that fill every worker). Alone, a
-     * share takes them all.
-     */
-    private boolean full(Share s) {
-        if (workers.size() < 2 || s.doing < workers.size() - 1) {
-            return false;
-        }
-        for (Share o : shares.values()) {
-            if (o != s && (o.users > 0 || o.queued > 0)) {
-                return true;
-            }
-        }
-        return false;
     }
 
     /**

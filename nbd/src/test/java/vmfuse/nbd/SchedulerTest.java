@@ -130,64 +130,6 @@ class SchedulerTest {
     }
 
     @Test
-    void aShareNeverHoldsEveryWorkerWhileAnotherHasAClientAndAloneItTakesThemAll() throws Exception {
-        try (Scheduler s = new Scheduler(4)) {
-            Scheduler.Share stream = s.share("stream");
-            CountDownLatch open = new CountDownLatch(1);
-            CountDownLatch finished = new CountDownLatch(4);
-            AtomicInteger started = new AtomicInteger();
-            Runnable held = () -> {
-                started.incrementAndGet();
-                try {
-                    open.await();
-                } catch (InterruptedException e) {
-                    Thread.currentThread().interrupt();
-                }
-                finished.countDown();
-            };
-            // alone, a share takes every worker's place
-            for (int i = 0; i < 4; i++) {
-                stream.submit(Scheduler.Kind.WRITE, 1 << 20, held);
-            }
-            for (int i = 0; i < 1000 && started.get() < 4; i++) {
-                Thread.sleep(5);
-            }
-            assertEquals(4, started.get(), "alone, the stream held all 4 workers");
-            open.countDown();
-            assertTrue(finished.await(10, TimeUnit.SECONDS));
-            // with another share's client connected, it holds 3 of the 4 at most: the 4th waits
-            CountDownLatch open2 = new CountDownLatch(1);
-            AtomicInteger started2 = new AtomicInteger();
-            Scheduler.Share flusher = s.share("flusher");
-            for (int i = 0; i < 4; i++) {
-                stream.submit(Scheduler.Kind.WRITE, 1 << 20, () -> {
-                    started2.incrementAndGet();
-                    try {
-                        open2.await();
-                    } catch (InterruptedException e) {
-                        Thread.currentThread().interrupt();
-                    }
-                });
-            }
-            for (int i = 0; i < 1000 && started2.get() < 3; i++) {
-                Thread.sleep(5);
-            }
-            Thread.sleep(100);
-            assertEquals(3, started2.get(), "beside another share's client, the stream held 3 of 4 workers");
-            CountDownLatch flushed = new CountDownLatch(1);
-            flusher.submit(Scheduler.Kind.FLUSH, 0, flushed::countDown);
-            assertTrue(flushed.await(10, TimeUnit.SECONDS), "the flush went on the free worker, not after a write");
-            assertEquals(3, started2.get());
-            flusher.release(); // the other client gone: the stream takes the 4th place
-            for (int i = 0; i < 1000 && started2.get() < 4; i++) {
-                Thread.sleep(5);
-            }
-            assertEquals(4, started2.get(), "once alone again, the stream took every worker");
-            open2.countDown();
-        }
-    }
-
-    @Test
     void eachKindOfRequestTakesItsTurnWithinAShare() throws Exception {
         try (Scheduler s = new Scheduler(1)) {
             CountDownLatch open = gate(s);
