@@ -417,7 +417,8 @@ final class Connection implements Runnable {
 
     /**
      * Requests are read here, on the connection's thread, and done by the scheduler's workers in
-     * the order it decides; their replies go out in the order they are done, through the
+     * the order it decides (or here, through the scheduler, when one is alone or of a kind seen
+     * to be quick and nothing waits: see {@link #QUICK_NANOS}); their replies go out in the order they are done, through the
      * connection's sender thread, so a client that does not read its replies holds up no worker.
      * A request of more than {@link Buffers#MAX} bytes is done here, a piece at a time (each piece
      * still scheduled), so no more than one piece of it waits in memory.

@@ -152,7 +152,7 @@ public final class NbdServer implements AutoCloseable {
             t.start();
             log.info("nbd listening on {} max_clients={} handshake_timeout={}s unread_reply_timeout={}s poll_us={}"
                     + " pollers={}", b.name(), limits.maxClients(), limits.handshake().toSeconds(),
-                    limits.unreadReply().toSeconds(), limits.poll().toNanos() / 1000, Polling.defaultPollers());
+                    limits.unreadReply().toSeconds(), limits.poll().toNanos() / 1000, s.polling.maxPollers());
         }
         s.watchdog.start();
         return s;

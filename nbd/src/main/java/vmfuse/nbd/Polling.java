@@ -26,6 +26,7 @@ final class Polling {
     static final long MIN_NANOS = 10_000;
 
     private final long maxNanos;
+    private final int maxPollers;
     private final AtomicInteger free;
 
     /** Polls up to {@code maxNanos} per wait (0: never), on at most {@code maxPollers} threads at once. */
@@ -34,7 +35,13 @@ final class Polling {
             throw new IllegalArgumentException("polling " + maxNanos + " ns on " + maxPollers + " threads");
         }
         this.maxNanos = maxNanos;
+        this.maxPollers = maxPollers;
         this.free = new AtomicInteger(maxPollers);
+    }
+
+    /** How many threads may poll at once. */
+    int maxPollers() {
+        return maxPollers;
     }
 
     /** Half the CPUs, at least one: what polling may take at most. */
