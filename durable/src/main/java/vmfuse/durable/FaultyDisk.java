@@ -31,7 +31,8 @@ import java.util.function.LongConsumer;
  * (A) I/O errors. The calls that change the disk are numbered from 1 across all files, in the order
  * they happen: DiskFile write, force, truncate and punch; open that creates; rename; delete of a file
  * that exists; syncDirectory. A test says which numbers fail and how (failAt: once; failFrom: that
- * one and every one after, a disk that stays broken or full). A short write writes a prefix and
+ * one and every one after, a disk that stays broken or full; failNextForce: the next DiskFile force,
+ * whatever its number, where a store's own thread may force first). A short write writes a prefix and
  * returns its length, as pwrite(2) does when the disk fills up; the caller's next write then gets
  * ENOSPC. A failed force behaves as Linux's fsync does after a writeback error (the PostgreSQL fsync
  * lesson): the kernel marks the pages clean though they never reached the disk, so a later fsync
@@ -104,6 +105,7 @@ public final class FaultyDisk implements Disk {
     private long failFrom = Long.MAX_VALUE;
     private Fault failFromKind;
     private boolean enospcOwed;
+    private Fault nextForceFault;
     private long powerCutAt;
     private boolean cut;
     private long usableSpace = -1;
@@ -149,6 +151,15 @@ public final class FaultyDisk implements Disk {
     public synchronized void failFrom(long n, Fault kind) {
         failFrom = n;
         failFromKind = kind;
+    }
+
+    /**
+     * The next fdatasync or fsync, of any file, fails with {@code kind} (ENOSPC for a short write),
+     * once: for a store whose own thread may force before the test's call does, where a call
+     * number would race.
+     */
+    public synchronized void failNextForce(Fault kind) {
+        nextForceFault = kind;
     }
 
     /** The {@code n}-th mutating call does not happen: the power goes instead, and the call throws "power cut". */
@@ -775,6 +786,11 @@ public final class FaultyDisk implements Disk {
             synchronized (FaultyDisk.this) {
                 alive();
                 Verdict v = admit(-1);
+                if (v == Verdict.GO && nextForceFault != null) {
+                    v = nextForceFault == Fault.EIO ? Verdict.EIO : Verdict.ENOSPC;
+                    nextForceFault = null;
+                    failures++;
+                }
                 if (v == Verdict.GO) {
                     try {
                         real.force(metadata);

@@ -121,9 +121,13 @@ class JournalStoreFaultTest {
         JournalStore s = open(disk);
         JournalDevice a = s.create("a", 0, Durability.FLUSH);
         JournalDevice b = s.create("b", 0, Durability.FLUSH);
+        a.write(0, block('0'), 0, BLOCK);
+        a.flush(); // the log's segment is there (its preallocation forces it)
+        // the log's next fdatasync fails, whoever does it: the store's forcer may start one as soon
+        // as a record is appended, before the flush below asks (a call number would race it)
+        disk.failNextForce(Fault.EIO);
         a.write(0, block('a'), 0, BLOCK);
         b.write(0, block('b'), 0, BLOCK);
-        disk.failAt(disk.calls() + 1, Fault.EIO); // the fdatasync of the log
         assertThrows(StoreException.class, a::flush);
         // the kernel reported the writeback error once and marked the pages clean: an fdatasync now
         // returns 0 without 'b' on disk, so a flush that returned would lie
