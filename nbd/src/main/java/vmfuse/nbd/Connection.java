@@ -481,6 +481,11 @@ final class Connection implements Runnable {
             };
         }
 
+        /** What it carries through this daemon, in or out: a read's or a write's length. */
+        long payload() {
+            return type == CMD_READ || type == CMD_WRITE ? length : 0;
+        }
+
         /**
          * What it moves, as the scheduler's weights count it beyond the request itself: a read's
          * or a write's length, zeroes that keep their space written in full, a punch up to 1 MiB.
@@ -496,6 +501,7 @@ final class Connection implements Runnable {
     }
 
     private void request(Request r) throws IOException, Broken, InterruptedException {
+        scheduler.cpu().doing(r.payload()); // its payload is copied here, or its work done here
         if (r.type() == CMD_WRITE && r.length() > Buffers.MAX) {
             largeWrite(r);
             return;
@@ -865,6 +871,15 @@ final class Connection implements Runnable {
 
     /** What to send, in one write; {@code after} runs once it is sent (or dropped). */
     private record Reply(ByteBuffer[] data, Runnable after) {
+        /** What it has left to send. */
+        long bytes() {
+            long n = 0;
+            for (ByteBuffer b : data) {
+                n += b.remaining();
+            }
+            return n;
+        }
+
         boolean sent() {
             for (ByteBuffer b : data) {
                 if (b.hasRemaining()) {
@@ -929,6 +944,7 @@ final class Connection implements Runnable {
             }
             try {
                 sendingSince = System.nanoTime();
+                scheduler.cpu().doing(r.bytes());
                 while (!dead && !(r.sent() && flushed())) {
                     if (writeSome(r.data()) == 0 && !(r.sent() && flushed())) {
                         awaitWritable();

@@ -107,11 +107,19 @@ public final class Scheduler implements AutoCloseable {
     private double virtualTime;
     private boolean closed;
 
-    /** Starts {@code workers} worker threads. */
+    private final CpuPriority cpu;
+
+    /** Starts {@code workers} worker threads, at the priority they were started with. */
     public Scheduler(int workers) {
+        this(workers, CpuPriority.NONE);
+    }
+
+    /** Starts {@code workers} worker threads; each takes a request's CPU class from {@code cpu} before doing it. */
+    public Scheduler(int workers, CpuPriority cpu) {
         if (workers < 1) {
             throw new IllegalArgumentException("a scheduler needs a worker");
         }
+        this.cpu = cpu;
         for (int i = 0; i < workers; i++) {
             Thread t = new Thread(this::work, "io-" + i);
             t.setDaemon(true);
@@ -195,6 +203,11 @@ public final class Scheduler implements AutoCloseable {
             }
         }
         return false;
+    }
+
+    /** How the threads doing requests take their CPU class. */
+    CpuPriority cpu() {
+        return cpu;
     }
 
     /** Background work done and, of it, how much first yielded to waiting guest requests. */
@@ -476,6 +489,7 @@ public final class Scheduler implements AutoCloseable {
                 lock.unlock();
             }
             try {
+                cpu.doing(t.kind() == Kind.TRIM ? 0 : t.bytes()); // a read's, a write's (FUA: FLUSH) payload
                 t.work().run();
             } catch (RuntimeException | Error e) { // a task answers its own failures; this is a bug
                 log.error("scheduler share={} request failed unexpectedly", from[0].name, e);

@@ -27,6 +27,8 @@ final class MemoryExport implements Export {
     final AtomicInteger closes = new AtomicInteger();
     /** The threads that did the writes, in order. */
     final Queue<String> writeThreads = new ConcurrentLinkedQueue<>();
+    /** Told of each read and write ("read" or "write", its length), on the thread doing it; null: nobody. */
+    volatile java.util.function.ObjLongConsumer<String> onIo;
     /** How long a read takes, as a disk's would (0: at once). */
     volatile long readMillis;
 
@@ -68,6 +70,10 @@ final class MemoryExport implements Export {
 
     @Override
     public void read(long offset, ByteBuffer dst) {
+        java.util.function.ObjLongConsumer<String> hook = onIo;
+        if (hook != null) {
+            hook.accept("read", dst.remaining());
+        }
         long ms = readMillis;
         if (ms > 0) {
             try {
@@ -84,6 +90,10 @@ final class MemoryExport implements Export {
     @Override
     public synchronized void write(long offset, ByteBuffer src) {
         writeThreads.add(Thread.currentThread().getName());
+        java.util.function.ObjLongConsumer<String> hook = onIo;
+        if (hook != null) {
+            hook.accept("write", src.remaining());
+        }
         int n = src.remaining();
         src.get(disk, (int) offset, n);
         data.set((int) (offset / BLOCK), (int) ((offset + n + BLOCK - 1) / BLOCK));

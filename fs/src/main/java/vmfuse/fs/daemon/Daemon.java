@@ -34,11 +34,13 @@ import vmfuse.fs.mount.Fusermount;
 import vmfuse.fs.mount.MountPoints;
 import vmfuse.fs.mount.VmFuseFs;
 import vmfuse.fs.nativeio.Native;
+import vmfuse.fs.nativeio.ThreadNice;
 import vmfuse.fs.space.HolePuncher;
 import vmfuse.fs.space.ReleaseLedger;
 import vmfuse.journal.Durability;
 import vmfuse.journal.JournalStore;
 import vmfuse.journal.StoreException;
+import vmfuse.nbd.CpuPriority;
 import vmfuse.nbd.NbdServer;
 import vmfuse.nbd.Scheduler;
 import vmfuse.nbd.TlsPsk;
@@ -161,7 +163,7 @@ public final class Daemon {
             throw new FsException(e.errno(), e.getMessage());
         }
         try (ImagesDir backing = ImagesDir.open(store.images()); journals;
-                Scheduler scheduler = new Scheduler(o.ioWorkers())) {
+                Scheduler scheduler = new Scheduler(o.ioWorkers(), cpuPriority(o.nbd()))) {
             HolePuncher puncher = new HolePuncher(ledger);
             ImageFiles images = new ImageFiles(backing, puncher, ledger);
             JournalFiles devices = new JournalFiles(journals, o.journalDurability(), ledger);
@@ -210,6 +212,24 @@ public final class Daemon {
     }
 
     /** Listens for NBD, or nothing without a door; EIO (EINVAL for bad keys) with the reason if it cannot. */
+    /**
+     * With the NBD door: bulk requests yield the CPU to small ones ({@link CpuPriority}), if this
+     * process may raise a thread's priority back after lowering it.
+     */
+    private static CpuPriority cpuPriority(NbdOptions door) {
+        if (door == null) {
+            return CpuPriority.NONE;
+        }
+        String why = ThreadNice.check(CpuPriority.BULK_NICE);
+        if (why != null) {
+            log.warn("nbd cpu priority off: {}; a client's bulk copies take the CPU as its small requests do", why);
+            return CpuPriority.NONE;
+        }
+        log.info("nbd cpu priority: reads and writes of {} KiB or more run at nice {}, smaller requests at 0",
+                CpuPriority.BULK_BYTES >> 10, CpuPriority.BULK_NICE);
+        return new CpuPriority(ThreadNice::set);
+    }
+
     private static NbdServer listenNbd(NbdOptions door, VolumeExports exports, Scheduler scheduler) throws FsException {
         if (door == null) {
             return null;

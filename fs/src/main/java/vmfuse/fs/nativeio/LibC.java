@@ -50,6 +50,10 @@ public interface LibC {
     @SaveError int utimensat(int dirfd, String path, Pointer times, int flags);
     @SaveError long lseek(int fd, long offset, int whence);
     @SaveError int mkdirat(int dirfd, String path, int mode);
+    /** The calling thread's id (glibc 2.30+), for {@link #setpriority} on one thread. */
+    int gettid();
+    /** PRIO_PROCESS with a thread id sets that thread's nice value alone (Linux keeps one per thread). */
+    @SaveError int setpriority(int which, int who, int prio);
     /** 1 if {@code fd} is a terminal (progress is shown only there). */
     int isatty(int fd);
     /** For systemd's notification socket (a unix datagram socket, which Java's channels cannot send to). */
