@@ -849,6 +849,10 @@ final class Connection implements Runnable {
 
     // ---- requests in flight, and their replies --------------------------------------------------
 
+    private synchronized int inFlight() {
+        return inFlight;
+    }
+
     /** Waits for room for one more request in flight (at most MAX_IN_FLIGHT); how many are, with it. */
     private synchronized int begin() throws InterruptedException {
         while (inFlight >= MAX_IN_FLIGHT) {
@@ -1099,8 +1103,17 @@ final class Connection implements Runnable {
         }
     }
 
-    /** Waits for the client to send more ({@code between}: its next request), polling first. */
+    /**
+     * Waits for the client to send more ({@code between}: its next request), polling first;
+     * but not between requests while some of this client's are still being done: its next
+     * request then comes when it has an answer, a disk's time away, and the CPUs are the workers'
+     * (cold 4 KiB reads at depth 16 on 2 CPUs: 8 µs more CPU per request when this polled).
+     */
     private void awaitReadable(boolean between) throws IOException {
+        if (between && inFlight() > 0) {
+            transport.awaitReadable();
+            return;
+        }
         window.await(transport::readableNow, transport::awaitReadable, between);
     }
 
