@@ -15,7 +15,9 @@ import org.slf4j.LoggerFactory;
  *
  * <p>Linux keeps a nice value per thread (setpriority(2) on a thread id). Each thread's class is
  * remembered here, so a change of class costs one system call and a thread that keeps to one class
- * (a streaming client's, a flushing client's) none. Going back to 0 needs CAP_SYS_NICE (or
+ * (a streaming client's, a flushing client's) none. A thread is taken to start at 0, as it does: a
+ * new thread has its maker's nice value, and the server's are made by threads that never take a
+ * class (the acceptor's) or before they take one (a connection's sender). Going back to 0 needs CAP_SYS_NICE (or
  * RLIMIT_NICE): the daemon checks that it can before it hands a {@link Nice} in; if a call fails
  * later anyway, every thread stays at its class of the moment and no more changes are made, with
  * a warning.

@@ -211,7 +211,6 @@ public final class Daemon {
         }
     }
 
-    /** Listens for NBD, or nothing without a door; EIO (EINVAL for bad keys) with the reason if it cannot. */
     /**
      * With the NBD door: bulk requests yield the CPU to small ones ({@link CpuPriority}), if this
      * process may raise a thread's priority back after lowering it.
@@ -230,6 +229,7 @@ public final class Daemon {
         return new CpuPriority(ThreadNice::set);
     }
 
+    /** Listens for NBD, or nothing without a door; EIO (EINVAL for bad keys) with the reason if it cannot. */
     private static NbdServer listenNbd(NbdOptions door, VolumeExports exports, Scheduler scheduler) throws FsException {
         if (door == null) {
             return null;
