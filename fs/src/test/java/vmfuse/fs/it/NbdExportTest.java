@@ -3,8 +3,11 @@ package vmfuse.fs.it;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
+import java.nio.file.DirectoryStream;
 import java.nio.file.Files;
 import java.nio.file.Path;
+import java.util.ArrayList;
+import java.util.List;
 
 import org.junit.jupiter.api.AfterAll;
 import org.junit.jupiter.api.BeforeAll;
@@ -81,6 +84,36 @@ class NbdExportTest {
         assertTrue(list.contains("\"export-name\": \"journals/j1\""), list);
         assertTrue(Proc.run("nbdinfo", uri("images/nope.raw")).exit() != 0, "no such export");
         assertTrue(Proc.run("nbdinfo", uri("images/../../etc/passwd")).exit() != 0, "no such export");
+    }
+
+    /**
+     * Bulk copies yield the CPU to small requests (CpuPriority, wired to setpriority): the daemon
+     * says so at start, and the workers that wrote a 64 MiB write's 4 MiB pieces are at nice 10
+     * for the kernel (nothing small came to them after it).
+     */
+    @Test
+    void theWorkersOfABulkWriteRunAtNice10() throws Exception {
+        m.awaitLog("nbd cpu priority: reads and writes of 128 KiB or more run at nice 10, smaller requests at 0");
+        Proc.ok("qemu-img", "create", "-q", "-f", "raw", m.image("bulk.raw").toString(), "64M");
+        Proc.ok("qemu-io", "-f", "raw", "-c", "write -P 0x3c 0 64M", uri("images/bulk.raw"));
+        long pid = m.daemonPid().orElseThrow();
+        List<String> workers = new ArrayList<>();
+        int niced = 0;
+        try (DirectoryStream<Path> tasks = Files.newDirectoryStream(Path.of("/proc/" + pid + "/task"))) {
+            for (Path t : tasks) {
+                String name = Files.readString(t.resolve("comm")).strip();
+                if (!name.startsWith("io-")) {
+                    continue;
+                }
+                String stat = Files.readString(t.resolve("stat"));
+                String nice = stat.substring(stat.lastIndexOf(')') + 2).split(" ")[19 - 3];
+                workers.add(name + "=" + nice);
+                niced += nice.equals("10") ? 1 : 0;
+            }
+        }
+        assertEquals(8, workers.size(), "the scheduler's workers: " + workers);
+        assertTrue(niced >= 1, "a worker that wrote 4 MiB pieces is at nice 10: " + workers);
+        Proc.ok("qemu-io", "-f", "raw", "-c", "read -P 0x3c 0 64M", m.image("bulk.raw").toString());
     }
 
     /** libnbd's nbdcopy (several connections, many requests in flight) and fio's nbd engine with verification. */
