@@ -481,11 +481,6 @@ final class Connection implements Runnable {
             };
         }
 
-        /** What it carries through this daemon, in or out: a read's or a write's length. */
-        long payload() {
-            return type == CMD_READ || type == CMD_WRITE ? length : 0;
-        }
-
         /**
          * What it moves, as the scheduler's weights count it beyond the request itself: a read's
          * or a write's length, zeroes that keep their space written in full, a punch up to 1 MiB.
@@ -501,7 +496,7 @@ final class Connection implements Runnable {
     }
 
     private void request(Request r) throws IOException, Broken, InterruptedException {
-        scheduler.cpu().doing(r.payload()); // its payload is copied here, or its work done here
+        scheduler.cpu().doing(r.kind().copied(r.bytes())); // its payload is copied here, or its work done here
         if (r.type() == CMD_WRITE && r.length() > Buffers.MAX) {
             largeWrite(r);
             return;

@@ -50,7 +50,7 @@ public final class CpuPriority {
     }
 
     /** Whether threads change their priority by class (false for {@link #NONE}, or after a refused change). */
-    public boolean enabled() {
+    boolean enabled() {
         return nice != null && !failed;
     }
 

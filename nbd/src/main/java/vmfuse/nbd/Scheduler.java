@@ -46,6 +46,15 @@ public final class Scheduler implements AutoCloseable {
         public String label() {
             return name().toLowerCase(java.util.Locale.ROOT);
         }
+
+        /**
+         * Of a request of this kind that moves {@code bytes} (as weights count them), what is
+         * copied through this daemon: all of a read's or a write's (FUA: a flush here), none of a
+         * trim's or a zeroing's (space punched or zeroed).
+         */
+        long copied(long bytes) {
+            return this == TRIM ? 0 : bytes;
+        }
     }
 
     /** A share's controls: weight 1..1000; reservation and limit in IOPS, 0 for none. */
@@ -489,7 +498,7 @@ public final class Scheduler implements AutoCloseable {
                 lock.unlock();
             }
             try {
-                cpu.doing(t.kind() == Kind.TRIM ? 0 : t.bytes()); // a read's, a write's (FUA: FLUSH) payload
+                cpu.doing(t.kind().copied(t.bytes()));
                 t.work().run();
             } catch (RuntimeException | Error e) { // a task answers its own failures; this is a bug
                 log.error("scheduler share={} request failed unexpectedly", from[0].name, e);
