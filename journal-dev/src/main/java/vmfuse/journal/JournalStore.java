@@ -606,6 +606,9 @@ public final class JournalStore implements AutoCloseable {
             } finally {
                 opLock.writeLock().unlock();
             }
+            long syncs = commits.syncs();
+            volume.forceEvery(syncs != syncsAtLastCheckpoint ? PACED_STEP : 0);
+            syncsAtLastCheckpoint = syncs;
             for (JournalDevice d : devices.all()) {
                 d.drain(this::commitIfLarge);
             }
@@ -648,6 +651,20 @@ public final class JournalStore implements AutoCloseable {
 
     /** Pages (4 KiB) a drain buffers before an intermediate commit. */
     static final int COMMIT_PAGES = 4096;
+
+    /**
+     * What a checkpoint writes between forces while flush-mode devices are in use (their log was
+     * forced since the last checkpoint): a guest's flush, an fdatasync of the redo log on the
+     * same disk, waits behind what the checkpoint wrote and did not force yet, and a commit
+     * writes up to COMMIT_PAGES pages twice (the commit file, then the store). Measured here,
+     * jbd2-like commits (368 KiB, flush, 4 KiB, flush) through the NBD door at depth 1, a
+     * checkpoint every 24 MiB of them: flush p99 4-8 ms unpaced, 1-2 ms in steps of 256 KiB (0.5
+     * ms with no checkpoint at all), commits per second the same. A store of close-mode devices
+     * only is checkpointed in one go per file.
+     */
+    static final int PACED_STEP = 256 << 10;
+    /** Syncs of the redo log when the last checkpoint began (more since: flush-mode devices are in use). Guarded by this. */
+    private long syncsAtLastCheckpoint;
 
     private void failed(StoreException e) {
         touched = true; // what it did not commit is still to commit, at the next timer or at close

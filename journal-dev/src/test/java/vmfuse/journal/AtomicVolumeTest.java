@@ -18,6 +18,8 @@ import java.util.concurrent.TimeUnit;
 
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.io.TempDir;
+import org.junit.jupiter.params.ParameterizedTest;
+import org.junit.jupiter.params.provider.ValueSource;
 import org.mapdb.Atomic;
 import org.mapdb.DB;
 import org.mapdb.DBMaker;
@@ -66,6 +68,38 @@ class AtomicVolumeTest {
         assertArrayEquals(model, contents(file, model.length));
         assertEquals(0, AtomicVolume.recover(RealDisk.of(null), file), "the commit file was invalidated once applied");
         assertArrayEquals(model, contents(file, model.length));
+    }
+
+    /**
+     * With a step, a sync never leaves more than a step of any file written and not forced (in
+     * one go, it leaves all it wrote: the whole commit file, then every changed page of the store),
+     * and what it commits is the same.
+     */
+    @Test
+    void aSyncInStepsNeverLeavesMoreThanAStepUnforcedAndCommitsTheSame() throws Exception {
+        int step = 64 << 10;
+        for (int paced : new int[] {0, step}) {
+            Path file = dir.resolve("v" + paced);
+            UnforcedBytes disk = new UnforcedBytes();
+            byte[] model = new byte[4 << 20];
+            try (AtomicVolume v = AtomicVolume.open(disk, file)) {
+                v.forceEvery(paced);
+                changePages(v, model, new Random(7), 600); // pages past the end: written straight into the file
+                v.sync();
+                disk.most.clear();
+                changePages(v, model, new Random(8), 300); // in the file's committed part: the commit file, then the file
+                v.sync();
+            }
+            long most = disk.most(name -> name.startsWith("v"));
+            if (paced == 0) {
+                assertTrue(most > 100 * AtomicVolume.PAGE, "in one go, a sync's writes wait for one force: " + most);
+            } else {
+                assertTrue(most <= step, "at most a step unforced, saw " + most);
+            }
+            assertArrayEquals(model, contents(file, model.length));
+            assertEquals(0, AtomicVolume.recover(RealDisk.of(null), file));
+            assertArrayEquals(model, contents(file, model.length));
+        }
     }
 
     @Test
@@ -302,8 +336,9 @@ class AtomicVolumeTest {
      * fails, and wherever in the next sync the power goes, the file opens as one commit's state,
      * never a mix: a complete commit file is never written over.
      */
-    @Test
-    void aFailedCommitIsNeverLeftHalfAppliedByTheNextOneWhateverFailsAndWhereverThePowerGoes() throws Exception {
+    @ParameterizedTest(name = "step {0}")
+    @ValueSource(ints = {0, 3 * AtomicVolume.PAGE})
+    void aFailedCommitIsNeverLeftHalfAppliedByTheNextOneWhateverFailsAndWhereverThePowerGoes(int step) throws Exception {
         int runs = 0;
         for (int failAt = 1; ; failAt++) {
             boolean secondFailed = false;
@@ -314,6 +349,7 @@ class AtomicVolumeTest {
                 Random r = new Random(failAt);
                 byte[][] states = new byte[3][64 * AtomicVolume.PAGE];
                 AtomicVolume v = AtomicVolume.open(disk, file);
+                v.forceEvery(step); // forces amid a sync's writes: more places for the fault and the cut
                 r.nextBytes(states[0]);
                 v.putData(0, states[0], 0, states[0].length);
                 v.sync();
@@ -328,7 +364,8 @@ class AtomicVolumeTest {
                 if (!secondFailed) {
                     v.close();
                     assertTrue(runs > 0, "the second sync made no disk call to fail");
-                    System.out.printf("AtomicVolume: %d runs of a failed sync and a cut in the next%n", runs);
+                    System.out.printf("AtomicVolume: %d runs of a failed sync and a cut in the next (step %d)%n", runs,
+                            step);
                     return;
                 }
                 states[2] = states[1].clone();

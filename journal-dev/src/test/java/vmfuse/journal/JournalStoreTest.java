@@ -137,6 +137,40 @@ class JournalStoreTest {
         }
     }
 
+    /**
+     * A checkpoint while flush-mode devices flush writes the store in forced steps, so a flush
+     * beside it waits behind a step of it at most; one of close-mode devices only writes in one go.
+     */
+    @Test
+    void aCheckpointBesideFlushesWritesInForcedSteps() throws Exception {
+        int n = 4 << 20;
+        for (Durability mode : Durability.values()) {
+            UnforcedBytes disk = new UnforcedBytes();
+            Path file = dir.resolve(mode.label()).resolve("j.db");
+            Files.createDirectories(file.getParent());
+            byte[] data = random(n, 5);
+            try (JournalStore s = JournalStore.open(disk, file, 64L * MiB)) {
+                JournalDevice d = s.create("d", n, mode);
+                s.checkpoint();
+                d.write(0, data, 0, n);
+                d.flush();
+                disk.most.clear();
+                s.checkpoint(); // 4 MiB of blocks: the commit file, then the store
+                long most = disk.most(name -> name.startsWith("j.db") && !name.contains(".redo")); // MapDB's files
+                if (mode == Durability.FLUSH) {
+                    assertTrue(most <= JournalStore.PACED_STEP, "at most a step unforced, saw " + most);
+                } else {
+                    assertTrue(most > n / 2, "close mode only: MiBs of the commit in one go, saw " + most);
+                }
+            }
+            try (JournalStore s = JournalStore.open(file)) {
+                byte[] back = new byte[n];
+                s.device("d").read(0, back, 0, n);
+                assertArrayEquals(data, back);
+            }
+        }
+    }
+
     @Test
     void truncateShrinksAndFreesAndDeleteFreesEverything() throws Exception {
         try (JournalStore s = JournalStore.open(dir.resolve("j.db"))) {
