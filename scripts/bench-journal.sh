@@ -27,7 +27,7 @@ done
 # a source tree to extract: Python's standard library (Debian's python3.11), ~4,300 files, 54 MB
 tar -C /usr/lib -cf "$W/tree.tar" python3.11
 cd "$repo"
-bin/vmfuse mount --store "$W/store" "$W/mnt"
+bin/vmfuse mount --store "$W/store" --nbd "unix:$W/nbd.sock" "$W/mnt"
 echo "vmfuse journal benchmark: $(nproc) cores, backing $(df -h --output=source,fstype "$W" | tail -1 | tr -s ' ')" >&2
 python3 "$repo/scripts/bench/journal_bench.py" "$W" "$W/mnt" "$W/store" "$W/tmpfs" "$W/native" \
     "$W/bindfs-tmpfs" "$W/bindfs-native"

@@ -2,7 +2,9 @@
 """Journal-device benchmark: one table comparing, in one run, 4 KiB writes each followed by
 fdatasync and sequential 1 MiB writes on a journal device in flush mode, one in close mode, a raw
 image on the same mount, a file on the native backing disk and a file on tmpfs; 8 journal devices
-flushing at once (group commit) against one; ext4 metadata work on a loop device with its
+flushing at once (group commit) against one; jbd2-like commits (a transaction's blocks, a flush, a
+commit block, a flush) through both doors, long enough for the store to checkpoint beside them,
+against the same on the native disk; ext4 metadata work on a loop device with its
 internal journal against its journal on a vmfuse journal device; and the store's overhead.
 
 The FUSE floor: every request to a FUSE filesystem is a round trip through the kernel to the
@@ -30,6 +32,8 @@ from mount_bench import sh, drop_caches  # noqa: E402
 MiB = 1 << 20
 RUNTIME = os.environ.get("BENCH_RUNTIME", "5")
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
+COMMITS = int(os.environ.get("BENCH_COMMITS", "400"))
+COMMIT_KIB = 368  # flush_lat.py's
 
 
 def fio_json(*args):
@@ -80,6 +84,27 @@ def main():
         if not path.startswith(mnt):
             os.unlink(path)  # tmpfs room for the next rows
 
+    # jbd2 commits on a flush-mode device, long enough for checkpoints to run beside them (one per
+    # 24 MiB of redo log): what a guest's flushes wait while the store writes behind them
+    commit_runs = {}
+    sh("bin/vmfuse", "journal", "create", "--size", "256M", "jcommit", mnt)
+    sh("truncate", "-s", "256M", os.path.join(native, "commit.img"))
+    commit_targets = [("native disk file", ["file", os.path.join(native, "commit.img")]),
+                      ("journal flush", ["file", os.path.join(j, "jcommit")]),
+                      ("journal flush, NBD", ["nbd", os.path.join(work, "nbd.sock"), "journals/jcommit"])]
+    for r in range(ROUNDS):
+        for name, args in commit_targets:
+            out = sh(sys.executable, os.path.join(os.path.dirname(__file__), "flush_lat.py"), "--commits", *args,
+                     str(COMMITS)).stdout
+            commit_runs.setdefault(name, []).append(json.loads(out))
+    commit_p999 = {}
+    for name, runs in commit_runs.items():
+        m = sorted(runs, key=lambda o: o["iops"])[len(runs) // 2]
+        rows.append(("jbd2 commits", name, m["iops"], "c/s", m["p99_ms"]))
+        commit_p999[name] = m["p999_ms"]
+    os.unlink(os.path.join(native, "commit.img"))
+    os.unlink(os.path.join(j, "jcommit"))
+
     # group commit: 8 devices flushing at once against one alone; beside them the same on the
     # native disk (how far its own fdatasyncs scale) and through FUSE without a journal device
     flush_targets = [("journal flush", lambda r: os.path.join(j, f"r{r}g")),
@@ -128,6 +153,9 @@ def main():
         ratio = f"{v / base:8.2f}x" if base else ""
         lat = f"{p99:8.3f} ms" if p99 is not None else ""
         print(f"{w:22s} {t:18s} {v:10.2f} {unit:5s} {lat:>11s} {ratio:>9s}")
+    print(f"\njbd2 commits ({COMMITS} x {COMMIT_KIB} KiB + flush + 4 KiB + flush, {COMMITS * (COMMIT_KIB + 4) // 1024} "
+          f"MiB: several checkpoints in vmfuse's runs), p99 of their flushes above, p99.9: "
+          + ", ".join(f"{name} {x:.3f} ms" for name, x in commit_p999.items()))
     print(f"\nflush rate of 8 files at once against 1 (median of {ROUNDS}): "
           + ", ".join(f"{name} {x:.2f}x" for name, x in scale.items()))
     overhead = 100.0 * (dbsize - stored) / max(stored, 1)
