@@ -24,7 +24,7 @@ import vmfuse.durable.Parking;
  * <p>A failed fdatasync fails the flushes whose records it was to cover, and the log refuses
  * every force after it ({@link RedoLog#force}). A flush that finds every record appended so far
  * on disk already returns at once, forcing nothing. (A record appended before a rotation is in
- * the segment the rotation forced; forcing the active segment covers the rest.)
+ * the segment it left, which a force forces too until the store's commit holds it: RedoLog#force.)
  */
 final class GroupCommit {
     private static final Logger log = LoggerFactory.getLogger(GroupCommit.class);

@@ -46,9 +46,9 @@ import vmfuse.durable.RealDisk;
  * log append, and a flush one shared fdatasync of a preallocated file.
  *
  * A checkpoint moves memory into MapDB, in the background of writers: under opLock exclusive
- * (microseconds) it rotates the redo log and freezes every device's changes; then, with writers
- * running again, it moves the frozen changes into the devices' RadixBlockStores and commits
- * MapDB with the log's new generation. A crash at any point replays the log segments the last
+ * (microseconds: no fdatasync, see RedoLog#rotate) it rotates the redo log and freezes every
+ * device's changes; then, with writers running again, it moves the frozen changes into the
+ * devices' RadixBlockStores and commits MapDB with the log's new generation. A crash at any point replays the log segments the last
  * commit does not hold (RedoLog explains the generations). Checkpoints run on the caller's
  * timer, at close(), on creating, deleting and renaming a device, when a log segment passes
  * SEGMENT_LIMIT, and when the blocks held in memory reach the memory bound; at the bound
@@ -620,7 +620,7 @@ public final class JournalStore implements AutoCloseable {
             generation.set(committing);
             db.commit();
             committedGeneration = committing;
-            redo.shrinkInactive(); // the commit holds what the other segment logged
+            redo.inactiveCommitted(); // the commit holds what the other segment logged
             budget.blockMemory().trim(KEEP_CHUNKS); // if no writer came meanwhile, memory is empty: give most of it back
             checkpointNanos.addAndGet(System.nanoTime() - start);
             checkpoints.incrementAndGet();

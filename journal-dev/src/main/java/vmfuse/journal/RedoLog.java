@@ -81,17 +81,24 @@ final class RedoLog implements AutoCloseable {
     private long generation;
     /**
      * Where the next record goes in the active segment. Written under this monitor; read without
-     * it by writers deciding on a checkpoint, which must not wait on a rotation's fdatasync.
+     * it by writers deciding on a checkpoint, which must not wait for the monitor.
      */
     private volatile long position;
     /** Records appended since the log was opened. Guarded by this. */
     private long appended;
-    /** Of them, those an fdatasync that returned had on disk (a force, or a rotation's). Guarded by this. */
+    /** Of them, those on disk: an fdatasync that returned had them, or the store's commit holds them. Guarded by this. */
     private long durable;
+    /** Records appended before the last rotation: the inactive segment's, or older. Guarded by this. */
+    private long rotatedAt;
+    /**
+     * The inactive segment holds records no fdatasync had on disk and no commit holds yet (a
+     * rotation does not force the segment it leaves): a force forces it too. Guarded by this.
+     */
+    private boolean inactiveUnforced;
     /**
      * Forces running outside the monitor. Two fdatasyncs of one file at once (a flush's and a
-     * rotation's) may split a writeback error between them: Linux reports it to one, the other
-     * returns 0. While one runs, what the other returned proves nothing. Guarded by this.
+     * preallocation's) may split a writeback error between them: Linux reports it to one, the
+     * other returns 0. While one runs, what the other returned proves nothing. Guarded by this.
      */
     private int forcing;
     /** Whether each segment was zero-filled to the preallocated size (at its first append). Guarded by this. */
@@ -184,8 +191,8 @@ final class RedoLog implements AutoCloseable {
         long gen = h.getLong();
         if (magic != HEADER_MAGIC) {
             if (magic != 0) {
-                log.warn("redo log {} has no valid header; no flushed record can be in it (headers are forced "
-                        + "before any record), so it is reused", segmentFile(base, i));
+                log.warn("redo log {} has no valid header; no flushed record can be in it (a header reaches the "
+                        + "disk with the first force of its segment), so it is reused", segmentFile(base, i));
             }
             return -1;
         }
@@ -255,7 +262,9 @@ final class RedoLog implements AutoCloseable {
      * Zero-fills the active segment up to the preallocated size, so that appends overwrite, at its
      * first append (a store whose devices never flush keeps each segment at its header page).
      * Once done the segment keeps that size: shrinking cuts back to it, never below. A full disk
-     * only costs speed: the log then grows as it is written.
+     * only costs speed: the log then grows as it is written. A failed fsync is the log's, not
+     * the preallocation's: it may be the writeback of the segment's header, written and not yet
+     * forced (see {@link #rotate}), which a later fdatasync would then report as done.
      */
     private void preallocateActive() {
         int i = (int) (generation % 2);
@@ -271,10 +280,14 @@ final class RedoLog implements AutoCloseable {
                 zeros.clear().limit((int) Math.min(zeros.capacity(), preallocate - size));
                 size += ch.write(zeros, size);
             }
-            ch.force(true);
         } catch (IOException e) {
             log.warn("redo log {}: cannot preallocate {} bytes ({}); it grows as it is written",
                     segmentFile(base, i), preallocate, e.getMessage());
+        }
+        try {
+            ch.force(true);
+        } catch (IOException e) {
+            markBroken(e);
         }
     }
 
@@ -377,23 +390,31 @@ final class RedoLog implements AutoCloseable {
     }
 
     /**
-     * fdatasync of the active segment: every record appended to it so far is on disk. Fails at
-     * once, and for good, if an fdatasync of this log failed before (see {@link #broken}).
-     * Returns how many records were appended when it began ({@link #appended()}): those are on disk.
+     * fdatasync of the active segment (and first of the inactive one, if a rotation left records
+     * there that no fdatasync had): every record appended so far is on disk. Fails at once, and
+     * for good, if an fdatasync of this log failed before (see {@link #broken}). Returns how many
+     * records were appended when it began ({@link #appended()}): those are on disk.
      */
     long force() throws StoreException {
         DiskFile ch;
+        DiskFile left;
         long upTo;
+        long gen;
         synchronized (this) {
             if (broken != null) {
                 throw broken;
             }
             ch = active();
+            left = inactiveUnforced ? segments[(int) ((generation + 1) % 2)] : null;
             upTo = appended;
+            gen = generation;
             forcing++;
         }
         IOException failed = null;
         try {
+            if (left != null) {
+                left.force(false);
+            }
             ch.force(false);
         } catch (IOException e) {
             failed = e;
@@ -404,9 +425,12 @@ final class RedoLog implements AutoCloseable {
                 throw markBroken(failed);
             }
             if (broken != null) {
-                // a rotation's fdatasync of the same file failed meanwhile: the error may have been
-                // its to report, and this one's 0 proves nothing
+                // another fdatasync of the same file failed meanwhile: the error may have been its
+                // to report, and this one's 0 proves nothing
                 throw broken;
+            }
+            if (left != null && generation == gen) { // no rotation since: that segment is the inactive one still
+                inactiveUnforced = false;
             }
             durable = Math.max(durable, upTo);
             return upTo;
@@ -443,21 +467,16 @@ final class RedoLog implements AutoCloseable {
 
     /**
      * Makes the segment of {@code next} (the file of {@code next - 2}, whose records the store's
-     * last commit holds) the active one. The old active segment is forced first, so a flush
-     * waiting on it is served.
+     * last commit holds) the active one. It forces nothing: a rotation runs with every writer of
+     * the store held off (a checkpoint's start), and its two fdatasyncs (the old segment, the new
+     * header) were milliseconds there while the disk was busy. The next force forces the old
+     * segment too, if it holds records no fdatasync had; the commit that follows the rotation
+     * holds them anyway. The new header reaches the disk with the first force of its segment,
+     * before any record of it is flushed.
      */
     synchronized void rotate(long next) throws StoreException {
         long previous = generation;
-        if (broken == null) {
-            try {
-                active().force(false);
-                durable = appended; // the old segment holds every record appended so far
-            } catch (IOException e) {
-                // the rotation goes on: the checkpoint that follows puts the records in the store,
-                // the only way they can still reach the disk; flushes fail from now on
-                markBroken(e);
-            }
-        }
+        boolean leftUnforced = durable < appended;
         try {
             writeHeader(next);
         } catch (IOException e) {
@@ -470,9 +489,12 @@ final class RedoLog implements AutoCloseable {
             }
             throw new StoreException(StoreException.EIO, "cannot rotate redo log " + base + ": " + e.getMessage(), e);
         }
+        // the segment reused was committed before this rotation: whatever it lacked on disk is moot
+        inactiveUnforced = leftUnforced;
+        rotatedAt = appended;
     }
 
-    /** Starts the active segment for generation {@code gen}: its header, alone in its first page, forced. */
+    /** Starts the active segment for generation {@code gen}: its header, alone in its first page (not forced). */
     private void writeHeader(long gen) throws IOException {
         generation = gen;
         ByteBuffer t = tail();
@@ -484,7 +506,6 @@ final class RedoLog implements AutoCloseable {
         while (t.hasRemaining()) {
             ch.write(t, t.position());
         }
-        ch.force(false);
         tailStart = 0;
         position = HEADER_SIZE;
     }
@@ -494,17 +515,20 @@ final class RedoLog implements AutoCloseable {
      * active one only if its records end within that size, since appends go on at their end.
      */
     synchronized void shrink() throws StoreException {
-        shrinkInactive();
+        inactiveCommitted();
         if (position <= preallocate) {
             shrink(active());
         }
     }
 
     /**
-     * Cuts the segment not in use back to the preallocated size, once the store's commit holds
-     * what it logged (a checkpoint's end): a burst of writes does not leave the log large.
+     * The store's commit holds what the segment not in use logged (a checkpoint's end): its
+     * records are durable whatever was forced, and it is cut back to the preallocated size, so a
+     * burst of writes does not leave the log large.
      */
-    synchronized void shrinkInactive() throws StoreException {
+    synchronized void inactiveCommitted() throws StoreException {
+        durable = Math.max(durable, rotatedAt);
+        inactiveUnforced = false;
         shrink(segments[(int) ((generation + 1) % 2)]);
     }
 

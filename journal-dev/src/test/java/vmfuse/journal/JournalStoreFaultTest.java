@@ -61,11 +61,16 @@ class JournalStoreFaultTest {
     }
 
     /**
-     * The next checkpoint fails in its commit: if it rotates the redo log (three calls: force the
-     * old segment, write and force the new header), at the commit's first call; if not, at its fourth.
+     * The next checkpoint fails in its commit, before its commit file is complete: if it rotates
+     * the redo log (one call: write the new header, not forced), at the commit's first call; if
+     * not, at its second.
      */
+    private static void failTheNextCommit(FaultyDisk disk, Fault kind) {
+        disk.failAt(disk.calls() + 2, kind);
+    }
+
     private static void failTheCommitOfTheNextCheckpoint(JournalStore s, FaultyDisk disk) {
-        disk.failAt(disk.calls() + 4, Fault.EIO);
+        failTheNextCommit(disk, Fault.EIO);
         assertThrows(StoreException.class, s::checkpoint);
     }
 
@@ -149,7 +154,7 @@ class JournalStoreFaultTest {
     void aCreateWhoseCommitFailsLeavesNoDevice() throws Exception {
         FaultyDisk disk = disk(4);
         JournalStore s = open(disk);
-        disk.failAt(disk.calls() + 4, Fault.ENOSPC);
+        failTheNextCommit(disk, Fault.ENOSPC);
         StoreException e = assertThrows(StoreException.class, () -> s.create("x", 1 << 20, Durability.FLUSH));
         assertEquals(StoreException.ENOSPC, e.errno());
         assertNull(s.device("x"), "not served: writes and flushes to it would be lost at the next crash");
@@ -172,7 +177,7 @@ class JournalStoreFaultTest {
         assertEquals(JournalDevice.Owner.ROOT, d.owner());
         JournalDevice.Owner qemu = new JournalDevice.Owner(64055, 64055, 0660);
         s.setOwner("d", o -> qemu);
-        disk.failAt(disk.calls() + 4, Fault.EIO);
+        failTheNextCommit(disk, Fault.EIO);
         assertThrows(StoreException.class, () -> s.setOwner("d", o -> new JournalDevice.Owner(1, 1, 0600)));
         assertEquals(qemu, d.owner(), "the failed chown is undone");
         disk = crash(s, disk);
@@ -190,7 +195,7 @@ class JournalStoreFaultTest {
         JournalDevice d = s.create("d", 0, Durability.FLUSH);
         d.write(0, block('d'), 0, BLOCK);
         d.flush();
-        disk.failAt(disk.calls() + 4, Fault.EIO);
+        failTheNextCommit(disk, Fault.EIO);
         assertThrows(StoreException.class, () -> s.delete("d"));
         JournalDevice still = s.device("d");
         assertNotNull(still, "a delete that failed deletes nothing");
@@ -214,7 +219,7 @@ class JournalStoreFaultTest {
         from.write(0, block('f'), 0, BLOCK);
         from.flush();
         to.write(0, block('t'), 0, BLOCK);
-        disk.failAt(disk.calls() + 4, Fault.EIO);
+        failTheNextCommit(disk, Fault.EIO);
         assertThrows(StoreException.class, () -> s.rename("from", "to"));
         assertEquals("from", s.device("from").name());
         assertArrayEquals(block('f'), read(s.device("from"), 0));
