@@ -368,7 +368,7 @@ public final class AtomicVolume extends Volume {
             }
         }
 
-        /** With a step: forces what was written before, if {@code n} bytes more would make more than a step unforced. */
+        /** With a step: forces what was written, if {@code n} bytes more would leave more than a step unforced. */
         private void beforeWriting(int n) throws IOException {
             if (step > 0 && unforced > 0 && unforced + n > step) {
                 ch.force(false);

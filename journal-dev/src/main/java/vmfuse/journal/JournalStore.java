@@ -48,16 +48,18 @@ import vmfuse.durable.RealDisk;
  * A checkpoint moves memory into MapDB, in the background of writers: under opLock exclusive
  * (microseconds: no fdatasync, see RedoLog#rotate) it rotates the redo log and freezes every
  * device's changes; then, with writers running again, it moves the frozen changes into the
- * devices' RadixBlockStores and commits MapDB with the log's new generation. A crash at any point replays the log segments the last
- * commit does not hold (RedoLog explains the generations). Checkpoints run on the caller's
- * timer, at close(), on creating, deleting and renaming a device, when a log segment passes
- * SEGMENT_LIMIT, and when the blocks held in memory reach the memory bound; at the bound
- * writers wait for the checkpoint to free memory (and get ENOSPC if the store's disk cannot take
- * it: a checkpoint first checks that the disk has room for what it writes).
+ * devices' RadixBlockStores and commits MapDB with the log's new generation. A crash at any
+ * point replays the log segments the last commit does not hold (RedoLog explains the
+ * generations). Checkpoints run on the caller's timer, at close(), on creating, deleting and
+ * renaming a device, when a log segment passes SEGMENT_LIMIT, and when the blocks held in
+ * memory reach the memory bound; at the bound writers wait for the checkpoint to free memory
+ * (and get ENOSPC if the store's disk cannot take it: a checkpoint first checks that the disk
+ * has room for what it writes).
  *
- * Locks: a device change holds opLock shared, then the device's monitor (so its log records are
- * in the order of its changes); a checkpoint holds this store's monitor, takes opLock exclusive
- * for the rotation only, then each device's monitor in turn as it drains it.
+ * Locks: a device change holds opLock shared, then the device's turn and its monitor (so its log
+ * records are in the order of its changes); a checkpoint holds this store's monitor, takes opLock
+ * exclusive for the rotation only, then each device's turn and monitor, a batch at a time, as it
+ * drains it (JournalDevice#turns: changes and batches, first come first served).
  *
  * Every wait a caller may make here (for opLock, this store's monitor, memory, a sync of the
  * log) is a {@link Parking}: a pool of request threads (FUSE's) lends another thread meanwhile,
@@ -663,7 +665,7 @@ public final class JournalStore implements AutoCloseable {
      * only is checkpointed in one go per file.
      */
     static final int PACED_STEP = 256 << 10;
-    /** Syncs of the redo log when the last checkpoint began (more since: flush-mode devices are in use). Guarded by this. */
+    /** Syncs of the redo log when the last checkpoint began (more since: flush-mode devices in use). Guarded by this. */
     private long syncsAtLastCheckpoint;
 
     private void failed(StoreException e) {

@@ -86,7 +86,7 @@ final class RedoLog implements AutoCloseable {
     private volatile long position;
     /** Records appended since the log was opened. Guarded by this. */
     private long appended;
-    /** Of them, those on disk: an fdatasync that returned had them, or the store's commit holds them. Guarded by this. */
+    /** Of them, those on disk: an fdatasync that returned had them, or the store's commit does. Guarded by this. */
     private long durable;
     /** Records appended before the last rotation: the inactive segment's, or older. Guarded by this. */
     private long rotatedAt;
