@@ -86,7 +86,7 @@ class AtomicVolumeTest {
                 v.forceEvery(paced);
                 changePages(v, model, new Random(7), 600); // pages past the end: written straight into the file
                 v.sync();
-                disk.most.clear();
+                disk.reset();
                 changePages(v, model, new Random(8), 300); // in the file's committed part: the commit file, then the file
                 v.sync();
             }

@@ -154,7 +154,7 @@ class JournalStoreTest {
                 s.checkpoint();
                 d.write(0, data, 0, n);
                 d.flush();
-                disk.most.clear();
+                disk.reset();
                 s.checkpoint(); // 4 MiB of blocks: the commit file, then the store
                 long most = disk.most(name -> name.startsWith("j.db") && !name.contains(".redo")); // MapDB's files
                 if (mode == Durability.FLUSH) {

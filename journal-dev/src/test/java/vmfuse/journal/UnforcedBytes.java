@@ -17,7 +17,12 @@ import vmfuse.durable.RealDisk;
  */
 final class UnforcedBytes implements Disk {
     private final Disk real = RealDisk.of(null);
-    final Map<Path, Long> most = new HashMap<>();
+    private final Map<Path, Long> most = new HashMap<>();
+
+    /** Forgets the most seen so far: {@link #most} counts from here. */
+    synchronized void reset() {
+        most.clear();
+    }
 
     /** The most bytes of any file whose name {@code which} takes written and not yet forced, at any time. */
     synchronized long most(Predicate<String> which) {
