@@ -88,13 +88,12 @@ final class RedoLog implements AutoCloseable {
     private long appended;
     /** Of them, those on disk: an fdatasync that returned had them, or the store's commit does. Guarded by this. */
     private long durable;
-    /** Records appended before the last rotation: the inactive segment's, or older. Guarded by this. */
-    private long rotatedAt;
     /**
-     * The inactive segment holds records no fdatasync had on disk and no commit holds yet (a
-     * rotation does not force the segment it leaves): a force forces it too. Guarded by this.
+     * Records appended before the last rotation: the inactive segment's, or older. While durable
+     * is below it, the inactive segment holds records no fdatasync had and no commit holds yet (a
+     * rotation does not force the segment it leaves), and a force forces it too. Guarded by this.
      */
-    private boolean inactiveUnforced;
+    private long rotatedAt;
     /**
      * Forces running outside the monitor. Two fdatasyncs of one file at once (a flush's and a
      * preallocation's) may split a writeback error between them: Linux reports it to one, the
@@ -399,15 +398,13 @@ final class RedoLog implements AutoCloseable {
         DiskFile ch;
         DiskFile left;
         long upTo;
-        long gen;
         synchronized (this) {
             if (broken != null) {
                 throw broken;
             }
             ch = active();
-            left = inactiveUnforced ? segments[(int) ((generation + 1) % 2)] : null;
+            left = durable < rotatedAt ? segments[(int) ((generation + 1) % 2)] : null;
             upTo = appended;
-            gen = generation;
             forcing++;
         }
         IOException failed = null;
@@ -429,9 +426,7 @@ final class RedoLog implements AutoCloseable {
                 // to report, and this one's 0 proves nothing
                 throw broken;
             }
-            if (left != null && generation == gen) { // no rotation since: that segment is the inactive one still
-                inactiveUnforced = false;
-            }
+            // at least rotatedAt, unless a rotation came since: then what it left is forced up to upTo only
             durable = Math.max(durable, upTo);
             return upTo;
         }
@@ -476,7 +471,6 @@ final class RedoLog implements AutoCloseable {
      */
     synchronized void rotate(long next) throws StoreException {
         long previous = generation;
-        boolean leftUnforced = durable < appended;
         try {
             writeHeader(next);
         } catch (IOException e) {
@@ -490,7 +484,6 @@ final class RedoLog implements AutoCloseable {
             throw new StoreException(StoreException.EIO, "cannot rotate redo log " + base + ": " + e.getMessage(), e);
         }
         // the segment reused was committed before this rotation: whatever it lacked on disk is moot
-        inactiveUnforced = leftUnforced;
         rotatedAt = appended;
     }
 
@@ -528,7 +521,6 @@ final class RedoLog implements AutoCloseable {
      */
     synchronized void inactiveCommitted() throws StoreException {
         durable = Math.max(durable, rotatedAt);
-        inactiveUnforced = false;
         shrink(segments[(int) ((generation + 1) % 2)]);
     }
 
