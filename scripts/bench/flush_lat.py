@@ -80,64 +80,46 @@ def commits(write, flush, size, count):
     return lat
 
 
+def door(args):
+    """(write(offset, bytes), flush(), size, close(), count) of a file or an NBD export, from the arguments."""
+    if args[0] == "file":
+        fd = os.open(args[1], os.O_RDWR)
+        return (lambda at, data: os.pwrite(fd, data, at), lambda: os.fdatasync(fd), os.fstat(fd).st_size,
+                lambda: os.close(fd), int(args[2]))
+    s, size = nbd_open(args[1], args[2])
+    cookie = iter(range(1 << 62))
+
+    def close():
+        s.sendall(struct.pack(">IHHQQI", 0x25609513, 0, 2, 0, 0, 0))
+        s.close()
+    return (lambda at, data: nbd_request(s, 1, next(cookie), at, len(data), data),
+            lambda: nbd_request(s, 3, next(cookie), 0, 0), size, close, int(args[3]))
+
+
 def main():
     args = sys.argv[1:]
     jbd2 = args[0] == "--commits"
+    write, flush, size, close, count = door(args[1:] if jbd2 else args)
+    start = time.perf_counter()
     if jbd2:
-        args = args[1:]
-    kind = args[0]
-    if jbd2:
-        start = time.perf_counter()
-        if kind == "file":
-            count = int(args[2])
-            fd = os.open(args[1], os.O_RDWR)
-            lat = commits(lambda at, data: os.pwrite(fd, data, at), lambda: os.fdatasync(fd),
-                          os.fstat(fd).st_size, count)
-            os.close(fd)
-        else:
-            count = int(args[3])
-            s, size = nbd_open(args[1], args[2])
-            cookie = iter(range(1 << 62))
-            lat = commits(lambda at, data: nbd_request(s, 1, next(cookie), at, len(data), data),
-                          lambda: nbd_request(s, 3, next(cookie), 0, 0), size, count)
-            s.sendall(struct.pack(">IHHQQI", 0x25609513, 0, 2, 0, 0, 0))
-            s.close()
-        elapsed = time.perf_counter() - start
-        lat.sort()
-        print(json.dumps({"iops": count / elapsed, "p50_ms": lat[len(lat) // 2] * 1000,
-                          "p99_ms": lat[int(len(lat) * 0.99)] * 1000, "p999_ms": lat[int(len(lat) * 0.999)] * 1000}))
-        return
-    sys.argv[1:] = args
-    kind = sys.argv[1]
-    rnd = random.Random(42)
-    payload = os.urandom(BLOCK)
-    lat = []
-    if kind == "file":
-        count = int(sys.argv[3])
-        fd = os.open(sys.argv[2], os.O_RDWR)
-        blocks = os.fstat(fd).st_size // BLOCK
+        lat = commits(write, flush, size, count)
+    else:
+        rnd = random.Random(42)
+        payload = os.urandom(BLOCK)
+        lat = []
         for _ in range(count):
             t = time.perf_counter()
-            os.pwrite(fd, payload, rnd.randrange(blocks) * BLOCK)
-            os.fdatasync(fd)
+            write(rnd.randrange(size // BLOCK) * BLOCK, payload)
+            flush()
             lat.append(time.perf_counter() - t)
-        os.close(fd)
-    else:
-        count = int(sys.argv[4])
-        s, size = nbd_open(sys.argv[2], sys.argv[3])
-        blocks = size // BLOCK
-        for i in range(count):
-            t = time.perf_counter()
-            nbd_request(s, 1, 2 * i, rnd.randrange(blocks) * BLOCK, BLOCK, payload)
-            nbd_request(s, 3, 2 * i + 1, 0, 0)
-            lat.append(time.perf_counter() - t)
-        s.sendall(struct.pack(">IHHQQI", 0x25609513, 0, 2, 0, 0, 0))
-        s.close()
-    total = sum(lat)
+    elapsed = time.perf_counter() - start
+    close()
     lat.sort()
-    print(json.dumps({"iops": count / total, "p50_ms": lat[len(lat) // 2] * 1000,
-                      "p99_ms": lat[int(len(lat) * 0.99)] * 1000}))
-
+    out = {"iops": count / (elapsed if jbd2 else sum(lat)), "p50_ms": lat[len(lat) // 2] * 1000,
+           "p99_ms": lat[int(len(lat) * 0.99)] * 1000}
+    if jbd2:
+        out["p999_ms"] = lat[int(len(lat) * 0.999)] * 1000
+    print(json.dumps(out))
 
 if __name__ == "__main__":
     main()
