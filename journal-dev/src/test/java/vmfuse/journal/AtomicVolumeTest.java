@@ -71,6 +71,32 @@ class AtomicVolumeTest {
     }
 
     /**
+     * Small reads (MapDB's metadata, a few bytes at a time) go through a cache of committed pages:
+     * between syncs, after each, and over three times the pages the cache keeps, they read what
+     * was written last.
+     */
+    @Test
+    void smallReadsSeeTheLastWriteAcrossSyncsWhateverTheCacheKeeps() throws Exception {
+        Random r = new Random(7);
+        byte[] model = new byte[3 * AtomicVolume.CLEAN_PAGES * AtomicVolume.PAGE];
+        ByteBuffer m = ByteBuffer.wrap(model);
+        try (AtomicVolume v = AtomicVolume.open(RealDisk.of(null), dir.resolve("v"))) {
+            for (int i = 0; i < 40_000; i++) {
+                int off = r.nextInt(model.length - 8);
+                switch (r.nextInt(16)) {
+                    case 0 -> v.sync();
+                    case 1, 2, 3 -> {
+                        long x = r.nextLong();
+                        v.putLong(off, x);
+                        m.putLong(off, x);
+                    }
+                    default -> assertEquals(m.getLong(off), v.getLong(off), "at " + off + ", op " + i);
+                }
+            }
+        }
+    }
+
+    /**
      * With a step, a sync never leaves more than a step of any file written and not forced (in
      * one go, it leaves all it wrote: the whole commit file, then every changed page of the store),
      * and what it commits is the same.
