@@ -150,7 +150,7 @@ public final class JournalStore implements AutoCloseable {
     public static final long DEFAULT_MEMORY = 128L << 20;
     /** The bound on the blocks held in memory, and the requests for checkpoints that free them. */
     private final MemoryBudget budget;
-    /** MiB of block memory a checkpoint that empties it keeps for the next writes. */
+    /** MiB of block memory a checkpoint that empties it keeps for the next writes, however idle the store. */
     static final int KEEP_CHUNKS = 8;
     private final Checkpointer checkpointer;
     private volatile boolean closed;
@@ -593,6 +593,7 @@ public final class JournalStore implements AutoCloseable {
             opLock.writeLock().lock();
             try {
                 if (!touched && committedGeneration == redo.generation()) {
+                    budget.blockMemory().trim(KEEP_CHUNKS); // an idle store gives back what its last interval did not use
                     return; // nothing changed since the last commit: no rotation, no commit, no disk write
                 }
                 // Rotate only if the inactive segment is obsolete: the file on disk holds the active
@@ -623,7 +624,7 @@ public final class JournalStore implements AutoCloseable {
             db.commit();
             committedGeneration = committing;
             redo.inactiveCommitted(); // the commit holds what the other segment logged
-            budget.blockMemory().trim(KEEP_CHUNKS); // if no writer came meanwhile, memory is empty: give most of it back
+            budget.blockMemory().trim(KEEP_CHUNKS); // if no writer came meanwhile, memory is empty: give back what this interval did not use
             checkpointNanos.addAndGet(System.nanoTime() - start);
             checkpoints.incrementAndGet();
             budget.checkpointSucceeded();
