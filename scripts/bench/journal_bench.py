@@ -12,9 +12,10 @@ daemon and back, whatever the daemon does. So the same rows also run on bindfs (
 on the same libfuse 2, multithreaded) over the tmpfs and over the native disk: bindfs on tmpfs
 is the fastest any libfuse 2 filesystem can answer on this machine (no disk at all), and its
 1-to-8 scaling is how far FUSE itself scales here. The table ends with issue 17's targets on a
-fast disk, each beside its baseline in the same run. The flush scaling rows (1 against 8 files)
-and the ext4 rows are the noisiest, so they run BENCH_ROUNDS times (default 3), interleaved, and
-show the median.
+fast disk, each beside its baseline in the same run. The machine is noisy (one run's bindfs on
+tmpfs wrote 1 MiB blocks at 182 MiB/s, another's at about 1000), so every row runs BENCH_ROUNDS
+times (default 3), the targets interleaved in each round, and shows the run with the median
+rate.
 
 Usage: journal_bench.py WORKDIR MOUNTPOINT STORE TMPFS NATIVE BINDFS_TMPFS BINDFS_NATIVE
        (run by scripts/bench-journal.sh as root; NATIVE is a directory on the native disk, the
@@ -73,16 +74,22 @@ def main():
                ("native disk file", os.path.join(native, "native.img")), ("tmpfs file", os.path.join(tmpfs, "t.img")),
                ("bindfs on disk", os.path.join(bnative, "b.img")), ("bindfs on tmpfs", os.path.join(btmpfs, "b.img"))]
     rows = []
-    for name, path in targets:
-        drop_caches()
-        iops, p99 = sync_writes(path)
+    sync_runs, seq_runs = {}, {}
+    for r in range(ROUNDS):
+        for name, path in targets:
+            drop_caches()
+            sync_runs.setdefault(name, []).append(sync_writes(path))
+        for name, path in targets:
+            drop_caches()
+            seq_runs.setdefault(name, []).append(seq_write(path))
+            if not path.startswith(mnt):
+                os.unlink(path)  # tmpfs room for the next rows
+    for name, _ in targets:
+        iops, p99 = median(sync_runs[name])
         rows.append(("4K write+fdatasync", name, iops, "IOPS", p99))
-    for name, path in targets:
-        drop_caches()
-        mib, p99 = seq_write(path)
+    for name, _ in targets:
+        mib, p99 = median(seq_runs[name])
         rows.append(("seq write 1M", name, mib, "MiB/s", p99))
-        if not path.startswith(mnt):
-            os.unlink(path)  # tmpfs room for the next rows
 
     # jbd2 commits on a flush-mode device, long enough for checkpoints to run beside them (one per
     # 24 MiB of redo log): what a guest's flushes wait while the store writes behind them
