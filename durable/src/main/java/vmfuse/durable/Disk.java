@@ -27,6 +27,22 @@ public interface Disk {
     /** Opens {@code file} for reading and writing; creates it (empty) if {@code create} and it is absent. */
     DiskFile open(Path file, boolean create) throws IOException;
 
+    /**
+     * A second handle on an existing {@code file}, for writes of whole 4 KiB pages at offsets
+     * that are multiples of 4 KiB from buffers aligned to 4 KiB (see {@link #alignedBuffer}),
+     * which bypass the page cache where the file's filesystem allows it (O_DIRECT). A write
+     * through it is like any other: durable once a force of the file (through any handle)
+     * returns. By default, and where O_DIRECT is refused, it is {@link #open}.
+     */
+    default DiskFile openForPageWrites(Path file) throws IOException {
+        return open(file, false);
+    }
+
+    /** A direct buffer of {@code bytes} (a multiple of 4 KiB) whose address is a multiple of 4 KiB. */
+    static java.nio.ByteBuffer alignedBuffer(int bytes) {
+        return java.nio.ByteBuffer.allocateDirect(bytes + 4096).alignedSlice(4096).limit(bytes).slice();
+    }
+
     boolean exists(Path file);
 
     /** The whole file (it is small: a length or registry record, a commit file). */

@@ -29,6 +29,17 @@ public final class RealDisk implements Disk {
         return new File(file, ch);
     }
 
+    /** O_DIRECT: the pages go from the caller's buffer to the disk, not through the page cache. */
+    @Override
+    public DiskFile openForPageWrites(Path file) throws IOException {
+        try {
+            return new File(file, FileChannel.open(file, StandardOpenOption.WRITE,
+                    com.sun.nio.file.ExtendedOpenOption.DIRECT));
+        } catch (IOException | UnsupportedOperationException e) {
+            return open(file, false);
+        }
+    }
+
     @Override
     public boolean exists(Path file) {
         return Files.exists(file);

@@ -87,6 +87,8 @@ public final class AtomicVolume extends Volume {
     private final Path file;
     private final Path commitFile;
     private final DiskFile main;
+    /** FILE again, for the whole pages writeFreshPages writes (Disk#openForPageWrites); opened by the first. */
+    private DiskFile pageHandle;
     /** Pages changed since the last sync, by page number: pages of `arena`, or ZERO_PAGE. */
     private final TreeMap<Long, ByteBuffer> dirty = new TreeMap<>();
     private final Arena arena = new Arena();
@@ -346,7 +348,7 @@ public final class AtomicVolume extends Volume {
         }
 
         static ByteBuffer buffer() {
-            return ByteBuffer.allocateDirect(SIZE);
+            return Disk.alignedBuffer(SIZE); // aligned: it is written to FILE's page handle (O_DIRECT)
         }
 
         DiskFile file() {
@@ -696,7 +698,20 @@ public final class AtomicVolume extends Volume {
         if (fresh.isEmpty()) {
             return;
         }
-        Batch out = batch(main);
+        // Through the page handle (O_DIRECT on a real disk): new pages are written once and few
+        // are read back soon, so they skip the page cache. Copied into it, each was memory the
+        // kernel had to find first, and on this CI's VM, whose host backs memory on first touch
+        // (2.8 ms per MiB touched; a file written into pages used before: 0.36 ms per MiB), that
+        // copy, not the disk, set a checkpoint's pace: in process, a close-mode device taking
+        // 512 MiB of sequential writes at 128 MiB of journal memory went from about 190 to about
+        // 360 MiB/s (medians of 8 rounds each, interleaved).
+        if (pageHandle == null) {
+            pageHandle = disk.openForPageWrites(file);
+        }
+        if (staging == null) {
+            staging = Batch.buffer();
+        }
+        Batch out = new Batch(pageHandle, staging, forceStep);
         for (Map.Entry<Long, ByteBuffer> e : fresh.entrySet()) {
             long pos = e.getKey() * PAGE;
             if (e.getValue() != ZERO_PAGE || pos < readable) { // zeros past FILE's end are there already
@@ -793,7 +808,13 @@ public final class AtomicVolume extends Volume {
     public synchronized void close() {
         if (closed.compareAndSet(false, true)) {
             try {
-                main.close(); // unsynced changes are dropped, as a crash would drop them
+                try {
+                    if (pageHandle != null) {
+                        pageHandle.close();
+                    }
+                } finally {
+                    main.close(); // unsynced changes are dropped, as a crash would drop them
+                }
             } catch (IOException e) {
                 throw new UncheckedIOException(e);
             }

@@ -12,12 +12,14 @@ import vmfuse.durable.DiskFile;
 import vmfuse.durable.RealDisk;
 
 /**
- * A disk that counts, per file, the bytes written since its last force, and keeps the most any
- * file had: what a flush of the same disk would have waited behind.
+ * A disk that counts, per file (whichever handle wrote them), the bytes written since its last
+ * force, and keeps the most any file had: what a flush of the same disk would have waited behind.
  */
 final class UnforcedBytes implements Disk {
     private final Disk real = RealDisk.of(null);
     private final Map<Path, Long> most = new HashMap<>();
+    /** Per file, through all its handles: a force of any handle forces the file (fdatasync of its inode). */
+    private final Map<Path, Long> unforced = new HashMap<>();
 
     /** Forgets the most seen so far: {@link #most} counts from here. */
     synchronized void reset() {
@@ -32,8 +34,15 @@ final class UnforcedBytes implements Disk {
 
     @Override
     public DiskFile open(Path file, boolean create) throws IOException {
-        DiskFile f = real.open(file, create);
-        long[] unforced = new long[1];
+        return counted(file, real.open(file, create));
+    }
+
+    @Override
+    public DiskFile openForPageWrites(Path file) throws IOException {
+        return counted(file, real.openForPageWrites(file));
+    }
+
+    private DiskFile counted(Path file, DiskFile f) {
         return new DiskFile() {
             public int read(ByteBuffer dst, long pos) throws IOException {
                 return f.read(dst, pos);
@@ -42,8 +51,7 @@ final class UnforcedBytes implements Disk {
             public int write(ByteBuffer src, long pos) throws IOException {
                 int n = f.write(src, pos);
                 synchronized (UnforcedBytes.this) {
-                    unforced[0] += n;
-                    most.merge(file, unforced[0], Math::max);
+                    most.merge(file, unforced.merge(file, (long) n, Long::sum), Math::max);
                 }
                 return n;
             }
@@ -51,7 +59,7 @@ final class UnforcedBytes implements Disk {
             public void force(boolean metadata) throws IOException {
                 f.force(metadata);
                 synchronized (UnforcedBytes.this) {
-                    unforced[0] = 0;
+                    unforced.remove(file);
                 }
             }
 
