@@ -711,17 +711,33 @@ public final class AtomicVolume extends Volume {
         if (staging == null) {
             staging = Batch.buffer();
         }
-        Batch out = new Batch(pageHandle, staging, forceStep);
-        for (Map.Entry<Long, ByteBuffer> e : fresh.entrySet()) {
+        try {
+            writePages(new Batch(pageHandle, staging, forceStep), fresh);
+        } catch (IOException e) {
+            if (pageHandle == main || !"Invalid argument".equals(e.getMessage())) {
+                throw e;
+            }
+            // a filesystem that took O_DIRECT at open but not its writes (EINVAL: a block size
+            // above 4 KiB): these pages, and every later sync's, go through the page cache
+            DiskFile refused = pageHandle;
+            pageHandle = main;
+            refused.close();
+            writePages(new Batch(main, staging, forceStep), fresh);
+        }
+        main.force(false);
+        readable = Math.max(readable, main.size());
+        fresh.clear();
+    }
+
+    /** Writes {@code pages} through {@code out}, but zeros past what FILE holds (it reads zeros there already). */
+    private void writePages(Batch out, Map<Long, ByteBuffer> pages) throws IOException {
+        for (Map.Entry<Long, ByteBuffer> e : pages.entrySet()) {
             long pos = e.getKey() * PAGE;
-            if (e.getValue() != ZERO_PAGE || pos < readable) { // zeros past FILE's end are there already
+            if (e.getValue() != ZERO_PAGE || pos < readable) {
                 out.write(pos, e.getValue().duplicate());
             }
         }
         out.flush();
-        main.force(false);
-        readable = Math.max(readable, main.size());
-        fresh.clear();
     }
 
     /**
@@ -809,7 +825,7 @@ public final class AtomicVolume extends Volume {
         if (closed.compareAndSet(false, true)) {
             try {
                 try {
-                    if (pageHandle != null) {
+                    if (pageHandle != null && pageHandle != main) {
                         pageHandle.close();
                     }
                 } finally {

@@ -27,6 +27,7 @@ import org.mapdb.Serializer;
 import org.mapdb.Store;
 
 import vmfuse.durable.Disk;
+import vmfuse.durable.DiskFile;
 import vmfuse.durable.FaultyDisk;
 import vmfuse.durable.RealDisk;
 
@@ -94,6 +95,94 @@ class AtomicVolumeTest {
                 }
             }
         }
+    }
+
+    /**
+     * A filesystem that takes O_DIRECT at open and refuses its writes (EINVAL): the sync writes its
+     * new pages through FILE's own handle instead, and so do the syncs after it.
+     */
+    @Test
+    void newPagesGoThroughTheFileWhenThePageHandleRefusesItsWrites() throws Exception {
+        Disk real = RealDisk.of(null);
+        int[] refused = new int[1];
+        Disk disk = new Disk() {
+            public DiskFile open(Path file, boolean create) throws java.io.IOException {
+                return real.open(file, create);
+            }
+
+            public DiskFile openForPageWrites(Path file) throws java.io.IOException {
+                DiskFile f = real.open(file, false);
+                return new DiskFile() {
+                    public int read(ByteBuffer dst, long pos) throws java.io.IOException {
+                        return f.read(dst, pos);
+                    }
+
+                    public int write(ByteBuffer src, long pos) throws java.io.IOException {
+                        refused[0]++;
+                        throw new java.io.IOException("Invalid argument");
+                    }
+
+                    public void force(boolean metadata) throws java.io.IOException {
+                        f.force(metadata);
+                    }
+
+                    public void truncate(long size) throws java.io.IOException {
+                        f.truncate(size);
+                    }
+
+                    public long size() throws java.io.IOException {
+                        return f.size();
+                    }
+
+                    public boolean punch(long offset, long length) throws java.io.IOException {
+                        return f.punch(offset, length);
+                    }
+
+                    public void close() throws java.io.IOException {
+                        f.close();
+                    }
+                };
+            }
+
+            public boolean exists(Path file) {
+                return real.exists(file);
+            }
+
+            public byte[] readAll(Path file) throws java.io.IOException {
+                return real.readAll(file);
+            }
+
+            public void rename(Path from, Path to) throws java.io.IOException {
+                real.rename(from, to);
+            }
+
+            public void delete(Path file) throws java.io.IOException {
+                real.delete(file);
+            }
+
+            public void syncDirectory(Path dir) throws java.io.IOException {
+                real.syncDirectory(dir);
+            }
+
+            public long usableSpace(Path file) throws java.io.IOException {
+                return real.usableSpace(file);
+            }
+        };
+        Path file = dir.resolve("v");
+        byte[] model = new byte[200_000];
+        Random r = new Random(9);
+        byte[] tail = new byte[50_000];
+        r.nextBytes(tail);
+        try (AtomicVolume v = AtomicVolume.open(disk, file)) {
+            scribble(v, model, r, 50);
+            v.sync();
+            scribble(v, model, r, 50);
+            v.putData(model.length, tail, 0, tail.length); // past the end: new pages for the second sync too
+            v.sync();
+        }
+        assertEquals(1, refused[0], "one refused write, then FILE's own handle");
+        assertArrayEquals(model, contents(file, model.length));
+        assertArrayEquals(tail, Arrays.copyOfRange(Files.readAllBytes(file), model.length, model.length + tail.length));
     }
 
     /**
