@@ -350,6 +350,153 @@ class AtomicVolumeTest {
         assertArrayEquals(committed, contents(file, committed.length));
     }
 
+    /** Fresh pages, 4 KiB at a time (every fifth one straddling two pages), to the volume and the model, from {@code from}. */
+    private static void freshPages(AtomicVolume v, byte[] model, Random r, int from, int bytes) {
+        for (int off = from; off < from + bytes; ) {
+            int n = Math.min(AtomicVolume.PAGE, from + bytes - off);
+            if (r.nextInt(5) == 0) {
+                n = Math.min(n, 1000);
+            }
+            byte[] b = new byte[n];
+            r.nextBytes(b);
+            v.putData(off, b, 0, n);
+            System.arraycopy(b, 0, model, off, n);
+            off += n;
+        }
+    }
+
+    /**
+     * New pages past the committed end go to the file from the writer thread while writes go on
+     * (the sync then only forces them); a later change to a page already handed over wins, reads
+     * see every change before the sync, and a shrink and regrowth reads zeros, before and after
+     * the sync and a reopen.
+     */
+    @Test
+    void newPagesGoToTheFileBeforeTheSyncAndLaterChangesWin() throws Exception {
+        Path file = dir.resolve("v");
+        Random r = new Random(11);
+        byte[] model = new byte[4 << 20];
+        int base = 64 * AtomicVolume.PAGE;
+        try (AtomicVolume v = AtomicVolume.open(RealDisk.of(null), file)) {
+            freshPages(v, model, r, 0, base);
+            v.sync();
+            long committed = Files.size(file);
+            freshPages(v, model, r, base, 3 << 20);
+            v.awaitWriter();
+            assertTrue(Files.size(file) > committed + (1 << 20),
+                    "the writer put new pages in the file before the sync: " + Files.size(file));
+            // changes to pages the writer has: whole, partial, straddling, zeros
+            for (int i = 0; i < 200; i++) {
+                int off = base + r.nextInt(2 << 20);
+                byte[] b = new byte[1 + r.nextInt(2 * AtomicVolume.PAGE)];
+                if (i % 7 != 0) {
+                    r.nextBytes(b);
+                }
+                v.putData(off, b, 0, b.length);
+                System.arraycopy(b, 0, model, off, b.length);
+            }
+            byte[] back = new byte[base + (3 << 20)];
+            v.getData(0, back, 0, back.length);
+            assertArrayEquals(Arrays.copyOf(model, back.length), back, "reads see every change before the sync");
+            int cut = base + (1 << 20) + 100;
+            v.truncate(cut);
+            Arrays.fill(model, cut, model.length, (byte) 0);
+            v.ensureAvailable(base + (3 << 20));
+            v.getData(0, back, 0, back.length);
+            assertArrayEquals(Arrays.copyOf(model, back.length), back, "a shrink and regrowth reads zeros past the cut");
+            freshPages(v, model, r, base + (2 << 20), 1 << 20);
+            v.sync();
+            v.getData(0, back, 0, back.length);
+            assertArrayEquals(Arrays.copyOf(model, back.length), back, "after the sync");
+        }
+        try (AtomicVolume v = AtomicVolume.open(RealDisk.of(null), file)) {
+            byte[] back = new byte[base + (3 << 20)];
+            v.getData(0, back, 0, back.length);
+            assertArrayEquals(Arrays.copyOf(model, back.length), back, "after a reopen");
+        }
+    }
+
+    /**
+     * A writer whose writes fail leaves its pages to the sync, which commits them all once the
+     * disk works: when every write of the writer fails, and when only its first does (later
+     * hand-offs then wait for the sync, which writes the pages of the one that failed).
+     */
+    @ParameterizedTest(name = "every write fails: {0}")
+    @ValueSource(booleans = {true, false})
+    void pagesTheWriterFailedToWriteAreWrittenByTheSync(boolean everyWrite) throws Exception {
+        Path file = dir.resolve("v");
+        FaultyDisk disk = new FaultyDisk(RealDisk.of(null), dir.resolve("graveyard"), 5);
+        Random r = new Random(12);
+        int base = 16 * AtomicVolume.PAGE;
+        int more = (4 << 20) + 4096;
+        byte[] model = new byte[base + more];
+        try (AtomicVolume v = AtomicVolume.open(disk, file)) {
+            freshPages(v, model, r, 0, base);
+            v.sync();
+            if (everyWrite) {
+                disk.failFrom(disk.calls() + 1, FaultyDisk.Fault.EIO);
+            } else {
+                disk.failAt(disk.calls() + 1, FaultyDisk.Fault.EIO);
+            }
+            freshPages(v, model, r, base, more);
+            v.awaitWriter();
+            assertTrue(disk.failures() > 0, "the writer tried and failed");
+            disk.failFrom(Long.MAX_VALUE, FaultyDisk.Fault.EIO);
+            v.sync();
+        }
+        try (AtomicVolume v = AtomicVolume.open(RealDisk.of(null), file)) {
+            byte[] back = new byte[model.length];
+            v.getData(0, back, 0, back.length);
+            assertArrayEquals(model, back);
+        }
+    }
+
+    /**
+     * Wherever the power goes while the writer writes new pages and the sync after it commits
+     * them, the file opens as the last commit or as the new one, never a mix.
+     */
+    @Test
+    void aPowerCutWhileTheWriterWritesLeavesTheLastCommitOrTheNext() throws Exception {
+        int base = 16 * AtomicVolume.PAGE;
+        int more = (2 << 20) + 3000;
+        int runs = 0;
+        for (int cutAt = 1; ; cutAt++) {
+            Path root = Files.createTempDirectory(dir, "run");
+            Path file = Files.createDirectories(root.resolve("store")).resolve("v");
+            FaultyDisk disk = new FaultyDisk(RealDisk.of(null), root.resolve("graveyard"), cutAt);
+            Random r = new Random(13);
+            byte[] before = new byte[base + more];
+            AtomicVolume v = AtomicVolume.open(disk, file);
+            freshPages(v, before, r, 0, base);
+            v.sync();
+            byte[] after = before.clone();
+            disk.powerCutAt(disk.calls() + cutAt);
+            ByteBuffer.wrap(after).putLong(8, 0x55AA55AA55AA55AAL);
+            boolean cut = false;
+            try { // the writer may meet the cut first: a read after it fails too
+                freshPages(v, after, r, base, more);
+                v.putLong(8, 0x55AA55AA55AA55AAL); // and a committed page changed
+                v.sync();
+            } catch (java.io.UncheckedIOException e) {
+                cut = disk.isCut();
+            }
+            v.close();
+            if (!cut) {
+                assertTrue(runs > 3, "the cut fell in the writer's and the sync's calls only " + runs + " times");
+                return;
+            }
+            runs++;
+            FaultyDisk afterCut = disk.afterCut();
+            AtomicVolume.recover(afterCut, file);
+            try (AtomicVolume back = AtomicVolume.open(afterCut, file)) {
+                byte[] b = new byte[before.length];
+                back.getData(0, b, 0, b.length);
+                boolean whole = Arrays.equals(b, before) || Arrays.equals(b, after);
+                assertTrue(whole, "power cut at call " + cutAt + ": the volume is neither the last commit nor the next");
+            }
+        }
+    }
+
     /**
      * MapDB's record store on this volume, in a child JVM committing without pause, killed with
      * SIGKILL: every record the last commit lists is there with its contents. (The same child on
