@@ -840,18 +840,14 @@ public final class AtomicVolume extends Volume {
         awaitHandOff();
         length = size;
         long firstGone = (size + PAGE - 1) / PAGE;
+        boolean writerWrote = !writing.isEmpty();
+        takeBack(); // the writer's pages back with the others: those past the new end go below
         for (long page : dirty.keySet().toArray()) {
             if (page >= firstGone) {
                 dirty.remove(page);
             }
         }
-        if (!writing.isEmpty()) { // the pages the writer put past the new end must not read back if MapDB grows again
-            takeBack();
-            for (long page : dirty.keySet().toArray()) {
-                if (page >= firstGone) {
-                    dirty.remove(page);
-                }
-            }
+        if (writerWrote) { // what the writer put past the new end must not read back if MapDB grows again
             cutUncommitted(size);
         }
         if (size % PAGE != 0) {
