@@ -9,6 +9,13 @@ import java.nio.file.Path;
 import java.util.Arrays;
 import java.util.Map;
 import java.util.TreeMap;
+import java.util.concurrent.Callable;
+import java.util.concurrent.ExecutorService;
+import java.util.concurrent.LinkedBlockingQueue;
+import java.util.concurrent.RejectedExecutionException;
+import java.util.concurrent.ThreadFactory;
+import java.util.concurrent.ThreadPoolExecutor;
+import java.util.concurrent.TimeUnit;
 import java.util.function.LongFunction;
 import java.util.zip.CRC32C;
 
@@ -48,7 +55,9 @@ import vmfuse.durable.DiskFile;
  *     FILE and forces it before the commit file. New data is written once, not twice. A crash
  *     before the commit file is complete leaves them past the committed length, which
  *     FILE.length records (written after each commit is applied): opening cuts FILE back to it,
- *     so what MapDB finds past its committed end is zeros, as before;
+ *     so what MapDB finds past its committed end is zeros, as before. (After a sync that failed
+ *     once its commit file was complete, that commit's new pages belong to it: the next sync
+ *     writes straight into FILE only past the pending commit's end.)
  *   - opening finds a complete commit file (its checksum holds) and writes it into FILE again
  *     (idempotent); an incomplete one was never applied, and is dropped (and FILE cut back to
  *     the length in FILE.length). A FILE.commit.next is a rename that did not happen: FILE.commit
@@ -117,7 +126,9 @@ public final class AtomicVolume extends Volume {
      * machine this was measured on that was 0.8 of a 2.1 s checkpoint of 512 MiB. One thread,
      * started at the first hand-off; a daemon, stopped by close().
      */
-    private java.util.concurrent.ExecutorService writer;
+    private ExecutorService writer;
+    /** Makes the writer's thread (null: the default); for tests, one that cannot be had. */
+    ThreadFactory writerThreads;
     /** The last hand-off given to the writer (null: none since the last sync). */
     private java.util.concurrent.Future<IOException> handedOff;
     /** The writer's buffer: it writes to FILE's page handle (O_DIRECT) as the sync does, beside it. */
@@ -154,6 +165,12 @@ public final class AtomicVolume extends Volume {
     private long lengthRecorded;
     /** FILE.commit is complete and FILE may not hold all of it yet (a sync failed after writing it). */
     private boolean commitPending;
+    /**
+     * The length the complete FILE.commit records, while commitPending: the pending commit's
+     * fresh pages, below it, are in FILE and part of that commit (an open finishes it), so they
+     * are no longer fresh (see {@link #freshFrom}).
+     */
+    private long pendingLength;
     /** sync() does nothing: the owner makes several of the caller's commits one (see holdSyncs). */
     private boolean syncsHeld;
     /** Bytes a sync writes between forces of a file; 0: forced once, at its end (see forceEvery). */
@@ -512,9 +529,20 @@ public final class AtomicVolume extends Volume {
         return p;
     }
 
+    /**
+     * Where fresh pages begin, those no commit holds and a sync may write straight into FILE:
+     * FILE's committed end, or the end of a pending commit (complete in FILE.commit, not yet
+     * wholly in FILE: a failed sync wrote its fresh pages, then its commit file, then failed),
+     * whose fresh pages an open makes part of that commit. Written in place after that, one
+     * would hold the next commit's bytes in the last one's state after a crash.
+     */
+    private long freshFrom() {
+        return commitPending ? Math.max(fileLength, pendingLength) : fileLength;
+    }
+
     /** Makes {@code contents} the page's dirty copy; a fresh page new to {@code dirty} is noted for a hand-off. */
     private void markDirty(long page, ByteBuffer contents) {
-        if (dirty.put(page, contents) == null && page * PAGE >= fileLength) {
+        if (dirty.put(page, contents) == null && page * PAGE >= freshFrom()) {
             freshDirtied.add(page);
         }
     }
@@ -590,7 +618,7 @@ public final class AtomicVolume extends Volume {
             ByteBuffer contents = dirty.get(page);
             if (page > top - HANDOFF_MARGIN) {
                 keep.add(page);
-            } else if (contents != null && contents != ZERO_PAGE && page * PAGE >= fileLength) {
+            } else if (contents != null && contents != ZERO_PAGE && page * PAGE >= freshFrom()) {
                 pages.add(page);
             }
         }
@@ -608,7 +636,7 @@ public final class AtomicVolume extends Volume {
         DiskFile to = pageHandle;
         int step = forceStep;
         Batch out = new Batch(to, writerStaging, step);
-        handedOff = writer.submit(() -> {
+        Callable<IOException> write = () -> {
             try {
                 for (int i = 0; i < sorted.length; i++) {
                     out.write(sorted[i] * PAGE, contents[i].duplicate());
@@ -621,7 +649,13 @@ public final class AtomicVolume extends Volume {
             } catch (IOException | RuntimeException e) {
                 return e instanceof IOException io ? io : new IOException(e.toString(), e);
             }
-        });
+        };
+        try {
+            handedOff = writer.submit(write);
+        } catch (RejectedExecutionException e) { // its thread is there (writerReady): only if it was shut down
+            takeBack();
+            handOffsOff = true;
+        }
     }
 
     /**
@@ -645,11 +679,26 @@ public final class AtomicVolume extends Volume {
             return false;
         }
         if (writer == null) {
-            writer = java.util.concurrent.Executors.newSingleThreadExecutor(r -> {
-                Thread t = new Thread(r, "journal-pages " + file.getFileName());
-                t.setDaemon(true);
-                return t;
-            });
+            // its thread made now, where a failure (no thread to be had) leaves the pages to the
+            // sync; made lazily by the first submit, it failed there with the pages handed over
+            ThreadPoolExecutor w = new ThreadPoolExecutor(1, 1, 0, TimeUnit.MILLISECONDS, new LinkedBlockingQueue<>(),
+                    writerThreads != null ? writerThreads : r -> {
+                        Thread t = new Thread(r, "journal-pages " + file.getFileName());
+                        t.setDaemon(true);
+                        return t;
+                    });
+            boolean started;
+            try {
+                started = w.prestartCoreThread();
+            } catch (OutOfMemoryError e) {
+                started = false;
+            }
+            if (!started) {
+                w.shutdown();
+                handOffsOff = true;
+                return false;
+            }
+            writer = w;
         }
         return true;
     }
@@ -835,41 +884,43 @@ public final class AtomicVolume extends Volume {
         length = Math.max(length, offset);
     }
 
+    /**
+     * MapDB shrinks its file only in StoreDirect.compact(), which vmfuse never calls; what it may
+     * cut is what no commit holds. Below that, FILE could not be cut before the next commit (a
+     * crash would leave the last one cut short), and its bytes there would read again after a
+     * regrowth: refused, loudly, rather than half done.
+     */
     @Override
     public synchronized void truncate(long size) {
+        if (size < freshFrom()) {
+            throw new UnsupportedOperationException("cannot shrink " + file + " to " + size
+                    + " bytes: a commit holds " + freshFrom());
+        }
         awaitHandOff();
         length = size;
         long firstGone = (size + PAGE - 1) / PAGE;
-        boolean writerWrote = !writing.isEmpty();
         takeBack(); // the writer's pages back with the others: those past the new end go below
         for (long page : dirty.keySet().toArray()) {
             if (page >= firstGone) {
                 dirty.remove(page);
             }
         }
-        if (writerWrote) { // what the writer put past the new end must not read back if MapDB grows again
-            cutUncommitted(size);
-        }
-        if (size % PAGE != 0) {
-            int in = (int) (size % PAGE);
-            pageForWrite(size / PAGE).put(in, ZEROS, 0, PAGE - in);
-        }
-    }
-
-    /**
-     * Cuts FILE to {@code size}, or to its committed length if longer: what lies past that was
-     * written by no sync that committed (fresh pages of this one), so nothing is lost.
-     */
-    private void cutUncommitted(long size) {
-        long keep = Math.max(size, fileLength);
+        clean.clear();
+        // FILE may hold bytes past the new end that no commit holds: the writer's (whether its
+        // hand-off succeeded or not), a failed sync's fresh pages. None may read back if MapDB
+        // grows again.
         try {
-            if (main.size() > keep) {
-                main.truncate(keep);
+            if (main.size() > size) {
+                main.truncate(size);
             }
         } catch (IOException e) {
             throw new UncheckedIOException("cannot truncate " + file + ": " + e.getMessage(), e);
         }
-        readable = Math.min(readable, Math.max(keep, fileLength));
+        readable = Math.min(readable, size);
+        if (size % PAGE != 0) {
+            int in = (int) (size % PAGE);
+            pageForWrite(size / PAGE).put(in, ZEROS, 0, PAGE - in);
+        }
     }
 
     /** Pages changed since the last sync (each 4 KiB of memory, off the heap), handed to the writer or not. */
@@ -915,7 +966,7 @@ public final class AtomicVolume extends Volume {
     synchronized void writeFreshPages() throws IOException {
         awaitHandOff(); // what it wrote is forced below with the rest
         long[] sorted = sortedDirty();
-        int from = Arrays.binarySearch(sorted, (fileLength + PAGE - 1) / PAGE);
+        int from = Arrays.binarySearch(sorted, (freshFrom() + PAGE - 1) / PAGE);
         long[] fresh = Arrays.copyOfRange(sorted, from < 0 ? -from - 1 : from, sorted.length);
         if (fresh.length == 0 && writing.isEmpty()) {
             return;
@@ -989,6 +1040,7 @@ public final class AtomicVolume extends Volume {
             disk.syncDirectory(file.toAbsolutePath().getParent());
         }
         commitPending = true;
+        pendingLength = length;
     }
 
     private void writeCommitFile(Path to) throws IOException {
@@ -1053,8 +1105,8 @@ public final class AtomicVolume extends Volume {
      * changes what a crash leaves: every file is forced at its end as before.
      */
     synchronized void forceEvery(int bytes) {
-        if (bytes < 0) {
-            throw new IllegalArgumentException("step " + bytes);
+        if (bytes < 0 || bytes % PAGE != 0) { // whole pages: a batch's buffer is what goes to the O_DIRECT handle
+            throw new IllegalArgumentException("step " + bytes + ", not a multiple of " + PAGE);
         }
         forceStep = bytes;
     }

@@ -16,6 +16,7 @@ import java.util.List;
 import java.util.Random;
 import java.util.concurrent.TimeUnit;
 
+import org.junit.jupiter.api.Assertions;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.io.TempDir;
 import org.junit.jupiter.params.ParameterizedTest;
@@ -580,6 +581,112 @@ class AtomicVolumeTest {
     }
 
     /** {@code pages} pages of {@code model} changed at random, one of them to zeros; the volume changed alike. */
+    /**
+     * A sync fails once its commit file is complete (what a failed write of its pages into the
+     * file leaves): its new pages are in the file, and an open makes them part of that commit. A
+     * change to one of them after that goes through the next commit, never into the file in place,
+     * through the sync or through the writer thread: killed before another commit, the volume
+     * opens as the pending commit, none of the later changes in it (found by a review of 75ab302:
+     * the later bytes were there).
+     */
+    @ParameterizedTest(name = "through the writer: {0}")
+    @ValueSource(booleans = {false, true})
+    void newPagesOfACommitAFailedSyncLeftPendingAreNotWrittenInPlace(boolean writer) throws Exception {
+        Path file = dir.resolve("v");
+        int base = 16 * AtomicVolume.PAGE;
+        int fresh = (writer ? 300 : 4) * AtomicVolume.PAGE; // a hand-off takes 256 pages
+        Random r = new Random(14);
+        byte[] pending = new byte[base + fresh];
+        try (AtomicVolume v = AtomicVolume.open(RealDisk.of(null), file)) {
+            freshPages(v, pending, r, 0, base);
+            v.sync();
+            freshPages(v, pending, r, base, fresh);
+            v.putLong(8, 0x0102030405060708L);
+            ByteBuffer.wrap(pending).putLong(8, 0x0102030405060708L);
+            assertTrue(v.awaitWriter());
+            v.writeFreshPages(); // a sync, up to its failure after the commit file
+            v.writeCommitFile();
+            byte[] later = pending.clone();
+            freshPages(v, later, r, base, fresh);
+            assertTrue(v.awaitWriter());
+            v.writeFreshPages(); // the next sync, up to its commit file
+        } // closed without a commit: as kill -9
+        AtomicVolume.recover(RealDisk.of(null), file);
+        try (AtomicVolume v = AtomicVolume.open(RealDisk.of(null), file)) {
+            byte[] back = new byte[pending.length];
+            v.getData(0, back, 0, back.length);
+            assertArrayEquals(pending, back, "the pending commit, and nothing written after it");
+        }
+    }
+
+    /**
+     * No writer thread to be had (the JVM could make no more threads): the sync writes the new
+     * pages itself and none is lost (a review found the pages handed to a writer whose thread
+     * failed to start dropped from the commit).
+     */
+    @Test
+    void withNoThreadForTheWriterTheSyncWritesEveryNewPage() throws Exception {
+        Path file = dir.resolve("v");
+        Random r = new Random(15);
+        int base = 16 * AtomicVolume.PAGE;
+        byte[] model = new byte[base + 600 * AtomicVolume.PAGE];
+        try (AtomicVolume v = AtomicVolume.open(RealDisk.of(null), file)) {
+            v.writerThreads = task -> {
+                throw new OutOfMemoryError("unable to create native thread: possibly out of memory");
+            };
+            freshPages(v, model, r, 0, base);
+            v.sync();
+            freshPages(v, model, r, base, model.length - base);
+            assertTrue(v.awaitWriter());
+            assertEquals(base, Files.size(file), "no writer wrote anything");
+            v.sync();
+        }
+        try (AtomicVolume v = AtomicVolume.open(RealDisk.of(null), file)) {
+            byte[] back = new byte[model.length];
+            v.getData(0, back, 0, back.length);
+            assertArrayEquals(model, back);
+        }
+    }
+
+    /**
+     * A shrink cuts what the writer wrote past the new end even when its hand-off failed (its
+     * pages then went back to the sync), so a regrowth reads zeros there, before and after the
+     * sync; and a shrink below what a commit holds is refused, not half done (MapDB never asks one).
+     */
+    @Test
+    void aShrinkAfterAFailedHandOffReadsZerosPastTheCutAndNoneBelowACommitIsMade() throws Exception {
+        Path file = dir.resolve("v");
+        FaultyDisk disk = new FaultyDisk(RealDisk.of(null), dir.resolve("graveyard"), 16);
+        Random r = new Random(16);
+        int base = 16 * AtomicVolume.PAGE;
+        int more = 2 << 20;
+        byte[] model = new byte[base + more];
+        try (AtomicVolume v = AtomicVolume.open(disk, file)) {
+            v.forceEvery(64 << 10);
+            freshPages(v, model, r, 0, base);
+            v.sync();
+            disk.failAt(disk.calls() + 3, FaultyDisk.Fault.EIO); // the writer's third call: it wrote some first
+            freshPages(v, model, r, base, more);
+            assertFalse(v.awaitWriter(), "the hand-off failed");
+            assertTrue(Files.size(file) > base, "after writing some pages");
+            v.truncate(base);
+            Arrays.fill(model, base, model.length, (byte) 0);
+            v.ensureAvailable(base + more);
+            byte[] back = new byte[model.length];
+            v.getData(0, back, 0, back.length);
+            assertArrayEquals(model, back, "zeros past the cut, before the sync");
+            v.sync();
+            v.getData(0, back, 0, back.length);
+            assertArrayEquals(model, back, "after it");
+            Assertions.assertThrows(UnsupportedOperationException.class, () -> v.truncate(base - 1));
+        }
+        try (AtomicVolume v = AtomicVolume.open(RealDisk.of(null), file)) {
+            byte[] back = new byte[model.length];
+            v.getData(0, back, 0, back.length);
+            assertArrayEquals(model, back, "after a reopen");
+        }
+    }
+
     private static void changePages(AtomicVolume v, byte[] model, Random r, int pages) {
         for (int i = 0; i < pages; i++) {
             byte[] b = new byte[AtomicVolume.PAGE];
@@ -596,7 +703,10 @@ class AtomicVolumeTest {
      * FAULTS.md J2: a sync whose commit file is complete fails while it writes the file, which is
      * then a mix of two commits that only the commit file can finish. Whatever call of that sync
      * fails, and wherever in the next sync the power goes, the file opens as one commit's state,
-     * never a mix: a complete commit file is never written over.
+     * never a mix: a complete commit file is never written over. The syncs change pages of the
+     * committed part and new pages past it, and the next sync changes new pages of the failed one
+     * (a review found them written in place: the failed sync's commit, finished at open, then held
+     * the next one's bytes there).
      */
     @ParameterizedTest(name = "step {0}")
     @ValueSource(ints = {0, 3 * AtomicVolume.PAGE})
@@ -609,11 +719,12 @@ class AtomicVolumeTest {
                 Path file = Files.createDirectories(root.resolve("store")).resolve("v");
                 FaultyDisk disk = new FaultyDisk(RealDisk.of(null), root.resolve("graveyard"), failAt * 1000L + cutAt);
                 Random r = new Random(failAt);
-                byte[][] states = new byte[3][64 * AtomicVolume.PAGE];
+                byte[][] states = new byte[3][80 * AtomicVolume.PAGE]; // 64 pages committed first, 16 new after
                 AtomicVolume v = AtomicVolume.open(disk, file);
                 v.forceEvery(step); // forces amid a sync's writes: more places for the fault and the cut
                 r.nextBytes(states[0]);
-                v.putData(0, states[0], 0, states[0].length);
+                Arrays.fill(states[0], 64 * AtomicVolume.PAGE, states[0].length, (byte) 0);
+                v.putData(0, states[0], 0, 64 * AtomicVolume.PAGE);
                 v.sync();
                 states[1] = states[0].clone();
                 changePages(v, states[1], r, 20);
