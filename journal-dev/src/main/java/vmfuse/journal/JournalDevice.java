@@ -298,7 +298,10 @@ public final class JournalDevice {
         }
         try {
             while (reservedCount < n) {
-                reserved[reservedCount++] = memory.take();
+                // not reserved[reservedCount++] = memory.take(): the index is evaluated, and counted,
+                // before take() throws, and unreserve() then gave back a slot a block still held
+                int slot = memory.take();
+                reserved[reservedCount++] = slot;
             }
         } catch (StoreException e) {
             unreserve();
@@ -328,15 +331,25 @@ public final class JournalDevice {
         return n;
     }
 
-    /** The partial blocks at the ends of [offset, offset + length) not dirty yet: the slots a zeroing takes at most. */
+    /**
+     * The partial blocks at the ends of [offset, offset + length) not dirty yet: the slots a
+     * zeroing takes at most (a range inside one block is one partial block, unless it is the whole
+     * block). Holding this.
+     */
     private int partialEndsNotDirty(long offset, long length) {
+        if (length <= 0) {
+            return 0;
+        }
         long end = offset + length;
+        long first = offset >>> SHIFT;
+        long last = (end - 1) >>> SHIFT;
+        boolean headPartial = (offset & (BLOCK - 1)) != 0 || (first == last && (end & (BLOCK - 1)) != 0);
+        boolean tailPartial = last != first && (end & (BLOCK - 1)) != 0;
         int n = 0;
-        if (length > 0 && (offset & (BLOCK - 1)) != 0 && !dirty.containsKey(offset >>> SHIFT)) {
+        if (headPartial && !dirty.containsKey(first)) {
             n++;
         }
-        if (length > 0 && (end & (BLOCK - 1)) != 0 && (end >>> SHIFT) != (offset >>> SHIFT)
-                && !dirty.containsKey(end >>> SHIFT)) {
+        if (tailPartial && !dirty.containsKey(last)) {
             n++;
         }
         return n;

@@ -582,6 +582,106 @@ class JournalStoreTest {
         }
     }
 
+    /**
+     * When direct memory runs out under a flush-mode device written a block at a time (so no slot
+     * is left free), the write that finds no memory fails with ENOMEM and so does the next one:
+     * the failed reservation gave back no slot that a block still held (it gave back a stale
+     * one, which the next write took: two blocks in one slot). A zeroing of part of a stored
+     * block then fails too, before anything is logged (its slot went uncounted, and it failed
+     * once in the redo log: replayed after a kill, it zeroed what the caller was told had not
+     * changed). After a kill, every flushed block reads back, and the zeroed one is whole. Both
+     * found while writing this test, after a review.
+     */
+    @Test
+    void whenMemoryRunsOutNoSlotIsSharedAndAFailedZeroingIsNotReplayed() throws Exception {
+        Path file = dir.resolve("j.db");
+        ProcessBuilder pb = new ProcessBuilder(ProcessHandle.current().info().command().orElse("java"),
+                "-XX:MaxDirectMemorySize=24m", "-cp", System.getProperty("java.class.path"),
+                FullMemoryChild.class.getName(), file.toString());
+        pb.redirectErrorStream(true);
+        Process child = pb.start();
+        List<String> lines = new ArrayList<>();
+        try (BufferedReader in = new BufferedReader(new InputStreamReader(child.getInputStream()))) {
+            for (String line; (line = in.readLine()) != null; ) {
+                lines.add(line);
+            }
+        } finally {
+            assertTrue(child.waitFor(60, TimeUnit.SECONDS), "child still running: " + lines);
+            child.destroyForcibly();
+        }
+        String all = String.join("\n", lines);
+        String full = lines.stream().filter(l -> l.startsWith("memory full after ")).findFirst().orElse("");
+        assertTrue(full.matches("memory full after \\d+ blocks errno 12"), all);
+        assertTrue(lines.contains("the next write failed errno 12"), all);
+        assertTrue(lines.contains("every block reads back"), all);
+        assertTrue(lines.contains("the zeroing failed errno 12"), all);
+        assertTrue(lines.contains("flushed"), all);
+        int blocks = Integer.parseInt(full.split(" ")[3]);
+        try (JournalStore s = JournalStore.open(file)) {
+            JournalDevice d = s.device("vm");
+            byte[] back = new byte[4096];
+            d.read(FullMemoryChild.STORED, back, 0, back.length);
+            assertArrayEquals(random(4096, 7), back, "the block the failed zeroing was for");
+            for (int i = 0; i < blocks; i++) {
+                d.read(FullMemoryChild.at(i), back, 0, back.length);
+                assertArrayEquals(random(4096, i), back, "block " + i + " after the kill");
+            }
+        }
+    }
+
+    /** The process of {@link #whenMemoryRunsOutNoSlotIsSharedAndAFailedZeroingIsNotReplayed}: ends as kill -9 would. */
+    public static final class FullMemoryChild {
+        static final long STORED = 2 * 4096;
+
+        static long at(int i) {
+            return 16L * MiB + (long) i * 4096;
+        }
+
+        public static void main(String[] args) throws Exception {
+            JournalStore s = JournalStore.open(Path.of(args[0]), 64L * MiB);
+            JournalDevice d = s.create("vm", 128L * MiB, Durability.FLUSH);
+            d.write(STORED, random(4096, 7), 0, 4096);
+            s.checkpoint(); // in the store, no longer in memory
+            int i = 0;
+            try { // a block at a time: no slot is left free when memory runs out
+                for (; i < 30_000; i++) {
+                    d.write(at(i), random(4096, i), 0, 4096);
+                }
+                System.out.println("never failed");
+            } catch (StoreException e) {
+                System.out.println("memory full after " + i + " blocks errno " + e.errno());
+            }
+            try {
+                d.write(at(i + 1), random(4096, -1), 0, 4096);
+                System.out.println("the next write took memory");
+            } catch (StoreException e) {
+                System.out.println("the next write failed errno " + e.errno());
+            }
+            byte[] back = new byte[4096];
+            boolean whole = true;
+            for (int k = 0; k < i; k++) {
+                d.read(at(k), back, 0, back.length);
+                if (!Arrays.equals(back, random(4096, k))) {
+                    System.out.println("block " + k + " differs");
+                    whole = false;
+                }
+            }
+            if (whole) {
+                System.out.println("every block reads back");
+            }
+            try {
+                d.zero(STORED, 100);
+                System.out.println("zeroed");
+            } catch (StoreException e) {
+                System.out.println("the zeroing failed errno " + e.errno());
+            }
+            d.flush();
+            System.out.println("flushed");
+            System.out.flush();
+            Runtime.getRuntime().halt(0);
+        }
+    }
+
     /** The process of {@link #whenDirectMemoryRunsOutAWriteFailsWithEnomemAndNothingIsLost}. */
     public static final class DirectMemoryChild {
         /** Where write {@code i} goes: half a MiB off, so that it takes the end of one chunk and the start of the next. */
