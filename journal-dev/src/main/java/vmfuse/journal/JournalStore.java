@@ -612,8 +612,20 @@ public final class JournalStore implements AutoCloseable {
             long syncs = commits.syncs();
             volume.forceEvery(syncs != syncsAtLastCheckpoint ? PACED_STEP : 0);
             syncsAtLastCheckpoint = syncs;
+            // Close-mode devices first, each drained whole before anything commits: no log replays
+            // over a commit of part of their changes, so after a crash one would open part old,
+            // part new, neither its last commit nor this one (a review found it so). First, also
+            // after a checkpoint that failed in one's drain: the next one ends that drain before
+            // it commits anything. Then flush-mode devices, committed in steps (commitIfLarge).
             for (JournalDevice d : devices.all()) {
-                d.drain(this::commitIfLarge);
+                if (d.durability() == Durability.CLOSE) {
+                    d.drain(() -> { });
+                }
+            }
+            for (JournalDevice d : devices.all()) {
+                if (d.durability() != Durability.CLOSE) {
+                    d.drain(this::commitIfLarge);
+                }
             }
             for (JournalDevice d : devices.all()) {
                 d.flushNodes();
@@ -639,9 +651,12 @@ public final class JournalStore implements AutoCloseable {
     }
 
     /**
-     * During a drain: commits what is drained so far once it holds COMMIT_PAGES pages, so the
-     * volume's memory stays bounded. The generation stays: the log segments are replayed over
-     * such a commit after a crash, which is right since every record is a blind overwrite.
+     * During a flush-mode device's drain: commits what is drained so far once it holds
+     * COMMIT_PAGES pages, so the volume's memory stays bounded by that beyond what close-mode
+     * devices froze (theirs is held whole until the checkpoint commits; it is at most the memory
+     * bound, and their blocks' memory is given back as it goes in). The generation stays: the log
+     * segments are replayed over such a commit after a crash, which is right since every record
+     * is a blind overwrite.
      */
     private void commitIfLarge() {
         if (volume.dirtyPages() >= COMMIT_PAGES) {

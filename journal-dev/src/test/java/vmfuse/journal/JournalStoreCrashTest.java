@@ -503,6 +503,102 @@ class JournalStoreCrashTest {
                 + losses.subList(0, Math.min(5, losses.size())));
     }
 
+    /**
+     * A close-mode device's checkpoint larger than the store's intermediate commits (COMMIT_PAGES
+     * pages) is still one commit for that device: wherever the power goes in it, the device opens
+     * as the commit before or as this one, never part of each. (A review found it committed in
+     * steps, as a flush-mode device's drain is, whose redo log replays over them.) The cut falls
+     * at 12 points spread over the checkpoint's disk calls (a seeded sample of {@code make soak}'s
+     * every call).
+     */
+    @Test
+    void aLargeCheckpointOfACloseModeDeviceIsOneCommitWhereverThePowerGoes() throws Exception {
+        int blocks = JournalStore.COMMIT_PAGES + 1024;
+        long calls = closeCheckpoint(blocks, Long.MAX_VALUE);
+        assertTrue(calls > 24, "the checkpoint made " + calls + " disk calls");
+        Random r = new Random(17);
+        int points = Boolean.getBoolean("vmfuse.soak") ? (int) calls : 12;
+        for (int i = 0; i < points; i++) {
+            long at = points == calls ? i + 1 : 1 + i * calls / points + r.nextInt((int) Math.max(1, calls / points));
+            closeCheckpoint(blocks, at);
+        }
+    }
+
+    /**
+     * A close-mode device of {@code blocks} blocks written whole and committed (generation 1), then
+     * written whole again and checkpointed (generation 2) with the power cut at call {@code cutAt}
+     * of that checkpoint; asserts the device opens as one generation. The calls that checkpoint made
+     * (with no cut).
+     */
+    private long closeCheckpoint(int blocks, long cutAt) throws Exception {
+        Path root = Files.createTempDirectory(base(), "close");
+        try {
+            Path file = Files.createDirectories(root.resolve("store")).resolve("journals.db");
+            FaultyDisk disk = new FaultyDisk(RealDisk.of(null), root.resolve("graveyard"), cutAt);
+            long calls;
+            JournalStore store = JournalStore.open(disk, file, 64L << 20);
+            try {
+                JournalDevice d = store.create("c", (long) blocks * BLOCK, Durability.CLOSE);
+                writeGeneration(d, blocks, 1);
+                store.checkpoint();
+                writeGeneration(d, blocks, 2);
+                long before = disk.calls();
+                if (cutAt != Long.MAX_VALUE) {
+                    disk.powerCutAt(before + cutAt);
+                }
+                try {
+                    store.checkpoint();
+                } catch (StoreException e) {
+                    assertTrue(disk.isCut(), "the checkpoint failed with no cut: " + e.getMessage());
+                }
+                calls = disk.calls() - before;
+                if (!disk.isCut()) {
+                    disk.powerCut();
+                }
+            } finally {
+                try {
+                    store.close();
+                } catch (IOException e) {
+                    // the disk is gone
+                }
+            }
+            try (JournalStore again = JournalStore.open(disk.afterCut(), file, 64L << 20)) {
+                JournalDevice d = again.device("c");
+                int[] seen = new int[3];
+                ByteBuffer b = ByteBuffer.allocate(BLOCK);
+                for (int block = 0; block < blocks; block++) {
+                    d.read((long) block * BLOCK, b.array(), 0, BLOCK);
+                    int v = b.getInt(0);
+                    int gen = v == block * 4 + 1 ? 1 : v == block * 4 + 2 ? 2 : 0;
+                    seen[gen]++;
+                }
+                String label = cutAt == Long.MAX_VALUE ? "no cut" : "a cut at call " + cutAt + " of the checkpoint";
+                assertEquals(0, seen[0], label + ": blocks of neither generation");
+                assertTrue(seen[1] == 0 || seen[2] == 0, label + ": " + seen[1] + " blocks of the last commit, "
+                        + seen[2] + " of the checkpoint");
+                if (cutAt == Long.MAX_VALUE) {
+                    assertEquals(blocks, seen[2], "with no cut, the checkpoint's");
+                }
+            }
+            return calls;
+        } finally {
+            deleteTree(root);
+        }
+    }
+
+    /** Every block of {@code d} written with the value {@code block * 4 + gen}, 1 MiB at a time. */
+    private static void writeGeneration(JournalDevice d, int blocks, int gen) throws StoreException {
+        ByteBuffer b = ByteBuffer.allocate(1 << 20);
+        for (int first = 0; first < blocks; first += 256) {
+            int n = Math.min(256, blocks - first);
+            b.clear();
+            for (int i = 0; i < n * BLOCK / 4; i++) {
+                b.putInt((first + i / (BLOCK / 4)) * 4 + gen);
+            }
+            d.write((long) first * BLOCK, b.array(), 0, n * BLOCK);
+        }
+    }
+
     @Test
     void noFaultPointOfASeededSampleLosesAnythingFlushedOrCommitted() throws IOException {
         if (Boolean.getBoolean("vmfuse.soak")) {
