@@ -199,6 +199,7 @@ public final class JournalDevice {
     public int read(long offset, byte[] dst, int dstOffset, int length) throws StoreException {
         RadixBlockStore.checkRange(offset, length);
         synchronized (this) {
+            checkLive();
             long end = size;
             if (offset >= end) {
                 return 0;
@@ -206,6 +207,16 @@ public final class JournalDevice {
             int n = (int) Math.min(length, end - offset);
             BlockWalk.each(offset, n, (block, in, done, k) -> copyOut(block, in, dst, dstOffset + done, k));
             return n;
+        }
+    }
+
+    /**
+     * EIO once the device is deleted (or while its delete commits), as for a write: a handle
+     * opened before finds its blocks gone (its store was a NullPointerException, found by a review).
+     */
+    private void checkLive() throws StoreException {
+        if (deleted) {
+            throw new StoreException(StoreException.EIO, "journal device " + name + " was deleted");
         }
     }
 
@@ -235,10 +246,11 @@ public final class JournalDevice {
      * as zeros without holding anything (zeroed since, or never written). The caller asks again
      * from the run's end; past the device's end the answer is a run of zeros.
      */
-    public synchronized long dataRun(long block, long max) {
+    public synchronized long dataRun(long block, long max) throws StoreException {
         if (max <= 0) {
             throw new IllegalArgumentException("max " + max);
         }
+        checkLive();
         boolean zero = knownZero(block);
         long n = 1;
         while (n < max && knownZero(block + n) == zero) {
@@ -559,9 +571,7 @@ public final class JournalDevice {
         turns.lock();
         try {
             synchronized (this) {
-                if (deleted) {
-                    throw new StoreException(StoreException.EIO, "journal device " + name + " was deleted");
-                }
+                checkLive();
                 version++;
                 store.touched();
                 try {

@@ -191,6 +191,10 @@ class JournalStoreTest {
             assertNull(s.device("vm1"));
             assertEquals(0, s.blockMemory().taken(), "a deleted device's memory is given back");
             assertEquals(StoreException.class, assertThrows(StoreException.class, () -> s.delete("vm1")).getClass());
+            // a handle on it from before: EIO, as a write gets (a read was a NullPointerException)
+            assertEquals(StoreException.EIO, assertThrows(StoreException.class, () -> d.read(0, back, 0, 4096)).errno());
+            assertEquals(StoreException.EIO, assertThrows(StoreException.class, () -> d.dataRun(0, 8)).errno());
+            assertEquals(StoreException.EIO, assertThrows(StoreException.class, () -> d.write(0, back, 0, 4096)).errno());
         }
         try (JournalStore s = JournalStore.open(dir.resolve("j.db"))) {
             assertTrue(s.list().isEmpty());

@@ -207,7 +207,12 @@ public final class JournalVolume implements Volume {
         long budget = EXTENTS_BLOCKS;
         while (pos < end && budget > 0) {
             long block = pos / BLOCK;
-            long run = device.dataRun(block, budget);
+            long run;
+            try {
+                run = device.dataRun(block, budget);
+            } catch (StoreException e) {
+                throw fail(e);
+            }
             long endBlock = block + Math.abs(run); // in blocks: a byte offset could pass 2^63 at the last one
             long runEnd = endBlock > (end - 1) / BLOCK ? end : endBlock * BLOCK;
             boolean data = run > 0;
