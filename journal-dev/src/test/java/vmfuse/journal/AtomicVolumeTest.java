@@ -352,6 +352,15 @@ class AtomicVolumeTest {
     }
 
     /** Fresh pages, 4 KiB at a time (every fifth one straddling two pages), to the volume and the model, from {@code from}. */
+    /** The volume at {@code file}, opened again, reads as {@code model}. */
+    private static void assertReopensAs(Path file, byte[] model, String... what) throws Exception {
+        try (AtomicVolume v = AtomicVolume.open(RealDisk.of(null), file)) {
+            byte[] back = new byte[model.length];
+            v.getData(0, back, 0, back.length);
+            assertArrayEquals(model, back, what.length > 0 ? what[0] : "after a reopen");
+        }
+    }
+
     private static void freshPages(AtomicVolume v, byte[] model, Random r, int from, int bytes) {
         for (int off = from; off < from + bytes; ) {
             int n = Math.min(AtomicVolume.PAGE, from + bytes - off);
@@ -445,11 +454,7 @@ class AtomicVolumeTest {
             disk.failFrom(Long.MAX_VALUE, FaultyDisk.Fault.EIO);
             v.sync();
         }
-        try (AtomicVolume v = AtomicVolume.open(RealDisk.of(null), file)) {
-            byte[] back = new byte[model.length];
-            v.getData(0, back, 0, back.length);
-            assertArrayEquals(model, back);
-        }
+        assertReopensAs(file, model);
     }
 
     /**
@@ -641,11 +646,7 @@ class AtomicVolumeTest {
             assertEquals(base, Files.size(file), "no writer wrote anything");
             v.sync();
         }
-        try (AtomicVolume v = AtomicVolume.open(RealDisk.of(null), file)) {
-            byte[] back = new byte[model.length];
-            v.getData(0, back, 0, back.length);
-            assertArrayEquals(model, back);
-        }
+        assertReopensAs(file, model);
     }
 
     /**
@@ -680,11 +681,7 @@ class AtomicVolumeTest {
             assertArrayEquals(model, back, "after it");
             Assertions.assertThrows(UnsupportedOperationException.class, () -> v.truncate(base - 1));
         }
-        try (AtomicVolume v = AtomicVolume.open(RealDisk.of(null), file)) {
-            byte[] back = new byte[model.length];
-            v.getData(0, back, 0, back.length);
-            assertArrayEquals(model, back, "after a reopen");
-        }
+        assertReopensAs(file, model, "after a reopen");
     }
 
     private static void changePages(AtomicVolume v, byte[] model, Random r, int pages) {

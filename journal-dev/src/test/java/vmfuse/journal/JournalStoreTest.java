@@ -554,20 +554,7 @@ class JournalStoreTest {
     @Test
     void whenDirectMemoryRunsOutAWriteFailsWithEnomemAndNothingIsLost() throws Exception {
         Path file = dir.resolve("j.db");
-        ProcessBuilder pb = new ProcessBuilder(ProcessHandle.current().info().command().orElse("java"),
-                "-XX:MaxDirectMemorySize=24m", "-cp", System.getProperty("java.class.path"),
-                DirectMemoryChild.class.getName(), file.toString());
-        pb.redirectErrorStream(true);
-        Process child = pb.start();
-        List<String> lines = new ArrayList<>();
-        try (BufferedReader in = new BufferedReader(new InputStreamReader(child.getInputStream()))) {
-            for (String line; (line = in.readLine()) != null; ) {
-                lines.add(line);
-            }
-        } finally {
-            assertTrue(child.waitFor(60, TimeUnit.SECONDS), "child still running: " + lines);
-            child.destroyForcibly();
-        }
+        List<String> lines = childWith24MiBOfDirectMemory(DirectMemoryChild.class, file);
         String all = String.join("\n", lines);
         String failed = lines.stream().filter(l -> l.startsWith("failed ")).findFirst().orElse("");
         assertTrue(failed.matches("failed after \\d+ MiB errno 12 .*no room for another MiB.*"), all);
@@ -586,6 +573,25 @@ class JournalStoreTest {
         }
     }
 
+    /** The lines {@code main} printed, run in a child JVM with 24 MiB of direct memory on {@code file}. */
+    private static List<String> childWith24MiBOfDirectMemory(Class<?> main, Path file) throws Exception {
+        ProcessBuilder pb = new ProcessBuilder(ProcessHandle.current().info().command().orElse("java"),
+                "-XX:MaxDirectMemorySize=24m", "-cp", System.getProperty("java.class.path"),
+                main.getName(), file.toString());
+        pb.redirectErrorStream(true);
+        Process child = pb.start();
+        List<String> lines = new ArrayList<>();
+        try (BufferedReader in = new BufferedReader(new InputStreamReader(child.getInputStream()))) {
+            for (String line; (line = in.readLine()) != null; ) {
+                lines.add(line);
+            }
+        } finally {
+            assertTrue(child.waitFor(60, TimeUnit.SECONDS), "child still running: " + lines);
+            child.destroyForcibly();
+        }
+        return lines;
+    }
+
     /**
      * When direct memory runs out under a flush-mode device written a block at a time (so no slot
      * is left free), the write that finds no memory fails with ENOMEM and so does the next one:
@@ -599,20 +605,7 @@ class JournalStoreTest {
     @Test
     void whenMemoryRunsOutNoSlotIsSharedAndAFailedZeroingIsNotReplayed() throws Exception {
         Path file = dir.resolve("j.db");
-        ProcessBuilder pb = new ProcessBuilder(ProcessHandle.current().info().command().orElse("java"),
-                "-XX:MaxDirectMemorySize=24m", "-cp", System.getProperty("java.class.path"),
-                FullMemoryChild.class.getName(), file.toString());
-        pb.redirectErrorStream(true);
-        Process child = pb.start();
-        List<String> lines = new ArrayList<>();
-        try (BufferedReader in = new BufferedReader(new InputStreamReader(child.getInputStream()))) {
-            for (String line; (line = in.readLine()) != null; ) {
-                lines.add(line);
-            }
-        } finally {
-            assertTrue(child.waitFor(60, TimeUnit.SECONDS), "child still running: " + lines);
-            child.destroyForcibly();
-        }
+        List<String> lines = childWith24MiBOfDirectMemory(FullMemoryChild.class, file);
         String all = String.join("\n", lines);
         String full = lines.stream().filter(l -> l.startsWith("memory full after ")).findFirst().orElse("");
         assertTrue(full.matches("memory full after \\d+ blocks errno 12"), all);
