@@ -168,6 +168,32 @@ class JournalStoreFaultTest {
         }
     }
 
+    /**
+     * A growing truncate whose size record cannot be appended to the redo log fails and leaves the
+     * size as it was: a write inside the size it asked for then grows the device itself, logs its
+     * size, and after a crash its flushed data is there (the size was set in memory first, the
+     * write logged none, and replay gave back the old size, with the data past it).
+     */
+    @Test
+    void aSizeThatCannotBeLoggedIsNotSet() throws Exception {
+        FaultyDisk disk = disk(8);
+        JournalStore s = open(disk);
+        JournalDevice a = s.create("a", 0, Durability.FLUSH);
+        a.write(0, block('A'), 0, BLOCK);
+        a.flush(); // and the forcer has nothing left to force: the truncate's append is the next call
+        disk.failAt(disk.calls() + 1, Fault.ENOSPC);
+        assertThrows(StoreException.class, () -> a.truncate(2L * BLOCK));
+        assertEquals(BLOCK, a.size(), "a size not in the log is not the device's");
+        a.write(BLOCK, block('B'), 0, BLOCK);
+        a.flush();
+        disk = crash(s, disk);
+        try (JournalStore again = open(disk)) {
+            JournalDevice back = again.device("a");
+            assertEquals(2L * BLOCK, back.size());
+            assertArrayEquals(block('B'), read(back, 1), "flushed after the failed truncate");
+        }
+    }
+
     /** chown and chmod of a device: committed when they return; a commit that fails changes nothing. */
     @Test
     void anOwnerIsCommittedOrNotChangedAtAll() throws Exception {
