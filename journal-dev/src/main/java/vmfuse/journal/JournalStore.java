@@ -579,10 +579,22 @@ public final class JournalStore implements AutoCloseable {
      * included). Writers go on during it but for the rotation of the redo log.
      */
     public void checkpoint() throws StoreException {
-        Parking.parked(() -> {
-            checkpointLocked();
-            return null;
-        }, () -> busy("checkpoint"));
+        // An interrupt of the calling thread (a timer or a control request shut down at unmount)
+        // must not reach the store's files: a FileChannel an interrupted thread uses is closed for
+        // good (ClosedByInterruptException), and every later checkpoint, the one at close included,
+        // failed with it (close-mode devices lost what was written since the last commit; found by
+        // a review). The interrupt is kept for the caller, after.
+        boolean interrupted = Thread.interrupted();
+        try {
+            Parking.parked(() -> {
+                checkpointLocked();
+                return null;
+            }, () -> busy("checkpoint"));
+        } finally {
+            if (interrupted) {
+                Thread.currentThread().interrupt();
+            }
+        }
     }
 
     private synchronized void checkpointLocked() throws StoreException {

@@ -171,6 +171,35 @@ class JournalStoreTest {
         }
     }
 
+    /**
+     * A checkpoint asked by a thread whose interrupt flag is set (a timer or a control request
+     * shut down at unmount) commits, and the store's files stay open: the close after it commits
+     * too, and the flag is the caller's again. (An interrupted thread's FileChannel call closed the
+     * channel for good, and close-mode data written since the last commit was lost at close;
+     * found by a review.)
+     */
+    @Test
+    void aCheckpointByAnInterruptedThreadCommitsAndTheStoreWorksOn() throws Exception {
+        Path file = dir.resolve("j.db");
+        try (JournalStore s = JournalStore.open(file)) {
+            JournalDevice c = s.create("c", MiB, Durability.CLOSE);
+            c.write(0, random(MiB, 21), 0, MiB);
+            Thread.currentThread().interrupt();
+            try {
+                s.checkpoint();
+                assertTrue(Thread.currentThread().isInterrupted(), "the interrupt is kept for the caller");
+            } finally {
+                Thread.interrupted();
+            }
+            c.write(0, random(MiB, 22), 0, MiB);
+        }
+        try (JournalStore s = JournalStore.open(file)) {
+            byte[] back = new byte[MiB];
+            s.device("c").read(0, back, 0, MiB);
+            assertArrayEquals(random(MiB, 22), back, "committed at close");
+        }
+    }
+
     @Test
     void truncateShrinksAndFreesAndDeleteFreesEverything() throws Exception {
         try (JournalStore s = JournalStore.open(dir.resolve("j.db"))) {

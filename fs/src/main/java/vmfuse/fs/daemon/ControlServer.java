@@ -123,7 +123,18 @@ public final class ControlServer implements AutoCloseable {
         } catch (IOException e) {
             log.debug("closing control socket: {}", e.getMessage());
         }
-        workers.shutdownNow();
+        // A request in progress is let finish for a while before it is interrupted: one may be in
+        // a journal checkpoint (journal create, delete, rename), and an interrupt reaching the
+        // store's files closed them for good (JournalStore#checkpoint now keeps one off them too)
+        workers.shutdown();
+        try {
+            if (!workers.awaitTermination(10, TimeUnit.SECONDS)) {
+                workers.shutdownNow();
+            }
+        } catch (InterruptedException e) {
+            workers.shutdownNow();
+            Thread.currentThread().interrupt();
+        }
         try {
             Files.deleteIfExists(path);
         } catch (IOException e) {

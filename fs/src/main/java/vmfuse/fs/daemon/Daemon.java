@@ -279,7 +279,6 @@ public final class Daemon {
         ScheduledExecutorService ledgerTimer = timer("vmfuse-ledger");
         ScheduledExecutorService checkpointTimer = timer("vmfuse-checkpoint");
         ScheduledExecutorService reclaimTimer = timer("vmfuse-reclaim");
-        List<ScheduledExecutorService> timers = List.of(ledgerTimer, checkpointTimer, reclaimTimer);
         ledgerTimer.scheduleWithFixedDelay(() -> save(ledger, false), 2, 2, TimeUnit.SECONDS);
         long every = Long.getLong("vmfuse.test.checkpointSeconds", CHECKPOINT_SECONDS); // a test's may be longer
         checkpointTimer.scheduleWithFixedDelay(() -> checkpoint(fs), every, every,
@@ -295,7 +294,12 @@ public final class Daemon {
             log.info("fuse loop ended rc={}", rc);
             SystemdNotify.send("STOPPING=1\nSTATUS=unmounted; closing the store");
         } finally {
-            timers.forEach(ScheduledExecutorService::shutdownNow);
+            // the reclaimer's may be minutes into QMP calls: interrupted; the others are not, as a
+            // checkpoint or a ledger save an interrupt reached could close its files for good
+            // (journals.close() below waits for a checkpoint still running, on the store's monitor)
+            reclaimTimer.shutdownNow();
+            ledgerTimer.shutdown();
+            checkpointTimer.shutdown();
             if (nbd != null) {
                 nbd.close(); // its clients hung up and their volumes closed before the core closes
             }
