@@ -245,7 +245,18 @@ public final class JournalStore implements AutoCloseable {
             }, replayed);
             store.commits = new GroupCommit(store.redo, file);
             try {
+                long replayedInto = store.redo.generation();
                 store.checkpoint();
+                if (store.redo.generation() == replayedInto) {
+                    // A crash in a checkpoint, after its rotation and before its commit: this one
+                    // committed without rotating, and replay stopped at the first torn record of
+                    // the newest segment, past which records of that generation may lie (written
+                    // back before the cut, never flushed). Appended after the end, a record could
+                    // end where one of them begins, and a later replay went on into it: a new
+                    // generation first (a checkpoint with nothing to drain; found by a review).
+                    store.touched = true;
+                    store.checkpoint();
+                }
                 store.redo.shrink();
             } catch (StoreException | RuntimeException e) {
                 store.commits.close(); // its forcer thread ends

@@ -194,6 +194,54 @@ class JournalStoreFaultTest {
         }
     }
 
+    /**
+     * A crash in a checkpoint, between its rotation and its commit, that tore a record of the
+     * newest segment and kept later ones whole (written back before the cut, never flushed): the
+     * mount after it replays up to the torn record, and what is written next is never followed,
+     * at a later replay, by the records past it, even where it ends right where one of them
+     * begins and the zeros written after it were lost (a review found the mount appending there,
+     * in the same generation).
+     */
+    @Test
+    void recordsPastATornOneAreNeverReplayedAfterWhatIsWrittenNext() throws Exception {
+        FaultyDisk disk = disk(9);
+        JournalStore s = open(disk);
+        JournalDevice a = s.create("a", 16L * BLOCK, Durability.FLUSH);
+        a.write(0, block('0'), 0, BLOCK);
+        failTheCommitOfTheNextCheckpoint(s, disk); // rotated, not committed: as a crash in a checkpoint leaves it
+        long gen = s.redo().generation();
+        long[] at = new long[9];
+        for (int i = 1; i <= 7; i++) { // records R1..R7, all of one size
+            at[i] = s.redo().position();
+            a.write(i * BLOCK, block((char) ('0' + i)), 0, BLOCK);
+        }
+        long end = s.redo().position();
+        a.flush();
+        disk = crash(s, disk);
+        Path seg = RedoLog.segmentFile(JournalStore.redoFile(file()), (int) (gen % 2));
+        byte[] bytes = Files.readAllBytes(seg);
+        bytes[(int) at[5] + 100] ^= 0x55; // R5 torn
+        Files.write(seg, bytes);
+        byte[] past = Arrays.copyOfRange(bytes, (int) at[6], (int) end); // R6 and R7, whole
+
+        s = open(disk);
+        a = s.device("a");
+        assertArrayEquals(block('4'), read(a, 4), "before the torn record");
+        assertArrayEquals(new byte[BLOCK], read(a, 6), "past it: as if never written");
+        a.write(8 * BLOCK, block('N'), 0, BLOCK); // R5's size: in the same generation, it ends where R6 begins
+        a.flush();
+        disk = crash(s, disk);
+        try (var f = java.nio.channels.FileChannel.open(seg, java.nio.file.StandardOpenOption.WRITE)) {
+            f.write(java.nio.ByteBuffer.wrap(past), at[6]); // the zeros after it lost, R6 and R7 as they were
+        }
+        try (JournalStore again = open(disk)) {
+            JournalDevice back = again.device("a");
+            assertArrayEquals(block('N'), read(back, 8), "flushed");
+            assertArrayEquals(new byte[BLOCK], read(back, 6), "R6 was dropped at the last mount: never replayed");
+            assertArrayEquals(new byte[BLOCK], read(back, 7), "nor R7");
+        }
+    }
+
     /** chown and chmod of a device: committed when they return; a commit that fails changes nothing. */
     @Test
     void anOwnerIsCommittedOrNotChangedAtAll() throws Exception {
