@@ -110,7 +110,7 @@ final class GroupCommit {
         } catch (StoreException e) {
             log.error("journal flush failed file={}: {}", file, e.getMessage());
             failure = e;
-        } catch (RuntimeException e) { // never leave `syncing` set: every flush after would wait forever
+        } catch (RuntimeException | Error e) { // never leave `syncing` set: every flush after would wait forever
             log.error("journal flush failed file={}", file, e);
             failure = new StoreException(StoreException.EIO, "sync of the redo log failed: " + e, e);
         }

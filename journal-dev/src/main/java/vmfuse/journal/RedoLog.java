@@ -415,6 +415,8 @@ final class RedoLog implements AutoCloseable {
             ch.force(false);
         } catch (IOException e) {
             failed = e;
+        } catch (RuntimeException | Error e) { // its outcome unknown: as a failure, never leaving `forcing` raised
+            failed = new IOException("fdatasync failed: " + e, e);
         }
         synchronized (this) {
             forcing--;
