@@ -60,6 +60,8 @@ public final class VmReclaimer implements AgentSession.Host, WriteTracker.Listen
     private final AtomicBoolean queued = new AtomicBoolean();
     /** After a failed carry-out, reconsider() waits until then (nanoTime) before it tries again. */
     private volatile long quietUntil = System.nanoTime();
+    /** close() began: no further notice is carried out (one being punched ends first). */
+    private volatile boolean closing;
     // guarded by this
     private long received;
     private long refused;
@@ -243,6 +245,9 @@ public final class VmReclaimer implements AgentSession.Host, WriteTracker.Listen
             todo = notices.pending();
         }
         for (NoticeLog.Pending p : todo) {
+            if (closing) {
+                return null; // its owner stops counting the image's writes once this returns
+            }
             List<Range> ranges;
             synchronized (this) {
                 ranges = p.ranges().list();
@@ -254,7 +259,11 @@ public final class VmReclaimer implements AgentSession.Host, WriteTracker.Listen
                         n += r.length();
                     }
                     synchronized (this) {
-                        notices.done(p.seq()); // before writes resume: a re-punch after a crash finds nothing new
+                        // before writes resume, durably: what was punched leaves every notice that
+                        // holds it (an agent may send a range twice), else a write there from now on
+                        // cuts nothing (the range is no longer pending) and a restart punched it again
+                        notices.cut(still);
+                        notices.done(p.seq()); // a re-punch after a crash finds nothing new
                         punched += n;
                         freed += f;
                         notPunched.forEach(this::add);
@@ -291,13 +300,26 @@ public final class VmReclaimer implements AgentSession.Host, WriteTracker.Listen
         return image;
     }
 
+    /**
+     * After close(): a punch is still running (it outlived close's wait), so the image's writes
+     * must go on being counted for it.
+     */
+    public boolean punching() {
+        return !reclaim.isTerminated();
+    }
+
     /** Waits until the punches decided so far are done. */
     public void awaitIdle() throws Exception {
         reclaim.submit(() -> { }).get(60, TimeUnit.SECONDS);
     }
 
+    /**
+     * Stops: no notice is carried out after the one being punched, which it waits for (30 s at
+     * most: see {@link #punching}), and the log records a clean stop.
+     */
     @Override
     public void close() throws IOException {
+        closing = true;
         reclaim.shutdown();
         try {
             reclaim.awaitTermination(30, TimeUnit.SECONDS);

@@ -1,6 +1,8 @@
 package vmfuse.reclaimer;
 
 import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertFalse;
+import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import java.io.BufferedReader;
@@ -39,6 +41,103 @@ class AgentSessionTest {
             }
             return len;
         }), policy, dir.resolve("vm1.notices"));
+    }
+
+    /**
+     * Two notices over one range (an agent that crashed while it split a notice sends ranges
+     * twice): once the range is punched for the first, it leaves the second too, so what the
+     * guest writes there afterwards is not punched when the second is carried out, here after a
+     * clean restart (found by a review: the second kept it in its log entry, and the write, which
+     * found the range no longer pending, cut nothing).
+     */
+    @Test
+    void aRangePunchedForOneNoticeLeavesEveryNoticeThatHoldsIt() throws Exception {
+        WriteTracker t = new WriteTracker(WriteTracker.newEpoch());
+        ThresholdPolicy never = new ThresholdPolicy(1000, 1000);
+        Puncher failingOnS = (off, len) -> {
+            if (off == 8 * M) {
+                throw new java.io.IOException("EIO");
+            }
+            synchronized (punched) {
+                punched.add(off + ":" + len);
+            }
+            return len;
+        };
+        try (VmReclaimer r = VmReclaimer.open("vm1", "vm1.raw", () -> DISK, new RawFence(t, failingOnS), never,
+                dir.resolve("vm1.notices"))) {
+            AgentSession s = new AgentSession(r);
+            s.handle("HELLO vmfuse-agent 1");
+            long token = Long.parseLong(s.handle("FENCE").substring(6));
+            assertEquals("ACK 1", s.handle("NOTICE 1 " + token + " 0 0:" + M));
+            assertEquals("ACK 2", s.handle("NOTICE 2 " + token + " 0 " + 8 * M + ":" + M));
+            assertEquals("ACK 3", s.handle("NOTICE 3 " + token + " 0 0:" + M)); // the first range again
+            assertThrows(java.io.IOException.class, r::reclaimNow, "notice 2's punch fails: notice 3 waits");
+            assertEquals(List.of("0:" + M), punched);
+            t.beginWrite(4096, 4096); // the guest writes a new file where notice 1 was punched
+            t.endWrite();
+        }
+        punched.clear();
+        try (VmReclaimer r = reclaimer(new WriteTracker(WriteTracker.newEpoch()), 0.0)) {
+            r.reclaimNow();
+            assertEquals(List.of(8 * M + ":" + M), punched, "notice 2 again, and nothing of notice 3's range");
+        }
+    }
+
+    /**
+     * close() ends the punch running and carries out no notice after it: its owner then stops
+     * counting the image's writes, and a write from then on is not seen by any notice (a review
+     * found `vm remove` stopping the count first, with notices still to carry out).
+     */
+    @Test
+    void closeWaitsForThePunchRunningAndCarriesOutNoOtherNotice() throws Exception {
+        WriteTracker t = new WriteTracker(WriteTracker.newEpoch());
+        java.util.concurrent.CountDownLatch inFirst = new java.util.concurrent.CountDownLatch(1);
+        java.util.concurrent.CountDownLatch release = new java.util.concurrent.CountDownLatch(1);
+        Puncher blocking = (off, len) -> {
+            if (off == 0) {
+                inFirst.countDown();
+                try {
+                    assertTrue(release.await(30, TimeUnit.SECONDS));
+                } catch (InterruptedException e) {
+                    throw new java.io.IOException(e);
+                }
+            }
+            synchronized (punched) {
+                punched.add(off + ":" + len);
+            }
+            return len;
+        };
+        VmReclaimer r = VmReclaimer.open("vm1", "vm1.raw", () -> DISK, new RawFence(t, blocking),
+                new ThresholdPolicy(1000, 1000), dir.resolve("vm1.notices"));
+        AgentSession s = new AgentSession(r);
+        s.handle("HELLO vmfuse-agent 1");
+        long token = Long.parseLong(s.handle("FENCE").substring(6));
+        s.handle("NOTICE 1 " + token + " 0 0:" + M);
+        s.handle("NOTICE 2 " + token + " 0 " + 8 * M + ":" + M);
+        Thread reclaiming = new Thread(() -> {
+            try {
+                r.reclaimNow();
+            } catch (Exception e) {
+                // what it did is in `punched`
+            }
+        });
+        reclaiming.start();
+        assertTrue(inFirst.await(30, TimeUnit.SECONDS));
+        Thread closing = new Thread(() -> {
+            try {
+                r.close();
+            } catch (java.io.IOException e) {
+                throw new java.io.UncheckedIOException(e);
+            }
+        });
+        closing.start();
+        Thread.sleep(200); // close() is waiting for the punch
+        assertTrue(closing.isAlive(), "close() waits for the punch running");
+        release.countDown();
+        closing.join(30_000);
+        reclaiming.join(30_000);
+        assertFalse(r.punching());
+        assertEquals(List.of("0:" + M), punched, "notice 2 is not carried out once close() began");
     }
 
     @Test

@@ -114,6 +114,14 @@ public final class VmRegistry implements AutoCloseable {
         return v;
     }
 
+    /** Every VM registered: running, and those that could not start. */
+    private List<Vm> registered() {
+        List<Vm> all = new ArrayList<>();
+        running.values().forEach(r -> all.add(r.vm()));
+        failed.values().forEach(f -> all.add(f.vm()));
+        return all;
+    }
+
     /** The trackers by image name, for the filesystem's writes (a live view). */
     public Map<String, WriteTracker> trackers() {
         return trackers;
@@ -143,9 +151,6 @@ public final class VmRegistry implements AutoCloseable {
                     + "); vmfuse vm remove it first");
         }
         for (Running r : running.values()) {
-            if (r.vm().image().equals(image)) {
-                throw new FsException(EBUSY, "image " + image + " is vm " + r.vm().name() + "'s");
-            }
             if (r.vm().agentSocket().equals(agentSocket.toAbsolutePath().normalize())) {
                 throw new FsException(EBUSY, "agent socket " + agentSocket + " is vm " + r.vm().name() + "'s");
             }
@@ -194,6 +199,13 @@ public final class VmRegistry implements AutoCloseable {
     }
 
     private void start(Vm vm) throws FsException, IOException {
+        // one VM per image, registered or not started: two would share one count of its writes
+        // (trackers is by image), one's notices fenced by nothing (found by a review)
+        for (Vm other : registered()) {
+            if (!other.name().equals(vm.name()) && other.image().equals(vm.image())) {
+                throw new FsException(EBUSY, "image " + vm.image() + " is vm " + other.name() + "'s");
+            }
+        }
         if (backing.usage(vm.image()) == null) {
             throw new FsException(ENOENT, "no image " + vm.image() + " in " + store.images());
         }
@@ -259,8 +271,13 @@ public final class VmRegistry implements AutoCloseable {
         }
     }
 
+    /**
+     * Stops a VM's reclaimer: its agent first (no new notice), then its punches (the one running
+     * ends, no other starts), and only then are its image's writes no longer counted. Counting
+     * stopped first, a write the guest made meanwhile into a range still waiting was not seen,
+     * and that range was punched over it (found by a review).
+     */
     private void stop(Running r) {
-        trackers.remove(r.vm().image());
         try {
             r.listener().close();
         } catch (IOException e) {
@@ -271,15 +288,18 @@ public final class VmRegistry implements AutoCloseable {
         } catch (IOException e) {
             log.warn("reclaim vm={}: closing its notice log: {}", r.vm().name(), e.getMessage());
         }
+        if (r.reclaimer().punching()) {
+            log.error("reclaim vm={} image={}: a punch is still running after 30 s; the image's writes stay counted",
+                    r.vm().name(), r.vm().image());
+        } else {
+            trackers.remove(r.vm().image());
+        }
     }
 
     /** Writes vms.tsv anew (a new file, forced, renamed over the old one, the directory synced). */
     private void save() throws IOException {
         StringBuilder b = new StringBuilder();
-        List<Vm> all = new ArrayList<>();
-        running.values().forEach(r -> all.add(r.vm()));
-        failed.values().forEach(f -> all.add(f.vm()));
-        for (Vm vm : all) {
+        for (Vm vm : registered()) {
             b.append(vm.name()).append('\t').append(vm.image()).append('\t').append(vm.agentSocket())
                     .append('\t').append(vm.qmpSocket() == null ? "-" : vm.qmpSocket().toString())
                     .append('\t').append(vm.access()).append('\n');

@@ -1,6 +1,7 @@
 package vmfuse.fs.it;
 
 import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertFalse;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import java.io.BufferedReader;
@@ -444,6 +445,11 @@ class ReclaimerTest {
             m.mount();
             String status = m.vmfuse("status", m.mnt.toString()).assertOk().out();
             assertTrue(status.contains("vm vm (vm.raw) is registered but not served: "), status);
+            // its image is still its own: a second VM on it would share one count of its writes
+            Proc.Result twin = m.vmfuse("vm", "add", "twin", "--image", "vm.raw", "--agent-socket",
+                    m.root.resolve("twin.agent").toString(), m.mnt.toString());
+            assertFalse(twin.ok(), twin.describe());
+            assertTrue(twin.err().contains("image vm.raw is vm vm's"), twin.describe());
             Proc.ok("qemu-img", "create", "-q", "-f", "raw", m.image("other.raw").toString(), "4M");
             m.vmfuse("vm", "add", "other", "--image", "other.raw", "--agent-socket",
                     m.root.resolve("other.agent").toString(), m.mnt.toString()).assertOk();
