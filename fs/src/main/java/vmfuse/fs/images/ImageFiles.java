@@ -247,6 +247,13 @@ public final class ImageFiles {
 
     /** Removes an image's backing file and counts the release. Its open volumes stay usable, without a name. */
     public void remove(String name) throws FsException {
+        if (isOpen(name)) {
+            // libfuse hides (renames, checked there) only what it counts open: an image only the
+            // NBD door has open, or a name the kernel looked up anew (as after a refused rename),
+            // comes here as a plain unlink, and a running VM's disk went from the store (found by
+            // a review)
+            checkNotVm(name, "unlinked");
+        }
         StructStat.Usage usage = dir.usage(name);
         dir.unlink(name);
         int holders = 0;

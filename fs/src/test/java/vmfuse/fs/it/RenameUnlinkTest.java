@@ -116,6 +116,34 @@ class RenameUnlinkTest {
         }
     }
 
+    /**
+     * A running VM's image that only the NBD door has open: libfuse counts it closed and asks a
+     * plain unlink (no hide, where it was refused), refused all the same, and the image stays in
+     * the store (a review found the running disk deleted).
+     */
+    @Test
+    void aRunningImageOpenOnlyThroughTheNbdDoorIsNotUnlinked() throws Exception {
+        try (Mounted m = Mounted.prepare()) {
+            Path sock = m.root.resolve("nbd.sock");
+            m.mount("--nbd", "unix:" + sock);
+            Proc.ok("qemu-img", "create", "-q", "-f", "raw", m.image("vm1.raw").toString(), "4M");
+            String sum = Disk.sha256(m.backing("vm1.raw"));
+            m.vmfuse("vm", "add", "vm1", "--image", "images/vm1.raw", "--agent-socket",
+                    m.root.resolve("vm1.agent").toString(), m.mnt.toString()).assertOk();
+            try (Proc.Background qemu = Proc.start("qemu-io", "-f", "raw", "nbd+unix:///images/vm1.raw?socket=" + sock,
+                    "-c", "write -P 7 0 64k", "-c", "sleep 60000")) {
+                for (int i = 0; i < 100 && !ls(m.store.resolve("images")).contains("vm1.raw")
+                        || i < 100 && !m.vmfuse("status", m.mnt.toString()).out().contains("vm1.raw"); i++) {
+                    Thread.sleep(50);
+                }
+                Thread.sleep(500); // its connection is open and has written
+                assertEquals("EBUSY", pyErrno("unlink", m.image("vm1.raw")), "not unlinked while it runs");
+                assertEquals(List.of("vm1.raw"), ls(m.store.resolve("images")));
+            }
+            assertTrue(!Disk.sha256(m.backing("vm1.raw")).equals(sum), "the guest's write is in the image");
+        }
+    }
+
     @Test
     void aRenameOntoAnOpenImageReplacesItAndItsSpaceReturnsAtTheLastClose() throws Exception {
         try (Mounted m = Mounted.create()) {
