@@ -96,7 +96,12 @@ public final class ImageVolume implements Volume {
         return fd;
     }
 
-    /** preads until {@code size} bytes or the end; an error after some bytes ends it short. */
+    /**
+     * preads until {@code size} bytes or the end. An error fails the whole read, after some bytes
+     * too: a read short of its size means the end (Volume#read), and FUSE's page cache and the NBD
+     * door both fill the rest with zeros (a disk error part way reached the guest as zeros with
+     * success; found by a review).
+     */
     @Override
     public int read(Pointer buf, long size, long offset) throws FsException {
         Volume.checkRange(offset, size);
@@ -105,9 +110,6 @@ public final class ImageVolume implements Volume {
             long n = C.pread(fd, buf.slice(done), size - done, offset + done);
             if (n < 0) {
                 int errno = Native.errno();
-                if (done > 0) {
-                    break;
-                }
                 throw new FsException(errno, "read image=" + name + " offset=" + offset + " size=" + size + ": "
                         + strerror(errno));
             }

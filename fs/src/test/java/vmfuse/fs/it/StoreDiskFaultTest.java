@@ -61,6 +61,53 @@ class StoreDiskFaultTest {
         }
     }
 
+    /**
+     * A read that meets a disk error part way (its first 64 KiB in the host's page cache, the rest
+     * on a disk failing every I/O) fails with EIO, through FUSE and through the NBD door, or ends
+     * short of the error through FUSE: never zeros in place of what the disk could not give, with
+     * success (found by a review: the image's read ended short at the error, and the page cache
+     * and the NBD door took that for the end of the image and filled in zeros).
+     */
+    @Test
+    void aReadThatMeetsADiskErrorPartWayNeverReturnsZerosForWhatFailed() throws Exception {
+        try (Mounted m = Mounted.prepare(); NbdDisk disk = NbdDisk.create(m.store, "256M")) {
+            Path sock = m.root.resolve("nbd.sock");
+            m.mount("--nbd", "unix:" + sock);
+            Path img = m.image("r.raw");
+            Files.write(img, new byte[0]);
+            Disk.writeAndSync(img, 0, 1 << 20, 7).assertOk();
+            Proc.ok("sh", "-c", "sync; echo 3 > /proc/sys/vm/drop_caches");
+            Proc.ok("python3", "-c", String.join("\n", // its first 64 KiB only, no readahead
+                    "import os, sys",
+                    "fd = os.open(sys.argv[1], os.O_RDONLY)",
+                    "os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)",
+                    "os.pread(fd, 65536, 0)"), m.backing("r.raw").toString());
+            disk.failing(true);
+            try {
+                Proc.Result fuse = Proc.run("python3", "-c", String.join("\n",
+                        "import os, sys, random",
+                        "random.seed(7)",
+                        "want = random.randbytes(131072)",
+                        "fd = os.open(sys.argv[1], os.O_RDONLY)",
+                        "try:",
+                        "    got = os.pread(fd, 131072, 0)",
+                        "except OSError as e:",
+                        "    print('error', e.errno); sys.exit(0)",
+                        "print('read', len(got), 'intact' if got == want[:len(got)] else 'differs')"),
+                        img.toString());
+                String out = fuse.assertOk().out().trim();
+                assertTrue(out.equals("error 5") || (out.startsWith("read ") && out.endsWith(" intact")
+                        && !out.equals("read 131072 intact")), "through FUSE: " + out);
+                Proc.Result nbd = Proc.run("qemu-io", "-f", "raw", "-r",
+                        "nbd+unix:///images/r.raw?socket=" + sock, "-c", "read 0 128k");
+                String said = nbd.out() + nbd.err();
+                assertTrue(said.contains("read failed"), "through the NBD door: " + nbd.describe());
+            } finally {
+                disk.failing(false);
+            }
+        }
+    }
+
     @Test
     void afterAPowerCutOfTheStoreDiskEverythingSyncedIsThere() throws Exception {
         try (Mounted m = Mounted.prepare(); NbdDisk disk = NbdDisk.create(m.store, "256M")) {
