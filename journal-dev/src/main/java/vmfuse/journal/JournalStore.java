@@ -460,13 +460,18 @@ public final class JournalStore implements AutoCloseable {
      * that commit fails, both are back as they were, and the error is thrown.
      */
     public void rename(String from, String to) throws StoreException {
+        rename(from, to, true);
+    }
+
+    /** As {@link #rename(String, String)}; unless {@code replace}, EEXIST if {@code to} exists (nothing changes). */
+    public void rename(String from, String to, boolean replace) throws StoreException {
         Parking.parked(() -> {
-            renameLocked(from, to);
+            renameLocked(from, to, replace);
             return null;
         }, () -> busy("rename"));
     }
 
-    private synchronized void renameLocked(String from, String to) throws StoreException {
+    private synchronized void renameLocked(String from, String to, boolean replace) throws StoreException {
         checkOpen();
         JournalDevice d = devices.get(from);
         if (d == null) {
@@ -476,6 +481,9 @@ public final class JournalStore implements AutoCloseable {
             return;
         }
         JournalDevice replaced = devices.get(to);
+        if (replaced != null && !replace) {
+            throw new StoreException(StoreException.EEXIST, "journal device " + to + " exists");
+        }
         // one hold of opLock for the whole move: a writer of d never finds it missing
         commitOrUndo(() -> {
             if (replaced != null) {

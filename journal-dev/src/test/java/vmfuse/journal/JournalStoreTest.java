@@ -2,6 +2,7 @@ package vmfuse.journal;
 
 import static org.junit.jupiter.api.Assertions.assertArrayEquals;
 import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertNotNull;
 import static org.junit.jupiter.api.Assertions.assertNull;
 import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
@@ -241,6 +242,13 @@ class JournalStoreTest {
             byte[] back = new byte[3];
             s.device("b").read(0, back, 0, 3);
             assertArrayEquals(new byte[] {1, 2, 3}, back);
+            // without replacing (the undoing of a hide): EEXIST, and both as they were
+            s.create("c", MiB, Durability.CLOSE).write(0, new byte[] {9}, 0, 1);
+            assertEquals(StoreException.EEXIST, assertThrows(StoreException.class, () -> s.rename("c", "b", false)).errno());
+            s.device("b").read(0, back, 0, 3);
+            assertArrayEquals(new byte[] {1, 2, 3}, back, "b is not replaced");
+            assertNotNull(s.device("c"));
+            s.delete("c");
         }
         try (JournalStore s = JournalStore.open(dir.resolve("j.db"))) {
             assertEquals(List.of("b"), s.list().stream().map(JournalDevice::name).toList());

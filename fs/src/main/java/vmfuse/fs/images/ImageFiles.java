@@ -276,13 +276,22 @@ public final class ImageFiles {
      * moved with it; open volumes of an image {@code to} replaces lose their name.
      */
     public void rename(String from, String to) throws FsException {
+        rename(from, to, true);
+    }
+
+    /** As {@link #rename(String, String)}; unless {@code replace}, EEXIST if {@code to} exists. */
+    public void rename(String from, String to, boolean replace) throws FsException {
         if (Node.within(to, from) && !to.equals(from)) {
             throw new FsException(EINVAL, "a folder cannot be moved into itself: " + from + " -> " + to);
         }
         if (!from.equals(to) && dir.isFolder(from)) {
             checkLimits(from, to);
         }
-        dir.rename(from, to);
+        if (replace) {
+            dir.rename(from, to);
+        } else {
+            dir.renameNoReplace(from, to);
+        }
         if (from.equals(to)) {
             return;
         }

@@ -395,6 +395,17 @@ public final class ImagesDir implements AutoCloseable {
         }
     }
 
+    /** As {@link #rename}, but EEXIST if {@code to} exists: nothing is replaced. */
+    public void renameNoReplace(String from, String to) throws FsException {
+        try (Parent a = new Parent(from); Parent b = new Parent(to)) {
+            if (C.renameat2(a.fd, a.leaf, b.fd, b.leaf, RENAME_NOREPLACE) != 0) {
+                throw FsException.fromErrno(Native.errno(), "rename", from + " to " + to);
+            }
+        }
+    }
+
+    private static final int RENAME_NOREPLACE = 1;
+
     /** chmod of an image or a folder ("" for images/ itself: who may create images there). */
     public void chmod(String path, int mode) throws FsException {
         if (path.isEmpty()) {

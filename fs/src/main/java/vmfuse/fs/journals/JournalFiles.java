@@ -172,8 +172,13 @@ public final class JournalFiles {
      * last close, when its release is counted.
      */
     public void rename(String from, String to) throws FsException {
+        rename(from, to, true);
+    }
+
+    /** As {@link #rename(String, String)}; unless {@code replace}, EEXIST if {@code to} exists. */
+    public void rename(String from, String to, boolean replace) throws FsException {
         try {
-            store.rename(from, to);
+            store.rename(from, to, replace);
         } catch (StoreException e) {
             throw fail(e);
         }

@@ -657,13 +657,17 @@ public final class VmFuseFs extends FuseStubFS {
         LAST_HIDE.set(new Hide(from.kind(), from.name(), hidden.name(), callerPid()));
     }
 
-    /** Undoes a hide whose rename was refused: the image or device is back under its name, as it was. */
+    /**
+     * Undoes a hide whose rename was refused: the image or device is back under its name, as it
+     * was. Never over another: that hide may have been an unlink's, left on this thread, and what
+     * is under the name now is a newer file (found by a review).
+     */
     private void unhide(Hide h) {
         try {
             if (h.kind() == Node.Kind.JOURNAL) {
-                journals.rename(h.hiddenAs(), h.name());
+                journals.rename(h.hiddenAs(), h.name(), false);
             } else {
-                images.rename(h.hiddenAs(), h.name());
+                images.rename(h.hiddenAs(), h.name(), false);
             }
             log.info("rename onto {} refused: it is back from {}", h.name(), h.hiddenAs());
         } catch (FsException | RuntimeException e) {

@@ -42,6 +42,8 @@ public interface LibC {
     @SaveError int fstatvfs(int fd, Pointer statvfsbuf);
     @SaveError int unlinkat(int dirfd, String path, int flags);
     @SaveError int renameat(int olddirfd, String oldpath, int newdirfd, String newpath);
+    /** renameat with flags (glibc 2.28): RENAME_NOREPLACE (1) fails with EEXIST rather than replace. */
+    @SaveError int renameat2(int olddirfd, String oldpath, int newdirfd, String newpath, int flags);
     @SaveError int fchmodat(int dirfd, String path, int mode, int flags);
     @SaveError int fchmod(int fd, int mode);
     @SaveError int chmod(String path, int mode);

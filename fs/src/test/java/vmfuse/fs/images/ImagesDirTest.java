@@ -44,6 +44,23 @@ class ImagesDirTest {
         dir.close();
     }
 
+    /**
+     * The rename that undoes a hide (VmFuseFs#unhide) replaces nothing: EEXIST, and both files as
+     * they were, when a newer file has the name by then.
+     */
+    @Test
+    void aRenameWithoutReplacingFailsOnAnExistingNameAndChangesNothing() throws Exception {
+        Files.writeString(images.resolve("t1/vm/.fuse_hidden01"), "old, unlinked");
+        Files.writeString(images.resolve("t1/vm/b.raw"), "newer, fsynced");
+        assertEquals(EEXIST, assertThrows(FsException.class,
+                () -> dir.renameNoReplace("t1/vm/.fuse_hidden01", "t1/vm/b.raw")).errno());
+        assertEquals("newer, fsynced", Files.readString(images.resolve("t1/vm/b.raw")));
+        assertEquals("old, unlinked", Files.readString(images.resolve("t1/vm/.fuse_hidden01")));
+        Files.delete(images.resolve("t1/vm/b.raw"));
+        dir.renameNoReplace("t1/vm/.fuse_hidden01", "t1/vm/b.raw");
+        assertEquals("old, unlinked", Files.readString(images.resolve("t1/vm/b.raw")));
+    }
+
     @Test
     void noCallWalksThroughASymlinkedFolder() throws Exception {
         assertEquals(ENOENT, assertThrows(FsException.class, () -> dir.openImage("t1/evil/secret.raw", O_RDWR)).errno());
