@@ -13,6 +13,7 @@ import java.util.ArrayList;
 import java.util.List;
 import java.util.concurrent.CompletableFuture;
 import java.util.concurrent.ExecutionException;
+import java.util.concurrent.TimeUnit;
 import java.util.concurrent.atomic.AtomicLongArray;
 import java.util.concurrent.locks.Condition;
 import java.util.concurrent.locks.ReentrantLock;
@@ -90,6 +91,13 @@ final class Connection implements Runnable {
     private boolean drained;
     private final ReentrantLock out = new ReentrantLock();
     private final Condition outPending = out.newCondition();
+    /** Signalled as the sender takes a reply off {@code pending} (or drops them all). */
+    private final Condition outTaken = out.newCondition();
+    /**
+     * The reading thread (set once transmission begins): a reply it queues itself, to a request it
+     * refused or did whole (a large one), waits while this many are unsent (see {@link #reply}).
+     */
+    private volatile Thread reader;
     /** Replies the socket did not take at once, for the sender thread. Guarded by out. */
     private final ArrayDeque<Reply> pending = new ArrayDeque<>();
     private boolean ending; // guarded by out
@@ -433,6 +441,7 @@ final class Connection implements Runnable {
         exportSize = size();
         share = scheduler.share(exports.share(exportName));
         account = buffers.account(ACCOUNT);
+        reader = Thread.currentThread();
         Thread sender = new Thread(this::sendReplies, Thread.currentThread().getName() + "-send");
         sender.setDaemon(true);
         sender.start();
@@ -915,9 +924,24 @@ final class Connection implements Runnable {
                 }
             }
             if (!dead && !sent) {
-                pending.addLast(r);
-                outPending.signal();
-                return;
+                // The reading thread waits for room: the replies it queues itself (to requests it
+                // refused, as reads too large, or did whole) are counted in no request in flight,
+                // and a client sending such requests without reading the answers grew `pending`
+                // until the heap ran out, the whole daemon's (found by a review). A worker never
+                // waits: its requests are in flight, at most MAX_IN_FLIGHT of them.
+                while (Thread.currentThread() == reader && pending.size() >= MAX_IN_FLIGHT && !dead) {
+                    try {
+                        outTaken.await(1, TimeUnit.SECONDS); // the watchdog hangs up on a client that does not read
+                    } catch (InterruptedException e) {
+                        Thread.currentThread().interrupt();
+                        break;
+                    }
+                }
+                if (!dead) {
+                    pending.addLast(r);
+                    outPending.signal();
+                    return;
+                }
             }
         } finally {
             out.unlock();
@@ -962,6 +986,7 @@ final class Connection implements Runnable {
                     dropped.addAll(pending);
                     pending.clear();
                 }
+                outTaken.signalAll();
             } finally {
                 out.unlock();
             }

@@ -279,6 +279,44 @@ class NbdServerTest {
         assertEquals(disk.opens.get(), disk.closes.get(), "every export opened was closed");
     }
 
+    /**
+     * A client that sends requests the server refuses at once (reads of 64 MiB, past what it
+     * serves) and reads none of the answers: the server stops reading its requests once 64
+     * answers wait, so its memory stays bounded (the client's send blocks, a few thousand
+     * requests in, until the watchdog hangs up on it), and another client is served meanwhile. (A review found the answers queued without bound: the heap, the whole
+     * daemon's, ran out.)
+     */
+    @Test
+    void aClientThatReadsNoAnswersToRefusedRequestsIsHeldBackNotQueuedForWithoutBound() throws Exception {
+        String script = String.join("\n",
+                "import socket, struct, sys",
+                "def go(name=b'disk'):",
+                "    s = socket.socket(socket.AF_UNIX); s.settimeout(30); s.connect(sys.argv[1])",
+                "    s.recv(18, socket.MSG_WAITALL); s.sendall(struct.pack('>I', 3))",
+                "    s.sendall(b'IHAVEOPT' + struct.pack('>III', 7, 4 + len(name) + 2, len(name)) + name + struct.pack('>H', 0))",
+                "    while True:",
+                "        magic, o, t, n = struct.unpack('>QIII', s.recv(20, socket.MSG_WAITALL))",
+                "        if n: s.recv(n, socket.MSG_WAITALL)",
+                "        if t == 1: return s",
+                "hog = go()",
+                "hog.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)",
+                "hog.settimeout(5)",
+                "sent = 0",
+                "big = b''.join(struct.pack('>IHHQQI', 0x25609513, 0, 0, i, 0, 64 << 20) for i in range(1000))",
+                "try:",
+                "    for _ in range(1000):  # a million requests, 28 MB (without the bound: 134,000 read in 2 s here)",
+                "        hog.sendall(big); sent += 1000",
+                "except (socket.timeout, BrokenPipeError, ConnectionResetError) as e: print('stopped-by', type(e).__name__)  # held back, then hung up on",
+                "print('held-back', sent < 30000, sent)",
+                "other = go()",
+                "other.sendall(struct.pack('>IHHQQI', 0x25609513, 0, 0, 7, 0, 4096))",
+                "magic, err, cookie = struct.unpack('>IIQ', other.recv(16, socket.MSG_WAITALL))",
+                "print('other-served', err, cookie, len(other.recv(4096, socket.MSG_WAITALL)))");
+        String out = run("python3", "-c", script, server.socket().toString()).ok().out();
+        assertTrue(out.contains("held-back True"), "its requests are no longer read: " + out);
+        assertTrue(out.contains("other-served 0 7 4096"), out);
+    }
+
     @Test
     void quickRequestsAreDoneOnTheReadingThreadAndSlowOnesSideBySideOnWorkers() throws Exception {
         String script = String.join("\n",
