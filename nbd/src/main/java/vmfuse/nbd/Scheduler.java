@@ -529,6 +529,14 @@ public final class Scheduler implements AutoCloseable {
     /** Runs what is queued (limits no longer apply), then stops the workers (waiting up to 30 s for them). */
     @Override
     public void close() {
+        stop();
+    }
+
+    /**
+     * As {@link #close()}; true if every worker ended, false if one is still in a request after
+     * 30 s (its export's files must then stay open: see the daemon's shutdown).
+     */
+    public boolean stop() {
         lock.lock();
         try {
             closed = true;
@@ -542,11 +550,17 @@ public final class Scheduler implements AutoCloseable {
                 t.join(Math.max(1, (deadline - System.nanoTime()) / 1_000_000));
             } catch (InterruptedException e) {
                 Thread.currentThread().interrupt();
-                return;
+                return false;
             }
             if (t.isAlive()) {
                 log.warn("scheduler worker {} still in a request after 30 s", t.getName());
             }
         }
+        for (Thread t : workers) {
+            if (t.isAlive()) {
+                return false;
+            }
+        }
+        return true;
     }
 }

@@ -303,8 +303,17 @@ public final class Daemon {
             if (nbd != null) {
                 nbd.close(); // its clients hung up and their volumes closed before the core closes
             }
+            // the workers' requests end before any image is closed: one still in a pwrite after
+            // its descriptor closed would write into whatever file got that number next (the
+            // ledger, the journal store; found by a review). One that outlives the wait keeps
+            // every image open until the process exits.
+            boolean workersDone = scheduler.stop();
             vms.close();
-            fs.closeAll();
+            if (workersDone) {
+                fs.closeAll();
+            } else {
+                log.error("NBD requests still at the disk after 30 s: images stay open until the daemon exits");
+            }
             List<String> failed = new ArrayList<>();
             try {
                 journals.close(); // commits every device; before the shutdown hook may let the JVM go
