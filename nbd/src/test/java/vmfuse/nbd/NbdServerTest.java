@@ -219,6 +219,17 @@ class NbdServerTest {
         assertEquals(0, waitForNoClients(), "every broken connection was closed");
     }
 
+    /** Python: go(name) connects to the server at sys.argv[1] and opens export {@code name} (OPT_GO), a socket back. */
+    private static final String GO = String.join("\n",
+            "def go(name=b'disk'):",
+            "    s = socket.socket(socket.AF_UNIX); s.settimeout(30); s.connect(sys.argv[1])",
+            "    s.recv(18, socket.MSG_WAITALL); s.sendall(struct.pack('>I', 3))",
+            "    s.sendall(b'IHAVEOPT' + struct.pack('>III', 7, 4 + len(name) + 2, len(name)) + name + struct.pack('>H', 0))",
+            "    while True:",
+            "        magic, o, t, n = struct.unpack('>QIII', s.recv(20, socket.MSG_WAITALL))",
+            "        if n: s.recv(n, socket.MSG_WAITALL)",
+            "        if t == 1: return s");
+
     /**
      * Requests in flight: 64 writes sent before any reply is read, then 64 reads, each answered
      * once, by cookie. A client that sends reads and never reads the replies is hung up on once a
@@ -229,14 +240,7 @@ class NbdServerTest {
     void requestsInFlightAreAllAnsweredAndClientsThatStallAreHungUpOn() throws Exception {
         String script = String.join("\n",
                 "import socket, struct, sys, time",
-                "def go(name=b'disk'):",
-                "    s = socket.socket(socket.AF_UNIX); s.settimeout(30); s.connect(sys.argv[1])",
-                "    s.recv(18, socket.MSG_WAITALL); s.sendall(struct.pack('>I', 3))",
-                "    s.sendall(b'IHAVEOPT' + struct.pack('>III', 7, 4 + len(name) + 2, len(name)) + name + struct.pack('>H', 0))",
-                "    while True:",
-                "        magic, o, t, n = struct.unpack('>QIII', s.recv(20, socket.MSG_WAITALL))",
-                "        if n: s.recv(n, socket.MSG_WAITALL)",
-                "        if t == 1: return s",
+                GO,
                 "def req(s, typ, cookie, off, n, data=b''):",
                 "    s.sendall(struct.pack('>IHHQQI', 0x25609513, 0, typ, cookie, off, n) + data)",
                 "def simple(s):",
@@ -290,14 +294,7 @@ class NbdServerTest {
     void aClientThatReadsNoAnswersToRefusedRequestsIsHeldBackNotQueuedForWithoutBound() throws Exception {
         String script = String.join("\n",
                 "import socket, struct, sys",
-                "def go(name=b'disk'):",
-                "    s = socket.socket(socket.AF_UNIX); s.settimeout(30); s.connect(sys.argv[1])",
-                "    s.recv(18, socket.MSG_WAITALL); s.sendall(struct.pack('>I', 3))",
-                "    s.sendall(b'IHAVEOPT' + struct.pack('>III', 7, 4 + len(name) + 2, len(name)) + name + struct.pack('>H', 0))",
-                "    while True:",
-                "        magic, o, t, n = struct.unpack('>QIII', s.recv(20, socket.MSG_WAITALL))",
-                "        if n: s.recv(n, socket.MSG_WAITALL)",
-                "        if t == 1: return s",
+                GO,
                 "hog = go()",
                 "hog.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)",
                 "hog.settimeout(5)",
