@@ -586,11 +586,11 @@ public final class JournalDevice {
         }
     }
 
-    /** The size goes to the catalog at the next checkpoint, and to the redo log now. */
     /**
-     * Logged first: a size set in memory whose record failed to append (ENOSPC, EIO) let a later
-     * write inside it log no size of its own, and after a crash its flushed data lay past the
-     * size replay gave back (found by a review).
+     * The size goes to the redo log now, and to the catalog at the next checkpoint. Logged first:
+     * a size set in memory whose record failed to append (ENOSPC, EIO) let a later write inside it
+     * log no size of its own, and after a crash its flushed data lay past the size replay gave
+     * back (found by a review).
      */
     private void setSize(long newSize) throws StoreException {
         log(RedoLog.SIZE, newSize, 0, null, 0, 0);

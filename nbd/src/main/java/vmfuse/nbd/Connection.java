@@ -95,7 +95,8 @@ final class Connection implements Runnable {
     private final Condition outTaken = out.newCondition();
     /**
      * The reading thread (set once transmission begins): a reply it queues itself, to a request it
-     * refused or did whole (a large one), waits while this many are unsent (see {@link #reply}).
+     * refused or did whole (a large one), waits while MAX_IN_FLIGHT replies are unsent (see
+     * {@link #reply}).
      */
     private volatile Thread reader;
     /** Replies the socket did not take at once, for the sender thread. Guarded by out. */
