@@ -4,10 +4,12 @@ import java.nio.ByteBuffer;
 import java.util.ArrayDeque;
 
 /**
- * The direct buffers requests' data waits in, from one budget for the whole server and a smaller
- * one per connection ({@link Account}): a client that sends faster than the disk takes its data
- * stops being read when its account is spent, and all clients together hold at most the server's
- * budget, whatever they send. Sizes are powers of two from 4 KiB to {@link #MAX}; a buffer given
+ * The direct buffers requests' data waits in, from one budget for the whole server, half of it at
+ * most per tenant (a user on the unix socket, a key identity on TCP: however many connections it
+ * opens), and a smaller one per connection ({@link Account}): a client that sends faster than the
+ * disk takes its data stops being read when its account is spent, all clients together hold at
+ * most the server's budget whatever they send, and one tenant holding its share (say, large
+ * writes whose payload trickles in) leaves the other half to the others. Sizes are powers of two from 4 KiB to {@link #MAX}; a buffer given
  * back is kept for the next request of its size, and dropped when another size needs the room.
  */
 final class Buffers {
@@ -81,18 +83,53 @@ final class Buffers {
 
     /** A connection's part of the budget: at most {@code cap} bytes of buffers at once. */
     Account account(long cap) {
-        return new Account(cap);
+        return account(cap, "");
     }
+
+    /** As {@link #account(long)}, for a connection of {@code tenant}, whose connections hold half the budget at most. */
+    Account account(long cap, String tenant) {
+        Share share;
+        synchronized (shares) {
+            share = shares.computeIfAbsent(tenant, t -> new Share(Math.max(MAX, budget / 2)));
+        }
+        return new Account(cap, share);
+    }
+
+    /** Bytes of buffers all of one tenant's connections hold. */
+    private static final class Share {
+        private final long cap;
+        private long held; // guarded by this
+
+        Share(long cap) {
+            this.cap = cap;
+        }
+
+        synchronized void take(int size) throws InterruptedException {
+            while (held + size > cap) {
+                wait();
+            }
+            held += size;
+        }
+
+        synchronized void give(int size) {
+            held -= size;
+            notifyAll();
+        }
+    }
+
+    private final java.util.Map<String, Share> shares = new java.util.HashMap<>();
 
     final class Account {
         private final long cap;
+        private final Share share;
         private long held;
 
-        private Account(long cap) {
+        private Account(long cap, Share share) {
             if (cap < MAX) {
                 throw new IllegalArgumentException("an account of " + cap + " bytes holds no request of " + MAX);
             }
             this.cap = cap;
+            this.share = share;
         }
 
         /** A buffer for {@code n} bytes, once this account and the server have room for it. */
@@ -104,9 +141,15 @@ final class Buffers {
                 }
                 held += size;
             }
+            boolean shared = false;
             try {
+                share.take(size);
+                shared = true;
                 return Buffers.this.take(n);
             } catch (InterruptedException | RuntimeException | Error e) {
+                if (shared) {
+                    share.give(size);
+                }
                 synchronized (this) {
                     held -= size;
                     notifyAll();
@@ -117,6 +160,7 @@ final class Buffers {
 
         void give(ByteBuffer b) {
             Buffers.this.give(b);
+            share.give(b.capacity());
             synchronized (this) {
                 held -= b.capacity();
                 notifyAll();

@@ -441,7 +441,7 @@ final class Connection implements Runnable {
         }
         exportSize = size();
         share = scheduler.share(exports.share(exportName));
-        account = buffers.account(ACCOUNT);
+        account = buffers.account(ACCOUNT, peer.tenant());
         reader = Thread.currentThread();
         Thread sender = new Thread(this::sendReplies, Thread.currentThread().getName() + "-send");
         sender.setDaemon(true);

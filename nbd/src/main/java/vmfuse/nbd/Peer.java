@@ -13,6 +13,11 @@ public record Peer(String id, UserPrincipal user, String tlsIdentity) {
         this(id, user, null);
     }
 
+    /** Whose connection it is, for what all of one tenant's connections share: its key identity, else its user. */
+    String tenant() {
+        return tlsIdentity != null ? "psk:" + tlsIdentity : user != null ? "user:" + user.getName() : id;
+    }
+
     Peer withTlsIdentity(String identity) {
         return new Peer(id, user, identity);
     }

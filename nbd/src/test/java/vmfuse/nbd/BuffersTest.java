@@ -43,6 +43,30 @@ class BuffersTest {
         account.give(second);
     }
 
+    /**
+     * One tenant's connections together hold half the server's budget at most: with that spent
+     * (say, large writes whose payload trickles in), its next connection waits and another
+     * tenant's is served. (A review found 16 connections of one user holding all of it, and every
+     * other tenant's reads and writes waiting.)
+     */
+    @Test
+    void aTenantHoldsHalfTheBudgetAtMostHoweverManyConnectionsItOpens() throws Exception {
+        Buffers pool = new Buffers(4L * Buffers.MAX);
+        Buffers.Account a1 = pool.account(Buffers.MAX, "user:hog");
+        Buffers.Account a2 = pool.account(Buffers.MAX, "user:hog");
+        Buffers.Account a3 = pool.account(Buffers.MAX, "user:hog");
+        ByteBuffer h1 = a1.take(Buffers.MAX);
+        ByteBuffer h2 = a2.take(Buffers.MAX);
+        CompletableFuture<ByteBuffer> third = CompletableFuture.supplyAsync(() -> take(a3, 4096));
+        assertThrows(TimeoutException.class, () -> third.get(300, TimeUnit.MILLISECONDS), "the tenant's half is spent");
+        Buffers.Account other = pool.account(Buffers.MAX, "user:other");
+        ByteBuffer o = other.take(Buffers.MAX); // the other half is there
+        other.give(o);
+        a1.give(h1);
+        a3.give(third.get(10, TimeUnit.SECONDS));
+        a2.give(h2);
+    }
+
     @Test
     void theServerBudgetBoundsAllAccountsTogetherAndKeptBuffersAreReused() throws Exception {
         Buffers pool = new Buffers(Buffers.MAX);
