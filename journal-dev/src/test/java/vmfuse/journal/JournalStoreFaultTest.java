@@ -208,6 +208,7 @@ class JournalStoreFaultTest {
         JournalStore s = open(disk);
         JournalDevice a = s.create("a", 16L * BLOCK, Durability.FLUSH);
         a.write(0, block('0'), 0, BLOCK);
+        a.flush(); // and the forcer has nothing left to force: the next calls are the checkpoint's
         failTheCommitOfTheNextCheckpoint(s, disk); // rotated, not committed: as a crash in a checkpoint leaves it
         long gen = s.redo().generation();
         long[] at = new long[9];
