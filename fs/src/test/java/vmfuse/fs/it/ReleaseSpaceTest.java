@@ -136,7 +136,8 @@ class ReleaseSpaceTest {
             assertNoHiddenFilesIn(m.mnt.resolve("images")); // libfuse's hidden name is never listed
             assertTrue(Disk.free(m.store) - freeBefore < 32 * MiB, "space is still held by the open file");
             holder.close();
-            Poll.until(() -> Disk.free(m.store) - freeBefore >= 32 * MiB, () -> "32 MiB freed at the last close");
+            // less a page or two: the store's own log and ledger, on the same tmpfs, grow meanwhile
+            Poll.until(() -> Disk.free(m.store) - freeBefore >= 31 * MiB, () -> "32 MiB freed at the last close");
             assertNoHiddenFiles(); // the hidden backing file went with the last close
         }
     }
