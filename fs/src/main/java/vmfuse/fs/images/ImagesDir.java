@@ -388,17 +388,17 @@ public final class ImagesDir implements AutoCloseable {
 
     /** Renames an image or a folder, within a folder or between two. */
     public void rename(String from, String to) throws FsException {
-        try (Parent a = new Parent(from); Parent b = new Parent(to)) {
-            if (C.renameat(a.fd, a.leaf, b.fd, b.leaf) != 0) {
-                throw FsException.fromErrno(Native.errno(), "rename", from + " to " + to);
-            }
-        }
+        rename(from, to, 0);
     }
 
     /** As {@link #rename}, but EEXIST if {@code to} exists: nothing is replaced. */
     public void renameNoReplace(String from, String to) throws FsException {
+        rename(from, to, RENAME_NOREPLACE);
+    }
+
+    private void rename(String from, String to, int flags) throws FsException {
         try (Parent a = new Parent(from); Parent b = new Parent(to)) {
-            if (C.renameat2(a.fd, a.leaf, b.fd, b.leaf, RENAME_NOREPLACE) != 0) {
+            if (C.renameat2(a.fd, a.leaf, b.fd, b.leaf, flags) != 0) {
                 throw FsException.fromErrno(Native.errno(), "rename", from + " to " + to);
             }
         }

@@ -41,8 +41,7 @@ public interface LibC {
     @SaveError int fstatat(int dirfd, String path, Pointer statbuf, int flags);
     @SaveError int fstatvfs(int fd, Pointer statvfsbuf);
     @SaveError int unlinkat(int dirfd, String path, int flags);
-    @SaveError int renameat(int olddirfd, String oldpath, int newdirfd, String newpath);
-    /** renameat with flags (glibc 2.28): RENAME_NOREPLACE (1) fails with EEXIST rather than replace. */
+    /** renameat(2) with flags (glibc 2.28): RENAME_NOREPLACE (1) fails with EEXIST rather than replace. */
     @SaveError int renameat2(int olddirfd, String oldpath, int newdirfd, String newpath, int flags);
     @SaveError int fchmodat(int dirfd, String path, int mode, int flags);
     @SaveError int fchmod(int fd, int mode);
