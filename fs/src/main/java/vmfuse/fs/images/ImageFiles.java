@@ -111,11 +111,34 @@ public final class ImageFiles {
     public ImageVolume open(String name, int flags, Door door) throws FsException {
         synchronized (held) {
             awaitRelease(name);
-            ImageVolume v = volume(dir.openImage(name, flags), name);
+            ImageVolume v = volume(dir.openImage(name, flags & ~O_TRUNC), name);
             if (door == Door.MOUNT && (flags & O_ACCMODE) != O_RDONLY) {
                 claimOrClose(v, door);
             }
+            return truncatedAtOpen(v, name, flags);
+        }
+    }
+
+    /**
+     * open(2)'s O_TRUNC (libfuse passes it with atomic_o_trunc, and with a create that finds the
+     * file) is a truncate to 0 through the mount: never the backing open's own, which would cut
+     * a running VM's image before its writer is asked, and count nothing. An open for reading
+     * cuts by name, as truncate(2) does, and writes no more.
+     */
+    private ImageVolume truncatedAtOpen(ImageVolume v, String name, int flags) throws FsException {
+        if ((flags & O_TRUNC) == 0) {
             return v;
+        }
+        try {
+            if ((flags & O_ACCMODE) == O_RDONLY) {
+                truncate(name, 0);
+            } else {
+                v.truncate(0);
+            }
+            return v;
+        } catch (FsException | RuntimeException e) {
+            v.close();
+            throw e;
         }
     }
 
@@ -156,7 +179,7 @@ public final class ImageFiles {
     public ImageVolume create(String name, int flags, int mode, int uid, int gid) throws FsException {
         synchronized (held) {
             awaitRelease(name);
-            int fd = dir.createImage(name, flags, mode);
+            int fd = dir.createImage(name, flags & ~O_TRUNC, mode);
             if (uid != 0 || gid != 0) {
                 try {
                     dir.chown(name, uid, gid);
@@ -170,7 +193,7 @@ public final class ImageFiles {
             if ((flags & O_ACCMODE) != O_RDONLY) {
                 claimOrClose(v, Door.MOUNT);
             }
-            return v;
+            return truncatedAtOpen(v, name, flags);
         }
     }
 

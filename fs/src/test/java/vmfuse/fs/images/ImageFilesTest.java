@@ -133,4 +133,34 @@ class ImageFilesTest {
         writer.close();
         files.truncate("moved.raw", 4096);
     }
+    /**
+     * open(2) with O_TRUNC (libfuse's atomic_o_trunc, or a create that finds the file) writes the
+     * image: refused while the other door writes it, before anything is cut (a review found a
+     * running VM's image cut to 0 and then the open refused), and a cut that happens is counted.
+     */
+    @Test
+    void anOpenWithOTruncWritesTheImageAndIsRefusedBeforeItCutsAnything() throws Exception {
+        files.create("vm.raw", O_RDWR, 0644, 0, 0).close();
+        Files.write(images.resolve("vm.raw"), new byte[1 << 20]);
+        ImageVolume writer = files.open("vm.raw", O_RDWR, Door.NBD);
+        files.claimWriter(writer, Door.NBD);
+        for (int flags : new int[] {O_RDWR | O_TRUNC, O_WRONLY | O_TRUNC, O_RDONLY | O_TRUNC}) {
+            FsException busy = assertThrows(FsException.class, () -> files.open("vm.raw", flags, Door.MOUNT));
+            assertEquals(EBUSY, busy.errno(), "open flags " + Integer.toOctalString(flags));
+            assertEquals(1 << 20, Files.size(images.resolve("vm.raw")), "open flags " + Integer.toOctalString(flags));
+        }
+        FsException busy = assertThrows(FsException.class,
+                () -> files.create("vm.raw", O_RDWR | O_CREAT | O_TRUNC, 0644, 0, 0));
+        assertEquals(EBUSY, busy.errno());
+        assertEquals(1 << 20, Files.size(images.resolve("vm.raw")), "create with O_TRUNC of the running image");
+        assertEquals(Map.of("vm.raw", 1), files.openCounts(), "every refused open was closed");
+        writer.close();
+
+        files.open("vm.raw", O_RDONLY | O_TRUNC, Door.MOUNT).close();
+        assertEquals(0, Files.size(images.resolve("vm.raw")));
+        Files.write(images.resolve("vm.raw"), new byte[1 << 20]);
+        files.create("vm.raw", O_RDWR | O_CREAT | O_TRUNC, 0644, 0, 0).close();
+        assertEquals(0, Files.size(images.resolve("vm.raw")));
+        assertEquals(2, ledger.of(ReleaseLedger.image("vm.raw")).events(), "both cuts are counted");
+    }
 }

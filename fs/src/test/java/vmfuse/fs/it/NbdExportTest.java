@@ -30,7 +30,8 @@ class NbdExportTest {
     static void mount() throws Exception {
         socketDir = Files.createTempDirectory(Path.of("/tmp"), "vmfuse-nbd-");
         socket = socketDir.resolve("nbd.sock");
-        m = Mounted.onTmpfs("512m", "--nbd", "unix:" + socket); // allocation moves only with what we do
+        // allocation moves only with what we do; atomic_o_trunc: open(2)'s O_TRUNC reaches the daemon
+        m = Mounted.onTmpfs("512m", "--nbd", "unix:" + socket, "-o", "atomic_o_trunc");
     }
 
     @AfterAll
@@ -260,6 +261,9 @@ class NbdExportTest {
             Poll.until(() -> holder.output().contains("written 0"), holder::output);
             Proc.Result fuse = Proc.run("qemu-io", "-f", "raw", "-c", "write -P 0x44 0 4k", m.image("one.raw").toString());
             assertTrue(fuse.exit() != 0, "an open for writing through the mount is refused: " + fuse.describe());
+            Proc.Result cut = Proc.run("sh", "-c", ": > " + m.image("one.raw"));
+            assertTrue(cut.exit() != 0 && cut.err().contains("busy"), "so is a truncating open: " + cut.describe());
+            assertEquals(8 * MiB, Files.size(m.backing("one.raw")), "and nothing was cut");
             Proc.ok("qemu-io", "-f", "raw", "-r", "-c", "read -P 0x33 0 4k", m.image("one.raw").toString());
         } finally {
             holder.close();
