@@ -8,10 +8,7 @@ import java.nio.channels.ClosedChannelException;
 import java.nio.channels.ServerSocketChannel;
 import java.nio.channels.SocketChannel;
 import java.nio.file.Files;
-import java.nio.file.LinkOption;
 import java.nio.file.Path;
-import java.nio.file.StandardCopyOption;
-import java.nio.file.attribute.BasicFileAttributes;
 import java.nio.file.attribute.PosixFilePermissions;
 import java.nio.file.attribute.UserPrincipal;
 import java.time.Duration;
@@ -172,20 +169,14 @@ public final class NbdServer implements AutoCloseable {
                     + t.psk().identities().size() + " identities)");
         }
         Path socket = ((Unix) e).path();
-        if (Files.exists(socket, LinkOption.NOFOLLOW_LINKS)) {
-            BasicFileAttributes a = Files.readAttributes(socket, BasicFileAttributes.class, LinkOption.NOFOLLOW_LINKS);
-            if (!a.isOther()) { // a socket is neither a regular file, a directory nor a link
-                throw new IOException(socket + " exists and is not a socket");
-            }
-            Files.delete(socket);
-        }
+        SocketPath.clear(socket);
         Path tmp = socket.resolveSibling("." + socket.getFileName() + ".binding");
         Files.deleteIfExists(tmp);
         ServerSocketChannel server = ServerSocketChannel.open(StandardProtocolFamily.UNIX);
         try {
             server.bind(UnixDomainSocketAddress.of(tmp));
             Files.setPosixFilePermissions(tmp, PosixFilePermissions.fromString("rw-rw-rw-"));
-            Files.move(tmp, socket, StandardCopyOption.ATOMIC_MOVE);
+            SocketPath.install(tmp, socket);
         } catch (IOException | RuntimeException ex) {
             server.close();
             Files.deleteIfExists(tmp);

@@ -9,7 +9,6 @@ import java.nio.channels.SocketChannel;
 import java.nio.charset.StandardCharsets;
 import java.nio.file.Files;
 import java.nio.file.Path;
-import java.nio.file.StandardCopyOption;
 import java.nio.file.attribute.GroupPrincipal;
 import java.nio.file.attribute.PosixFileAttributeView;
 import java.nio.file.attribute.PosixFilePermissions;
@@ -20,6 +19,7 @@ import jdk.net.UnixDomainPrincipal;
 
 import org.slf4j.Logger;
 import org.slf4j.LoggerFactory;
+import vmfuse.nbd.SocketPath;
 
 /**
  * Listens on one VM's agent socket (QEMU's `-chardev socket,path=...` connects to it) and serves
@@ -64,9 +64,7 @@ public final class AgentListener implements AutoCloseable {
     public static AgentListener start(Path path, AgentAccess access, AgentSession.Host host, String vm)
             throws IOException {
         Files.createDirectories(path.toAbsolutePath().getParent());
-        if (Files.exists(path) && !Files.isDirectory(path) && !Files.isRegularFile(path)) {
-            Files.delete(path); // a socket left by a daemon that died
-        }
+        SocketPath.clear(path); // a socket left by a daemon that died goes; anything else stays, and fails this
         Path bound = path.resolveSibling("." + path.getFileName() + ".binding");
         Files.deleteIfExists(bound);
         ServerSocketChannel s = ServerSocketChannel.open(StandardProtocolFamily.UNIX);
@@ -78,7 +76,7 @@ public final class AgentListener implements AutoCloseable {
             if (access.group() != null) {
                 attrs.setGroup(access.groupPrincipal());
             }
-            Files.move(bound, path, StandardCopyOption.ATOMIC_MOVE, StandardCopyOption.REPLACE_EXISTING);
+            SocketPath.install(bound, path);
             AgentListener l = new AgentListener(path, s, access, host, vm);
             l.thread.start();
             return l;

@@ -1,17 +1,20 @@
 package vmfuse.reclaimer;
 
+import static org.junit.jupiter.api.Assertions.assertArrayEquals;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertFalse;
 import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import java.io.BufferedReader;
+import java.io.IOException;
 import java.io.InputStreamReader;
 import java.io.PrintStream;
 import java.net.StandardProtocolFamily;
 import java.net.UnixDomainSocketAddress;
 import java.nio.channels.Channels;
 import java.nio.channels.SocketChannel;
+import java.nio.file.Files;
 import java.nio.file.Path;
 import java.util.ArrayList;
 import java.util.List;
@@ -245,6 +248,35 @@ class AgentSessionTest {
             out.print("X".repeat(10_000) + "\nFENCE\n");
             assertTrue(in.readLine().startsWith("ERROR line longer than 4096"));
             assertTrue(in.readLine().startsWith("FENCE "));
+        }
+    }
+
+    /**
+     * An agent socket path is taken from nobody: a file there (an image's path given by mistake)
+     * stays as it was, and so does a socket another listener serves (two stores given one path);
+     * a review found the file replaced by the socket.
+     */
+    @Test
+    void anAgentSocketPathHoldingAFileOrALiveSocketIsRefusedAndKept() throws Exception {
+        WriteTracker t = new WriteTracker(WriteTracker.newEpoch());
+        Path image = Files.write(dir.resolve("vm1.raw"), new byte[] {1, 2, 3});
+        Path sock = dir.resolve("vm1.agent");
+        try (VmReclaimer r = reclaimer(t, 0.0)) {
+            IOException onFile = assertThrows(IOException.class, () -> AgentListener.start(image, r, "vm1"));
+            assertTrue(onFile.getMessage().contains("not a socket"), onFile.getMessage());
+            assertArrayEquals(new byte[] {1, 2, 3}, Files.readAllBytes(image));
+            try (AgentListener first = AgentListener.start(sock, r, "vm1")) {
+                IOException live = assertThrows(IOException.class, () -> AgentListener.start(sock, r, "vm2"));
+                assertTrue(live.getMessage().contains("in use"), live.getMessage());
+                try (SocketChannel c = SocketChannel.open(StandardProtocolFamily.UNIX)) {
+                    c.connect(UnixDomainSocketAddress.of(sock)); // the first listener still has it
+                    PrintStream out = new PrintStream(Channels.newOutputStream(c), true);
+                    BufferedReader in = new BufferedReader(new InputStreamReader(Channels.newInputStream(c)));
+                    out.print("HELLO vmfuse-agent 1\n");
+                    assertEquals("HELLO vmfuse 1 0", in.readLine());
+                }
+            }
+            AgentListener.start(sock, r, "vm1").close(); // its socket is stale now, and replaced
         }
     }
 

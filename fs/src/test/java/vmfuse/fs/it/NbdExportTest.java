@@ -202,6 +202,13 @@ class NbdExportTest {
                     r.describe());
             assertEquals("keep", Files.readString(taken));
             assertTrue(Proc.run("mountpoint", "-q", other.mnt.toString()).exit() != 0, "nothing mounted");
+            // another store given this class's live socket: refused, and this mount's clients still reach it
+            Proc.ok("qemu-img", "create", "-q", "-f", "raw", m.image("mine.raw").toString(), "1M");
+            Proc.Result live = other.vmfuse("mount", "--store", other.store.toString(), "--nbd", "unix:" + socket,
+                    other.mnt.toString());
+            assertTrue(live.exit() != 0 && live.err().contains(socket + " is in use"), live.describe());
+            assertTrue(Proc.run("mountpoint", "-q", other.mnt.toString()).exit() != 0, "nothing mounted");
+            Proc.ok("qemu-img", "info", uri("images/mine.raw"));
             Proc.Result tcp = other.vmfuse("mount", "--store", other.store.toString(), "--nbd", "tcp:127.0.0.1:10809",
                     other.mnt.toString());
             assertTrue(tcp.exit() != 0 && tcp.err().contains("NBD over TCP requires TLS: give --tls-psk FILE"),
