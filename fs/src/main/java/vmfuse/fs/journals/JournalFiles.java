@@ -5,7 +5,9 @@ import static vmfuse.fs.nativeio.Native.*;
 import java.util.ArrayList;
 import java.util.List;
 import java.util.Map;
+import java.util.Set;
 import java.util.concurrent.ConcurrentHashMap;
+import java.util.concurrent.atomic.AtomicLong;
 
 import jnr.ffi.Pointer;
 import org.slf4j.Logger;
@@ -35,6 +37,13 @@ public final class JournalFiles {
     private final ReleaseLedger ledger;
     /** Open volumes by device (a device's identity survives its renames). */
     private final Map<JournalDevice, Integer> opens = new ConcurrentHashMap<>();
+    /**
+     * Devices unlinked or replaced while a door still had them open that libfuse did not hide
+     * (it hides only what it counts open: not the NBD door's opens): kept under a hidden name of
+     * ours and deleted at their last close, as an unlinked file is.
+     */
+    private final Set<JournalDevice> setAside = ConcurrentHashMap.newKeySet();
+    private final AtomicLong setAsideCount = new AtomicLong();
 
     public JournalFiles(JournalStore store, Durability defaultDurability, ReleaseLedger ledger) {
         this.store = store;
@@ -118,13 +127,37 @@ public final class JournalFiles {
         return new JournalVolume(d, ledger, this::closed);
     }
 
-    /** A volume closed; a CLOSE device is persisted when its last one closes. */
+    /** A volume closed; a CLOSE device is persisted when its last one closes, one set aside is deleted. */
     private void closed(JournalVolume v) throws FsException {
         JournalDevice d = v.device();
         boolean last = opens.compute(d, (k, n) -> n == null || n <= 1 ? null : n - 1) == null;
-        if (last && d.durability() == Durability.CLOSE) {
+        if (last && setAside.remove(d)) {
+            unlink(d.name());
+        } else if (last && d.durability() == Durability.CLOSE) {
             checkpoint();
         }
+    }
+
+    /**
+     * Moves device {@code name} to a hidden name of ours if a door has it open, for its last
+     * close to delete ({@link #setAside}); whether it did. Before an unlink of it, or a rename
+     * onto it, that would otherwise delete the blocks under a running VM's journal.
+     */
+    private boolean setAsideIfOpen(String name) throws FsException {
+        JournalDevice d = store.device(name);
+        if (d == null || !opens.containsKey(d)) {
+            return false;
+        }
+        String hidden = Node.HIDDEN_PREFIX + "vmfuse" + Long.toHexString(System.nanoTime()) + "."
+                + setAsideCount.incrementAndGet();
+        rename(name, hidden, false);
+        setAside.add(d);
+        if (!opens.containsKey(d) && setAside.remove(d)) { // its last close came meanwhile
+            unlink(hidden);
+            return true;
+        }
+        log.info("journal device={} unlinked or replaced while open: kept as {} until its last close", name, hidden);
+        return true;
     }
 
     /** Whether device {@code name} is open through a door. */
@@ -138,9 +171,15 @@ public final class JournalFiles {
         JournalVolume.truncate(device(name), size, ledger);
     }
 
-    /** Deletes a device and every block of it (its open volumes keep it until they close). */
+    /**
+     * Deletes a device and every block of it; one a door has open is kept, hidden, until its
+     * last close (libfuse hides what the mount has open before it comes here).
+     */
     public void unlink(String name) throws FsException {
         if (name.startsWith(Node.HIDDEN_PREFIX) && store.device(name) == null) {
+            return;
+        }
+        if (setAsideIfOpen(name)) {
             return;
         }
         JournalDevice d = device(name);
@@ -177,6 +216,9 @@ public final class JournalFiles {
 
     /** As {@link #rename(String, String)}; unless {@code replace}, EEXIST if {@code to} exists. */
     public void rename(String from, String to, boolean replace) throws FsException {
+        if (replace && !from.equals(to) && store.device(from) != null && setAsideIfOpen(to)) {
+            replace = false; // nothing is under the name now; what was keeps its blocks until closed
+        }
         try {
             store.rename(from, to, replace);
         } catch (StoreException e) {
