@@ -165,6 +165,8 @@ public final class AtomicVolume extends Volume {
     private long lengthRecorded;
     /** FILE.commit is complete and FILE may not hold all of it yet (a sync failed after writing it). */
     private boolean commitPending;
+    /** See {@link #durableCommits()}. */
+    private long durableCommits;
     /**
      * The length the complete FILE.commit records, while commitPending: the pending commit's
      * fresh pages, below it, are in FILE and part of that commit (an open finishes it), so they
@@ -359,7 +361,14 @@ public final class AtomicVolume extends Volume {
         boolean created = !disk.exists(file) || !disk.exists(lengthFile(file)) || !disk.exists(commitFile(file));
         DiskFile ch = disk.open(file, true);
         try {
-            if (readLength(disk, file) != ch.size()) {
+            long recorded = readLength(disk, file);
+            if (recorded > ch.size()) {
+                // recovered, FILE is never shorter than its last commit: cut short from outside
+                // (a copy that stopped, a restore); reading on would serve zeros for its pages
+                throw new IOException(file + " holds " + ch.size() + " bytes but its last commit made it " + recorded
+                        + " (" + lengthFile(file).getFileName() + "): it was cut short; it is left as it is");
+            }
+            if (recorded != ch.size()) {
                 writeLength(disk, file, ch.size()); // before any sync writes past it
             }
             if (!disk.exists(commitFile(file))) {
@@ -1041,6 +1050,16 @@ public final class AtomicVolume extends Volume {
         }
         commitPending = true;
         pendingLength = length;
+        durableCommits++;
+    }
+
+    /**
+     * Commits whose commit file was complete and forced: from then on each is what the next open
+     * recovers, whatever failed after (applying it to FILE). A caller whose commit failed asks
+     * this, to know whether to undo what it committed.
+     */
+    synchronized long durableCommits() {
+        return durableCommits;
     }
 
     private void writeCommitFile(Path to) throws IOException {

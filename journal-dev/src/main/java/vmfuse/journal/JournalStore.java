@@ -154,6 +154,8 @@ public final class JournalStore implements AutoCloseable {
     static final int KEEP_CHUNKS = 8;
     private final Checkpointer checkpointer;
     private volatile boolean closed;
+    /** Set when a failed change could not be undone: names and catalog may disagree, so no change is taken. */
+    private volatile StoreException broken;
     /** Something changed since the last checkpoint froze the devices (an idle store commits nothing). */
     private volatile boolean touched = true;
     private final AtomicLong checkpoints = new AtomicLong();
@@ -210,6 +212,8 @@ public final class JournalStore implements AutoCloseable {
             exists = disk.exists(file) && Files.size(file) > 0;
             if (exists) {
                 check(file);
+            } else {
+                checkNoLog(disk, file);
             }
             volume = AtomicVolume.open(disk, file);
         } catch (IOException e) {
@@ -320,6 +324,22 @@ public final class JournalStore implements AutoCloseable {
     }
 
     /** The redo log's base name: its segments are this + ".0" and ".1". */
+    /**
+     * A store made anew must find no redo log: its log is made after its creation commits, so a
+     * log beside an empty or missing store file means that file was lost, and the log may hold
+     * flushed writes; a new store would replay them into nothing and then rotate over them.
+     */
+    private static void checkNoLog(Disk disk, Path file) throws IOException {
+        for (int i = 0; i < 2; i++) {
+            Path segment = RedoLog.segmentFile(redoFile(file), i);
+            if (disk.exists(segment) && Files.size(segment) > 0) {
+                throw new IOException(file + " is empty or missing but its redo log " + segment.getFileName()
+                        + " is there: the store file was lost; nothing is made over it (move the "
+                        + file.getFileName() + "* files aside to start an empty store)");
+            }
+        }
+    }
+
     static Path redoFile(Path file) {
         return file.resolveSibling(file.getFileName() + ".redo");
     }
@@ -512,8 +532,11 @@ public final class JournalStore implements AutoCloseable {
 
     /**
      * Makes {@code change} (under opLock exclusive: no writer sees half of it) and commits it; if
-     * that commit fails, {@code undo} puts everything back (under opLock again) and the error is
-     * thrown. Under this store's monitor.
+     * that commit fails before any commit of the checkpoint reached the disk, {@code undo} puts
+     * everything back (under opLock again) and the error is thrown. One that failed after (in
+     * applying a forced commit file, which the next open recovers) stands: it is what a crash
+     * opens, so it is what the store serves (a review found such a delete undone, the device
+     * taking flushes, and gone after the crash). Under this store's monitor.
      */
     private void commitOrUndo(Runnable change, Runnable undo) throws StoreException {
         opLock.writeLock().lock();
@@ -523,13 +546,24 @@ public final class JournalStore implements AutoCloseable {
         } finally {
             opLock.writeLock().unlock();
         }
+        long durable = volume.durableCommits();
         try {
             checkpoint();
         } catch (StoreException e) {
+            if (volume.durableCommits() != durable) {
+                log.warn("journal store {}: a change stands though its checkpoint failed after committing it: {}", file,
+                        e.getMessage());
+                return;
+            }
             opLock.writeLock().lock();
             try {
                 undo.run();
                 touched = true;
+            } catch (RuntimeException u) { // the catalog's pages could not be read back: the disk is failing
+                e.addSuppressed(u);
+                broken = new StoreException(StoreException.EIO, "journal store " + file + " could not undo a failed "
+                        + "change (" + u.getMessage() + "): it takes no more changes until it is opened again", u);
+                log.error("{}", broken.getMessage());
             } finally {
                 opLock.writeLock().unlock();
             }
@@ -653,6 +687,14 @@ public final class JournalStore implements AutoCloseable {
                     d.drain(() -> { });
                 }
             }
+            // The catalog as frozen (names, sizes), before the first commit a flush-mode drain may
+            // make: such a commit wrote the close-mode devices' new blocks under their old sizes,
+            // and a catalog that held neither name of a device being renamed (found by a review:
+            // after a crash the one opened half new, the other was gone). The log replays the
+            // flush-mode devices' sizes, as their blocks, over it.
+            for (JournalDevice d : devices.all()) {
+                devices.record(d);
+            }
             for (JournalDevice d : devices.all()) {
                 if (d.durability() != Durability.CLOSE) {
                     d.drain(this::commitIfLarge);
@@ -762,6 +804,10 @@ public final class JournalStore implements AutoCloseable {
     private void checkOpen() throws StoreException {
         if (closed) {
             throw new StoreException(StoreException.EIO, "journal store " + file + " is closed");
+        }
+        StoreException b = broken;
+        if (b != null) {
+            throw new StoreException(StoreException.EIO, b.getMessage(), b);
         }
     }
 

@@ -12,6 +12,7 @@ import java.nio.file.Files;
 import java.nio.file.Path;
 import java.util.Arrays;
 import java.util.List;
+import java.util.Map;
 
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.io.TempDir;
@@ -282,6 +283,107 @@ class JournalStoreFaultTest {
             JournalDevice back = again.device("d");
             assertArrayEquals(block('d'), read(back, 0));
             assertArrayEquals(block('e'), read(back, 1));
+        }
+    }
+
+    /**
+     * A delete or a rename whose commit fails at any of its first disk calls: what the store
+     * serves after it is what a crash then opens. (A review found a commit that failed after its
+     * commit file was forced, so durable, undone all the same: the device was served again, took
+     * flushes, and was gone after the crash with them.)
+     */
+    @Test
+    void aDeleteOrARenameFailedAtAnyCallIsWhatACrashOpens() throws Exception {
+        for (int k = 1; k <= 12; k++) {
+            for (boolean rename : new boolean[] {false, true}) {
+                Path storeDir = file().getParent();
+                deleteRecursively(storeDir);
+                FaultyDisk disk = disk(100 + k);
+                JournalStore s = open(disk);
+                JournalDevice d = s.create("d", 0, Durability.FLUSH);
+                d.write(0, block('d'), 0, BLOCK);
+                d.flush();
+                disk.failAt(disk.calls() + k, Fault.EIO);
+                String label = (rename ? "rename" : "delete") + " failed at call " + k;
+                try {
+                    if (rename) {
+                        s.rename("d", "r");
+                    } else {
+                        s.delete("d");
+                    }
+                } catch (StoreException e) {
+                    // failed: undone, or it stands if it reached the disk
+                }
+                String served = s.device("d") != null ? "d" : rename && s.device("r") != null ? "r" : null;
+                if (served != null) {
+                    JournalDevice still = s.device(served);
+                    assertArrayEquals(block('d'), read(still, 0), label);
+                    still.write(BLOCK, block('e'), 0, BLOCK);
+                    still.flush(); // acknowledged: a crash keeps it
+                }
+                disk = crash(s, disk);
+                try (JournalStore again = open(disk)) {
+                    String opened = again.device("d") != null ? "d" : again.device("r") != null ? "r" : null;
+                    assertEquals(served, opened, label + ": served under one name, opened under another");
+                    if (opened != null) {
+                        assertArrayEquals(block('d'), read(again.device(opened), 0), label);
+                        assertArrayEquals(block('e'), read(again.device(opened), 1), label + ": a flush after it");
+                    }
+                }
+            }
+        }
+    }
+
+    /**
+     * A store file cut short, or emptied, from outside (a copy that stopped, a restore of the
+     * wrong file) is refused with its reason, and nothing is written over what is left: a review
+     * found an empty one opened as a new store (replaying the log into nothing, then rotating over
+     * it) and a short one served with zeros.
+     */
+    @Test
+    void aStoreFileCutShortOrEmptiedIsRefusedAndLeftAsItIs() throws Exception {
+        JournalStore s = open(disk(7));
+        JournalDevice d = s.create("d", 0, Durability.FLUSH);
+        for (int i = 0; i < 64; i++) {
+            d.write((long) i * BLOCK, block('d'), 0, BLOCK);
+        }
+        s.checkpoint();
+        d.write(0, block('e'), 0, BLOCK);
+        d.flush();
+        s.close();
+        for (long cutTo : new long[] {Files.size(file()) - 4096, 0}) {
+            try (var ch = java.nio.channels.FileChannel.open(file(), java.nio.file.StandardOpenOption.WRITE)) {
+                ch.truncate(cutTo);
+            }
+            Map<String, byte[]> before = contents(file().getParent());
+            StoreException e = assertThrows(StoreException.class, () -> open(disk(8)).close());
+            assertTrue(e.getMessage().contains(cutTo == 0 ? "the store file was lost" : "it was cut short"),
+                    e.getMessage());
+            Map<String, byte[]> after = contents(file().getParent());
+            assertEquals(before.keySet(), after.keySet(), "no file made or removed");
+            for (String f : before.keySet()) {
+                assertArrayEquals(before.get(f), after.get(f), f + " is as it was");
+            }
+        }
+    }
+
+    private static Map<String, byte[]> contents(Path dir) throws IOException {
+        Map<String, byte[]> m = new java.util.TreeMap<>();
+        try (var list = Files.list(dir)) {
+            for (Path p : list.toList()) {
+                m.put(p.getFileName().toString(), Files.readAllBytes(p));
+            }
+        }
+        return m;
+    }
+
+    private static void deleteRecursively(Path p) throws IOException {
+        if (Files.exists(p)) {
+            try (var walk = Files.walk(p)) {
+                for (Path q : walk.sorted(java.util.Comparator.reverseOrder()).toList()) {
+                    Files.delete(q);
+                }
+            }
         }
     }
 
