@@ -1,17 +1,19 @@
 package vmfuse.fs.daemon;
 
-import java.io.BufferedReader;
 import java.io.IOException;
-import java.io.InputStreamReader;
 import java.io.OutputStream;
 import java.net.StandardProtocolFamily;
 import java.net.UnixDomainSocketAddress;
+import java.nio.ByteBuffer;
 import java.nio.channels.Channels;
+import java.nio.channels.SelectionKey;
+import java.nio.channels.Selector;
 import java.nio.channels.ServerSocketChannel;
 import java.nio.channels.SocketChannel;
 import java.nio.charset.StandardCharsets;
 import java.nio.file.Files;
 import java.nio.file.Path;
+import java.time.Duration;
 import java.util.concurrent.ArrayBlockingQueue;
 import java.util.concurrent.ThreadPoolExecutor;
 import java.util.concurrent.TimeUnit;
@@ -42,13 +44,25 @@ public final class ControlServer implements AutoCloseable {
                 Thread t = new Thread(r, "vmfuse-control");
                 t.setDaemon(true);
                 return t;
-            }, new ThreadPoolExecutor.DiscardPolicy());
+            }, (r, pool) -> ((Serve) r).refuse());
     private final Thread acceptor;
+    private final Duration lineWait;
     private volatile boolean closed;
+
+    /** How long the acceptor reads a refused client's request, so that it gets its answer. */
+    private static final Duration REFUSED_WAIT = Duration.ofMillis(500);
+
+    /** How long a client has to send its request line before it is hung up on. */
+    static final Duration LINE_WAIT = Duration.ofSeconds(10);
 
     /** Listens at {@code path}; {@code handler} maps a request line to the answer text. */
     public ControlServer(Path path, Function<String, String> handler) throws IOException {
+        this(path, handler, LINE_WAIT);
+    }
+
+    ControlServer(Path path, Function<String, String> handler, Duration lineWait) throws IOException {
         this.path = path;
+        this.lineWait = lineWait;
         workers.allowCoreThreadTimeOut(true);
         Files.createDirectories(path.getParent());
         Files.deleteIfExists(path); // a leftover of a daemon that died; we hold the store lock
@@ -64,7 +78,7 @@ public final class ControlServer implements AutoCloseable {
         while (!closed) {
             try {
                 SocketChannel ch = server.accept();
-                workers.execute(() -> serve(ch, handler));
+                workers.execute(new Serve(ch, handler));
             } catch (IOException e) {
                 if (!closed) {
                     log.warn("control socket accept failed: {}", e.getMessage());
@@ -74,29 +88,88 @@ public final class ControlServer implements AutoCloseable {
         }
     }
 
-    private static void serve(SocketChannel ch, Function<String, String> handler) {
-        try (ch) {
-            BufferedReader in = new BufferedReader(new InputStreamReader(Channels.newInputStream(ch),
-                    StandardCharsets.UTF_8), MAX_LINE);
-            StringBuilder line = new StringBuilder();
-            int c;
-            while ((c = in.read()) >= 0 && c != '\n') {
-                if (line.length() >= MAX_LINE) {
+    /**
+     * One control connection, at a worker. Every worker busy and the queue full (a client that
+     * sends nothing holds a worker until {@link #lineWait}; `vm reclaim` may hold one for minutes),
+     * a new one is answered EBUSY at once and closed: before, it was dropped unanswered and its
+     * socket never closed, and every later `vmfuse status` hung (found by a review).
+     */
+    private final class Serve implements Runnable {
+        private final SocketChannel ch;
+        private final Function<String, String> handler;
+
+        Serve(SocketChannel ch, Function<String, String> handler) {
+            this.ch = ch;
+            this.handler = handler;
+        }
+
+        void refuse() {
+            try (ch) {
+                log.warn("control request refused: {} are being served and {} wait", workers.getActiveCount(),
+                        workers.getQueue().size());
+                write(ch, "error " + Native.EBUSY + " the daemon is serving as many control requests as it takes; "
+                        + "try again\n");
+                ch.shutdownOutput();
+                readLine(ch, REFUSED_WAIT); // closed with the request unread, the client would lose the answer (ECONNRESET)
+            } catch (IOException e) {
+                log.debug("control connection: {}", e.getMessage());
+            }
+        }
+
+        @Override
+        public void run() {
+            try (ch) {
+                String line = readLine(ch, lineWait);
+                if (line == null) {
                     write(ch, "error " + Native.EINVAL + " request too long\n");
                     return;
                 }
-                line.append((char) c);
+                String answer;
+                try {
+                    answer = handler.apply(line.trim());
+                } catch (RuntimeException e) {
+                    log.error("control request '{}' failed", line, e);
+                    answer = "error " + Native.EIO + " " + e + "\n";
+                }
+                write(ch, answer);
+            } catch (IOException e) {
+                log.debug("control connection: {}", e.getMessage());
             }
-            String answer;
-            try {
-                answer = handler.apply(line.toString().trim());
-            } catch (RuntimeException e) {
-                log.error("control request '{}' failed", line, e);
-                answer = "error " + Native.EIO + " " + e + "\n";
+        }
+    }
+
+    /**
+     * The request: up to its newline or the end of what the client sends, within {@code wait}
+     * (else IOException, and the connection is closed); null if longer than MAX_LINE.
+     */
+    private static String readLine(SocketChannel ch, Duration wait) throws IOException {
+        long deadline = System.nanoTime() + wait.toNanos();
+        ByteBuffer b = ByteBuffer.allocate(MAX_LINE + 1);
+        ch.configureBlocking(false);
+        try (Selector sel = Selector.open()) {
+            ch.register(sel, SelectionKey.OP_READ);
+            while (true) {
+                int n = ch.read(b);
+                for (int i = b.position() - Math.max(n, 0); i < b.position(); i++) {
+                    if (b.get(i) == '\n') {
+                        return new String(b.array(), 0, i, StandardCharsets.UTF_8);
+                    }
+                }
+                if (n < 0) {
+                    return new String(b.array(), 0, b.position(), StandardCharsets.UTF_8);
+                }
+                if (!b.hasRemaining()) {
+                    return null;
+                }
+                long left = deadline - System.nanoTime();
+                if (left <= 0) {
+                    throw new IOException("no request line within " + wait.toSeconds() + " s");
+                }
+                sel.select(Math.max(1, TimeUnit.NANOSECONDS.toMillis(left)));
+                sel.selectedKeys().clear();
             }
-            write(ch, answer);
-        } catch (IOException e) {
-            log.debug("control connection: {}", e.getMessage());
+        } finally {
+            ch.configureBlocking(true);
         }
     }
 
