@@ -41,18 +41,29 @@ public record ImageFence(Fence fence, WriteTracker tracker, ImageIdentity identi
 
     /**
      * The fence of {@code image}; a raw image's tracker counts from {@code epoch} within
-     * {@code limits}. IllegalArgumentException, naming what to give, for a qcow2 image with no QMP
-     * socket.
+     * {@code limits}. The VM's registration says which the image is: with a QMP socket, qcow2;
+     * without, raw. IllegalArgumentException, naming what to give, where the image's first bytes
+     * say otherwise: never a fence of the other kind. A raw guest that wrote qcow2's magic at its
+     * disk's start had its next start's reclaim treat it as qcow2 (found by a review: the offline
+     * path then had qemu-nbd open the backing file that guest's header named).
      */
     public static ImageFence of(Image image, long epoch, WriteTracker.Limits limits) throws IOException {
-        if (!isQcow2(image.backingFile())) {
+        boolean qcow2 = isQcow2(image.backingFile());
+        if (image.qmpSocket() != null && !qcow2) {
+            throw new IllegalArgumentException("image " + image.name() + " does not begin with qcow2's magic, but the "
+                    + "VM was given a QMP socket, which is for qcow2 images: a raw image is reclaimed without one "
+                    + "(and an image of another format is not reclaimed)");
+        }
+        if (!qcow2) {
             WriteTracker tracker = new WriteTracker(epoch, limits);
             return new ImageFence(new RawFence(tracker, image.puncher()), tracker, new ImageIdentity(image.backingFile()),
                     image.length());
         }
         if (image.qmpSocket() == null) {
             throw new IllegalArgumentException("image " + image.name() + " is qcow2: its reclaim goes through QEMU, "
-                    + "give the VM's QMP socket (--qmp-socket PATH, QEMU's -qmp unix:PATH,server=on,wait=off)");
+                    + "give the VM's QMP socket (--qmp-socket PATH, QEMU's -qmp unix:PATH,server=on,wait=off); "
+                    + "if the VM was registered raw, its guest wrote qcow2's magic at the start of its disk, "
+                    + "and the image is not reclaimed");
         }
         QemuFence fence = new QemuFence(image.qmpSocket(), image.mountedFile(), image.backingFile(), image.nbdSocket(),
                 image.allocated(), image.hold(), image.puncher());

@@ -12,6 +12,7 @@ import java.util.concurrent.TimeUnit;
 import java.util.function.LongSupplier;
 
 import com.fasterxml.jackson.databind.JsonNode;
+import com.fasterxml.jackson.databind.node.ObjectNode;
 
 import org.slf4j.Logger;
 import org.slf4j.LoggerFactory;
@@ -48,6 +49,8 @@ import vmfuse.nbd.NbdClient;
 public final class QemuFence implements Fence {
     private static final Logger log = LoggerFactory.getLogger(QemuFence.class);
     private static final String PREFIX = "vmfuse-fence-";
+    /** A carry-out's frozen copy of a token's bitmap (not persistent: gone if QEMU quits). */
+    private static final String FROZEN = "vmfuse-frozen-";
     private static final String EXPORT = "vmfuse-reclaim";
     private static final long TTL_NANOS = TimeUnit.SECONDS.toNanos(300);
     private static final long TOOL_SECONDS = 120;
@@ -220,6 +223,7 @@ public final class QemuFence implements Fence {
         try (Qmp q = Qmp.connect(qmpSocket)) {
             Drive d = requireDrive(q);
             removeForgotten(q, d);
+            makeRoomForAToken(q, d);
             try {
                 q.execute("block-dirty-bitmap-add", Qmp.args("node", d.bitmapNode(), "name", PREFIX + t,
                         "persistent", true));
@@ -234,6 +238,33 @@ public final class QemuFence implements Fence {
         }
         return t;
     }
+
+    /**
+     * Keeps the tokens live at once to {@link #MAX_TOKENS}, as a raw image's are: QEMU keeps a
+     * bitmap per token, each written to on every guest write (a review measured a guest's FENCEs
+     * taking QEMU from 44 MB to 690 MB). The oldest token nothing waits on goes; if every one has
+     * notices waiting, the FENCE is refused until they are carried out.
+     */
+    private void makeRoomForAToken(Qmp q, Drive d) throws IOException {
+        long oldest;
+        synchronized (this) {
+            if (live.size() < MAX_TOKENS) {
+                return;
+            }
+            oldest = live.entrySet().stream().filter(e -> !pendingByToken.containsKey(e.getKey()))
+                    .min(Map.Entry.comparingByValue()).map(Map.Entry::getKey).orElse(-1L);
+            if (oldest < 0) {
+                throw new IOException(MAX_TOKENS + " fence tokens have notices waiting: no new token until they are "
+                        + "carried out");
+            }
+            live.remove(oldest);
+        }
+        removeBitmap(q, d.bitmapNode(), PREFIX + oldest);
+        log.info("reclaim image={} removed the bitmap {}{}: the oldest of {} tokens, nothing waits on it", imageFile,
+                PREFIX, oldest, MAX_TOKENS);
+    }
+
+    static final int MAX_TOKENS = 64;
 
     /** Removes the drive's fence bitmaps whose token this daemon neither issued nor has notices for. */
     private void removeForgotten(Qmp q, Drive d) throws IOException {
@@ -333,6 +364,14 @@ public final class QemuFence implements Fence {
         }
     }
 
+    /**
+     * Punches through the running QEMU, the VM stopped (by this daemon if it ran). The token's
+     * bitmap goes on recording throughout: what is read is a frozen copy of it, made at once. A
+     * review found the token's own bitmap disabled for the carry-out, so a VM that was paused by
+     * someone else (or -S) and resumed meanwhile by another monitor wrote unrecorded, and a later
+     * notice of that token punched those writes. A VM found running before the discards (resumed
+     * by another monitor) is punched nothing now: the notice waits for the next try.
+     */
     private void carryOutOnline(Qmp q, Drive dev, long token, List<Range> ranges, Done done) throws IOException {
         String bitmap = PREFIX + token;
         String why = untrusted(bitmap(dev.bitmaps(), bitmap, "QMP query-block dirty-bitmaps"), false);
@@ -342,31 +381,43 @@ public final class QemuFence implements Fence {
         }
         List<Range> clean;
         long before = allocated.getAsLong();
-        boolean running = Qmp.bool(q.execute("query-status", null), "running", "QMP query-status");
+        boolean running = running(q);
         if (running) {
             Files.write(pausedMarker(), new byte[0]); // if this daemon dies before cont, the next one resumes the VM
             q.execute("stop", null);
         }
-        boolean disabled = false;
+        String frozen = FROZEN + token;
         Path socket = onlineNbdSocket();
         try {
-            q.execute("block-dirty-bitmap-disable", Qmp.args("node", dev.bitmapNode(), "name", bitmap));
-            disabled = true;
-            Files.deleteIfExists(socket);
-            q.execute("nbd-server-start", Qmp.args("addr", Qmp.args("type", "unix", "data",
-                    Qmp.args("path", socket.toString()))));
+            removeIfThere(q, dev.bitmapNode(), frozen); // a daemon that died in a carry-out left it
+            q.execute("transaction", Qmp.args("actions", Qmp.array(
+                    Qmp.args("type", "block-dirty-bitmap-add", "data",
+                            Qmp.args("node", dev.bitmapNode(), "name", frozen, "disabled", true)),
+                    Qmp.args("type", "block-dirty-bitmap-merge", "data",
+                            Qmp.args("node", dev.bitmapNode(), "target", frozen, "bitmaps", Qmp.array(bitmap))))));
             try {
-                q.execute("block-export-add", Qmp.args("type", "nbd", "id", EXPORT, "node-name", dev.node(),
-                        "name", EXPORT, "writable", false, "bitmaps", Qmp.array(bitmap)));
-                try (NbdClient c = NbdClient.connect(socket, EXPORT, DIRTY_BITMAP + bitmap)) {
-                    clean = clean(c, ranges);
+                Files.deleteIfExists(socket);
+                q.execute("nbd-server-start", Qmp.args("addr", Qmp.args("type", "unix", "data",
+                        Qmp.args("path", socket.toString()))));
+                try {
+                    q.execute("block-export-add", Qmp.args("type", "nbd", "id", EXPORT, "node-name", dev.node(),
+                            "name", EXPORT, "writable", false, "bitmaps", Qmp.array(frozen)));
+                    try (NbdClient c = NbdClient.connect(socket, EXPORT, DIRTY_BITMAP + frozen)) {
+                        clean = clean(c, ranges);
+                    } finally {
+                        q.execute("block-export-del", Qmp.args("id", EXPORT));
+                    }
                 } finally {
-                    q.execute("block-export-del", Qmp.args("id", EXPORT));
+                    q.execute("nbd-server-stop", null);
                 }
             } finally {
-                q.execute("nbd-server-stop", null);
+                removeIfThere(q, dev.bitmapNode(), frozen);
             }
-            for (Range r : clean) {
+            if (running(q)) {
+                throw new IOException("the VM was resumed by another monitor during the carry-out: nothing is "
+                        + "punched, the notice waits for the next try");
+            }
+            for (Range r : discards(clean)) {
                 String out = q.hmp("qemu-io " + dev.qemuIoTarget() + " \"discard " + r.offset() + " " + r.length() + "\"").strip();
                 // QEMU 7.2's HMP qemu-io prints its report, success or "discard failed", on QEMU's own
                 // stdout and answers nothing (measured); only errors of the monitor command itself
@@ -380,23 +431,6 @@ public final class QemuFence implements Fence {
             }
             done.run(clean, Math.max(0, before - allocated.getAsLong()), Map.of(
                     Skipped.WRITTEN_AFTER_FENCE, ByteRanges.of(ranges).bytes() - ByteRanges.of(clean).bytes()));
-            if (stillWaits(token, ranges)) {
-                // notices of this token came during the carry-out: its bitmap records again before
-                // the guest runs (nothing wrote meanwhile: the VM is stopped; the discards are not the guest's)
-                q.execute("block-dirty-bitmap-enable", Qmp.args("node", dev.bitmapNode(), "name", bitmap));
-            }
-        } catch (IOException | RuntimeException e) {
-            if (disabled) {
-                // the notice waits for the next try: its fence records again before the guest runs.
-                // Left disabled, the next try finds a bitmap that no longer records and drops the notice.
-                try {
-                    q.execute("block-dirty-bitmap-enable", Qmp.args("node", dev.bitmapNode(), "name", bitmap));
-                } catch (IOException again) {
-                    log.warn("reclaim image={}: bitmap {} could not record again ({}): its notices will be dropped",
-                            imageFile, bitmap, again.getMessage());
-                }
-            }
-            throw e;
         } finally {
             if (running) {
                 q.execute("cont", null);
@@ -412,13 +446,43 @@ public final class QemuFence implements Fence {
         }
     }
 
+    /**
+     * qemu-io's discard takes at most 2 GiB - 512 bytes, and says so only on QEMU's stdout (the
+     * monitor answers nothing, as for a discard that worked): a review found a deleted file of
+     * more than 2 GiB counted punched and nothing freed. In pieces of 1 GiB at most.
+     */
+    static List<Range> discards(List<Range> ranges) {
+        List<Range> pieces = new ArrayList<>();
+        for (Range r : ranges) {
+            for (long at = r.offset(); at < r.end(); at += MAX_DISCARD) {
+                pieces.add(new Range(at, Math.min(MAX_DISCARD, r.end() - at)));
+            }
+        }
+        return pieces;
+    }
+
+    static final long MAX_DISCARD = 1L << 30;
+
+    private static boolean running(Qmp q) throws IOException {
+        return Qmp.bool(q.execute("query-status", null), "running", "QMP query-status");
+    }
+
+    /** Removes a bitmap of this daemon's own making, if the node has it. */
+    private void removeIfThere(Qmp q, String node, String name) {
+        try {
+            removeBitmap(q, node, name);
+        } catch (IOException e) {
+            log.debug("reclaim image={}: no bitmap {} to remove: {}", imageFile, name, e.getMessage());
+        }
+    }
+
     private void carryOutOffline(long token, List<Range> ranges, Done done, String why) throws IOException {
         String bitmap = PREFIX + token;
         boolean held = hold.whileClosed(() -> {
             log.info("reclaim image={} offline ({}): the image is held closed", imageFile, why);
             // without --force-share: a QEMU that opened the store's file itself, not through the
             // mount, holds its lock, and qemu-img fails: the notice waits
-            String info = Tool.run(TOOL_SECONDS, "qemu-img", "info", "--output=json", backingFile.toString());
+            String info = Tool.run(TOOL_SECONDS, "qemu-img", "info", "-f", "qcow2", "--output=json", backingFile.toString());
             String untrusted = untrusted(bitmap(offlineBitmaps(info), bitmap, "qemu-img info bitmaps"), true);
             if (untrusted != null) {
                 drop(token, ranges, done, bitmap, untrusted);
@@ -458,12 +522,23 @@ public final class QemuFence implements Fence {
         }
     }
 
+    /**
+     * The image as qcow2 and nothing more, for the offline tools: its own file, no backing file.
+     * What a header names is the guest's to write where a raw image was taken for qcow2, and the
+     * bitmap needs none of it (a review found qemu-nbd opening the backing file a header named).
+     */
+    static String qcow2WithoutBacking(Path file) {
+        ObjectNode o = Qmp.args("driver", "qcow2", "file", Qmp.args("driver", "file", "filename", file.toString()));
+        o.putNull("backing");
+        return "json:" + o;
+    }
+
     /** Asks the qemu-nbd of the image file (read-only, with the bitmap) which parts of {@code ranges} it marks written. */
     private List<Range> cleanOffline(String bitmap, List<Range> ranges) throws IOException {
         Files.deleteIfExists(nbdSocket);
         Path out = nbdSocket.resolveSibling(nbdSocket.getFileName() + ".log");
-        Process nbd = Tool.start(out, "qemu-nbd", "--read-only", "--format=qcow2", "--socket=" + nbdSocket,
-                "--export-name=" + EXPORT, "--bitmap=" + bitmap, backingFile.toString());
+        Process nbd = Tool.start(out, "qemu-nbd", "--read-only", "--socket=" + nbdSocket,
+                "--export-name=" + EXPORT, "--bitmap=" + bitmap, qcow2WithoutBacking(backingFile));
         try {
             long deadline = System.nanoTime() + TimeUnit.SECONDS.toNanos(30);
             while (!Files.exists(nbdSocket)) {
@@ -581,11 +656,6 @@ public final class QemuFence implements Fence {
         log.warn("reclaim image={} bitmap {}: {}; the notice is dropped, nothing punched", imageFile, bitmap, why);
         done.run(List.of(), 0, Map.of(Skipped.FENCE_LOST, ByteRanges.of(ranges).bytes()));
         forget(token, ranges);
-    }
-
-    /** Whether bytes of {@code token} wait beyond {@code ranges} (notices that came during their carry-out). */
-    private synchronized boolean stillWaits(long token, List<Range> ranges) {
-        return pendingByToken.getOrDefault(token, 0L) > ByteRanges.of(ranges).bytes();
     }
 
     /** The ranges leave the token's pending bytes; true if nothing waits on it any more (its bitmap may go). */

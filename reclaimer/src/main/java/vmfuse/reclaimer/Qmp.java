@@ -129,6 +129,15 @@ public final class Qmp implements AutoCloseable {
         return o;
     }
 
+    /** A JSON array of objects. */
+    public static ArrayNode array(ObjectNode... values) {
+        ArrayNode a = JSON.createArrayNode();
+        for (ObjectNode v : values) {
+            a.add(v);
+        }
+        return a;
+    }
+
     /** A JSON array of strings. */
     public static ArrayNode array(String... values) {
         ArrayNode a = JSON.createArrayNode();

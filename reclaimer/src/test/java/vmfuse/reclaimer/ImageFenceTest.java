@@ -51,6 +51,27 @@ class ImageFenceTest {
         assertEquals(3L << 30, f.diskSize().getAsLong(), "the virtual size, from the header");
     }
 
+    /**
+     * The registration decides the kind of fence, and the image's first bytes must agree: a raw
+     * VM whose guest wrote qcow2's magic at its disk's start gets no qcow2 fence at the next
+     * start (refused, naming why), and a QMP socket given for a raw image is refused too.
+     */
+    @Test
+    void aRawImageWhoseGuestWroteQcow2sMagicGetsNoQcow2Fence() throws Exception {
+        Path raw = dir.resolve("vm.raw");
+        ok("qemu-img", "create", "-q", "-f", "qcow2", "-u", "-b", "/nonexistent", "-F", "raw", dir.resolve("fake.qcow2")
+                .toString(), "1G");
+        Files.write(raw, Files.readAllBytes(dir.resolve("fake.qcow2"))); // what the guest wrote at sector 0
+        IllegalArgumentException noQmp = assertThrows(IllegalArgumentException.class,
+                () -> ImageFence.of(image(raw, null), WriteTracker.newEpoch(), WriteTracker.Limits.DEFAULT));
+        assertTrue(noQmp.getMessage().contains("registered raw"), noQmp.getMessage());
+        Path plain = Files.write(dir.resolve("plain.raw"), new byte[8192]);
+        IllegalArgumentException qmpForRaw = assertThrows(IllegalArgumentException.class,
+                () -> ImageFence.of(image(plain, dir.resolve("qmp.sock")), WriteTracker.newEpoch(),
+                        WriteTracker.Limits.DEFAULT));
+        assertTrue(qmpForRaw.getMessage().contains("which is for qcow2 images"), qmpForRaw.getMessage());
+    }
+
     @Test
     void aSymbolicLinkIsNotFollowed() throws Exception {
         Path raw = Files.write(dir.resolve("target.raw"), new byte[4096]);
