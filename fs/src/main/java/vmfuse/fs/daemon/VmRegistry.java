@@ -63,6 +63,8 @@ public final class VmRegistry implements AutoCloseable {
      * start unless the image was left as it was (see NoticeLog). Guarded by this.
      */
     private final Map<String, Failed> failed = new TreeMap<>();
+    /** Lines of vms.tsv not understood at load: written back as they were, never dropped (as exports.tsv's). */
+    private final List<String> unread = new ArrayList<>();
 
     private record Failed(Vm vm, String reason) {}
     private final Map<String, WriteTracker> trackers = new ConcurrentHashMap<>();
@@ -91,7 +93,8 @@ public final class VmRegistry implements AutoCloseable {
             for (String line : Files.readAllLines(store.vms(), StandardCharsets.UTF_8)) {
                 String[] f = line.split("\t");
                 if (f.length < 3 || f.length > 5) {
-                    log.error("vms.tsv: ignoring malformed line '{}'", line);
+                    log.error("vms.tsv: ignoring malformed line '{}' (kept in the file)", line);
+                    v.unread.add(line);
                     continue;
                 }
                 Vm vm;
@@ -99,7 +102,8 @@ public final class VmRegistry implements AutoCloseable {
                     vm = new Vm(f[0], f[1], Path.of(f[2]), f.length == 3 || f[3].equals("-") ? null : Path.of(f[3]),
                             f.length == 5 ? AgentAccess.parse(f[4]) : AgentAccess.ROOT); // older lines: root's
                 } catch (RuntimeException e) {
-                    log.error("vms.tsv: ignoring malformed line '{}': {}", line, e.getMessage());
+                    log.error("vms.tsv: ignoring malformed line '{}' (kept in the file): {}", line, e.getMessage());
+                    v.unread.add(line);
                     continue;
                 }
                 try {
@@ -303,6 +307,9 @@ public final class VmRegistry implements AutoCloseable {
             b.append(vm.name()).append('\t').append(vm.image()).append('\t').append(vm.agentSocket())
                     .append('\t').append(vm.qmpSocket() == null ? "-" : vm.qmpSocket().toString())
                     .append('\t').append(vm.access()).append('\n');
+        }
+        for (String line : unread) {
+            b.append(line).append('\n');
         }
         store.disk().replace(store.vms(), b.toString().getBytes(StandardCharsets.UTF_8));
     }

@@ -442,6 +442,8 @@ class ReclaimerTest {
             m.umount().assertOk();
             Proc.ok("rm", "-rf", sockDir.toString());
             Files.writeString(sockDir, "not a directory"); // the socket's directory is unusable at the next mount
+            Files.writeString(m.store.resolve("vms.tsv"), "a line of six\tfields\tnobody\tunderstands\there\tnow\n",
+                    java.nio.file.StandardOpenOption.APPEND); // kept by every save, never dropped (found by a review)
             m.mount();
             String status = m.vmfuse("status", m.mnt.toString()).assertOk().out();
             assertTrue(status.contains("vm vm (vm.raw) is registered but not served: "), status);
@@ -457,6 +459,8 @@ class ReclaimerTest {
                     || Files.readString(m.store.resolve("vms.tsv")).contains("\nvm\tvm.raw\t"),
                     "a save keeps the VM that could not start");
             assertTrue(Files.readString(m.store.resolve("vms.tsv")).contains("vm\tvm.raw\t"));
+            assertTrue(Files.readString(m.store.resolve("vms.tsv")).contains(
+                    "a line of six\tfields\tnobody\tunderstands\there\tnow\n"), "a line not understood is kept");
             dd(img, 0, 8, "/dev/urandom"); // the VM runs anyway: its writes are not watched
             String live = sha(img, 0, 8 * M);
             m.umount().assertOk();
