@@ -18,6 +18,9 @@ import java.util.concurrent.Executors;
 import java.util.concurrent.ScheduledExecutorService;
 import java.util.concurrent.TimeUnit;
 import java.util.concurrent.TimeoutException;
+import java.util.concurrent.atomic.AtomicBoolean;
+import java.util.concurrent.atomic.AtomicReference;
+import java.util.function.Consumer;
 
 import io.prometheus.metrics.exporter.httpserver.HTTPServer;
 import org.slf4j.Logger;
@@ -54,7 +57,10 @@ import vmfuse.reclaimer.WriteTracker;
 public final class Daemon {
     private static final Logger log = LoggerFactory.getLogger(Daemon.class);
     private static final long MOUNT_TIMEOUT_SECONDS = 30;
-    private static final long SHUTDOWN_TIMEOUT_SECONDS = 30;
+    /** How long a signal waits for the FUSE loop to end after the unmount before closing the store itself. */
+    private static final long LOOP_END_SECONDS = 10;
+    /** Below the unit's TimeoutStopSec (120 s), after which systemd kills the daemon. */
+    private static final long SHUTDOWN_TIMEOUT_SECONDS = 110;
 
     /**
      * FUSE options every mount gets, before the operator's -o (which may override them).
@@ -273,7 +279,9 @@ public final class Daemon {
         long pid = ProcessHandle.current().pid();
         store.writePid(pid, mnt);
         CountDownLatch cleanedUp = new CountDownLatch(1);
-        Runtime.getRuntime().addShutdownHook(new Thread(() -> onSignal(mnt, loop, cleanedUp), "vmfuse-shutdown"));
+        AtomicReference<Consumer<Boolean>> closing = new AtomicReference<>(ended -> cleanedUp.countDown());
+        Runtime.getRuntime().addShutdownHook(new Thread(() -> onSignal(mnt, loop, cleanedUp, closing.get()),
+                "vmfuse-shutdown"));
         // a timer each, so none waits on another: a qcow2 reclaim that takes minutes of QMP calls
         // (vms.tick) must not hold off the 5 s commit of close-mode journal devices or the ledger
         ScheduledExecutorService ledgerTimer = timer("vmfuse-ledger");
@@ -284,6 +292,21 @@ public final class Daemon {
         checkpointTimer.scheduleWithFixedDelay(() -> checkpoint(fs), every, every,
                 TimeUnit.SECONDS);
         reclaimTimer.scheduleWithFixedDelay(vms::tick, 5, 5, TimeUnit.SECONDS);
+        AtomicBoolean closed = new AtomicBoolean();
+        // Once, by whichever comes first: the main thread when the FUSE loop ends, or the shutdown
+        // hook of a signal when it cannot end (a process still has a file open on the lazily
+        // detached mount, which keeps the kernel's connection and the loop alive: the JVM then
+        // went without committing the journal devices or syncing; found by a review).
+        Consumer<Boolean> close = loopEnded -> {
+            synchronized (closed) {
+                if (!closed.getAndSet(true)) {
+                    closeCore(store, mnt, pid, loopEnded, ledger, journals, backing, fs, vms, nbd, scheduler,
+                            List.of(ledgerTimer, checkpointTimer), reclaimTimer);
+                    cleanedUp.countDown();
+                }
+            }
+        };
+        closing.set(close);
         try (ControlServer control = new ControlServer(store.socket(),
                 new ControlHandler(store, mnt, pid, backing, ledger, fs, journals, vms, exports, volumes,
                         scheduler)::answer)) {
@@ -294,46 +317,62 @@ public final class Daemon {
             log.info("fuse loop ended rc={}", rc);
             SystemdNotify.send("STOPPING=1\nSTATUS=unmounted; closing the store");
         } finally {
-            // the reclaimer's may be minutes into QMP calls: interrupted; the others are not, as a
-            // checkpoint or a ledger save an interrupt reached could close its files for good
-            // (journals.close() below waits for a checkpoint still running, on the store's monitor)
-            reclaimTimer.shutdownNow();
-            ledgerTimer.shutdown();
-            checkpointTimer.shutdown();
-            if (nbd != null) {
-                nbd.close(); // its clients hung up and their volumes closed before the core closes
-            }
-            // the workers' requests end before any image is closed: one still in a pwrite after
-            // its descriptor closed would write into whatever file got that number next (the
-            // ledger, the journal store; found by a review). One that outlives the wait keeps
-            // every image open until the process exits.
-            boolean workersDone = scheduler.stop();
-            vms.close();
-            if (workersDone) {
-                fs.closeAll();
-            } else {
-                log.error("NBD requests still at the disk after 30 s: images stay open until the daemon exits");
-            }
-            List<String> failed = new ArrayList<>();
-            try {
-                journals.close(); // commits every device; before the shutdown hook may let the JVM go
-            } catch (IOException | RuntimeException e) {
-                log.error("closing the journal store failed: {}", e.toString());
-                failed.add("closing the journal store failed: " + e.getMessage());
-            }
-            try {
-                backing.syncAll();
-            } catch (FsException e) {
-                log.error("final sync failed: {}", e.getMessage());
-                failed.add("the final sync failed: " + e.getMessage());
-            }
-            save(ledger, true);
-            recordUnmount(store, pid, failed);
-            Files.deleteIfExists(store.pidFile());
-            log.info("unmounted store={} mountpoint={}", store.dir(), mnt);
-            flushLogs();
-            cleanedUp.countDown();
+            close.accept(true);
         }
+    }
+
+    /**
+     * Closes the doors and the core in order, commits the journal devices, syncs the store, saves
+     * the ledger and records the unmount. With the FUSE loop still running ({@code loopEnded}
+     * false: a signal's last resort) images stay open: a FUSE request may still be in a pwrite
+     * on one, and its descriptor's number must not go to another file.
+     */
+    private static void closeCore(StoreDir store, Path mnt, long pid, boolean loopEnded, ReleaseLedger ledger,
+            JournalStore journals, ImagesDir backing, VmFuseFs fs, VmRegistry vms, NbdServer nbd, Scheduler scheduler,
+            List<ScheduledExecutorService> timers, ScheduledExecutorService reclaimTimer) {
+        // the reclaimer's may be minutes into QMP calls: interrupted; the others are not, as a
+        // checkpoint or a ledger save an interrupt reached could close its files for good
+        // (journals.close() below waits for a checkpoint still running, on the store's monitor)
+        reclaimTimer.shutdownNow();
+        timers.forEach(ScheduledExecutorService::shutdown);
+        if (nbd != null) {
+            nbd.close(); // its clients hung up and their volumes closed before the core closes
+        }
+        // the workers' requests end before any image is closed: one still in a pwrite after
+        // its descriptor closed would write into whatever file got that number next (the
+        // ledger, the journal store; found by a review). One that outlives the wait keeps
+        // every image open until the process exits.
+        boolean workersDone = scheduler.stop();
+        vms.close();
+        if (workersDone && loopEnded) {
+            fs.closeAll();
+        } else if (!workersDone) {
+            log.error("NBD requests still at the disk after 30 s: images stay open until the daemon exits");
+        } else {
+            log.warn("the mount is still in use (detached lazily): its images stay open until the daemon exits");
+        }
+        List<String> failed = new ArrayList<>();
+        try {
+            journals.close(); // commits every device; before the shutdown hook may let the JVM go
+        } catch (IOException | RuntimeException e) {
+            log.error("closing the journal store failed: {}", e.toString());
+            failed.add("closing the journal store failed: " + e.getMessage());
+        }
+        try {
+            backing.syncAll();
+        } catch (FsException e) {
+            log.error("final sync failed: {}", e.getMessage());
+            failed.add("the final sync failed: " + e.getMessage());
+        }
+        save(ledger, true);
+        recordUnmount(store, pid, failed);
+        try {
+            Files.deleteIfExists(store.pidFile());
+        } catch (IOException e) {
+            log.warn("cannot remove {}: {}", store.pidFile(), e.getMessage());
+        }
+        log.info("unmounted store={} mountpoint={}", store.dir(), mnt);
+        flushLogs();
     }
 
     /** Waits until the kernel's INIT is answered, or fails with the reason if the loop ended first. */
@@ -367,8 +406,13 @@ public final class Daemon {
         }
     }
 
-    /** SIGTERM/SIGINT: unmount (lazily if busy), let the main thread clean up, then let the JVM go. */
-    private static void onSignal(Path mnt, CompletableFuture<Integer> loop, CountDownLatch cleanedUp) {
+    /**
+     * SIGTERM/SIGINT: unmount (lazily if busy), let the main thread clean up, then let the JVM go.
+     * If the loop does not end (a lazily detached mount a process still holds open), this thread
+     * closes the core itself ({@code close}, once, with the loop running).
+     */
+    private static void onSignal(Path mnt, CompletableFuture<Integer> loop, CountDownLatch cleanedUp,
+            Consumer<Boolean> close) {
         shuttingDown = true;
         if (!loop.isDone()) {
             log.info("signal received: unmounting {}", mnt);
@@ -384,9 +428,20 @@ public final class Daemon {
             }
         }
         try {
-            loop.get(SHUTDOWN_TIMEOUT_SECONDS, TimeUnit.SECONDS);
-            cleanedUp.await(SHUTDOWN_TIMEOUT_SECONDS, TimeUnit.SECONDS);
-        } catch (InterruptedException | ExecutionException | TimeoutException e) {
+            loop.get(LOOP_END_SECONDS, TimeUnit.SECONDS);
+        } catch (TimeoutException e) {
+            log.warn("the mount is still held open after {} s: closing the store with it detached", LOOP_END_SECONDS);
+            close.accept(false);
+        } catch (InterruptedException | ExecutionException e) {
+            log.error("shutdown did not complete cleanly: {}", e.toString());
+        }
+        try {
+            // the closing waits are bounded: NBD clients and the scheduler's workers 30 s each, a
+            // VM's punch 30 s, then the journal store's last commit and a sync
+            if (!cleanedUp.await(SHUTDOWN_TIMEOUT_SECONDS, TimeUnit.SECONDS)) {
+                log.error("shutdown did not complete within {} s", SHUTDOWN_TIMEOUT_SECONDS);
+            }
+        } catch (InterruptedException e) {
             log.error("shutdown did not complete cleanly: {}", e.toString());
         }
     }
