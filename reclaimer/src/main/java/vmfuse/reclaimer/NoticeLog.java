@@ -59,6 +59,8 @@ final class NoticeLog implements AutoCloseable {
     private final List<Pending> dropped = new ArrayList<>();
     private long lastSeq;
     private final Map<Long, Pending> pending = new TreeMap<>();
+    /** The ranges the pending notices hold, each its own (not merged across notices). */
+    private long rangesHeld;
 
     private NoticeLog(Disk disk, Path file) {
         this.disk = disk;
@@ -157,7 +159,9 @@ final class NoticeLog implements AutoCloseable {
     private void compact() throws IOException {
         StringBuilder b = new StringBuilder("S ").append(lastSeq).append('\n');
         pending.values().removeIf(p -> p.ranges().isEmpty());
+        rangesHeld = 0;
         for (Pending p : pending.values()) {
+            rangesHeld += p.ranges().count();
             b.append("N ").append(p.seq()).append(' ').append(p.token()).append(' ').append(p.fileSize()).append(' ')
                     .append(Notice.format(p.ranges().list())).append('\n');
         }
@@ -223,6 +227,11 @@ final class NoticeLog implements AutoCloseable {
         return lastSeq;
     }
 
+    /** The ranges the pending notices hold between them (a range two notices hold counts twice). */
+    long rangesHeld() {
+        return rangesHeld;
+    }
+
     /** What waits, oldest first. */
     List<Pending> pending() {
         return new ArrayList<>(pending.values());
@@ -231,13 +240,17 @@ final class NoticeLog implements AutoCloseable {
     void accepted(Notice n, List<Range> ranges) throws IOException {
         long before = lastSeq;
         lastSeq = Math.max(lastSeq, n.seq());
-        if (!ranges.isEmpty()) {
-            pending.put(n.seq(), new Pending(n.seq(), n.token(), n.fileSize(), ByteRanges.of(ranges)));
+        Pending added = ranges.isEmpty() ? null : new Pending(n.seq(), n.token(), n.fileSize(), ByteRanges.of(ranges));
+        if (added != null) {
+            pending.put(n.seq(), added);
+            rangesHeld += added.ranges().count();
         }
         try {
             append("N " + n.seq() + " " + n.token() + " " + n.fileSize() + " " + Notice.format(ranges));
         } catch (IOException e) {
-            pending.remove(n.seq()); // not acknowledged: the agent sends it again
+            if (added != null && pending.remove(n.seq()) != null) { // not acknowledged: the agent sends it again
+                rangesHeld -= added.ranges().count();
+            }
             lastSeq = before;
             throw e;
         }
@@ -248,9 +261,11 @@ final class NoticeLog implements AutoCloseable {
     void cut(List<Range> written) throws IOException {
         for (Pending p : pending.values()) {
             List<Range> gone = new ArrayList<>();
+            int held = p.ranges().count();
             for (Range w : written) {
                 gone.addAll(p.ranges().remove(w.offset(), w.end()));
             }
+            rangesHeld += p.ranges().count() - held;
             if (!gone.isEmpty()) {
                 append("X " + p.seq() + " " + Notice.format(gone));
             }
@@ -259,7 +274,9 @@ final class NoticeLog implements AutoCloseable {
     }
 
     void done(long seq) throws IOException {
-        if (pending.remove(seq) != null) {
+        Pending p = pending.remove(seq);
+        if (p != null) {
+            rangesHeld -= p.ranges().count();
             append("D " + seq);
         }
         compactIfLarge();

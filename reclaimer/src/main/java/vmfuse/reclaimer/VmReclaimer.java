@@ -148,6 +148,9 @@ public final class VmReclaimer implements AgentSession.Host, WriteTracker.Listen
         log.warn("reclaim vm={} refused reason={} {}", vm, reason, detail);
     }
 
+    /** The ranges a VM's waiting notices may hold between them: about 100 bytes of heap each. */
+    static final int MAX_HELD_RANGES = 65536;
+
     @Override
     public String notice(Notice n) throws ProtocolException, IOException {
         synchronized (this) {
@@ -165,6 +168,12 @@ public final class VmReclaimer implements AgentSession.Host, WriteTracker.Listen
                 } else {
                     inward += r.length();
                 }
+            }
+            if (notices.rangesHeld() + blocks.size() > MAX_HELD_RANGES) {
+                // the fence merges what waits, but each notice is logged and held whole: a guest
+                // resending the same ranges grew the log and the heap without bound (a review)
+                throw new ProtocolException("busy", "this VM's waiting notices hold " + notices.rangesHeld()
+                        + " ranges, at most " + MAX_HELD_RANGES + ": send it again once they went");
             }
             List<Range> safe = fence.admit(n.token(), blocks); // stale fence: refused, nothing logged
             long kept = ByteRanges.of(safe).bytes();

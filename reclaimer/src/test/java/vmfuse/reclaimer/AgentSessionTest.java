@@ -252,6 +252,36 @@ class AgentSessionTest {
     }
 
     /**
+     * A guest that sends the same ranges in notice after notice (the fence merges them, so its
+     * bound never moves) is answered busy once its waiting notices hold MAX_HELD_RANGES ranges
+     * between them: a review found every such notice logged and held, without bound.
+     */
+    @Test
+    void noticesRepeatingTheSameRangesAreRefusedBusyPastTheBound() throws Exception {
+        WriteTracker t = new WriteTracker(WriteTracker.newEpoch());
+        StringBuilder ranges = new StringBuilder();
+        for (int i = 0; i < Notice.MAX_RANGES; i++) {
+            ranges.append(i == 0 ? "" : ",").append((long) i * 8192).append(':').append(4096);
+        }
+        try (VmReclaimer r = reclaimer(t, 1.0)) { // a disk with room: nothing is carried out
+            AgentSession s = new AgentSession(r);
+            s.handle("HELLO vmfuse-agent 1");
+            long token = Long.parseLong(s.handle("FENCE").substring(6));
+            int acked = 0;
+            String answer = "";
+            for (int seq = 1; seq <= VmReclaimer.MAX_HELD_RANGES / Notice.MAX_RANGES + 10; seq++) {
+                answer = s.handle("NOTICE " + seq + " " + token + " 0 " + ranges);
+                if (!answer.startsWith("ACK")) {
+                    break;
+                }
+                acked++;
+            }
+            assertTrue(answer.startsWith("REFUSED ") && answer.endsWith(" busy"), answer);
+            assertEquals(VmReclaimer.MAX_HELD_RANGES / Notice.MAX_RANGES, acked);
+        }
+    }
+
+    /**
      * An agent socket path is taken from nobody: a file there (an image's path given by mistake)
      * stays as it was, and so does a socket another listener serves (two stores given one path);
      * a review found the file replaced by the socket.
