@@ -18,6 +18,7 @@ import org.slf4j.Logger;
 import org.slf4j.LoggerFactory;
 
 import vmfuse.durable.Disk;
+import vmfuse.durable.LogRate;
 import vmfuse.durable.RealDisk;
 
 /*
@@ -148,6 +149,9 @@ public final class VmReclaimer implements AgentSession.Host, WriteTracker.Listen
         log.warn("reclaim vm={} refused reason={} {}", vm, reason, detail);
     }
 
+    /** A guest sends notices at will, and the log shares the store's disk: 20 lines a second at most. */
+    private final LogRate noticeLogRate = new LogRate(20);
+
     /** The ranges a VM's waiting notices may hold between them: about 100 bytes of heap each. */
     static final int MAX_HELD_RANGES = 65536;
 
@@ -182,8 +186,11 @@ public final class VmReclaimer implements AgentSession.Host, WriteTracker.Listen
             received++;
             add(Skipped.PARTIAL_BLOCK, inward);
             add(Skipped.WRITTEN_AFTER_FENCE, requested - kept);
-            log.info("reclaim vm={} image={} notice seq={} file_size={} ranges={} admitted={} written_after_fence={}",
-                    vm, image, n.seq(), n.fileSize(), n.ranges().size(), kept, requested - kept);
+            if (noticeLogRate.allow(k -> log.info("reclaim vm={}: {} more notices in the last second not logged "
+                    + "(vmfuse status counts them)", vm, k))) {
+                log.info("reclaim vm={} image={} notice seq={} file_size={} ranges={} admitted={} written_after_fence={}",
+                        vm, image, n.seq(), n.fileSize(), n.ranges().size(), kept, requested - kept);
+            }
         }
         decide();
         return "ACK " + n.seq();

@@ -14,6 +14,7 @@ import org.slf4j.Logger;
 import org.slf4j.LoggerFactory;
 
 import vmfuse.durable.Disk;
+import vmfuse.durable.LogRate;
 import vmfuse.durable.RealDisk;
 import vmfuse.fs.FsException;
 import vmfuse.fs.Node;
@@ -38,6 +39,9 @@ import vmfuse.fs.TsvField;
  */
 public final class ReleaseLedger {
     private static final Logger log = LoggerFactory.getLogger(ReleaseLedger.class);
+    /** Releases logged per second at most: a guest discards at will, and the log shares the store's disk. */
+    static final int LOGGED_PER_SECOND = 100;
+    private final LogRate logRate = new LogRate(LOGGED_PER_SECOND);
     static final String TOTAL = "*total*";
     /**
      * The format line's name and version. Version 1 (no such line) counted images by their bare
@@ -168,8 +172,11 @@ public final class ReleaseLedger {
             mine[reason.ordinal()] = mine[reason.ordinal()].plus(freed);
             totalSinceStart[reason.ordinal()] = totalSinceStart[reason.ordinal()].plus(freed);
         }
-        log.info("release image={} offset={} length={} freed={} reason={}", TsvField.escape(image), offset, length,
-                freed, reason.label);
+        if (logRate.allow(n -> log.info("release: {} more releases in the last second not logged (they are counted)",
+                n))) {
+            log.info("release image={} offset={} length={} freed={} reason={}", TsvField.escape(image), offset, length,
+                    freed, reason.label);
+        }
     }
 
     /** Carries an image's counts over to its new name, or a folder's images' to the folder's new name. */

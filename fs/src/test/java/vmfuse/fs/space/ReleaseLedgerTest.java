@@ -130,4 +130,30 @@ class ReleaseLedgerTest {
         assertEquals(new ReleaseLedger.Count(4096, 1), l.of(ReleaseLedger.image("t10/c.raw")), "a sibling stays");
         assertEquals(new ReleaseLedger.Count(0, 0), l.of(ReleaseLedger.image("t1/a.raw")));
     }
+    /**
+     * A guest's discards come at will: the ledger counts every one, and logs LOGGED_PER_SECOND a
+     * second at most (the log shares the store's disk; a review found one guest able to fill it).
+     */
+    @Test
+    void releasesAreAllCountedAndAtMostARateOfThemLogged() throws Exception {
+        ReleaseLedger l = ReleaseLedger.load(dir.resolve("releases.tsv"));
+        ch.qos.logback.classic.Logger logger =
+                (ch.qos.logback.classic.Logger) org.slf4j.LoggerFactory.getLogger(ReleaseLedger.class);
+        ch.qos.logback.core.read.ListAppender<ch.qos.logback.classic.spi.ILoggingEvent> lines =
+                new ch.qos.logback.core.read.ListAppender<>();
+        lines.start();
+        logger.addAppender(lines);
+        try {
+            long t0 = System.nanoTime();
+            for (int i = 0; i < 10_000; i++) {
+                l.record("a.raw", (long) i * 4096, 4096, 4096, ReleaseLedger.Reason.PUNCH_HOLE);
+            }
+            long seconds = (System.nanoTime() - t0) / 1_000_000_000L + 1;
+            assertEquals(new ReleaseLedger.Count(10_000L * 4096, 10_000), l.of("a.raw"));
+            assertTrue(lines.list.size() <= (seconds + 1) * (ReleaseLedger.LOGGED_PER_SECOND + 1),
+                    lines.list.size() + " lines in " + seconds + " s");
+        } finally {
+            logger.detachAppender(lines);
+        }
+    }
 }
