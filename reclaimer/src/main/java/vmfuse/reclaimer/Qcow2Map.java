@@ -73,8 +73,11 @@ public final class Qcow2Map implements AutoCloseable {
         PARTIAL_OR_OUTSIDE
     }
 
-    /** What {@link #translate} found: ranges of the image file to punch, and guest bytes skipped, by reason. */
-    public record Translation(List<Range> punchable, Map<Skip, Long> skipped) {
+    /**
+     * What {@link #translate} found: ranges of the image file to punch, the guest ranges they hold
+     * (what a punch of them frees for the guest), and guest bytes skipped, by reason.
+     */
+    public record Translation(List<Range> punchable, List<Range> guest, Map<Skip, Long> skipped) {
         public long punchableBytes() {
             return punchable.stream().mapToLong(Range::length).sum();
         }
@@ -433,6 +436,7 @@ public final class Qcow2Map implements AutoCloseable {
         }
         Map<Skip, Long> skipped = new EnumMap<>(Skip.class);
         List<Range> out = new ArrayList<>();
+        List<Range> guest = new ArrayList<>();
         long end = Math.min(offset + length, virtualSize);
         if (offset + length > end) {
             add(skipped, Skip.PARTIAL_OR_OUTSIDE, offset + length - Math.max(offset, end));
@@ -463,6 +467,7 @@ public final class Qcow2Map implements AutoCloseable {
                     long len = Math.min(last - first, fileSize - h); // a last cluster may end past the file
                     if (len > 0) {
                         merge(out, h, len);
+                        merge(guest, first, len);
                     }
                     add(skipped, Skip.PARTIAL_OR_OUTSIDE, n - (last - first));
                 } else {
@@ -471,7 +476,7 @@ public final class Qcow2Map implements AutoCloseable {
             }
             pos = clusterEnd;
         }
-        return new Translation(out, skipped);
+        return new Translation(out, guest, skipped);
     }
 
     private static void add(Map<Skip, Long> m, Skip k, long n) {

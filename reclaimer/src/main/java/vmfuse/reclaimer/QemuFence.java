@@ -73,7 +73,12 @@ public final class QemuFence implements Fence {
     private long next = WriteTracker.newEpoch(); // guarded by qmp
     // guarded by this
     private final Map<Long, Long> live = new TreeMap<>(); // token -> issued (nanoTime)
-    private final Map<Long, Long> pendingByToken = new TreeMap<>(); // token -> bytes waiting
+    /**
+     * token -> the ranges its notices wait on, merged: a range two notices hold is one, so a token
+     * is done when what its notices held was carried out (a count of bytes per notice drifted
+     * where notices overlapped, and a token never ended while the daemon ran).
+     */
+    private final Map<Long, ByteRanges> pendingByToken = new TreeMap<>();
 
     /**
      * The fence of the image QEMU opens as {@code imageFile}, over the QMP socket {@code qmpSocket};
@@ -320,22 +325,27 @@ public final class QemuFence implements Fence {
             throw new ProtocolException("stale-fence", "fence token " + token + " is not a live token of this daemon");
         }
         live.put(token, System.nanoTime());
-        long bytes = ByteRanges.of(ranges).bytes();
-        if (bytes > 0) {
-            pendingByToken.merge(token, bytes, Long::sum);
-        }
+        wait(token, ranges);
         return ByteRanges.of(ranges).list();
+    }
+
+    private void wait(long token, List<Range> ranges) {
+        for (Range r : ranges) {
+            if (r.length() > 0) {
+                pendingByToken.computeIfAbsent(token, t -> new ByteRanges()).add(r.offset(), r.end());
+            }
+        }
     }
 
     @Override
     public synchronized void restore(long token, List<Range> ranges) {
         live.putIfAbsent(token, System.nanoTime()); // checked against the bitmaps at carry-out
-        pendingByToken.merge(token, ByteRanges.of(ranges).bytes(), Long::sum);
+        wait(token, ranges);
     }
 
     @Override
     public synchronized long pendingBytes() {
-        return pendingByToken.values().stream().mapToLong(Long::longValue).sum();
+        return pendingByToken.values().stream().mapToLong(ByteRanges::bytes).sum();
     }
 
     @Override
@@ -490,11 +500,13 @@ public final class QemuFence implements Fence {
             }
             List<Range> clean = cleanOffline(bitmap, ranges);
             List<Range> punch = new ArrayList<>();
+            List<Range> punchedForTheGuest = new ArrayList<>();
             Map<Qcow2Map.Skip, Long> skipped = new EnumMap<>(Qcow2Map.Skip.class);
             try (Qcow2Map map = Qcow2Map.open(backingFile)) {
                 for (Range r : clean) {
                     Qcow2Map.Translation t = map.translate(r.offset(), r.length());
                     punch.addAll(t.punchable());
+                    punchedForTheGuest.addAll(t.guest());
                     t.skipped().forEach((k, v) -> skipped.merge(k, v, Long::sum));
                 }
             } catch (Qcow2Exception e) {
@@ -512,7 +524,9 @@ public final class QemuFence implements Fence {
                     ByteRanges.of(ranges).bytes() - ByteRanges.of(clean).bytes());
             skipped.forEach((reason, n) -> notPunched.merge(reason == Qcow2Map.Skip.PARTIAL_OR_OUTSIDE
                     ? Skipped.PARTIAL_BLOCK : Skipped.NOT_OWNED, n, Long::sum));
-            done.run(punch, freed, notPunched);
+            // the guest's ranges, as the notices hold them: the file's offsets are no business of
+            // theirs (a review found file offsets cut out of other notices, which lost their ranges)
+            done.run(punchedForTheGuest, freed, notPunched);
             if (forget(token, ranges)) {
                 removeOffline(bitmap);
             }
@@ -660,10 +674,14 @@ public final class QemuFence implements Fence {
 
     /** The ranges leave the token's pending bytes; true if nothing waits on it any more (its bitmap may go). */
     private synchronized boolean forget(long token, List<Range> ranges) {
-        long left = pendingByToken.getOrDefault(token, 0L) - ByteRanges.of(ranges).bytes();
-        if (left > 0) {
-            pendingByToken.put(token, left);
-            return false;
+        ByteRanges left = pendingByToken.get(token);
+        if (left != null) {
+            for (Range r : ranges) {
+                left.remove(r.offset(), r.end());
+            }
+            if (!left.isEmpty()) {
+                return false;
+            }
         }
         pendingByToken.remove(token);
         live.remove(token);

@@ -76,8 +76,10 @@ class Qcow2MapTest {
                     long fileSize = Files.size(img);
                     long expect = Math.min(e.length(), fileSize - e.offset());
                     assertEquals(List.of(new Range(e.offset(), expect)), t.punchable(), e.toString());
+                    assertEquals(List.of(new Range(e.start(), expect)), t.guest(), e + ": the guest's ranges punched");
                 } else {
                     assertEquals(List.of(), t.punchable(), e.toString());
+                    assertEquals(List.of(), t.guest(), e.toString());
                     assertEquals(Map.of(Qcow2Map.Skip.UNALLOCATED, e.length()), t.skipped(), e.toString());
                 }
             }

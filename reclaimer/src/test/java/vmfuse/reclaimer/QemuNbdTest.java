@@ -123,6 +123,34 @@ class QemuNbdTest {
     }
 
     /**
+     * Two notices of one token over the same range (an agent sends a range twice): once it is
+     * punched, nothing waits on the token and its bitmap goes. A review found bytes counted per
+     * notice, so the token never ended while the daemon ran.
+     */
+    @Test
+    void aTokenWhoseNoticesOverlapEndsWhenItsRangesArePunched() throws Exception {
+        Path img = image("overlap", "write -P 0x11 0 4m");
+        Path qmpSock = dir.resolve("qmp-overlap.sock");
+        QemuFence fence = fence(img, qmpSock, action -> false);
+        Process qemu = qemu(img, qmpSock);
+        try {
+            long token = fence.token();
+            fence.admit(token, List.of(new Range(0, 2 * M)));
+            fence.admit(token, List.of(new Range(M, 2 * M)));
+            assertEquals(3 * M, fence.pendingBytes());
+            fence.carryOut(token, List.of(new Range(0, 3 * M)), (p, freed, skipped) -> { });
+            assertEquals(0, fence.pendingBytes());
+            try (Qmp q = Qmp.connect(qmpSock)) {
+                String blocks = q.execute("query-block", null).toString();
+                assertTrue(!blocks.contains("vmfuse-fence-" + token), "the token's bitmap went: " + blocks);
+            }
+            quit(qemu, qmpSock);
+        } finally {
+            qemu.destroyForcibly();
+        }
+    }
+
+    /**
      * A deleted range of more than 2 GiB (a large file, merged into one range) is discarded whole
      * through the running QEMU: qemu-io refuses a discard above 2 GiB - 512 bytes, saying so only
      * on QEMU's stdout, and a review found such a notice counted punched with nothing discarded.
@@ -235,6 +263,8 @@ class QemuNbdTest {
                 notPunched);
         assertEquals(11 * M, punched.stream().mapToLong(r -> r.length()).sum(), "0..4M and 5..12M: the rest is the guest's "
                 + "since the token (4..5M), the snapshot's (12..16M) or compressed (16..17M)");
+        assertEquals(List.of(new Range(0, 4 * M), new Range(5 * M, 7 * M)), ByteRanges.of(punched).list(),
+                "told as the guest's ranges, which the notices hold (the file's were told: other notices lost theirs)");
         assertEquals(0, fence.pendingBytes());
         Tools.Result check = Tools.run("qemu-img", "check", img.toString());
         assertEquals(0, check.exit(), check.out() + check.err());
