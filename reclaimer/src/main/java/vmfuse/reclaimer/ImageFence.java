@@ -43,9 +43,10 @@ public record ImageFence(Fence fence, WriteTracker tracker, ImageIdentity identi
      * The fence of {@code image}; a raw image's tracker counts from {@code epoch} within
      * {@code limits}. The VM's registration says which the image is: with a QMP socket, qcow2;
      * without, raw. IllegalArgumentException, naming what to give, where the image's first bytes
-     * say otherwise: never a fence of the other kind. A raw guest that wrote qcow2's magic at its
-     * disk's start had its next start's reclaim treat it as qcow2 (found by a review: the offline
-     * path then had qemu-nbd open the backing file that guest's header named).
+     * say otherwise: never a fence of the other kind. A raw image registered with a QMP socket
+     * was served raw until its guest wrote qcow2's magic at its disk's start, and then as qcow2
+     * (found by a review: the offline path had qemu-nbd open the backing file that guest's header
+     * named); such a registration is refused now.
      */
     public static ImageFence of(Image image, long epoch, WriteTracker.Limits limits) throws IOException {
         boolean qcow2 = isQcow2(image.backingFile());

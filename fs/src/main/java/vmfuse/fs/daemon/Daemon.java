@@ -279,7 +279,7 @@ public final class Daemon {
         long pid = ProcessHandle.current().pid();
         store.writePid(pid, mnt);
         CountDownLatch cleanedUp = new CountDownLatch(1);
-        AtomicReference<Consumer<Boolean>> closing = new AtomicReference<>(ended -> cleanedUp.countDown());
+        AtomicReference<Consumer<Boolean>> closing = new AtomicReference<>(ended -> { }); // set below
         Runtime.getRuntime().addShutdownHook(new Thread(() -> onSignal(mnt, loop, cleanedUp, closing.get()),
                 "vmfuse-shutdown"));
         // a timer each, so none waits on another: a qcow2 reclaim that takes minutes of QMP calls
