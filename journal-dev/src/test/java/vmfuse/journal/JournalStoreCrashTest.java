@@ -575,25 +575,9 @@ class JournalStoreCrashTest {
                     d.truncate(2L * blocks * BLOCK);
                 }
                 writeGeneration(d, blocks, 2);
-                long before = disk.calls();
-                if (cutAt != Long.MAX_VALUE) {
-                    disk.powerCutAt(before + cutAt);
-                }
-                try {
-                    store.checkpoint();
-                } catch (StoreException e) {
-                    assertTrue(disk.isCut(), "the checkpoint failed with no cut: " + e.getMessage());
-                }
-                calls = disk.calls() - before;
-                if (!disk.isCut()) {
-                    disk.powerCut();
-                }
+                calls = underACut(disk, cutAt, "checkpoint", store::checkpoint);
             } finally {
-                try {
-                    store.close();
-                } catch (IOException e) {
-                    // the disk is gone
-                }
+                closeCut(store);
             }
             try (JournalStore again = JournalStore.open(disk.afterCut(), file, 64L << 20)) {
                 JournalDevice d = again.device("c");
@@ -653,25 +637,9 @@ class JournalStoreCrashTest {
                 a.write(0, filled('A'), 0, BLOCK);
                 a.flush();
                 writeGeneration(big, blocks, 1);
-                long before = disk.calls();
-                if (cutAt != Long.MAX_VALUE) {
-                    disk.powerCutAt(before + cutAt);
-                }
-                try {
-                    store.rename("a", "b");
-                } catch (StoreException e) {
-                    assertTrue(disk.isCut(), "the rename failed with no cut: " + e.getMessage());
-                }
-                calls = disk.calls() - before;
-                if (!disk.isCut()) {
-                    disk.powerCut();
-                }
+                calls = underACut(disk, cutAt, "rename", () -> store.rename("a", "b"));
             } finally {
-                try {
-                    store.close();
-                } catch (IOException e) {
-                    // the disk is gone
-                }
+                closeCut(store);
             }
             try (JournalStore again = JournalStore.open(disk.afterCut(), file, 64L << 20)) {
                 String label = cutAt == Long.MAX_VALUE ? "no cut" : "a cut at call " + cutAt + " of the rename";
@@ -695,6 +663,41 @@ class JournalStoreCrashTest {
         byte[] b = new byte[BLOCK];
         java.util.Arrays.fill(b, (byte) value);
         return b;
+    }
+
+    @FunctionalInterface
+    private interface StoreOp {
+        void run() throws StoreException;
+    }
+
+    /**
+     * Runs {@code op} with the power cut at its disk call {@code cutAt} (no cut: Long.MAX_VALUE),
+     * then cuts the power anyway; the calls {@code op} made. It may fail only for the cut.
+     */
+    private static long underACut(FaultyDisk disk, long cutAt, String what, StoreOp op) throws IOException {
+        long before = disk.calls();
+        if (cutAt != Long.MAX_VALUE) {
+            disk.powerCutAt(before + cutAt);
+        }
+        try {
+            op.run();
+        } catch (StoreException e) {
+            assertTrue(disk.isCut(), "the " + what + " failed with no cut: " + e.getMessage());
+        }
+        long calls = disk.calls() - before;
+        if (!disk.isCut()) {
+            disk.powerCut();
+        }
+        return calls;
+    }
+
+    /** Closes a store whose disk lost its power (its last checkpoint fails). */
+    private static void closeCut(JournalStore store) {
+        try {
+            store.close();
+        } catch (IOException e) {
+            // the disk is gone
+        }
     }
 
     /** Every block of {@code d} written with the value {@code block * 4 + gen}, 1 MiB at a time. */
