@@ -44,6 +44,11 @@ final class BlockRanges {
         return ranges.isEmpty();
     }
 
+    /** The disjoint ranges held. */
+    int size() {
+        return ranges.size();
+    }
+
     void clear() {
         ranges.clear();
     }

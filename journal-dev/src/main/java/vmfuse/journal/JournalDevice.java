@@ -192,6 +192,7 @@ public final class JournalDevice {
         give(frozen);
         zeros.clear();
         frozenZeros.clear();
+        chargeZeroRanges();
         blocks.destroy();
     }
 
@@ -423,14 +424,42 @@ public final class JournalDevice {
         });
     }
 
-    /** Makes a range read as zeros and frees its whole blocks (punch-hole, zero-range). */
+    /**
+     * Makes a range read as zeros and frees its whole blocks (punch-hole, zero-range). Its range
+     * waits in memory for the checkpoint, within the memory bound as blocks do ({@link
+     * #chargeZeroRanges}): it may wait for a checkpoint as a write does.
+     */
     public void zero(long offset, long length) throws StoreException {
         RadixBlockStore.checkRange(offset, length);
+        store.admit();
         change(() -> {
             reserve(partialEndsNotDirty(offset, length));
             log(RedoLog.ZERO, offset, length, null, 0, 0);
             zeroRange(offset, length);
+            chargeZeroRanges();
         });
+    }
+
+    /** Zero ranges held in memory per block of the memory bound they are charged as (about 128 bytes each). */
+    static final int ZERO_RANGES_PER_BLOCK = 32;
+    /** Blocks of the memory bound the zero ranges in memory are charged as. Guarded by this. */
+    private long zeroRangesCharged;
+
+    /**
+     * Charges the zero ranges waiting in memory (zeros and frozenZeros) to the store's memory
+     * bound, as blocks: a guest punching every other block made one range each, about 100 bytes
+     * of heap, with no bound (a review found it; a close-mode device asks for no checkpoint on
+     * its own). Holding this.
+     */
+    private void chargeZeroRanges() {
+        long want = (zeros.size() + frozenZeros.size() + ZERO_RANGES_PER_BLOCK - 1) / ZERO_RANGES_PER_BLOCK;
+        long delta = want - zeroRangesCharged;
+        zeroRangesCharged = want;
+        if (delta > 0) {
+            store.added(delta);
+        } else if (delta < 0) {
+            store.released(-delta);
+        }
     }
 
     /** Sets the size; shrinking frees every block past the new end. */
@@ -441,6 +470,7 @@ public final class JournalDevice {
                 reserve(partialEndsNotDirty(newSize, RadixBlockStore.CAPACITY - newSize));
                 log(RedoLog.ZERO, newSize, RadixBlockStore.CAPACITY - newSize, null, 0, 0);
                 zeroRange(newSize, RadixBlockStore.CAPACITY - newSize);
+                chargeZeroRanges();
             }
             setSize(newSize);
         });
@@ -475,6 +505,7 @@ public final class JournalDevice {
             frozenZeros.add(r.from(), r.to());
         }
         zeros.clear();
+        chargeZeroRanges();
         if (frozen.isEmpty()) {
             // the usual case, the last checkpoint drained everything: the map changes hands whole.
             // A put per block (up to --journal-memory of them) took 2-28 ms with every writer of
@@ -507,6 +538,7 @@ public final class JournalDevice {
                 blocks.zero(r.from() << SHIFT, (r.to() - r.from()) << SHIFT);
             }
             frozenZeros.clear();
+            chargeZeroRanges();
         }
         byte[] b = new byte[BLOCK];
         long[] order = new long[0]; // the frozen blocks in ascending order: the store's new records follow the device's

@@ -66,6 +66,27 @@ class JournalStoreTest {
     }
 
     /** What metrics read: each flush timed in its bucket, each committed checkpoint timed; an idle one is not. */
+    /**
+     * Punches wait in memory for the checkpoint as ranges, charged to the memory bound: a guest
+     * punching every other block of a close-mode device (which asks for no checkpoint on its own)
+     * gets checkpoints, and memory stays within the bound. A review found one range of heap per
+     * punch, with no bound and no checkpoint.
+     */
+    @Test
+    void punchesAreHeldWithinTheMemoryBound() throws Exception {
+        long limit = 4L << 20;
+        try (JournalStore s = JournalStore.open(RealDisk.of(null), dir.resolve("p.db"), limit)) {
+            JournalDevice d = s.create("d", 1L << 30, Durability.CLOSE);
+            long checkpoints = s.checkpoints();
+            int punches = (int) (4 * (limit / RadixBlockStore.BLOCK_SIZE) * JournalDevice.ZERO_RANGES_PER_BLOCK);
+            for (int i = 0; i < punches; i++) {
+                d.zero(2L * i * RadixBlockStore.BLOCK_SIZE, RadixBlockStore.BLOCK_SIZE);
+                assertTrue(s.memoryHeld() <= limit + RadixBlockStore.BLOCK_SIZE, "held " + s.memoryHeld() + " at " + i);
+            }
+            assertTrue(s.checkpoints() > checkpoints, "the bound asked for checkpoints");
+        }
+    }
+
     @Test
     void flushesAndCheckpointsAreTimed() throws Exception {
         try (JournalStore s = JournalStore.open(dir.resolve("j.db"))) {
