@@ -323,7 +323,6 @@ public final class JournalStore implements AutoCloseable {
         return file;
     }
 
-    /** The redo log's base name: its segments are this + ".0" and ".1". */
     /**
      * A store made anew must find no redo log: its log is made after its creation commits, so a
      * log beside an empty or missing store file means that file was lost, and the log may hold
@@ -340,6 +339,7 @@ public final class JournalStore implements AutoCloseable {
         }
     }
 
+    /** The redo log's base name: its segments are this + ".0" and ".1". */
     static Path redoFile(Path file) {
         return file.resolveSibling(file.getFileName() + ".redo");
     }

@@ -325,11 +325,11 @@ public final class QemuFence implements Fence {
             throw new ProtocolException("stale-fence", "fence token " + token + " is not a live token of this daemon");
         }
         live.put(token, System.nanoTime());
-        wait(token, ranges);
+        addWaiting(token, ranges);
         return ByteRanges.of(ranges).list();
     }
 
-    private void wait(long token, List<Range> ranges) {
+    private void addWaiting(long token, List<Range> ranges) {
         for (Range r : ranges) {
             if (r.length() > 0) {
                 pendingByToken.computeIfAbsent(token, t -> new ByteRanges()).add(r.offset(), r.end());
@@ -340,7 +340,7 @@ public final class QemuFence implements Fence {
     @Override
     public synchronized void restore(long token, List<Range> ranges) {
         live.putIfAbsent(token, System.nanoTime()); // checked against the bitmaps at carry-out
-        wait(token, ranges);
+        addWaiting(token, ranges);
     }
 
     @Override

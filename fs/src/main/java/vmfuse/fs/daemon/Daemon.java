@@ -19,7 +19,6 @@ import java.util.concurrent.ScheduledExecutorService;
 import java.util.concurrent.TimeUnit;
 import java.util.concurrent.TimeoutException;
 import java.util.concurrent.atomic.AtomicBoolean;
-import java.util.concurrent.atomic.AtomicReference;
 import java.util.function.Consumer;
 
 import io.prometheus.metrics.exporter.httpserver.HTTPServer;
@@ -279,9 +278,6 @@ public final class Daemon {
         long pid = ProcessHandle.current().pid();
         store.writePid(pid, mnt);
         CountDownLatch cleanedUp = new CountDownLatch(1);
-        AtomicReference<Consumer<Boolean>> closing = new AtomicReference<>(ended -> { }); // set below
-        Runtime.getRuntime().addShutdownHook(new Thread(() -> onSignal(mnt, loop, cleanedUp, closing.get()),
-                "vmfuse-shutdown"));
         // a timer each, so none waits on another: a qcow2 reclaim that takes minutes of QMP calls
         // (vms.tick) must not hold off the 5 s commit of close-mode journal devices or the ledger
         ScheduledExecutorService ledgerTimer = timer("vmfuse-ledger");
@@ -306,7 +302,8 @@ public final class Daemon {
                 }
             }
         };
-        closing.set(close);
+        Runtime.getRuntime().addShutdownHook(new Thread(() -> onSignal(mnt, loop, cleanedUp, close),
+                "vmfuse-shutdown"));
         try (ControlServer control = new ControlServer(store.socket(),
                 new ControlHandler(store, mnt, pid, backing, ledger, fs, journals, vms, exports, volumes,
                         scheduler)::answer)) {
