@@ -1,12 +1,17 @@
 package vmfuse.reclaimer;
 
+import static java.nio.charset.StandardCharsets.US_ASCII;
+
 import java.io.IOException;
 import java.nio.ByteBuffer;
+import java.nio.ByteOrder;
 import java.nio.channels.SeekableByteChannel;
 import java.nio.file.Files;
 import java.nio.file.LinkOption;
 import java.nio.file.Path;
 import java.nio.file.StandardOpenOption;
+import java.util.Arrays;
+import java.util.Map;
 import java.util.function.LongSupplier;
 
 /**
@@ -56,6 +61,12 @@ public record ImageFence(Fence fence, WriteTracker tracker, ImageIdentity identi
                     + "(and an image of another format is not reclaimed)");
         }
         if (!qcow2) {
+            String other = otherFormat(image.backingFile());
+            if (other != null) {
+                throw new IllegalArgumentException("image " + image.name() + " begins with " + other + "'s magic: its "
+                        + "guest offsets are not the file's, so it is not reclaimed (only raw and qcow2 images are); "
+                        + "if it is a raw disk whose guest wrote that at its start, it is not reclaimed either");
+            }
             WriteTracker tracker = new WriteTracker(epoch, limits);
             return new ImageFence(new RawFence(tracker, image.puncher()), tracker, new ImageIdentity(image.backingFile()),
                     image.length());
@@ -80,12 +91,56 @@ public record ImageFence(Fence fence, WriteTracker tracker, ImageIdentity identi
 
     /** Whether {@code file} begins with qcow2's magic (a symbolic link is not followed: refused). */
     static boolean isQcow2(Path file) throws IOException {
+        ByteBuffer b = head(file, 4);
+        return b.limit() == 4 && b.getInt(0) == QCOW2_MAGIC;
+    }
+
+    /**
+     * The formats QEMU writes, other than raw and qcow2, by the magic their images begin with (as
+     * QEMU's block drivers probe them). Such an image is a file of that format whose guest offsets
+     * are not the file's: taken for raw, a reclaim would punch the file at the guest's offsets,
+     * into the format's metadata or another guest block (a LUKS image's payload starts after its
+     * header, at 2 MiB or more). A VDI image's signature is at 0x40; a fixed VHD, whose footer is
+     * at its end and whose offsets are the file's, is raw to this check, as it is for the punch.
+     */
+    private static final Map<String, byte[]> MAGIC_AT_0 = Map.of(
+            "LUKS", new byte[] {'L', 'U', 'K', 'S', (byte) 0xba, (byte) 0xbe},
+            "QED", new byte[] {'Q', 'E', 'D', 0},
+            "VMDK", "KDMV".getBytes(US_ASCII),
+            "VMDK (descriptor)", "# Disk DescriptorFile".getBytes(US_ASCII),
+            "VHDX", "vhdxfile".getBytes(US_ASCII),
+            "VPC (dynamic VHD)", "conectix".getBytes(US_ASCII),
+            "Parallels", "WithoutFreeSpace".getBytes(US_ASCII),
+            "Parallels (extended)", "WithouFreSpacExt".getBytes(US_ASCII));
+    private static final int VDI_SIGNATURE_AT = 0x40;
+    private static final int VDI_SIGNATURE = 0xbeda107f;
+
+    /** The format other than raw and qcow2 that {@code file} begins with the magic of; null if none. */
+    static String otherFormat(Path file) throws IOException {
+        ByteBuffer b = head(file, VDI_SIGNATURE_AT + 4);
+        byte[] start = new byte[b.limit()];
+        b.get(0, start);
+        for (var m : MAGIC_AT_0.entrySet()) {
+            if (start.length >= m.getValue().length
+                    && Arrays.equals(start, 0, m.getValue().length, m.getValue(), 0, m.getValue().length)) {
+                return m.getKey();
+            }
+        }
+        if (b.limit() == VDI_SIGNATURE_AT + 4
+                && b.order(ByteOrder.LITTLE_ENDIAN).getInt(VDI_SIGNATURE_AT) == VDI_SIGNATURE) {
+            return "VDI";
+        }
+        return null;
+    }
+
+    /** Up to {@code n} first bytes of {@code file} (fewer if it is shorter); a symbolic link is refused. */
+    private static ByteBuffer head(Path file, int n) throws IOException {
         try (SeekableByteChannel ch = Files.newByteChannel(file, StandardOpenOption.READ, LinkOption.NOFOLLOW_LINKS)) {
-            ByteBuffer b = ByteBuffer.allocate(4);
+            ByteBuffer b = ByteBuffer.allocate(n);
             while (b.hasRemaining() && ch.read(b) > 0) {
                 // a short read: once more
             }
-            return !b.hasRemaining() && b.getInt(0) == QCOW2_MAGIC;
+            return b.flip();
         }
     }
 }

@@ -11,6 +11,8 @@ import static vmfuse.reclaimer.Tools.ok;
 import java.io.IOException;
 import java.nio.file.Files;
 import java.nio.file.Path;
+import java.util.LinkedHashMap;
+import java.util.Map;
 
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.io.TempDir;
@@ -70,6 +72,52 @@ class ImageFenceTest {
                 () -> ImageFence.of(image(plain, dir.resolve("qmp.sock")), WriteTracker.newEpoch(),
                         WriteTracker.Limits.DEFAULT));
         assertTrue(qmpForRaw.getMessage().contains("which is for qcow2 images"), qmpForRaw.getMessage());
+    }
+
+    /**
+     * An image of another format QEMU writes, registered without a QMP socket, is not taken for
+     * raw: its guest offsets are not the file's, and a reclaim would punch its header or another
+     * guest block. Each is made by qemu-img, as an operator would.
+     */
+    @Test
+    void anImageOfAnotherFormatIsNotReclaimedAsRaw() throws Exception {
+        Map<String, String> formats = new LinkedHashMap<>();
+        formats.put("qed", "QED");
+        formats.put("vmdk", "VMDK");
+        formats.put("vhdx", "VHDX");
+        formats.put("vpc", "VPC (dynamic VHD)");
+        formats.put("vdi", "VDI");
+        formats.put("parallels", "Parallels (extended)");
+        formats.put("luks", "LUKS");
+        for (var f : formats.entrySet()) {
+            Path img = dir.resolve("vm." + f.getKey());
+            if (f.getKey().equals("luks")) {
+                ok("qemu-img", "create", "-q", "--object", "secret,id=s0,data=vm1", "-f", "luks", "-o", "key-secret=s0",
+                        img.toString(), "64M");
+            } else {
+                ok("qemu-img", "create", "-q", "-f", f.getKey(), img.toString(), "64M");
+            }
+            IllegalArgumentException e = assertThrows(IllegalArgumentException.class,
+                    () -> ImageFence.of(image(img, null), WriteTracker.newEpoch(), WriteTracker.Limits.DEFAULT),
+                    f.getKey());
+            assertTrue(e.getMessage().contains("begins with " + f.getValue() + "'s magic"), e.getMessage());
+        }
+        // a VMDK descriptor names a flat extent, which is raw: the descriptor is what QEMU opens
+        Path descriptor = dir.resolve("flat.vmdk");
+        ok("qemu-img", "create", "-q", "-f", "vmdk", "-o", "subformat=monolithicFlat", descriptor.toString(), "64M");
+        assertEquals("VMDK (descriptor)", ImageFence.otherFormat(descriptor));
+        assertNull(ImageFence.otherFormat(dir.resolve("flat-flat.vmdk")));
+        // a raw disk whose guest wrote LUKS's header at its start is not reclaimed either: refused, never punched
+        Path raw = Files.write(dir.resolve("guest.raw"), new byte[8192]);
+        assertNotNull(ImageFence.of(image(raw, null), WriteTracker.newEpoch(), WriteTracker.Limits.DEFAULT));
+        byte[] sector0 = new byte[8192];
+        try (var in = Files.newInputStream(dir.resolve("vm.luks"))) {
+            assertEquals(sector0.length, in.readNBytes(sector0, 0, sector0.length));
+        }
+        Files.write(raw, sector0);
+        assertThrows(IllegalArgumentException.class,
+                () -> ImageFence.of(image(raw, null), WriteTracker.newEpoch(), WriteTracker.Limits.DEFAULT));
+        assertNull(ImageFence.otherFormat(Files.write(dir.resolve("short.raw"), new byte[] {'Q', 'E'})));
     }
 
     @Test
