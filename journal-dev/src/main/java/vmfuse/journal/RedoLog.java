@@ -4,6 +4,7 @@ import java.io.IOException;
 import java.nio.ByteBuffer;
 import java.nio.ByteOrder;
 import java.nio.file.Path;
+import java.security.SecureRandom;
 import java.util.ArrayList;
 import java.util.Comparator;
 import java.util.List;
@@ -20,13 +21,17 @@ import vmfuse.durable.DiskFile;
  * the MapDB store (a MapDB commit costs milliseconds; an fdatasync of a log, a tenth of one).
  *
  * Two segment files, BASE.0 and BASE.1; the segment of generation g is file g % 2. Format,
- * version 2, little-endian:
+ * version 3, little-endian:
  *
- *   header    magic "VJRH" u32 | version u32 = 2 | generation u64
+ *   header    magic "VJRH" u32 | version u32 = 3 | generation u64 | salt u64
  *   record*   magic "VJRL" u32 | payload length u32 | crc32c(payload) u32 | payload
- *   payload   generation u64 | type u8 | device root record id u64 | a u64 | b u64 | data...
+ *   payload   generation u64 | salt u64 | forced u64 | type u8 | device root record id u64 | a u64 |
+ *             b u64 | data...
  *             WRITE: a = offset, data = the bytes     ZERO: a = offset, b = length
  *             SIZE:  a = new size
+ *
+ * Version 2 (header without salt; payload without salt and forced) is read, never written: a
+ * store opened on it replays it, and its first checkpoint starts a segment of version 3.
  *
  * Generations. The store's commit records a generation C: the committed state holds every
  * record of every segment older than C. A checkpoint rotates to the next segment (C + 1, which
@@ -39,9 +44,24 @@ import vmfuse.durable.DiskFile;
  * first append: a store whose devices never flush has no log to speak of): an append
  * overwrites blocks the file already has, so an fdatasync writes data and no file metadata
  * (which would cost an ext4 journal commit per flush). A segment's records carry its
- * generation, so what an older use left after the end of the current records is not replayed;
- * neither is a record that is torn or fails its checksum, nor anything after it. A flush
- * returned only after its records were forced, so a torn tail is never a flushed record.
+ * generation and its salt, so what an older use left after the end of the current records is
+ * not replayed; neither is a record that is torn or fails its checksum, nor anything after it.
+ * A flush returned only after its records were forced, so a torn tail is never a flushed record.
+ *
+ * Corruption is told from a crash. After a power cut, records past a torn one may be intact
+ * (written back before the cut, never forced): replay rightly stops at the torn one. But a disk
+ * that changes a record it had (a bad sector, a lost write) would look the same, and replay would
+ * drop every flushed record from there on without a word. So each record carries {@code forced}:
+ * the offset in its segment below which every record was on disk when it was appended (an
+ * fdatasync that covered them had returned). Where replay stops, at P, the rest of the segment is
+ * searched for an intact record of this use of the file; if one says forced > P, the record at P
+ * had been forced and the disk changed it since: the store is refused, naming the offset and how
+ * to accept the loss (no record appended after a crash can say so, as forced never passes the
+ * position of the appending record). The search reads a guest's data too, where a guest may have
+ * written what looks like a record: the salt, random for each use of a segment file and never in
+ * a device's data, is what a guest cannot write. A corrupt record in the last batch a force
+ * covered, with nothing appended after it, cannot be told from a torn tail, as in any log
+ * without a second copy.
  *
  * Appends write whole pages, as database logs write whole log blocks: the log keeps the active
  * segment's last, partly filled page in memory (the tail), and an append writes that page's
@@ -56,12 +76,19 @@ import vmfuse.durable.DiskFile;
  */
 final class RedoLog implements AutoCloseable {
     private static final Logger log = LoggerFactory.getLogger(RedoLog.class);
-    static final int VERSION = 2;
+    static final int VERSION = 3;
+    /** The version before this one, still read (replayed), never written. */
+    static final int VERSION_2 = 2;
     private static final int HEADER_MAGIC = 0x4852_4A56; // "VJRH"
     private static final int RECORD_MAGIC = 0x4C52_4A56; // "VJRL"
-    static final int HEADER_SIZE = 16;
-    private static final int RECORD_HEADER = 12;
-    private static final int PAYLOAD_FIXED = 33;
+    static final int HEADER_SIZE = 24;
+    private static final int HEADER_SIZE_2 = 16;
+    static final int RECORD_HEADER = 12;
+    static final int PAYLOAD_FIXED = 49;
+    private static final int PAYLOAD_FIXED_2 = 33;
+    /** What the search past a torn or corrupt record reads at a time. */
+    private static final int SEARCH_CHUNK = 1 << 20;
+    private static final SecureRandom SALTS = new SecureRandom();
     static final int PAGE = 4096;
     /** The most data one record carries: longer writes are logged as several records. */
     static final int MAX_DATA = 1 << 20;
@@ -79,6 +106,21 @@ final class RedoLog implements AutoCloseable {
     private final DiskFile[] segments = new DiskFile[2];
     /** Generation of the segment appended to. Guarded by this. */
     private long generation;
+    /** The active segment's salt (its header's), which its records carry. Guarded by this. */
+    private long salt;
+    /**
+     * The active segment's format version: VERSION, except after an open that replayed a segment
+     * of version 2 and continues in it, until the first rotation (the store's open checkpoints, so
+     * no append comes before it; one would be refused).
+     * Guarded by this.
+     */
+    private int activeVersion = VERSION;
+    /**
+     * The offset in the active segment below which every record is on disk: an fdatasync of the
+     * segment that began when its records ended there returned. Each record appended carries it.
+     * Guarded by this.
+     */
+    private long forcedThrough = HEADER_SIZE;
     /**
      * Where the next record goes in the active segment. Written under this monitor; read without
      * it by writers deciding on a checkpoint, which must not wait for the monitor.
@@ -145,29 +187,38 @@ final class RedoLog implements AutoCloseable {
             if (created) { // before any header is written into them, so no flushed record is in an unlinked file
                 disk.syncDirectory(base.toAbsolutePath().getParent());
             }
-            record Live(long generation, int file) {} // a segment the committed state does not hold
-            List<Live> live = new ArrayList<>();
+            List<Header> live = new ArrayList<>(); // the segments the committed state does not hold
             for (int i = 0; i < 2; i++) {
-                long g = r.header(i);
-                if (g >= committed) {
-                    live.add(new Live(g, i));
+                Header h = r.header(i);
+                if (h != null && h.generation() >= committed) {
+                    live.add(h);
                 }
             }
-            live.sort(Comparator.comparingLong(Live::generation));
-            long count = 0;
-            long last = committed;
-            for (Live seg : live) {
-                count += r.replay(seg.file(), seg.generation(), replay);
-                last = seg.generation();
+            live.sort(Comparator.comparingLong(Header::generation));
+            long[] count = new long[1];
+            long end = 0;
+            for (Header seg : live) {
+                end = r.scan(seg, (type, root, a, b, data) -> {
+                    replay.apply(type, root, a, b, data);
+                    count[0]++;
+                });
             }
-            replayed[0] = count;
+            replayed[0] = count[0];
             // appends continue in the newest segment until the caller's checkpoint rotates
-            r.generation = last;
             if (live.isEmpty()) {
-                r.writeHeader(last);
+                r.writeHeader(committed);
             } else {
-                r.position = r.end((int) (last % 2), last);
+                Header last = live.get(live.size() - 1);
+                r.generation = last.generation();
+                r.salt = last.salt();
+                r.activeVersion = last.version();
+                r.position = end;
+                r.forcedThrough = HEADER_SIZE; // what this open read may not be on disk (a kill -9 left it cached)
                 r.loadTail();
+                if (last.version() != VERSION) {
+                    log.info("redo log {} is of version {}: replayed; the next checkpoint starts a segment of "
+                            + "version {}", segmentFile(base, last.file()), last.version(), VERSION);
+                }
             }
             return r;
         } catch (IOException e) {
@@ -179,12 +230,23 @@ final class RedoLog implements AutoCloseable {
         }
     }
 
-    /** The generation in segment {@code i}'s header; -1 if it has none (new, or a header torn in a rotation). */
-    private long header(int i) throws IOException, StoreException {
-        if (segments[i].size() < HEADER_SIZE) {
-            return -1;
+    /** A segment's header: which use of file {@code file} it is, in which format, with which salt (0 in version 2). */
+    private record Header(int file, long generation, int version, long salt) {
+        int size() {
+            return version == VERSION ? HEADER_SIZE : HEADER_SIZE_2;
         }
-        ByteBuffer h = read(i, 0, HEADER_SIZE);
+
+        int payloadFixed() {
+            return version == VERSION ? PAYLOAD_FIXED : PAYLOAD_FIXED_2;
+        }
+    }
+
+    /** Segment {@code i}'s header; null if it has none (new, or a header torn in a rotation). */
+    private Header header(int i) throws IOException, StoreException {
+        if (segments[i].size() < HEADER_SIZE_2) {
+            return null;
+        }
+        ByteBuffer h = read(i, 0, HEADER_SIZE_2);
         int magic = h.getInt();
         int version = h.getInt();
         long gen = h.getLong();
@@ -193,47 +255,46 @@ final class RedoLog implements AutoCloseable {
                 log.warn("redo log {} has no valid header; no flushed record can be in it (a header reaches the "
                         + "disk with the first force of its segment), so it is reused", segmentFile(base, i));
             }
-            return -1;
+            return null;
         }
-        if (version != VERSION) {
+        if (version == VERSION_2) {
+            return new Header(i, gen, version, 0);
+        }
+        if (version != VERSION || segments[i].size() < HEADER_SIZE) {
             throw new StoreException(StoreException.EIO, "refusing redo log " + segmentFile(base, i) + ": version "
-                    + version + ", this vmfuse reads " + VERSION + "; it is left as it is");
+                    + version + ", this vmfuse reads " + VERSION_2 + " and " + VERSION + "; it is left as it is");
         }
-        return gen;
+        return new Header(i, gen, version, read(i, HEADER_SIZE_2, 8).getLong());
     }
 
-    /** Replays segment {@code i} of generation {@code gen}; returns the records applied. */
-    private long replay(int i, long gen, Replay replay) throws IOException, StoreException {
-        long[] count = new long[1];
-        scan(i, gen, (type, root, a, b, data) -> {
-            replay.apply(type, root, a, b, data);
-            count[0]++;
-        });
-        return count[0];
-    }
-
-    /** Where the intact records of segment {@code i} (generation {@code gen}) end. */
-    private long end(int i, long gen) throws IOException, StoreException {
-        return scan(i, gen, (type, root, a, b, data) -> { });
-    }
-
-    private long scan(int i, long gen, Replay replay) throws IOException, StoreException {
+    /**
+     * Replays segment {@code h}'s intact records into {@code replay}, and returns where they end.
+     * Refuses the log (EIO) if a record past that end says the record there had been forced.
+     */
+    private long scan(Header h, Replay replay) throws IOException, StoreException {
+        int i = h.file();
         long size = segments[i].size();
-        long pos = HEADER_SIZE;
+        long pos = h.size();
         CRC32C crc = new CRC32C();
         while (pos + RECORD_HEADER <= size) {
             ByteBuffer rh = read(i, pos, RECORD_HEADER);
             int rmagic = rh.getInt();
             int len = rh.getInt();
             int sum = rh.getInt();
-            if (rmagic != RECORD_MAGIC || len < PAYLOAD_FIXED || pos + RECORD_HEADER + len > size) {
+            if (rmagic != RECORD_MAGIC || len < h.payloadFixed() || pos + RECORD_HEADER + len > size) {
                 break; // the end, or a torn record
             }
             ByteBuffer p = read(i, pos + RECORD_HEADER, len);
             crc.reset();
             crc.update(p.duplicate());
-            if ((int) crc.getValue() != sum || p.getLong() != gen) {
+            if ((int) crc.getValue() != sum || p.getLong() != h.generation()) {
                 break; // torn, corrupt, or left by an older use of this file
+            }
+            if (h.version() == VERSION && p.getLong() != h.salt()) {
+                break; // not of this use of the file
+            }
+            if (h.version() == VERSION) {
+                p.getLong(); // forced: what the search below reads
             }
             byte type = p.get();
             long root = p.getLong();
@@ -244,7 +305,62 @@ final class RedoLog implements AutoCloseable {
             replay.apply(type, root, a, b, data);
             pos += RECORD_HEADER + len;
         }
+        if (h.version() == VERSION) {
+            refuseIfForcedPast(h, pos, size);
+        }
         return pos;
+    }
+
+    /**
+     * Searches segment {@code h} from just past {@code end}, where its intact records end, to
+     * {@code size} for an intact record of this use of the file (its generation and salt, its
+     * checksum) that was appended after the log was forced past {@code end}: then the record at
+     * {@code end} was on disk, and the disk changed it. Records are found at any byte, as a
+     * corrupt length cannot be followed; a candidate is dismissed by its salt before its payload
+     * is read.
+     */
+    private void refuseIfForcedPast(Header h, long end, long size) throws IOException, StoreException {
+        int i = h.file();
+        int probe = RECORD_HEADER + 16; // magic, length, checksum; generation, salt
+        ByteBuffer chunk = ByteBuffer.allocate(SEARCH_CHUNK + probe).order(ByteOrder.LITTLE_ENDIAN);
+        CRC32C crc = new CRC32C();
+        for (long at = end + 1; at + RECORD_HEADER + PAYLOAD_FIXED <= size; at += SEARCH_CHUNK) {
+            chunk.clear().limit((int) Math.min(chunk.capacity(), size - at));
+            while (chunk.hasRemaining()) {
+                if (segments[i].read(chunk, at + chunk.position()) < 0) {
+                    throw new IOException("unexpected end of " + segmentFile(base, i));
+                }
+            }
+            int last = Math.min(SEARCH_CHUNK - 1, chunk.limit() - probe); // the next chunk starts at SEARCH_CHUNK
+            for (int k = 0; k <= last; k++) {
+                if (chunk.getInt(k) != RECORD_MAGIC || chunk.getLong(k + RECORD_HEADER + 8) != h.salt()
+                        || chunk.getLong(k + RECORD_HEADER) != h.generation()) {
+                    continue;
+                }
+                long q = at + k;
+                int len = chunk.getInt(k + 4);
+                if (len < PAYLOAD_FIXED || len > PAYLOAD_FIXED + MAX_DATA || q + RECORD_HEADER + len > size) {
+                    continue;
+                }
+                ByteBuffer p = read(i, q + RECORD_HEADER, len);
+                crc.reset();
+                crc.update(p.duplicate());
+                if ((int) crc.getValue() != chunk.getInt(k + 8)) {
+                    continue;
+                }
+                long forced = p.getLong(16);
+                if (forced > end) {
+                    throw new StoreException(StoreException.EIO, "refusing redo log " + segmentFile(base, i)
+                            + ": it is corrupt. Its records end at offset " + end + " with one that is torn or fails "
+                            + "its checksum, but the record at offset " + q + " was appended after the log was "
+                            + "forced through offset " + forced + ", so a flushed record is damaged, and records of "
+                            + "flushes after it would be lost without a word. Nothing was changed. To open the store "
+                            + "without the records from offset " + end + " on (the journal devices they wrote lose "
+                            + "those writes: check the filesystems whose journals they are, e.g. e2fsck -f), cut the "
+                            + "segment there: truncate -s " + end + " " + segmentFile(base, i));
+                }
+            }
+        }
     }
 
     private ByteBuffer read(int i, long pos, int len) throws IOException {
@@ -315,11 +431,15 @@ final class RedoLog implements AutoCloseable {
         if (len > MAX_DATA) {
             throw new IllegalArgumentException("a record of " + len + " bytes of data; at most " + MAX_DATA);
         }
+        if (activeVersion != VERSION) {
+            throw new IllegalStateException("an append to redo log " + base + " before the rotation out of its "
+                    + "segment of version " + activeVersion);
+        }
         int payload = PAYLOAD_FIXED + len;
         int head = (int) (position - tailStart); // the tail page's bytes, written again
         ByteBuffer t = tail();
         t.clear().position(head + RECORD_HEADER);
-        t.putLong(generation).put(type).putLong(root).putLong(a).putLong(b);
+        t.putLong(generation).putLong(salt).putLong(forcedThrough).put(type).putLong(root).putLong(a).putLong(b);
         if (len > 0) {
             t.put(data, off, len);
         }
@@ -398,11 +518,15 @@ final class RedoLog implements AutoCloseable {
         DiskFile ch;
         DiskFile left;
         long upTo;
+        long through;
+        long of;
         synchronized (this) {
             if (broken != null) {
                 throw broken;
             }
             ch = active();
+            through = position;
+            of = generation;
             left = durable < rotatedAt ? segments[(int) ((generation + 1) % 2)] : null;
             upTo = appended;
             forcing++;
@@ -430,6 +554,9 @@ final class RedoLog implements AutoCloseable {
             }
             // at least rotatedAt, unless a rotation came since: then what it left is forced up to upTo only
             durable = Math.max(durable, upTo);
+            if (generation == of) {
+                forcedThrough = Math.max(forcedThrough, through);
+            }
             return upTo;
         }
     }
@@ -473,11 +600,17 @@ final class RedoLog implements AutoCloseable {
      */
     synchronized void rotate(long next) throws StoreException {
         long previous = generation;
+        long previousSalt = salt;
+        int previousVersion = activeVersion;
+        long previousForced = forcedThrough;
         try {
             writeHeader(next);
         } catch (IOException e) {
             // appends go on in the segment they were in: its tail page back into the buffer the header took
             generation = previous;
+            salt = previousSalt;
+            activeVersion = previousVersion;
+            forcedThrough = previousForced;
             try {
                 loadTail();
             } catch (IOException again) {
@@ -489,12 +622,18 @@ final class RedoLog implements AutoCloseable {
         rotatedAt = appended;
     }
 
-    /** Starts the active segment for generation {@code gen}: its header, alone in its first page (not forced). */
+    /**
+     * Starts the active segment for generation {@code gen}: its header, with a new salt, alone in
+     * its first page (not forced).
+     */
     private void writeHeader(long gen) throws IOException {
         generation = gen;
+        salt = SALTS.nextLong();
+        activeVersion = VERSION;
+        forcedThrough = HEADER_SIZE;
         ByteBuffer t = tail();
         t.clear();
-        t.putInt(HEADER_MAGIC).putInt(VERSION).putLong(gen);
+        t.putInt(HEADER_MAGIC).putInt(VERSION).putLong(gen).putLong(salt);
         zero(t, HEADER_SIZE, PAGE);
         t.flip();
         DiskFile ch = active();

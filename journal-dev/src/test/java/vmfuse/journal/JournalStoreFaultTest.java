@@ -8,11 +8,14 @@ import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import java.io.IOException;
+import java.nio.ByteBuffer;
+import java.nio.ByteOrder;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.util.Arrays;
 import java.util.List;
 import java.util.Map;
+import java.util.zip.CRC32C;
 
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.io.TempDir;
@@ -223,6 +226,11 @@ class JournalStoreFaultTest {
         Path seg = RedoLog.segmentFile(JournalStore.redoFile(file()), (int) (gen % 2));
         byte[] bytes = Files.readAllBytes(seg);
         bytes[(int) at[5] + 100] ^= 0x55; // R5 torn
+        // R6 and R7 as a cut leaves them: appended after the last force that returned, which did not
+        // reach past R5's start (here the forcer, which forces as records come, had R5 too; a torn R5
+        // is then a damaged one, and the log is refused: RedoLogTest)
+        unforced(bytes, at[6], at[5]);
+        unforced(bytes, at[7], at[5]);
         Files.write(seg, bytes);
         byte[] past = Arrays.copyOfRange(bytes, (int) at[6], (int) end); // R6 and R7, whole
 
@@ -234,7 +242,7 @@ class JournalStoreFaultTest {
         a.flush();
         disk = crash(s, disk);
         try (var f = java.nio.channels.FileChannel.open(seg, java.nio.file.StandardOpenOption.WRITE)) {
-            f.write(java.nio.ByteBuffer.wrap(past), at[6]); // the zeros after it lost, R6 and R7 as they were
+            f.write(ByteBuffer.wrap(past), at[6]); // the zeros after it lost, R6 and R7 as they were
         }
         try (JournalStore again = open(disk)) {
             JournalDevice back = again.device("a");
@@ -242,6 +250,17 @@ class JournalStoreFaultTest {
             assertArrayEquals(new byte[BLOCK], read(back, 6), "R6 was dropped at the last mount: never replayed");
             assertArrayEquals(new byte[BLOCK], read(back, 7), "nor R7");
         }
+    }
+
+    /** Makes the record at {@code at} in {@code segment} say the log was forced through {@code forced}, no further. */
+    private static void unforced(byte[] segment, long at, long forced) {
+        ByteBuffer b = ByteBuffer.wrap(segment).order(ByteOrder.LITTLE_ENDIAN);
+        int payload = (int) at + RedoLog.RECORD_HEADER;
+        int len = b.getInt((int) at + 4);
+        b.putLong(payload + 16, Math.min(b.getLong(payload + 16), forced)); // after generation and salt
+        CRC32C crc = new CRC32C();
+        crc.update(segment, payload, len);
+        b.putInt((int) at + 8, (int) crc.getValue());
     }
 
     /** chown and chmod of a device: committed when they return; a commit that fails changes nothing. */

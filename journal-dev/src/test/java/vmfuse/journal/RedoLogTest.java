@@ -159,6 +159,108 @@ class RedoLogTest {
         assertEquals(List.of("1:1:0:0:first"), replay(1));
     }
 
+    /** The salt in segment {@code i}'s header. */
+    private long salt(int i) throws Exception {
+        return ByteBuffer.wrap(Files.readAllBytes(RedoLog.segmentFile(base(), i)), 16, 8).order(ByteOrder.LITTLE_ENDIAN)
+                .getLong();
+    }
+
+    /**
+     * A flushed record the disk damaged since (a bit flipped in its data; or its header, whose
+     * length then cannot be followed) is not taken for a torn tail: a record after it says the log
+     * had been forced past it, so replaying to it would drop the flushes after it without a word.
+     * The log is refused, and the message's own remedy (cut the segment at the record) opens it
+     * with the records before.
+     */
+    @Test
+    void aFlushedRecordTheDiskDamagedRefusesTheLogUntilTheSegmentIsCutThere() throws Exception {
+        long[] at = new long[3];
+        try (RedoLog log = fresh(1)) {
+            for (int i = 0; i < 3; i++) {
+                at[i] = log.position();
+                write(log, "flushed-" + i);
+                log.force();
+            }
+        }
+        Path seg = RedoLog.segmentFile(base(), 1);
+        byte[] good = Files.readAllBytes(seg);
+        for (int damage : new int[] {(int) at[2] - 2, (int) at[1] + 1}) { // the data of record 1; its magic
+            byte[] bytes = good.clone();
+            bytes[damage] ^= 0x55;
+            Files.write(seg, bytes);
+            StoreException e = assertThrows(StoreException.class, () -> replay(1));
+            assertTrue(e.getMessage().contains("it is corrupt. Its records end at offset " + at[1]), e.getMessage());
+            assertTrue(e.getMessage().contains("the record at offset " + at[2] + " was appended after the log was "
+                    + "forced through offset " + at[2]), e.getMessage());
+            assertArrayEquals(bytes, Files.readAllBytes(seg), "nothing changed");
+            String cut = "truncate -s " + at[1] + " " + seg;
+            assertTrue(e.getMessage().endsWith(cut), e.getMessage());
+            try (FileChannel ch = FileChannel.open(seg, StandardOpenOption.WRITE)) {
+                ch.truncate(at[1]);
+            }
+            assertEquals(List.of("1:1:0:0:flushed-0"), replay(1));
+        }
+    }
+
+    /**
+     * After a power cut, records past a torn one may be intact, written back but never forced:
+     * none says the log was forced past the torn one, so that one is the tail. A guest's data in
+     * them may hold what looks like such a record: without the segment's salt it is not one (with
+     * the salt, which only the host's file holds, it would be, which shows the search reads it).
+     */
+    @Test
+    void recordsPastATornOneThatNoForceCoveredAreATornTailWhateverAGuestWroteInThem() throws Exception {
+        long torn;
+        long guestAt;
+        try (RedoLog log = fresh(1)) {
+            write(log, "flushed");
+            log.force();
+            torn = log.position();
+            write(log, "torn by the cut");
+            guestAt = log.position() + RedoLog.RECORD_HEADER + RedoLog.PAYLOAD_FIXED;
+            byte[] guest = new byte[RedoLog.PAGE];
+            log.append(RedoLog.WRITE, 1, 0, 0, guest, 0, guest.length);
+            write(log, "intact, never forced"); // it says the log was forced up to the torn one, not past it
+        }
+        Path seg = RedoLog.segmentFile(base(), 1);
+        byte[] bytes = Files.readAllBytes(seg);
+        bytes[(int) torn + 20] ^= 0x55;
+        byte[] unsalted = record(1, 12345, Long.MAX_VALUE, 1, "forged".getBytes());
+        System.arraycopy(unsalted, 0, bytes, (int) guestAt, unsalted.length);
+        Files.write(seg, bytes);
+        assertEquals(List.of("1:1:0:0:flushed"), replay(1));
+        byte[] salted = record(1, salt(1), Long.MAX_VALUE, 1, "forged".getBytes());
+        System.arraycopy(salted, 0, bytes, (int) guestAt, salted.length);
+        Files.write(seg, bytes);
+        assertThrows(StoreException.class, () -> replay(1));
+    }
+
+    /**
+     * A segment of version 2 (no salt, no forced offset) is replayed; nothing is appended to it:
+     * the store's open rotates out of it first, and an append before that is refused.
+     */
+    @Test
+    void aSegmentOfVersion2IsReplayedAndNeverAppendedTo() throws Exception {
+        ByteBuffer seg = ByteBuffer.allocate(RedoLog.PAGE).order(ByteOrder.LITTLE_ENDIAN);
+        seg.putInt(0x4852_4A56).putInt(2).putLong(5);
+        for (String s : List.of("old-0", "old-1")) {
+            ByteBuffer p = ByteBuffer.allocate(33 + s.length()).order(ByteOrder.LITTLE_ENDIAN);
+            p.putLong(5).put(RedoLog.WRITE).putLong(9).putLong(0).putLong(0).put(s.getBytes()).flip();
+            seg.put(framed(p));
+        }
+        Files.write(RedoLog.segmentFile(base(), 1), seg.array());
+        List<String> seen = new ArrayList<>();
+        try (RedoLog log = RedoLog.open(RealDisk.of(null), base(), 5, PREALLOC,
+                (type, root, a, b, data) -> seen.add(root + ":" + new String(data)), new long[1])) {
+            assertEquals(List.of("9:old-0", "9:old-1"), seen);
+            assertThrows(IllegalStateException.class, () -> write(log, "not into version 2"));
+            log.rotate(6);
+            write(log, "new");
+            log.force();
+        }
+        assertEquals(List.of("1:9:0:0:old-0", "1:9:0:0:old-1", "1:1:0:0:new"), replay(5));
+    }
+
     @Test
     void aSegmentWithoutAValidHeaderHoldsNothingAndOneOfAnotherVersionIsRefused() throws Exception {
         try (RedoLog log = fresh(1)) {
@@ -173,7 +275,7 @@ class RedoLogTest {
             ch.write(v, 4);
         }
         StoreException e = assertThrows(StoreException.class, () -> replay(1));
-        assertTrue(e.getMessage().contains("version 99, this vmfuse reads 2"), e.getMessage());
+        assertTrue(e.getMessage().contains("version 99, this vmfuse reads 2 and 3"), e.getMessage());
     }
 
     /**
@@ -245,10 +347,19 @@ class RedoLogTest {
         assertArrayEquals(data, back);
     }
 
-    /** A record as the log writes it: magic, payload length, crc32c, payload (generation, type, root, a, b, data). */
-    private static byte[] record(long generation, long root, byte[] data) {
-        ByteBuffer p = ByteBuffer.allocate(33 + data.length).order(ByteOrder.LITTLE_ENDIAN);
-        p.putLong(generation).put(RedoLog.WRITE).putLong(root).putLong(0).putLong(0).put(data).flip();
+    /**
+     * A record as the log writes it: magic, payload length, crc32c, payload (generation, salt,
+     * forced, type, root, a, b, data).
+     */
+    private static byte[] record(long generation, long salt, long forced, long root, byte[] data) {
+        ByteBuffer p = ByteBuffer.allocate(RedoLog.PAYLOAD_FIXED + data.length).order(ByteOrder.LITTLE_ENDIAN);
+        p.putLong(generation).putLong(salt).putLong(forced).put(RedoLog.WRITE).putLong(root).putLong(0).putLong(0)
+                .put(data).flip();
+        return framed(p);
+    }
+
+    /** Magic, payload length, crc32c, then the payload. */
+    private static byte[] framed(ByteBuffer p) {
         java.util.zip.CRC32C crc = new java.util.zip.CRC32C();
         crc.update(p.duplicate());
         ByteBuffer r = ByteBuffer.allocate(12 + p.remaining()).order(ByteOrder.LITTLE_ENDIAN);
@@ -263,9 +374,9 @@ class RedoLogTest {
      */
     @Test
     void aRecordEndingOnAPageBoundaryIsFollowedByZerosNotByWhatTheFileHeldBefore() throws Exception {
-        int dataStart = RedoLog.HEADER_SIZE + 12 + 33; // the first record's data, in the file
+        int dataStart = RedoLog.HEADER_SIZE + RedoLog.RECORD_HEADER + RedoLog.PAYLOAD_FIXED; // the first record's data
         byte[] guest = new byte[3 * RedoLog.PAGE];
-        byte[] forged = record(3, 77, "not yours".getBytes());
+        byte[] forged = record(3, 0, 0, 77, "not yours".getBytes()); // without the salt, which a guest cannot know
         System.arraycopy(forged, 0, guest, 2 * RedoLog.PAGE - dataStart, forged.length);
         try (RedoLog log = fresh(1)) {
             log.append(RedoLog.WRITE, 1, 0, 0, guest, 0, guest.length);
