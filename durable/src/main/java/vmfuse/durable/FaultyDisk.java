@@ -106,6 +106,9 @@ public final class FaultyDisk implements Disk {
     private Fault failFromKind;
     private boolean enospcOwed;
     private Fault nextForceFault;
+    /** What the writeFaultIn-th file write from now fails with (EIO or ENOSPC); null if none. */
+    private Fault writeFault;
+    private int writeFaultIn;
     private long powerCutAt;
     private boolean cut;
     private long usableSpace = -1;
@@ -160,6 +163,26 @@ public final class FaultyDisk implements Disk {
      */
     public synchronized void failNextForce(Fault kind) {
         nextForceFault = kind;
+    }
+
+    /**
+     * The {@code nth} write of a file from now (1: the next; forces, truncates and directory calls
+     * are not counted) fails with {@code kind}, EIO or ENOSPC, once: for a store whose own thread
+     * may force between a test's writes, where a call number would race.
+     */
+    public synchronized void failWrite(int nth, Fault kind) {
+        if (nth < 1 || (kind != Fault.EIO && kind != Fault.ENOSPC)) {
+            throw new IllegalArgumentException("failWrite(" + nth + ", " + kind + ")");
+        }
+        writeFaultIn = nth;
+        writeFault = kind;
+    }
+
+    /** Drops the fault {@link #failWrite} set, if it has not happened; returns whether it had not. */
+    public synchronized boolean cancelWriteFault() {
+        boolean pending = writeFault != null;
+        writeFault = null;
+        return pending;
     }
 
     /** The {@code n}-th mutating call does not happen: the power goes instead, and the call throws "power cut". */
@@ -754,6 +777,11 @@ public final class FaultyDisk implements Disk {
                 alive();
                 int len = src.remaining();
                 Verdict v = admit(len);
+                if (v == Verdict.GO && writeFault != null && --writeFaultIn == 0) {
+                    v = writeFault == Fault.EIO ? Verdict.EIO : Verdict.ENOSPC;
+                    writeFault = null;
+                    failures++;
+                }
                 switch (v) {
                     case GO:
                         return writeThrough(src, pos, len);

@@ -399,7 +399,10 @@ public final class JournalDevice {
     /**
      * Writes at {@code offset}, growing the device if the write ends past it. The write goes to
      * memory (and, for a FLUSH device, to the redo log); it may wait for a checkpoint while the
-     * store's memory bound is reached, and fails with ENOSPC if none can run.
+     * store's memory bound is reached, and fails with ENOSPC if none can run. Its log record grows
+     * the size at replay as the write does here: one append, so a write that fails changed nothing
+     * (a size record appended after it could fail alone, and left the write's bytes past the end,
+     * where a growing truncate showed them).
      */
     public void write(long offset, byte[] src, int srcOffset, int length) throws StoreException {
         RadixBlockStore.checkRange(offset, length);
@@ -419,7 +422,7 @@ public final class JournalDevice {
                 memory.put(slot, in, src, srcOffset + done, n);
             });
             if (offset + length > size) {
-                setSize(offset + length);
+                size = offset + length;
             }
         });
     }
@@ -640,7 +643,13 @@ public final class JournalDevice {
     /** Applies a redo log record at recovery, straight to the store (not logged again). */
     synchronized void replay(byte type, long a, long b, byte[] data) throws StoreException {
         switch (type) {
-            case RedoLog.WRITE -> blocks.write(a, data, 0, data.length);
+            case RedoLog.WRITE -> {
+                blocks.write(a, data, 0, data.length);
+                if (a + data.length > size) { // a write past the end grows the device, with no record of its own
+                    size = a + data.length;
+                    frozenSize = size;
+                }
+            }
             case RedoLog.ZERO -> blocks.zero(a, b);
             case RedoLog.SIZE -> {
                 size = a;

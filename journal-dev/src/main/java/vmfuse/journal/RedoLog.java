@@ -27,8 +27,8 @@ import vmfuse.durable.DiskFile;
  *   record*   magic "VJRL" u32 | payload length u32 | crc32c(payload) u32 | payload
  *   payload   generation u64 | salt u64 | forced u64 | type u8 | device root record id u64 | a u64 |
  *             b u64 | data...
- *             WRITE: a = offset, data = the bytes     ZERO: a = offset, b = length
- *             SIZE:  a = new size
+ *             WRITE: a = offset, data = the bytes (past the size, the size grows to its end)
+ *             ZERO:  a = offset, b = length           SIZE:  a = new size (a truncate)
  *
  * Version 2 (header without salt; payload without salt and forced) is read, never written: a
  * store opened on it replays it, and its first checkpoint starts a segment of version 3.

@@ -199,6 +199,48 @@ class JournalStoreFaultTest {
     }
 
     /**
+     * A write that grows a device and fails at any of its appends to the redo log leaves the
+     * device as before it, or as after it: never its bytes past the end, where a growing truncate
+     * would show them (its size record was a second append, which could fail alone). As the
+     * device is after a crash, too.
+     */
+    @Test
+    void aGrowingWriteThatFailsLeavesNoBytesPastTheEnd() throws Exception {
+        FaultyDisk disk = disk(10);
+        JournalStore s = open(disk);
+        byte[][] past = new byte[3][];
+        for (int nth = 1; nth <= 2; nth++) {
+            JournalDevice d = s.create("d" + nth, 0, Durability.FLUSH);
+            d.write(0, block('A'), 0, BLOCK);
+            d.flush();
+            disk.failWrite(nth, Fault.ENOSPC); // the nth file write from here: an append of the write's
+            boolean wrote;
+            try {
+                d.write(BLOCK, block('B'), 0, BLOCK);
+                wrote = true;
+            } catch (StoreException e) {
+                wrote = false;
+            }
+            boolean fired = !disk.cancelWriteFault();
+            assertTrue(fired || wrote, "a write that failed had a fault");
+            assertEquals(wrote ? 2L * BLOCK : BLOCK, d.size(), "write " + nth);
+            d.truncate(3L * BLOCK);
+            past[nth] = wrote ? block('B') : new byte[BLOCK];
+            assertArrayEquals(past[nth], read(d, 1), "fault at append " + nth + ": past the old end");
+            d.flush();
+        }
+        disk = crash(s, disk);
+        try (JournalStore again = open(disk)) {
+            for (int nth = 1; nth <= 2; nth++) {
+                JournalDevice back = again.device("d" + nth);
+                assertEquals(3L * BLOCK, back.size());
+                assertArrayEquals(block('A'), read(back, 0));
+                assertArrayEquals(past[nth], read(back, 1), "as before the crash");
+            }
+        }
+    }
+
+    /**
      * A crash in a checkpoint, between its rotation and its commit, that tore a record of the
      * newest segment and kept later ones whole (written back before the cut, never flushed): the
      * mount after it replays up to the torn record, and what is written next is never followed,
