@@ -40,4 +40,14 @@ public final class ByteSize {
         }
         return n << shift;
     }
+
+    /** {@code bytes} for a message: "512 B", "4.0 KiB", "128.0 MiB", up to EiB. */
+    public static String format(long bytes) {
+        if (bytes < 1024) {
+            return bytes + " B";
+        }
+        String units = "KMGTPE";
+        int u = (63 - Long.numberOfLeadingZeros(bytes)) / 10; // 1 for KiB ... 6 for EiB
+        return String.format(Locale.ROOT, "%.1f %siB", bytes / Math.pow(1024, u), units.charAt(u - 1));
+    }
 }

@@ -25,6 +25,12 @@ interface DeviceStore {
     /** Blocks given back. */
     void released(long n);
 
+    /**
+     * The device's size goes from {@code from} to {@code to}: the heap its index may take is
+     * reserved (EFBIG, nothing reserved, past the store's limit) or given back ({@link IndexReserve}).
+     */
+    void resize(String device, long from, long to) throws StoreException;
+
     /** The redo log a FLUSH device's changes are appended to. */
     RedoLog redo();
 

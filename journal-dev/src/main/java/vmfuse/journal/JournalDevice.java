@@ -187,6 +187,11 @@ public final class JournalDevice {
     /** Drops every block, in memory and in the store (the device is deleted, and that is committed). */
     synchronized void destroy() {
         deleted = true;
+        try {
+            store.resize(name, size, 0);
+        } catch (StoreException e) {
+            throw new IllegalStateException(e); // a shrink gives back: it never fails
+        }
         store.released(dirty.size() + frozen.size());
         give(dirty);
         give(frozen);
@@ -409,7 +414,19 @@ public final class JournalDevice {
         store.admit();
         change(() -> {
             reserve(notDirty(offset, length));
-            log(RedoLog.WRITE, offset, 0, src, srcOffset, length);
+            long end = offset + length;
+            long was = size;
+            if (end > was) {
+                store.resize(name, was, end);
+            }
+            try {
+                log(RedoLog.WRITE, offset, 0, src, srcOffset, length);
+            } catch (StoreException e) {
+                if (end > was) {
+                    store.resize(name, end, was);
+                }
+                throw e;
+            }
             BlockWalk.each(offset, length, (block, in, done, n) -> {
                 int slot;
                 if (n == BLOCK && !dirty.containsKey(block)) {
@@ -421,8 +438,8 @@ public final class JournalDevice {
                 }
                 memory.put(slot, in, src, srcOffset + done, n);
             });
-            if (offset + length > size) {
-                size = offset + length;
+            if (end > was) {
+                size = end;
             }
         });
     }
@@ -469,13 +486,23 @@ public final class JournalDevice {
     public void truncate(long newSize) throws StoreException {
         RadixBlockStore.checkRange(0, newSize);
         change(() -> {
-            if (newSize < size) {
+            long was = size;
+            if (newSize < was) {
                 reserve(partialEndsNotDirty(newSize, RadixBlockStore.CAPACITY - newSize));
                 log(RedoLog.ZERO, newSize, RadixBlockStore.CAPACITY - newSize, null, 0, 0);
                 zeroRange(newSize, RadixBlockStore.CAPACITY - newSize);
                 chargeZeroRanges();
+                setSize(newSize);
+                store.resize(name, was, newSize); // gives back: never fails
+                return;
             }
-            setSize(newSize);
+            store.resize(name, was, newSize);
+            try {
+                setSize(newSize);
+            } catch (StoreException e) {
+                store.resize(name, newSize, was);
+                throw e;
+            }
         });
     }
 

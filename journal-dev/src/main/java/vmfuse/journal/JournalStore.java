@@ -120,6 +120,11 @@ public final class JournalStore implements AutoCloseable {
         }
 
         @Override
+        public void resize(String device, long from, long to) throws StoreException {
+            index.resize(device, from, to);
+        }
+
+        @Override
         public void logAppended() {
             commits.appended();
         }
@@ -150,6 +155,8 @@ public final class JournalStore implements AutoCloseable {
     public static final long DEFAULT_MEMORY = 128L << 20;
     /** The bound on the blocks held in memory, and the requests for checkpoints that free them. */
     private final MemoryBudget budget;
+    /** The heap the devices' radix trees may take, reserved by their sizes. */
+    private final IndexReserve index;
     /** MiB of block memory a checkpoint that empties it keeps for the next writes, however idle the store. */
     static final int KEEP_CHUNKS = 8;
     private final Checkpointer checkpointer;
@@ -162,8 +169,9 @@ public final class JournalStore implements AutoCloseable {
     private final AtomicLong checkpointNanos = new AtomicLong();
 
     private JournalStore(Disk disk, Path file, AtomicVolume volume, DB db, HTreeMap<String, long[]> catalog,
-            MemoryBudget budget) {
+            MemoryBudget budget, IndexReserve index) {
         this.disk = disk;
+        this.index = index;
         this.file = file;
         this.volume = volume;
         this.db = db;
@@ -196,7 +204,13 @@ public final class JournalStore implements AutoCloseable {
 
     /** As {@link #open(Path, long)}, every file written through {@code disk}. */
     public static JournalStore open(Disk disk, Path file, long memoryLimit) throws StoreException {
+        return open(disk, file, memoryLimit, IndexReserve.defaultLimit());
+    }
+
+    /** As {@link #open(Disk, Path, long)}, the devices' index reserving at most {@code indexLimit} bytes of heap. */
+    static JournalStore open(Disk disk, Path file, long memoryLimit, long indexLimit) throws StoreException {
         MemoryBudget budget = new MemoryBudget(memoryLimit);
+        IndexReserve index = new IndexReserve(indexLimit);
         boolean exists;
         AtomicVolume volume;
         DB db;
@@ -236,7 +250,7 @@ public final class JournalStore implements AutoCloseable {
             Atomic.Long generation = db.atomicLong("vmfuse.generation").createOrOpen();
             volume.holdSyncs(false);
             db.commit();
-            JournalStore store = new JournalStore(disk, file, volume, db, catalog, budget);
+            JournalStore store = new JournalStore(disk, file, volume, db, catalog, budget, index);
             store.generation = generation;
             store.committedGeneration = generation.get();
             Map<Long, JournalDevice> byRoot = store.devices.load(db.getStore(), store.devicesView);
@@ -247,6 +261,11 @@ public final class JournalStore implements AutoCloseable {
                     d.replay(type, a, b, data);
                 }
             }, replayed);
+            long reserved = 0;
+            for (JournalDevice d : byRoot.values()) { // their sizes as the log left them
+                reserved += IndexReserve.worstCase(d.size()) - IndexReserve.worstCase(0);
+            }
+            index.opened(reserved);
             store.commits = new GroupCommit(store.redo, file);
             try {
                 long replayedInto = store.redo.generation();
@@ -363,9 +382,16 @@ public final class JournalStore implements AutoCloseable {
         if (devices.get(name) != null) {
             throw new StoreException(StoreException.EEXIST, "journal device " + name + " exists");
         }
-        RadixBlockStore blocks = RadixBlockStore.create(db.getStore());
-        long now = System.currentTimeMillis();
-        JournalDevice d = new JournalDevice(devicesView, name, blocks, size, durability, now, 0, JournalDevice.Owner.ROOT);
+        index.resize(name, 0, size); // given back by destroy(), if this create fails or when the device is deleted
+        JournalDevice d;
+        try {
+            RadixBlockStore blocks = RadixBlockStore.create(db.getStore());
+            long now = System.currentTimeMillis();
+            d = new JournalDevice(devicesView, name, blocks, size, durability, now, 0, JournalDevice.Owner.ROOT);
+        } catch (RuntimeException e) {
+            index.resize(name, size, 0);
+            throw e;
+        }
         devices.put(d);
         touched = true;
         try {

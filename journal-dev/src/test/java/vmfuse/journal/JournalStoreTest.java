@@ -87,6 +87,51 @@ class JournalStoreTest {
         }
     }
 
+    /**
+     * Every node of a device's index is on the heap, and its guest decides how many there are (one
+     * per 2 MiB it writes in): each device reserves, by its size, the most its index could take,
+     * and a create, growing truncate or growing write past the store's limit fails with EFBIG,
+     * changing nothing. What a device reserves is its own: given back when it shrinks or is
+     * deleted, and counted again at the next open. A review found a guest able to grow the heap
+     * by a node per block written, outside every bound.
+     */
+    @Test
+    void eachDeviceReservesTheHeapItsIndexCouldTakeAndNoMore() throws Exception {
+        long limit = IndexReserve.worstCase(64L * MiB) - IndexReserve.worstCase(0) + IndexReserve.NODE_BYTES;
+        Path file = dir.resolve("i.db");
+        byte[] block = random(4096, 3);
+        try (JournalStore s = JournalStore.open(RealDisk.of(null), file, JournalStore.DEFAULT_MEMORY, limit)) {
+            JournalDevice a = s.create("a", 32L * MiB, Durability.FLUSH);
+            StoreException tooBig = assertThrows(StoreException.class, () -> s.create("b", 40L * MiB, Durability.FLUSH));
+            assertEquals(StoreException.EFBIG, tooBig.errno());
+            assertTrue(tooBig.getMessage().contains("would let its guest fill"), tooBig.getMessage());
+            assertNull(s.device("b"));
+            assertEquals(StoreException.EFBIG, assertThrows(StoreException.class, () -> a.truncate(1L << 30)).errno());
+            assertEquals(StoreException.EFBIG,
+                    assertThrows(StoreException.class, () -> a.write(1L << 30, block, 0, block.length)).errno());
+            assertEquals(32L * MiB, a.size(), "nothing changed");
+            a.write(40L * MiB, block, 0, block.length); // within what is left
+            assertEquals(40L * MiB + block.length, a.size());
+            a.flush();
+            s.delete("a");
+            JournalDevice b = s.create("b", 64L * MiB, Durability.CLOSE); // what a reserved is back
+            b.truncate(16L * MiB);
+            s.create("c", 40L * MiB, Durability.CLOSE); // and what b gave back
+        }
+        try (JournalStore s = JournalStore.open(RealDisk.of(null), file, JournalStore.DEFAULT_MEMORY, limit)) {
+            assertEquals(StoreException.EFBIG,
+                    assertThrows(StoreException.class, () -> s.create("d", 16L * MiB, Durability.CLOSE)).errno(),
+                    "b and c reserve the rest");
+            s.delete("c");
+            s.create("d", 16L * MiB, Durability.CLOSE);
+        }
+        // the default limit, a quarter of the heap, admits a petabyte device on no machine of today
+        try (JournalStore s = JournalStore.open(dir.resolve("big.db"))) {
+            assertEquals(StoreException.EFBIG,
+                    assertThrows(StoreException.class, () -> s.create("huge", 1L << 50, Durability.CLOSE)).errno());
+        }
+    }
+
     @Test
     void flushesAndCheckpointsAreTimed() throws Exception {
         try (JournalStore s = JournalStore.open(dir.resolve("j.db"))) {

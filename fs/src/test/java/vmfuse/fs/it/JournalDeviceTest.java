@@ -238,7 +238,8 @@ class JournalDeviceTest {
                     + "allocated outside the heap\\); store on disk: [0-9.]+ MiB; \\d+ checkpoints since mount"), list);
 
             for (String[] bad : new String[][] {{"--size", "12X", "x"}, {"--size", "1M", "../x"}, {"--size", "1M", "vm1"},
-                {"--size", "1M", "--durability", "sometimes", "y"}, {"--size", "9E", "z"}}) {
+                {"--size", "1M", "--durability", "sometimes", "y"}, {"--size", "9E", "z"},
+                {"--size", "1P", "w"}}) { // 1P: its index could take more heap than the devices may reserve
                 List<String> args = new ArrayList<>(List.of("journal", "create"));
                 args.addAll(List.of(bad));
                 args.add(m.mnt.toString());
