@@ -686,11 +686,13 @@ final class Connection implements Runnable {
         ByteBuffer b = account.take(Buffers.MAX);
         try {
             long done = 0;
+            long waited = 0; // on the client, over the whole payload: the watchdog's clock stops while a piece is written
             while (done < r.length()) {
                 int n = (int) Math.min(Buffers.MAX, r.length() - done);
                 b.clear().limit(n);
-                payloadSince = System.nanoTime();
+                payloadSince = System.nanoTime() - waited;
                 fill(b, false);
+                waited = System.nanoTime() - payloadSince;
                 payloadSince = 0;
                 b.flip();
                 if (failure == null) {

@@ -334,7 +334,8 @@ public final class NbdServer implements AutoCloseable {
 
     /**
      * A few times a second: hangs up on the clients past a limit: one still in its handshake or
-     * stopped in the middle of a request's data (the handshake's limit), one that has left a reply
+     * that has kept the server waiting for a request's data (the handshake's limit, over the whole
+     * payload), one that has left a reply
      * unread (it stopped reading, or sends without reading).
      */
     private void watch() {
@@ -352,7 +353,7 @@ public final class NbdServer implements AutoCloseable {
                 long s = c.sendingSince();
                 long p = c.payloadSince();
                 if (p != 0 && now - p > limits.handshake().toNanos()) {
-                    log.warn("nbd client={} hung up on: it stopped for {} s in the middle of a request's data",
+                    log.warn("nbd client={} hung up on: it kept the server waiting {} s in all for a request's data",
                             c.peer(), limits.handshake().toSeconds());
                     c.closeChannel();
                 } else if (h != 0 && now - h > limits.handshake().toNanos()) {

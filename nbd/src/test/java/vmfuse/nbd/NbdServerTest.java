@@ -15,6 +15,8 @@ import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
 import java.util.concurrent.TimeUnit;
+import java.util.regex.Matcher;
+import java.util.regex.Pattern;
 
 import org.junit.jupiter.api.AfterEach;
 import org.junit.jupiter.api.BeforeEach;
@@ -281,6 +283,41 @@ class NbdServerTest {
         assertTrue(out.contains("mute-hung-up True True"), "a client that sends no option is hung up on: " + out);
         assertEquals(0, waitForNoClients(), "every connection ended");
         assertEquals(disk.opens.get(), disk.closes.get(), "every export opened was closed");
+    }
+
+    /**
+     * A write whose data trickles in is hung up on once its client has kept the server waiting,
+     * over the whole payload, past the limit (2 s here): a 24 MiB write at 1 MiB every 0.3 s
+     * keeps each 4 MiB piece within it, and the whole payload three times past it. (The clock
+     * started again at each piece, so such a write held its buffer for as long as the client
+     * liked.) The same write at full speed is answered.
+     */
+    @Test
+    void aWriteWhosePayloadTricklesInIsHungUpOnOverTheWholePayload() throws Exception {
+        String script = String.join("\n",
+                "import socket, struct, sys, time",
+                GO,
+                "def write24(s, pause):",
+                "    s.sendall(struct.pack('>IHHQQI', 0x25609513, 0, 1, 9, 0, 24 << 20))",
+                "    sent = 0",
+                "    try:",
+                "        for i in range(24):",
+                "            s.sendall(bytes([i]) * (1 << 20)); sent += 1",
+                "            time.sleep(pause)",
+                "        magic, err, cookie = struct.unpack('>IIQ', s.recv(16, socket.MSG_WAITALL))",
+                "        return sent, err",
+                "    except (BrokenPipeError, ConnectionResetError, struct.error):",
+                "        return sent, None",
+                "print('quick', write24(go(), 0))",
+                "t = time.time()",
+                "sent, err = write24(go(), 0.3)",
+                "print('trickle', sent, err, round(time.time() - t, 1))");
+        String out = run("python3", "-c", script, server.socket().toString()).ok().out();
+        assertTrue(out.contains("quick (24, 0)"), "a write at full speed is answered: " + out);
+        Matcher m = Pattern.compile("trickle (\\d+) None ([0-9.]+)").matcher(out);
+        assertTrue(m.find(), "the trickling write is hung up on, not answered: " + out);
+        assertTrue(Integer.parseInt(m.group(1)) < 16, "before most of its payload came (" + out + ")");
+        assertEquals(0, waitForNoClients(), "every connection ended");
     }
 
     /**
