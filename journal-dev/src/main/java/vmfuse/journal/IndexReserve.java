@@ -14,7 +14,7 @@ import org.slf4j.LoggerFactory;
  * can take what another device reserved.
  *
  * <p>At 4.2 KiB of heap per node, a device reserves about 0.2% of its size: the default limit, a
- * quarter of the JVM's heap (-Xmx 512m: 128 MiB), holds about 64 GiB of journal devices.
+ * quarter of the JVM's heap (-Xmx512m: about 124 MiB), holds about 60 GiB of journal devices.
  */
 final class IndexReserve {
     private static final Logger log = LoggerFactory.getLogger(IndexReserve.class);
@@ -35,7 +35,9 @@ final class IndexReserve {
 
     /** Bytes of heap the tree of a device of {@code size} bytes may take at most: every node it could need. */
     static long worstCase(long size) {
-        long below = (size + RadixBlockStore.BLOCK_SIZE - 1) / RadixBlockStore.BLOCK_SIZE; // blocks
+        // blocks, rounded up without overflow: size + BLOCK_SIZE - 1 wraps near 2^63 (a review found a
+        // truncate to 2^63 - 1 giving a negative reserve, which lifted the limit for the whole store)
+        long below = size / RadixBlockStore.BLOCK_SIZE + (size % RadixBlockStore.BLOCK_SIZE != 0 ? 1 : 0);
         long nodes = 1; // the root
         for (int level = RadixBlockStore.LEVELS - 1; level >= 1; level--) {
             below = (below + RadixBlockStore.FANOUT - 1) / RadixBlockStore.FANOUT;

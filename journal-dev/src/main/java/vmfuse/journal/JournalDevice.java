@@ -427,6 +427,9 @@ public final class JournalDevice {
                 }
                 throw e;
             }
+            if (end > was) {
+                size = end; // as the log has it, whatever fails below (its reserve is then the size's, not leaked)
+            }
             BlockWalk.each(offset, length, (block, in, done, n) -> {
                 int slot;
                 if (n == BLOCK && !dirty.containsKey(block)) {
@@ -438,9 +441,6 @@ public final class JournalDevice {
                 }
                 memory.put(slot, in, src, srcOffset + done, n);
             });
-            if (end > was) {
-                size = end;
-            }
         });
     }
 

@@ -23,7 +23,7 @@ import vmfuse.durable.DiskFile;
  * Two segment files, BASE.0 and BASE.1; the segment of generation g is file g % 2. Format,
  * version 3, little-endian:
  *
- *   header    magic "VJRH" u32 | version u32 = 3 | generation u64 | salt u64
+ *   header    magic "VJRH" u32 | version u32 = 3 | generation u64 | salt u64 | previous end u64
  *   record*   magic "VJRL" u32 | payload length u32 | crc32c(payload) u32 | payload
  *   payload   generation u64 | salt u64 | forced u64 | type u8 | device root record id u64 | a u64 |
  *             b u64 | data...
@@ -57,7 +57,10 @@ import vmfuse.durable.DiskFile;
  * searched for an intact record of this use of the file; if one says forced > P, the record at P
  * had been forced and the disk changed it since: the store is refused, naming the offset and how
  * to accept the loss (no record appended after a crash can say so, as forced never passes the
- * position of the appending record). The search reads a guest's data too, where a guest may have
+ * position of the appending record). Across two live segments the same holds: a force after a
+ * rotation forces the segment left first, so if a record of the newer one says it was forced
+ * past its header, the older one's records, up to where they ended when the newer began (its
+ * header says), were on disk. The search reads a guest's data too, where a guest may have
  * written what looks like a record: the salt, random for each use of a segment file and never in
  * a device's data, is what a guest cannot write. A corrupt record in the last batch a force
  * covered, with nothing appended after it, cannot be told from a torn tail, as in any log
@@ -81,7 +84,7 @@ final class RedoLog implements AutoCloseable {
     static final int VERSION_2 = 2;
     private static final int HEADER_MAGIC = 0x4852_4A56; // "VJRH"
     private static final int RECORD_MAGIC = 0x4C52_4A56; // "VJRL"
-    static final int HEADER_SIZE = 24;
+    static final int HEADER_SIZE = 32;
     private static final int HEADER_SIZE_2 = 16;
     static final int RECORD_HEADER = 12;
     static final int PAYLOAD_FIXED = 49;
@@ -159,6 +162,8 @@ final class RedoLog implements AutoCloseable {
      * force after one failed fails, until the store is opened again and replays what the disk kept.
      */
     private volatile StoreException broken;
+    /** Set if the tail page could not be read back after a failed append or rotation: every append throws it. Guarded by this. */
+    private StoreException tailLost;
 
     private RedoLog(Path base, long preallocate) {
         this.base = base;
@@ -195,18 +200,26 @@ final class RedoLog implements AutoCloseable {
                 }
             }
             live.sort(Comparator.comparingLong(Header::generation));
+            // every check before anything is replayed: a refused log has changed nothing
+            List<Scan> scans = new ArrayList<>();
+            for (Header seg : live) {
+                scans.add(r.scan(seg, (type, root, a, b, data) -> { }));
+            }
+            if (live.size() == 2) {
+                r.refuseIfCutBeforeTheNext(live.get(0), scans.get(0), live.get(1), scans.get(1));
+            }
             long[] count = new long[1];
             long end = 0;
             for (Header seg : live) {
                 end = r.scan(seg, (type, root, a, b, data) -> {
                     replay.apply(type, root, a, b, data);
                     count[0]++;
-                });
+                }).end();
             }
             replayed[0] = count[0];
             // appends continue in the newest segment until the caller's checkpoint rotates
             if (live.isEmpty()) {
-                r.writeHeader(committed);
+                r.writeHeader(committed, 0);
             } else {
                 Header last = live.get(live.size() - 1);
                 r.generation = last.generation();
@@ -230,8 +243,11 @@ final class RedoLog implements AutoCloseable {
         }
     }
 
-    /** A segment's header: which use of file {@code file} it is, in which format, with which salt (0 in version 2). */
-    private record Header(int file, long generation, int version, long salt) {
+    /**
+     * A segment's header: which use of file {@code file} it is, in which format, with which salt,
+     * and where the records of the segment before it ended when it began (both 0 in version 2).
+     */
+    private record Header(int file, long generation, int version, long salt, long previousEnd) {
         int size() {
             return version == VERSION ? HEADER_SIZE : HEADER_SIZE_2;
         }
@@ -258,30 +274,36 @@ final class RedoLog implements AutoCloseable {
             return null;
         }
         if (version == VERSION_2) {
-            return new Header(i, gen, version, 0);
+            return new Header(i, gen, version, 0, 0);
         }
         if (version != VERSION || segments[i].size() < HEADER_SIZE) {
             throw new StoreException(StoreException.EIO, "refusing redo log " + segmentFile(base, i) + ": version "
                     + version + ", this vmfuse reads " + VERSION_2 + " and " + VERSION + "; it is left as it is");
         }
-        return new Header(i, gen, version, read(i, HEADER_SIZE_2, 8).getLong());
+        ByteBuffer rest = read(i, HEADER_SIZE_2, HEADER_SIZE - HEADER_SIZE_2);
+        return new Header(i, gen, version, rest.getLong(), rest.getLong());
     }
+
+    /** Where a segment's intact records end, and the most any intact record of it says its segment was forced through. */
+    private record Scan(long end, long maxForced) {}
 
     /**
      * Replays segment {@code h}'s intact records into {@code replay}, and returns where they end.
      * Refuses the log (EIO) if a record past that end says the record there had been forced.
      */
-    private long scan(Header h, Replay replay) throws IOException, StoreException {
+    private Scan scan(Header h, Replay replay) throws IOException, StoreException {
         int i = h.file();
         long size = segments[i].size();
         long pos = h.size();
+        long maxForced = 0;
         CRC32C crc = new CRC32C();
         while (pos + RECORD_HEADER <= size) {
             ByteBuffer rh = read(i, pos, RECORD_HEADER);
             int rmagic = rh.getInt();
             int len = rh.getInt();
             int sum = rh.getInt();
-            if (rmagic != RECORD_MAGIC || len < h.payloadFixed() || pos + RECORD_HEADER + len > size) {
+            if (rmagic != RECORD_MAGIC || len < h.payloadFixed() || len > h.payloadFixed() + MAX_DATA
+                    || pos + RECORD_HEADER + len > size) {
                 break; // the end, or a torn record
             }
             ByteBuffer p = read(i, pos + RECORD_HEADER, len);
@@ -294,7 +316,7 @@ final class RedoLog implements AutoCloseable {
                 break; // not of this use of the file
             }
             if (h.version() == VERSION) {
-                p.getLong(); // forced: what the search below reads
+                maxForced = Math.max(maxForced, p.getLong());
             }
             byte type = p.get();
             long root = p.getLong();
@@ -306,9 +328,36 @@ final class RedoLog implements AutoCloseable {
             pos += RECORD_HEADER + len;
         }
         if (h.version() == VERSION) {
-            refuseIfForcedPast(h, pos, size);
+            maxForced = Math.max(maxForced, refuseIfForcedPast(h, pos, size));
         }
-        return pos;
+        return new Scan(pos, maxForced);
+    }
+
+    /**
+     * The older of two live segments, {@code older}, must hold its records up to where they ended
+     * when the newer one began, if a force of the newer one returned: a force after a rotation
+     * forces the segment it left first (see {@link #force}), so a record of the newer segment
+     * saying it was forced past its header means every record of the older one was on disk. If
+     * they end before, the disk changed one, and replaying the newer segment over what is left
+     * would drop flushes without a word (a review found the search within one segment blind to
+     * it). Not checked where the older file ends where its records end: the remedy leaves it so.
+     */
+    private void refuseIfCutBeforeTheNext(Header older, Scan olderScan, Header newer, Scan newerScan)
+            throws IOException, StoreException {
+        long end = olderScan.end();
+        if (newer.version() != VERSION || newer.previousEnd() <= end || newerScan.maxForced() <= HEADER_SIZE
+                || segments[older.file()].size() == end) {
+            return;
+        }
+        Path file = segmentFile(base, older.file());
+        throw new StoreException(StoreException.EIO, "refusing redo log " + file + ": it is corrupt. Its records end "
+                + "at offset " + end + " with one that is torn or fails its checksum, but they ended at offset "
+                + newer.previousEnd() + " when the next segment, " + segmentFile(base, newer.file()) + ", began, and "
+                + "that one was forced since, with every record before it: a flushed record is damaged, and records "
+                + "of flushes after it would be lost without a word. Nothing was changed. To open the store without "
+                + "the records of " + file + " from offset " + end + " on (the journal devices they wrote lose those "
+                + "writes: check the filesystems whose journals they are, e.g. e2fsck -f), cut the segment there: "
+                + "truncate -s " + end + " " + file);
     }
 
     /**
@@ -317,13 +366,14 @@ final class RedoLog implements AutoCloseable {
      * checksum) that was appended after the log was forced past {@code end}: then the record at
      * {@code end} was on disk, and the disk changed it. Records are found at any byte, as a
      * corrupt length cannot be followed; a candidate is dismissed by its salt before its payload
-     * is read.
+     * is read. Returns the most any record found says the segment was forced through.
      */
-    private void refuseIfForcedPast(Header h, long end, long size) throws IOException, StoreException {
+    private long refuseIfForcedPast(Header h, long end, long size) throws IOException, StoreException {
         int i = h.file();
         int probe = RECORD_HEADER + 16; // magic, length, checksum; generation, salt
         ByteBuffer chunk = ByteBuffer.allocate(SEARCH_CHUNK + probe).order(ByteOrder.LITTLE_ENDIAN);
         CRC32C crc = new CRC32C();
+        long maxForced = 0;
         for (long at = end + 1; at + RECORD_HEADER + PAYLOAD_FIXED <= size; at += SEARCH_CHUNK) {
             chunk.clear().limit((int) Math.min(chunk.capacity(), size - at));
             while (chunk.hasRemaining()) {
@@ -349,6 +399,7 @@ final class RedoLog implements AutoCloseable {
                     continue;
                 }
                 long forced = p.getLong(16);
+                maxForced = Math.max(maxForced, forced);
                 if (forced > end) {
                     throw new StoreException(StoreException.EIO, "refusing redo log " + segmentFile(base, i)
                             + ": it is corrupt. Its records end at offset " + end + " with one that is torn or fails "
@@ -361,6 +412,7 @@ final class RedoLog implements AutoCloseable {
                 }
             }
         }
+        return maxForced;
     }
 
     private ByteBuffer read(int i, long pos, int len) throws IOException {
@@ -415,16 +467,58 @@ final class RedoLog implements AutoCloseable {
      * a WRITE of more than MAX_DATA bytes as several.
      */
     synchronized void append(byte type, long root, long a, long b, byte[] data, int off, int len) throws StoreException {
+        if (tailLost != null) {
+            throw tailLost;
+        }
         if (!preallocated[(int) (generation % 2)]) {
             preallocateActive();
         }
-        while (len > MAX_DATA && type == WRITE) {
-            appendOne(type, root, a, b, data, off, MAX_DATA);
-            a += MAX_DATA;
-            off += MAX_DATA;
-            len -= MAX_DATA;
+        if (len <= MAX_DATA || type != WRITE) {
+            appendOne(type, root, a, b, data, off, len);
+            return;
         }
-        appendOne(type, root, a, b, data, off, len);
+        // a long write, as several records: if one fails, the ones before it are taken back, so that
+        // the log holds the whole write or none of it (a review found a 4 MiB write past a device's
+        // end, failed at its second record, grown by its first at the next replay). No force came
+        // between them: this monitor is held throughout, and a force counts what it began with.
+        long startPosition = position;
+        long startTail = tailStart;
+        long startAppended = appended;
+        try {
+            while (len > MAX_DATA) {
+                appendOne(type, root, a, b, data, off, MAX_DATA);
+                a += MAX_DATA;
+                off += MAX_DATA;
+                len -= MAX_DATA;
+            }
+            appendOne(type, root, a, b, data, off, len);
+        } catch (StoreException e) {
+            if (appended != startAppended) {
+                position = startPosition;
+                tailStart = startTail;
+                appended = startAppended;
+                restoreTail(e);
+            }
+            throw e;
+        }
+    }
+
+    /**
+     * Reads the tail page back from the file after an append or a rotation that failed left other
+     * bytes in the buffer. If it cannot be read, appends are refused until the store is opened
+     * again: the next would write that buffer over the last page, records already forced with it.
+     */
+    private void restoreTail(Exception failure) {
+        try {
+            loadTail();
+        } catch (IOException e) {
+            failure.addSuppressed(e);
+            tailLost = new StoreException(StoreException.EIO, "redo log " + base + ": its last page cannot be read "
+                    + "back (" + e.getMessage() + "); no change of a flush-mode device is taken until the store is "
+                    + "opened again (vmfuse umount, then mount)", e);
+            log.error("redo log {}: its last page cannot be read back ({}); appends are refused until the store is "
+                    + "opened again", base, e.getMessage());
+        }
     }
 
     private void appendOne(byte type, long root, long a, long b, byte[] data, int off, int len) throws StoreException {
@@ -603,19 +697,17 @@ final class RedoLog implements AutoCloseable {
         long previousSalt = salt;
         int previousVersion = activeVersion;
         long previousForced = forcedThrough;
+        long previousPosition = position;
         try {
-            writeHeader(next);
+            writeHeader(next, previousPosition);
         } catch (IOException e) {
             // appends go on in the segment they were in: its tail page back into the buffer the header took
             generation = previous;
             salt = previousSalt;
             activeVersion = previousVersion;
             forcedThrough = previousForced;
-            try {
-                loadTail();
-            } catch (IOException again) {
-                e.addSuppressed(again);
-            }
+            position = previousPosition;
+            restoreTail(e);
             throw new StoreException(StoreException.EIO, "cannot rotate redo log " + base + ": " + e.getMessage(), e);
         }
         // the segment reused was committed before this rotation: whatever it lacked on disk is moot
@@ -623,17 +715,18 @@ final class RedoLog implements AutoCloseable {
     }
 
     /**
-     * Starts the active segment for generation {@code gen}: its header, with a new salt, alone in
-     * its first page (not forced).
+     * Starts the active segment for generation {@code gen}: its header, with a new salt and where
+     * the records of the segment before it end ({@code previousEnd}; 0 if unknown), alone in its
+     * first page (not forced).
      */
-    private void writeHeader(long gen) throws IOException {
+    private void writeHeader(long gen, long previousEnd) throws IOException {
         generation = gen;
         salt = SALTS.nextLong();
         activeVersion = VERSION;
         forcedThrough = HEADER_SIZE;
         ByteBuffer t = tail();
         t.clear();
-        t.putInt(HEADER_MAGIC).putInt(VERSION).putLong(gen).putLong(salt);
+        t.putInt(HEADER_MAGIC).putInt(VERSION).putLong(gen).putLong(salt).putLong(previousEnd);
         zero(t, HEADER_SIZE, PAGE);
         t.flip();
         DiskFile ch = active();

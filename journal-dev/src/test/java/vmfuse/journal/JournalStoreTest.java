@@ -109,6 +109,10 @@ class JournalStoreTest {
             assertEquals(StoreException.EFBIG, assertThrows(StoreException.class, () -> a.truncate(1L << 30)).errno());
             assertEquals(StoreException.EFBIG,
                     assertThrows(StoreException.class, () -> a.write(1L << 30, block, 0, block.length)).errno());
+            // the largest size of all: its reserve computed without overflow (it wrapped to a negative
+            // one, which lifted the limit for every device of the store)
+            assertTrue(IndexReserve.worstCase(Long.MAX_VALUE) > IndexReserve.worstCase(1L << 62));
+            assertEquals(StoreException.EFBIG, assertThrows(StoreException.class, () -> a.truncate(Long.MAX_VALUE)).errno());
             assertEquals(32L * MiB, a.size(), "nothing changed");
             a.write(40L * MiB, block, 0, block.length); // within what is left
             assertEquals(40L * MiB + block.length, a.size());

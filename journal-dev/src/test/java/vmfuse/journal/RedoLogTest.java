@@ -203,6 +203,68 @@ class RedoLogTest {
     }
 
     /**
+     * The same across the two segments a crash in a checkpoint leaves: the newer segment was
+     * forced after its rotation, which forced the older one first, so a record of the older one
+     * damaged since refuses the log (replaying the newer one over what is left of the older would
+     * drop flushes without a word); cut where the message says, it opens.
+     */
+    @Test
+    void aFlushedRecordOfTheOlderOfTwoSegmentsTheDiskDamagedRefusesTheLog() throws Exception {
+        long damagedAt;
+        try (RedoLog log = fresh(1)) {
+            write(log, "old-0");
+            damagedAt = log.position();
+            write(log, "old-1");
+            log.rotate(2); // a checkpoint began; it did not commit
+            write(log, "new-0");
+            log.force(); // forces segment 1 too
+            write(log, "new-1"); // says segment 2 was forced past its header
+            log.force();
+        }
+        Path older = RedoLog.segmentFile(base(), 1);
+        byte[] good = Files.readAllBytes(older);
+        assertEquals(List.of("1:1:0:0:old-0", "1:1:0:0:old-1", "1:1:0:0:new-0", "1:1:0:0:new-1"), replay(1));
+        byte[] bytes = good.clone();
+        bytes[(int) damagedAt + 30] ^= 0x55;
+        Files.write(older, bytes);
+        StoreException e = assertThrows(StoreException.class, () -> replay(1));
+        assertTrue(e.getMessage().contains("Its records end at offset " + damagedAt + " with one that is torn"),
+                e.getMessage());
+        assertTrue(e.getMessage().endsWith("truncate -s " + damagedAt + " " + older), e.getMessage());
+        try (FileChannel ch = FileChannel.open(older, StandardOpenOption.WRITE)) {
+            ch.truncate(damagedAt);
+        }
+        assertEquals(List.of("1:1:0:0:old-0", "1:1:0:0:new-0", "1:1:0:0:new-1"), replay(1));
+    }
+
+    /**
+     * A write longer than MAX_DATA is several records: if one fails, those before it are taken
+     * back, so the log holds the whole write or none of it (a review found the first record of a
+     * failed 4 MiB write past a device's end growing it at the next replay).
+     */
+    @Test
+    void aLongWriteThatFailsPartWayLeavesNoneOfItInTheLog() throws Exception {
+        FaultyDisk disk = new FaultyDisk(RealDisk.of(null), dir.resolve("graveyard"), 3);
+        byte[] data = new byte[3 * RedoLog.MAX_DATA];
+        Arrays.fill(data, (byte) 'w');
+        try (RedoLog log = RedoLog.open(disk, base(), 1, PREALLOC, (t, r, a, b, d) -> { }, new long[1])) {
+            write(log, "before");
+            long end = log.position();
+            long appended = log.appended();
+            disk.failWrite(2, FaultyDisk.Fault.ENOSPC); // its second record
+            assertThrows(StoreException.class, () -> log.append(RedoLog.WRITE, 1, 0, 0, data, 0, data.length));
+            assertEquals(end, log.position());
+            assertEquals(appended, log.appended());
+            write(log, "after");
+            log.force();
+        }
+        List<String> seen = new ArrayList<>();
+        RedoLog.open(RealDisk.of(null), base(), 1, PREALLOC, (type, root, a, b, d) -> seen.add(
+                d.length > 100 ? "part of the long write" : new String(d)), new long[1]).close();
+        assertEquals(List.of("before", "after"), seen);
+    }
+
+    /**
      * After a power cut, records past a torn one may be intact, written back but never forced:
      * none says the log was forced past the torn one, so that one is the tail. A guest's data in
      * them may hold what looks like such a record: without the segment's salt it is not one (with
