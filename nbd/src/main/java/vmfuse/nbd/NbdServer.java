@@ -333,10 +333,9 @@ public final class NbdServer implements AutoCloseable {
     }
 
     /**
-     * A few times a second: hangs up on the clients past a limit: one still in its handshake or
+     * A few times a second: hangs up on the clients past a limit: one still in its handshake, or
      * that has kept the server waiting for a request's data (the handshake's limit, over the whole
-     * payload), one that has left a reply
-     * unread (it stopped reading, or sends without reading).
+     * payload); one that has left a reply unread (it stopped reading, or sends without reading).
      */
     private void watch() {
         long tick = Math.max(10, Math.min(1000, Math.min(limits.handshake().toMillis(),
