@@ -207,8 +207,12 @@ public final class JournalStore implements AutoCloseable {
         return open(disk, file, memoryLimit, IndexReserve.defaultLimit());
     }
 
-    /** As {@link #open(Disk, Path, long)}, the devices' index reserving at most {@code indexLimit} bytes of heap. */
-    static JournalStore open(Disk disk, Path file, long memoryLimit, long indexLimit) throws StoreException {
+    /**
+     * As {@link #open(Disk, Path, long)}, the devices' index reserving at most {@code indexLimit}
+     * bytes of heap ({@link IndexReserve}; the others open with a quarter of the JVM's heap).
+     * Long.MAX_VALUE admits every size, for tests of the largest devices.
+     */
+    public static JournalStore open(Disk disk, Path file, long memoryLimit, long indexLimit) throws StoreException {
         MemoryBudget budget = new MemoryBudget(memoryLimit);
         IndexReserve index = new IndexReserve(indexLimit);
         boolean exists;

@@ -15,6 +15,7 @@ import org.junit.jupiter.api.AfterEach;
 import org.junit.jupiter.api.BeforeEach;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.io.TempDir;
+import vmfuse.durable.RealDisk;
 import vmfuse.fs.FsException;
 import vmfuse.fs.nativeio.StructStat;
 import vmfuse.fs.space.ReleaseLedger;
@@ -34,7 +35,9 @@ class JournalVolumeTest {
 
     @BeforeEach
     void open() throws Exception {
-        store = JournalStore.open(dir.resolve("journals.db"));
+        // no limit on the heap the devices' index may reserve: a test takes a device to the largest size
+        store = JournalStore.open(RealDisk.of(null), dir.resolve("journals.db"), JournalStore.DEFAULT_MEMORY,
+                Long.MAX_VALUE);
         ledger = ReleaseLedger.load(dir.resolve("releases.tsv"));
         v = new JournalVolume(store.create("j1", 0, Durability.FLUSH), ledger, x -> closed.incrementAndGet());
     }
