@@ -203,7 +203,7 @@ final class RedoLog implements AutoCloseable {
             // every check before anything is replayed: a refused log has changed nothing
             List<Scan> scans = new ArrayList<>();
             for (Header seg : live) {
-                scans.add(r.scan(seg, (type, root, a, b, data) -> { }));
+                scans.add(r.check(seg));
             }
             if (live.size() == 2) {
                 r.refuseIfCutBeforeTheNext(live.get(0), scans.get(0), live.get(1), scans.get(1));
@@ -211,7 +211,7 @@ final class RedoLog implements AutoCloseable {
             long[] count = new long[1];
             long end = 0;
             for (Header seg : live) {
-                end = r.scan(seg, (type, root, a, b, data) -> {
+                end = r.chain(seg, (type, root, a, b, data) -> {
                     replay.apply(type, root, a, b, data);
                     count[0]++;
                 }).end();
@@ -288,10 +288,20 @@ final class RedoLog implements AutoCloseable {
     private record Scan(long end, long maxForced) {}
 
     /**
-     * Replays segment {@code h}'s intact records into {@code replay}, and returns where they end.
-     * Refuses the log (EIO) if a record past that end says the record there had been forced.
+     * Where segment {@code h}'s intact records end, and the most any record of it says: refuses
+     * the log (EIO) if a record past that end says the record there had been forced.
      */
-    private Scan scan(Header h, Replay replay) throws IOException, StoreException {
+    private Scan check(Header h) throws IOException, StoreException {
+        Scan chain = chain(h, (type, root, a, b, data) -> { });
+        if (h.version() != VERSION) {
+            return chain;
+        }
+        long found = refuseIfForcedPast(h, chain.end(), segments[h.file()].size());
+        return new Scan(chain.end(), Math.max(chain.maxForced(), found));
+    }
+
+    /** Replays segment {@code h}'s intact records, one after the other, into {@code replay}; where they end. */
+    private Scan chain(Header h, Replay replay) throws IOException, StoreException {
         int i = h.file();
         long size = segments[i].size();
         long pos = h.size();
@@ -312,10 +322,10 @@ final class RedoLog implements AutoCloseable {
             if ((int) crc.getValue() != sum || p.getLong() != h.generation()) {
                 break; // torn, corrupt, or left by an older use of this file
             }
-            if (h.version() == VERSION && p.getLong() != h.salt()) {
-                break; // not of this use of the file
-            }
             if (h.version() == VERSION) {
+                if (p.getLong() != h.salt()) {
+                    break; // not of this use of the file
+                }
                 maxForced = Math.max(maxForced, p.getLong());
             }
             byte type = p.get();
@@ -326,9 +336,6 @@ final class RedoLog implements AutoCloseable {
             p.get(data);
             replay.apply(type, root, a, b, data);
             pos += RECORD_HEADER + len;
-        }
-        if (h.version() == VERSION) {
-            maxForced = Math.max(maxForced, refuseIfForcedPast(h, pos, size));
         }
         return new Scan(pos, maxForced);
     }
@@ -349,15 +356,22 @@ final class RedoLog implements AutoCloseable {
                 || segments[older.file()].size() == end) {
             return;
         }
-        Path file = segmentFile(base, older.file());
-        throw new StoreException(StoreException.EIO, "refusing redo log " + file + ": it is corrupt. Its records end "
-                + "at offset " + end + " with one that is torn or fails its checksum, but they ended at offset "
-                + newer.previousEnd() + " when the next segment, " + segmentFile(base, newer.file()) + ", began, and "
-                + "that one was forced since, with every record before it: a flushed record is damaged, and records "
-                + "of flushes after it would be lost without a word. Nothing was changed. To open the store without "
-                + "the records of " + file + " from offset " + end + " on (the journal devices they wrote lose those "
-                + "writes: check the filesystems whose journals they are, e.g. e2fsck -f), cut the segment there: "
-                + "truncate -s " + end + " " + file);
+        throw corrupt(older.file(), end, "they ended at offset " + newer.previousEnd() + " when the next segment, "
+                + segmentFile(base, newer.file()) + ", began, and that one was forced since, with every record before it");
+    }
+
+    /**
+     * The refusal of segment {@code i}, whose intact records end at {@code end}, though {@code
+     * proof} shows the record there was forced; with the command that accepts the loss.
+     */
+    private StoreException corrupt(int i, long end, String proof) {
+        Path file = segmentFile(base, i);
+        return new StoreException(StoreException.EIO, "refusing redo log " + file + ": it is corrupt. Its records end "
+                + "at offset " + end + " with one that is torn or fails its checksum, but " + proof + ": a flushed "
+                + "record is damaged, and records of flushes after it would be lost without a word. Nothing was "
+                + "changed. To open the store without the records of " + file + " from offset " + end + " on (the "
+                + "journal devices they wrote lose those writes: check the filesystems whose journals they are, e.g. "
+                + "e2fsck -f), cut the segment there: truncate -s " + end + " " + file);
     }
 
     /**
@@ -401,14 +415,8 @@ final class RedoLog implements AutoCloseable {
                 long forced = p.getLong(16);
                 maxForced = Math.max(maxForced, forced);
                 if (forced > end) {
-                    throw new StoreException(StoreException.EIO, "refusing redo log " + segmentFile(base, i)
-                            + ": it is corrupt. Its records end at offset " + end + " with one that is torn or fails "
-                            + "its checksum, but the record at offset " + q + " was appended after the log was "
-                            + "forced through offset " + forced + ", so a flushed record is damaged, and records of "
-                            + "flushes after it would be lost without a word. Nothing was changed. To open the store "
-                            + "without the records from offset " + end + " on (the journal devices they wrote lose "
-                            + "those writes: check the filesystems whose journals they are, e.g. e2fsck -f), cut the "
-                            + "segment there: truncate -s " + end + " " + segmentFile(base, i));
+                    throw corrupt(i, end, "the record at offset " + q + " was appended after the log was forced "
+                            + "through offset " + forced);
                 }
             }
         }
@@ -693,20 +701,10 @@ final class RedoLog implements AutoCloseable {
      * before any record of it is flushed.
      */
     synchronized void rotate(long next) throws StoreException {
-        long previous = generation;
-        long previousSalt = salt;
-        int previousVersion = activeVersion;
-        long previousForced = forcedThrough;
-        long previousPosition = position;
         try {
-            writeHeader(next, previousPosition);
+            writeHeader(next, position);
         } catch (IOException e) {
             // appends go on in the segment they were in: its tail page back into the buffer the header took
-            generation = previous;
-            salt = previousSalt;
-            activeVersion = previousVersion;
-            forcedThrough = previousForced;
-            position = previousPosition;
             restoreTail(e);
             throw new StoreException(StoreException.EIO, "cannot rotate redo log " + base + ": " + e.getMessage(), e);
         }
@@ -720,19 +718,21 @@ final class RedoLog implements AutoCloseable {
      * first page (not forced).
      */
     private void writeHeader(long gen, long previousEnd) throws IOException {
-        generation = gen;
-        salt = SALTS.nextLong();
-        activeVersion = VERSION;
-        forcedThrough = HEADER_SIZE;
+        long newSalt = SALTS.nextLong();
         ByteBuffer t = tail();
         t.clear();
-        t.putInt(HEADER_MAGIC).putInt(VERSION).putLong(gen).putLong(salt).putLong(previousEnd);
+        t.putInt(HEADER_MAGIC).putInt(VERSION).putLong(gen).putLong(newSalt).putLong(previousEnd);
         zero(t, HEADER_SIZE, PAGE);
         t.flip();
-        DiskFile ch = active();
+        DiskFile ch = segments[(int) (gen % 2)];
         while (t.hasRemaining()) {
             ch.write(t, t.position());
         }
+        // the log's state changes once the header is written: a failed one leaves the segment it was in active
+        generation = gen;
+        salt = newSalt;
+        activeVersion = VERSION;
+        forcedThrough = HEADER_SIZE;
         tailStart = 0;
         position = HEADER_SIZE;
     }
