@@ -19,6 +19,7 @@ import java.util.concurrent.TimeUnit;
 import java.util.function.LongFunction;
 import java.util.zip.CRC32C;
 
+import org.eclipse.collections.impl.list.mutable.primitive.IntArrayList;
 import org.eclipse.collections.impl.list.mutable.primitive.LongArrayList;
 import org.eclipse.collections.impl.map.mutable.primitive.LongObjectHashMap;
 
@@ -98,6 +99,8 @@ public final class AtomicVolume extends Volume {
 
     private final Disk disk;
     private final Path file;
+    /** See {@link #blocks(BlockFile)}; null: none. */
+    private BlockFile blocks;
     private final Path commitFile;
     private final DiskFile main;
     /** FILE again, for the whole pages writeFreshPages writes (Disk#openForPageWrites); opened by the first. */
@@ -951,6 +954,31 @@ public final class AtomicVolume extends Volume {
         if (syncsHeld || (dirty.isEmpty() && writing.isEmpty() && length == fileLength)) {
             return;
         }
+        IntArrayList releasing;
+        try {
+            releasing = blocks == null ? null : blocks.beforeCommit(); // what the commit points at is on the disk first
+        } catch (IOException e) {
+            throw new UncheckedIOException("cannot commit " + file + ": " + e.getMessage(), e);
+        }
+        long durableBefore = durableCommits;
+        try {
+            commit();
+        } finally {
+            if (blocks != null) {
+                blocks.afterCommit(releasing, durableCommits != durableBefore);
+            }
+        }
+    }
+
+    /**
+     * The blocks file whose slots the store's records point at: forced before each commit, told
+     * after it whether the commit is durable (see BlockFile).
+     */
+    synchronized void blocks(BlockFile f) {
+        blocks = f;
+    }
+
+    private void commit() {
         clean.clear(); // FILE changes from here on (on failure too: fresh pages may be in it)
         try {
             writeFreshPages();

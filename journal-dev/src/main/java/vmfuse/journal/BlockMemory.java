@@ -142,6 +142,11 @@ final class BlockMemory {
         chunk(slot).get(at(slot, in), dst, off, n);
     }
 
+    /** Copies a whole slot's contents into {@code dst} at {@code at}. */
+    void get(int slot, ByteBuffer dst, int at) {
+        dst.put(at, chunk(slot), at(slot, 0), BLOCK);
+    }
+
     /** Copies a whole slot's contents into another. */
     void copy(int from, int to) {
         chunk(to).put(at(to, 0), chunk(from), at(from, 0), BLOCK);

@@ -36,14 +36,15 @@ final class DeviceCatalog {
     }
 
     /**
-     * Opens every device the catalog holds, on {@code mapdb}'s records, each seeing its store
+     * Opens every device the catalog holds, on {@code mapdb}'s records and {@code file}'s slots
+     * (each marked as used there), each seeing its store
      * through {@code view}; returns them by root record id (how the redo log names them).
      */
-    Map<Long, JournalDevice> load(Store mapdb, DeviceStore view) throws StoreException {
+    Map<Long, JournalDevice> load(Store mapdb, BlockFile file, DeviceStore view) throws StoreException {
         Map<Long, JournalDevice> byRoot = new HashMap<>();
         for (Map.Entry<String, long[]> e : stored.entrySet()) {
             long[] v = e.getValue();
-            RadixBlockStore blocks = RadixBlockStore.open(mapdb, v[ROOT]);
+            RadixBlockStore blocks = RadixBlockStore.open(mapdb, v[ROOT], file);
             JournalDevice.Owner owner = v.length > PERM ? new JournalDevice.Owner((int) v[UID], (int) v[GID], (int) v[PERM])
                     : JournalDevice.Owner.ROOT;
             JournalDevice d = new JournalDevice(view, e.getKey(), blocks, v[SIZE], Durability.values()[(int) v[MODE]],

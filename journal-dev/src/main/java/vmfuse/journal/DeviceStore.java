@@ -1,5 +1,6 @@
 package vmfuse.journal;
 
+import java.nio.ByteBuffer;
 import java.util.concurrent.locks.ReentrantReadWriteLock;
 
 /**
@@ -39,4 +40,10 @@ interface DeviceStore {
 
     /** Until everything appended to the redo log so far is on disk (a flush: group commit). */
     void awaitLogSync() throws StoreException;
+
+    /**
+     * A checkpoint's buffer of {@link JournalDevice#DRAIN_BATCH} blocks on their way to the
+     * blocks file (aligned, direct): the store's one, for its checkpoint's thread.
+     */
+    ByteBuffer drainBuffer();
 }

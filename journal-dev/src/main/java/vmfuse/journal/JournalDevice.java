@@ -1,5 +1,6 @@
 package vmfuse.journal;
 
+import java.nio.ByteBuffer;
 import java.util.Arrays;
 import java.util.concurrent.atomic.AtomicLongArray;
 import java.util.concurrent.atomic.LongAdder;
@@ -47,6 +48,11 @@ public final class JournalDevice {
     private LongIntHashMap frozen = new LongIntHashMap();
     /** No slot: a block the map does not hold (slots are 0 and up). */
     private static final int NONE = -1;
+    /**
+     * Blocks a drain moves into the store at a time: one write of 1 MiB to the blocks file (on
+     * this machine's disk, O_DIRECT: 1.5 GB/s in writes of 1 MiB, 0.65 in writes of 128 KiB).
+     */
+    static final int DRAIN_BATCH = 256;
     private final BlockRanges frozenZeros = new BlockRanges();
     /** The size at the last freeze: what the checkpoint records. */
     private long frozenSize;
@@ -570,11 +576,14 @@ public final class JournalDevice {
             frozenZeros.clear();
             chargeZeroRanges();
         }
-        byte[] b = new byte[BLOCK];
-        long[] order = new long[0]; // the frozen blocks in ascending order: the store's new records follow the device's
+        ByteBuffer batch = store.drainBuffer(); // the store's, used by its checkpoint's thread alone
+        long[] numbers = new long[DRAIN_BATCH];
+        int[] slots = new int[DRAIN_BATCH];
+        long[] order = new long[0]; // the frozen blocks in ascending order: the store's new slots follow the device's
         int next = 0;
         while (true) {
-            turns.lock(); // in batches: a writer of this device waits for one batch at most
+            int n = 0;
+            turns.lock(); // in batches: a writer of this device waits for one batch's copy at most
             try {
                 synchronized (this) {
                     if (frozen.isEmpty()) {
@@ -588,19 +597,35 @@ public final class JournalDevice {
                         order = frozen.keySet().toSortedArray();
                         next = 0;
                     }
-                    for (int i = 0; i < 32 && next < order.length; next++) {
+                    for (; n < DRAIN_BATCH && next < order.length; next++) {
                         long block = order[next];
                         int slot = frozen.getIfAbsent(block, NONE);
                         if (slot == NONE) {
-                            continue; // gone since (the device was deleted)
+                            continue;
                         }
-                        memory.get(slot, 0, b, 0, BLOCK);
-                        blocks.writeBlock(block, b);
-                        frozen.remove(block);
-                        memory.give(slot);
-                        store.released(1);
-                        i++;
+                        memory.get(slot, batch, n * BLOCK);
+                        numbers[n] = block;
+                        slots[n++] = slot;
                     }
+                }
+            } finally {
+                turns.unlock();
+            }
+            // Written to the store's blocks file with no lock of this device held, so its writers
+            // and readers go on beside the disk's write: the slots are new, and nothing points at
+            // them until apply. The frozen blocks stay where readers find them meanwhile; only
+            // this checkpoint's thread changes frozen, and the store's monitor it holds keeps
+            // deletes out.
+            RadixBlockStore.Staged staged = blocks.stage(numbers, batch, n);
+            turns.lock();
+            try {
+                synchronized (this) {
+                    blocks.apply(staged);
+                    for (int i = 0; i < n; i++) {
+                        frozen.remove(numbers[i]);
+                        memory.give(slots[i]);
+                    }
+                    store.released(n);
                     version++;
                 }
             } finally {

@@ -1,6 +1,7 @@
 package vmfuse.journal;
 
 import java.io.IOException;
+import java.nio.ByteBuffer;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.util.ArrayList;
@@ -23,19 +24,24 @@ import vmfuse.durable.Parking;
 import vmfuse.durable.RealDisk;
 
 /*
- * The journal devices of one vmfuse store, in one MapDB file (STORE/journals.db).
+ * The journal devices of one vmfuse store: their index in one MapDB file (STORE/journals.db),
+ * their blocks in the blocks file (STORE/journals.db.blocks, BlockFile).
  *
- * On-disk format, version 2 (FORMAT below):
+ * On-disk format, version 3 (FORMAT below):
  *   - MapDB 3.1's plain record store (StoreDirect) on an AtomicVolume: a commit is atomic, and
  *     after a crash the file opens at the last commit (AtomicVolume says why not MapDB's own
- *     transactions: they do not survive a crash during a commit).
- *   - "vmfuse.format"  (atomic string): "vmfuse-journal-store 2". Anything else is refused.
+ *     transactions: they do not survive a crash during a commit). The blocks file is forced
+ *     before each commit, and its slots are written copy on write (BlockFile).
+ *   - "vmfuse.format"  (atomic string): "vmfuse-journal-store 3". A store of version 2 (its
+ *     blocks MapDB records, which version 3 still reads) is opened and becomes version 3 at
+ *     once; anything else is refused.
  *   - "devices"        (hash map, name -> long[8]): root record id of the device's
  *                      RadixBlockStore, size in bytes, durability (ordinal), created and last
  *                      flush (ms since the epoch), uid, gid, permission bits; written by each
  *                      checkpoint (DeviceCatalog). An entry of 5 (no owner yet) is root's, 0600.
  *   - "vmfuse.generation" (atomic long): the number of the last checkpoint.
- *   - the RadixBlockStore records of every device.
+ *   - the RadixBlockStore nodes of every device, whose leaves are slots of the blocks file (or,
+ *     from version 2, records of blocks not written since).
  *
  * Writes go to memory, not to MapDB: each device keeps its changed blocks and zeroed ranges
  * (JournalDevice), and a change of a FLUSH device is also appended to the RedoLog
@@ -67,7 +73,9 @@ import vmfuse.durable.RealDisk;
  */
 public final class JournalStore implements AutoCloseable {
     private static final Logger log = LoggerFactory.getLogger(JournalStore.class);
-    static final String FORMAT = "vmfuse-journal-store 2";
+    static final String FORMAT = "vmfuse-journal-store 3";
+    /** The format before the blocks file: its blocks are MapDB records, read as they are; opened, it becomes FORMAT. */
+    static final String FORMAT_2 = "vmfuse-journal-store 2";
     private static final String FORMAT_PREFIX = "vmfuse-journal-store ";
 
 
@@ -133,7 +141,16 @@ public final class JournalStore implements AutoCloseable {
         public void awaitLogSync() throws StoreException {
             commits.await();
         }
+
+        @Override
+        public ByteBuffer drainBuffer() {
+            return drainBuffer;
+        }
     };
+    /** See {@link DeviceStore#drainBuffer()}. */
+    private final ByteBuffer drainBuffer = Disk.alignedBuffer(JournalDevice.DRAIN_BATCH * RadixBlockStore.BLOCK_SIZE);
+    /** The blocks of every device (format 3). */
+    private BlockFile blockFile;
     private RedoLog redo;
     /** The flushes of FLUSH devices: one fdatasync of the redo log for all that wait. */
     private GroupCommit commits;
@@ -244,9 +261,12 @@ public final class JournalStore implements AutoCloseable {
             volume.close();
             throw new StoreException(StoreException.EIO, "cannot open journal store " + file + ": " + e.getMessage(), e);
         }
+        JournalStore store = null;
         try {
             Atomic.String format = db.atomicString("vmfuse.format").createOrOpen();
-            if (!exists) {
+            if (!exists || !FORMAT.equals(format.get())) {
+                // format 2 becomes 3 in the commit below, before any block is in a slot: a vmfuse
+                // that reads only format 2 then refuses the store instead of taking slots for records
                 format.set(FORMAT);
             }
             HTreeMap<String, long[]> catalog = db.hashMap("devices", Serializer.STRING, Serializer.LONG_ARRAY)
@@ -254,10 +274,23 @@ public final class JournalStore implements AutoCloseable {
             Atomic.Long generation = db.atomicLong("vmfuse.generation").createOrOpen();
             volume.holdSyncs(false);
             db.commit();
-            JournalStore store = new JournalStore(disk, file, volume, db, catalog, budget, index);
+            store = new JournalStore(disk, file, volume, db, catalog, budget, index);
             store.generation = generation;
             store.committedGeneration = generation.get();
-            Map<Long, JournalDevice> byRoot = store.devices.load(db.getStore(), store.devicesView);
+            try {
+                store.blockFile = BlockFile.open(disk, file);
+            } catch (IOException e) {
+                throw new StoreException(StoreException.errno(e), "cannot open the blocks file of journal store " + file
+                        + ": " + e.getMessage(), e);
+            }
+            volume.blocks(store.blockFile);
+            Map<Long, JournalDevice> byRoot = store.devices.load(db.getStore(), store.blockFile, store.devicesView);
+            try {
+                store.blockFile.opened(); // the slots no tree points to: cut off, punched
+            } catch (IOException e) {
+                throw new StoreException(StoreException.errno(e), "cannot open the blocks file of journal store " + file
+                        + ": " + e.getMessage(), e);
+            }
             long[] replayed = new long[1];
             store.redo = RedoLog.open(disk, redoFile(file), generation.get(), preallocation(disk, file), (type, root, a, b, data) -> {
                 JournalDevice d = byRoot.get(root);
@@ -295,6 +328,9 @@ public final class JournalStore implements AutoCloseable {
             return store;
         } catch (StoreException | RuntimeException e) {
             db.close();
+            if (store != null) {
+                store.closeBlockFile();
+            }
             if (e instanceof StoreException se) {
                 throw se;
             }
@@ -330,7 +366,7 @@ public final class JournalStore implements AutoCloseable {
                 throw new StoreException(StoreException.EIO, "refusing " + file
                         + ": not a vmfuse journal store (no format record); it is left as it is");
             }
-            if (!format.equals(FORMAT)) {
+            if (!format.equals(FORMAT) && !format.equals(FORMAT_2)) {
                 throw new StoreException(StoreException.EIO, "refusing " + file + ": format '" + format
                         + "', this vmfuse reads '" + FORMAT + "'; it is left as it is");
             }
@@ -389,7 +425,7 @@ public final class JournalStore implements AutoCloseable {
         index.resize(name, 0, size); // given back by destroy(), if this create fails or when the device is deleted
         JournalDevice d;
         try {
-            RadixBlockStore blocks = RadixBlockStore.create(db.getStore());
+            RadixBlockStore blocks = RadixBlockStore.create(db.getStore(), blockFile);
             long now = System.currentTimeMillis();
             d = new JournalDevice(devicesView, name, blocks, size, durability, now, 0, JournalDevice.Owner.ROOT);
         } catch (RuntimeException e) {
@@ -624,13 +660,18 @@ public final class JournalStore implements AutoCloseable {
         return budget.blockMemory();
     }
 
-    /** Bytes the store takes on disk: the MapDB file, its write-ahead log, the redo log segments. */
+    /**
+     * Bytes the store takes on disk: the MapDB file, its commit file, the redo log segments, and
+     * the blocks file's slots in use (its free slots are punched).
+     */
     public long bytesOnDisk() {
-        long n = redo.bytesOnDisk();
+        long n = redo.bytesOnDisk() + blockFile.slotsUsed() * BlockFile.BLOCK;
+        String blocks = BlockFile.blocksFile(file).getFileName().toString();
         try (var files = Files.list(file.getParent())) {
             for (Path p : (Iterable<Path>) files::iterator) {
                 String f = p.getFileName().toString();
-                if (f.startsWith(file.getFileName().toString()) && !f.startsWith(redoFile(file).getFileName().toString())) {
+                if (f.startsWith(file.getFileName().toString()) && !f.startsWith(redoFile(file).getFileName().toString())
+                        && !f.equals(blocks)) {
                     n += Files.size(p);
                 }
             }
@@ -706,6 +747,7 @@ public final class JournalStore implements AutoCloseable {
             }
             long syncs = commits.syncs();
             volume.forceEvery(syncs != syncsAtLastCheckpoint ? PACED_STEP : 0);
+            blockFile.forceEvery(syncs != syncsAtLastCheckpoint ? PACED_STEP : 0);
             syncsAtLastCheckpoint = syncs;
             // Close-mode devices first, each drained whole before anything commits: no log replays
             // over a commit of part of their changes, so after a crash one would open part old,
@@ -866,7 +908,18 @@ public final class JournalStore implements AutoCloseable {
                 log.warn("journal store {}: closing MapDB: {}", file, e.getMessage());
                 volume.close();
             }
+            closeBlockFile(); // after MapDB, whose close may commit
         }
         log.info("journal store closed file={}", file);
+    }
+
+    private void closeBlockFile() {
+        if (blockFile != null) {
+            try {
+                blockFile.close();
+            } catch (IOException e) {
+                log.warn("journal store {}: closing {}: {}", file, blockFile.path(), e.getMessage());
+            }
+        }
     }
 }

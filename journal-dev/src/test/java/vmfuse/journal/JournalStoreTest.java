@@ -340,6 +340,99 @@ class JournalStoreTest {
         assertEquals(before, sha(file));
     }
 
+    /** Bytes ((i * k) + (i >> 12)) & 0xff for i in [0, n): what the format-2 fixture's devices were written with. */
+    private static byte[] pattern(int n, int k) {
+        byte[] b = new byte[n];
+        for (int i = 0; i < n; i++) {
+            b[i] = (byte) (i * k + (i >> 12));
+        }
+        return b;
+    }
+
+    /**
+     * A store of format 2, whose blocks are MapDB records: made by vmfuse 46b3eaa (format2-store.tar.gz:
+     * its journals.db* after `vmfuse mount`; `journal create --size 8M flushdev`, `--size 4M
+     * --durability close closedev`; 4 MiB of pattern(31) at 0 of flushdev, fsync'd; 2 MiB of
+     * pattern(7) at 1 MiB of closedev; `vmfuse umount`). Opened here, it reads as written and is
+     * format 3 from then on (a vmfuse of format 2 refuses it, instead of taking slots for records);
+     * a block written again moves to the blocks file, its record deleted (punched out of
+     * journals.db); the records not written again are still read, after a reopen too.
+     */
+    @Test
+    void aStoreOfFormat2ReadsAsItWasAndItsBlocksMoveToTheBlocksFileAsTheyAreWritten() throws Exception {
+        Path file = dir.resolve("journals.db");
+        Process tar = new ProcessBuilder("tar", "-xzf", Path.of(getClass().getResource("/format2-store.tar.gz").toURI())
+                .toString(), "-C", dir.toString()).inheritIO().start();
+        assertTrue(tar.waitFor(60, TimeUnit.SECONDS) && tar.exitValue() == 0, "tar");
+        byte[] flushed = pattern(4 * MiB, 31);
+        byte[] closed = new byte[4 * MiB];
+        System.arraycopy(pattern(2 * MiB, 7), 0, closed, MiB, 2 * MiB);
+        byte[] again = random(2 * MiB, 21);
+        long recordsBefore = allocated(file);
+        try (JournalStore s = JournalStore.open(file, JournalStore.DEFAULT_MEMORY, FALLOCATE)) {
+            assertArrayEquals(flushed, read(s.device("flushdev"), 0, 4 * MiB));
+            assertArrayEquals(closed, read(s.device("closedev"), 0, 4 * MiB));
+            assertEquals(8L * MiB, s.device("flushdev").size());
+            assertEquals(Durability.CLOSE, s.device("closedev").durability());
+            s.device("flushdev").write(0, again, 0, again.length);
+            s.checkpoint();
+            assertTrue(allocated(BlockFile.blocksFile(file)) >= 2L * MiB, "the blocks written again are in the blocks file");
+            assertTrue(recordsBefore - allocated(file) > MiB, "their records left journals.db: " + recordsBefore + " -> "
+                    + allocated(file));
+        }
+        DB db = DBMaker.fileDB(file.toFile()).fileMmapEnableIfSupported().readOnly().make();
+        try {
+            assertEquals(JournalStore.FORMAT, db.atomicString("vmfuse.format").open().get());
+        } finally {
+            db.close();
+        }
+        try (JournalStore s = JournalStore.open(file)) {
+            byte[] now = flushed.clone();
+            System.arraycopy(again, 0, now, 0, again.length);
+            assertArrayEquals(now, read(s.device("flushdev"), 0, 4 * MiB));
+            assertArrayEquals(closed, read(s.device("closedev"), 0, 4 * MiB));
+        }
+    }
+
+    /**
+     * The blocks file cut short, or gone (made again empty): the devices' blocks are not there,
+     * so the store is refused with the reason, and journals.db is left as it is.
+     */
+    @Test
+    void aBlocksFileCutShortOrGoneIsRefused() throws Exception {
+        Path file = dir.resolve("journals.db");
+        Path blocks = BlockFile.blocksFile(file);
+        try (JournalStore s = JournalStore.open(file)) {
+            JournalDevice d = s.create("d", 4 * MiB, Durability.CLOSE);
+            d.write(0, random(4 * MiB, 3), 0, 4 * MiB);
+        }
+        String before = sha(file);
+        for (Runnable damage : List.<Runnable>of(() -> truncate(blocks, 2 * MiB), () -> truncate(blocks, 0))) {
+            damage.run();
+            StoreException e = assertThrows(StoreException.class, () -> JournalStore.open(file));
+            assertTrue(e.getMessage().contains("cut short or replaced"), e.getMessage());
+            assertEquals(before, sha(file));
+        }
+        Files.delete(blocks);
+        StoreException e = assertThrows(StoreException.class, () -> JournalStore.open(file));
+        assertTrue(e.getMessage().contains("cut short or replaced"), e.getMessage());
+        assertEquals(before, sha(file));
+    }
+
+    private static void truncate(Path p, long size) {
+        try (var ch = java.nio.channels.FileChannel.open(p, java.nio.file.StandardOpenOption.WRITE)) {
+            ch.truncate(size);
+        } catch (java.io.IOException e) {
+            throw new java.io.UncheckedIOException(e);
+        }
+    }
+
+    private static byte[] read(JournalDevice d, long offset, int n) throws StoreException {
+        byte[] b = new byte[n];
+        assertEquals(n, d.read(offset, b, 0, n));
+        return b;
+    }
+
     @Test
     void aStoreOfAnotherFormatVersionIsRefusedAndLeftAlone() throws Exception {
         Path file = dir.resolve("journals.db");
@@ -393,11 +486,15 @@ class JournalStoreTest {
         }
     }
 
-    /** Bytes a file takes on disk (st_blocks). */
-    private static long allocated(Path p) throws Exception {
-        Process st = new ProcessBuilder("stat", "-c", "%b", p.toString()).start();
-        assertTrue(st.waitFor(30, TimeUnit.SECONDS));
-        return Long.parseLong(new String(st.getInputStream().readAllBytes()).trim()) * 512;
+    /** Bytes files take on disk (st_blocks), together. */
+    private static long allocated(Path... files) throws Exception {
+        long n = 0;
+        for (Path p : files) {
+            Process st = new ProcessBuilder("stat", "-c", "%b", p.toString()).start();
+            assertTrue(st.waitFor(30, TimeUnit.SECONDS));
+            n += Long.parseLong(new String(st.getInputStream().readAllBytes()).trim()) * 512;
+        }
+        return n;
     }
 
     /** fallocate(1) as the hole puncher (the fs module gives one over libc). */
@@ -426,14 +523,14 @@ class JournalStoreTest {
             }
             small.write(MiB, keep, 0, keep.length);
             s.checkpoint();
-            long full = allocated(file);
+            long full = allocated(file, BlockFile.blocksFile(file));
             assertTrue(full > 52L * MiB, "store holds both: " + full);
             big.zero(0, 16L * MiB);
             s.checkpoint();
-            long punched = allocated(file);
+            long punched = allocated(file, BlockFile.blocksFile(file));
             assertTrue(full - punched > 15L * MiB, "a 16 MiB punch: " + full + " -> " + punched);
             s.delete("big");
-            long deleted = allocated(file);
+            long deleted = allocated(file, BlockFile.blocksFile(file));
             assertTrue(deleted < 6L * MiB, "left after the delete: " + deleted + " (the other device holds 4 MiB)");
         }
         try (JournalStore s = JournalStore.open(file, JournalStore.DEFAULT_MEMORY, FALLOCATE)) {
