@@ -73,6 +73,8 @@ public final class RadixBlockStore {
     private final Set<Long> changedNodes = new HashSet<>();
     private final ReentrantReadWriteLock lock = new ReentrantReadWriteLock();
     private long blocks;
+    /** A block on its way to a slot, one at a time (a partial write's, a replayed one's). Guarded by lock. */
+    private ByteBuffer one;
 
     private RadixBlockStore(Store store, BlockFile file, long root) {
         this.store = store;
@@ -534,7 +536,9 @@ public final class RadixBlockStore {
             storeRecord(block, b);
             return;
         }
-        ByteBuffer one = Disk.alignedBuffer(BLOCK_SIZE);
+        if (one == null) {
+            one = Disk.alignedBuffer(BLOCK_SIZE);
+        }
         one.put(0, b);
         writeBlocks(new long[] {block}, one, 1);
     }
