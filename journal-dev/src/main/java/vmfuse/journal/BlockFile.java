@@ -50,6 +50,8 @@ import vmfuse.durable.DiskFile;
 final class BlockFile implements AutoCloseable {
     static final int BLOCK = BlockWalk.BLOCK;
 
+    /** Slots of a free run that a write of more takes rather than a smaller hole (256 KiB: O_DIRECT here, 1.2 GB/s in 512 KiB writes, 0.65 in 128 KiB). */
+    static final int MIN_RUN = 64;
     /** Bytes written and not forced, at most (their copy's size). */
     static final int UNFORCED_MAX = 4 << 20;
 
@@ -171,7 +173,7 @@ final class BlockFile implements AutoCloseable {
         int unforcedBefore = unforced;
         try {
             while (i < count) {
-                int first = lowestFree;
+                int first = freeRun(Math.min(count - i, MIN_RUN));
                 if (first == Integer.MAX_VALUE) {
                     throw new IOException("File too large: the blocks file holds 2^31 - 1 slots at most");
                 }
@@ -186,7 +188,9 @@ final class BlockFile implements AutoCloseable {
                     slots[i + k] = first + k;
                     used.set(first + k);
                 }
-                lowestFree = used.nextClearBit(first + n);
+                if (first == lowestFree) {
+                    lowestFree = used.nextClearBit(first + n);
+                }
                 ByteBuffer part = data.slice(data.position() + i * BLOCK, n * BLOCK);
                 i += n;
                 writeFully(part, (long) first * BLOCK);
@@ -259,6 +263,27 @@ final class BlockFile implements AutoCloseable {
             src.rewind();
             file.writeFully(src, pos);
         }
+    }
+
+    /**
+     * The first slot of the first free run of at least {@code want} slots (the free end of the
+     * file is one). So a checkpoint's 1 MiB goes out in writes of MIN_RUN slots or more, not into
+     * the single holes that small writes all over a device leave; small writes fill those.
+     * Measured through FUSE, 5 s of 4 KiB writes with fdatasync over 64 MiB of a close-mode
+     * device, then its 512 MiB sequential rewrite twice, three interleaved runs on a noisy disk:
+     * 200-588 MiB/s (second rewrites 362, 588, 559) against 188-410 taking the lowest holes first
+     * (205, 188, 410).
+     */
+    private int freeRun(int want) {
+        int at = lowestFree;
+        while (at != Integer.MAX_VALUE) {
+            int end = used.nextSetBit(at);
+            if (end < 0 || end - at >= want) {
+                return at;
+            }
+            at = used.nextClearBit(end);
+        }
+        return at;
     }
 
     private void free(int slot) {
