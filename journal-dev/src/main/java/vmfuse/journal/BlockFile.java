@@ -146,7 +146,8 @@ final class BlockFile implements AutoCloseable {
     private void punchFree(int from, int to) throws IOException {
         int at = used.nextClearBit(from);
         while (at < to) {
-            int runEnd = Math.min(to, used.nextSetBit(at) < 0 ? to : used.nextSetBit(at));
+            int next = used.nextSetBit(at);
+            int runEnd = next < 0 ? to : Math.min(to, next);
             file.punch((long) at * BLOCK, (long) (runEnd - at) * BLOCK);
             at = used.nextClearBit(runEnd);
         }

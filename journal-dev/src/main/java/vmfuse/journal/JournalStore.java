@@ -277,15 +277,11 @@ public final class JournalStore implements AutoCloseable {
             store = new JournalStore(disk, file, volume, db, catalog, budget, index);
             store.generation = generation;
             store.committedGeneration = generation.get();
+            Map<Long, JournalDevice> byRoot;
             try {
                 store.blockFile = BlockFile.open(disk, file);
-            } catch (IOException e) {
-                throw new StoreException(StoreException.errno(e), "cannot open the blocks file of journal store " + file
-                        + ": " + e.getMessage(), e);
-            }
-            volume.blocks(store.blockFile);
-            Map<Long, JournalDevice> byRoot = store.devices.load(db.getStore(), store.blockFile, store.devicesView);
-            try {
+                volume.blocks(store.blockFile);
+                byRoot = store.devices.load(db.getStore(), store.blockFile, store.devicesView);
                 store.blockFile.opened(); // the slots no tree points to: cut off, punched
             } catch (IOException e) {
                 throw new StoreException(StoreException.errno(e), "cannot open the blocks file of journal store " + file
@@ -836,7 +832,8 @@ public final class JournalStore implements AutoCloseable {
 
     /**
      * ENOSPC unless the store's disk has room for what a checkpoint writes: every block in memory
-     * twice (MapDB's write-ahead log, then the store) and some headroom. Nothing is touched if not:
+     * twice (its new slot, while the slot it replaces is kept until the commit is durable; a
+     * format-2 block's record is written twice, the commit file, then the store) and some headroom. Nothing is touched if not:
      * the changes stay in memory and, for FLUSH devices, in the redo log.
      */
     private void checkRoom() throws StoreException {
