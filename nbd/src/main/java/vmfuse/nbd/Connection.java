@@ -56,15 +56,6 @@ final class Connection implements Runnable {
     /** Options answered ERR_TLS_REQD before a client that must use TLS is hung up on. */
     static final int MAX_OPTIONS_BEFORE_TLS = 4;
     private static final int CONTEXT_ID = 1;
-    /**
-     * A request of a kind this client's requests of lately took less than this to be done (a
-     * write or read in the page cache, a journal device's write in memory) is done on the
-     * reading thread even with others in flight, when the scheduler has room: handing it to a
-     * worker (a wake-up, and the worker's sleep after) would cost more than the request. A slower
-     * kind (a read from the disk, a flush) goes to a worker, so the requests behind it are read
-     * and go to the disk beside it.
-     */
-    static final long QUICK_NANOS = 20_000;
 
     private final SocketChannel ch;
     private final Exports exports;
@@ -82,9 +73,11 @@ final class Connection implements Runnable {
     /**
      * How long this client's requests of each {@link Scheduler.Kind} took to be done, lately, in
      * nanoseconds (each new one weighs an eighth; updated by whichever thread did it, so an
-     * update may be lost, which only delays the average): see {@link #QUICK_NANOS}.
+     * update may be lost, which only delays the average): a kind that took less than
+     * {@code quickNanos} is done on the reading thread (see {@link NbdServer.Limits#DEFAULT_QUICK}).
      */
-    private final AtomicLongArray serviceNanos = notQuickUntilSeen();
+    private final AtomicLongArray serviceNanos;
+    private final long quickNanos;
     /** What the client sent and was not yet taken: several requests' headers come in one read. */
     private final ByteBuffer in = ByteBuffer.allocateDirect(IN_BUFFER).flip();
     /** Whether the socket was left empty by the last read: the next waits for it before reading. */
@@ -120,8 +113,10 @@ final class Connection implements Runnable {
 
     /** Closed by the server at its end ({@link #closeChannel}): the connection stops at its next read. */
     Connection(SocketChannel ch, Exports exports, Peer peer, Scheduler scheduler, Buffers buffers, Polling polling,
-            TlsPsk tlsPsk, java.util.function.Function<Connection, String> admitTls) {
+            long quickNanos, TlsPsk tlsPsk, java.util.function.Function<Connection, String> admitTls) {
         this.window = polling.window();
+        this.quickNanos = quickNanos;
+        this.serviceNanos = notQuickUntilSeen(quickNanos);
         this.tlsPsk = tlsPsk;
         this.admitTls = admitTls;
         this.ch = ch;
@@ -427,7 +422,7 @@ final class Connection implements Runnable {
     /**
      * Requests are read here, on the connection's thread, and done by the scheduler's workers in
      * the order it decides (or here, through the scheduler, when one is alone or of a kind seen
-     * to be quick and nothing waits: see {@link #QUICK_NANOS}); their replies go out in the order they are done, through the
+     * to be quick and nothing waits: see {@link #serviceNanos}); their replies go out in the order they are done, through the
      * connection's sender thread, so a client that does not read its replies holds up no worker.
      * A request of more than {@link Buffers#MAX} bytes is done here, a piece at a time (each piece
      * still scheduled), so no more than one piece of it waits in memory.
@@ -577,7 +572,7 @@ final class Connection implements Runnable {
         // a request alone (none of this client's in flight, no other read and waiting), or one of
         // a quick kind, is done here if the scheduler has room: no hand-over to pay for
         boolean alone = begin() == 1 && !in.hasRemaining();
-        boolean here = alone || serviceNanos.get(r.kind().ordinal()) < QUICK_NANOS;
+        boolean here = alone || serviceNanos.get(r.kind().ordinal()) < quickNanos;
         if (!(here && share.runNow(r.kind(), r.bytes(), work))) {
             try {
                 share.submit(r.kind(), r.bytes(), work);
@@ -589,10 +584,10 @@ final class Connection implements Runnable {
     }
 
     /** No kind is quick until a request of it was seen to be: the first go to workers, side by side. */
-    private static AtomicLongArray notQuickUntilSeen() {
+    private static AtomicLongArray notQuickUntilSeen(long quickNanos) {
         AtomicLongArray a = new AtomicLongArray(Scheduler.Kind.values().length);
         for (int i = 0; i < a.length(); i++) {
-            a.set(i, QUICK_NANOS);
+            a.set(i, quickNanos);
         }
         return a;
     }

@@ -73,24 +73,35 @@ public final class NbdServer implements AutoCloseable {
      * What one client may take: {@code maxClients} connected at once; {@code handshake}, the time
      * from connecting to choosing an export; {@code unreadReply}, how long one reply may wait for
      * the client to read it; {@code poll}, how long its thread may busy-poll its socket for its
-     * next request before sleeping (0: never; see {@link Polling}).
+     * next request before sleeping (0: never; see {@link Polling}); {@code quick}, a kind of
+     * request that lately took less than this is done on the client's reading thread, not handed
+     * to a worker (see {@link Limits#DEFAULT_QUICK}).
      */
-    public record Limits(int maxClients, int maxPerUser, Duration handshake, Duration unreadReply, Duration poll) {
+    public record Limits(int maxClients, int maxPerUser, Duration handshake, Duration unreadReply, Duration poll,
+            Duration quick) {
         /** The busy-poll window by default: a client's next request within it costs no wake-up. */
         public static final Duration DEFAULT_POLL = Duration.ofNanos(50_000);
         /** The longest busy-poll window: past it a wake-up costs little beside the wait. */
         public static final Duration MAX_POLL = Duration.ofMillis(1);
+        /**
+         * What a request must take less than, lately, to be done on the reading thread with
+         * others in flight: a write or read in the page cache, a journal device's write in memory.
+         * Handing it to a worker (a wake-up, and the worker's sleep after) would cost more than the
+         * request. A slower kind (a read from the disk, a flush) goes to a worker, so the requests
+         * behind it are read and go to the disk beside it.
+         */
+        public static final Duration DEFAULT_QUICK = Duration.ofNanos(20_000);
 
         public Limits {
             if (maxClients < 1 || maxPerUser < 1 || handshake.isNegative() || unreadReply.isNegative()
-                    || poll.isNegative() || poll.compareTo(MAX_POLL) > 0) {
+                    || poll.isNegative() || poll.compareTo(MAX_POLL) > 0 || quick.isNegative()) {
                 throw new IllegalArgumentException("limits " + maxClients + " " + maxPerUser + " " + handshake + " "
-                        + unreadReply + " " + poll);
+                        + unreadReply + " " + poll + " " + quick);
             }
         }
 
         public Limits(int maxClients, int maxPerUser, Duration handshake, Duration unreadReply) {
-            this(maxClients, maxPerUser, handshake, unreadReply, DEFAULT_POLL);
+            this(maxClients, maxPerUser, handshake, unreadReply, DEFAULT_POLL, DEFAULT_QUICK);
         }
 
         /** {@code maxClients}, a quarter of them per user, 30 s for a handshake, 60 s for a reply to be read. */
@@ -100,7 +111,12 @@ public final class NbdServer implements AutoCloseable {
 
         /** These limits with a busy-poll window of {@code poll}. */
         public Limits withPoll(Duration poll) {
-            return new Limits(maxClients, maxPerUser, handshake, unreadReply, poll);
+            return new Limits(maxClients, maxPerUser, handshake, unreadReply, poll, quick);
+        }
+
+        /** These limits with requests done on the reading thread when they take less than {@code quick}. */
+        public Limits withQuick(Duration quick) {
+            return new Limits(maxClients, maxPerUser, handshake, unreadReply, poll, quick);
         }
     }
 
@@ -255,7 +271,7 @@ public final class NbdServer implements AutoCloseable {
                 }
                 tune(ch);
             }
-            Connection c = new Connection(ch, exports, peer, scheduler, buffers, polling,
+            Connection c = new Connection(ch, exports, peer, scheduler, buffers, polling, limits.quick().toNanos(),
                     tcp ? ((Tcp) b.endpoint()).psk() : null,
                     this::admitIdentity);
             clients.add(c);
