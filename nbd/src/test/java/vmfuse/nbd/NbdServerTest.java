@@ -268,7 +268,7 @@ class NbdServerTest {
                 "t = time.time(); other = go(); req(other, 0, 7, 0, 4096); err, cookie = simple(other)",
                 "print('other-served', err, cookie, other.recv(4096, socket.MSG_WAITALL) == bytes([0]) * 4096)",
                 "mute = socket.socket(socket.AF_UNIX); mute.settimeout(30); mute.connect(sys.argv[1])",
-                "time.sleep(3)  # past the limit on an unread reply, while the hog reads nothing",
+                "time.sleep(5)  # past the limit on an unread reply (2 s, seen within 0.5 s), while the hog reads nothing",
                 "n = 0",
                 "try:",
                 "    while True:",

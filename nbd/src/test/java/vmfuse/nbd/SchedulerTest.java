@@ -151,13 +151,16 @@ class SchedulerTest {
             s.set("capped", new Scheduler.Qos(1, 0, 200));
             Scheduler.Share capped = s.share("capped");
             AtomicInteger done = new AtomicInteger();
+            long began = System.nanoTime();
             for (int i = 0; i < 2000; i++) {
                 capped.submit(Scheduler.Kind.READ, 4096, done::incrementAndGet);
             }
             Thread.sleep(2000);
             int n = done.get();
-            // 200/s for 2 s, and at most 50 ms of catching up (10 requests) at the start
-            assertTrue(n >= 360 && n <= 410 + 10, "200 IOPS for 2 s: " + n);
+            double seconds = (System.nanoTime() - began) / 1e9; // 2 s, or more if this thread woke late
+            // 200/s, and at most 50 ms of catching up (10 requests) at the start; a worker held off
+            // a while loses turns (a limit is not made up for), so the floor has room for that
+            assertTrue(n >= 340 && n <= 200 * seconds + 11, "200 IOPS for " + seconds + " s: " + n);
         }
     }
 
@@ -183,11 +186,14 @@ class SchedulerTest {
         }
     }
 
+    /**
+     * Holds the worker 1 ms, spinning: Thread.sleep(1) took 1.1 ms on an idle machine and several
+     * on a loaded one, and then less than the 400 requests a second the test counts on were done.
+     */
     private static void sleep(AtomicInteger count) {
-        try {
-            Thread.sleep(1);
-        } catch (InterruptedException e) {
-            Thread.currentThread().interrupt();
+        long until = System.nanoTime() + 1_000_000;
+        while (System.nanoTime() < until) {
+            Thread.onSpinWait();
         }
         count.incrementAndGet();
     }

@@ -37,6 +37,7 @@ class MetricsTest {
         socketDir = Files.createTempDirectory(Path.of("/tmp"), "vmfuse-metrics-");
         socket = socketDir.resolve("nbd.sock");
         m = Mounted.onTmpfs("512m", "--nbd", "unix:" + socket, "--metrics", "127.0.0.1:0"); // port 0: any, logged
+        m.awaitLog("metrics at "); // the log reaches the file in batches
         Matcher where = Pattern.compile("metrics at (http://127\\.0\\.0\\.1:\\d+/metrics)").matcher(m.log());
         assertTrue(where.find(), m.log());
         metrics = URI.create(where.group(1));
@@ -54,6 +55,23 @@ class MetricsTest {
                 HttpResponse.BodyHandlers.ofString());
         assertEquals(200, r.statusCode(), r.body());
         return r.body();
+    }
+
+    /**
+     * A scrape once {@code ready} holds of it (30 s at most): a request is counted when its reply
+     * is sent, and a client when the server reads its hang-up, both a little after the client
+     * that made them has exited.
+     */
+    private static String scrapeWhen(java.util.function.Predicate<String> ready) throws Exception {
+        String[] text = {scrape()};
+        Poll.until(() -> {
+            try {
+                return ready.test(text[0] = scrape());
+            } catch (Exception e) {
+                throw new AssertionError(e);
+            }
+        }, () -> text[0]);
+        return text[0];
     }
 
     /** The value of the sample {@code series} (name and labels as exposed), or -1 if absent. */
@@ -140,7 +158,8 @@ class MetricsTest {
         // default (writethrough) sends FUA writes, which are of the flush class
         Proc.ok("qemu-io", "-f", "raw", "-t", "writeback", "-c", "write -P 0x11 0 1M", "-c", "flush", "-c", "read -P 0x11 0 1M",
                 "-c", "discard 0 512k", "nbd+unix:///images/n.raw?socket=" + socket);
-        String text = scrape();
+        String text = scrapeWhen(t -> value(t, "vmfuse_nbd_requests_total{class=\"trim\",export=\"vmn\"}") >= 1
+                && value(t, "vmfuse_nbd_clients{export=\"vmn\"}") == 0);
         assertTrue(value(text, "vmfuse_nbd_requests_total{class=\"write\",export=\"vmn\"}") >= 1, text);
         assertEquals(MiB, value(text, "vmfuse_nbd_bytes_total{class=\"write\",export=\"vmn\"}"), text);
         assertEquals(MiB, value(text, "vmfuse_nbd_bytes_total{class=\"read\",export=\"vmn\"}"), text);

@@ -4,6 +4,7 @@ import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertFalse;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
+import java.io.IOException;
 import java.nio.file.Files;
 import java.nio.file.Path;
 
@@ -77,10 +78,12 @@ class QemuToolsTest extends OnOneMount {
         String pid = String.valueOf(m.daemonPid().orElseThrow());
         String seen;
         try (Proc.Background strace = Proc.start("strace", "-f", "-qq", "-e", "trace=fsync,fdatasync", "-p", pid)) {
-            Thread.sleep(1500); // strace attaches to every thread of the daemon
+            awaitTraced(pid);
             Proc.ok("qemu-io", "-f", "raw", "-c", "write -P 1 0 64k", "-c", "flush", m.image("s.raw").toString());
             Proc.ok("xfs_io", "-c", "pwrite 0 4k", "-c", "fsync", m.image("s.raw").toString());
-            Thread.sleep(500);
+            // strace prints a call when it returns, a moment after the tool has its answer
+            Poll.until(() -> strace.output().contains("fdatasync(") && strace.output().contains("fsync("),
+                    strace::output, 10);
             seen = strace.output();
         }
         assertTrue(seen.contains("fdatasync("), "guest flush (fdatasync) did not reach the backing file:\n" + seen);
@@ -97,17 +100,37 @@ class QemuToolsTest extends OnOneMount {
         Proc.ok("qemu-img", "create", "-f", "raw", m.image("t.raw").toString(), "1M");
         Path images = m.image("t.raw").getParent();
         String pid = String.valueOf(m.daemonPid().orElseThrow());
+        String dir = m.backing("t.raw").getParent().toString() + ">";
         String seen;
         try (Proc.Background strace = Proc.start("strace", "-f", "-qq", "-y", "-e", "trace=fsync", "-p", pid)) {
-            Thread.sleep(1500); // strace attaches to every thread of the daemon
+            awaitTraced(pid);
             Proc.ok("mv", m.image("t.raw").toString(), m.image("u.raw").toString());
             Proc.ok("python3", "-c", "import os, sys; fd = os.open(sys.argv[1], os.O_RDONLY); os.fsync(fd); os.fsync(fd)",
                     images.toString());
-            Thread.sleep(500);
+            Poll.until(() -> strace.output().lines().filter(l -> l.contains("fsync(") && l.contains(dir)).count() >= 2,
+                    strace::output, 10);
             seen = strace.output();
         }
-        String dir = m.backing("u.raw").getParent().toString() + ">";
         assertTrue(seen.lines().filter(l -> l.contains("fsync(") && l.contains(dir)).count() >= 2,
                 "fsync of images/ did not reach " + dir + " (twice):\n" + seen);
+    }
+
+    /** Waits until strace is attached to every thread of {@code pid} (it adds the threads made later itself). */
+    private static void awaitTraced(String pid) {
+        Path tasks = Path.of("/proc", pid, "task");
+        Poll.until(() -> {
+            try (var all = Files.list(tasks)) {
+                return all.allMatch(t -> {
+                    try {
+                        return Files.readAllLines(t.resolve("status")).stream()
+                                .anyMatch(l -> l.startsWith("TracerPid:") && !l.endsWith("\t0"));
+                    } catch (IOException e) { // a thread that ended meanwhile
+                        return true;
+                    }
+                });
+            } catch (IOException e) {
+                throw new AssertionError(e);
+            }
+        }, () -> "strace is not attached to every thread of " + pid, 30);
     }
 }
