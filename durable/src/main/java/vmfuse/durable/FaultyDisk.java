@@ -38,6 +38,10 @@ import java.util.function.LongConsumer;
  * lesson): the kernel marks the pages clean though they never reached the disk, so a later fsync
  * that returns 0 does not make them durable; only writing them again does.
  *
+ * Reads fail too, with EIO, and are numbered apart (DiskFile read and Disk readAll, from 1): failRead
+ * fails one of them, once, as a transient error does; failReads makes a range of a file a bad
+ * sector, whose every read fails until a write covers it (a disk remaps a sector written again).
+ *
  * (B) Power cuts. Each file is an Inode, so what we know about it follows it through renames and
  * into the graveyard. An inode keeps its durable size (its size at its last successful force) and,
  * for every 4 KiB page written, punched or truncated away since then, the page's durable content,
@@ -110,6 +114,8 @@ public final class FaultyDisk implements Disk {
     private Fault writeFault;
     private int writeFaultIn;
     private long powerCutAt;
+    private long reads;
+    private long failReadAt;
     private boolean cut;
     private long usableSpace = -1;
     private LongConsumer onCall;
@@ -185,6 +191,27 @@ public final class FaultyDisk implements Disk {
         return pending;
     }
 
+    /** Reads so far: DiskFile read and Disk readAll. */
+    public synchronized long reads() {
+        return reads;
+    }
+
+    /** The {@code n}-th read (counted from this disk's first, as {@link #reads}) fails with EIO, once. */
+    public synchronized void failRead(long n) {
+        failReadAt = n;
+    }
+
+    /**
+     * Makes {@code [offset, offset + length)} of {@code file} a bad sector: a read that overlaps
+     * it fails with EIO, every time, until writes have covered all of it.
+     */
+    public synchronized void failReads(Path file, long offset, long length) throws IOException {
+        if (offset < 0 || length <= 0) {
+            throw new IllegalArgumentException("failReads(" + file + ", " + offset + ", " + length + ")");
+        }
+        inodeAt(key(file)).bad.add(offset, offset + length);
+    }
+
     /** The {@code n}-th mutating call does not happen: the power goes instead, and the call throws "power cut". */
     public synchronized void powerCutAt(long n) {
         powerCutAt = n;
@@ -240,7 +267,19 @@ public final class FaultyDisk implements Disk {
     @Override
     public synchronized byte[] readAll(Path file) throws IOException {
         alive();
-        return delegate.readAll(key(file));
+        Path path = key(file);
+        Inode inode = inodes.get(path);
+        admitRead(inode, 0, inode == null ? 0 : Long.MAX_VALUE);
+        return delegate.readAll(path);
+    }
+
+    /** Counts a read of [from, to) of {@code inode} (null: a file not seen yet) and fails it if the test said so. */
+    private void admitRead(Inode inode, long from, long to) throws IOException {
+        reads++;
+        if (reads == failReadAt || inode != null && inode.bad.overlaps(from, to)) {
+            failures++;
+            throw new IOException("Input/output error");
+        }
     }
 
     @Override
@@ -708,6 +747,8 @@ public final class FaultyDisk implements Disk {
         final TreeMap<Long, byte[]> unforced = new TreeMap<>();
         /** Pages a failed force dropped: no later force makes them durable until they are written again. */
         final TreeMap<Long, byte[]> lostToFailedForce = new TreeMap<>();
+        /** Bad sectors ({@link #failReads}): reads overlapping them fail until they are written. */
+        final Ranges bad = new Ranges();
 
         Inode(long seq, Path path, long durableSize) {
             this.seq = seq;
@@ -767,6 +808,7 @@ public final class FaultyDisk implements Disk {
         public int read(ByteBuffer dst, long pos) throws IOException {
             synchronized (FaultyDisk.this) {
                 alive();
+                admitRead(inode, pos, pos + dst.remaining());
                 return real.read(dst, pos);
             }
         }
@@ -802,6 +844,7 @@ public final class FaultyDisk implements Disk {
                 return 0;
             }
             inode.beforeChange(real, pos, pos + n, true);
+            inode.bad.remove(pos, pos + n);
             ByteBuffer part = src.duplicate();
             part.limit(part.position() + n);
             int written = real.write(part, pos);
@@ -873,6 +916,38 @@ public final class FaultyDisk implements Disk {
                 openFiles.remove(this);
                 real.close();
             }
+        }
+    }
+
+    /** Disjoint half-open ranges of a file. */
+    private static final class Ranges {
+        private final TreeMap<Long, Long> ends = new TreeMap<>();
+
+        void add(long from, long to) {
+            remove(from, to);
+            ends.put(from, to);
+        }
+
+        void remove(long from, long to) {
+            Map.Entry<Long, Long> before = ends.lowerEntry(from);
+            if (before != null && before.getValue() > from) {
+                ends.put(before.getKey(), from);
+                if (before.getValue() > to) {
+                    ends.put(to, before.getValue());
+                }
+            }
+            for (Map.Entry<Long, Long> e = ends.ceilingEntry(from); e != null && e.getKey() < to;
+                    e = ends.ceilingEntry(from)) {
+                ends.remove(e.getKey());
+                if (e.getValue() > to) {
+                    ends.put(to, e.getValue());
+                }
+            }
+        }
+
+        boolean overlaps(long from, long to) {
+            Map.Entry<Long, Long> e = ends.lowerEntry(to);
+            return from < to && e != null && e.getValue() > from;
         }
     }
 }

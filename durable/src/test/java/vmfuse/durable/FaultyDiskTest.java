@@ -545,4 +545,33 @@ class FaultyDiskTest {
             fail("the seed changed nothing");
         }
     }
+
+    @Test
+    void aFailedReadFailsOnceAndABadSectorUntilItIsWritten() throws Exception {
+        FaultyDisk disk = disk("r", 1);
+        Path file = dir("r").resolve("f");
+        durableFile(disk, file, filled(4, 1));
+        DiskFile f = disk.open(file, false);
+        ByteBuffer page = ByteBuffer.allocate(PAGE);
+        long before = disk.reads();
+        disk.failRead(before + 2);
+        assertEquals(PAGE, f.read(page.clear(), 0));
+        assertThrows(IOException.class, () -> f.read(page.clear(), 0), "the second read from now");
+        assertEquals(PAGE, f.read(page.clear(), 0), "once");
+        assertEquals(before + 3, disk.reads());
+
+        disk.failReads(file, PAGE + 100, 2 * PAGE); // inside pages 1 to 3
+        assertEquals(PAGE, f.read(page.clear(), 0));
+        assertThrows(IOException.class, () -> f.read(page.clear(), PAGE));
+        assertThrows(IOException.class, () -> f.read(page.clear(), 3 * PAGE), "every time");
+        assertThrows(IOException.class, () -> disk.readAll(file));
+        write(f, PAGE, filled(2, 5)); // pages 1 and 2 written: the sector's start is good again
+        assertEquals(PAGE, f.read(page.clear(), PAGE));
+        assertEquals(5, page.get(0));
+        assertThrows(IOException.class, () -> f.read(page.clear(), 3 * PAGE), "page 3 is not written yet");
+        write(f, 3 * PAGE, filled(1, 6));
+        assertEquals(4 * PAGE, disk.readAll(file).length);
+        assertEquals(5, disk.failures(), "each failed read counts");
+        f.close();
+    }
 }

@@ -571,9 +571,30 @@ public final class AtomicVolume extends Volume {
                 }
             }
         } catch (IOException e) {
-            throw new UncheckedIOException("cannot read " + file + ": " + e.getMessage(), e);
+            throw new PageReadFailed("cannot read " + file + ": " + e.getMessage(), e);
         }
         into.put(b.position(), ZEROS, 0, PAGE - b.position());
+    }
+
+    /**
+     * A committed page could not be read. MapDB reads pages in the middle of its changes (a
+     * delete reads the free list's page), and does not undo what it changed before: after this
+     * its structures in memory may be half changed, and must not be committed.
+     */
+    static final class PageReadFailed extends UncheckedIOException {
+        PageReadFailed(String message, IOException cause) {
+            super(message, cause);
+        }
+
+        /** Whether {@code e}, or what caused it, is one. */
+        static boolean in(Throwable e) {
+            for (Throwable t = e; t != null; t = t.getCause()) {
+                if (t instanceof PageReadFailed) {
+                    return true;
+                }
+            }
+            return false;
+        }
     }
 
     @Override
@@ -816,7 +837,7 @@ public final class AtomicVolume extends Volume {
                 }
             }
         } catch (IOException e) {
-            throw new UncheckedIOException("cannot read " + file + ": " + e.getMessage(), e);
+            throw new PageReadFailed("cannot read " + file + ": " + e.getMessage(), e);
         }
         Arrays.fill(dst, b.position(), off + n, (byte) 0);
     }

@@ -379,6 +379,34 @@ public final class JournalDevice {
         return n;
     }
 
+    /**
+     * Makes the partial blocks at the ends of [offset, offset + length) dirty, with what they read
+     * as now, before the change is logged: the store's read of their old bytes can fail (EIO), and
+     * a change that fails must have changed nothing, in memory or in the log (a write logged but
+     * not made in memory read as old until a crash, then as new). Needs the slots {@link
+     * #partialEndsNotDirty} counts reserved. Holding this.
+     */
+    private void loadPartialEnds(long offset, long length) throws StoreException {
+        if (length <= 0) {
+            return;
+        }
+        long end = offset + length;
+        long first = offset >>> SHIFT;
+        long last = (end - 1) >>> SHIFT;
+        if ((offset & (BLOCK - 1)) != 0 || (first == last && (end & (BLOCK - 1)) != 0)) {
+            loadIfStored(first);
+        }
+        if (last != first && (end & (BLOCK - 1)) != 0) {
+            loadIfStored(last);
+        }
+    }
+
+    private void loadIfStored(long block) throws StoreException {
+        if (!dirty.containsKey(block) && !knownZero(block)) {
+            dirtySlot(block);
+        }
+    }
+
     /** Gives every slot of {@code map} back and empties it. */
     private void give(LongIntHashMap map) {
         map.forEachValue(memory::give);
@@ -420,6 +448,7 @@ public final class JournalDevice {
         store.admit();
         change(() -> {
             reserve(notDirty(offset, length));
+            loadPartialEnds(offset, length);
             long end = offset + length;
             long was = size;
             if (end > was) {
@@ -460,6 +489,7 @@ public final class JournalDevice {
         store.admit();
         change(() -> {
             reserve(partialEndsNotDirty(offset, length));
+            loadPartialEnds(offset, length);
             log(RedoLog.ZERO, offset, length, null, 0, 0);
             zeroRange(offset, length);
             chargeZeroRanges();
@@ -495,6 +525,7 @@ public final class JournalDevice {
             long was = size;
             if (newSize < was) {
                 reserve(partialEndsNotDirty(newSize, RadixBlockStore.CAPACITY - newSize));
+                loadPartialEnds(newSize, RadixBlockStore.CAPACITY - newSize);
                 log(RedoLog.ZERO, newSize, RadixBlockStore.CAPACITY - newSize, null, 0, 0);
                 zeroRange(newSize, RadixBlockStore.CAPACITY - newSize);
                 chargeZeroRanges();

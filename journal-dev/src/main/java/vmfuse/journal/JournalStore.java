@@ -426,6 +426,10 @@ public final class JournalStore implements AutoCloseable {
             d = new JournalDevice(devicesView, name, blocks, size, durability, now, 0, JournalDevice.Owner.ROOT);
         } catch (RuntimeException e) {
             index.resize(name, size, 0);
+            if (AtomicVolume.PageReadFailed.in(e)) {
+                breakOff("create of journal device " + name, e);
+                throw new StoreException(StoreException.EIO, broken.getMessage(), e);
+            }
             throw e;
         }
         devices.put(d);
@@ -439,6 +443,8 @@ public final class JournalStore implements AutoCloseable {
                 devices.drop(name);
                 devices.unrecord(name);
                 d.destroy();
+            } catch (RuntimeException u) {
+                breakOff("undo of the create of journal device " + name, u);
             } finally {
                 opLock.writeLock().unlock();
             }
@@ -497,6 +503,9 @@ public final class JournalStore implements AutoCloseable {
         try {
             d.destroy();
             touched = true;
+        } catch (RuntimeException e) { // its removal is committed, and stands; MapDB may be half through
+            breakOff("freeing the blocks of deleted journal device " + d.name(), e);
+            return;
         } finally {
             opLock.writeLock().unlock();
         }
@@ -605,6 +614,14 @@ public final class JournalStore implements AutoCloseable {
         try {
             change.run();
             touched = true;
+        } catch (RuntimeException e) { // the catalog's pages could not be read: MapDB may be half through
+            try {
+                undo.run();
+            } catch (RuntimeException u) {
+                e.addSuppressed(u);
+            }
+            breakOff("a change of the catalog", e);
+            throw new StoreException(StoreException.EIO, broken.getMessage(), e);
         } finally {
             opLock.writeLock().unlock();
         }
@@ -718,7 +735,12 @@ public final class JournalStore implements AutoCloseable {
     }
 
     private synchronized void checkpointLocked() throws StoreException {
-        checkOpen();
+        try {
+            checkOpen();
+        } catch (StoreException e) { // writers waiting for memory fail now, not after their 120 s
+            budget.checkpointFailed(e);
+            throw e;
+        }
         long start = System.nanoTime();
         try {
             checkRoom();
@@ -787,8 +809,30 @@ public final class JournalStore implements AutoCloseable {
         } catch (RuntimeException e) {
             StoreException se = new StoreException(StoreException.errno(e), "checkpoint of " + file + " failed: " + e, e);
             failed(se);
+            if (AtomicVolume.PageReadFailed.in(e)) {
+                breakOff("checkpoint", e);
+            }
             throw se;
         }
+    }
+
+    /**
+     * A change to MapDB's structures failed part way (a page it read failed, as a bad sector
+     * does): what it changed in memory before must not be committed, so the store takes no more
+     * changes until it is opened again, which starts from the last commit and the redo log (what
+     * was flushed is there). Found by the read-fault enumeration: a delete's page read failed
+     * half through the free list, and the next commit wrote it so.
+     */
+    private void breakOff(String what, RuntimeException e) {
+        broken = new StoreException(StoreException.EIO, "journal store " + file + ": " + what + " failed part way ("
+                + e.getMessage() + "): it takes no more changes until it is opened again (what was flushed is in "
+                + "its redo log)", e);
+        log.error("{}", broken.getMessage());
+    }
+
+    /** Whether the store takes no more changes until it is opened again (a change failed part way). */
+    boolean broken() {
+        return broken != null;
     }
 
     /**
@@ -899,6 +943,9 @@ public final class JournalStore implements AutoCloseable {
             commits.close(); // flushes waiting find the store closed
             checkpointer.stop();
             redo.close();
+            if (broken != null) {
+                volume.holdSyncs(true); // MapDB's close commits: not what a change left half made
+            }
             try {
                 db.close(); // MapDB reads its header to close: on a failed disk, that fails too
             } catch (RuntimeException e) {

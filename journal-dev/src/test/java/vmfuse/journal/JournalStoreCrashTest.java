@@ -33,8 +33,9 @@ import vmfuse.durable.RealDisk;
  * {@link FaultyDisk}; a dry run counts its disk calls (every write, force, truncate, punch, create,
  * rename, delete and directory sync). Then, for each call N: a run in which call N fails (EIO,
  * ENOSPC or a short write, in turn) and the workload goes on, ending in a power cut or a clean
- * unmount; and a run in which the power is cut at call N. After each, the store is opened on what
- * the disk kept and checked against a model:
+ * unmount; and a run in which the power is cut at call N. And for each read N of the disk, a run
+ * in which it fails (EIO), as a transient error or a bad sector does. After each, the store is
+ * opened on what the disk kept and checked against a model:
  *   - the store opens;
  *   - its devices are the names as of a commit that returned, or as one that failed would have
  *     left them (a failed create, delete or rename may have reached the disk before it failed);
@@ -345,10 +346,18 @@ class JournalStoreCrashTest {
         }
     }
 
-    /** A block's value: the long repeated over it; 0 for zeros (or past the end); -1 if not one value. */
+    /**
+     * A block's value: the long repeated over it; 0 for zeros (or past the end); -1 if not one
+     * value. A read that fails is tried once more: a failed read of the disk fails that read
+     * only.
+     */
     static long read(JournalDevice jd, int b) throws StoreException {
         byte[] a = new byte[BLOCK];
-        jd.read((long) b * BLOCK, a, 0, BLOCK);
+        try {
+            jd.read((long) b * BLOCK, a, 0, BLOCK);
+        } catch (StoreException e) {
+            jd.read((long) b * BLOCK, a, 0, BLOCK);
+        }
         ByteBuffer bb = ByteBuffer.wrap(a).order(ByteOrder.LITTLE_ENDIAN);
         long v = bb.getLong(0);
         for (int i = 8; i < BLOCK; i += 8) {
@@ -359,10 +368,10 @@ class JournalStoreCrashTest {
         return v;
     }
 
-    enum Fate { FAIL, CUT, NONE }
+    enum Fate { FAIL, READ, CUT, NONE }
 
-    /** What became of one run: its losses, and the calls the workload made. */
-    record Outcome(List<String> losses, long calls) { }
+    /** What became of one run: its losses, and the calls and reads the workload made. */
+    record Outcome(List<String> losses, long calls, long reads) { }
 
     private Path base() throws IOException {
         Path shm = Path.of("/dev/shm");
@@ -380,9 +389,12 @@ class JournalStoreCrashTest {
             FaultyDisk disk = new FaultyDisk(RealDisk.of(null), root.resolve("graveyard"), seed * 1_000_003 + point);
             disk.setUsableSpace(32L << 20); // redo segments of 2 MiB
             String label = "seed " + seed + " " + (fate == Fate.FAIL ? fault + " at call " + point
+                    : fate == Fate.READ ? "EIO at read " + point
                     : fate == Fate.CUT ? "power cut at call " + point : "no fault");
             if (fate == Fate.FAIL) {
                 disk.failAt(point, fault);
+            } else if (fate == Fate.READ) {
+                disk.failRead(point);
             } else if (fate == Fate.CUT) {
                 disk.powerCutAt(point);
             }
@@ -390,7 +402,7 @@ class JournalStoreCrashTest {
             if (!run.open() && (disk.isCut() || !run.open())) {
                 if (!disk.isCut()) {
                     run.losses.add(label + ": the store does not open after the fault passed: " + run.openFailure);
-                    return new Outcome(run.losses, disk.calls());
+                    return new Outcome(run.losses, disk.calls(), disk.reads());
                 }
             }
             List<Op> ops = workload(seed);
@@ -400,12 +412,22 @@ class JournalStoreCrashTest {
                 } catch (StoreException | IOException | RuntimeException e) {
                     if (run.store == null && !disk.isCut()) {
                         run.losses.add(label + ": op " + i + " " + ops.get(i) + " left the store closed: " + e);
-                        return new Outcome(run.losses, disk.calls());
+                        return new Outcome(run.losses, disk.calls(), disk.reads());
                     }
                 }
             }
             long calls = disk.calls();
-            if (fate == Fate.FAIL && !disk.isCut()) {
+            long reads = disk.reads();
+            if (fate == Fate.READ && !disk.isCut() && run.store != null && run.store.broken()) {
+                // a change to MapDB failed part way: the store takes none until it is opened again
+                try {
+                    run.execute(ops.size(), new Op(Kind.REOPEN, "a", "a", 0, 0, Durability.FLUSH));
+                } catch (StoreException | IOException | RuntimeException e) {
+                    run.losses.add(label + ": the store does not open again after it broke off: " + e);
+                    return new Outcome(run.losses, calls, reads);
+                }
+            }
+            if ((fate == Fate.FAIL || fate == Fate.READ) && !disk.isCut()) {
                 // The fault has passed: the store commits again. The store's own threads make a
                 // varying number of calls, so the point may lie past this run's workload; then the
                 // fault hits this checkpoint, and the one after it must commit.
@@ -424,7 +446,7 @@ class JournalStoreCrashTest {
                     run.losses.add(label + ": no commit after the fault passed: " + e.getMessage());
                 }
             }
-            if (fate == Fate.NONE || (fate == Fate.FAIL && point % 2 == 1)) {
+            if (fate == Fate.NONE || (fate != Fate.CUT && point % 2 == 1)) {
                 try {
                     run.store.close();
                     run.committed();
@@ -456,9 +478,9 @@ class JournalStoreCrashTest {
                     }
                 }
             }
-            return new Outcome(run.losses, calls);
+            return new Outcome(run.losses, calls, reads);
         } catch (StoreException e) {
-            return new Outcome(List.of("seed " + seed + " point " + point + " " + fate + ": " + e), 0);
+            return new Outcome(List.of("seed " + seed + " point " + point + " " + fate + ": " + e), 0, 0);
         } finally {
             deleteTree(root);
         }
@@ -494,10 +516,24 @@ class JournalStoreCrashTest {
                 losses.addAll(cut.losses());
                 tried += 2;
             }
-            System.out.printf("journal store enumeration: seed %d, %d disk calls in the workload, %d points, %d runs%n",
-                    seed, calls, points.size(), 2 * points.size());
+            List<Long> reads = new ArrayList<>();
+            for (long p = 1; p <= dry.reads(); p++) {
+                reads.add(p);
+            }
+            if (samplePerSeed > 0 && samplePerSeed / 2 < reads.size()) {
+                java.util.Collections.shuffle(reads, new Random(-seed));
+                reads = reads.subList(0, samplePerSeed / 2);
+            }
+            for (long p : reads) {
+                losses.addAll(run(seed, p, Fate.READ, null).losses());
+                tried++;
+            }
+            System.out.printf("journal store enumeration: seed %d, %d disk calls and %d reads in the workload, %d"
+                    + " points, %d read points, %d runs%n", seed, calls, dry.reads(), points.size(), reads.size(),
+                    2 * points.size() + reads.size());
         }
-        System.out.printf("journal store enumeration: %d runs (each a failed call or a power cut), %d losses%n",
+        System.out.printf("journal store enumeration: %d runs (each a failed call, a failed read or a power cut), %d"
+                + " losses%n",
                 tried, losses.size());
         losses.stream().limit(20).forEach(l -> System.out.println("  loss: " + l));
         assertTrue(losses.isEmpty(), losses.size() + " losses in " + tried + " runs; the first: "

@@ -141,6 +141,109 @@ class JournalStoreFaultTest {
         }
     }
 
+    /**
+     * A bad sector under a stored block: its reads fail with EIO, and so do a partial write, a
+     * zeroing and a truncate that would read its old bytes, before anything is logged (a write
+     * logged and then failed read as old until a crash, and as new after it: the replay applied
+     * it). The other blocks read and write as before; after a crash nothing of the failed changes
+     * is there.
+     */
+    @Test
+    void aBadSectorUnderAStoredBlockFailsWhatReadsItAndLogsNothingOfIt() throws Exception {
+        FaultyDisk disk = disk(30);
+        JournalStore s = open(disk);
+        JournalDevice f = s.create("f", 0, Durability.FLUSH);
+        f.write(0, block('a'), 0, BLOCK);
+        f.write(BLOCK, block('b'), 0, BLOCK);
+        s.checkpoint(); // both into the blocks file
+        Path blocks = BlockFile.blocksFile(file());
+        byte[] all = Files.readAllBytes(blocks);
+        long slot = -1;
+        for (int at = 0; at + BLOCK <= all.length; at += BLOCK) {
+            if (Arrays.equals(block('a'), Arrays.copyOfRange(all, at, at + BLOCK))) {
+                slot = at / BLOCK;
+            }
+        }
+        assertTrue(slot >= 0, "block 0 is in the blocks file");
+        disk.failReads(blocks, slot * BLOCK + 512, 512);
+
+        StoreException e = assertThrows(StoreException.class, () -> read(f, 0));
+        assertEquals(StoreException.EIO, e.errno());
+        assertArrayEquals(block('b'), read(f, 1));
+        byte[] x = block('x');
+        assertEquals(StoreException.EIO, assertThrows(StoreException.class, () -> f.write(100, x, 0, 10)).errno());
+        assertEquals(StoreException.EIO, assertThrows(StoreException.class, () -> f.zero(100, 10)).errno());
+        assertEquals(StoreException.EIO, assertThrows(StoreException.class, () -> f.truncate(100)).errno());
+        assertEquals(2 * BLOCK, f.size());
+        f.write(2 * BLOCK, block('c'), 0, BLOCK); // whole blocks need no read
+        f.flush();
+        assertThrows(StoreException.class, () -> read(f, 0), "still bad: nothing wrote it");
+
+        disk = crash(s, disk);
+        try (JournalStore again = open(disk)) {
+            JournalDevice g = again.device("f");
+            assertEquals(3 * BLOCK, g.size());
+            assertArrayEquals(block('a'), read(g, 0), "the failed changes are not in the log");
+            assertArrayEquals(block('b'), read(g, 1));
+            assertArrayEquals(block('c'), read(g, 2));
+        }
+    }
+
+    /**
+     * Reads of journals.db fail (a bad disk under the index) while a device is deleted: MapDB
+     * reads pages in the middle of its changes and does not undo what it changed before a failed
+     * read, so the store commits nothing more until it is opened again. Flushes go on into the
+     * redo log meanwhile; the next mount has them, and every device as its last commit left it.
+     */
+    @Test
+    void aReadOfTheIndexThatFailsInAChangeStopsCommitsUntilTheStoreIsOpenedAgain() throws Exception {
+        FaultyDisk disk = disk(31);
+        JournalStore s = open(disk);
+        JournalDevice f = s.create("f", 0, Durability.FLUSH);
+        JournalDevice g = s.create("g", 0, Durability.FLUSH);
+        for (int i = 0; i < 600; i++) { // trees of more than one node each
+            f.write((long) i * 512 * BLOCK, block('f'), 0, BLOCK);
+            g.write((long) i * 512 * BLOCK, block('g'), 0, BLOCK);
+        }
+        s.close();
+        disk = new FaultyDisk(RealDisk.of(null), dir.resolve("graveyard"), 32); // nothing of the index in memory
+        disk.setUsableSpace(64L << 20);
+        s = open(disk);
+        disk.failReads(file(), 0, Files.size(file()));
+        boolean deleted;
+        try {
+            s.delete("g");
+            deleted = true;
+        } catch (StoreException e) {
+            deleted = false;
+        }
+        assertTrue(s.broken(), "the delete's change of MapDB failed part way");
+        StoreException e = assertThrows(StoreException.class, s::checkpoint);
+        assertTrue(e.getMessage().contains("until it is opened again"), e.getMessage());
+        JournalDevice f2 = s.device("f");
+        f2.write(7 * BLOCK, block('n'), 0, BLOCK);
+        f2.flush();
+        assertThrows(IOException.class, s::close, "its last checkpoint fails");
+
+        try (JournalStore again = open(new FaultyDisk(RealDisk.of(null), dir.resolve("graveyard"), 33))) {
+            JournalDevice h = again.device("f");
+            assertArrayEquals(block('n'), read(h, 7), "flushed while the store took no commits");
+            for (int i = 0; i < 600; i += 37) {
+                assertArrayEquals(block('f'), read(h, (long) i * 512), "block " + i * 512);
+            }
+            JournalDevice k = again.device("g");
+            if (deleted) {
+                assertNull(k, "its delete had returned");
+            } else {
+                assertNotNull(k, "its delete failed");
+                for (int i = 0; i < 600; i += 37) {
+                    assertArrayEquals(block('g'), read(k, (long) i * 512), "block " + i * 512);
+                }
+            }
+            again.checkpoint();
+        }
+    }
+
     private static void deleteTree(Path p) throws IOException {
         if (!Files.exists(p)) {
             return;
