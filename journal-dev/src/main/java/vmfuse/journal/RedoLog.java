@@ -506,6 +506,9 @@ final class RedoLog implements AutoCloseable {
                 tailStart = startTail;
                 appended = startAppended;
                 restoreTail(e);
+                if (tailLost == null) {
+                    takeBack(e);
+                }
             }
             throw e;
         }
@@ -526,6 +529,30 @@ final class RedoLog implements AutoCloseable {
                     + "opened again (vmfuse umount, then mount)", e);
             log.error("redo log {}: its last page cannot be read back ({}); appends are refused until the store is "
                     + "opened again", base, e.getMessage());
+        }
+    }
+
+    /**
+     * Writes the tail page, restored, back with zeros from the end on: the first record of a
+     * long write that failed part way is on the disk, whole, and a replay before the next append
+     * wrote over it would apply it (found once a read could fail: the tail page's read back
+     * failed, no append came after, and the next open replayed part of the failed write).
+     */
+    private void takeBack(Exception failure) {
+        int head = (int) (position - tailStart);
+        ByteBuffer t = tail();
+        t.clear();
+        zero(t, head, PAGE);
+        t.position(0).limit(PAGE);
+        try {
+            long pos = tailStart;
+            while (t.hasRemaining()) {
+                pos += active().write(t, pos);
+            }
+        } catch (IOException e) { // the next append writes over it; until then a replay would apply it
+            failure.addSuppressed(e);
+            log.warn("redo log {}: the records of a failed write cannot be taken back ({}); the next append writes "
+                    + "over them", base, e.getMessage());
         }
     }
 

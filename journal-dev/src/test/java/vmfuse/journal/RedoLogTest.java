@@ -264,6 +264,56 @@ class RedoLogTest {
         assertEquals(List.of("before", "after"), seen);
     }
 
+    /** As above, with nothing appended after the failed write: the log on disk holds none of it either. */
+    @Test
+    void aLongWriteThatFailsPartWayIsTakenBackOnTheDiskToo() throws Exception {
+        FaultyDisk disk = new FaultyDisk(RealDisk.of(null), dir.resolve("graveyard"), 5);
+        byte[] data = new byte[3 * RedoLog.MAX_DATA];
+        Arrays.fill(data, (byte) 'w');
+        try (RedoLog log = RedoLog.open(disk, base(), 1, PREALLOC, (t, r, a, b, d) -> { }, new long[1])) {
+            write(log, "before");
+            disk.failWrite(3, FaultyDisk.Fault.EIO); // its third record
+            assertThrows(StoreException.class, () -> log.append(RedoLog.WRITE, 1, 0, 0, data, 0, data.length));
+            log.force();
+        }
+        List<String> seen = new ArrayList<>();
+        RedoLog.open(RealDisk.of(null), base(), 1, PREALLOC, (type, root, a, b, d) -> seen.add(
+                d.length > 100 ? "part of the long write" : new String(d)), new long[1]).close();
+        assertEquals(List.of("before"), seen);
+    }
+
+    /**
+     * As above, and the read that puts the last page back into the tail buffer fails too: the log
+     * takes no more appends until it is opened again (the next append would have written the
+     * buffer, which then held a later page of the failed write, over the records before it).
+     */
+    @Test
+    void aTailPageThatCannotBeReadBackRefusesAppendsUntilTheLogIsOpenedAgain() throws Exception {
+        FaultyDisk disk = new FaultyDisk(RealDisk.of(null), dir.resolve("graveyard"), 4);
+        byte[] data = new byte[3 * RedoLog.MAX_DATA];
+        Arrays.fill(data, (byte) 'w');
+        try (RedoLog log = RedoLog.open(disk, base(), 1, PREALLOC, (t, r, a, b, d) -> { }, new long[1])) {
+            write(log, "before");
+            log.force();
+            disk.failWrite(2, FaultyDisk.Fault.ENOSPC); // its second record
+            disk.failRead(disk.reads() + 1); // the tail page's read back
+            assertThrows(StoreException.class, () -> log.append(RedoLog.WRITE, 1, 0, 0, data, 0, data.length));
+            StoreException e = assertThrows(StoreException.class, () -> write(log, "after"));
+            assertTrue(e.getMessage().contains("opened again"), e.getMessage());
+        }
+        List<String> seen = new ArrayList<>();
+        try (RedoLog log = RedoLog.open(RealDisk.of(null), base(), 1, PREALLOC, (type, root, a, b, d) -> seen.add(
+                d.length > 100 ? "part of the long write" : new String(d)), new long[1])) {
+            write(log, "after");
+            log.force();
+        }
+        assertEquals(List.of("before", "part of the long write"), seen, "not taken back: its tail page was not read");
+        seen.clear();
+        RedoLog.open(RealDisk.of(null), base(), 1, PREALLOC, (type, root, a, b, d) -> seen.add(
+                d.length > 100 ? "part of the long write" : new String(d)), new long[1]).close();
+        assertEquals(List.of("before", "part of the long write", "after"), seen, "appends go on once it is opened again");
+    }
+
     /**
      * After a power cut, records past a torn one may be intact, written back but never forced:
      * none says the log was forced past the torn one, so that one is the tail. A guest's data in
