@@ -40,7 +40,8 @@ import java.util.function.LongConsumer;
  *
  * Reads fail too, with EIO, and are numbered apart (DiskFile read and Disk readAll, from 1): failRead
  * fails one of them, once, as a transient error does; failReads makes a range of a file a bad
- * sector, whose every read fails until a write covers it (a disk remaps a sector written again).
+ * sector, whose every read fails until a write, a punch or a truncate covers it (a disk remaps a
+ * sector written again; a hole reads without it).
  *
  * (B) Power cuts. Each file is an Inode, so what we know about it follows it through renames and
  * into the graveyard. An inode keeps its durable size (its size at its last successful force) and,
@@ -844,10 +845,10 @@ public final class FaultyDisk implements Disk {
                 return 0;
             }
             inode.beforeChange(real, pos, pos + n, true);
-            inode.bad.remove(pos, pos + n);
             ByteBuffer part = src.duplicate();
             part.limit(part.position() + n);
             int written = real.write(part, pos);
+            inode.bad.remove(pos, pos + written);
             src.position(src.position() + written);
             return written;
         }
@@ -887,6 +888,7 @@ public final class FaultyDisk implements Disk {
                 long current = real.size();
                 inode.beforeChange(real, size, Math.min(current, inode.durableSize), false);
                 real.truncate(size);
+                inode.bad.remove(size, Long.MAX_VALUE); // what is cut off reads as nothing, or zeros once grown again
             }
         }
 
@@ -905,7 +907,11 @@ public final class FaultyDisk implements Disk {
                 admitOther();
                 long end = Math.min(offset + length, Math.min(real.size(), inode.durableSize));
                 inode.beforeChange(real, offset, end, false);
-                return real.punch(offset, length);
+                boolean punched = real.punch(offset, length);
+                if (punched) {
+                    inode.bad.remove(offset, offset + length); // a hole reads as zeros without the sector
+                }
+                return punched;
             }
         }
 

@@ -424,13 +424,10 @@ public final class JournalStore implements AutoCloseable {
             RadixBlockStore blocks = RadixBlockStore.create(db.getStore(), blockFile);
             long now = System.currentTimeMillis();
             d = new JournalDevice(devicesView, name, blocks, size, durability, now, 0, JournalDevice.Owner.ROOT);
-        } catch (RuntimeException e) {
+        } catch (RuntimeException e) { // MapDB may be half through its new records
             index.resize(name, size, 0);
-            if (AtomicVolume.PageReadFailed.in(e)) {
-                breakOff("create of journal device " + name, e);
-                throw new StoreException(StoreException.EIO, broken.getMessage(), e);
-            }
-            throw e;
+            breakOff("create of journal device " + name, e);
+            throw new StoreException(StoreException.EIO, broken.getMessage(), e);
         }
         devices.put(d);
         touched = true;
@@ -586,7 +583,6 @@ public final class JournalStore implements AutoCloseable {
             d.renamed(to);
             devices.put(d);
         }, () -> { // the next checkpoint records both in the catalog again
-            devices.unrecord(to);
             d.renamed(from);
             devices.put(d);
             if (replaced != null) {
@@ -595,6 +591,7 @@ public final class JournalStore implements AutoCloseable {
             } else {
                 devices.drop(to);
             }
+            devices.unrecord(to); // last: MapDB's, which can fail on a page read; the names are back before it
         });
         if (replaced != null) {
             free(replaced);
@@ -944,7 +941,7 @@ public final class JournalStore implements AutoCloseable {
             checkpointer.stop();
             redo.close();
             if (broken != null) {
-                volume.holdSyncs(true); // MapDB's close commits: not what a change left half made
+                volume.holdSyncs(true); // whatever MapDB's close writes, nothing of a change left half made is committed
             }
             try {
                 db.close(); // MapDB reads its header to close: on a failed disk, that fails too

@@ -505,10 +505,8 @@ final class RedoLog implements AutoCloseable {
                 position = startPosition;
                 tailStart = startTail;
                 appended = startAppended;
+                takeBack(startPosition, e);
                 restoreTail(e);
-                if (tailLost == null) {
-                    takeBack(e);
-                }
             }
             throw e;
         }
@@ -533,26 +531,24 @@ final class RedoLog implements AutoCloseable {
     }
 
     /**
-     * Writes the tail page, restored, back with zeros from the end on: the first record of a
-     * long write that failed part way is on the disk, whole, and a replay before the next append
-     * wrote over it would apply it (found once a read could fail: the tail page's read back
-     * failed, no append came after, and the next open replayed part of the failed write).
+     * Zeros the magic of the record at {@code at}, one an append that failed may have left whole
+     * on the disk (the first of a long write that failed part way; or one whose write failed
+     * after its bytes went out): a replay before the next append wrote over it would apply a
+     * write its guest was told failed (found once reads could fail: with the tail page not read
+     * back, no append came after, and the next open replayed part of a failed write). Not
+     * forced: the next force, or the next append over it, makes it so; the record was never
+     * flushed either.
      */
-    private void takeBack(Exception failure) {
-        int head = (int) (position - tailStart);
-        ByteBuffer t = tail();
-        t.clear();
-        zero(t, head, PAGE);
-        t.position(0).limit(PAGE);
+    private void takeBack(long at, Exception failure) {
         try {
-            long pos = tailStart;
-            while (t.hasRemaining()) {
-                pos += active().write(t, pos);
+            ByteBuffer z = ByteBuffer.allocate(4);
+            while (z.hasRemaining()) {
+                active().write(z, at + z.position());
             }
         } catch (IOException e) { // the next append writes over it; until then a replay would apply it
             failure.addSuppressed(e);
-            log.warn("redo log {}: the records of a failed write cannot be taken back ({}); the next append writes "
-                    + "over them", base, e.getMessage());
+            log.warn("redo log {}: a failed append cannot be taken back ({}); the next append writes over it", base,
+                    e.getMessage());
         }
     }
 
@@ -591,8 +587,10 @@ final class RedoLog implements AutoCloseable {
             }
         } catch (IOException e) {
             // position stays: the next append writes the tail page and its own record over this one
-            throw new StoreException(StoreException.errno(e), "cannot append to redo log "
+            StoreException se = new StoreException(StoreException.errno(e), "cannot append to redo log "
                     + segmentFile(base, (int) (generation % 2)) + ": " + e.getMessage(), e);
+            takeBack(position, se); // a short write may have put all of the record out, and only its zeros failed
+            throw se;
         }
         position = tailStart + end; // only a whole record moves the end
         appended++;

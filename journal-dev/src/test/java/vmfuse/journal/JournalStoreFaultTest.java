@@ -244,6 +244,29 @@ class JournalStoreFaultTest {
         }
     }
 
+    /** A rename over a device that fails on a read of the index: both names are served as before it (until the store is opened again). */
+    @Test
+    void aRenameThatFailsOnAReadOfTheIndexLeavesBothDevicesAsTheyWere() throws Exception {
+        FaultyDisk disk = disk(34);
+        JournalStore first = open(disk);
+        first.create("f", 0, Durability.FLUSH).write(0, block('f'), 0, BLOCK);
+        first.create("g", 0, Durability.FLUSH).write(0, block('g'), 0, BLOCK);
+        first.close();
+        disk = new FaultyDisk(RealDisk.of(null), dir.resolve("graveyard"), 35); // nothing of the index in memory
+        disk.setUsableSpace(64L << 20);
+        JournalStore s = open(disk);
+        disk.failReads(file(), 0, Files.size(file()));
+        assertThrows(StoreException.class, () -> s.rename("f", "g"));
+        assertTrue(s.broken());
+        assertArrayEquals(block('f'), read(s.device("f"), 0));
+        assertArrayEquals(block('g'), read(s.device("g"), 0), "the device it would have replaced is served again");
+        assertThrows(IOException.class, s::close);
+        try (JournalStore again = open(RealDisk.of(null))) {
+            assertArrayEquals(block('f'), read(again.device("f"), 0));
+            assertArrayEquals(block('g'), read(again.device("g"), 0));
+        }
+    }
+
     private static void deleteTree(Path p) throws IOException {
         if (!Files.exists(p)) {
             return;

@@ -307,11 +307,11 @@ class RedoLogTest {
             write(log, "after");
             log.force();
         }
-        assertEquals(List.of("before", "part of the long write"), seen, "not taken back: its tail page was not read");
+        assertEquals(List.of("before"), seen, "taken back on the disk all the same");
         seen.clear();
         RedoLog.open(RealDisk.of(null), base(), 1, PREALLOC, (type, root, a, b, d) -> seen.add(
                 d.length > 100 ? "part of the long write" : new String(d)), new long[1]).close();
-        assertEquals(List.of("before", "part of the long write", "after"), seen, "appends go on once it is opened again");
+        assertEquals(List.of("before", "after"), seen, "appends go on once it is opened again");
     }
 
     /**
