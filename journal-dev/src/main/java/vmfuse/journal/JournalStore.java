@@ -817,8 +817,9 @@ public final class JournalStore implements AutoCloseable {
      * A change to MapDB's structures failed part way (a page it read failed, as a bad sector
      * does): what it changed in memory before must not be committed, so the store takes no more
      * changes until it is opened again, which starts from the last commit and the redo log (what
-     * was flushed is there). Found by the read-fault enumeration: a delete's page read failed
-     * half through the free list, and the next commit wrote it so.
+     * was flushed is there). Found by the read-fault enumeration: a rename over a device, whose
+     * commit had returned, failed in freeing that device's records (MapDB's delete read a page of
+     * its free list), and the store went on committing.
      */
     private void breakOff(String what, RuntimeException e) {
         broken = new StoreException(StoreException.EIO, "journal store " + file + ": " + what + " failed part way ("

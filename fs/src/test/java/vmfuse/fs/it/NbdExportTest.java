@@ -251,7 +251,7 @@ class NbdExportTest {
             m.awaitLog("image one.raw is being written through the mount");
         }
         Proc.ok("qemu-io", "-f", "raw", "-c", "read -P 0x11 0 1M", m.image("one.raw").toString()); // nothing landed
-        // an NBD client that writes, then holds its connection 4 s
+        // an NBD client that writes, then holds its connection until the test kills it
         Proc.Background holder = Proc.start("python3", "-c", String.join("\n",
                 "import socket, struct, sys, time",
                 "s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); s.recv(18, socket.MSG_WAITALL)",
@@ -263,7 +263,7 @@ class NbdExportTest {
                 "    if t == 1: break",
                 "s.sendall(struct.pack('>IHHQQI', 0x25609513, 0, 1, 1, 0, 4096) + b'\\x33' * 4096)",
                 "print('written', struct.unpack('>IIQ', s.recv(16, socket.MSG_WAITALL))[1], flush=True)",
-                "time.sleep(4)"), socket.toString());
+                "time.sleep(120)"), socket.toString());
         try {
             Poll.until(() -> holder.output().contains("written 0"), holder::output);
             Proc.Result fuse = Proc.run("qemu-io", "-f", "raw", "-c", "write -P 0x44 0 4k", m.image("one.raw").toString());

@@ -132,11 +132,13 @@ class RenameUnlinkTest {
                     m.root.resolve("vm1.agent").toString(), m.mnt.toString()).assertOk();
             try (Proc.Background qemu = Proc.start("qemu-io", "-f", "raw", "nbd+unix:///images/vm1.raw?socket=" + sock,
                     "-c", "write -P 7 0 64k", "-c", "sleep 60000")) {
-                for (int i = 0; i < 100 && !ls(m.store.resolve("images")).contains("vm1.raw")
-                        || i < 100 && !m.vmfuse("status", m.mnt.toString()).out().contains("vm1.raw"); i++) {
-                    Thread.sleep(50);
-                }
-                Thread.sleep(500); // its connection is open and has written
+                Poll.until(() -> { // its connection is open and has written (qemu-io then holds it 60 s)
+                    try {
+                        return !Disk.sha256(m.backing("vm1.raw")).equals(sum);
+                    } catch (Exception e) {
+                        throw new AssertionError(e);
+                    }
+                }, qemu::output);
                 assertEquals("EBUSY", pyErrno("unlink", m.image("vm1.raw")), "not unlinked while it runs");
                 assertEquals(List.of("vm1.raw"), ls(m.store.resolve("images")));
             }
