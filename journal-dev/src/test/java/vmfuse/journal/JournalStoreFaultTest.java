@@ -206,8 +206,7 @@ class JournalStoreFaultTest {
             g.write((long) i * 512 * BLOCK, block('g'), 0, BLOCK);
         }
         s.close();
-        disk = new FaultyDisk(RealDisk.of(null), dir.resolve("graveyard"), 32); // nothing of the index in memory
-        disk.setUsableSpace(64L << 20);
+        disk = disk(32); // a new one over the same files: nothing of the index in memory
         s = open(disk);
         disk.failReads(file(), 0, Files.size(file()));
         boolean deleted;
@@ -252,8 +251,7 @@ class JournalStoreFaultTest {
         first.create("f", 0, Durability.FLUSH).write(0, block('f'), 0, BLOCK);
         first.create("g", 0, Durability.FLUSH).write(0, block('g'), 0, BLOCK);
         first.close();
-        disk = new FaultyDisk(RealDisk.of(null), dir.resolve("graveyard"), 35); // nothing of the index in memory
-        disk.setUsableSpace(64L << 20);
+        disk = disk(35); // a new one over the same files: nothing of the index in memory
         JournalStore s = open(disk);
         disk.failReads(file(), 0, Files.size(file()));
         assertThrows(StoreException.class, () -> s.rename("f", "g"));
