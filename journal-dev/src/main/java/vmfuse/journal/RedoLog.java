@@ -541,10 +541,7 @@ final class RedoLog implements AutoCloseable {
      */
     private void takeBack(long at, Exception failure) {
         try {
-            ByteBuffer z = ByteBuffer.allocate(4);
-            while (z.hasRemaining()) {
-                active().write(z, at + z.position());
-            }
+            active().writeFully(ByteBuffer.allocate(4), at);
         } catch (IOException e) { // the next append writes over it; until then a replay would apply it
             failure.addSuppressed(e);
             log.warn("redo log {}: a failed append cannot be taken back ({}); the next append writes over it", base,
