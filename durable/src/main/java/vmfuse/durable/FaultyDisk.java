@@ -213,6 +213,11 @@ public final class FaultyDisk implements Disk {
         inodeAt(key(file)).bad.add(offset, offset + length);
     }
 
+    /** The reads of {@code file} made to fail by {@link #failReads} succeed again, as after a transient fault (a path that came back). */
+    public synchronized void healReads(Path file) throws IOException {
+        inodeAt(key(file)).bad.remove(0, Long.MAX_VALUE);
+    }
+
     /** The {@code n}-th mutating call does not happen: the power goes instead, and the call throws "power cut". */
     public synchronized void powerCutAt(long n) {
         powerCutAt = n;

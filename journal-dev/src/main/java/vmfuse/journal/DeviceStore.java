@@ -17,6 +17,15 @@ interface DeviceStore {
     /** Held shared by every change of a device; a checkpoint takes it exclusive for its rotation. */
     ReentrantReadWriteLock opLock();
 
+    /**
+     * Held shared by every operation of a device, first (a {@code Parking} wait); the store takes
+     * it exclusive while it opens its files again in place (JournalStore#reopen).
+     */
+    ReentrantReadWriteLock reopenLock();
+
+    /** EIO unless the store's files are open (after a reopen that failed, they are not). Under {@link #reopenLock} shared. */
+    void checkAttached() throws StoreException;
+
     /** A device changed: the next checkpoint has something to commit. */
     void touched();
 

@@ -31,13 +31,16 @@ public final class JournalDevice {
 
     private final DeviceStore store;
     private final BlockMemory memory;
-    private final RadixBlockStore blocks;
+    /** Replaced only by {@link #reattach}, under the store's reopenLock exclusive and this device's monitor. */
+    private RadixBlockStore blocks;
     private final Durability durability;
     private final long created;
     private volatile String name;
     private volatile long size;
     private volatile long lastFlush;
     private volatile boolean deleted;
+    /** Why every operation fails: the store was opened again and this device's changes were not in it (see {@link #lose}). */
+    private volatile String lost;
 
     // guarded by this; a block's value is its slot in `memory`. Hash maps of primitive block
     // numbers: a write puts every block it covers, and TreeMaps of boxed Longs were over a third
@@ -60,6 +63,10 @@ public final class JournalDevice {
     private long version;
     private long countedVersion = -1;
     private long counted;
+    /** Changes made; at the last freeze; in the last checkpoint that committed (see {@link #changedSinceCommit}). */
+    private long changes;
+    private long frozenChanges;
+    private long committedChanges;
     /** Slots taken for the change being made (see reserve). */
     private int[] reserved = new int[0];
     private int reservedCount;
@@ -198,38 +205,118 @@ public final class JournalDevice {
         } catch (StoreException e) {
             throw new IllegalStateException(e); // a shrink gives back: it never fails
         }
-        store.released(dirty.size() + frozen.size());
-        give(dirty);
-        give(frozen);
-        zeros.clear();
-        frozenZeros.clear();
-        chargeZeroRanges();
+        dropMemory();
         blocks.destroy();
     }
 
     /** Reads up to {@code length} bytes at {@code offset}; returns how many (0 at or past the end). */
     public int read(long offset, byte[] dst, int dstOffset, int length) throws StoreException {
         RadixBlockStore.checkRange(offset, length);
-        synchronized (this) {
-            checkLive();
-            long end = size;
-            if (offset >= end) {
-                return 0;
+        enter();
+        try {
+            synchronized (this) {
+                checkLive();
+                long end = size;
+                if (offset >= end) {
+                    return 0;
+                }
+                int n = (int) Math.min(length, end - offset);
+                BlockWalk.each(offset, n, (block, in, done, k) -> copyOut(block, in, dst, dstOffset + done, k));
+                return n;
             }
-            int n = (int) Math.min(length, end - offset);
-            BlockWalk.each(offset, n, (block, in, done, k) -> copyOut(block, in, dst, dstOffset + done, k));
-            return n;
+        } finally {
+            exit();
         }
     }
 
     /**
      * EIO once the device is deleted (or while its delete commits), as for a write: a handle
      * opened before finds its blocks gone (its store was a NullPointerException, found by a review).
+     * EIO too once it is lost (see {@link #lose}).
      */
     private void checkLive() throws StoreException {
         if (deleted) {
             throw new StoreException(StoreException.EIO, "journal device " + name + " was deleted");
         }
+        String why = lost;
+        if (why != null) {
+            throw new StoreException(StoreException.EIO, why);
+        }
+    }
+
+    /**
+     * Every operation of a device holds the store's reopenLock shared (while the store opens its
+     * files again, a {@link Parking} wait), and finds the store's files open (EIO after a reopen
+     * that failed). Then {@link #exit}.
+     */
+    private void enter() throws StoreException {
+        if (!Parking.lock(store.reopenLock().readLock())) {
+            throw new StoreException(StoreException.EIO, "journal device " + name + ": the store is being opened "
+                    + "again and too many requests already wait on it or on other subsystems");
+        }
+        try {
+            store.checkAttached();
+        } catch (StoreException | RuntimeException e) {
+            exit();
+            throw e;
+        }
+    }
+
+    private void exit() {
+        store.reopenLock().readLock().unlock();
+    }
+
+    /**
+     * The store was opened again in place (JournalStore#reopen) without this device's changes
+     * since its last commit (a close-mode device's, which only memory held): from now on every
+     * operation fails with {@code why}, so no guest goes on over contents that went back in time.
+     * The device's name is served again by another object, as the last commit left it; what
+     * memory held of this one is given back. Under the store's reopenLock exclusive.
+     */
+    synchronized void lose(String why) {
+        lost = why;
+        dropMemory();
+    }
+
+    /** Gives back every block and zero range memory holds of this device. Holding this. */
+    private void dropMemory() {
+        store.released(dirty.size() + frozen.size());
+        give(dirty);
+        give(frozen);
+        zeros.clear();
+        frozenZeros.clear();
+        chargeZeroRanges();
+    }
+
+    boolean lost() {
+        return lost != null;
+    }
+
+    /** Whether a change was made since the last checkpoint that committed (or, for a new device, since its creation). */
+    synchronized boolean changedSinceCommit() {
+        return changes != committedChanges;
+    }
+
+    /** The checkpoint that froze this device committed. */
+    synchronized void committed() {
+        committedChanges = frozenChanges;
+    }
+
+    /**
+     * The store opened its files again in place: this device is now what they hold, {@code blocks}
+     * (the redo log is replayed into it next), {@code size}, {@code owner}; what memory held of it
+     * is given back. Under the store's reopenLock exclusive.
+     */
+    synchronized void reattach(RadixBlockStore blocks, long size, Owner owner) {
+        dropMemory();
+        this.blocks = blocks;
+        this.size = size;
+        this.frozenSize = size;
+        this.owner = owner;
+        version++;
+        changes = 0;
+        frozenChanges = 0;
+        committedChanges = 0;
     }
 
     /** The slot holding what a block reads as now, if memory holds it, else NONE. Holding this. */
@@ -258,17 +345,24 @@ public final class JournalDevice {
      * as zeros without holding anything (zeroed since, or never written). The caller asks again
      * from the run's end; past the device's end the answer is a run of zeros.
      */
-    public synchronized long dataRun(long block, long max) throws StoreException {
+    public long dataRun(long block, long max) throws StoreException {
         if (max <= 0) {
             throw new IllegalArgumentException("max " + max);
         }
-        checkLive();
-        boolean zero = knownZero(block);
-        long n = 1;
-        while (n < max && knownZero(block + n) == zero) {
-            n++;
+        enter();
+        try {
+            synchronized (this) {
+                checkLive();
+                boolean zero = knownZero(block);
+                long n = 1;
+                while (n < max && knownZero(block + n) == zero) {
+                    n++;
+                }
+                return zero ? -n : n;
+            }
+        } finally {
+            exit();
         }
-        return zero ? -n : n;
     }
 
     /** Copies {@code n} bytes of a block, from {@code in}, as it reads now. Holding this. */
@@ -592,6 +686,7 @@ public final class JournalDevice {
             dirty.clear();
         }
         frozenSize = size;
+        frozenChanges = changes;
         version++;
     }
 
@@ -682,25 +777,31 @@ public final class JournalDevice {
      * opLock is a {@link Parking}.
      */
     private void change(Change c) throws StoreException {
-        if (!Parking.lock(store.opLock().readLock())) {
-            throw new StoreException(StoreException.EIO, "journal device " + name + ": the store is busy (a "
-                    + "checkpoint holds it) and too many requests already wait on it or on other subsystems");
-        }
-        turns.lock();
+        enter();
         try {
-            synchronized (this) {
-                checkLive();
-                version++;
-                store.touched();
-                try {
-                    c.apply();
-                } finally {
-                    unreserve();
+            if (!Parking.lock(store.opLock().readLock())) {
+                throw new StoreException(StoreException.EIO, "journal device " + name + ": the store is busy (a "
+                        + "checkpoint holds it) and too many requests already wait on it or on other subsystems");
+            }
+            turns.lock();
+            try {
+                synchronized (this) {
+                    checkLive();
+                    version++;
+                    changes++; // before: one that fails part way counts too
+                    store.touched();
+                    try {
+                        c.apply();
+                    } finally {
+                        unreserve();
+                    }
                 }
+            } finally {
+                turns.unlock();
+                store.opLock().readLock().unlock();
             }
         } finally {
-            turns.unlock();
-            store.opLock().readLock().unlock();
+            exit();
         }
     }
 
@@ -750,8 +851,17 @@ public final class JournalDevice {
     public void flush() throws StoreException {
         lastFlush = System.currentTimeMillis();
         long start = System.nanoTime();
-        if (durability == Durability.FLUSH) {
-            store.awaitLogSync();
+        enter();
+        try {
+            String why = lost; // a deleted device's flush returns, as it always did: nothing of it is left to force
+            if (why != null) {
+                throw new StoreException(StoreException.EIO, why);
+            }
+            if (durability == Durability.FLUSH) {
+                store.awaitLogSync();
+            }
+        } finally {
+            exit();
         }
         long nanos = System.nanoTime() - start;
         flushLatency.incrementAndGet(Math.min(FLUSH_BUCKETS - 1, 63 - Long.numberOfLeadingZeros(Math.max(1, nanos / 1000))));

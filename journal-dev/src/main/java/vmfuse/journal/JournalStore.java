@@ -20,6 +20,7 @@ import org.slf4j.Logger;
 import org.slf4j.LoggerFactory;
 
 import vmfuse.durable.Disk;
+import vmfuse.durable.DiskFile;
 import vmfuse.durable.Parking;
 import vmfuse.durable.RealDisk;
 
@@ -62,6 +63,12 @@ import vmfuse.durable.RealDisk;
  * (and get ENOSPC if the store's disk cannot take it: a checkpoint first checks that the disk
  * has room for what it writes).
  *
+ * A change of MapDB that fails part way (a read of its pages fails, as on a bad sector) breaks
+ * the store off: it takes no more commits (breakOff). A failed fdatasync of the redo log makes
+ * it refuse every later flush (RedoLog). Either way the store is opened again in place (reopen:
+ * by the operator, or by the next checkpoint, at most once a minute), as a remount would open
+ * it, with its devices served meanwhile and after.
+ *
  * Locks: a device change holds opLock shared, then the device's turn and its monitor (so its log
  * records are in the order of its changes); a checkpoint holds this store's monitor, takes opLock
  * exclusive for the rotation only, then each device's turn and monitor, a batch at a time, as it
@@ -81,15 +88,24 @@ public final class JournalStore implements AutoCloseable {
 
     private final Disk disk;
     private final Path file;
-    private final AtomicVolume volume;
-    private final DB db;
+    /*
+     * The store's files as opened: set by attach(), under reopenLock exclusive (and this store's
+     * monitor) when the store is opened again in place (see reopen()); every device operation
+     * holds reopenLock shared.
+     */
+    private volatile AtomicVolume volume;
+    private volatile DB db;
+    /** Whether the files are open (false after a reopen that failed, until one succeeds). */
+    private volatile boolean attached;
     /**
      * The devices by name, live and in MapDB. Changed under this store's monitor; read without
      * it, so that a lookup (every getattr and open in journals/) never waits out a checkpoint,
      * which holds the monitor for its whole drain.
      */
-    private final DeviceCatalog devices;
+    private final DeviceCatalog devices = new DeviceCatalog();
     private final ReentrantReadWriteLock opLock = new ReentrantReadWriteLock();
+    /** Shared by every operation of a device, exclusive while the store's files are opened again (reopen). */
+    private final ReentrantReadWriteLock reopenLock = new ReentrantReadWriteLock();
     /** This store as its devices see it: what they ask of it, and nothing else (one way: see DeviceStore). */
     private final DeviceStore devicesView = new DeviceStore() {
         @Override
@@ -105,6 +121,20 @@ public final class JournalStore implements AutoCloseable {
         @Override
         public ReentrantReadWriteLock opLock() {
             return opLock;
+        }
+
+        @Override
+        public ReentrantReadWriteLock reopenLock() {
+            return reopenLock;
+        }
+
+        @Override
+        public void checkAttached() throws StoreException {
+            if (!attached) {
+                StoreException b = broken;
+                throw new StoreException(StoreException.EIO, b != null ? b.getMessage()
+                        : "journal store " + file + " is closed", b);
+            }
         }
 
         @Override
@@ -150,12 +180,15 @@ public final class JournalStore implements AutoCloseable {
     /** See {@link DeviceStore#drainBuffer()}. */
     private final ByteBuffer drainBuffer = Disk.alignedBuffer(JournalDevice.DRAIN_BATCH * RadixBlockStore.BLOCK_SIZE);
     /** The blocks of every device (format 3). */
-    private BlockFile blockFile;
-    private RedoLog redo;
+    private volatile BlockFile blockFile;
+    private volatile RedoLog redo;
     /** The flushes of FLUSH devices: one fdatasync of the redo log for all that wait. */
-    private GroupCommit commits;
+    private volatile GroupCommit commits;
+    /** fdatasyncs, and flushes with nothing to force, of the GroupCommits of earlier opens (reopen). */
+    private final AtomicLong syncsBefore = new AtomicLong();
+    private final AtomicLong skippedBefore = new AtomicLong();
     /** The generation in MapDB, committed or not (a checkpoint sets it, then commits). */
-    private Atomic.Long generation;
+    private volatile Atomic.Long generation;
     /**
      * The generation the file on disk holds: set only once a commit returned. A failed commit
      * leaves MapDB's value ahead of it, and the segments from this one on are still needed.
@@ -185,14 +218,10 @@ public final class JournalStore implements AutoCloseable {
     private final AtomicLong checkpoints = new AtomicLong();
     private final AtomicLong checkpointNanos = new AtomicLong();
 
-    private JournalStore(Disk disk, Path file, AtomicVolume volume, DB db, HTreeMap<String, long[]> catalog,
-            MemoryBudget budget, IndexReserve index) {
+    private JournalStore(Disk disk, Path file, MemoryBudget budget, IndexReserve index) {
         this.disk = disk;
         this.index = index;
         this.file = file;
-        this.volume = volume;
-        this.db = db;
-        this.devices = new DeviceCatalog(catalog);
         this.budget = budget;
         this.checkpointer = new Checkpointer(budget, this::checkpoint, file);
     }
@@ -230,11 +259,24 @@ public final class JournalStore implements AutoCloseable {
      * Long.MAX_VALUE admits every size, for tests of the largest devices.
      */
     public static JournalStore open(Disk disk, Path file, long memoryLimit, long indexLimit) throws StoreException {
-        MemoryBudget budget = new MemoryBudget(memoryLimit);
-        IndexReserve index = new IndexReserve(indexLimit);
+        JournalStore store = new JournalStore(disk, file, new MemoryBudget(memoryLimit), new IndexReserve(indexLimit));
+        long replayed = store.attach();
+        store.checkpointer.start();
+        log.info("journal store opened file={} devices={} replayed={}", file, store.devices.size(), replayed);
+        return store;
+    }
+
+    /**
+     * Opens the store's files: finishes a commit a crash interrupted, opens MapDB and the blocks
+     * file, serves the devices of the catalog (those this store already serves, by name, keep
+     * their objects: see {@link DeviceCatalog#load}), replays the redo log and commits what it
+     * replayed. Returns the records replayed. Under reopenLock exclusive, if the store serves
+     * anything yet; on a failure every file it opened is closed again.
+     */
+    private long attach() throws StoreException {
         boolean exists;
-        AtomicVolume volume;
-        DB db;
+        AtomicVolume v;
+        DB d;
         try {
             if (disk.exists(file)) {
                 int pages = AtomicVolume.recover(disk, file); // a commit a crash interrupted, if any
@@ -250,83 +292,88 @@ public final class JournalStore implements AutoCloseable {
             } else {
                 checkNoLog(disk, file);
             }
-            volume = AtomicVolume.open(disk, file);
+            v = AtomicVolume.open(disk, file);
         } catch (IOException e) {
             throw new StoreException(StoreException.EIO, "cannot open journal store " + file + ": " + e.getMessage(), e);
         }
         try {
-            volume.holdSyncs(!exists); // MapDB commits while it creates its structures: one commit, below
-            db = DBMaker.volumeDB(volume, exists).make();
+            v.holdSyncs(!exists); // MapDB commits while it creates its structures: one commit, below
+            d = DBMaker.volumeDB(v, exists).make();
         } catch (RuntimeException e) {
-            volume.close();
+            v.close();
             throw new StoreException(StoreException.EIO, "cannot open journal store " + file + ": " + e.getMessage(), e);
         }
-        JournalStore store = null;
         try {
-            Atomic.String format = db.atomicString("vmfuse.format").createOrOpen();
+            Atomic.String format = d.atomicString("vmfuse.format").createOrOpen();
             if (!exists || !FORMAT.equals(format.get())) {
                 // format 2 becomes 3 in the commit below, before any block is in a slot: a vmfuse
                 // that reads only format 2 then refuses the store instead of taking slots for records
                 format.set(FORMAT);
             }
-            HTreeMap<String, long[]> catalog = db.hashMap("devices", Serializer.STRING, Serializer.LONG_ARRAY)
+            HTreeMap<String, long[]> catalog = d.hashMap("devices", Serializer.STRING, Serializer.LONG_ARRAY)
                     .createOrOpen();
-            Atomic.Long generation = db.atomicLong("vmfuse.generation").createOrOpen();
-            volume.holdSyncs(false);
-            db.commit();
-            store = new JournalStore(disk, file, volume, db, catalog, budget, index);
-            store.generation = generation;
-            store.committedGeneration = generation.get();
+            Atomic.Long gen = d.atomicLong("vmfuse.generation").createOrOpen();
+            v.holdSyncs(false);
+            d.commit();
+            volume = v;
+            db = d;
+            generation = gen;
+            committedGeneration = gen.get();
             Map<Long, JournalDevice> byRoot;
             try {
-                store.blockFile = BlockFile.open(disk, file);
-                volume.blocks(store.blockFile);
-                byRoot = store.devices.load(db.getStore(), store.blockFile, store.devicesView);
-                store.blockFile.opened(); // the slots no tree points to: cut off, punched
+                blockFile = BlockFile.open(disk, file);
+                v.blocks(blockFile);
+                byRoot = devices.load(catalog, d.getStore(), blockFile, devicesView);
+                blockFile.opened(); // the slots no tree points to: cut off, punched
             } catch (IOException e) {
                 throw new StoreException(StoreException.errno(e), "cannot open the blocks file of journal store " + file
                         + ": " + e.getMessage(), e);
             }
             long[] replayed = new long[1];
-            store.redo = RedoLog.open(disk, redoFile(file), generation.get(), preallocation(disk, file), (type, root, a, b, data) -> {
-                JournalDevice d = byRoot.get(root);
-                if (d != null) { // a device deleted since is never in a log: deletes checkpoint
-                    d.replay(type, a, b, data);
+            redo = RedoLog.open(disk, redoFile(file), gen.get(), preallocation(disk, file), (type, root, a, b, data) -> {
+                JournalDevice dev = byRoot.get(root);
+                if (dev != null) { // a device deleted since is never in a log: deletes checkpoint
+                    dev.replay(type, a, b, data);
                 }
             }, replayed);
             long reserved = 0;
-            for (JournalDevice d : byRoot.values()) { // their sizes as the log left them
-                reserved += IndexReserve.worstCase(d.size()) - IndexReserve.worstCase(0);
+            for (JournalDevice dev : byRoot.values()) { // their sizes as the log left them
+                reserved += IndexReserve.worstCase(dev.size()) - IndexReserve.worstCase(0);
             }
             index.opened(reserved);
-            store.commits = new GroupCommit(store.redo, file);
+            commits = new GroupCommit(redo, file);
+            attached = true;
             try {
-                long replayedInto = store.redo.generation();
-                store.checkpoint();
-                if (store.redo.generation() == replayedInto) {
+                long replayedInto = redo.generation();
+                touched = true;
+                checkpoint(false);
+                if (redo.generation() == replayedInto) {
                     // A crash in a checkpoint, after its rotation and before its commit: this one
                     // committed without rotating, and replay stopped at the first torn record of
                     // the newest segment, past which records of that generation may lie (written
                     // back before the cut, never flushed). Appended after the end, a record could
                     // end where one of them begins, and a later replay went on into it: a new
                     // generation first (a checkpoint with nothing to drain; found by a review).
-                    store.touched = true;
-                    store.checkpoint();
+                    touched = true;
+                    checkpoint(false);
                 }
-                store.redo.shrink();
+                redo.shrink();
             } catch (StoreException | RuntimeException e) {
-                store.commits.close(); // its forcer thread ends
-                store.redo.close();
+                attached = false;
+                commits.close(); // its forcer thread ends
+                redo.close();
                 throw e;
             }
-            store.checkpointer.start();
-            log.info("journal store opened file={} devices={} replayed={}", file, store.devices.size(), replayed[0]);
-            return store;
+            return replayed[0];
         } catch (StoreException | RuntimeException e) {
-            db.close();
-            if (store != null) {
-                store.closeBlockFile();
+            attached = false;
+            try {
+                d.close();
+            } catch (RuntimeException c) { // MapDB reads its header to close: on a failed disk, that fails too
+                e.addSuppressed(c);
+                v.close();
             }
+            closeBlockFile();
             if (e instanceof StoreException se) {
                 throw se;
             }
@@ -432,7 +479,7 @@ public final class JournalStore implements AutoCloseable {
         devices.put(d);
         touched = true;
         try {
-            checkpoint();
+            checkpoint(false);
         } catch (StoreException e) {
             // not in the store: it must not serve writes and flushes a crash would erase
             opLock.writeLock().lock();
@@ -507,7 +554,7 @@ public final class JournalStore implements AutoCloseable {
             opLock.writeLock().unlock();
         }
         try {
-            checkpoint();
+            checkpoint(false);
         } catch (StoreException e) {
             log.warn("journal device {} is deleted; its blocks are freed at the next checkpoint: {}", d.name(),
                     e.getMessage());
@@ -624,7 +671,7 @@ public final class JournalStore implements AutoCloseable {
         }
         long durable = volume.durableCommits();
         try {
-            checkpoint();
+            checkpoint(false);
         } catch (StoreException e) {
             if (volume.durableCommits() != durable) {
                 log.warn("journal store {}: a change stands though its checkpoint failed after committing it: {}", file,
@@ -710,9 +757,15 @@ public final class JournalStore implements AutoCloseable {
 
     /**
      * Moves every device's changes in memory into MapDB and commits it (CLOSE devices' changes
-     * included). Writers go on during it but for the rotation of the redo log.
+     * included). Writers go on during it but for the rotation of the redo log. On a broken store
+     * (see {@link #breakOff}) it opens the store again in place instead ({@link #reopen}), at
+     * most once a minute, so that the timer's checkpoints mend a store a passing read error broke.
      */
     public void checkpoint() throws StoreException {
+        checkpoint(true);
+    }
+
+    private void checkpoint(boolean mayReopen) throws StoreException {
         // An interrupt of the calling thread (a timer or a control request shut down at unmount)
         // must not reach the store's files: a FileChannel an interrupted thread uses is closed for
         // good (ClosedByInterruptException), and every later checkpoint, the one at close included,
@@ -721,7 +774,7 @@ public final class JournalStore implements AutoCloseable {
         boolean interrupted = Thread.interrupted();
         try {
             Parking.parked(() -> {
-                checkpointLocked();
+                checkpointLocked(mayReopen);
                 return null;
             }, () -> busy("checkpoint"));
         } finally {
@@ -731,7 +784,18 @@ public final class JournalStore implements AutoCloseable {
         }
     }
 
-    private synchronized void checkpointLocked() throws StoreException {
+    private synchronized void checkpointLocked(boolean mayReopen) throws StoreException {
+        if (mayReopen && !closed && (broken != null || attached && redo.refusing())
+                && System.nanoTime() - lastReopen >= autoReopenNanos) {
+            int lost = reopenLocked(broken != null ? "a checkpoint found it broken"
+                    : "a checkpoint found its redo log refusing");
+            if (lost > 0) { // not every change in memory is committed: those devices' are gone
+                throw new StoreException(StoreException.EIO, "journal store " + file + " was opened again in place: "
+                        + lost + " close-mode device(s) lost what was written since their last checkpoint (the log "
+                        + "names them)");
+            }
+            return; // the reopen committed
+        }
         try {
             checkOpen();
         } catch (StoreException e) { // writers waiting for memory fail now, not after their 120 s
@@ -795,6 +859,7 @@ public final class JournalStore implements AutoCloseable {
             generation.set(committing);
             db.commit();
             committedGeneration = committing;
+            devices.committed();
             redo.inactiveCommitted(); // the commit holds what the other segment logged
             budget.blockMemory().trim(KEEP_CHUNKS); // if no writer came meanwhile, memory is empty: give back what this interval did not use
             checkpointNanos.addAndGet(System.nanoTime() - start);
@@ -823,14 +888,181 @@ public final class JournalStore implements AutoCloseable {
      */
     private void breakOff(String what, RuntimeException e) {
         broken = new StoreException(StoreException.EIO, "journal store " + file + ": " + what + " failed part way ("
-                + e.getMessage() + "): it takes no more changes until it is opened again (what was flushed is in "
-                + "its redo log)", e);
+                + e.getMessage() + "): it takes no more changes until it is opened again (by its next checkpoint, "
+                + "or vmfuse journal reopen; what was flushed is in its redo log)", e);
         log.error("{}", broken.getMessage());
     }
 
     /** Whether the store takes no more changes until it is opened again (a change failed part way). */
-    boolean broken() {
+    public boolean broken() {
         return broken != null;
+    }
+
+    /** Why the store takes no more changes ({@link #broken}), or null. */
+    public String brokenReason() {
+        StoreException b = broken;
+        return b == null ? null : b.getMessage();
+    }
+
+    /** The least time between two reopens a checkpoint makes on its own (see {@link #checkpoint}). */
+    static final long AUTO_REOPEN_NANOS = 60_000_000_000L;
+    /** The least time between two reopens a checkpoint makes ({@link #AUTO_REOPEN_NANOS}; a test's may be shorter). */
+    private volatile long autoReopenNanos = AUTO_REOPEN_NANOS;
+    /** When the last reopen began (System.nanoTime). Guarded by this. */
+    private long lastReopen = System.nanoTime() - AUTO_REOPEN_NANOS;
+    private final AtomicLong reopens = new AtomicLong();
+
+    /**
+     * Opens the store's files again in place, as a new mount would, while its devices stay
+     * served: closes MapDB, the blocks file and the redo log without committing, opens them
+     * again (the last commit, and the redo log replayed over it), and commits. What a
+     * {@link #breakOff} lost in memory is gone; what the store had taken is not:
+     * <ul>
+     * <li>a device in flush mode keeps its object (every handle on it goes on) and reads as
+     *     before: each of its changes was appended to the redo log before it returned, and the
+     *     log is replayed from the files (forced or not, they are the same files);
+     * <li>a device in close mode that changed since the last commit had its changes only in
+     *     memory and in what the broken store had not committed: its object is lost (every
+     *     operation on it fails, EIO, saying so; the next open of its name gets the device as
+     *     its last checkpoint left it), so no guest goes on over contents that went back in time;
+     * <li>devices waiting on memory, or on the store, wait for the reopen (a {@link Parking}),
+     *     then go on.
+     * </ul>
+     * Before it closes anything it reads the files an open reads, and a store that is not broken
+     * first commits what memory holds (with no device changing meanwhile, so that nothing is
+     * lost): if that fails, the reopen is refused and the store goes on as it was. An open that
+     * fails after the files were closed (a commit the disk refuses) leaves them closed: every
+     * device operation fails (EIO) until a reopen succeeds. Returns how many close-mode devices
+     * lost their changes.
+     */
+    public int reopen() throws StoreException {
+        return Parking.parked(() -> reopenLocked("asked for"), () -> busy("reopen"));
+    }
+
+    private synchronized int reopenLocked(String why) throws StoreException {
+        if (closed) {
+            throw new StoreException(StoreException.EIO, "journal store " + file + " is closed");
+        }
+        lastReopen = System.nanoTime();
+        reopenLock.writeLock().lock(); // every device operation done, and none until the files are open
+        try {
+            StoreException was = broken;
+            if (was == null && attached) {
+                // a store that is not broken (a flush failed, say) first commits what memory holds,
+                // with no device changing meanwhile: then its close-mode devices lose nothing either
+                try {
+                    checkpointLocked(false);
+                } catch (StoreException e) {
+                    if (broken == null) { // the disk does not take a commit: an open, which commits, would fail too
+                        StoreException se = new StoreException(e.errno(), "journal store " + file + " cannot be "
+                                + "opened again yet: the checkpoint before it failed (" + e.getMessage()
+                                + "); it goes on as it is", e);
+                        log.error("{}", se.getMessage());
+                        throw se;
+                    }
+                }
+                was = broken;
+            }
+            try {
+                readable();
+            } catch (IOException e) {
+                StoreException se = new StoreException(StoreException.EIO, "journal store " + file + " cannot be "
+                        + "opened again yet (" + e.getMessage() + "); it goes on as it is"
+                        + (was != null ? ": " + was.getMessage() : ""), e);
+                log.error("{}", se.getMessage());
+                throw se;
+            }
+            log.warn("journal store {}: opening it again in place ({}{})", file, why,
+                    was != null ? "; it was broken: " + was.getMessage() : "");
+            detach();
+            broken = null;
+            List<String> lost = devices.lostChanges();
+            try {
+                long replayed = attach();
+                reopens.incrementAndGet();
+                log.warn("journal store {}: opened again in place: devices={} replayed={} close-mode devices that "
+                        + "lost what was written since their last checkpoint: {}", file, devices.size(), replayed,
+                        lost.isEmpty() ? "none" : String.join(", ", lost));
+                return lost.size();
+            } catch (StoreException | RuntimeException e) {
+                StoreException se = new StoreException(StoreException.EIO, "journal store " + file + " could not be "
+                        + "opened again (" + e.getMessage() + "): every journal device fails until a reopen succeeds "
+                        + "(vmfuse journal reopen, or the next checkpoint after " + AUTO_REOPEN_NANOS / 1_000_000_000L
+                        + " s, or a remount)", e);
+                broken = se;
+                budget.checkpointFailed(se);
+                log.error("{}", se.getMessage());
+                throw se;
+            }
+        } finally {
+            reopenLock.writeLock().unlock();
+        }
+    }
+
+    /**
+     * Reads the files an open reads, whole (the store file, its commit file, the redo log's
+     * segments; the blocks file is read block by block as devices are): before a reopen closes
+     * anything, so that a disk that still fails those reads leaves the store as it was, broken but
+     * serving what it can (flush-mode devices write and flush through the redo log until memory
+     * fills), instead of closed.
+     */
+    private void readable() throws IOException {
+        String blocks = BlockFile.blocksFile(file).getFileName().toString();
+        List<Path> files = new ArrayList<>();
+        try (var all = Files.list(file.getParent())) {
+            for (Path p : (Iterable<Path>) all::iterator) {
+                String f = p.getFileName().toString();
+                if (f.startsWith(file.getFileName().toString()) && !f.equals(blocks)) {
+                    files.add(p);
+                }
+            }
+        }
+        ByteBuffer chunk = ByteBuffer.allocate(1 << 20);
+        for (Path p : files) {
+            try (DiskFile f = disk.open(p, false)) {
+                for (long at = 0, n; ; at += n) {
+                    chunk.clear();
+                    n = f.read(chunk, at);
+                    if (n <= 0) {
+                        break;
+                    }
+                }
+            } catch (IOException e) {
+                throw new IOException("reading " + p.getFileName() + " failed: " + e.getMessage(), e);
+            }
+        }
+    }
+
+    /**
+     * Closes the store's files without committing (what MapDB holds uncommitted is dropped: the
+     * files keep the last commit, and the redo log what was appended). Under reopenLock exclusive.
+     */
+    private void detach() {
+        if (!attached) {
+            return;
+        }
+        attached = false;
+        syncsBefore.addAndGet(commits.syncs());
+        skippedBefore.addAndGet(commits.skipped());
+        commits.close();
+        redo.close();
+        volume.holdSyncs(true);
+        try {
+            db.close();
+        } catch (RuntimeException e) {
+            log.warn("journal store {}: closing MapDB: {}", file, e.getMessage());
+            volume.close();
+        }
+        closeBlockFile();
+    }
+
+    void autoReopenAfter(long nanos) {
+        autoReopenNanos = nanos;
+    }
+
+    /** Reopens since the store was opened (each a {@link #reopen}, asked for or made by a checkpoint). */
+    public long reopens() {
+        return reopens.get();
     }
 
     /**
@@ -904,12 +1136,12 @@ public final class JournalStore implements AutoCloseable {
 
     /** fdatasyncs of the redo log since the store was opened; each served every flush waiting. */
     public long syncs() {
-        return commits.syncs();
+        return syncsBefore.get() + commits.syncs();
     }
 
     /** Flushes of flush-mode devices that found nothing new to force since the last fdatasync. */
     public long flushesWithNothingToForce() {
-        return commits.skipped();
+        return skippedBefore.get() + commits.skipped();
     }
 
     private void checkOpen() throws StoreException {
@@ -929,7 +1161,7 @@ public final class JournalStore implements AutoCloseable {
             return;
         }
         try {
-            checkpoint();
+            checkpoint(false);
             redo.shrink();
         } catch (StoreException e) {
             throw new IOException("the last checkpoint of " + file + " failed (" + e.getMessage() + "): devices in "
@@ -938,19 +1170,22 @@ public final class JournalStore implements AutoCloseable {
         } finally {
             closed = true;
             budget.close();
-            commits.close(); // flushes waiting find the store closed
             checkpointer.stop();
-            redo.close();
-            if (broken != null) {
-                volume.holdSyncs(true); // whatever MapDB's close writes, nothing of a change left half made is committed
+            if (attached) { // not after a reopen that failed: that closed the files
+                attached = false;
+                commits.close(); // flushes waiting find the store closed
+                redo.close();
+                if (broken != null) {
+                    volume.holdSyncs(true); // whatever MapDB's close writes, nothing of a change left half made is committed
+                }
+                try {
+                    db.close(); // MapDB reads its header to close: on a failed disk, that fails too
+                } catch (RuntimeException e) {
+                    log.warn("journal store {}: closing MapDB: {}", file, e.getMessage());
+                    volume.close();
+                }
+                closeBlockFile(); // after MapDB, whose close may commit
             }
-            try {
-                db.close(); // MapDB reads its header to close: on a failed disk, that fails too
-            } catch (RuntimeException e) {
-                log.warn("journal store {}: closing MapDB: {}", file, e.getMessage());
-                volume.close();
-            }
-            closeBlockFile(); // after MapDB, whose close may commit
         }
         log.info("journal store closed file={}", file);
     }

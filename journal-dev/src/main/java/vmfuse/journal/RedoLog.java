@@ -524,7 +524,7 @@ final class RedoLog implements AutoCloseable {
             failure.addSuppressed(e);
             tailLost = new StoreException(StoreException.EIO, "redo log " + base + ": its last page cannot be read "
                     + "back (" + e.getMessage() + "); no change of a flush-mode device is taken until the store is "
-                    + "opened again (vmfuse umount, then mount)", e);
+                    + "opened again (by its next checkpoint, or vmfuse journal reopen)", e);
             log.error("redo log {}: its last page cannot be read back ({}); appends are refused until the store is "
                     + "opened again", base, e.getMessage());
         }
@@ -695,6 +695,11 @@ final class RedoLog implements AutoCloseable {
      * failed: a flush then has nothing to force. False after a failed one, whose error a flush
      * must report.
      */
+    /** Whether a force failed, or the tail page was lost: the log takes no more flushes, or no appends, until the store opens it again. */
+    synchronized boolean refusing() {
+        return broken != null || tailLost != null;
+    }
+
     synchronized boolean allDurable() {
         return broken == null && forcing == 0 && durable == appended;
     }
@@ -705,7 +710,8 @@ final class RedoLog implements AutoCloseable {
             if (broken == null) {
                 broken = new StoreException(StoreException.EIO, "an fdatasync of redo log " + base + " failed ("
                         + e.getMessage() + "): records appended before it may not be on disk, so no flush of a "
-                        + "flush-mode device succeeds until the store is opened again (vmfuse umount, then mount)", e);
+                        + "flush-mode device succeeds until the store is opened again (by its next checkpoint, or "
+                        + "vmfuse journal reopen)", e);
                 log.error("redo log {}: fdatasync failed ({}); every flush fails from now on, until the store is "
                         + "opened again", base, e.getMessage());
             }

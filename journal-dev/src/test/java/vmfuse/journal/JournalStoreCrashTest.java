@@ -230,8 +230,15 @@ class JournalStoreCrashTest {
                     }
                 }
                 case CHECKPOINT -> {
-                    store.checkpoint();
-                    committed();
+                    long reopens = store.reopens();
+                    try {
+                        store.checkpoint();
+                        committed();
+                    } finally {
+                        if (store.reopens() != reopens) { // broken, it was opened again in place: as a mount would
+                            checkAndResync("an in-place reopen");
+                        }
+                    }
                 }
                 case CREATE -> {
                     if (d != null) {

@@ -17,7 +17,8 @@ import vmfuse.fs.control.Request;
 
 @Command(name = "journal", mixinStandardHelpOptions = true,
         description = "Journal devices: sparse block devices under MOUNTPOINT/journals, for ext4 external journals.",
-        subcommands = {JournalCommand.Create.class, JournalCommand.ListDevices.class, JournalCommand.Checkpoint.class})
+        subcommands = {JournalCommand.Create.class, JournalCommand.ListDevices.class, JournalCommand.Checkpoint.class,
+            JournalCommand.Reopen.class})
 final class JournalCommand {
 
     @Command(name = "create", mixinStandardHelpOptions = true,
@@ -58,6 +59,41 @@ final class JournalCommand {
         public Integer call() throws Exception {
             try (TerminalProgress progress = new TerminalProgress()) {
                 checkpoint(mountPoint, progress);
+            }
+            return 0;
+        }
+    }
+
+    @Command(name = "reopen", mixinStandardHelpOptions = true,
+            description = {"Open the journal store's files again in place, as a remount would, while images and "
+                + "journal devices stay mounted and their VMs run.",
+                "For a store a disk error broke: a read of its index failed part way through a change, and it "
+                + "takes no commits ('vmfuse journal list' says why); or an fdatasync of its redo log failed, and "
+                + "every flush fails since. The daemon does it on its own too, at its next checkpoint, at most once "
+                + "a minute.",
+                "A device in flush mode loses nothing, and its open handles go on. A device in close mode written "
+                + "since its last checkpoint loses those writes: its open handles fail (EIO) from then on, and the "
+                + "next open gets it as that checkpoint left it. On a store that is not broken, a checkpoint "
+                + "commits everything first, and nothing is lost."},
+            footer = {"", "Exit status: 0 once the store is open again; 1 if not: refused while the store's files "
+                + "still fail reads or the disk refuses its commit (the store goes on as it was), or failed after "
+                + "it closed them (every journal device fails until a reopen succeeds, or a remount)."})
+    static final class Reopen implements Callable<Integer> {
+        @Parameters(index = "0", paramLabel = "MOUNTPOINT")
+        Path mountPoint;
+
+        @Spec
+        CommandSpec spec;
+
+        @Override
+        public Integer call() throws Exception {
+            for (Answer a : DaemonClient.request(mountPoint, new Request.JournalReopen())) {
+                if (a instanceof Answer.JournalReopened r) {
+                    spec.commandLine().getOut().println("journal store opened again in place" + (r.lostDevices() == 0
+                            ? "; no device lost anything"
+                            : "; " + r.lostDevices() + " close-mode device(s) lost what was written since their last "
+                                    + "checkpoint (their open handles fail until opened again; the daemon's log names them)"));
+                }
             }
             return 0;
         }
@@ -112,12 +148,14 @@ final class JournalCommand {
             List<String[]> rows = new ArrayList<>();
             rows.add(new String[] {"NAME", "SIZE", "STORED", "MEMORY", "DURABILITY", "LAST FLUSH"});
             String footer = null;
+            String broken = null;
             for (Answer a : DaemonClient.request(mountPoint, new Request.Journals())) {
                 if (a instanceof Answer.JournalStore s) {
                     footer = String.format("blocks in memory: %.1f MiB of %.1f MiB (--journal-memory; %.1f MiB allocated "
                             + "outside the heap); store on disk: %.1f MiB; %d checkpoints since mount",
                             mib(s.memoryHeld()), mib(s.memoryLimit()), mib(s.memoryAllocated()), mib(s.bytesOnDisk()),
-                            s.checkpoints());
+                            s.checkpoints()) + (s.reopens() > 0 ? "; opened again in place " + s.reopens() + " time(s)" : "");
+                    broken = s.broken();
                 } else if (a instanceof Answer.Journal j) {
                     rows.add(new String[] {TsvField.escape(j.name()), "" + j.size(), "" + j.stored(), "" + j.memory(),
                         j.durability(), j.lastFlush() == 0 ? "never" : Instant.ofEpochMilli(j.lastFlush()).toString()});
@@ -126,6 +164,9 @@ final class JournalCommand {
             TextTable.print(spec.commandLine().getOut(), rows, true, false, false, false, true, true);
             if (footer != null) {
                 spec.commandLine().getOut().println(footer);
+            }
+            if (broken != null) {
+                spec.commandLine().getOut().println("BROKEN: " + broken + " (vmfuse journal reopen " + mountPoint + ")");
             }
             return 0;
         }

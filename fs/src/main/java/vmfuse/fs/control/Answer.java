@@ -89,12 +89,22 @@ public sealed interface Answer {
         }
     }
 
-    /** The journal store: blocks held in memory and its bound, bytes on disk, checkpoints, memory allocated. */
-    record JournalStore(long memoryHeld, long memoryLimit, long bytesOnDisk, long checkpoints, long memoryAllocated)
-            implements Answer {
+    /**
+     * The journal store: blocks held in memory and its bound, bytes on disk, checkpoints, memory
+     * allocated, times it was opened again in place, and why it takes no commits (null: it does).
+     */
+    record JournalStore(long memoryHeld, long memoryLimit, long bytesOnDisk, long checkpoints, long memoryAllocated,
+            long reopens, String broken) implements Answer {
         public List<String> fields() {
             return List.of("journal-store", "" + memoryHeld, "" + memoryLimit, "" + bytesOnDisk, "" + checkpoints,
-                    "" + memoryAllocated);
+                    "" + memoryAllocated, "" + reopens, broken == null ? "-" : TsvField.escape(broken));
+        }
+    }
+
+    /** A reopen of the journal store: close-mode devices that lost their changes since their last checkpoint. */
+    record JournalReopened(long lostDevices) implements Answer {
+        public List<String> fields() {
+            return List.of("journal-reopened", "" + lostDevices);
         }
     }
 
@@ -196,7 +206,9 @@ public sealed interface Answer {
                         Double.parseDouble(f[12]), num(f[13]), num(f[14]));
                 case "vm-failed" -> new VmFailed(name(f, 1, 4), TsvField.unescape(f[2]), TsvField.unescape(f[3]));
                 case "journal" -> new Journal(name(f, 1, 7), num(f[2]), num(f[3]), num(f[4]), f[5], num(f[6]));
-                case "journal-store" -> new JournalStore(num(f[1]), num(f[2]), num(f[3]), num(f[4]), num(f[5]));
+                case "journal-store" -> new JournalStore(num(f[1]), num(f[2]), num(f[3]), num(f[4]), num(f[5]),
+                        f.length > 7 ? num(f[6]) : 0, f.length > 7 && !f[7].equals("-") ? TsvField.unescape(f[7]) : null);
+                case "journal-reopened" -> new JournalReopened(num(f[1]));
                 case "reclaimed" -> new Reclaimed(num(f[1]), num(f[2]), num(f[3]), num(f[4]));
                 case "export" -> {
                     if (f.length < 8) {

@@ -18,6 +18,7 @@ import vmfuse.fs.nativeio.Native;
  *   journals                                        journal devices and the journal store
  *   journal-create NAME SIZE DURABILITY             ok
  *   journal-checkpoint                              journal-store (after it)
+ *   journal-reopen                                  journal-reopened, journal-store (after it)
  *   vm-add NAME IMAGE AGENT-SOCKET QMP|- [ACCESS]   ok    (ACCESS: USER or USER:GROUP)
  *   vm-remove NAME                                  ok
  *   vm-reclaim NAME                                 reclaimed
@@ -59,6 +60,13 @@ public sealed interface Request {
     record JournalCheckpoint() implements Request {
         public List<String> fields() {
             return List.of("journal-checkpoint");
+        }
+    }
+
+    /** Open the journal store's files again in place (after a failure broke it). */
+    record JournalReopen() implements Request {
+        public List<String> fields() {
+            return List.of("journal-reopen");
         }
     }
 
@@ -140,6 +148,10 @@ public sealed interface Request {
             case "journal-checkpoint" -> {
                 arity(f[0], a, 0, 0, "");
                 yield new JournalCheckpoint();
+            }
+            case "journal-reopen" -> {
+                arity(f[0], a, 0, 0, "");
+                yield new JournalReopen();
             }
             case "journal-create" -> {
                 arity(f[0], a, 3, 3, "NAME SIZE DURABILITY");

@@ -81,6 +81,10 @@ final class ControlHandler {
                 fs.checkpointJournals();
                 return List.of(journalStore());
             }
+            if (request instanceof Request.JournalReopen) {
+                int lost = journals.reopen();
+                return List.of(new Answer.JournalReopened(lost), journalStore());
+            }
             if (request instanceof Request.JournalCreate r) {
                 journalCreate(r);
                 return List.of(new Answer.Ok());
@@ -174,7 +178,7 @@ final class ControlHandler {
 
     private Answer.JournalStore journalStore() {
         return new Answer.JournalStore(journals.memoryHeld(), journals.memoryLimit(), journals.bytesOnDisk(),
-                journals.checkpoints(), journals.memoryAllocated());
+                journals.checkpoints(), journals.memoryAllocated(), journals.reopens(), journals.brokenReason());
     }
 
     private List<Answer> status() throws FsException, IOException {

@@ -53,7 +53,7 @@ import vmfuse.reclaimer.VmReclaimer;
  *   vmfuse_journal_{size,stored,memory}_bytes{device}, vmfuse_journal_flush_seconds{device} (histogram)
  *   vmfuse_journal_store_memory_{held,limit,allocated}_bytes, vmfuse_journal_store_disk_bytes,
  *   vmfuse_journal_checkpoint_seconds (count and sum), vmfuse_journal_log_syncs_total,
- *   vmfuse_journal_flushes_unforced_total
+ *   vmfuse_journal_flushes_unforced_total, vmfuse_journal_store_broken, vmfuse_journal_store_reopens_total
  *   vmfuse_reclaim_{notices,refused}_total{vm}, vmfuse_reclaim_pending_bytes{vm},
  *   vmfuse_reclaim_{punched,freed}_bytes_total{vm}, vmfuse_reclaim_skipped_bytes_total{vm,reason},
  *   vmfuse_vm_failed{vm}                                    1 per VM registered that could not start
@@ -213,6 +213,11 @@ public final class Metrics implements MultiCollector {
         out.add(counter("vmfuse_journal_flushes_unforced", "Flushes of flush-mode devices that found the redo log "
                 + "on disk already (nothing appended since the last fdatasync) and forced nothing.",
                 List.of(count(j.flushesWithNothingToForce(), Labels.EMPTY))));
+        out.add(gauge("vmfuse_journal_store_broken", "1 while the journal store takes no commits (a change of its "
+                + "index failed part way; the daemon's log says why) until it is opened again in place.",
+                List.of(point(j.broken() ? 1 : 0, Labels.EMPTY))));
+        out.add(counter("vmfuse_journal_store_reopens", "Times the journal store was opened again in place (vmfuse "
+                + "journal reopen, or a checkpoint that found it broken).", List.of(count(j.reopens(), Labels.EMPTY))));
     }
 
     private void reclaimer(List<MetricSnapshot> out) {

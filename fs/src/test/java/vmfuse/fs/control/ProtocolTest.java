@@ -17,6 +17,7 @@ class ProtocolTest {
     @Test
     void everyRequestSurvivesTheWire() throws Exception {
         for (Request r : List.of(new Request.Status(), new Request.Journals(), new Request.JournalCheckpoint(),
+                new Request.JournalReopen(),
                 new Request.JournalCreate("j1", "64M", "close"),
                 new Request.VmAdd("vm1", "vm1.raw", "/run/vm1.agent", null, null),
                 new Request.VmAdd("vm2", "vm2.qcow2", "/run/vm2.agent", "/run/vm2.qmp", "libvirt-qemu:kvm"),
@@ -69,7 +70,9 @@ class ProtocolTest {
                 new Answer.VmFailed("vm9", "vm9.raw", "no image vm9.raw in /store/images"),
                 new Answer.Vm("vm1", "vm1.raw", "/run/vm1.agent", 3, 1, 4096, 65536, 65536, 512, 0, 0, 0.25, 0, 8192),
                 new Answer.Journal("j\\1", 64 << 20, 4096, 4096, "flush", 1_700_000_000_000L),
-                new Answer.JournalStore(1, 2, 3, 4, 5),
+                new Answer.JournalStore(1, 2, 3, 4, 5, 0, null),
+                new Answer.JournalStore(1, 2, 3, 4, 5, 2, "journal store /s\tx: broken"),
+                new Answer.JournalReopened(1),
                 new Answer.Reclaimed(1, 2, 3, 4),
                 new Answer.Export("t\t1", 107, null, 2, 500, 0, List.of("images/a\tb.raw", "journals/j1")),
                 new Answer.Export("t2", -1, "tenant\t2", 1, 0, 0, List.of("images/t2.raw")),

@@ -89,8 +89,11 @@ class MetricsTest {
         assertEquals(0, r.exit(), r.out() + r.err());
         assertEquals("", r.out().trim() + r.err().trim(), "no lint problems");
         String text = Files.readString(scraped);
+        assertTrue(text.contains("\nvmfuse_journal_store_broken 0.0\n") || text.contains("\nvmfuse_journal_store_broken 0\n"),
+                "a healthy store:\n" + text);
         for (String family : new String[] {"vmfuse_store_free_bytes", "vmfuse_released_bytes_total",
-                "vmfuse_journal_store_memory_limit_bytes", "vmfuse_journal_checkpoint_seconds", "jvm_memory_used_bytes"}) {
+                "vmfuse_journal_store_memory_limit_bytes", "vmfuse_journal_checkpoint_seconds", "jvm_memory_used_bytes",
+                "vmfuse_journal_store_broken", "vmfuse_journal_store_reopens_total"}) {
             assertTrue(text.contains("# TYPE " + family + " "), family + " in:\n" + text);
         }
     }

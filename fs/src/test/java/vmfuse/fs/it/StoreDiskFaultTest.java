@@ -62,6 +62,110 @@ class StoreDiskFaultTest {
     }
 
     /**
+     * After a failed flush every later flush of the journal store fails (the kernel reported the
+     * write error once), until the store is opened again: `vmfuse journal reopen` does it in
+     * place, with the mount, its images and an open handle on the journal device going on, where
+     * before it took an unmount, which stops every VM of the mount. The handle's writer sees its
+     * flushes fail while the disk fails, then succeed on the same descriptor; every write whose
+     * flush returned is there after a remount.
+     */
+    @Test
+    void afterAFailedFlushJournalReopenMakesFlushesWorkAgainWithoutARemount() throws Exception {
+        failedFlushThenReopen(true);
+    }
+
+    /** As above, with no command: the daemon's checkpoint timer finds the redo log refusing and opens the store again. */
+    @Test
+    void afterAFailedFlushTheDaemonOpensTheJournalStoreAgainOnItsOwn() throws Exception {
+        failedFlushThenReopen(false);
+    }
+
+    private void failedFlushThenReopen(boolean byOperator) throws Exception {
+        try (Mounted m = Mounted.prepare(); NbdDisk disk = NbdDisk.create(m.store, "256M")) {
+            if (byOperator) {
+                m.mountWithProperty("vmfuse.test.checkpointSeconds=3600"); // no timer's checkpoint reopens it first
+            } else {
+                m.mount();
+            }
+            m.vmfuse("journal", "create", "--size", "16M", "j", m.mnt.toString()).assertOk();
+            Path j = m.mnt.resolve("journals/j");
+            assertTrue(writeAndSync(j, 0, (int) MiB, 1), "a flush on a healthy disk");
+            Path stop = m.root.resolve("stop-writer");
+            // one descriptor for the whole test: block 256 + i gets byte i % 251 + 1, then fdatasync
+            String writer = String.join("\n",
+                    "import os, sys, time",
+                    "fd = os.open(sys.argv[1], os.O_WRONLY)",
+                    "i = 0",
+                    "while not os.path.exists(sys.argv[2]) and i < 4000:",
+                    "    os.pwrite(fd, bytes([i % 251 + 1]) * 4096, (256 + i) * 4096)",
+                    "    try:",
+                    "        os.fdatasync(fd)",
+                    "        print(i, 'ok', flush=True)",
+                    "    except OSError as e:",
+                    "        print(i, 'error', e.errno, flush=True)",
+                    "    i += 1",
+                    "    time.sleep(0.02)");
+            String out;
+            try (Proc.Background w = Proc.start("timeout", "180", "python3", "-c", writer, j.toString(), stop.toString())) {
+                Poll.until(() -> w.output().contains(" ok"), () -> "the writer's first flush: " + w.output());
+                disk.failing(true);
+                Poll.until(() -> w.output().contains(" error"), () -> "a flush while the disk fails: " + w.output());
+                disk.failing(false);
+                int okBefore = count(w.output(), " ok");
+                m.awaitLog("fdatasync failed");
+                if (byOperator) {
+                    Thread.sleep(300);
+                    assertEquals(okBefore, count(w.output(), " ok"), "flushes after a failed one keep failing: "
+                            + w.output());
+                    Proc.Result reopen = m.vmfuse("journal", "reopen", m.mnt.toString());
+                    reopen.assertOk();
+                    assertTrue(reopen.out().contains("opened again in place; no device lost anything"),
+                            reopen.describe());
+                } else {
+                    // a tick of the timer (every 5 s) while the disk failed refuses the reopen, and the next
+                    // is a minute later
+                    Poll.until(() -> m.log().contains("a checkpoint found its redo log refusing"),
+                            () -> "the daemon reopens the store: " + m.log(), 90);
+                }
+                Poll.until(() -> count(w.output(), " ok") > okBefore + 5,
+                        () -> "the same descriptor's flushes succeed again: " + w.output(), 90);
+                assertTrue(writeAndSync(j, 2 * MiB, (int) MiB, 3), "a new open's flush");
+                Proc.Result list = m.vmfuse("journal", "list", m.mnt.toString());
+                assertTrue(list.out().contains("opened again in place 1 time(s)"), list.describe());
+                Files.createFile(stop);
+                assertTrue(w.process.waitFor(30, java.util.concurrent.TimeUnit.SECONDS), "the writer ends");
+                out = w.output();
+            }
+            m.umount(); // its final sync reports the write error the store's filesystem met: not asserted
+            m.mount();
+            assertTrue(holds(j, 0, (int) MiB, 1), "flushed before the disk failed");
+            assertTrue(holds(j, 2 * MiB, (int) MiB, 3), "flushed after the reopen");
+            StringBuilder flushed = new StringBuilder();
+            for (String line : out.split("\n")) {
+                if (line.endsWith(" ok")) {
+                    flushed.append(line, 0, line.indexOf(' ')).append(' ');
+                }
+            }
+            Proc.Result check = Proc.run("python3", "-c", String.join("\n",
+                    "import os, sys",
+                    "fd = os.open(sys.argv[1], os.O_RDONLY)",
+                    "bad = [i for i in map(int, sys.argv[2].split()) if os.pread(fd, 4096, (256 + i) * 4096) "
+                            + "!= bytes([i % 251 + 1]) * 4096]",
+                    "print('missing', bad) if bad else print('all there')"), j.toString(), flushed.toString());
+            assertEquals("all there", check.out().trim(), "every write whose flush returned: " + check.describe());
+            m.umount().assertOk();
+        }
+    }
+
+    private static int count(String s, String what) {
+        int n = 0;
+        for (int at = s.indexOf(what); at >= 0; at = s.indexOf(what, at + 1)) {
+            n++;
+        }
+        return n;
+    }
+
+    /**
      * A read that meets a disk error part way (its first 64 KiB in the host's page cache, the rest
      * on a disk failing every I/O) fails with EIO, through FUSE and through the NBD door, or ends
      * short of the error through FUSE: never zeros in place of what the disk could not give, with
