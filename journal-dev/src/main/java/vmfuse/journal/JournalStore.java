@@ -358,14 +358,14 @@ public final class JournalStore implements AutoCloseable {
                     checkpoint(false);
                 }
                 redo.shrink();
-            } catch (StoreException | RuntimeException e) {
+            } catch (StoreException | RuntimeException | Error e) {
                 attached = false;
                 commits.close(); // its forcer thread ends
                 redo.close();
                 throw e;
             }
             return replayed[0];
-        } catch (StoreException | RuntimeException e) {
+        } catch (StoreException | RuntimeException | Error e) {
             attached = false;
             try {
                 d.close();
@@ -376,6 +376,9 @@ public final class JournalStore implements AutoCloseable {
             closeBlockFile();
             if (e instanceof StoreException se) {
                 throw se;
+            }
+            if (e instanceof Error err) {
+                throw err;
             }
             throw new StoreException(StoreException.EIO, "cannot read journal store " + file + ": " + e.getMessage(), e);
         }
@@ -498,12 +501,32 @@ public final class JournalStore implements AutoCloseable {
         return d;
     }
 
+    /**
+     * The device served under {@code name}, or null. While the store is opened again in place, the
+     * lookup waits for it (a {@link Parking}; refused, it answers without waiting): a device lost
+     * by the reopen is not handed out under a name its successor is about to take.
+     */
     public JournalDevice device(String name) {
-        return devices.get(name);
+        boolean locked = Parking.lock(reopenLock.readLock());
+        try {
+            return devices.get(name);
+        } finally {
+            if (locked) {
+                reopenLock.readLock().unlock();
+            }
+        }
     }
 
+    /** The devices served (as {@link #device}, waiting out a reopen). */
     public List<JournalDevice> list() {
-        return new ArrayList<>(devices.all());
+        boolean locked = Parking.lock(reopenLock.readLock());
+        try {
+            return new ArrayList<>(devices.all());
+        } finally {
+            if (locked) {
+                reopenLock.readLock().unlock();
+            }
+        }
     }
 
     /**
@@ -936,67 +959,97 @@ public final class JournalStore implements AutoCloseable {
      * lost their changes.
      */
     public int reopen() throws StoreException {
-        return Parking.parked(() -> reopenLocked("asked for"), () -> busy("reopen"));
+        boolean interrupted = Thread.interrupted(); // as in checkpoint(): an interrupt would close the files for good
+        try {
+            return Parking.parked(() -> reopenLocked("asked for"), () -> busy("reopen"));
+        } finally {
+            if (interrupted) {
+                Thread.currentThread().interrupt();
+            }
+        }
     }
+
+    /** Close-mode devices lost by reopens since the last one that succeeded (one that failed lost them too). Guarded by this. */
+    private final List<String> lostSinceReopen = new ArrayList<>();
 
     private synchronized int reopenLocked(String why) throws StoreException {
         if (closed) {
             throw new StoreException(StoreException.EIO, "journal store " + file + " is closed");
         }
         lastReopen = System.nanoTime();
+        // First what may take long, with every device going on: the files read whole, and a store
+        // that is not broken checkpointed (a failed fdatasync, say). If either fails, the reopen is
+        // refused and nothing is closed.
+        StoreException was = broken;
+        try {
+            readable();
+        } catch (IOException e) {
+            throw refused("(" + e.getMessage() + ")", was, null, e);
+        }
+        if (was == null && attached) {
+            try {
+                checkpointLocked(false);
+            } catch (StoreException e) {
+                if (broken == null) { // the disk does not take a commit: an open, which commits, would fail too
+                    throw refused("(the checkpoint before it failed: " + e.getMessage() + ")", null, e.errno(), e);
+                }
+            }
+            was = broken;
+        }
         reopenLock.writeLock().lock(); // every device operation done, and none until the files are open
         try {
-            StoreException was = broken;
             if (was == null && attached) {
-                // a store that is not broken (a flush failed, say) first commits what memory holds,
-                // with no device changing meanwhile: then its close-mode devices lose nothing either
                 try {
-                    checkpointLocked(false);
+                    checkpointLocked(false); // what came since the one above, with no device changing: all committed
                 } catch (StoreException e) {
-                    if (broken == null) { // the disk does not take a commit: an open, which commits, would fail too
-                        StoreException se = new StoreException(e.errno(), "journal store " + file + " cannot be "
-                                + "opened again yet: the checkpoint before it failed (" + e.getMessage()
-                                + "); it goes on as it is", e);
-                        log.error("{}", se.getMessage());
-                        throw se;
+                    if (broken == null) {
+                        throw refused("(the checkpoint before it failed: " + e.getMessage() + ")", null, e.errno(), e);
                     }
                 }
                 was = broken;
-            }
-            try {
-                readable();
-            } catch (IOException e) {
-                StoreException se = new StoreException(StoreException.EIO, "journal store " + file + " cannot be "
-                        + "opened again yet (" + e.getMessage() + "); it goes on as it is"
-                        + (was != null ? ": " + was.getMessage() : ""), e);
-                log.error("{}", se.getMessage());
-                throw se;
             }
             log.warn("journal store {}: opening it again in place ({}{})", file, why,
                     was != null ? "; it was broken: " + was.getMessage() : "");
             detach();
             broken = null;
-            List<String> lost = devices.lostChanges();
+            lostSinceReopen.addAll(devices.lostChanges());
             try {
                 long replayed = attach();
                 reopens.incrementAndGet();
+                int lost = lostSinceReopen.size();
                 log.warn("journal store {}: opened again in place: devices={} replayed={} close-mode devices that "
                         + "lost what was written since their last checkpoint: {}", file, devices.size(), replayed,
-                        lost.isEmpty() ? "none" : String.join(", ", lost));
-                return lost.size();
-            } catch (StoreException | RuntimeException e) {
+                        lost == 0 ? "none" : String.join(", ", lostSinceReopen));
+                lostSinceReopen.clear();
+                return lost;
+            } catch (StoreException | RuntimeException | Error e) {
                 StoreException se = new StoreException(StoreException.EIO, "journal store " + file + " could not be "
                         + "opened again (" + e.getMessage() + "): every journal device fails until a reopen succeeds "
                         + "(vmfuse journal reopen, or the next checkpoint after " + AUTO_REOPEN_NANOS / 1_000_000_000L
-                        + " s, or a remount)", e);
+                        + " s, or a remount)" + (lostSinceReopen.isEmpty() ? ""
+                        : "; close-mode devices that lost what was written since their last checkpoint: "
+                                + String.join(", ", lostSinceReopen)), e);
                 broken = se;
                 budget.checkpointFailed(se);
                 log.error("{}", se.getMessage());
+                if (e instanceof Error err) {
+                    throw err;
+                }
                 throw se;
             }
         } finally {
             reopenLock.writeLock().unlock();
         }
+    }
+
+    /** A reopen refused before it closed anything: the store goes on as it was; writers waiting for memory are told. */
+    private StoreException refused(String why, StoreException was, Integer errno, Exception cause) {
+        StoreException se = new StoreException(errno != null ? errno : StoreException.EIO, "journal store " + file
+                + " cannot be opened again yet " + why + "; it goes on as it is" + (was != null ? ": "
+                + was.getMessage() : ""), cause);
+        budget.checkpointFailed(se);
+        log.error("{}", se.getMessage());
+        return se;
     }
 
     /**
@@ -1136,12 +1189,12 @@ public final class JournalStore implements AutoCloseable {
 
     /** fdatasyncs of the redo log since the store was opened; each served every flush waiting. */
     public long syncs() {
-        return syncsBefore.get() + commits.syncs();
+        return syncsBefore.get() + (attached ? commits.syncs() : 0);
     }
 
     /** Flushes of flush-mode devices that found nothing new to force since the last fdatasync. */
     public long flushesWithNothingToForce() {
-        return skippedBefore.get() + commits.skipped();
+        return skippedBefore.get() + (attached ? commits.skipped() : 0);
     }
 
     private void checkOpen() throws StoreException {
