@@ -254,6 +254,31 @@ public final class JournalStore implements AutoCloseable {
     }
 
     /**
+     * As {@link #open(Disk, Path, long)}, but a store that cannot be opened (refused as corrupt,
+     * of another format, its redo log refused, its disk failing) is returned all the same,
+     * broken and serving no device, with the reason ({@link #brokenReason}): every device
+     * operation and change fails with EIO until a {@link #reopen} succeeds (the checkpoint timer
+     * tries once a minute). The daemon mounts so, and the images of the mount are served whatever
+     * the journal store's state. Throws only for a memory limit it refuses.
+     */
+    public static JournalStore openOrBroken(Disk disk, Path file, long memoryLimit) throws StoreException {
+        JournalStore store = new JournalStore(disk, file, new MemoryBudget(memoryLimit),
+                new IndexReserve(IndexReserve.defaultLimit()));
+        try {
+            long replayed = store.attach();
+            log.info("journal store opened file={} devices={} replayed={}", file, store.devices.size(), replayed);
+        } catch (StoreException e) {
+            store.broken = new StoreException(StoreException.EIO, "journal store " + file + " cannot be opened ("
+                    + e.getMessage() + "): no journal device is served until it is (vmfuse journal reopen once it is "
+                    + "mended; the daemon tries every " + AUTO_REOPEN_NANOS / 1_000_000_000L + " s)", e);
+            store.lastReopen = System.nanoTime();
+            log.error("{}", store.broken.getMessage());
+        }
+        store.checkpointer.start();
+        return store;
+    }
+
+    /**
      * As {@link #open(Disk, Path, long)}, the devices' index reserving at most {@code indexLimit}
      * bytes of heap ({@link IndexReserve}; the others open with a quarter of the JVM's heap).
      * Long.MAX_VALUE admits every size, for tests of the largest devices.
@@ -745,7 +770,9 @@ public final class JournalStore implements AutoCloseable {
      * the blocks file's slots in use (its free slots are punched).
      */
     public long bytesOnDisk() {
-        long n = redo.bytesOnDisk() + blockFile.slotsUsed() * BlockFile.BLOCK;
+        RedoLog r = redo;
+        BlockFile b = blockFile;
+        long n = (r == null ? 0 : r.bytesOnDisk()) + (b == null ? 0 : b.slotsUsed() * BlockFile.BLOCK); // null: never opened
         String blocks = BlockFile.blocksFile(file).getFileName().toString();
         try (var files = Files.list(file.getParent())) {
             for (Path p : (Iterable<Path>) files::iterator) {
@@ -766,7 +793,8 @@ public final class JournalStore implements AutoCloseable {
      * the blocks in memory are at the bound (see {@link MemoryBudget#admit}).
      */
     void admit() throws StoreException {
-        if (redo.position() > SEGMENT_LIMIT) {
+        RedoLog r = redo; // null only in a store that never opened, which serves no device
+        if (r != null && r.position() > SEGMENT_LIMIT) {
             budget.requestCheckpoint();
         }
         budget.admit();
@@ -1214,8 +1242,10 @@ public final class JournalStore implements AutoCloseable {
             return;
         }
         try {
-            checkpoint(false);
-            redo.shrink();
+            if (attached) { // else nothing is in memory: the store never opened, or a reopen failed (and said what it lost)
+                checkpoint(false);
+                redo.shrink();
+            }
         } catch (StoreException e) {
             throw new IOException("the last checkpoint of " + file + " failed (" + e.getMessage() + "): devices in "
                     + "flush mode are in the redo log and come back at the next mount; devices in close mode lose "

@@ -161,9 +161,11 @@ public final class Daemon {
         options.addAll(userOptions);
 
         ReleaseLedger ledger = ReleaseLedger.load(store.disk(), store.ledger());
+        // a journal store that cannot be opened is served broken, with no device: the images are
+        // served whatever its state (JournalStore#openOrBroken)
         JournalStore journals;
         try {
-            journals = JournalStore.open(store.disk(), store.journals(), o.journalMemory());
+            journals = JournalStore.openOrBroken(store.disk(), store.journals(), o.journalMemory());
         } catch (StoreException e) {
             throw new FsException(e.errno(), e.getMessage());
         }
@@ -465,11 +467,21 @@ public final class Daemon {
         });
     }
 
+    /** The timer's last checkpoint failure, logged once however many ticks meet it again. Timer thread only. */
+    private static String lastCheckpointFailure;
+
     private static void checkpoint(VmFuseFs fs) {
         try {
             fs.checkpointJournals();
+            if (lastCheckpointFailure != null) {
+                log.info("journal checkpoint succeeded again");
+                lastCheckpointFailure = null;
+            }
         } catch (FsException e) {
-            log.error("journal checkpoint failed: {}", e.getMessage());
+            if (!e.getMessage().equals(lastCheckpointFailure)) { // a broken store fails every tick the same way
+                log.error("journal checkpoint failed: {}", e.getMessage());
+            }
+            lastCheckpointFailure = e.getMessage();
         }
     }
 

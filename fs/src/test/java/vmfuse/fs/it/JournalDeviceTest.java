@@ -122,6 +122,47 @@ class JournalDeviceTest {
     }
 
     /**
+     * A journal store that cannot be opened (its file corrupt) no longer fails the mount, which
+     * stopped every VM's image with it: the images are served, the journal devices are not (the
+     * reason under `vmfuse journal list`), and once the file is mended `vmfuse journal reopen`
+     * serves them, with what was flushed.
+     */
+    @Test
+    void aJournalStoreThatCannotBeOpenedLeavesTheImagesServedUntilItIsMended() throws Exception {
+        try (Mounted m = Mounted.create()) {
+            Path j = m.mnt.resolve("journals/j");
+            Proc.ok("truncate", "-s", "16M", j.toString());
+            String sum = writeAndSync(j, MiB, 300_000, 5);
+            Path img = m.image("a.raw");
+            Proc.ok("truncate", "-s", "16M", img.toString());
+            String imgSum = writeAndSync(img, 0, 300_000, 6);
+            m.umount().assertOk();
+            Path file = m.store.resolve("journals.db");
+            Path copy = m.root.resolve("journals.db.copy");
+            Files.copy(file, copy);
+            byte[] bad = Files.readAllBytes(file);
+            java.util.Arrays.fill(bad, 0, 4096, (byte) 0x5a);
+            Files.write(file, bad);
+
+            m.mount();
+            m.awaitLog("cannot be opened");
+            assertEquals(imgSum, Disk.readSha(img, 0, 300_000), "the image is served");
+            writeAndSync(img, MiB, 4096, 7);
+            assertFalse(Files.exists(j), "no journal device is served");
+            Proc.Result list = m.vmfuse("journal", "list", m.mnt.toString());
+            assertTrue(list.out().contains("BROKEN: journal store " + file + " cannot be opened"), list.describe());
+            assertEquals(1, m.vmfuse("journal", "reopen", m.mnt.toString()).exit(), "still corrupt");
+
+            Files.copy(copy, file, java.nio.file.StandardCopyOption.REPLACE_EXISTING);
+            Proc.Result reopen = m.vmfuse("journal", "reopen", m.mnt.toString());
+            reopen.assertOk();
+            assertEquals(sum, Disk.readSha(j, MiB, 300_000), "flushed before the store broke");
+            writeAndSync(j, 2 * MiB, 4096, 8);
+            m.umount().assertOk();
+        }
+    }
+
+    /**
      * The store's disk fills while a guest writes its journal: the writer gets ENOSPC, what was
      * flushed before reads back, and once space is freed writes go on and a restart keeps it all.
      */
