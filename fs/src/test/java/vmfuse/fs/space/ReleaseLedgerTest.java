@@ -96,6 +96,22 @@ class ReleaseLedgerTest {
         assertEquals(new ReleaseLedger.Count(4096, 1), ReleaseLedger.load(file).total());
     }
 
+    /** A read of the ledger that fails once (a transient EIO) is tried again: the counts are kept, nothing is set aside. */
+    @Test
+    void aReadThatFailsOnceKeepsTheCounts() throws Exception {
+        Path file = dir.resolve("releases.tsv");
+        ReleaseLedger l = ReleaseLedger.load(file);
+        l.record("a.raw", 0, 8192, 8192, ReleaseLedger.Reason.PUNCH_HOLE);
+        l.save(true);
+        vmfuse.durable.FaultyDisk disk = new vmfuse.durable.FaultyDisk(vmfuse.durable.RealDisk.of(null),
+                dir.resolve("graveyard"), 1);
+        disk.failRead(disk.reads() + 1);
+        ReleaseLedger again = ReleaseLedger.load(disk, file);
+        assertEquals(1, disk.failures(), "the first read failed");
+        assertEquals(new ReleaseLedger.Count(8192, 1), again.total());
+        assertFalse(Files.exists(dir.resolve("releases.tsv.unreadable")));
+    }
+
     /**
      * Format 1 counted images by their bare name (no image was in a folder then) and devices as
      * journals/NAME; read now, images are under images/ and an image in a folder named journals
