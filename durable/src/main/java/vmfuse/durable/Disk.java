@@ -48,6 +48,24 @@ public interface Disk {
     /** The whole file (it is small: a length or registry record, a commit file). */
     byte[] readAll(Path file) throws IOException;
 
+    /**
+     * As {@link #readAll(Path)}, tried up to {@code tries} times: a read error may pass (a path
+     * that came back), and a registry read at mount should not fail the mount, or set its counts
+     * aside, for one. {@code retrying} hears of each failure tried again.
+     */
+    default byte[] readAll(Path file, int tries, java.util.function.Consumer<IOException> retrying) throws IOException {
+        for (int t = 1; ; t++) {
+            try {
+                return readAll(file);
+            } catch (IOException e) {
+                if (t >= tries) {
+                    throw e;
+                }
+                retrying.accept(e);
+            }
+        }
+    }
+
     /** Renames {@code from} over {@code to}, atomically (rename(2)); durable after a sync of the directory. */
     void rename(Path from, Path to) throws IOException;
 

@@ -1,5 +1,7 @@
 package vmfuse.fs;
 
+import java.util.List;
+
 /**
  * A name as one field of a tab-separated line: the form names take in the store's own files
  * (releases.tsv) and on the control socket. A POSIX file name may hold any byte but '/' and NUL,
@@ -9,6 +11,15 @@ package vmfuse.fs;
  */
 public final class TsvField {
     private TsvField() {}
+
+    /** The lines of a file of such lines (UTF-8, each ended by a newline); none for an empty file. */
+    public static List<String> lines(byte[] file) {
+        String s = new String(file, java.nio.charset.StandardCharsets.UTF_8);
+        return s.isEmpty() ? List.of() : List.of(s.split("\n"));
+    }
+
+    /** Reads of a store file at mount (vms.tsv, exports.tsv, releases.tsv) before its error counts: a read error may pass. */
+    public static final int READ_TRIES = 3;
 
     /** Whether {@code s} holds a tab, newline or carriage return: as it is, it would split a field or a line. */
     public static boolean splits(String s) {

@@ -18,6 +18,7 @@ import org.slf4j.LoggerFactory;
 
 import vmfuse.fs.FsException;
 import vmfuse.fs.Node;
+import vmfuse.fs.TsvField;
 import vmfuse.fs.control.Answer;
 import vmfuse.fs.images.ImagesDir;
 import vmfuse.fs.mount.VmFuseFs;
@@ -89,8 +90,9 @@ public final class VmRegistry implements AutoCloseable {
         FileStore disk = Files.getFileStore(store.images());
         VmRegistry v = new VmRegistry(store, mnt, backing, fs, new ThresholdPolicy(disk.getUsableSpace(), disk.getTotalSpace()),
                 limits, scheduler);
-        if (Files.exists(store.vms())) {
-            for (String line : Files.readAllLines(store.vms(), StandardCharsets.UTF_8)) {
+        if (store.disk().exists(store.vms())) {
+            for (String line : TsvField.lines(store.disk().readAll(store.vms(), TsvField.READ_TRIES,
+                    e -> log.warn("cannot read {} ({}); trying again", store.vms(), e.getMessage())))) {
                 String[] f = line.split("\t");
                 if (f.length < 3 || f.length > 5) {
                     log.error("vms.tsv: ignoring malformed line '{}' (kept in the file)", line);

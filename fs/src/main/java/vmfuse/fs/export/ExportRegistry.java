@@ -5,7 +5,6 @@ import static vmfuse.fs.nativeio.Native.*;
 import java.io.IOException;
 import java.nio.charset.StandardCharsets;
 import java.nio.file.FileSystems;
-import java.nio.file.Files;
 import java.nio.file.Path;
 import java.nio.file.attribute.UserPrincipal;
 import java.util.ArrayList;
@@ -67,10 +66,11 @@ public final class ExportRegistry {
     /** The exports of {@code file} (none if it does not exist), their controls set in {@code scheduler}. */
     public static ExportRegistry load(Disk disk, Path file, Scheduler scheduler) throws IOException {
         ExportRegistry r = new ExportRegistry(disk, file, scheduler);
-        if (!Files.exists(file)) {
+        if (!disk.exists(file)) {
             return r;
         }
-        for (String line : Files.readAllLines(file, StandardCharsets.UTF_8)) {
+        for (String line : TsvField.lines(disk.readAll(file, TsvField.READ_TRIES,
+                e -> log.warn("cannot read {} ({}); trying again", file, e.getMessage())))) {
             String[] f = line.split("\t", -1);
             try {
                 if (f.length < 7) {

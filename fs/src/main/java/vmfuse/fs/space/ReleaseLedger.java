@@ -35,8 +35,8 @@ import vmfuse.fs.TsvField;
  * and, durably, at unmount. A crash can lose the counts of the last seconds; never data. A
  * ledger a crash left unreadable (a save that was not forced) is set aside as
  * releases.tsv.unreadable and the counts start again at zero: counts never keep a store from
- * mounting. A read that fails (EIO) is tried again first, up to READ_TRIES times: a passing
- * error costs no count.
+ * mounting. A read that fails (EIO) is tried again first, up to TsvField.READ_TRIES times: a
+ * passing error costs no count.
  */
 public final class ReleaseLedger {
     private static final Logger log = LoggerFactory.getLogger(ReleaseLedger.class);
@@ -130,22 +130,10 @@ public final class ReleaseLedger {
         }
     }
 
-    /** Reads of the ledger tried before it is taken for unreadable: a read error may pass (a path that came back). */
-    static final int READ_TRIES = 3;
-
     private static ReleaseLedger read(ReleaseLedger ledger, Path file) throws FsException {
         try {
-            byte[] bytes = null;
-            for (int tries = 1; bytes == null; tries++) {
-                try {
-                    bytes = ledger.disk.readAll(file);
-                } catch (IOException e) {
-                    if (tries == READ_TRIES) {
-                        throw e;
-                    }
-                    log.warn("cannot read release ledger {} ({}); trying again", file, e.getMessage());
-                }
-            }
+            byte[] bytes = ledger.disk.readAll(file, TsvField.READ_TRIES,
+                    e -> log.warn("cannot read release ledger {} ({}); trying again", file, e.getMessage()));
             List<String> lines = List.of(new String(bytes, StandardCharsets.UTF_8).split("\n"));
             int version = 1;
             for (String line : lines) {
