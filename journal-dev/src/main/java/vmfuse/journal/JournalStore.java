@@ -7,6 +7,7 @@ import java.nio.file.Path;
 import java.util.ArrayList;
 import java.util.List;
 import java.util.Map;
+import java.util.concurrent.TimeUnit;
 import java.util.concurrent.atomic.AtomicLong;
 import java.util.concurrent.locks.ReentrantReadWriteLock;
 import java.util.function.UnaryOperator;
@@ -773,12 +774,10 @@ public final class JournalStore implements AutoCloseable {
         RedoLog r = redo;
         BlockFile b = blockFile;
         long n = (r == null ? 0 : r.bytesOnDisk()) + (b == null ? 0 : b.slotsUsed() * BlockFile.BLOCK); // null: never opened
-        String blocks = BlockFile.blocksFile(file).getFileName().toString();
-        try (var files = Files.list(file.getParent())) {
-            for (Path p : (Iterable<Path>) files::iterator) {
-                String f = p.getFileName().toString();
-                if (f.startsWith(file.getFileName().toString()) && !f.startsWith(redoFile(file).getFileName().toString())
-                        && !f.equals(blocks)) {
+        String redoName = redoFile(file).getFileName().toString();
+        try {
+            for (Path p : storeFiles()) {
+                if (!p.getFileName().toString().startsWith(redoName)) { // the segments' in-use bytes are counted above
                     n += Files.size(p);
                 }
             }
@@ -786,6 +785,25 @@ public final class JournalStore implements AutoCloseable {
             log.warn("cannot list {}: {}", file.getParent(), e.getMessage());
         }
         return n;
+    }
+
+    /**
+     * The files an open reads whole: the store file, its commit file and the redo log's segments
+     * (every file named after the store file), the blocks file left out (it is read block by block).
+     */
+    private List<Path> storeFiles() throws IOException {
+        String name = file.getFileName().toString();
+        String blocks = BlockFile.blocksFile(file).getFileName().toString();
+        List<Path> files = new ArrayList<>();
+        try (var all = Files.list(file.getParent())) {
+            for (Path p : (Iterable<Path>) all::iterator) {
+                String f = p.getFileName().toString();
+                if (f.startsWith(name) && !f.equals(blocks)) {
+                    files.add(p);
+                }
+            }
+        }
+        return files;
     }
 
     /**
@@ -959,6 +977,9 @@ public final class JournalStore implements AutoCloseable {
     static final long AUTO_REOPEN_NANOS = 60_000_000_000L;
     /** The least time between two reopens a checkpoint makes ({@link #AUTO_REOPEN_NANOS}; a test's may be shorter). */
     private volatile long autoReopenNanos = AUTO_REOPEN_NANOS;
+    /** The longest a reopen waits for device operations in flight before it is refused. */
+    static final long REOPEN_WAIT_NANOS = 10_000_000_000L;
+    private volatile long reopenWaitNanos = REOPEN_WAIT_NANOS;
     /** When the last reopen began (System.nanoTime). Guarded by this. */
     private long lastReopen = System.nanoTime() - AUTO_REOPEN_NANOS;
     private final AtomicLong reopens = new AtomicLong();
@@ -1024,7 +1045,18 @@ public final class JournalStore implements AutoCloseable {
             }
             was = broken;
         }
-        reopenLock.writeLock().lock(); // every device operation done, and none until the files are open
+        // Every device operation done, and none until the files are open. An operation that does not
+        // end (an fdatasync on a hung disk) refuses the reopen rather than hold the store's monitor,
+        // and the thread that asked (the timer, a control request), without a bound.
+        try {
+            if (!reopenLock.writeLock().tryLock(reopenWaitNanos, TimeUnit.NANOSECONDS)) {
+                throw refused("(a journal device operation did not end within "
+                        + TimeUnit.NANOSECONDS.toMillis(reopenWaitNanos) + " ms: the disk may hang)", was, null, null);
+            }
+        } catch (InterruptedException e) {
+            Thread.currentThread().interrupt();
+            throw refused("(interrupted while it waited for the devices' operations)", was, null, e);
+        }
         try {
             if (was == null && attached) {
                 try {
@@ -1088,18 +1120,8 @@ public final class JournalStore implements AutoCloseable {
      * fills), instead of closed.
      */
     private void readable() throws IOException {
-        String blocks = BlockFile.blocksFile(file).getFileName().toString();
-        List<Path> files = new ArrayList<>();
-        try (var all = Files.list(file.getParent())) {
-            for (Path p : (Iterable<Path>) all::iterator) {
-                String f = p.getFileName().toString();
-                if (f.startsWith(file.getFileName().toString()) && !f.equals(blocks)) {
-                    files.add(p);
-                }
-            }
-        }
         ByteBuffer chunk = ByteBuffer.allocate(1 << 20);
-        for (Path p : files) {
+        for (Path p : storeFiles()) {
             try (DiskFile f = disk.open(p, false)) {
                 for (long at = 0, n; ; at += n) {
                     chunk.clear();
@@ -1135,6 +1157,11 @@ public final class JournalStore implements AutoCloseable {
             volume.close();
         }
         closeBlockFile();
+    }
+
+    /** How long a reopen waits for the device operations in flight to end ({@link #REOPEN_WAIT_NANOS}; a test's may be shorter). */
+    void reopenWait(long nanos) {
+        reopenWaitNanos = nanos;
     }
 
     void autoReopenAfter(long nanos) {

@@ -38,11 +38,21 @@ class JournalStoreFaultTest {
     Path dir;
 
     private Path file() {
+        return file(dir);
+    }
+
+    /** The store file of a test's store under {@code dir}. */
+    static Path file(Path dir) {
         return dir.resolve("store").resolve("journals.db");
     }
 
     private FaultyDisk disk(long seed) throws IOException {
-        Files.createDirectories(file().getParent());
+        return disk(dir, seed);
+    }
+
+    /** A disk of 64 MiB free over {@code dir}, faults drawn from {@code seed}, with the store's folder made. */
+    static FaultyDisk disk(Path dir, long seed) throws IOException {
+        Files.createDirectories(file(dir).getParent());
         FaultyDisk d = new FaultyDisk(RealDisk.of(null), dir.resolve("graveyard"), seed);
         d.setUsableSpace(64L << 20); // redo segments of 4 MiB, room for every checkpoint
         return d;

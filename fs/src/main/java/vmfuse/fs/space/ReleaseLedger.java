@@ -134,7 +134,10 @@ public final class ReleaseLedger {
         try {
             byte[] bytes = ledger.disk.readAll(file, TsvField.READ_TRIES,
                     e -> log.warn("cannot read release ledger {} ({}); trying again", file, e.getMessage()));
-            List<String> lines = List.of(new String(bytes, StandardCharsets.UTF_8).split("\n"));
+            List<String> lines = TsvField.lines(bytes);
+            if (lines.isEmpty()) { // written whole by a rename, never empty: a file truncated by something else
+                throw new FsException(EIO, "corrupt release ledger " + file + ": empty");
+            }
             int version = 1;
             for (String line : lines) {
                 String[] f = line.split("\t");
