@@ -138,6 +138,11 @@ final class BlockMemory {
         chunk(slot).put(at(slot, in), src, off, n);
     }
 
+    /** {@code n} bytes of {@code src} from its index {@code off} (its position not used or moved). */
+    void put(int slot, int in, ByteBuffer src, int off, int n) {
+        chunk(slot).put(at(slot, in), src, off, n);
+    }
+
     void get(int slot, int in, byte[] dst, int off, int n) {
         chunk(slot).get(at(slot, in), dst, off, n);
     }

@@ -475,6 +475,12 @@ final class RedoLog implements AutoCloseable {
      * a WRITE of more than MAX_DATA bytes as several.
      */
     synchronized void append(byte type, long root, long a, long b, byte[] data, int off, int len) throws StoreException {
+        append(type, root, a, b, data == null ? null : ByteBuffer.wrap(data), off, len);
+    }
+
+    /** As above, the data {@code len} bytes of {@code data} from its index {@code off} (its position is not used or moved). */
+    synchronized void append(byte type, long root, long a, long b, ByteBuffer data, int off, int len)
+            throws StoreException {
         if (tailLost != null) {
             throw tailLost;
         }
@@ -549,7 +555,7 @@ final class RedoLog implements AutoCloseable {
         }
     }
 
-    private void appendOne(byte type, long root, long a, long b, byte[] data, int off, int len) throws StoreException {
+    private void appendOne(byte type, long root, long a, long b, ByteBuffer data, int off, int len) throws StoreException {
         if (len > MAX_DATA) {
             throw new IllegalArgumentException("a record of " + len + " bytes of data; at most " + MAX_DATA);
         }
@@ -563,7 +569,7 @@ final class RedoLog implements AutoCloseable {
         t.clear().position(head + RECORD_HEADER);
         t.putLong(generation).putLong(salt).putLong(forcedThrough).put(type).putLong(root).putLong(a).putLong(b);
         if (len > 0) {
-            t.put(data, off, len);
+            t.put(t.position(), data, off, len).position(t.position() + len);
         }
         int end = t.position();
         CRC32C crc = new CRC32C();

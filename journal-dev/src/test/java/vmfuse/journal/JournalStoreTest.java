@@ -9,6 +9,7 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import java.io.BufferedReader;
 import java.io.InputStreamReader;
+import java.nio.ByteBuffer;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.security.MessageDigest;
@@ -72,6 +73,48 @@ class JournalStoreTest {
      * gets checkpoints, and memory stays within the bound. A review found one range of heap per
      * punch, with no bound and no checkpoint.
      */
+    /**
+     * A write from a direct buffer (what FUSE and the NBD door hand over) at an index of its own,
+     * the buffer's position elsewhere: what lands is that range, in memory, in the redo log (a
+     * flush-mode device's writes come back from it after a crash, with no checkpoint) and after a
+     * checkpoint; the buffer's position is not moved.
+     */
+    @Test
+    void aWriteFromADirectBufferLandsAsFromAnArray() throws Exception {
+        Path file = dir.resolve("d.db");
+        byte[] a = random(300_000, 5);
+        ByteBuffer direct = ByteBuffer.allocateDirect(a.length + 1000);
+        direct.put(700, a).position(13);
+        vmfuse.durable.FaultyDisk disk = new vmfuse.durable.FaultyDisk(RealDisk.of(null), dir.resolve("graveyard"), 7);
+        JournalStore s = JournalStore.open(disk, file, JournalStore.DEFAULT_MEMORY);
+        {
+            JournalDevice f = s.create("f", 8L * MiB, Durability.FLUSH);
+            JournalDevice c = s.create("c", 8L * MiB, Durability.CLOSE);
+            f.write(4095, direct, 700, a.length); // starts and ends within blocks
+            c.write(4095, direct, 700, a.length);
+            assertEquals(13, direct.position());
+            assertArrayEquals(a, read(f, 4095, a.length));
+            assertArrayEquals(a, read(c, 4095, a.length));
+            f.flush();
+            s.checkpoint();
+            f.write(1L << 20, direct, 700 + 5, 5000); // logged after the checkpoint: replayed below
+            f.flush();
+            assertArrayEquals(java.util.Arrays.copyOfRange(a, 5, 5005), read(f, 1L << 20, 5000));
+            disk.powerCut(); // nothing more reaches the disk: what comes back is what was forced
+            try {
+                s.close();
+            } catch (java.io.IOException e) {
+                // its last checkpoint fails: the disk is gone
+            }
+        }
+        try (JournalStore again = JournalStore.open(disk.afterCut(), file, JournalStore.DEFAULT_MEMORY)) {
+            assertArrayEquals(a, read(again.device("f"), 4095, a.length));
+            assertArrayEquals(java.util.Arrays.copyOfRange(a, 5, 5005), read(again.device("f"), 1L << 20, 5000),
+                    "replayed from the redo log");
+            assertArrayEquals(a, read(again.device("c"), 4095, a.length), "committed by the checkpoint");
+        }
+    }
+
     @Test
     void punchesAreHeldWithinTheMemoryBound() throws Exception {
         long limit = 4L << 20;

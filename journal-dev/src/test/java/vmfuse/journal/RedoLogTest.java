@@ -61,9 +61,9 @@ class RedoLogTest {
     void recordsReplayInOrderAcrossSegmentsFromTheCommittedGeneration() throws Exception {
         try (RedoLog log = fresh(7)) {
             log.append(RedoLog.WRITE, 11, 4096, 0, "abc".getBytes(), 0, 3);
-            log.append(RedoLog.ZERO, 11, 0, 512, null, 0, 0);
+            log.append(RedoLog.ZERO, 11, 0, 512, (byte[]) null, 0, 0);
             log.rotate(8); // a checkpoint began; it did not commit
-            log.append(RedoLog.SIZE, 12, 1 << 20, 0, null, 0, 0);
+            log.append(RedoLog.SIZE, 12, 1 << 20, 0, (byte[]) null, 0, 0);
             log.force();
         }
         assertEquals(List.of("1:11:4096:0:abc", "2:11:0:512:", "3:12:1048576:0:"), replay(7));

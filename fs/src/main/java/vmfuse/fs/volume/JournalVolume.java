@@ -6,6 +6,8 @@ import static vmfuse.fs.nativeio.Native.EINVAL;
 import java.util.ArrayList;
 import java.util.List;
 
+import com.kenai.jffi.MemoryIO;
+
 import jnr.ffi.Pointer;
 import vmfuse.fs.FsException;
 import vmfuse.fs.nativeio.StructStat;
@@ -85,9 +87,16 @@ public final class JournalVolume implements Volume {
     @Override
     public int write(Pointer buf, long size, long offset) throws FsException {
         Volume.checkRange(offset, size);
-        byte[] b = buffer(size);
-        buf.get(0, b, 0, (int) size);
         try {
+            if (buf.isDirect() && buf.address() != 0 && size <= Integer.MAX_VALUE - 8) {
+                // FUSE's request buffer and the NBD door's are native memory: the device copies from
+                // them once, through a view of them that does not outlive this call
+                device.write(offset, MemoryIO.getInstance().newDirectByteBuffer(buf.address(), (int) size), 0,
+                        (int) size);
+                return (int) size;
+            }
+            byte[] b = buffer(size);
+            buf.get(0, b, 0, (int) size);
             device.write(offset, b, 0, (int) size);
             return (int) size;
         } catch (StoreException e) {
