@@ -29,15 +29,21 @@ public final class RealDisk implements Disk {
         return new File(file, ch);
     }
 
-    /** O_DIRECT: the pages go from the caller's buffer to the disk, not through the page cache. */
+    /**
+     * O_DIRECT: the pages go from the caller's buffer to the disk, not through the page cache.
+     * Where the filesystem refuses O_DIRECT at open (tmpfs), the plain handle; where it refuses
+     * O_DIRECT's writes, the plain handle from the first it refused ({@link PageWrites}).
+     */
     @Override
     public DiskFile openForPageWrites(Path file) throws IOException {
+        DiskFile direct;
         try {
-            return new File(file, FileChannel.open(file, StandardOpenOption.WRITE,
+            direct = new File(file, FileChannel.open(file, StandardOpenOption.WRITE,
                     com.sun.nio.file.ExtendedOpenOption.DIRECT));
         } catch (IOException | UnsupportedOperationException e) {
             return open(file, false);
         }
+        return new PageWrites(direct, () -> open(file, false));
     }
 
     @Override

@@ -1042,19 +1042,7 @@ public final class AtomicVolume extends Volume {
             if (pageHandle == null) {
                 pageHandle = disk.openForPageWrites(file);
             }
-            try {
-                writePages(batch(pageHandle), fresh);
-            } catch (IOException e) {
-                if (pageHandle == main || !"Invalid argument".equals(e.getMessage())) {
-                    throw e;
-                }
-                // a filesystem that took O_DIRECT at open but not its writes (EINVAL: a block size
-                // above 4 KiB): these pages, and every later sync's, go through the page cache
-                DiskFile refused = pageHandle;
-                pageHandle = main;
-                refused.close();
-                writePages(batch(main), fresh);
-            }
+            writePages(batch(pageHandle), fresh); // through the page cache where O_DIRECT is refused
             main.force(false);
         } catch (IOException | RuntimeException e) {
             takeBack(); // not known to be on disk: the next sync writes the writer's pages again too
@@ -1188,7 +1176,7 @@ public final class AtomicVolume extends Volume {
             }
             try {
                 try {
-                    if (pageHandle != null && pageHandle != main) {
+                    if (pageHandle != null) {
                         pageHandle.close();
                     }
                 } finally {

@@ -58,7 +58,7 @@ final class BlockFile implements AutoCloseable {
     private final Disk disk;
     private final Path path;
     private final DiskFile file;
-    /** Where writes go: O_DIRECT on a real disk, else the file itself; made at the first write. */
+    /** Where writes go: O_DIRECT on a real disk (Disk#openForPageWrites); made at the first write. */
     private DiskFile pages; // guarded by this
     /** Slots a tree points to, or that a commit not yet durable may point to. Guarded by this. */
     private final BitSet used = new BitSet();
@@ -250,20 +250,7 @@ final class BlockFile implements AutoCloseable {
         if (pages == null) {
             pages = disk.openForPageWrites(path);
         }
-        try {
-            pages.writeFully(src, pos);
-        } catch (IOException e) {
-            if (pages == file || !"Invalid argument".equals(e.getMessage())) {
-                throw e;
-            }
-            // a filesystem that took O_DIRECT at open but not its writes (a block size above 4
-            // KiB): through the page cache from now on
-            DiskFile refused = pages;
-            pages = file;
-            refused.close();
-            src.rewind();
-            file.writeFully(src, pos);
-        }
+        pages.writeFully(src, pos); // through the page cache where O_DIRECT is refused (Disk#openForPageWrites)
     }
 
     /**
@@ -356,7 +343,7 @@ final class BlockFile implements AutoCloseable {
     @Override
     public synchronized void close() throws IOException {
         try {
-            if (pages != null && pages != file) {
+            if (pages != null) {
                 pages.close();
             }
         } finally {
