@@ -17,7 +17,7 @@ import java.util.Arrays;
  *
  * A slot is an int: chunk (slot >>> 8), byte offset (slot & 255) << 12 in it. Chunks are
  * allocated as slots run out and kept while any slot is taken; a checkpoint that empties memory
- * lets go of those not needed since the one before (trim). What this holds is at most the memory
+ * lets go of those no interval needed for a minute or more (trim). What this holds is at most the memory
  * bound plus what writers admitted just under it wrote. Thread-safe: slots are taken and given
  * back under this monitor; a slot's bytes are read and written by whoever holds it, with absolute
  * gets and puts that never touch a buffer's position, under the owning device's monitor.
@@ -34,7 +34,24 @@ final class BlockMemory {
     private int freeCount; // guarded by this
     private int taken; // guarded by this
     private int peak; // the most slots taken at once since the last trim; guarded by this
+    /** How long chunks stay after the last interval that needed them (see {@link #trim}). */
+    static final long IDLE_NANOS = 60_000_000_000L;
+    private final java.util.function.LongSupplier clock;
+    /** The most chunks an interval needed in the window that began at {@code windowStart}, and in the one before. Guarded by this. */
+    private int windowNeed;
+    private int lastWindowNeed;
+    private long windowStart;
     private long failedAt; // System.nanoTime() of the last failure to allocate a chunk, 0 if none; guarded by this
+
+    BlockMemory() {
+        this(System::nanoTime);
+    }
+
+    /** Block memory whose trims tell time by {@code clock} (nanoseconds; a test's own). */
+    BlockMemory(java.util.function.LongSupplier clock) {
+        this.clock = clock;
+        this.windowStart = clock.getAsLong();
+    }
 
     /**
      * A slot whose contents are undefined until written. ENOMEM if the JVM's direct memory (as
@@ -91,19 +108,31 @@ final class BlockMemory {
     }
 
     /**
-     * Lets go of the chunks writers did not need since the last trim (beyond the first {@code
-     * keep} and beyond the most slots taken at once since then), if no slot is taken (a checkpoint
-     * just emptied memory). A stream of writes keeps the chunks it fills between checkpoints:
-     * a chunk allocated anew costs more than the writes into it (ByteBuffer.allocateDirect, 1 MiB:
-     * 0.5 ms, 2.9 ms once the JVM's direct memory is near its cap and it collects to find room;
-     * copying 1 MiB of blocks in: 0.15 ms), and a close-mode device taking 512 MiB of sequential
-     * writes into memory that every checkpoint had given back took 380-500 us per 128 KiB write
-     * against 30 us into memory kept. A burst's memory goes back at the first checkpoint after an
-     * interval that did not use it.
+     * Lets go of the chunks no interval between two trims (checkpoints) needed for a minute or
+     * more ({@link #IDLE_NANOS}: the most slots taken at once in the current window of that
+     * length and in the one before), beyond the first {@code keep}, if no slot is taken (a
+     * checkpoint just emptied memory). A stream of writes, or bursts that come back within the
+     * minute, keep the chunks they fill: a chunk allocated anew costs more than the writes into
+     * it (ByteBuffer.allocateDirect, 1 MiB: 0.5 ms, 2.9 ms once the JVM's direct memory is near
+     * its cap and it collects to find room; its first touch, on a VM whose host backs memory on
+     * first touch, about 2.8 ms; copying 1 MiB of blocks in: 0.15 ms). A close-mode device taking
+     * 512 MiB of sequential writes into memory that every checkpoint had given back took 380-500
+     * us per 128 KiB write against 30 us into memory kept; given back at the first checkpoint
+     * that found memory unused (the timer's, within 5 s of a burst, or an operator's), the next
+     * burst paid it again. A store whose devices went quiet gives the memory back within two
+     * minutes.
      */
     synchronized void trim(int keep) {
-        int needed = Math.max(keep, (peak + SLOTS_PER_CHUNK - 1) >>> CHUNK_SHIFT);
+        int used = (peak + SLOTS_PER_CHUNK - 1) >>> CHUNK_SHIFT;
         peak = taken;
+        long now = clock.getAsLong();
+        if (now - windowStart >= IDLE_NANOS) {
+            lastWindowNeed = now - windowStart >= 2 * IDLE_NANOS ? 0 : windowNeed; // a window with no trim needed nothing
+            windowNeed = 0;
+            windowStart = now;
+        }
+        windowNeed = Math.max(windowNeed, used);
+        int needed = Math.max(keep, Math.max(windowNeed, lastWindowNeed));
         ByteBuffer[] c = chunks;
         if (taken != 0 || c.length <= needed) {
             return;

@@ -877,7 +877,7 @@ public final class JournalStore implements AutoCloseable {
             opLock.writeLock().lock();
             try {
                 if (!touched && committedGeneration == redo.generation()) {
-                    budget.blockMemory().trim(KEEP_CHUNKS); // an idle store gives back what its last interval did not use
+                    budget.blockMemory().trim(KEEP_CHUNKS); // an idle store gives back what no interval used for a minute
                     return; // nothing changed since the last commit: no rotation, no commit, no disk write
                 }
                 // Rotate only if the inactive segment is obsolete: the file on disk holds the active
@@ -930,7 +930,7 @@ public final class JournalStore implements AutoCloseable {
             committedGeneration = committing;
             devices.committed();
             redo.inactiveCommitted(); // the commit holds what the other segment logged
-            budget.blockMemory().trim(KEEP_CHUNKS); // if no writer came meanwhile, memory is empty: give back what this interval did not use
+            budget.blockMemory().trim(KEEP_CHUNKS); // if no writer came meanwhile, memory is empty: give back what no interval used for a minute
             checkpointNanos.addAndGet(System.nanoTime() - start);
             checkpoints.incrementAndGet();
             budget.checkpointSucceeded();
