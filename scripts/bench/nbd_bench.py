@@ -47,7 +47,10 @@ def fio(target, rw, bs, depth, extra=()):
     """(MiB/s, IOPS, p99 ms) of one fio job on a file (psync or io_uring) or an NBD URI."""
     _, kind, where = target
     args = ["fio", "--output-format=json", "--name=job", f"--rw={rw}", f"--bs={bs}", f"--iodepth={depth}",
-            f"--size={SIZE}", "--numjobs=1", "--percentile_list=99", "--time_based", f"--runtime={RUNTIME}"]
+            f"--size={SIZE}", "--numjobs=1", "--percentile_list=99", "--time_based", f"--runtime={RUNTIME}",
+            # the first second not counted, for every target alike: a fresh daemon's first requests
+            # of a kind run before the JIT has compiled their path
+            "--ramp_time=1"]
     if kind == "nbd":
         args += ["--ioengine=nbd", f"--uri={where}"]
     else:
@@ -144,6 +147,7 @@ def measure(rows, targets):
                     drop_caches()
                 mib, iops, p99 = run(t)
                 runs.setdefault((name, t[0]), []).append((mib if unit == "MiB/s" else iops, p99))
+                print(f"    {name} {t[0]}: {runs[(name, t[0])][-1][0]:.1f} {unit}", file=sys.stderr, flush=True)
         print(f"  {name} done", file=sys.stderr, flush=True)
     return {k: (median([r[0] for r in v]), None if v[0][1] is None else median([r[1] for r in v]))
             for k, v in runs.items()}

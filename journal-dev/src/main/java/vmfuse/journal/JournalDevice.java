@@ -545,8 +545,8 @@ public final class JournalDevice {
      * Writes {@code length} bytes of {@code src} from its index {@code srcOffset} (its position is
      * neither used nor moved) at {@code offset}. A direct buffer (a FUSE request's, an NBD
      * request's) is copied once, into the device's memory (and, in flush mode, into the redo log's
-     * page), with no array between: a 128 KiB FUSE write copied into an array first spent about
-     * as long again in that copy.
+     * page), with no array between: through an array first, a close-mode device took 1 MiB writes
+     * through FUSE at 798 MiB/s, against 934 without it (medians of 7 interleaved rounds).
      */
     public void write(long offset, ByteBuffer src, int srcOffset, int length) throws StoreException {
         RadixBlockStore.checkRange(offset, length);
