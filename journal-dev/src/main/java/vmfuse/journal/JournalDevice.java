@@ -276,6 +276,7 @@ public final class JournalDevice {
     synchronized void lose(String why) {
         lost = why;
         dropMemory();
+        blocks.dropCache(); // its tree's nodes, outside the index reserve from now on
     }
 
     /** Gives back every block and zero range memory holds of this device. Holding this. */

@@ -157,6 +157,22 @@ public final class RadixBlockStore {
     }
 
     /** Tree nodes in the store, the root included. */
+    /**
+     * Forgets every node held in memory, changed or not: for a device lost by a reopen, whose
+     * files are closed and whose nodes nothing will read or write again, so that an open handle
+     * holding its object does not hold that heap too (its index reserve went to the object that
+     * serves its name now).
+     */
+    void dropCache() {
+        lock.writeLock().lock();
+        try {
+            nodes.clear();
+            changedNodes.clear();
+        } finally {
+            lock.writeLock().unlock();
+        }
+    }
+
     public long nodesStored() {
         lock.readLock().lock();
         try {
