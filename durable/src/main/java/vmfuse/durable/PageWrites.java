@@ -10,7 +10,11 @@ import java.nio.ByteBuffer;
  * cache) instead. Written once here for whoever writes pages (the journal's blocks file, the
  * fresh pages of its index), each of which had its own copy of this fallback.
  *
- * <p>Thread-safe as its handles are: writers may share it; the switch is made once.
+ * <p>Writers may share it: the switch is made once, and a write whose handle another writer's
+ * refusal closed under it goes through the plain handle too. A force, truncate or size racing
+ * the switch may fail on the closed handle (no caller does them beside a write that may be
+ * refused: the blocks file does all under its monitor, AtomicVolume's sync waits for its
+ * writer's hand-off first).
  */
 public final class PageWrites implements DiskFile {
     /** Opens the plain handle, at the first write O_DIRECT refused. */
@@ -45,10 +49,12 @@ public final class PageWrites implements DiskFile {
             try {
                 return d.write(src, pos);
             } catch (IOException e) {
-                if (!"Invalid argument".equals(e.getMessage())) {
+                if (direct == d && !"Invalid argument".equals(e.getMessage())) {
                     throw e;
                 }
-                src.position(at); // a refused write took nothing
+                // refused (a refused write took nothing), or another writer's refusal closed d
+                // under this one (ClosedChannelException): through the plain handle
+                src.position(at);
                 refused(d);
             }
         }

@@ -25,7 +25,7 @@ class PageWritesFallbackTest {
     Path dir;
 
     /** A handle whose writes fail with {@code message}, counting them and whether it was closed. */
-    private static final class Refusing implements DiskFile {
+    private static class Refusing implements DiskFile {
         final String message;
         final AtomicInteger writes = new AtomicInteger();
         volatile boolean closed;
@@ -104,5 +104,65 @@ class PageWritesFallbackTest {
         }
         assertTrue(direct.closed, "closed with the page handle");
         assertEquals(0, Files.size(file), "nothing written through the plain handle");
+    }
+
+    /**
+     * Two writers: one is inside its O_DIRECT write when the other's write is refused and the
+     * O_DIRECT handle closed; the first's write then fails on the closed handle
+     * (ClosedChannelException, not EINVAL) and must land through the plain handle all the same.
+     */
+    @Test
+    void aWriteWhoseHandleAnotherWritersRefusalClosedLandsThroughThePlainHandle() throws Exception {
+        Disk disk = RealDisk.of(null);
+        Path file = dir.resolve("h");
+        Files.write(file, new byte[0]);
+        java.util.concurrent.CountDownLatch inside = new java.util.concurrent.CountDownLatch(1);
+        java.util.concurrent.CountDownLatch closedIt = new java.util.concurrent.CountDownLatch(1);
+        Refusing direct = new Refusing("Invalid argument") {
+            @Override
+            public int write(ByteBuffer src, long pos) throws IOException {
+                if (Thread.currentThread().getName().equals("slow-writer")) {
+                    inside.countDown();
+                    try {
+                        closedIt.await();
+                    } catch (InterruptedException e) {
+                        throw new IOException(e);
+                    }
+                    throw new java.nio.channels.ClosedChannelException(); // its channel closed under it
+                }
+                return super.write(src, pos);
+            }
+
+            @Override
+            public void close() {
+                super.close();
+                closedIt.countDown();
+            }
+        };
+        byte[] a = new byte[4096];
+        byte[] b = new byte[4096];
+        java.util.Arrays.fill(a, (byte) 'a');
+        java.util.Arrays.fill(b, (byte) 'b');
+        try (PageWrites pages = new PageWrites(direct, () -> disk.open(file, false))) {
+            java.util.concurrent.atomic.AtomicReference<Throwable> failed = new java.util.concurrent.atomic.AtomicReference<>();
+            Thread slow = new Thread(() -> {
+                try {
+                    pages.writeFully(ByteBuffer.wrap(b), 4096);
+                } catch (Throwable e) {
+                    failed.set(e);
+                }
+            }, "slow-writer");
+            slow.start();
+            assertTrue(inside.await(30, java.util.concurrent.TimeUnit.SECONDS));
+            pages.writeFully(ByteBuffer.wrap(a), 0); // refused: the switch, which closes the O_DIRECT handle
+            slow.join(30_000);
+            if (failed.get() != null) {
+                throw new AssertionError("the write whose handle was closed under it failed", failed.get());
+            }
+            pages.force(false);
+        }
+        byte[] back = Files.readAllBytes(file);
+        assertArrayEquals(a, java.util.Arrays.copyOfRange(back, 0, 4096));
+        assertArrayEquals(b, java.util.Arrays.copyOfRange(back, 4096, 8192));
     }
 }

@@ -1047,7 +1047,9 @@ public final class JournalStore implements AutoCloseable {
         }
         // Every device operation done, and none until the files are open. An operation that does not
         // end (an fdatasync on a hung disk) refuses the reopen rather than hold the store's monitor,
-        // and the thread that asked (the timer, a control request), without a bound.
+        // and the thread that asked (the timer, a control request), without a bound. (Only this
+        // wait is bounded: the checkpoint above, on a store not broken, waits for opLock and for
+        // the devices' monitors in its drain as every checkpoint does.)
         try {
             if (!reopenLock.writeLock().tryLock(reopenWaitNanos, TimeUnit.NANOSECONDS)) {
                 throw refused("(a journal device operation did not end within "
