@@ -1,6 +1,13 @@
 package vmfuse.fs;
 
+import java.io.IOException;
+import java.nio.file.Path;
 import java.util.List;
+
+import org.slf4j.Logger;
+import org.slf4j.LoggerFactory;
+
+import vmfuse.durable.Disk;
 
 /**
  * A name as one field of a tab-separated line: the form names take in the store's own files
@@ -20,6 +27,17 @@ public final class TsvField {
 
     /** Reads of a store file at mount (vms.tsv, exports.tsv, releases.tsv) before its error counts: a read error may pass. */
     public static final int READ_TRIES = 3;
+
+    /**
+     * The lines of a store file read at mount through the store's {@code disk} (so a test can
+     * fail the read), tried up to {@link #READ_TRIES} times; each failure tried again is logged.
+     */
+    public static List<String> readLines(Disk disk, Path file) throws IOException {
+        return lines(disk.readAll(file, READ_TRIES,
+                e -> LOG.warn("cannot read {} ({}); trying again", file, e.getMessage())));
+    }
+
+    private static final Logger LOG = LoggerFactory.getLogger(TsvField.class);
 
     /** Whether {@code s} holds a tab, newline or carriage return: as it is, it would split a field or a line. */
     public static boolean splits(String s) {

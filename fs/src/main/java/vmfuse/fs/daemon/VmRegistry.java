@@ -91,8 +91,7 @@ public final class VmRegistry implements AutoCloseable {
         VmRegistry v = new VmRegistry(store, mnt, backing, fs, new ThresholdPolicy(disk.getUsableSpace(), disk.getTotalSpace()),
                 limits, scheduler);
         if (store.disk().exists(store.vms())) {
-            for (String line : TsvField.lines(store.disk().readAll(store.vms(), TsvField.READ_TRIES,
-                    e -> log.warn("cannot read {} ({}); trying again", store.vms(), e.getMessage())))) {
+            for (String line : TsvField.readLines(store.disk(), store.vms())) {
                 String[] f = line.split("\t");
                 if (f.length < 3 || f.length > 5) {
                     log.error("vms.tsv: ignoring malformed line '{}' (kept in the file)", line);

@@ -69,8 +69,7 @@ public final class ExportRegistry {
         if (!disk.exists(file)) {
             return r;
         }
-        for (String line : TsvField.lines(disk.readAll(file, TsvField.READ_TRIES,
-                e -> log.warn("cannot read {} ({}); trying again", file, e.getMessage())))) {
+        for (String line : TsvField.readLines(disk, file)) {
             String[] f = line.split("\t", -1);
             try {
                 if (f.length < 7) {

@@ -132,9 +132,7 @@ public final class ReleaseLedger {
 
     private static ReleaseLedger read(ReleaseLedger ledger, Path file) throws FsException {
         try {
-            byte[] bytes = ledger.disk.readAll(file, TsvField.READ_TRIES,
-                    e -> log.warn("cannot read release ledger {} ({}); trying again", file, e.getMessage()));
-            List<String> lines = TsvField.lines(bytes);
+            List<String> lines = TsvField.readLines(ledger.disk, file);
             if (lines.isEmpty()) { // written whole by a rename, never empty: a file truncated by something else
                 throw new FsException(EIO, "corrupt release ledger " + file + ": empty");
             }
