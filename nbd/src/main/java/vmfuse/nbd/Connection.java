@@ -596,7 +596,9 @@ final class Connection implements Runnable {
     private void took(Scheduler.Kind kind, long began) {
         int k = kind.ordinal();
         long last = serviceNanos.get(k);
-        serviceNanos.set(k, last + (System.nanoTime() - began - last) / 8);
+        long took = System.nanoTime() - began;
+        serviceNanos.set(k, last + (took - last) / 8);
+        window.done(took);
     }
 
     /**

@@ -72,6 +72,27 @@ class PollingTest {
     }
 
     @Test
+    void afterARequestThatTookLongerThanTheWindowTheNextIsNotPolledFor() throws Exception {
+        Polling.Window w = new Polling(WINDOW, 1).window();
+        AtomicInteger polls = new AtomicInteger();
+        AtomicInteger sleeps = new AtomicInteger();
+        w.done(WINDOW + 1); // a read from the disk, say
+        w.await(() -> polls.incrementAndGet() < 0, sleeps::incrementAndGet, true);
+        assertEquals(0, polls.get(), "slept at once, without polling");
+        assertEquals(1, sleeps.get());
+        assertEquals(WINDOW, w.nanos(), "nothing learnt of the client's pace");
+        // the rest of a request the client is sending now is still polled for
+        w.await(() -> polls.incrementAndGet() > 0, sleeps::incrementAndGet, false);
+        assertEquals(1, polls.get());
+        assertEquals(1, sleeps.get());
+        // after a quick one, the next is polled for again
+        w.done(WINDOW / 100);
+        w.await(() -> polls.incrementAndGet() > 0, sleeps::incrementAndGet, true);
+        assertEquals(2, polls.get());
+        assertEquals(1, sleeps.get());
+    }
+
+    @Test
     void aWaitThatSleptLongerThanTheWindowLeavesNoWindow() throws Exception {
         Polling.Window w = new Polling(WINDOW, 1).window();
         while (w.nanos() > 0) {
