@@ -843,7 +843,7 @@ public final class JournalStore implements AutoCloseable {
         boolean interrupted = Thread.interrupted();
         try {
             Parking.parked(() -> {
-                checkpointLocked(mayReopen);
+                checkpointLocked(mayReopen, false);
                 return null;
             }, () -> busy("checkpoint"));
         } finally {
@@ -853,7 +853,12 @@ public final class JournalStore implements AutoCloseable {
         }
     }
 
-    private synchronized void checkpointLocked(boolean mayReopen) throws StoreException {
+    /**
+     * {@code bounded}: the device changes in flight are waited for at most {@link #reopenWait}
+     * (a reopen's checkpoint: a change hung on the disk, as a flush-mode write in the redo log,
+     * then refuses it); else for as long as they take.
+     */
+    private synchronized void checkpointLocked(boolean mayReopen, boolean bounded) throws StoreException {
         if (mayReopen && !closed && (broken != null || attached && redo.refusing())
                 && System.nanoTime() - lastReopen >= autoReopenNanos) {
             int lost = reopenLocked(broken != null ? "a checkpoint found it broken"
@@ -874,7 +879,7 @@ public final class JournalStore implements AutoCloseable {
         long start = System.nanoTime();
         try {
             checkRoom();
-            opLock.writeLock().lock();
+            lockChanges(bounded);
             try {
                 if (!touched && committedGeneration == redo.generation()) {
                     budget.blockMemory().trim(KEEP_CHUNKS); // an idle store gives back what no interval used for a minute
@@ -945,6 +950,29 @@ public final class JournalStore implements AutoCloseable {
             }
             throw se;
         }
+    }
+
+    /** opLock exclusive: every device change in flight done; {@code bounded}, refused after {@link #reopenWait}. */
+    private void lockChanges(boolean bounded) throws StoreException {
+        if (!bounded) {
+            opLock.writeLock().lock();
+            return;
+        }
+        try {
+            if (opLock.writeLock().tryLock(reopenWaitNanos, TimeUnit.NANOSECONDS)) {
+                return;
+            }
+        } catch (InterruptedException e) {
+            Thread.currentThread().interrupt();
+            throw new StoreException(StoreException.EIO, "interrupted while it waited for the devices' changes", e);
+        }
+        throw new StoreException(StoreException.EIO, didNotEnd());
+    }
+
+    /** Why a wait for the device operations in flight gave up. */
+    private String didNotEnd() {
+        return "a journal device operation did not end within " + TimeUnit.NANOSECONDS.toMillis(reopenWaitNanos)
+                + " ms: the disk may hang";
     }
 
     /**
@@ -1037,7 +1065,7 @@ public final class JournalStore implements AutoCloseable {
         }
         if (was == null && attached) {
             try {
-                checkpointLocked(false);
+                checkpointLocked(false, true);
             } catch (StoreException e) {
                 if (broken == null) { // the disk does not take a commit: an open, which commits, would fail too
                     throw refused("(the checkpoint before it failed: " + e.getMessage() + ")", null, e.errno(), e);
@@ -1047,13 +1075,13 @@ public final class JournalStore implements AutoCloseable {
         }
         // Every device operation done, and none until the files are open. An operation that does not
         // end (an fdatasync on a hung disk) refuses the reopen rather than hold the store's monitor,
-        // and the thread that asked (the timer, a control request), without a bound. (Only this
-        // wait is bounded: the checkpoint above, on a store not broken, waits for opLock and for
-        // the devices' monitors in its drain as every checkpoint does.)
+        // and the thread that asked (the timer, a control request), without a bound. The checkpoint
+        // above waits for the device changes in flight as long (opLock); but its drain waits for
+        // each device's monitor as every checkpoint does, with no bound: a read hung on the disk
+        // holds its device's, and holds up a reopen that has that device's changes to commit.
         try {
             if (!reopenLock.writeLock().tryLock(reopenWaitNanos, TimeUnit.NANOSECONDS)) {
-                throw refused("(a journal device operation did not end within "
-                        + TimeUnit.NANOSECONDS.toMillis(reopenWaitNanos) + " ms: the disk may hang)", was, null, null);
+                throw refused("(" + didNotEnd() + ")", was, null, null);
             }
         } catch (InterruptedException e) {
             Thread.currentThread().interrupt();
@@ -1062,7 +1090,7 @@ public final class JournalStore implements AutoCloseable {
         try {
             if (was == null && attached) {
                 try {
-                    checkpointLocked(false); // what came since the one above, with no device changing: all committed
+                    checkpointLocked(false, false); // what came since the one above, with no device changing: all committed
                 } catch (StoreException e) {
                     if (broken == null) {
                         throw refused("(the checkpoint before it failed: " + e.getMessage() + ")", null, e.errno(), e);
