@@ -25,8 +25,8 @@ import java.util.concurrent.atomic.AtomicInteger;
  * without (nbdkit 6,437); qemu-img bench's 4 KiB writes with a flush after each, 2,538 against
  * 2,801; and 4 KiB writes in the page cache, quick enough to be polled for as before, lost nothing:
  * 11,501 before the change, 14,059 after, in the same runs.
- * (The guest's halt-polling is off here, so an idle CPU halts at once: the CPU this thread kept
- * busy was the one the client's thread would have woken on.)
+ * (Why, not proven: the guest's halt-polling is off here, so an idle CPU halts at once, and the
+ * CPU this thread kept busy may be the one the client's thread would have woken on.)
  *
  * <p>At most {@code maxPollers} threads poll at once, across all connections, so polling never
  * takes more than that many CPUs from the guests; a connection that finds them all polling sleeps.
