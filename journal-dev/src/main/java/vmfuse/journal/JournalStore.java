@@ -952,27 +952,27 @@ public final class JournalStore implements AutoCloseable {
         }
     }
 
-    /** opLock exclusive: every device change in flight done; {@code bounded}, refused after {@link #reopenWait}. */
+    /** opLock exclusive: every device change in flight done; {@code bounded}, within {@link #reopenWait}. */
     private void lockChanges(boolean bounded) throws StoreException {
-        if (!bounded) {
+        if (bounded) {
+            lockWithin(opLock.writeLock());
+        } else {
             opLock.writeLock().lock();
-            return;
         }
+    }
+
+    /** Takes {@code lock}, which device operations hold shared, within {@link #reopenWait}; else EIO, saying why. */
+    private void lockWithin(java.util.concurrent.locks.Lock lock) throws StoreException {
         try {
-            if (opLock.writeLock().tryLock(reopenWaitNanos, TimeUnit.NANOSECONDS)) {
+            if (lock.tryLock(reopenWaitNanos, TimeUnit.NANOSECONDS)) {
                 return;
             }
         } catch (InterruptedException e) {
             Thread.currentThread().interrupt();
-            throw new StoreException(StoreException.EIO, "interrupted while it waited for the devices' changes", e);
+            throw new StoreException(StoreException.EIO, "interrupted while it waited for the devices' operations", e);
         }
-        throw new StoreException(StoreException.EIO, didNotEnd());
-    }
-
-    /** Why a wait for the device operations in flight gave up. */
-    private String didNotEnd() {
-        return "a journal device operation did not end within " + TimeUnit.NANOSECONDS.toMillis(reopenWaitNanos)
-                + " ms: the disk may hang";
+        throw new StoreException(StoreException.EIO, "a journal device operation did not end within "
+                + TimeUnit.NANOSECONDS.toMillis(reopenWaitNanos) + " ms: the disk may hang");
     }
 
     /**
@@ -1080,12 +1080,9 @@ public final class JournalStore implements AutoCloseable {
         // each device's monitor as every checkpoint does, with no bound: a read hung on the disk
         // holds its device's, and holds up a reopen that has that device's changes to commit.
         try {
-            if (!reopenLock.writeLock().tryLock(reopenWaitNanos, TimeUnit.NANOSECONDS)) {
-                throw refused("(" + didNotEnd() + ")", was, null, null);
-            }
-        } catch (InterruptedException e) {
-            Thread.currentThread().interrupt();
-            throw refused("(interrupted while it waited for the devices' operations)", was, null, e);
+            lockWithin(reopenLock.writeLock());
+        } catch (StoreException e) {
+            throw refused("(" + e.getMessage() + ")", was, null, e);
         }
         try {
             if (was == null && attached) {
